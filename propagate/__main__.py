@@ -1,0 +1,5 @@
+import sys
+
+from propagate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,526 @@
+"""Activation functions by name: numpy and torch forms, derivatives, Gaussian moments.
+
+Names follow the ML literature; parameters go after a colon::
+
+    relu, linear, tanh, sigmoid, erf, softplus, gelu, silu (= swish)
+    leaky_relu:slope=0.01      (or leaky_relu:0.01, the first parameter)
+    elu:alpha=1.0
+    selu                       (the solved constants, see propagate.selu)
+    selu:lambda=1.05,alpha=1.67
+
+Closed-form Gaussian moments ``E[phi(h)]``, ``E[phi(h)^2]`` and ``E[phi'(h)^2]``
+for ``h ~ N(mean, var)`` (``var`` is a variance, not a standard deviation) are
+provided where they exist (linear, relu, leaky_relu, elu, selu, and erf at mean
+0); the theory falls back to quadrature elsewhere, splitting at ``kinks``.
+
+Users add their own with :func:`register_activation`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+from scipy import special
+
+from propagate.errors import UserError
+
+__all__ = [
+    "Activation",
+    "get_activation",
+    "list_activations",
+    "register_activation",
+    "selu_constants",
+]
+
+
+def selu_constants() -> tuple[float, float]:
+    """SELU's ``(lambda, alpha)`` for the fixed point (mean 0, variance 1), float64.
+
+    Evaluated at 30 digits from the closed forms that :mod:`propagate.selu`
+    derives symbolically (SNN paper eq. 14) and rounded once to float64;
+    ``tests/test_activations.py`` checks them against the arbitrary-precision
+    solver.
+    """
+    import mpmath
+
+    with mpmath.workdps(30):
+        e, pi = mpmath.e, mpmath.pi
+        c = mpmath.erfc(1 / mpmath.sqrt(2))
+        alpha = -mpmath.sqrt(2 / pi) / (c * mpmath.sqrt(e) - 1)
+        lam = (1 - c * mpmath.sqrt(e)) * mpmath.sqrt(2 * pi) / mpmath.sqrt(
+            2 * mpmath.erfc(mpmath.sqrt(2)) * e**2 + pi * c**2 * e - 2 * (2 + pi) * c * mpmath.sqrt(e) + pi + 2
+        )
+        return float(lam), float(alpha)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An elementwise activation ``phi`` with what theory and simulation need.
+
+    ``numpy``/``grad`` act on numpy arrays, ``torch`` on tensors (autograd-safe).
+    ``moments(mean, var)`` returns ``(E[phi(h)], E[phi(h)^2])`` and
+    ``grad_moment(mean, var)`` returns ``E[phi'(h)^2]`` for ``h ~ N(mean, var)``
+    in closed form, or ``None`` when there is none (theory then integrates).
+    ``kinks`` are points where ``phi`` or ``phi'`` is not smooth. ``bounds`` is
+    the output range, for the saturation statistics.
+    """
+
+    name: str
+    family: str
+    params: Mapping[str, float]
+    numpy: Callable[[np.ndarray], np.ndarray]
+    grad: Callable[[np.ndarray], np.ndarray]
+    torch: Callable | None = None
+    moments: Callable[[float, float], tuple[float, float]] | None = None
+    grad_moment: Callable[[float, float], float] | None = None
+    kinks: tuple[float, ...] = ()
+    bounds: tuple[float, float] = (-math.inf, math.inf)
+    torch_gain: tuple[str, float | None] | None = None
+    doc: str = field(default="", compare=False)
+
+    def __call__(self, x):
+        return self.numpy(np.asarray(x, dtype=float))
+
+    def torch_module(self):
+        """An ``nn.Module`` applying this activation (for building torch models)."""
+        import torch.nn as nn
+
+        if self.torch is None:
+            raise UserError(f"activation {self.name!r} has no torch form; register one with torch=...")
+        fn = self.torch
+        label = self.name
+
+        class _Act(nn.Module):
+            def forward(self, x):
+                return fn(x)
+
+            def extra_repr(self):
+                return label
+
+        return _Act()
+
+
+# ----------------------------------------------------------------------------
+# closed-form Gaussian moments (h ~ N(m, v))
+
+
+def _ndtr(x):
+    return special.ndtr(x)
+
+
+def _pdf(x):
+    return np.exp(-0.5 * np.square(x)) / math.sqrt(2 * math.pi)
+
+
+def _relu_moments(m, v):
+    s = math.sqrt(v)
+    if s == 0:
+        return max(m, 0.0), max(m, 0.0) ** 2
+    a = m / s
+    m1 = m * _ndtr(a) + s * _pdf(a)
+    m2 = (m * m + v) * _ndtr(a) + m * s * _pdf(a)
+    return float(m1), float(m2)
+
+
+def _neg_part_moments(m, v):
+    """E[min(h,0)], E[min(h,0)^2] for h ~ N(m, v)."""
+    r1, r2 = _relu_moments(-m, v)
+    return -r1, r2
+
+
+def _elu_core(m, v, alpha):
+    """E[elu], E[elu^2], E[elu'^2] for h ~ N(m, v), via log-space normal tails."""
+    s = math.sqrt(v)
+    pos1, pos2 = _relu_moments(m, v)
+    if s == 0:
+        h = m
+        val = h if h > 0 else alpha * math.expm1(h)
+        der = 1.0 if h > 0 else alpha * math.exp(h)
+        return val, val * val, der * der
+    # E[e^{k h} 1{h<=0}] = exp(k m + k^2 v / 2) Phi(-(m + k v)/s)
+    def tail(k):
+        return math.exp(k * m + 0.5 * k * k * v + float(special.log_ndtr(-(m + k * v) / s)))
+
+    p_neg = float(_ndtr(-m / s))
+    e1, e2 = tail(1.0), tail(2.0)
+    mean = pos1 + alpha * (e1 - p_neg)
+    second = pos2 + alpha * alpha * (e2 - 2 * e1 + p_neg)
+    grad2 = float(_ndtr(m / s)) + alpha * alpha * e2
+    return mean, second, grad2
+
+
+# ----------------------------------------------------------------------------
+# the families
+
+_Factory = Callable[..., Activation]
+_FAMILIES: dict[str, tuple[_Factory, dict[str, float], str]] = {}
+
+
+def _family(name: str, defaults: dict[str, float] | None = None, doc: str = ""):
+    def deco(factory):
+        _FAMILIES[name] = (factory, dict(defaults or {}), doc)
+        return factory
+
+    return deco
+
+
+def _label(name, params, defaults):
+    if not params or params == defaults:
+        return name
+    return name + ":" + ",".join(f"{k}={v:g}" for k, v in params.items())
+
+
+@_family("linear", doc="identity, phi(h) = h")
+def _linear(name):
+    return Activation(
+        name=name,
+        family="linear",
+        params={},
+        numpy=lambda x: x,
+        grad=lambda x: np.ones_like(x),
+        torch=lambda x: x,
+        moments=lambda m, v: (m, v + m * m),
+        grad_moment=lambda m, v: 1.0,
+        torch_gain=("linear", None),
+    )
+
+
+@_family("relu", doc="max(h, 0)")
+def _relu(name):
+    import_torch = _torch_fn("relu")
+    return Activation(
+        name=name,
+        family="relu",
+        params={},
+        numpy=lambda x: np.maximum(x, 0.0),
+        grad=lambda x: (x > 0).astype(float),
+        torch=import_torch,
+        moments=_relu_moments,
+        grad_moment=lambda m, v: float(_ndtr(m / math.sqrt(v))) if v > 0 else float(m > 0),
+        kinks=(0.0,),
+        bounds=(0.0, math.inf),
+        torch_gain=("relu", None),
+    )
+
+
+@_family("leaky_relu", {"slope": 0.01}, doc="h for h > 0, slope * h otherwise")
+def _leaky_relu(name, slope):
+    def moments(m, v):
+        p1, p2 = _relu_moments(m, v)
+        n1, n2 = _neg_part_moments(m, v)
+        return p1 + slope * n1, p2 + slope * slope * n2
+
+    def grad_moment(m, v):
+        p = float(_ndtr(m / math.sqrt(v))) if v > 0 else float(m > 0)
+        return p + slope * slope * (1 - p)
+
+    def torch_fn(x):
+        import torch.nn.functional as F
+
+        return F.leaky_relu(x, slope)
+
+    return Activation(
+        name=name,
+        family="leaky_relu",
+        params={"slope": slope},
+        numpy=lambda x: np.where(x > 0, x, slope * x),
+        grad=lambda x: np.where(x > 0, 1.0, slope),
+        torch=torch_fn,
+        moments=moments,
+        grad_moment=grad_moment,
+        kinks=(0.0,),
+        torch_gain=("leaky_relu", slope),
+    )
+
+
+def _elu_like(name, family, lam, alpha, gain):
+    def numpy_fn(x):
+        return lam * np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0)))
+
+    def grad_fn(x):
+        return lam * np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0.0)))
+
+    def torch_fn(x):
+        import torch
+        import torch.nn.functional as F
+
+        if family == "selu" and (lam, alpha) == selu_constants():
+            return torch.selu(x)
+        return lam * F.elu(x, alpha)
+
+    def moments(m, v):
+        a, b, _ = _elu_core(m, v, alpha)
+        return lam * a, lam * lam * b
+
+    def grad_moment(m, v):
+        return lam * lam * _elu_core(m, v, alpha)[2]
+
+    params = {"alpha": alpha} if family == "elu" else {"lambda": lam, "alpha": alpha}
+    return Activation(
+        name=name,
+        family=family,
+        params=params,
+        numpy=numpy_fn,
+        grad=grad_fn,
+        torch=torch_fn,
+        moments=moments,
+        grad_moment=grad_moment,
+        kinks=(0.0,),
+        bounds=(-lam * alpha, math.inf),
+        torch_gain=gain,
+    )
+
+
+@_family("elu", {"alpha": 1.0}, doc="h for h > 0, alpha (e^h - 1) otherwise")
+def _elu(name, alpha):
+    return _elu_like(name, "elu", 1.0, alpha, None)
+
+
+_SELU_LAMBDA, _SELU_ALPHA = selu_constants()
+
+
+@_family("selu", {"lambda": _SELU_LAMBDA, "alpha": _SELU_ALPHA}, doc="lambda * elu(h; alpha), default the solved (0, 1) constants")
+def _selu(name, **kw):
+    return _elu_like(name, "selu", kw["lambda"], kw["alpha"], ("selu", None))
+
+
+@_family("tanh", doc="tanh(h)")
+def _tanh(name):
+    return Activation(
+        name=name,
+        family="tanh",
+        params={},
+        numpy=np.tanh,
+        grad=lambda x: 1.0 - np.tanh(x) ** 2,
+        torch=_torch_fn("tanh"),
+        bounds=(-1.0, 1.0),
+        torch_gain=("tanh", None),
+    )
+
+
+@_family("sigmoid", doc="1 / (1 + e^-h)")
+def _sigmoid(name):
+    return Activation(
+        name=name,
+        family="sigmoid",
+        params={},
+        numpy=special.expit,
+        grad=lambda x: special.expit(x) * (1 - special.expit(x)),
+        torch=_torch_fn("sigmoid"),
+        bounds=(0.0, 1.0),
+        torch_gain=("sigmoid", None),
+    )
+
+
+@_family("erf", doc="erf(h); closed-form Gaussian moments at mean 0 (Williams 1997)")
+def _erf(name):
+    def moments(m, v):
+        if m != 0:
+            return None
+        return 0.0, (2 / math.pi) * math.asin(2 * v / (1 + 2 * v))
+
+    def grad_moment(m, v):
+        if m != 0:
+            return None
+        # E[(2/sqrt(pi))^2 e^{-2h^2}] = (4/pi) / sqrt(1 + 4 v)
+        return (4 / math.pi) / math.sqrt(1 + 4 * v)
+
+    return Activation(
+        name=name,
+        family="erf",
+        params={},
+        numpy=special.erf,
+        grad=lambda x: 2 / math.sqrt(math.pi) * np.exp(-np.square(x)),
+        torch=_torch_fn("erf"),
+        moments=moments,
+        grad_moment=grad_moment,
+        bounds=(-1.0, 1.0),
+    )
+
+
+@_family("softplus", doc="log(1 + e^h)")
+def _softplus(name):
+    def torch_fn(x):
+        import torch.nn.functional as F
+
+        return F.softplus(x)
+
+    return Activation(
+        name=name,
+        family="softplus",
+        params={},
+        numpy=lambda x: np.logaddexp(0.0, x),
+        grad=special.expit,
+        torch=torch_fn,
+        bounds=(0.0, math.inf),
+    )
+
+
+@_family("gelu", doc="h * Phi(h), the exact (erf) form")
+def _gelu(name):
+    def torch_fn(x):
+        import torch.nn.functional as F
+
+        return F.gelu(x)
+
+    return Activation(
+        name=name,
+        family="gelu",
+        params={},
+        numpy=lambda x: x * special.ndtr(x),
+        grad=lambda x: special.ndtr(x) + x * _pdf(x),
+        torch=torch_fn,
+        bounds=(-0.17, math.inf),
+    )
+
+
+@_family("silu", doc="h * sigmoid(h), also called swish")
+def _silu(name):
+    def torch_fn(x):
+        import torch.nn.functional as F
+
+        return F.silu(x)
+
+    def grad(x):
+        s = special.expit(x)
+        return s * (1 + x * (1 - s))
+
+    return Activation(
+        name=name,
+        family="silu",
+        params={},
+        numpy=lambda x: x * special.expit(x),
+        grad=grad,
+        torch=torch_fn,
+        bounds=(-0.28, math.inf),
+    )
+
+
+_ALIASES = {"swish": "silu", "identity": "linear", "lrelu": "leaky_relu"}
+
+
+def _torch_fn(name):
+    def fn(x):
+        import torch
+
+        return getattr(torch, name)(x)
+
+    return fn
+
+
+# ----------------------------------------------------------------------------
+# lookup
+
+_USER: dict[str, Activation] = {}
+
+
+def _parse(text: str) -> tuple[str, dict[str, float]]:
+    name, _, rest = text.strip().partition(":")
+    name = _ALIASES.get(name.strip().lower(), name.strip().lower())
+    params: dict[str, float] = {}
+    if rest.strip():
+        if name not in _FAMILIES:
+            raise UserError(f"unknown activation {name!r}; known: {', '.join(list_activations())}")
+        defaults = _FAMILIES[name][1]
+        for i, item in enumerate(rest.split(",")):
+            key, eq, val = item.partition("=")
+            if not eq:
+                if i >= len(defaults):
+                    raise UserError(f"activation {name!r} takes parameters {list(defaults) or 'none'}, got {text!r}")
+                key, val = list(defaults)[i], item
+            key = key.strip()
+            if key not in defaults:
+                raise UserError(f"activation {name!r} has no parameter {key!r}; it takes {list(defaults) or 'none'}")
+            try:
+                params[key] = float(val)
+            except ValueError:
+                raise UserError(f"activation parameter {key}={val!r} is not a number") from None
+            if not math.isfinite(params[key]):
+                raise UserError(f"activation parameter {key}={val!r} is not finite")
+    return name, params
+
+
+def get_activation(name: str | Activation) -> Activation:
+    """Look up an activation by name (``"tanh"``, ``"leaky_relu:0.2"``, ...)."""
+    if isinstance(name, Activation):
+        return name
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(f"activation name must be a non-empty string, got {name!r}")
+    key = name.strip().lower()
+    if key in _USER:
+        return _USER[key]
+    family, params = _parse(name)
+    if family not in _FAMILIES:
+        raise UserError(f"unknown activation {family!r}; known: {', '.join(list_activations())}")
+    factory, defaults, _ = _FAMILIES[family]
+    full = {**defaults, **params}
+    label = _label(family, {k: full[k] for k in defaults}, defaults)
+    return factory(label, **full)
+
+
+def list_activations() -> list[str]:
+    """Names of all known activations (built-in families, then user-registered)."""
+    return sorted(_FAMILIES) + sorted(_USER)
+
+
+def describe_activations() -> list[tuple[str, str, str]]:
+    """(name, parameters with defaults, description) for every family."""
+    rows = []
+    for name in sorted(_FAMILIES):
+        _, defaults, doc = _FAMILIES[name]
+        rows.append((name, ", ".join(f"{k}={v:.6g}" for k, v in defaults.items()), doc))
+    for name in sorted(_USER):
+        rows.append((name, "", _USER[name].doc or "user-registered"))
+    return rows
+
+
+def register_activation(
+    name: str,
+    numpy: Callable[[np.ndarray], np.ndarray],
+    *,
+    torch: Callable | None = None,
+    grad: Callable[[np.ndarray], np.ndarray] | None = None,
+    kinks: tuple[float, ...] = (),
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+    doc: str = "",
+) -> Activation:
+    """Register a new activation from Python; theory integrates it by quadrature.
+
+    ``numpy`` maps a float array elementwise. ``torch`` (optional) does the same
+    for tensors with autograd; without it the activation serves theory only.
+    ``grad`` defaults to a central finite difference (step 1e-5), fine for
+    ``chi_1`` to about 1e-9; give the exact derivative when you have it.
+    """
+    key = name.strip().lower()
+    if not key or ":" in key:
+        raise UserError(f"activation name must be non-empty and contain no ':', got {name!r}")
+    if key in _FAMILIES:
+        raise UserError(f"{name!r} is a built-in activation; choose another name")
+    if grad is None:
+        eps = 1e-5
+
+        def grad(x, _f=numpy):
+            x = np.asarray(x, dtype=float)
+            return (_f(x + eps) - _f(x - eps)) / (2 * eps)
+
+    act = Activation(
+        name=key,
+        family=key,
+        params={},
+        numpy=lambda x, _f=numpy: np.asarray(_f(np.asarray(x, dtype=float)), dtype=float),
+        grad=grad,
+        torch=torch,
+        kinks=tuple(kinks),
+        bounds=bounds,
+        doc=doc,
+    )
+    _USER[key] = act
+    return act
+
+
+def unregister_activation(name: str) -> None:
+    """Remove a user-registered activation (for tests and notebooks)."""
+    _USER.pop(name.strip().lower(), None)

@@ -1,0 +1,74 @@
+"""The ``propagate`` command.
+
+Each subcommand lives in ``propagate/commands/<name>.py`` and exposes ``NAME``,
+``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Command
+modules import only the standard library at module level, so ``propagate --help``
+answers at once; the library (torch, sympy, matplotlib) is imported inside ``run``.
+
+Errors a user can cause end in one line ``propagate: error: ...`` and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from propagate.commands import COMMAND_MODULES
+
+PROG = "propagate"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but every error is one line (no usage block) and exit status 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Statistics of signal propagation in deep neural networks.",
+        epilog="Run 'propagate COMMAND --help' for a command's options.",
+    )
+    from propagate import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for modname in COMMAND_MODULES:
+        mod = importlib.import_module(f"propagate.commands.{modname}")
+        p = sub.add_parser(
+            mod.NAME,
+            help=mod.HELP,
+            description=getattr(mod, "DESCRIPTION", mod.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    from propagate.errors import UserError
+
+    try:
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid input"
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `propagate theory | head`
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Subcommands of the ``propagate`` CLI, in the order ``--help`` lists them.
+
+Each module imports only the standard library at module level (fast ``--help``).
+"""
+
+COMMAND_MODULES = [
+    "solve_selu",
+    "derive",
+    "theory",
+    "critical",
+    "gain",
+    "simulate",
+    "data",
+    "train",
+    "reproduce",
+    "report",
+]

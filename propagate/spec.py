@@ -1,0 +1,200 @@
+"""The network spec every lens looks at, and the torch model built from it.
+
+A :class:`NetworkSpec` describes a fully connected network: input dimension,
+hidden widths, activation, initializer, bias variance, batch normalization,
+dropout, input statistics and an optional linear readout. Theory predicts its
+per-layer statistics, simulation samples it, training builds it with
+:func:`build_model`.
+
+Layer convention (see :mod:`propagate.stats`): hidden layer ``l = 1..depth``
+computes ``h^l = W^l x^{l-1} + b^l`` and ``x^l = phi(h^l)``. With
+``batchnorm=True`` the seed's placement is used: a BatchNormalization on the
+*input* of hidden layers ``2..depth`` and of the readout (none before the first
+layer), i.e. ``h^l = W^l BN(x^{l-1}) + b^l``. Dropout (or alpha dropout) acts
+on every hidden layer's output ``x^l``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+from propagate.activations import Activation, get_activation
+from propagate.errors import UserError
+from propagate.inits import Init, get_init
+
+__all__ = ["NetworkSpec", "build_model", "SEED_INPUT", "SEED_FIRST", "SEED_WIDTH", "SEED_DEPTH"]
+
+#: The seed experiments' shape: 784 -> 512 -> 50 x 256 -> 10.
+SEED_INPUT, SEED_FIRST, SEED_WIDTH, SEED_DEPTH, SEED_CLASSES = 784, 512, 256, 51, 10
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A fully connected network, as all three lenses see it.
+
+    Attributes:
+        widths: ``(input_dim, n_1, ..., n_depth)``; hidden layer ``l`` maps
+            ``widths[l-1]`` to ``widths[l]`` units and applies the activation.
+        activation: activation name (see :mod:`propagate.activations`).
+        init: initializer name for every weight layer (see :mod:`propagate.inits`).
+        bias_var: bias variance ``sigma_b^2`` (a variance, independent of fan-in);
+            ``None`` means the initializer's default (zero; torch_default's uniform).
+        batchnorm: seed placement of BatchNormalization (module docstring).
+        dropout: standard dropout rate after each hidden layer.
+        alpha_dropout: alpha-dropout rate after each hidden layer (for SELU).
+        out_features: width of a linear readout (logits) after the last hidden
+            layer, or ``None``; the readout is not counted in ``depth``.
+        input_mean, input_var: per-feature mean and variance of Gaussian inputs
+            (theory and simulation; training uses real data).
+        bn_momentum: torch convention (weight of the new batch), Keras 0.99 = 0.01.
+        bn_eps: BatchNormalization epsilon (Keras default 1e-3).
+    """
+
+    widths: tuple[int, ...]
+    activation: str = "selu"
+    init: str = "lecun_normal"
+    bias_var: float | None = None
+    batchnorm: bool = False
+    dropout: float = 0.0
+    alpha_dropout: float = 0.0
+    out_features: int | None = None
+    input_mean: float = 0.0
+    input_var: float = 1.0
+    bn_momentum: float = 0.01
+    bn_eps: float = 1e-3
+    name: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        self.validate()
+
+    # -- construction -------------------------------------------------------
+    @classmethod
+    def stack(
+        cls,
+        depth: int,
+        width: int = SEED_WIDTH,
+        *,
+        input_dim: int = SEED_INPUT,
+        first_width: int | None = SEED_FIRST,
+        **kw,
+    ) -> "NetworkSpec":
+        """``depth`` hidden layers: the first ``first_width`` wide (``None``: ``width``), the rest ``width``."""
+        if not isinstance(depth, int) or depth < 1:
+            raise UserError(f"depth must be a whole number >= 1, got {depth!r}")
+        first = width if first_width is None else first_width
+        return cls(widths=(input_dim, first, *([width] * (depth - 1))), **kw)
+
+    @classmethod
+    def seed(cls, activation: str = "relu", init: str = "glorot_uniform", batchnorm: bool = False, **kw) -> "NetworkSpec":
+        """The seed experiments' network: 784 -> 512 -> 50 x 256 -> 10 (52 weight layers)."""
+        return cls.stack(
+            SEED_DEPTH,
+            SEED_WIDTH,
+            input_dim=SEED_INPUT,
+            first_width=SEED_FIRST,
+            activation=activation,
+            init=init,
+            batchnorm=batchnorm,
+            out_features=kw.pop("out_features", SEED_CLASSES),
+            **kw,
+        )
+
+    def with_(self, **changes) -> "NetworkSpec":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    # -- derived ------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """Number of hidden (activation) layers."""
+        return len(self.widths) - 1
+
+    @property
+    def input_dim(self) -> int:
+        return self.widths[0]
+
+    @property
+    def act(self) -> Activation:
+        return get_activation(self.activation)
+
+    @property
+    def initializer(self) -> Init:
+        return get_init(self.init)
+
+    def fans(self) -> list[tuple[int, int]]:
+        """``(fan_in, fan_out)`` of every hidden weight layer."""
+        return [(self.widths[i], self.widths[i + 1]) for i in range(self.depth)]
+
+    def sigma_w2(self) -> list[float]:
+        """Effective ``sigma_w^2 = fan_in Var(w)`` of every hidden weight layer."""
+        init = self.initializer
+        return [init.sigma_w2(fi, fo) for fi, fo in self.fans()]
+
+    def sigma_b2(self) -> list[float]:
+        """Bias variance of every hidden layer."""
+        if self.bias_var is not None:
+            return [float(self.bias_var)] * self.depth
+        init = self.initializer
+        return [init.bias_var(fi) for fi, _ in self.fans()]
+
+    def label(self) -> str:
+        """A short label, e.g. ``selu/lecun_normal`` or ``relu/glorot_uniform+BN``."""
+        if self.name:
+            return self.name
+        s = f"{self.act.name}/{self.initializer.name}"
+        if self.batchnorm:
+            s += "+BN"
+        if self.dropout:
+            s += f"+drop{self.dropout:g}"
+        if self.alpha_dropout:
+            s += f"+adrop{self.alpha_dropout:g}"
+        return s
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        d["depth"] = self.depth
+        d["label"] = self.label()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetworkSpec":
+        keys = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: (tuple(v) if k == "widths" else v) for k, v in d.items() if k in keys})
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` on an impossible spec."""
+        if len(self.widths) < 2:
+            raise UserError("a network needs an input dimension and at least one hidden layer (depth >= 1)")
+        if any(w < 1 for w in self.widths):
+            raise UserError(f"widths must be >= 1, got {list(self.widths)[:8]}")
+        get_activation(self.activation)
+        get_init(self.init)
+        if self.bias_var is not None and (not math.isfinite(self.bias_var) or self.bias_var < 0):
+            raise UserError(f"bias variance must be >= 0, got {self.bias_var}")
+        for name in ("dropout", "alpha_dropout"):
+            rate = getattr(self, name)
+            if not 0 <= rate < 1:
+                raise UserError(f"{name.replace('_', ' ')} rate must be in [0, 1), got {rate}")
+        if self.dropout and self.alpha_dropout:
+            raise UserError("use either dropout or alpha dropout, not both")
+        if not math.isfinite(self.input_var) or self.input_var < 0:
+            raise UserError(f"input variance must be >= 0, got {self.input_var}")
+        if not math.isfinite(self.input_mean):
+            raise UserError(f"input mean must be finite, got {self.input_mean}")
+        if self.out_features is not None and self.out_features < 1:
+            raise UserError(f"readout width must be >= 1, got {self.out_features}")
+
+
+def build_model(spec: NetworkSpec, seed: int | None = 0, *, dtype=None, device=None):
+    """The torch model of ``spec``, weights drawn with ``spec.init`` from ``seed``.
+
+    Returns an :class:`MLP` whose ``forward(x, record=False)`` gives logits (or
+    the last hidden layer's output without a readout) and, with
+    ``record=True``, also the list of pre-activations ``h^1..h^depth``.
+    """
+    from propagate._model import MLP
+
+    return MLP(spec, seed=seed, dtype=dtype, device=device)
