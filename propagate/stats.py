@@ -15,8 +15,17 @@ glue. Conventions (all three lenses follow them):
   (mean-field theory's ``c``), pooled over units.
 - ``*_se`` columns are standard errors of the column they extend (simulation:
   across independent networks; training: across the probe batch).
-- ``grad_norm`` is the RMS gradient of the loss (or of a random readout) with
-  respect to the pre-activation of the layer, per unit and sample.
+- ``corr`` is the uncentered correlation (cosine similarity) of the
+  pre-activation vectors of two different inputs ``a, b``:
+  ``mean_i(h_a h_b) / sqrt(mean_i(h_a^2) mean_i(h_b^2))``, averaged over pairs
+  (theory: ``q_ab / sqrt(q_aa q_bb)``).
+- ``grad_norm`` is the L2 norm over the layer's units of the gradient of a
+  scalar with respect to the pre-activation ``h^l``, root-mean-square over
+  samples. Simulation and theory use a random linear readout
+  ``y = r . x^depth / sqrt(n_depth)``, ``r ~ N(0, I)``, so that
+  ``grad_norm^2`` at the last layer is ``E[phi'(h)^2]`` and each layer below
+  multiplies it by ``sigma_w^2 E[phi'(h^l)^2]`` (``chi_1`` for equal widths);
+  training uses the loss of one sample.
 - ``dead_frac`` is the fraction of units whose post-activation is exactly zero
   for every input in the batch; ``saturated_frac`` the share of outputs within
   1% of the activation's range limits (tanh, sigmoid) or numerically zero.
