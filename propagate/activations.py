@@ -140,9 +140,14 @@ def _elu_core(m, v, alpha):
         val = h if h > 0 else alpha * math.expm1(h)
         der = 1.0 if h > 0 else alpha * math.exp(h)
         return val, val * val, der * der
-    # E[e^{k h} 1{h<=0}] = exp(k m + k^2 v / 2) Phi(-(m + k v)/s)
+    # E[e^{k h} 1{h<=0}] = exp(k m + k^2 v / 2) Phi(-(m + k v)/s). For m + k v >= 0
+    # the two exponents cancel: it equals exp(-m^2/(2v)) erfcx((m + k v)/(s sqrt 2)) / 2,
+    # which stays finite for huge v where the naive product overflows.
     def tail(k):
-        return math.exp(k * m + 0.5 * k * k * v + float(special.log_ndtr(-(m + k * v) / s)))
+        x = m + k * v
+        if x >= 0:
+            return 0.5 * math.exp(-m * m / (2 * v)) * float(special.erfcx(x / (s * math.sqrt(2))))
+        return math.exp(k * m + 0.5 * k * k * v + float(special.log_ndtr(-x / s)))
 
     p_neg = float(_ndtr(-m / s))
     e1, e2 = tail(1.0), tail(2.0)

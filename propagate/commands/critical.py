@@ -1,0 +1,61 @@
+"""``propagate critical``: the edge of chaos (chi_1 = 1) of an activation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from propagate.commands._args import nonneg_float_list
+
+NAME = "critical"
+HELP = "the critical sigma_w^2 (edge of chaos, chi_1 = 1) and q* there, for one or many sigma_b^2"
+DESCRIPTION = """\
+The weight variance scale sigma_w2 (= fan_in Var(w)) at which chi_1 =
+sigma_w2 E[phi'(h)^2] = 1 at the fixed point q* of the length map, for each
+bias variance sigma_b2: the order-chaos boundary of Schoenholz et al. 2017.
+A list (0,0.05,0.1) or a range START:STOP:N traces the critical line.
+
+For relu-like (positively homogeneous) activations chi_1 does not depend on q:
+the critical sigma_w2 is 1/E[phi'^2] (relu: 2), with q* = inf for sigma_b2 > 0.
+"nan" means no critical point exists (e.g. softplus).
+
+examples:
+  propagate critical --activation tanh --sigma-b2 0.05
+  propagate critical --activation tanh --sigma-b2 0:0.5:11 --csv tanh_critical.csv
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--activation", "-a", default="tanh", metavar="NAME", help="activation (default tanh)")
+    parser.add_argument("--sigma-b2", type=nonneg_float_list, default=[0.0], metavar="LIST",
+                        help="bias variance(s): a value, a list a,b,c or a range START:STOP:N (default 0)")
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the line as JSON")
+    out.add_argument("--csv", metavar="FILE", help="write the line as CSV (plus FILE.meta.json); '-' for stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from propagate.activations import get_activation
+    from propagate.io import run_metadata, to_json, write_table
+    from propagate.theory import critical_line
+
+    act = get_activation(args.activation)
+    df = critical_line(act, args.sigma_b2)
+    df.insert(0, "activation", act.name)
+    meta = run_metadata(activation=act.name)
+    if args.json:
+        import json
+
+        sys.stdout.write(to_json({"meta": meta, "rows": json.loads(df.to_json(orient="records", double_precision=15))}))
+        return 0
+    if args.csv == "-":
+        sys.stdout.write(df.to_csv(index=False, float_format="%.12g"))
+        return 0
+    print(f"edge of chaos of {act.name} (chi_1 = 1); sigma_w2 = fan_in Var(w), gain = sqrt(sigma_w2)")
+    show = df.assign(gain=df["sigma_w2"] ** 0.5)[["sigma_b2", "sigma_w2", "q_star", "gain"]]
+    print(tabulate(show, headers=["sigma_b2", "sigma_w2", "q*", "gain"], floatfmt=".10g", showindex=False))
+    if args.csv:
+        print(f"wrote {write_table(df, args.csv, meta)}")
+    return 0

@@ -1,0 +1,147 @@
+"""``propagate theory``: mean-field fixed points, depth scales, phase and per-layer predictions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from propagate.commands._args import finite_float, nonneg_float, positive_float, positive_int, probability
+
+NAME = "theory"
+HELP = "mean-field theory: q*, c*, chi_1, depth scales, phase and the per-layer table"
+DESCRIPTION = """\
+Mean-field (infinite-width) predictions for a fully connected network.
+
+With --sigma-w2 the network is a uniform stack of --depth layers of --width
+units with N(0, sigma_w2/fan_in) weights (sigma_w2 is a weight *variance*
+scale: Var(w) = sigma_w2 / fan_in). With --init NAME the seed's widths are used
+(--input-dim 784 -> --first-width 512 -> --width 256 ...) and every layer's
+sigma_w2 follows from the initializer and its fan-in/fan-out; the fixed-point
+summary then uses the last layer's sigma_w2.
+
+Printed: q* (fixed point of the pre-activation second moment), c* (of the pair
+correlation), chi_1 = sigma_w2 E[phi'(h)^2] at q*, the depth scales xi_q, xi_c
+(Schoenholz et al. 2017) and the phase (ordered chi_1 < 1, critical, chaotic
+chi_1 > 1), then one row per layer (row 0 = the input).
+
+examples:
+  propagate theory --activation tanh --sigma-w2 1.5 --sigma-b2 0.05 --depth 50
+  propagate theory --activation selu --init lecun_normal --depth 50
+  propagate theory --activation relu --init glorot_uniform --batchnorm --csv relu_bn.csv
+  propagate theory --activation relu --sigma-w2 3 --depth 1000 --csv -
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--activation", "-a", default="tanh", metavar="NAME",
+                        help="activation, e.g. tanh, relu, selu, leaky_relu:0.2, elu:alpha=1 (default tanh)")
+    w = parser.add_mutually_exclusive_group(required=True)
+    w.add_argument("--sigma-w2", type=positive_float, metavar="S",
+                   help="weight variance scale sigma_w^2 = fan_in Var(w), uniform stack")
+    w.add_argument("--init", metavar="NAME",
+                   help="initializer (glorot_uniform, lecun_normal, he_normal, normal:S, ...), seed widths")
+    parser.add_argument("--sigma-b2", type=nonneg_float, default=None, metavar="S",
+                        help="bias variance sigma_b^2 (default 0; with --init the initializer's default)")
+    parser.add_argument("--depth", type=positive_int, default=50, metavar="L", help="number of hidden layers (default 50)")
+    parser.add_argument("--width", type=positive_int, default=256, metavar="N", help="hidden width (default 256)")
+    parser.add_argument("--first-width", type=positive_int, default=512, metavar="N",
+                        help="width of the first hidden layer with --init (default 512)")
+    parser.add_argument("--input-dim", type=positive_int, default=784, metavar="N",
+                        help="input dimension with --init (default 784; with --sigma-w2 the input has --width)")
+    parser.add_argument("--input-mean", type=finite_float, default=0.0, metavar="M", help="per-feature input mean (default 0)")
+    parser.add_argument("--input-var", type=nonneg_float, default=1.0, metavar="V", help="per-feature input variance (default 1)")
+    parser.add_argument("--input-corr", type=finite_float, default=None, metavar="C",
+                        help="uncentered correlation of two inputs (default mean^2/(mean^2+var), independent inputs)")
+    parser.add_argument("--batchnorm", action="store_true", help="BatchNorm on the input of layers 2..depth (seed placement)")
+    parser.add_argument("--dropout", type=probability, default=0.0, metavar="P", help="dropout rate after each hidden layer")
+    parser.add_argument("--alpha-dropout", type=probability, default=0.0, metavar="P", help="alpha-dropout rate after each hidden layer")
+    parser.add_argument("--rows", type=positive_int, default=None, metavar="N",
+                        help="print at most N table rows, evenly spaced (default: all up to 60 layers, else 25)")
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print summary and table as JSON")
+    out.add_argument("--csv", metavar="FILE", help="write the per-layer table as CSV (plus FILE.meta.json); '-' for stdout")
+
+
+def build(args):
+    """The (spec, sigma_w2, sigma_b2) the arguments describe."""
+    from propagate.spec import NetworkSpec
+
+    common = dict(activation=args.activation, batchnorm=args.batchnorm, dropout=args.dropout,
+                  alpha_dropout=args.alpha_dropout, input_mean=args.input_mean, input_var=args.input_var)
+    if args.sigma_w2 is not None:
+        sb2 = 0.0 if args.sigma_b2 is None else args.sigma_b2
+        spec = NetworkSpec(widths=(args.width,) * (args.depth + 1), init=f"normal:{args.sigma_w2!r}", bias_var=sb2, **common)
+        return spec, args.sigma_w2, sb2
+    spec = NetworkSpec.stack(args.depth, args.width, input_dim=args.input_dim, first_width=args.first_width,
+                             init=args.init, bias_var=args.sigma_b2, **common)
+    return spec, spec.sigma_w2()[-1], spec.sigma_b2()[-1]
+
+
+def _fmt(x) -> str:
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, float):
+        return f"{x:.6g}"
+    return str(x)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from propagate.io import run_metadata, to_json, write_table
+    from propagate.theory import analyze
+
+    spec, sw2, sb2 = build(args)
+    res = analyze(spec.activation, sw2, sb2, spec.depth, spec=spec, input_corr=args.input_corr)
+    table = res.table
+    meta = run_metadata(spec=spec.to_dict(), summary=res.summary())
+    if args.json:
+        sys.stdout.write(to_json({"meta": meta, **res.to_dict()}))
+        return 0
+    if args.csv == "-":
+        sys.stdout.write(table.to_csv(index=False, float_format="%.10g"))
+        return 0
+    print(format_summary(res, spec))
+    cols = ["layer", "width", "sigma_w2", "pre_var", "post_mean", "post_var", "post_q", "corr", "grad_norm"]
+    if table["diverged"].any():
+        cols.append("diverged")
+    n = args.rows or (len(table) if spec.depth <= 60 else 26)
+    if n >= len(table):
+        shown = table
+    else:
+        shown = table.iloc[sorted({round(i * (len(table) - 1) / max(n - 1, 1)) for i in range(n)})]
+    print()
+    print(tabulate(shown[cols], headers=cols, floatfmt=".6g", showindex=False))
+    if len(shown) < len(table):
+        print(f"({len(shown)} of {len(table)} rows shown; --csv FILE or --rows N for more)")
+    if args.csv:
+        path = write_table(table, args.csv, meta)
+        print(f"wrote {path}")
+    return 0
+
+
+def format_summary(res, spec) -> str:
+    """The summary block ``propagate theory`` prints above the table."""
+    lines = [f"{spec.label()}: depth {spec.depth}, widths {_widths(spec)}",
+             f"fixed-point analysis at sigma_w2 = {res.sigma_w2:.6g}, sigma_b2 = {res.sigma_b2:.6g}"]
+    if res.fixed_point:
+        lines.append(f"  q*     = {res.q_star:.10g}   (pre-activation second moment)")
+    else:
+        lines.append(f"  q*     = inf: no finite fixed point; q grows by x{res.growth:.6g} per layer at the end of the stack")
+    lines += [
+        f"  c*     = {res.c_star:.10g}",
+        f"  chi_1  = {res.chi_1:.10g}   (sigma_w2 E[phi'(h)^2]; squared gradient norm factor per layer)",
+        f"  chi_c  = {res.chi_c:.10g}   (c-map slope at c*)",
+        f"  xi_q   = {res.xi_q:.6g}   xi_c = {res.xi_c:.6g}   (depth scales, layers)",
+        f"  phase  = {res.phase}",
+    ]
+    if spec.batchnorm or spec.dropout or spec.alpha_dropout:
+        lines.append("  (the fixed-point summary ignores batchnorm/dropout; the table includes them)")
+    return "\n".join(lines)
+
+
+def _widths(spec) -> str:
+    w = spec.widths
+    if len(w) <= 6:
+        return " -> ".join(map(str, w))
+    return f"{w[0]} -> {w[1]} -> ... -> {w[-1]}"

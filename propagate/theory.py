@@ -1,0 +1,873 @@
+"""Mean-field theory of wide random networks, for any activation and initialization.
+
+In the infinite-width limit the pre-activations ``h^l = W^l x^{l-1} + b^l`` of
+a network with i.i.d. zero-mean weights (``Var(w) = sigma_w^2 / fan_in``) and
+biases (``Var(b) = sigma_b^2``) are Gaussian with mean 0, whatever the mean of
+``x^{l-1}``. Their second moment and the pair correlation of two inputs obey
+(Poole et al. 2016; Schoenholz et al. 2017, "Deep Information Propagation")::
+
+    q^l   = sigma_w^2 E[phi(h)^2] + sigma_b^2,          h ~ N(0, q^{l-1})   (length map)
+    q_ab  = sigma_w^2 E[phi(u_a) phi(u_b)] + sigma_b^2,  (u_a, u_b) ~ N(0, q [[1, c], [c, 1]])
+    c^l   = q_ab / q^l                                                       (correlation map)
+
+``q`` is a second moment (a variance, since the mean is 0), never a standard
+deviation. Derived quantities, all at the fixed point ``q*``:
+
+- ``chi_1 = sigma_w^2 E[phi'(h)^2]``: slope of the c-map at ``c = 1`` and the
+  per-layer factor of the squared gradient norm. ``chi_1 < 1`` ordered,
+  ``> 1`` chaotic, ``= 1`` critical (the edge of chaos).
+- ``xi_q = -1 / log(chi_q)`` with ``chi_q = dq^l/dq^{l-1} = sigma_w^2
+  E[phi'(h)^2 + phi(h) phi''(h)]``. We take the derivative of the length map by a
+  Richardson-extrapolated central difference, which also covers non-smooth
+  ``phi`` (relu, elu, selu) where ``phi''`` has a delta.
+- ``xi_c = -1 / log(chi_c)`` with ``chi_c = sigma_w^2 E[phi'(u_a) phi'(u_b)]``
+  at ``(q*, c*)``; at ``c* = 1`` this is ``chi_1``.
+
+Gaussian expectations come from closed forms where they exist (relu, leaky
+relu, linear, elu, selu, erf) and otherwise from quadrature
+(:func:`gaussian_expectation`): Gauss-Hermite for smooth integrands at moderate
+scale, composite Gauss-Legendre split at the kinks (and graded around ``h = 0``)
+otherwise. Both agree with the closed forms to 1e-10.
+
+:func:`predict_layers` turns a :class:`~propagate.spec.NetworkSpec` into the
+per-layer table of :mod:`propagate.stats` (``source = "theory"``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from scipy import optimize, special
+
+from propagate.activations import Activation, get_activation, selu_constants
+from propagate.errors import UserError
+
+__all__ = [
+    "gaussian_expectation",
+    "gaussian_pair_expectation",
+    "length_map",
+    "correlation_map",
+    "fixed_point_q",
+    "fixed_point_c",
+    "chi_1",
+    "chi_c",
+    "depth_scales",
+    "phase",
+    "critical_sigma_w2",
+    "critical_line",
+    "variance_preserving_gain",
+    "snn_moment_map",
+    "predict_layers",
+    "TheoryResult",
+    "analyze",
+]
+
+#: Values of q beyond this count as overflow (the row is flagged ``diverged``).
+OVERFLOW_Q = 1e300
+#: |chi_1 - 1| below this is reported as "critical".
+CRITICAL_TOL = 1e-6
+
+_SQRT2PI = math.sqrt(2 * math.pi)
+
+# ----------------------------------------------------------------------------
+# quadrature rules (standard normal weight folded into the weights)
+
+_Z_MAX = 9.0  # P(|z| > 9) ~ 2e-19
+_N_GH = 80  # 1-D Gauss-Hermite nodes
+_N_GH2 = 24  # inner rule of pair expectations (conditional sd <= 0.5)
+_N_GL = 8  # Gauss-Legendre nodes per panel
+_GH_MAX_SCALE = 0.5  # Gauss-Hermite only while the standard deviation (in h) is below this (tanh: poles at +-i pi/2)
+# Breakpoints in h-space: the activation's kinks are added; grading around h = 0
+# resolves near-steps (tanh, erf, sigmoid at large q) and the softened kinks of gelu/silu/softplus.
+_H_BREAKS = np.array([0.0, -0.5, 0.5, -1.0, 1.0, -2.0, 2.0, -4.0, 4.0, -8.0, 8.0, -16.0, 16.0, -32.0, 32.0, -64.0, 64.0])
+_Z_GRID = np.linspace(-_Z_MAX, _Z_MAX, 13)
+
+
+@lru_cache(maxsize=None)
+def _gh(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilists' Gauss-Hermite nodes and weights normalized to N(0, 1)."""
+    x, w = np.polynomial.hermite_e.hermegauss(n)
+    return x, w / math.sqrt(2 * math.pi)
+
+
+@lru_cache(maxsize=None)
+def _gl(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.polynomial.legendre.leggauss(n)
+
+
+def _composite(breaks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Composite Gauss-Legendre nodes/weights (N(0,1) density included) on sorted breakpoints.
+
+    ``breaks`` has shape ``(..., P + 1)``; returns arrays of shape ``(..., P * n)``.
+    Zero-length panels (clipped breakpoints) get zero weight.
+    """
+    x, w = _gl(_N_GL)
+    a, b = breaks[..., :-1, None], breaks[..., 1:, None]
+    half = 0.5 * (b - a)
+    z = (a + b) * 0.5 + half * x
+    wz = half * w * np.exp(-0.5 * z * z) / _SQRT2PI
+    shape = breaks.shape[:-1] + (-1,)
+    return z.reshape(shape), wz.reshape(shape)
+
+
+def _breakpoints(mean, sd, kinks: Sequence[float]) -> np.ndarray:
+    """Sorted z-breakpoints for h = mean + sd z (mean may be an array), clipped to [-Z_MAX, Z_MAX]."""
+    mean = np.asarray(mean, dtype=float)
+    hb = np.concatenate([_H_BREAKS, np.asarray(kinks, dtype=float)])
+    zb = (hb - mean[..., None]) / sd
+    grid = np.broadcast_to(_Z_GRID, mean.shape + _Z_GRID.shape)
+    allb = np.clip(np.concatenate([grid, zb], axis=-1), -_Z_MAX, _Z_MAX)
+    return np.sort(allb, axis=-1)
+
+
+def _nodes_1d(mean: float, sd: float, kinks: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes ``h`` and weights for E[f(h)], h ~ N(mean, sd^2) (cached: a layer asks thrice)."""
+    return _nodes_1d_cached(float(mean), float(sd), tuple(float(k) for k in kinks))
+
+
+@lru_cache(maxsize=512)
+def _nodes_1d_cached(mean: float, sd: float, kinks: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    if not kinks and sd <= _GH_MAX_SCALE:
+        z, w = _gh(_N_GH)
+    else:
+        z, w = _composite(np.unique(_breakpoints(mean, sd, kinks)))
+    h = mean + sd * z
+    h.flags.writeable = False
+    w.flags.writeable = False
+    return h, w
+
+
+def gaussian_expectation(f: Callable[[np.ndarray], np.ndarray], var: float, mean: float = 0.0, kinks: Sequence[float] = ()) -> float:
+    """``E[f(h)]`` for ``h ~ N(mean, var)`` (``var`` a variance) by quadrature.
+
+    ``f`` must accept a numpy array. Smooth integrands at moderate scale
+    (``sqrt(var) <= 0.5``, no ``kinks``) use 80-node Gauss-Hermite; otherwise
+    composite 10-node Gauss-Legendre panels on ``|z| <= 9`` split at every kink
+    and graded around ``h = 0``. Accurate to about 1e-12 relative for the
+    built-in activations; ``var = 0`` returns ``f(mean)``.
+    """
+    var = float(var)
+    mean = float(mean)
+    if not (var >= 0) or not math.isfinite(var) or not math.isfinite(mean):
+        raise UserError(f"gaussian_expectation needs a finite variance >= 0 and a finite mean, got var={var}, mean={mean}")
+    if var == 0:
+        return float(np.asarray(f(np.array([mean])), dtype=float)[0])
+    h, w = _nodes_1d(mean, math.sqrt(var), tuple(kinks))
+    return float(np.dot(w, np.asarray(f(h.copy()), dtype=float)))
+
+
+# ----------------------------------------------------------------------------
+# vectorized closed forms for the inner integral of pair expectations
+
+
+def _inner_mean(act: Activation, derivative: bool = False):
+    """``(m, v) -> E[phi(h)]`` (or ``E[phi'(h)]``), h ~ N(m, v), vectorized over ``m``; or None."""
+    fam, p = act.family, act.params
+    if fam in ("relu", "leaky_relu", "linear"):
+        slope = {"relu": 0.0, "leaky_relu": p.get("slope", 0.0), "linear": 1.0}[fam]
+
+        def inner(m, v):
+            s = math.sqrt(v)
+            a = m / s
+            cdf, pdf = special.ndtr(a), np.exp(-0.5 * a * a) / _SQRT2PI
+            if derivative:
+                return cdf + slope * (1 - cdf)
+            pos = m * cdf + s * pdf
+            return pos + slope * (m - pos)
+
+        return inner
+    if fam in ("elu", "selu"):
+        lam = p.get("lambda", 1.0)
+        alpha = p["alpha"]
+
+        def inner(m, v):
+            s = math.sqrt(v)
+            a = m / s
+            cdf = special.ndtr(a)
+            # E[e^h 1{h<=0}] = exp(m + v/2) Phi(-(m + v)/s), in log space
+            e1 = np.exp(m + 0.5 * v + special.log_ndtr(-(m + v) / s))
+            if derivative:
+                return lam * (cdf + alpha * e1)
+            pos = m * cdf + s * np.exp(-0.5 * a * a) / _SQRT2PI
+            return lam * (pos + alpha * (e1 - (1 - cdf)))
+
+        return inner
+    return None
+
+
+def _pair_closed_form(act: Activation, q: float, c: float, derivative: bool):
+    """Closed-form ``E[phi(u_a) phi(u_b)]`` (or of ``phi'``), or None."""
+    fam, p = act.family, act.params
+    c = min(1.0, max(-1.0, c))
+    if fam in ("relu", "leaky_relu", "linear"):
+        a = {"relu": 0.0, "leaky_relu": p.get("slope", 0.0), "linear": 1.0}[fam]
+        theta = math.acos(c)
+        # phi = a h + (1 - a) relu(h); arc-cosine kernels of degree 0 and 1 (Cho & Saul 2009)
+        k0 = (math.pi - theta) / (2 * math.pi)
+        if derivative:
+            return a * a + a * (1 - a) + (1 - a) ** 2 * k0
+        k1 = q / (2 * math.pi) * (math.sqrt(max(0.0, 1 - c * c)) + (math.pi - theta) * c)
+        return a * a * q * c + a * (1 - a) * q * c + (1 - a) ** 2 * k1
+    if fam == "erf":
+        if derivative:
+            return (4 / math.pi) / math.sqrt((1 + 2 * q) ** 2 - (2 * q * c) ** 2)
+        return (2 / math.pi) * math.asin(2 * q * c / (1 + 2 * q))
+    return None
+
+
+def gaussian_pair_expectation(act: Activation | str, q: float, c: float, *, derivative: bool = False) -> float:
+    """``E[phi(u_a) phi(u_b)]`` for ``(u_a, u_b) ~ N(0, q [[1, c], [c, 1]])``.
+
+    With ``derivative=True`` the expectation of ``phi'(u_a) phi'(u_b)``. Closed
+    forms for relu/leaky_relu/linear (arc-cosine kernels) and erf (Williams
+    1997); otherwise an outer 1-D rule over ``u_a`` (as in
+    :func:`gaussian_expectation`) of the conditional mean of ``phi(u_b)`` given
+    ``u_a``: closed form for elu/selu, a shared 24-node Gauss-Hermite rule when
+    the conditional standard deviation ``sqrt(q (1 - c^2)) <= 0.5`` and ``phi``
+    is smooth, else a composite Gauss-Legendre rule per outer node split where
+    ``u_b`` crosses a kink.
+    """
+    act = get_activation(act)
+    q, c = float(q), float(c)
+    f = act.grad if derivative else act.numpy
+    if q == 0:
+        v = float(np.asarray(f(np.zeros(1)))[0])
+        return v * v
+    c = min(1.0, max(-1.0, c))
+    closed = _pair_closed_form(act, q, c, derivative)
+    if closed is not None:
+        return float(closed)
+    s = math.sqrt(q)
+    if c >= 1 - 1e-13 or c <= -1 + 1e-13:
+        h, w = _nodes_1d(0.0, s, act.kinks)
+        return float(np.dot(w, f(h) * f(math.copysign(1.0, c) * h)))
+    r = math.sqrt(1 - c * c)
+    inner = _inner_mean(act, derivative)
+    if inner is not None:
+        h, w = _nodes_1d(0.0, s, act.kinks)
+        return float(np.dot(w, f(h) * inner(c * h, q * r * r)))
+    # u_b | u_a ~ N(c u_a, q (1 - c^2)): outer rule on u_a, inner rule on the conditional
+    h1, w1 = _nodes_1d(0.0, s, act.kinks)
+    cond_mean = c * h1
+    sd2 = s * r
+    if not act.kinks and sd2 <= _GH_MAX_SCALE:
+        # smooth at the inner scale: one shared Gauss-Hermite rule for every row
+        z2, w2 = _gh(_N_GH2)
+        h2 = cond_mean[:, None] + sd2 * z2[None, :]
+        return float(np.dot(w1 * f(h1), f(h2) @ w2))
+    # wide or kinked: a composite rule per row, split where u_b crosses a kink or grading point
+    z2, w2 = _composite(_breakpoints(cond_mean, sd2, act.kinks))
+    h2 = cond_mean[:, None] + sd2 * z2
+    return float(np.dot(w1 * f(h1), np.sum(w2 * f(h2), axis=1)))
+
+
+# ----------------------------------------------------------------------------
+# single-layer moments
+
+
+def _moments(act: Activation, q: float, mean: float = 0.0) -> tuple[float, float]:
+    """(E[phi(h)], E[phi(h)^2]), h ~ N(mean, q)."""
+    if q == 0:
+        v = float(act.numpy(np.array([mean]))[0])
+        return v, v * v
+    if act.moments is not None:
+        m = act.moments(mean, q)
+        if m is not None:
+            return float(m[0]), float(m[1])
+    h, w = _nodes_1d(mean, math.sqrt(q), act.kinks)
+    y = act.numpy(h)
+    return float(np.dot(w, y)), float(np.dot(w, y * y))
+
+
+def _grad_moment(act: Activation, q: float, mean: float = 0.0) -> float:
+    """E[phi'(h)^2], h ~ N(mean, q); at ``q = 0`` on a kink, the limit (mean of the squared one-sided slopes)."""
+    if q == 0 and float(mean) in act.kinks:
+        q = 1e-300
+    if q == 0:
+        g = float(act.grad(np.array([mean]))[0])
+        return g * g
+    if act.grad_moment is not None:
+        g = act.grad_moment(mean, q)
+        if g is not None:
+            return float(g)
+    h, w = _nodes_1d(mean, math.sqrt(q), act.kinks)
+    g = act.grad(h)
+    return float(np.dot(w, g * g))
+
+
+def _layer_moments(act: Activation, q: float, c: float) -> tuple[float, float, float, float]:
+    """(E[phi], E[phi^2], E[phi'^2], E[phi(u_a) phi(u_b)]) at pre-activation second moment ``q``, correlation ``c``.
+
+    One layer of :func:`predict_layers`; shares the quadrature nodes and the
+    values of ``phi`` between the four expectations where no closed form exists.
+    """
+    closed = q == 0 or (act.moments is not None and act.moments(0.0, q) is not None)
+    if closed or _inner_mean(act) is not None or _pair_closed_form(act, q, c, False) is not None or act.kinks:
+        m1, m2 = _moments(act, q)
+        g2 = _grad_moment(act, q)
+        pab = m2 if c >= 1.0 else gaussian_pair_expectation(act, q, c)
+        return m1, m2, g2, pab
+    s = math.sqrt(q)
+    h, w = _nodes_1d(0.0, s, ())
+    y, g = act.numpy(h), act.grad(h)
+    wy = w * y
+    m1, m2, g2 = float(np.sum(wy)), float(np.dot(wy, y)), float(np.dot(w * g, g))
+    if c >= 1.0:
+        return m1, m2, g2, m2
+    r = math.sqrt(max(0.0, 1 - c * c))
+    sd2 = s * r
+    if sd2 <= _GH_MAX_SCALE and c > -1 + 1e-13:
+        z2, w2 = _gh(_N_GH2)
+        pab = float(np.dot(wy, act.numpy(c * h[:, None] + sd2 * z2[None, :]) @ w2))
+    else:
+        pab = gaussian_pair_expectation(act, q, c)
+    return m1, m2, g2, pab
+
+
+def _check_var(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise UserError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def length_map(activation, sigma_w2: float, sigma_b2: float, q):
+    """The length map ``q -> sigma_w^2 E[phi(sqrt(q) z)^2] + sigma_b^2`` (``q`` scalar or array)."""
+    act = get_activation(activation)
+    sw2, sb2 = _check_var("sigma_w2", sigma_w2), _check_var("sigma_b2", sigma_b2)
+    qa = np.asarray(q, dtype=float)
+    out = np.array([sw2 * _moments(act, float(x))[1] + sb2 for x in qa.ravel()]).reshape(qa.shape)
+    return float(out) if out.ndim == 0 else out
+
+
+def correlation_map(activation, sigma_w2: float, sigma_b2: float, q: float, c):
+    """The correlation map ``c -> (sigma_w^2 E[phi(u_a) phi(u_b)] + sigma_b^2) / q'``.
+
+    ``(u_a, u_b) ~ N(0, q [[1, c], [c, 1]])`` and ``q' = length_map(q)``, so the
+    result is the next layer's correlation (at ``q = q*`` the usual c-map).
+    ``c`` may be a scalar or an array.
+    """
+    act = get_activation(activation)
+    sw2, sb2 = _check_var("sigma_w2", sigma_w2), _check_var("sigma_b2", sigma_b2)
+    q = float(q)
+    qn = sw2 * _moments(act, q)[1] + sb2
+    ca = np.asarray(c, dtype=float)
+    out = np.array([(sw2 * gaussian_pair_expectation(act, q, float(x)) + sb2) / qn for x in ca.ravel()]).reshape(ca.shape)
+    return float(out) if out.ndim == 0 else out
+
+
+def fixed_point_q(activation, sigma_w2: float, sigma_b2: float, q0: float = 1.0, *, tol: float = 1e-13, max_iter: int = 400) -> float:
+    """The fixed point ``q*`` reached by iterating the length map from ``q0``.
+
+    Returns ``math.inf`` when ``q`` grows without bound (e.g. relu with
+    ``sigma_w^2 > 2``) and ``0.0`` when it decays to zero (e.g. relu with
+    ``sigma_w^2 < 2``, ``sigma_b^2 = 0``). Iterates while that converges and
+    then brackets the fixed point in the direction of travel and solves it with
+    Brent's method (the length map is increasing in ``q`` for the usual
+    activations, so iteration from ``q0`` ends at the nearest fixed point that way).
+    """
+    act = get_activation(activation)
+    sw2, sb2 = _check_var("sigma_w2", sigma_w2), _check_var("sigma_b2", sigma_b2)
+    q = _check_var("q0", q0)
+
+    def L(x):
+        return sw2 * _moments(act, x)[1] + sb2
+
+    for _ in range(40):
+        qn = L(q)
+        if not math.isfinite(qn) or qn > OVERFLOW_Q:
+            return math.inf
+        if abs(qn - q) <= tol * max(q, 1e-300) or qn == q:
+            return qn
+        q = qn
+    g = lambda x: L(x) - x  # noqa: E731
+    if L(q) > q:  # increasing: find an upper bracket
+        hi = q
+        for _ in range(2000):
+            hi *= 2.0
+            if hi > OVERFLOW_Q or g(hi) <= 0:
+                break
+        if hi > OVERFLOW_Q:
+            return math.inf
+        return float(optimize.brentq(g, q, hi, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=max_iter))
+    lo = q
+    for _ in range(2000):
+        lo *= 0.5
+        if lo < 1e-300 or g(lo) >= 0:
+            break
+    if lo < 1e-300:
+        return 0.0
+    return float(optimize.brentq(g, lo, q, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=max_iter))
+
+
+def chi_1(activation, sigma_w2: float, sigma_b2: float = 0.0, q: float | None = None) -> float:
+    """``chi_1 = sigma_w^2 E[phi'(sqrt(q) z)^2]`` at ``q`` (default: ``q*`` from ``q0 = 1``).
+
+    For ``q* = inf`` it is evaluated at the last finite iterate's scale (for
+    positively homogeneous activations such as relu it does not depend on ``q``).
+    """
+    act = get_activation(activation)
+    sw2 = _check_var("sigma_w2", sigma_w2)
+    if q is None:
+        q = fixed_point_q(act, sw2, sigma_b2)
+    if not math.isfinite(q):
+        q = _large_q(act, sw2, sigma_b2)
+    return sw2 * _grad_moment(act, float(q))
+
+
+def _large_q(act, sw2, sb2, q0=1.0, steps=200):
+    """The last finite iterate of a length map that grows without bound (for slopes there)."""
+    q = q0
+    for _ in range(steps):
+        qn = sw2 * _moments(act, q)[1] + sb2
+        if not math.isfinite(qn) or qn > 1e100:
+            break
+        q = qn
+    return q
+
+
+def fixed_point_c(activation, sigma_w2: float, sigma_b2: float = 0.0, q: float | None = None) -> float:
+    """The stable fixed point ``c*`` of the correlation map at ``q`` (default ``q*``).
+
+    ``c = 1`` is always a fixed point; it is the stable one when ``chi_1 <= 1``.
+    In the chaotic phase (``chi_1 > 1``) ``c*`` is the fixed point in ``[0, 1)``,
+    found by Brent's method. ``nan`` when ``q* = 0`` (no signal left).
+    """
+    act = get_activation(activation)
+    sw2, sb2 = _check_var("sigma_w2", sigma_w2), _check_var("sigma_b2", sigma_b2)
+    if q is None:
+        q = fixed_point_q(act, sw2, sb2)
+    if not math.isfinite(q):
+        q = _large_q(act, sw2, sb2)
+    if q == 0:
+        return math.nan
+    x1 = sw2 * _grad_moment(act, q) * q / (sw2 * _moments(act, q)[1] + sb2)  # c-map slope at c = 1
+    if x1 <= 1 + CRITICAL_TOL:
+        return 1.0
+    f = lambda c: correlation_map(act, sw2, sb2, q, c) - c  # noqa: E731
+    lo, hi = 0.0, 1.0 - 1e-7
+    if f(lo) < 0:
+        lo = -1.0 + 1e-12
+        if f(lo) < 0:
+            return math.nan
+    if f(hi) > 0:
+        return 1.0
+    return float(optimize.brentq(f, lo, hi, xtol=1e-15, rtol=1e-14))
+
+
+def chi_c(activation, sigma_w2: float, sigma_b2: float = 0.0, q: float | None = None, c: float | None = None) -> float:
+    """``chi_c = sigma_w^2 E[phi'(u_a) phi'(u_b)]`` at ``(q, c)`` (default ``(q*, c*)``)."""
+    act = get_activation(activation)
+    sw2 = _check_var("sigma_w2", sigma_w2)
+    if q is None:
+        q = fixed_point_q(act, sw2, sigma_b2)
+    if not math.isfinite(q):
+        q = _large_q(act, sw2, sigma_b2)
+    if c is None:
+        c = fixed_point_c(act, sw2, sigma_b2, q)
+    if not math.isfinite(c):
+        return math.nan
+    return sw2 * gaussian_pair_expectation(act, q, c, derivative=True)
+
+
+def _chi_q(act, sw2, sb2, q):
+    """``dq'/dq`` at ``q``: Richardson-extrapolated central difference of the length map."""
+    if q == 0:
+        return sw2 * _grad_moment(act, 0.0)  # d/dq E[phi(sqrt q z)^2] -> phi'(0)^2 + phi(0) phi''(0); phi''(0) = 0 here
+    L = lambda x: sw2 * _moments(act, x)[1]  # noqa: E731
+
+    def d(hrel):
+        dq = q * hrel
+        return (L(q + dq) - L(q - dq)) / (2 * dq)
+
+    d1, d2 = d(2e-3), d(1e-3)
+    return (4 * d2 - d1) / 3
+
+
+def depth_scales(activation, sigma_w2: float, sigma_b2: float = 0.0, q: float | None = None, c: float | None = None) -> tuple[float, float]:
+    """``(xi_q, xi_c)``: the depths over which ``q`` and ``c`` approach their fixed points.
+
+    ``xi_q^-1 = -log chi_q`` with ``chi_q = sigma_w^2 E[phi'(h)^2 + phi(h) phi''(h)]``
+    (the slope of the length map at ``q*``, computed numerically) and
+    ``xi_c^-1 = -log chi_c`` with ``chi_c = sigma_w^2 E[phi'(u_a) phi'(u_b)]`` at
+    ``c*`` (Schoenholz et al. 2017, eqs. 6 and 9). ``inf`` where the slope is
+    >= 1 (critical, or no finite fixed point); ``nan`` when undefined.
+    """
+    act = get_activation(activation)
+    sw2, sb2 = _check_var("sigma_w2", sigma_w2), _check_var("sigma_b2", sigma_b2)
+    if q is None:
+        q = fixed_point_q(act, sw2, sb2)
+    if not math.isfinite(q):
+        return math.inf, math.inf
+    xq = _chi_q(act, sw2, sb2, q)
+    if c is None:
+        c = fixed_point_c(act, sw2, sb2, q)
+    xc = chi_c(act, sw2, sb2, q, c) if math.isfinite(c) else math.nan
+    return _xi(xq), _xi(xc)
+
+
+def _xi(chi: float) -> float:
+    if not math.isfinite(chi):
+        return math.nan
+    if chi >= 1 or chi <= 0:
+        return math.inf if chi >= 1 else 0.0
+    return -1.0 / math.log(chi)
+
+
+def phase(activation, sigma_w2: float, sigma_b2: float = 0.0, *, tol: float = CRITICAL_TOL) -> str:
+    """``"ordered"`` (chi_1 < 1), ``"chaotic"`` (chi_1 > 1) or ``"critical"`` (|chi_1 - 1| <= tol)."""
+    return _phase_of(chi_1(activation, sigma_w2, sigma_b2), tol)
+
+
+def _phase_of(x1: float, tol: float = CRITICAL_TOL) -> str:
+    if not math.isfinite(x1):
+        return "undefined"
+    if abs(x1 - 1) <= tol:
+        return "critical"
+    return "ordered" if x1 < 1 else "chaotic"
+
+
+# ----------------------------------------------------------------------------
+# the critical line and gains
+
+_HOMOGENEOUS = ("relu", "leaky_relu", "linear")
+
+
+def critical_sigma_w2(activation, sigma_b2: float = 0.0) -> tuple[float, float]:
+    """``(sigma_w^2, q*)`` on the edge of chaos (``chi_1 = 1``) for a bias variance ``sigma_b^2``.
+
+    Parametrized by ``q*``: ``chi_1 = 1`` gives ``sigma_w^2 = 1 / E[phi'(sqrt(q*) z)^2]``
+    and the fixed-point condition then fixes ``sigma_b^2 = q* - sigma_w^2 E[phi(sqrt(q*) z)^2]``;
+    we solve that for ``q*`` by bracketing and Brent's method (only 1-D
+    expectations). For positively homogeneous activations (relu, leaky relu,
+    linear) ``chi_1`` does not depend on ``q``: ``sigma_w^2 = 1 / E[phi'^2]``,
+    every ``q`` is a fixed point at ``sigma_b^2 = 0`` (``q*`` reported from
+    ``q0 = 1``, i.e. ``1.0``) and none is finite for ``sigma_b^2 > 0`` (``inf``).
+    At ``sigma_b^2 = 0`` with ``phi(0) = 0`` (tanh, erf, elu, selu, gelu, ...)
+    the critical point is ``q* = 0`` with ``sigma_w^2 = 1 / lim_{q->0} E[phi'^2]``
+    (``1/phi'(0)^2``; the mean of the squared one-sided slopes at a kink).
+    Returns ``(nan, nan)`` when no critical point exists.
+    """
+    act = get_activation(activation)
+    sb2 = _check_var("sigma_b2", sigma_b2)
+    if act.family in _HOMOGENEOUS:
+        sw2 = 1.0 / _grad_moment(act, 1.0)
+        return sw2, (1.0 if sb2 == 0 else math.inf)
+
+    def h(q):
+        return q - _moments(act, q)[1] / _grad_moment(act, q) - sb2
+
+    if sb2 == 0 and float(act.numpy(np.zeros(1))[0]) == 0.0:
+        # q = 0 is a fixed point; chi_1 there is sigma_w^2 lim_{q->0} E[phi'^2] (both one-sided slopes at a kink)
+        g0 = _grad_moment(act, 1e-24)
+        if g0 > 0:
+            return 1.0 / g0, 0.0
+    lo = 1e-12
+    if h(lo) > 0:
+        return math.nan, math.nan
+    hi = 1.0
+    while h(hi) <= 0:
+        hi *= 2.0
+        if hi > 1e12:
+            return math.nan, math.nan
+    # the smallest root: scan geometrically below hi for the first sign change
+    grid = np.geomspace(lo, hi, 48)
+    vals = [h(x) for x in grid]
+    for i in range(len(grid) - 1):
+        if vals[i] <= 0 < vals[i + 1]:
+            lo, hi = grid[i], grid[i + 1]
+            break
+    qs = float(optimize.brentq(h, lo, hi, xtol=1e-300, rtol=1e-15))
+    return 1.0 / _grad_moment(act, qs), qs
+
+
+def critical_line(activation, sigma_b2_values: Iterable[float]):
+    """The edge of chaos at many bias variances: a DataFrame ``sigma_b2, sigma_w2, q_star``."""
+    import pandas as pd
+
+    act = get_activation(activation)
+    rows = []
+    for sb2 in sigma_b2_values:
+        sw2, qs = critical_sigma_w2(act, sb2)
+        rows.append({"sigma_b2": float(sb2), "sigma_w2": sw2, "q_star": qs})
+    return pd.DataFrame(rows, columns=["sigma_b2", "sigma_w2", "q_star"])
+
+
+def variance_preserving_gain(activation) -> float:
+    """The ``sigma_w^2`` with ``q* = 1`` at ``sigma_b^2 = 0``: ``1 / E[phi(z)^2]``, ``z ~ N(0, 1)``.
+
+    This is a weight *variance* scale (``Var(w) = sigma_w^2 / fan_in``); the
+    matching standard-deviation gain, in ``torch.nn.init.calculate_gain``'s
+    sense, is its square root. selu gives 1 (LeCun), relu 2 (He).
+    """
+    act = get_activation(activation)
+    m2 = _moments(act, 1.0)[1]
+    if not m2 > 0:
+        return math.nan
+    return 1.0 / m2
+
+
+def snn_moment_map(activation, mu: float, nu: float, omega: float = 0.0, tau: float = 1.0) -> tuple[float, float]:
+    """The SNN paper's mean/variance map (Klambauer et al. 2017, eq. 4 and 5), numerically.
+
+    Inputs with mean ``mu`` and variance ``nu`` through weights with
+    ``omega = sum_i w_i`` and ``tau = sum_i w_i^2`` give ``z ~ N(mu omega, nu tau)``;
+    returns ``(mu_tilde, nu_tilde) = (E[phi(z)], Var[phi(z)])`` for any
+    activation (closed forms where they exist, otherwise quadrature). For selu
+    with ``omega = 0, tau = 1``, ``(0, 1)`` maps to itself.
+    """
+    act = get_activation(activation)
+    nu = _check_var("nu", nu)
+    tau = _check_var("tau", tau)
+    mean, var = float(mu) * float(omega), nu * tau
+    m1, m2 = _moments(act, var, mean)
+    return m1, m2 - m1 * m1
+
+
+# ----------------------------------------------------------------------------
+# per-layer predictions for a whole spec
+
+
+def _alpha_dropout_consts(p: float) -> tuple[float, float, float]:
+    """torch.nn.AlphaDropout's affine correction ``(a, b, alpha')``, keep probability ``1 - p``."""
+    lam, alpha = selu_constants()
+    ap = -lam * alpha
+    keep = 1.0 - p
+    a = (keep + ap * ap * keep * (1 - keep)) ** -0.5
+    b = -a * ap * (1 - keep)
+    return a, b, ap
+
+
+def predict_layers(spec, *, input_q: float | None = None, input_mean: float | None = None, input_corr: float | None = None, config: str | None = None):
+    """Mean-field prediction of every layer of ``spec``: the :mod:`propagate.stats` table.
+
+    Row 0 is the input (``post_mean``, ``post_var``, ``post_q``, ``corr``);
+    rows ``l = 1..depth`` give ``pre_mean = 0`` (zero-mean weights), ``pre_var =
+    pre_q = sigma_w2_l post_q_{l-1} + sigma_b2_l``, the post-activation moments,
+    the pair correlation ``corr`` of the pre-activations of two inputs, and
+    ``grad_norm`` (``grad_norm_depth^2 = E[phi'(h^depth)^2]``,
+    ``grad_norm_l^2 = grad_norm_{l+1}^2 sigma_w2_{l+1} E[phi'(h^l)^2]`` times
+    the dropout and BN factors below), plus ``sigma_w2``, ``sigma_b2`` and
+    ``diverged`` columns. Widths enter only through each layer's ``sigma_w^2``.
+
+    Inputs: ``input_mean`` and variance default to ``spec.input_mean`` /
+    ``spec.input_var``; ``input_q`` (second moment) overrides the variance;
+    ``input_corr`` (uncentered correlation of two inputs) defaults to
+    ``m^2 / (m^2 + v)``, that of two independent inputs.
+
+    Between layers (``x^l`` is ``phi(h^l)``; ``post_*`` describe it before dropout):
+
+    - dropout ``p`` (inverted): the next layer sees second moment
+      ``post_q / (1 - p)`` and unchanged cross moment (independent masks);
+      gradients pick up ``1 / (1 - p)`` per layer.
+    - alpha dropout ``p`` (torch's, ``alpha' = -lambda alpha`` of selu): with
+      ``keep = 1 - p``, ``x~ = a (x m + alpha' (1 - m)) + b``, so
+      ``E[x~^2] = a^2 (keep E[x^2] + (1-keep) alpha'^2) + 2 a b (keep mu + (1-keep) alpha') + b^2``
+      and likewise for the cross moment; at the selu fixed point it keeps
+      (0, 1). Gradients pick up ``a^2 keep``.
+    - batchnorm (train mode at init, gamma 1, beta 0, large batch) on the input
+      of layers ``2..depth``: each unit is centered and scaled by its batch
+      statistics. The per-unit batch variance averages to
+      ``v_w = E[x^2] - E[x_a x_b]`` (second moment minus the cross moment of
+      two inputs, i.e. the part of the variance not shared by the batch); the
+      output has second moment ``v_w / (v_w + eps)`` (the unit-to-unit spread
+      of ``v`` is neglected: exact for ``eps -> 0``) and cross moment 0
+      (centering over a batch of ``B`` makes the mean pair product
+      ``-1/(B-1)`` times the second moment; we take ``B -> inf``). Hence with
+      BN the pre-activation correlation of layers >= 2 is
+      ``sigma_b^2 / q``. Gradients pick up ``1 / (v_w + eps)``.
+
+    Overflow (``q > 1e300``), inf or NaN marks the row and all later rows
+    ``diverged`` (their values inf/NaN); it does not raise.
+    """
+    from propagate.stats import layer_table
+
+    act = spec.act
+    sw2s, sb2s = spec.sigma_w2(), spec.sigma_b2()
+    depth = spec.depth
+    m0 = float(spec.input_mean if input_mean is None else input_mean)
+    if not math.isfinite(m0):
+        raise UserError(f"input mean must be finite, got {m0}")
+    if input_q is None:
+        v0 = float(spec.input_var)
+        q0 = m0 * m0 + v0
+    else:
+        q0 = _check_var("input second moment", input_q)
+        v0 = q0 - m0 * m0
+        if v0 < -1e-12 * max(q0, 1.0):
+            raise UserError(f"input second moment {q0} is below the squared mean {m0 * m0}")
+        v0 = max(v0, 0.0)
+    if input_corr is None:
+        c0 = m0 * m0 / q0 if q0 > 0 else 1.0
+    else:
+        c0 = float(input_corr)
+        if not -1 <= c0 <= 1:
+            raise UserError(f"input correlation must be in [-1, 1], got {c0}")
+    p_drop, p_adrop, eps = float(spec.dropout), float(spec.alpha_dropout), float(spec.bn_eps)
+    if p_adrop:
+        ad_a, ad_b, ad_ap = _alpha_dropout_consts(p_adrop)
+
+    rows = [{"layer": 0, "width": spec.widths[0], "post_mean": m0, "post_var": v0, "post_q": q0, "corr": c0,
+             "sigma_w2": math.nan, "sigma_b2": math.nan, "diverged": False}]
+    log_g = np.full(depth + 1, math.nan)  # log E[phi'(h^l)^2]
+    log_link = np.zeros(depth + 2)  # log of the extra gradient factor between layer l and l+1 (dropout, BN)
+    Q, QAB = q0, c0 * q0  # second and cross moment of the next layer's input
+    diverged = False
+    recent: dict = {}
+    with np.errstate(all="ignore"):
+        for l in range(1, depth + 1):
+            sw2, sb2 = sw2s[l - 1], sb2s[l - 1]
+            row = {"layer": l, "width": spec.widths[l], "sigma_w2": sw2, "sigma_b2": sb2}
+            if diverged:
+                row.update(pre_mean=0.0, pre_var=math.inf, pre_q=math.inf, post_mean=math.nan, post_var=math.nan,
+                           post_q=math.nan, corr=math.nan, diverged=True)
+                rows.append(row)
+                continue
+            if spec.batchnorm and l >= 2:
+                vw = max(Q - QAB, 0.0)
+                log_link[l - 1] += -math.log(vw + eps)
+                Q, QAB = vw / (vw + eps), 0.0
+            q = sw2 * Q + sb2
+            qab = sw2 * QAB + sb2
+            if not math.isfinite(q) or q > OVERFLOW_Q or not math.isfinite(qab):
+                diverged = True
+                row.update(pre_mean=0.0, pre_var=math.inf, pre_q=math.inf, post_mean=math.nan, post_var=math.nan,
+                           post_q=math.nan, corr=math.nan, diverged=True)
+                rows.append(row)
+                continue
+            c = qab / q if q > 0 else 1.0
+            key = (q, c)
+            if key in recent:  # converged stacks repeat (or alternate in the last bit)
+                m1, m2, g2, pab = recent[key]
+            else:
+                m1, m2, g2, pab = _layer_moments(act, q, c)
+                if len(recent) > 8:
+                    recent.pop(next(iter(recent)))
+                recent[key] = (m1, m2, g2, pab)
+            bad = not all(math.isfinite(x) for x in (m1, m2, g2, pab))
+            row.update(pre_mean=0.0, pre_var=q, pre_q=q, post_mean=m1, post_var=m2 - m1 * m1, post_q=m2,
+                       corr=c, diverged=bad)
+            rows.append(row)
+            if bad:
+                diverged = True
+                continue
+            log_g[l] = math.log(g2) if g2 > 0 else -math.inf
+            if p_drop:
+                Q, QAB = m2 / (1 - p_drop), pab
+                log_link[l] += -math.log(1 - p_drop)
+            elif p_adrop:
+                keep = 1 - p_adrop
+                s1 = keep * m1 + (1 - keep) * ad_ap
+                Q = ad_a ** 2 * (keep * m2 + (1 - keep) * ad_ap ** 2) + 2 * ad_a * ad_b * s1 + ad_b ** 2
+                cross = keep ** 2 * pab + 2 * keep * (1 - keep) * ad_ap * m1 + (1 - keep) ** 2 * ad_ap ** 2
+                QAB = ad_a ** 2 * cross + 2 * ad_a * ad_b * s1 + ad_b ** 2
+                log_link[l] += math.log(ad_a ** 2 * keep)
+            else:
+                Q, QAB = m2, pab
+        # backward pass for the gradient norms, in log space
+        log_gn = np.full(depth + 1, math.nan)
+        if depth >= 1 and not math.isnan(log_g[depth]):
+            log_gn[depth] = log_g[depth]
+            for l in range(depth - 1, 0, -1):
+                if math.isnan(log_g[l]):
+                    break
+                log_gn[l] = log_gn[l + 1] + math.log(sw2s[l]) + log_g[l] + log_link[l] if sw2s[l] > 0 else -math.inf
+        for l in range(1, depth + 1):
+            rows[l]["grad_norm"] = float(np.exp(0.5 * log_gn[l]))
+    for r in rows:
+        if r.get("layer", 0) >= 1 and r["diverged"]:
+            r["grad_norm"] = math.nan
+    return layer_table(rows, source="theory", config=config if config is not None else spec.label())
+
+
+# ----------------------------------------------------------------------------
+# one-stop analysis (what `propagate theory` prints)
+
+
+@dataclass
+class TheoryResult:
+    """Fixed points, slopes, depth scales and phase of one ``(activation, sigma_w^2, sigma_b^2)``, with the per-layer table.
+
+    ``q_star`` is ``inf`` when the length map has no finite fixed point
+    (``fixed_point`` False); ``growth`` is then the per-layer factor by which
+    ``q`` grows at the end of the predicted stack (else 1).
+    """
+
+    activation: str
+    sigma_w2: float
+    sigma_b2: float
+    q_star: float
+    c_star: float
+    chi_1: float
+    chi_c: float
+    chi_q: float
+    xi_q: float
+    xi_c: float
+    phase: str
+    fixed_point: bool
+    growth: float
+    table: object = field(repr=False, default=None)
+    config: str = ""
+
+    def summary(self) -> dict:
+        """The scalars as a dict (JSON-ready)."""
+        return {k: getattr(self, k) for k in ("activation", "sigma_w2", "sigma_b2", "q_star", "c_star", "chi_1",
+                                              "chi_c", "chi_q", "xi_q", "xi_c", "phase", "fixed_point", "growth", "config")}
+
+    def to_dict(self) -> dict:
+        d = self.summary()
+        if self.table is not None:
+            import json
+
+            d["layers"] = json.loads(self.table.to_json(orient="records", double_precision=15))
+        return d
+
+
+def analyze(activation, sigma_w2: float, sigma_b2: float = 0.0, depth: int = 50, *, spec=None, width: int = 256,
+            input_q: float | None = None, input_corr: float | None = None) -> TheoryResult:
+    """Everything ``propagate theory`` reports for one ``(activation, sigma_w^2, sigma_b^2)``.
+
+    The per-layer table comes from ``spec`` if given (its own per-layer
+    ``sigma_w^2``), else from a uniform stack of ``depth`` layers of ``width``
+    units with ``N(0, sigma_w^2 / fan_in)`` weights and bias variance
+    ``sigma_b^2``, fed N(0, 1) inputs unless ``input_q``/``input_corr`` say otherwise.
+    """
+    from propagate.spec import NetworkSpec
+
+    act = get_activation(activation)
+    sw2, sb2 = _check_var("sigma_w2", sigma_w2), _check_var("sigma_b2", sigma_b2)
+    if sw2 <= 0:
+        raise UserError("sigma_w2 must be > 0")
+    if spec is None:
+        if not isinstance(depth, int) or depth < 1:
+            raise UserError(f"depth must be a whole number >= 1, got {depth!r}")
+        spec = NetworkSpec(widths=(width,) * (depth + 1), activation=activation if isinstance(activation, str) else act.name,
+                           init=f"normal:{sw2!r}", bias_var=sb2)
+    table = predict_layers(spec, input_q=input_q, input_corr=input_corr)
+    qs = fixed_point_q(act, sw2, sb2)
+    finite = math.isfinite(qs)
+    growth = 1.0
+    if not finite:
+        pre = table["pre_q"].to_numpy(dtype=float)
+        ok = np.isfinite(pre) & (pre > 0)
+        idx = np.flatnonzero(ok)
+        growth = float(pre[idx[-1]] / pre[idx[-2]]) if len(idx) >= 2 else math.inf
+    q_eval = qs if finite else _large_q(act, sw2, sb2)
+    x1 = sw2 * _grad_moment(act, q_eval)
+    if finite:
+        cs = fixed_point_c(act, sw2, sb2, qs)
+        xc = chi_c(act, sw2, sb2, qs, cs) if math.isfinite(cs) else math.nan
+        xq = _chi_q(act, sw2, sb2, qs)
+    else:
+        cs = fixed_point_c(act, sw2, sb2, q_eval)
+        xc = chi_c(act, sw2, sb2, q_eval, cs) if math.isfinite(cs) else math.nan
+        xq = growth
+    xi_q = _xi(xq) if finite else math.inf
+    xi_c = _xi(xc)
+    return TheoryResult(activation=act.name, sigma_w2=sw2, sigma_b2=sb2, q_star=qs, c_star=cs, chi_1=x1, chi_c=xc,
+                        chi_q=xq, xi_q=xi_q, xi_c=xi_c, phase=_phase_of(x1), fixed_point=finite, growth=growth,
+                        table=table, config=spec.label())

@@ -1,0 +1,93 @@
+"""The initializer registry: Keras semantics, reported sigma_w^2 vs sampled variance, errors."""
+
+import math
+
+import pytest
+
+from propagate.errors import UserError
+from propagate.inits import TRUNC_STD, get_init, list_inits
+
+torch = pytest.importorskip("torch")
+
+NAMED = ["glorot_uniform", "glorot_normal", "lecun_uniform", "lecun_normal", "he_uniform", "he_normal",
+         "random_uniform", "random_normal", "orthogonal", "torch_default", "normal:1.7", "uniform:0.5"]
+
+
+def test_reported_sigma_w2_values():
+    assert get_init("lecun_normal").sigma_w2(256, 512) == pytest.approx(1.0)
+    assert get_init("he_uniform").sigma_w2(256, 512) == pytest.approx(2.0)
+    assert get_init("glorot_uniform").sigma_w2(784, 512) == pytest.approx(2 * 784 / (784 + 512))
+    assert get_init("glorot_uniform").sigma_w2(256, 256) == pytest.approx(1.0)
+    assert get_init("random_uniform").sigma_w2(256, 256) == pytest.approx(256 * 0.1**2 / 12)
+    assert get_init("random_normal").sigma_w2(100, 10) == pytest.approx(100 * 0.05**2)
+    assert get_init("torch_default").sigma_w2(300, 10) == pytest.approx(1 / 3)
+    assert get_init("torch_default").bias_var(300) == pytest.approx(1 / 900)
+    assert get_init("normal:1.7").sigma_w2(33, 7) == pytest.approx(1.7)
+    assert get_init("orthogonal").sigma_w2(256, 256) == pytest.approx(1.0)
+
+
+def test_keras_truncation_constant():
+    # std of N(0,1) truncated to [-2, 2]: 1 - 4 phi(2) / (2 Phi(2) - 1)
+    phi2 = math.exp(-2) / math.sqrt(2 * math.pi)
+    mass = math.erf(2 / math.sqrt(2))
+    assert TRUNC_STD == pytest.approx(math.sqrt(1 - 4 * phi2 / mass), rel=1e-14)
+
+
+@pytest.mark.parametrize("name", NAMED)
+@pytest.mark.parametrize("fan_in,fan_out", [(400, 300), (300, 400)])
+def test_sampled_variance_matches_reported_sigma_w2(name, fan_in, fan_out):
+    init = get_init(name)
+    gen = torch.Generator().manual_seed(7)
+    w = init.sample(fan_out, fan_in, generator=gen, dtype=torch.float64)
+    assert w.shape == (fan_out, fan_in)
+    var = init.weight_var(fan_in, fan_out)
+    n = w.numel()
+    if init.distribution == "orthogonal":
+        # deterministic norms: sum of squares equals min(fan_in, fan_out) exactly
+        assert float((w * w).sum()) == pytest.approx(min(fan_in, fan_out), rel=1e-12)
+    else:
+        # SE of the sample variance: sqrt((m4 - var^2) / n), m4 from the sample
+        x = w.flatten()
+        m2 = float((x * x).mean())
+        m4 = float((x**4).mean())
+        se = math.sqrt((m4 - m2 * m2) / n)
+        assert abs(m2 - var) < 4 * se, (name, m2, var, se)
+        assert abs(float(x.mean())) < 4 * math.sqrt(var / n)
+    assert init.sigma_w2(fan_in, fan_out) == pytest.approx(fan_in * var)
+
+
+def test_truncated_normal_is_truncated_at_two_std():
+    init = get_init("he_normal")
+    w = init.sample(500, 200, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    std = math.sqrt(init.weight_var(200, 500)) / TRUNC_STD
+    assert float(w.abs().max()) <= 2 * std + 1e-12
+    assert float(w.abs().max()) > 1.9 * std
+
+
+def test_batched_samples_are_independent():
+    init = get_init("lecun_uniform")
+    w = init.sample(8, 8, batch=(3,), generator=torch.Generator().manual_seed(1))
+    assert w.shape == (3, 8, 8)
+    assert not torch.equal(w[0], w[1])
+
+
+def test_bias_defaults_and_settable():
+    init = get_init("he_normal")
+    b = init.sample_bias(10000, 100, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert torch.all(b == 0)
+    b = init.sample_bias(100000, 100, generator=torch.Generator().manual_seed(2), dtype=torch.float64, bias_var=0.05)
+    assert abs(float(b.var()) - 0.05) < 4 * 0.05 * math.sqrt(2 / 100000)
+
+
+@pytest.mark.parametrize("bad", ["normal:", "normal:abc", "uniform:-1", "normal:nan", "glorot", "he"])
+def test_bad_names_raise(bad):
+    with pytest.raises(UserError):
+        get_init(bad)
+
+
+def test_unknown_init_lists_known():
+    with pytest.raises(UserError) as e:
+        get_init("kaiming_magic")
+    for n in ["glorot_uniform", "lecun_normal", "torch_default", "normal:S"]:
+        assert n in str(e.value)
+    assert "orthogonal" in list_inits()
