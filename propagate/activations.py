@@ -152,7 +152,15 @@ def _elu_core(m, v, alpha):
     p_neg = float(_ndtr(-m / s))
     e1, e2 = tail(1.0), tail(2.0)
     mean = pos1 + alpha * (e1 - p_neg)
-    second = pos2 + alpha * alpha * (e2 - 2 * e1 + p_neg)
+    if v < 1e-10 and abs(m) < 1e-5:
+        # e2 - 2 e1 + p_neg = E[(e^h - 1)^2; h <= 0] is O(v) but each term is O(1): it
+        # cancels to rounding noise. Near h = 0, (e^h - 1)^2 = h^2 (1 + O(h)), so use
+        # E[min(h, 0)^2] (relative error O(sqrt v + |m|) < 1e-5).
+        neg2 = _neg_part_moments(m, v)[1]
+    else:
+        neg2 = e2 - 2 * e1 + p_neg
+    # Jensen's E[phi^2] >= E[phi]^2 bounds what rounding is left
+    second = max(pos2 + alpha * alpha * neg2, mean * mean)
     grad2 = float(_ndtr(m / s)) + alpha * alpha * e2
     return mean, second, grad2
 

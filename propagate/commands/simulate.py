@@ -1,0 +1,195 @@
+"""`propagate simulate`: per-layer statistics of deep random networks, theory alongside."""
+
+from __future__ import annotations
+
+import sys
+
+from propagate.commands import _args
+
+NAME = "simulate"
+HELP = "sample deep random networks and measure per-layer statistics (with theory alongside)"
+DESCRIPTION = """\
+Sample --seeds independent random networks, push --samples inputs through them
+(batched), and print per layer: pre-activation mean and variance (mean +- standard
+error across networks), the mean-field theory's variance and the ratio, the
+correlation c between input pairs, the gradient norm of a random linear readout,
+the share of dead units and a flag where simulation and theory disagree beyond
+statistical error plus a finite-width allowance. Default shape: input 784, first
+hidden layer 512, the rest 256 (--width W: all hidden layers W; --seed-shape: the
+seed experiments' 784 -> 512 -> 50 x 256). Inf/NaN is reported (first layer) and the
+run still exits 0. Example: propagate simulate --depth 50 --init lecun_uniform
+"""
+
+INPUTS = ("gaussian", "mnist-5k", "mnist", "fashion-mnist")
+
+
+def add_arguments(parser):
+    g = parser.add_argument_group("network")
+    g.add_argument("--activation", default="selu", help="activation name, e.g. selu, relu, tanh, leaky_relu:0.2 (default selu)")
+    g.add_argument("--init", default="lecun_normal", help="weight initializer, e.g. lecun_normal, glorot_uniform, he_normal, normal:2 (default lecun_normal)")
+    g.add_argument("--depth", type=_args.positive_int, default=None, help="hidden layers (default 50)")
+    g.add_argument("--width", type=_args.positive_int, default=None, metavar="W", help="all hidden layers W wide (default: first 512, the rest 256)")
+    g.add_argument("--seed-shape", action="store_true", help="the seed experiments' hidden stack 784 -> 512 -> 50 x 256 (depth 51)")
+    g.add_argument("--bias-var", type=_args.nonneg_float, default=None, metavar="V", help="bias variance sigma_b^2 (default: the initializer's, zero)")
+    g.add_argument("--batchnorm", action="store_true", help="train-mode BatchNormalization before each hidden layer after the first")
+    g.add_argument("--dropout", type=_args.probability, default=0.0, metavar="P", help="dropout rate after each hidden layer")
+    g.add_argument("--alpha-dropout", type=_args.probability, default=0.0, metavar="P", help="alpha-dropout rate after each hidden layer")
+    g = parser.add_argument_group("inputs")
+    g.add_argument("--input", default="gaussian", choices=INPUTS, help="gaussian (default) or a dataset's [0,1]-scaled pixels")
+    g.add_argument("--input-mean", type=_args.finite_float, default=None, metavar="M", help="gaussian inputs: per-feature mean (default 0)")
+    g.add_argument("--input-var", type=_args.nonneg_float, default=None, metavar="V", help="gaussian inputs: per-feature variance (default 1)")
+    g = parser.add_argument_group("sampling")
+    g.add_argument("--samples", type=_args.positive_int, default=2000, metavar="N", help="inputs per network (default 2000)")
+    g.add_argument("--seeds", type=_args.positive_int, default=4, metavar="S", help="independent networks (default 4)")
+    g.add_argument("--seed", type=_args.nonneg_int, default=0, help="random seed (default 0)")
+    g.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    g.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    g.add_argument("--threads", type=_args.positive_int, default=None, metavar="T", help="torch CPU threads (default: torch's choice; 1 is faster for small runs on a busy machine)")
+    g.add_argument("--jacobian", action="store_true", help="also report the input-output Jacobian's singular value spread (network 0)")
+    g = parser.add_argument_group("output")
+    g.add_argument("--csv", metavar="FILE", help="write every layer's statistics (+ FILE.meta.json)")
+    g.add_argument("--json", metavar="FILE", help="write rows and run metadata as JSON")
+    g.add_argument("--plot", metavar="FILE.png", help="variance and mean per layer, simulation bands and theory")
+    g.add_argument("--quiet", action="store_true", help="no table on stdout (warnings still go to stderr)")
+
+
+def build_spec(args):
+    """The NetworkSpec the arguments describe (raises UserError on conflicts)."""
+    from propagate.errors import UserError
+    from propagate.spec import NetworkSpec
+
+    if args.input != "gaussian" and (args.input_mean is not None or args.input_var is not None):
+        raise UserError("--input-mean/--input-var apply to gaussian inputs only")
+    kw = dict(
+        activation=args.activation,
+        init=args.init,
+        bias_var=args.bias_var,
+        batchnorm=args.batchnorm,
+        dropout=args.dropout,
+        alpha_dropout=args.alpha_dropout,
+        input_mean=0.0 if args.input_mean is None else args.input_mean,
+        input_var=1.0 if args.input_var is None else args.input_var,
+    )
+    if args.seed_shape:
+        if args.depth is not None or args.width is not None:
+            raise UserError("--seed-shape fixes the widths; drop --depth/--width")
+        return NetworkSpec.seed(out_features=None, **kw)
+    depth = 50 if args.depth is None else args.depth
+    if args.width is not None:
+        return NetworkSpec.stack(depth, args.width, first_width=None, **kw)
+    return NetworkSpec.stack(depth, **kw)
+
+
+def _pm(v, se, digits=3):
+    import math
+
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    s = f"{v:.{digits}g}"
+    if se is not None and not (isinstance(se, float) and math.isnan(se)):
+        s += f"±{se:.2g}"
+    return s
+
+
+def _g(v, digits=3):
+    import math
+
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:.{digits}g}"
+
+
+def format_table(table) -> str:
+    """The compact per-layer table printed on stdout."""
+    from tabulate import tabulate
+
+    has_theory = "theory_pre_var" in table.columns
+    rows = []
+    for r in table.to_dict("records"):
+        row = [
+            int(r["layer"]),
+            int(r["width"]),
+            _pm(r["pre_mean"], r.get("pre_mean_se")),
+            _pm(r["pre_var"], r.get("pre_var_se")),
+        ]
+        if has_theory:
+            row += [_g(r.get("theory_pre_var")), _g(r.get("ratio"))]
+        dead = r.get("dead_frac")
+        flag = []
+        if r.get("diverged"):
+            flag.append("DIVERGED")
+        if has_theory and r.get("disagree"):
+            flag.append("!" + r.get("disagree_in", ""))
+        row += [
+            _g(r["corr"]),
+            _pm(r["grad_norm"], r.get("grad_norm_se")),
+            "" if dead != dead else f"{100 * dead:.1f}",
+            " ".join(flag),
+        ]
+        rows.append(row)
+    headers = ["layer", "width", "pre_mean±se", "pre_var±se"]
+    if has_theory:
+        headers += ["theory pre_var", "ratio"]
+    headers += ["corr", "grad_norm±se", "dead%", "flag"]
+    return tabulate(rows, headers=headers, disable_numparse=True, stralign="right")
+
+
+def run(args) -> int:
+    from propagate.errors import UserError
+
+    spec = build_spec(args)
+    if args.plot and not str(args.plot).lower().endswith(".png"):
+        raise UserError(f"--plot expects a .png file name, got {args.plot!r}")
+    for opt in ("csv", "json"):
+        path = getattr(args, opt)
+        if path and not str(path).lower().endswith("." + opt):
+            raise UserError(f"--{opt} expects a .{opt} file name, got {path!r}")
+
+    from propagate.io import run_metadata, write_table
+    from propagate.simulate import simulate
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the divergence warning is printed below as one line
+        res = simulate(spec, samples=args.samples, seeds=args.seeds, seed=args.seed, dtype=args.dtype,
+                       device=args.device, jacobian=args.jacobian, input=args.input, threads=args.threads,
+                       progress=not args.quiet)
+    table = res.table
+    meta = run_metadata(**res.meta)
+
+    if not args.quiet:
+        m = res.meta
+        print(f"{spec.label()}: widths {spec.widths[0]} -> {spec.widths[1]}"
+              + (f" -> {spec.depth - 1} x {spec.widths[2]}" if spec.depth > 1 else "")
+              + f"; {m['samples']} {m['input']} inputs x {m['seeds']} networks, {m['dtype']}, {m['seconds']:.2f} s")
+        print(format_table(table))
+        if res.theory is None:
+            print("(no theory columns: propagate.theory is not available for this spec)")
+        else:
+            n_dis = int(table["disagree"].sum())
+            print(f"flag !: |simulation - theory| > 4 SE + finite-width allowance (sum of 1/width over the layers "
+                  f"crossed); {n_dis} of {len(table)} layers flagged")
+        if res.flushed["mattered"]:
+            ls = res.flushed["subnormal_layers"]
+            print(f"note: the signal fell into {m['dtype']}'s subnormal range (layers {ls[0]}..{ls[-1]}); subnormals "
+                  f"were flushed to zero (they make CPU arithmetic slow on many CPUs), so those rows are ~0")
+        if res.jacobian:
+            j = res.jacobian
+            print(f"input-output Jacobian (network 0, {j['inputs']} inputs, {j['shape'][0]}x{j['shape'][1]}): "
+                  f"s_max {j['s_max']:.3g}, s_min {j['s_min']:.3g}, log10(s_max/s_min) {j['log10_spread']:.3g}, "
+                  f"mean s^2 {j['mean_s2']:.3g}")
+    if res.diverged_at is not None:
+        print(f"propagate: warning: signal diverged (inf/NaN) at layer {res.diverged_at}; table stops there",
+              file=sys.stderr)
+    if args.csv:
+        write_table(table, args.csv, meta)
+    if args.json:
+        write_table(table, args.json, meta)
+    if args.plot:
+        from propagate.io import atomic_write_bytes
+        from propagate.simulate_plot import figure_png, plot_layers
+
+        fig = plot_layers(table, title=f"{spec.label()}, {res.meta['seeds']} networks x {res.meta['samples']} inputs")
+        atomic_write_bytes(args.plot, figure_png(fig))
+    return 0

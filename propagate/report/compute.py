@@ -1,0 +1,204 @@
+"""The numbers behind the report: each function returns tidy tables.
+
+These are the data steps of ``propagate report``; each is usable on its own
+(in a notebook, with a figure function from :mod:`propagate.report.figures`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "SIM_CONFIGS",
+    "selu_summary",
+    "selu_trajectories",
+    "phase_grid",
+    "init_marks",
+    "simulate_configs",
+]
+
+#: (activation, init) pairs of the seed and the recipes it left out; each is
+#: simulated without and with batch normalization.
+SIM_CONFIGS = [
+    ("relu", "glorot_uniform"),
+    ("relu", "he_normal"),
+    ("selu", "glorot_uniform"),
+    ("selu", "random_uniform"),
+    ("selu", "lecun_uniform"),
+    ("selu", "lecun_normal"),
+]
+
+
+def selu_summary(digits: int = 30) -> dict:
+    """SELU's solved constants, Jacobian and stability box as plain numbers (strings at full precision)."""
+    from propagate.selu import solve_selu, stability_box
+
+    sol = solve_selu(0, 1, digits=digits)
+    d = sol.to_dict()
+    box = stability_box(sol.lambda_, sol.alpha)
+    d["stability_box"] = {k: (v if not hasattr(v, "__float__") else float(v)) for k, v in box.items()} if isinstance(box, dict) else box
+    return d
+
+
+def selu_trajectories(starts=None, steps: int = 25, omega: float = 0.0, tau: float = 1.0):
+    """Iterate SELU's moment map ``g: (mu, nu) -> (mu~, nu~)`` from a grid of starts.
+
+    Returns a table ``start, step, mu, nu`` (``nu`` a variance). With
+    ``omega = 0`` the first step forgets ``mu``; every start then moves along
+    the same curve to (0, 1).
+    """
+    import pandas as pd
+
+    from propagate.theory import snn_moment_map
+
+    if starts is None:
+        starts = [(m, v) for m in (-0.8, 0.0, 0.8) for v in (0.15, 0.5, 1.6, 2.6, 3.5)]
+    rows = []
+    for i, (mu, nu) in enumerate(starts):
+        rows.append({"start": i, "step": 0, "mu": mu, "nu": nu})
+        for k in range(1, steps + 1):
+            mu, nu = snn_moment_map("selu", mu, nu, omega, tau)
+            rows.append({"start": i, "step": k, "mu": mu, "nu": nu})
+    return pd.DataFrame(rows)
+
+
+def phase_grid(activation: str, sigma_w2=None, sigma_b2=None):
+    """``chi_1`` on a grid of (``sigma_w^2``, ``sigma_b^2``), and the critical line.
+
+    Returns ``(grid, line)``: ``grid`` has ``sigma_w2, sigma_b2, chi_1, q_star``;
+    ``line`` has ``sigma_b2, sigma_w2, q_star`` where ``chi_1 = 1``.
+    """
+    import pandas as pd
+
+    from propagate.theory import chi_1, critical_line, fixed_point_q
+
+    sw = np.linspace(0.1, 4.0, 40) if sigma_w2 is None else np.asarray(sigma_w2, float)
+    sb = np.linspace(0.0, 0.5, 26) if sigma_b2 is None else np.asarray(sigma_b2, float)
+    rows = []
+    for b in sb:
+        for w in sw:
+            rows.append({"sigma_w2": w, "sigma_b2": b, "chi_1": chi_1(activation, w, b),
+                         "q_star": fixed_point_q(activation, w, b)})
+    # At sigma_b^2 = 0 the critical point of an activation with phi(0) = 0 sits at
+    # q* = 0 (a degenerate branch: for selu 1 / E[phi'(0)^2] = 0.477); the line is
+    # traced from just above 0, where the stable branch q* > 0 is meant.
+    line = critical_line(activation, np.maximum(sb, 1e-3))
+    return pd.DataFrame(rows), line
+
+
+def init_marks(fan_in: int = 256, fan_out: int = 256):
+    """``sigma_w^2`` of every named init for a ``fan_out x fan_in`` layer."""
+    import pandas as pd
+
+    from propagate.inits import get_init, list_inits
+
+    rows = [{"init": n, "sigma_w2": get_init(n).sigma_w2(fan_in, fan_out)} for n in list_inits() if ":" not in n]
+    df = pd.DataFrame(rows)
+    # inits with the same sigma_w^2 share one marker; uniform and normal variants by family name
+    df["family"] = df["init"].str.replace(r"_(uniform|normal)$", "", regex=True)
+    df.loc[df["init"].str.startswith("random_"), "family"] = df["init"]
+    return df.groupby("sigma_w2", as_index=False).agg(init=("family", lambda s: ", ".join(dict.fromkeys(s))))
+
+
+@dataclass
+class SimulationTables:
+    """Simulation and theory tables for many configurations (long format, ``config`` column)."""
+
+    sim: object
+    theory: object
+    notes: list
+
+
+def simulate_configs(inputs, *, configs=SIM_CONFIGS, samples=1000, seeds=4, seed=0, progress=False) -> SimulationTables:
+    """Simulate and predict the seed's network (784 -> 512 -> 50 x 256) for each configuration.
+
+    ``inputs`` is an ``(N, 784)`` float array of input images ([0, 1] pixels)
+    or ``"gaussian"``. Each (activation, init) runs without and with batch
+    normalization.
+    """
+    import pandas as pd
+
+    from propagate.simulate import simulate
+    from propagate.spec import NetworkSpec
+
+    sims, theories, notes = [], [], []
+    for bn in (False, True):
+        for act, init in configs:
+            spec = NetworkSpec.seed(act, init, bn, out_features=None)
+            res = simulate(spec, samples=samples, seeds=seeds, seed=seed, input=inputs, progress=progress)
+            label = spec.label()
+            sims.append(res.table.assign(config=label))
+            if res.theory is not None:
+                theories.append(res.theory.assign(config=label))
+            if res.diverged_at is not None:
+                notes.append(f"{label}: diverged at layer {res.diverged_at}")
+    return SimulationTables(pd.concat(sims, ignore_index=True),
+                            pd.concat(theories, ignore_index=True) if theories else None, notes)
+
+
+def geometric_rate(table, column="pre_var", first=2, last=None):
+    """Per-layer factor of ``column`` fitted between layers ``first`` and ``last`` (log-linear)."""
+    t = table[(table["layer"] >= first) & ((table["layer"] <= last) if last else True)]
+    y = t[column].to_numpy(float)
+    x = t["layer"].to_numpy(float)
+    ok = np.isfinite(y) & (y > 0)
+    if ok.sum() < 2:
+        return math.nan
+    return float(np.exp(np.polyfit(x[ok], np.log(y[ok]), 1)[0]))
+
+
+def run_label(preset: str, lr: float) -> str:
+    """How a training run is named in figures and tables."""
+    return f"{preset} (lr {lr:g})"
+
+
+def collect_training(work_dir, summary):
+    """Read every run of a ``reproduce`` folder into two long tables (history, layers).
+
+    Both get ``run``, ``preset``, ``lr`` and ``config`` (the spec label, e.g.
+    ``selu/lecun_normal``, which fixes the colour) columns.
+    """
+    from pathlib import Path
+
+    import pandas as pd
+
+    from propagate.io import read_table
+    from propagate.presets import get_preset
+    from propagate.train import run_name
+
+    hist, lay = [], []
+    for _, r in summary.iterrows():
+        d = Path(work_dir) / run_name(r["preset"], r["lr"])
+        label = get_preset(r["preset"]).spec().with_(name="").label()
+        tags = {"run": run_label(r["preset"], r["lr"]), "preset": r["preset"], "lr": r["lr"]}
+        if (d / "history.csv").exists():
+            hist.append(read_table(d / "history.csv").assign(**tags, config=label))
+        if (d / "layers.csv").exists():
+            lay.append(read_table(d / "layers.csv").assign(**tags, config=label))
+    return (pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(),
+            pd.concat(lay, ignore_index=True) if lay else pd.DataFrame())
+
+
+def reported_table(summary):
+    """The seed's reported accuracies per preset and epoch (``preset, epoch, acc, val_acc``)."""
+    import pandas as pd
+
+    from propagate.presets import get_preset
+
+    rows = []
+    for name in dict.fromkeys(summary["preset"]):
+        rep = get_preset(name).reported
+        if rep:
+            for e, (a, v) in enumerate(zip(rep["acc"], rep["val_acc"]), start=1):
+                rows.append({"preset": name, "epoch": e, "acc": a, "val_acc": v})
+    return pd.DataFrame(rows, columns=["preset", "epoch", "acc", "val_acc"])
+
+
+def drift_runs(summary, lr: float) -> list[str]:
+    """Runs whose per-layer drift the report shows: the SNN recipe, a failing run, and a BN run."""
+    have = set(summary["preset"])
+    wanted = [p for p in ("selu-lecun-normal", "relu", "selu-bn-lecun-uniform") if p in have]
+    return [run_label(p, lr) for p in wanted]

@@ -1,0 +1,325 @@
+"""Tests of propagate.simulate: known propagation laws within the seeds' statistical error.
+
+Tolerances are computed from the measured standard errors across networks (SE)
+plus, where stated, an explicit finite-width allowance. Per-layer checks at a
+4 SE level over 50 layers would fail by chance with only a few networks (the
+SE itself is estimated from them), so each law is tested on one statistic per
+network (a depth average or a log-slope), then mean +- SE across networks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from propagate.cli import main
+from propagate.errors import UserError
+from propagate.simulate import compare_with_theory, finite_width_allowance, seed_stream
+from propagate.simulate import simulate as _simulate
+from propagate.spec import NetworkSpec
+
+try:
+    from propagate.theory import predict_layers  # noqa: F401
+
+    HAVE_THEORY = True
+except ImportError:
+    HAVE_THEORY = False
+
+needs_theory = pytest.mark.skipif(not HAVE_THEORY, reason="propagate.theory.predict_layers not available yet")
+
+W = 256
+
+
+def simulate(spec, **kw):
+    # one thread: these runs are small, and on a busy machine two-thread ops wait on each other
+    kw.setdefault("threads", 1)
+    return _simulate(spec, **kw)
+
+
+def _stack(depth, activation, init, width=W, **kw):
+    return NetworkSpec.stack(depth, width, input_dim=width, first_width=None, activation=activation, init=init, **kw)
+
+
+def _per_network(res, col, layers):
+    """(S,) array: per network, the mean of ``col`` over ``layers``."""
+    ps = res.per_seed[res.per_seed["layer"].isin(layers)]
+    return ps.groupby("seed")[col].mean().to_numpy()
+
+
+def _mean_se(v):
+    v = np.asarray(v, dtype=float)
+    return v.mean(), v.std(ddof=1) / math.sqrt(len(v))
+
+
+def _log_slope(res, layers):
+    """(S,) array: per network, the least-squares slope of log(pre_var) over ``layers``."""
+    out = []
+    for _, grp in res.per_seed[res.per_seed["layer"].isin(layers)].groupby("seed"):
+        out.append(np.polyfit(grp["layer"].to_numpy(float), np.log(grp["pre_var"].to_numpy(float)), 1)[0])
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def selu_runs():
+    return {init: simulate(_stack(50, "selu", init), samples=600, seeds=6, seed=1) for init in ("lecun_normal", "lecun_uniform")}
+
+
+@pytest.mark.parametrize("init", ["lecun_normal", "lecun_uniform"])
+def test_selu_keeps_mean_zero_and_variance_one(selu_runs, init):
+    res = selu_runs[init]
+    assert res.diverged_at is None
+    layers = range(1, 51)
+    # depth average per network: the self-normalizing fixed point (0, 1)
+    m, se = _mean_se(_per_network(res, "pre_mean", layers))
+    assert abs(m) < 4 * se + 1e-3, (m, se)
+    v, se = _mean_se(_per_network(res, "pre_var", layers))
+    # finite-width allowance: the (0, 1) fixed point is attractive, so the O(1/n) bias per
+    # layer does not accumulate; we allow 2/n on top of 4 SE
+    assert abs(v - 1) < 4 * se + 2 / W, (v, se)
+    # and at the last layer alone
+    last = res.table.set_index("layer").loc[50]
+    assert abs(last["pre_var"] - 1) < 4 * last["pre_var_se"] + 2 / W
+    assert abs(last["pre_mean"]) < 4 * last["pre_mean_se"] + 2e-3
+    # the variance does not drift: a log-slope compatible with 0 (|slope| * 50 layers < ~5%)
+    s, se = _mean_se(_log_slope(res, layers))
+    assert abs(s) < 4 * se + 1e-3, (s, se)
+
+
+@needs_theory
+def test_selu_matches_theory(selu_runs):
+    t = selu_runs["lecun_normal"].table
+    assert "theory_pre_var" in t.columns
+    assert np.allclose(t.loc[t.layer > 0, "theory_pre_var"], 1.0, atol=2e-3)
+    assert not t["disagree"].any(), t.loc[t["disagree"], ["layer", "disagree_in"]]
+
+
+@pytest.fixture(scope="module")
+def relu_glorot():
+    return simulate(_stack(30, "relu", "glorot_uniform"), samples=400, seeds=8, seed=2)
+
+
+def test_relu_glorot_variance_halves(relu_glorot):
+    res = relu_glorot
+    # per network, the per-layer factor exp(slope of log var). Finite width: log q performs a
+    # random walk whose drift is -(5/2)/n per layer for relu (Hanin & Nica 2019), so the
+    # factor is 0.5 exp(-2.5/n) ~ 0.495 at n=256; we allow 3/n relative on top of 4 SE.
+    f = np.exp(_log_slope(res, range(1, 31)))
+    m, se = _mean_se(f)
+    assert abs(m - 0.5) < 4 * se + 0.5 * 3 / W, (m, se)
+    # and directly: variance after 10 and 20 layers is 0.5^10, 0.5^20 of layer 1 (E[q] is exact
+    # for relu with symmetric weights, so only the SE across networks applies)
+    t = res.table.set_index("layer")
+    for l in (10, 20):
+        expect = t.loc[1, "pre_var"] * 0.5 ** (l - 1)
+        assert abs(t.loc[l, "pre_var"] - expect) < 4 * t.loc[l, "pre_var_se"] + 0.01 * expect
+
+
+@needs_theory
+def test_relu_glorot_matches_theory(relu_glorot):
+    t = relu_glorot.table.set_index("layer")
+    for l in (1, 10, 20, 30):
+        th = t.loc[l, "theory_pre_var"]
+        assert th == pytest.approx(0.5 ** (l - 1), rel=1e-6)
+        assert abs(t.loc[l, "pre_var"] - th) < 4 * t.loc[l, "pre_var_se"] + 1e-3 * th
+    # grad_norm: theory grad_norm_l^2 = E[phi'^2] (1 * 1/2)^(depth-l) at sigma_w^2 = 1: 0.5^((31-l)/2)
+    for l in (30, 20, 5):
+        th = t.loc[l, "theory_grad_norm"]
+        assert th == pytest.approx(math.sqrt(0.5 ** (31 - l)), rel=1e-6)
+        allow = finite_width_allowance(relu_glorot.spec.widths, 30) * th
+        assert abs(t.loc[l, "grad_norm"] - th) < 4 * t.loc[l, "grad_norm_se"] + allow
+
+
+def test_relu_he_variance_constant():
+    res = simulate(_stack(30, "relu", "he_normal"), samples=400, seeds=8, seed=3)
+    f = np.exp(_log_slope(res, range(1, 31)))
+    m, se = _mean_se(f)
+    assert abs(m - 1.0) < 4 * se + 3 / W, (m, se)
+    # gradients neither vanish nor explode: grad_norm^2 = 1/2 at every layer (chi_1 = 1)
+    g = res.table.set_index("layer").loc[[1, 15, 30], "grad_norm"].to_numpy()
+    assert np.all(np.abs(g**2 - 0.5) < 0.25), g
+    # dead units appear with depth but only a few percent... (relu: all-zero over the batch)
+    assert res.table["dead_frac"].iloc[1:].max() < 0.5
+
+
+def test_grad_norm_selu_matches_chi():
+    """grad_norm^2 grows by chi_1 = sigma_w^2 E[selu'(h)^2] = 1.0722 per layer down (h ~ N(0, 1))."""
+    from scipy import integrate
+
+    from propagate.activations import get_activation
+
+    act = get_activation("selu")
+    chi = integrate.quad(lambda z: act.grad(np.array(z)) ** 2 * math.exp(-z * z / 2) / math.sqrt(2 * math.pi), -12, 12,
+                         points=[0.0])[0]
+    res = simulate(_stack(20, "selu", "lecun_normal", width=128), samples=400, seeds=6, seed=4)
+    per = res.per_seed
+    ratios = []
+    for _, g in per[per.layer > 0].groupby("seed"):
+        gn = g.set_index("layer")["grad_norm"]
+        ratios.append((gn[1] / gn[20]) ** 2)
+    m, se = _mean_se(np.log(ratios))
+    # finite width: allow 19 layers x 1/n relative on top of 4 SE
+    assert abs(m - 19 * math.log(chi)) < 4 * se + 19 / 128, (m, 19 * math.log(chi), se)
+    assert chi == pytest.approx(1.0722, abs=1e-3)
+
+
+def test_same_seed_same_numbers_and_shared_prefix():
+    spec = _stack(6, "tanh", "glorot_normal", width=32, dropout=0.1, bias_var=0.05)
+    a = simulate(spec, samples=64, seeds=2, seed=7, theory=False)
+    b = simulate(spec, samples=64, seeds=2, seed=7, theory=False)
+    c = simulate(spec, samples=64, seeds=2, seed=8, theory=False)
+    d = simulate(spec, samples=64, seeds=3, seed=7, theory=False)
+    cols = ["pre_mean", "pre_var", "post_var", "corr", "grad_norm"]
+    assert a.per_seed[cols].equals(b.per_seed[cols])
+    assert not np.allclose(a.per_seed[cols].iloc[1:].to_numpy(), c.per_seed[cols].iloc[1:].to_numpy())
+    # networks 0 and 1 of a 3-network run are those of the 2-network run
+    assert np.array_equal(a.per_seed[cols].to_numpy(), d.per_seed[d.per_seed.seed < 2][cols].to_numpy(), equal_nan=True)
+    assert seed_stream(7, 0) != seed_stream(7, 1) != seed_stream(8, 1)
+
+
+def test_divergence_reported_at_the_right_layer():
+    spec = _stack(200, "linear", "normal:4.0")
+    with pytest.warns(UserWarning, match="diverged"):
+        res = simulate(spec, samples=100, seeds=2, seed=0)
+    # sigma_h = 2^l: the largest of ~N n Gaussian entries (~4.5 sigma) passes float32's max
+    # (3.4e38 = 2^128) near l = 126; allow a factor ~10 of finite-width spread either way
+    fmax = np.finfo(np.float32).max
+    lo = math.ceil(math.log2(fmax / 100))
+    hi = math.ceil(math.log2(fmax)) + 1
+    assert lo <= res.diverged_at <= hi, res.diverged_at
+    t = res.table
+    assert t["layer"].max() == res.diverged_at
+    assert bool(t.set_index("layer").loc[res.diverged_at, "diverged"])
+    assert not t.loc[t.layer < res.diverged_at, "diverged"].any()
+    # finite statistics up to there, even where q N n overflows float32 (float64 fallback)
+    before = t[t.layer == res.diverged_at - 1].iloc[0]
+    assert np.isfinite(before["pre_var"]) and before["pre_var"] > 1e70
+    assert np.isnan(t["grad_norm"]).all()
+    # the same networks in float64 do not overflow there
+    r64 = simulate(spec.with_(widths=spec.widths[: res.diverged_at + 1]), samples=100, seeds=2, seed=0,
+                   dtype="float64", theory=False)
+    assert r64.diverged_at is None
+
+
+def test_vanishing_relu_is_flushed_and_reported():
+    spec = _stack(30, "relu", "normal:0.01", width=64)
+    res = simulate(spec, samples=64, seeds=2, theory=False)
+    assert res.flushed["active"] and res.flushed["mattered"]
+    assert res.flushed["subnormal_layers"][0] > 10
+    from propagate.simulate import _flush_is_on
+
+    assert _flush_is_on() is False  # restored
+
+
+def test_batchnorm_and_alpha_dropout_keep_selu_normalized():
+    spec = _stack(8, "selu", "lecun_normal", width=128, batchnorm=True, alpha_dropout=0.1)
+    res = simulate(spec, samples=1000, seeds=4, jacobian=True, theory=False)
+    t = res.table.set_index("layer")
+    # BN makes each unit's input zero-mean exactly, so pre-activations are zero-mean per unit
+    assert np.all(np.abs(t.loc[2:, "pre_mean"]) < 1e-5)
+    # selu + alpha dropout at (0, 1) keeps the variance at ~ 1/(1+eps): within 5%
+    assert np.all(np.abs(t.loc[1:, "pre_var"] - 1) < 0.05)
+    j = res.jacobian
+    assert j["shape"] == [128, 128] and j["s_max"] > j["s_min"] >= 0 and j["mean_s2"] > 0
+
+
+def test_array_input_and_dataset_input_stats():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, size=(300, 16)).astype(np.float32)
+    spec = NetworkSpec.stack(3, 32, input_dim=16, first_width=None, activation="relu", init="he_normal")
+    res = simulate(spec, input=x, samples=200, seeds=2, theory=False)
+    st = res.meta["input_stats"]
+    assert st["input_q"] == pytest.approx(np.mean(x.astype(float) ** 2), rel=1e-9)
+    assert st["input_mean"] == pytest.approx(0.5, abs=0.02)
+    assert st["input_corr"] == pytest.approx(0.75, abs=0.03)  # E[x]^2 / E[x^2] = 0.25 / (1/3)
+    assert res.table.loc[0, "post_q"] == pytest.approx(1 / 3, abs=0.02)
+    # first layer: q^1 = sigma_w^2 * mean_features E[x^2] (He: 2/3)
+    assert res.table.loc[1, "pre_q"] == pytest.approx(2 * st["input_q"], rel=0.1)
+    with pytest.raises(UserError):
+        simulate(spec, input=np.zeros((10, 5)))
+    with pytest.raises(UserError):
+        simulate(spec, input="cifar")
+
+
+def test_compare_with_theory_flags_real_disagreement():
+    import pandas as pd
+
+    spec = _stack(3, "relu", "he_normal", width=100)
+    sim = pd.DataFrame({"layer": [0, 1, 2, 3], "width": [100] * 4, "pre_var": [np.nan, 1.0, 1.0, 1.5],
+                        "pre_var_se": [np.nan, 0.01, 0.01, 0.01]})
+    th = pd.DataFrame({"layer": [0, 1, 2, 3], "pre_var": [np.nan, 1.0, 1.02, 1.0]})
+    out = compare_with_theory(sim, th, spec)
+    # layer 2: 0.02 off < 4 SE (0.04) + 2/100 allowance; layer 3: 0.5 off -> flagged
+    assert out["disagree"].tolist() == [False, False, False, True]
+    assert out["ratio"].iloc[3] == pytest.approx(1.5)
+    assert finite_width_allowance((100, 100, 100, 100), 2) == pytest.approx(0.02)
+
+
+def test_bad_input_raises_usererror():
+    spec = _stack(2, "relu", "he_normal", width=8)
+    for kw in ({"seeds": 0}, {"samples": 1}, {"dtype": "float16"}, {"device": "tpu"}):
+        with pytest.raises(UserError):
+            simulate(spec, **kw)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_default_command_prints_table(capsys):
+    rc = main(["simulate", "--threads", "1", "--depth", "50", "--init", "lecun_uniform", "--samples", "200", "--seeds", "2", "--quiet"])
+    assert rc == 0
+    rc = main(["simulate", "--threads", "1", "--depth", "4", "--init", "lecun_uniform", "--samples", "200", "--seeds", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "selu/lecun_uniform" in out and "784 -> 512 -> 3 x 256" in out
+    assert "pre_var±se" in out and "grad_norm±se" in out
+    assert len([ln for ln in out.splitlines() if ln.strip()[:1].isdigit()]) == 5  # layers 0..4
+
+
+def test_cli_files_and_plot(tmp_path, capsys):
+    csv, js, png = tmp_path / "s.csv", tmp_path / "s.json", tmp_path / "s.png"
+    rc = main(["simulate", "--threads", "1", "--activation", "relu", "--init", "he_normal", "--width", "64", "--depth", "5",
+               "--samples", "100", "--seeds", "2", "--seed", "3", "--csv", str(csv), "--json", str(js),
+               "--plot", str(png), "--quiet"])
+    assert rc == 0
+    assert capsys.readouterr().out == ""
+    data = json.loads(js.read_text())
+    assert data["meta"]["seeds"] == 2 and data["meta"]["seed"] == 3 and "versions" in data["meta"]
+    assert [r["layer"] for r in data["rows"]] == list(range(6))
+    assert (tmp_path / "s.csv.meta.json").exists() and csv.read_text().startswith("source,config,layer")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_divergence_warns_and_exits_zero(capsys):
+    rc = main(["simulate", "--threads", "1", "--activation", "linear", "--init", "normal:4", "--width", "32", "--depth", "200",
+               "--samples", "50", "--seeds", "2"])
+    cap = capsys.readouterr()
+    assert rc == 0
+    assert "DIVERGED" in cap.out
+    assert len([ln for ln in cap.err.splitlines() if "diverged" in ln]) == 1
+
+
+@pytest.mark.parametrize("argv", [
+    ["--activation", "nope"],
+    ["--init", "bogus"],
+    ["--depth", "0"],
+    ["--samples", "x"],
+    ["--dropout", "1.5"],
+    ["--seed-shape", "--depth", "3"],
+    ["--input", "mnist-5k", "--input-mean", "1"],
+    ["--plot", "out.pdf"],
+    ["--device", "cuda"],
+    ["--samples", "100000000000"],  # refuses up front: more memory than the machine has
+])
+def test_cli_bad_input_one_line_exit_2(argv, capsys):
+    import torch
+
+    if argv == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main(["simulate", "--threads", "1", "--depth", "2", "--samples", "10", "--seeds", "1", "--quiet", *argv]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error" in err[0]
