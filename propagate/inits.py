@@ -90,9 +90,11 @@ class Init:
         if self.distribution == "normal":
             return torch.randn(shape, dtype=dtype, device=device, generator=generator) * math.sqrt(var)
         if self.distribution == "truncated_normal":
+            # inverse CDF of N(0, std^2) restricted to [-2 std, 2 std]: one pass, no rejection
             std = math.sqrt(var) / TRUNC_STD
-            w = torch.empty(shape, dtype=dtype, device=device)
-            return torch.nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std, generator=generator)
+            lo = 0.5 * math.erfc(math.sqrt(2.0))  # Phi(-2)
+            u = torch.empty(shape, dtype=torch.float64, device=device).uniform_(lo, 1.0 - lo, generator=generator)
+            return u.mul_(2.0).sub_(1.0).erfinv_().mul_(math.sqrt(2.0) * std).to(dtype)
         if self.distribution == "orthogonal":
             return self._orthogonal(fan_out, fan_in, batch, generator, dtype, device)
         raise AssertionError(self.distribution)  # pragma: no cover

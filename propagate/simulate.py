@@ -605,27 +605,10 @@ def _check_memory(spec, N, S, dt, dev, grad_samples):
 
 
 def _sample_weights(init, n_out, n_in, gens, dt):
-    """``(S, n_out, n_in)`` weights, network ``s`` drawn from its own stream ``gens[s]``.
-
-    Truncated normals (Keras' ``*_normal``: cut at 2 std, rescaled to the exact
-    variance) are drawn by inverse CDF here: torch's ``trunc_normal_`` rejection
-    loop redraws the whole tensor until every entry is inside, which made
-    weight sampling the slowest part of a run. Same distribution as
-    :meth:`Init.sample`.
-    """
+    """``(S, n_out, n_in)`` weights, network ``s`` drawn from its own stream ``gens[s]``."""
     import torch
 
-    from propagate.inits import TRUNC_STD
-
-    if init.distribution != "truncated_normal":
-        return torch.stack([init.sample(n_out, n_in, generator=g, dtype=dt) for g in gens])
-    std = math.sqrt(init.weight_var(n_in, n_out)) / TRUNC_STD
-    lo = 0.5 * math.erfc(2.0 / math.sqrt(2.0))  # Phi(-2)
-    out = torch.empty((len(gens), n_out, n_in), dtype=torch.float64)
-    for s, g in enumerate(gens):
-        out[s].uniform_(lo, 1.0 - lo, generator=g)
-    out.mul_(2.0).sub_(1.0).erfinv_().mul_(math.sqrt(2.0) * std)
-    return out.to(dt)
+    return torch.stack([init.sample(n_out, n_in, generator=g, dtype=dt) for g in gens])
 
 
 def _jacobian_summary(J) -> dict:
