@@ -25,6 +25,18 @@ _LAZY = {
     "build_model": "propagate.spec",
     "solve_selu": "propagate.selu",
     "SeluSolution": "propagate.selu",
+    "predict_layers": "propagate.theory",
+    "analyze": "propagate.theory",
+    "critical_sigma_w2": "propagate.theory",
+    "simulate": "propagate.simulate",
+    "load_dataset": "propagate.data",
+    "train": "propagate.train",
+    "TrainOptions": "propagate.train",
+    "reproduce": "propagate.train",
+    "get_preset": "propagate.presets",
+    "list_presets": "propagate.presets",
+    "build_report": "propagate.report",
+    "ReportOptions": "propagate.report",
 }
 
 
