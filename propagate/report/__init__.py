@@ -144,7 +144,7 @@ def build_report(out_dir: str | Path, options: ReportOptions | None = None, *, p
             save_figure(figures.plot_training_curves(h, reported, title=f"Training the 52-layer network, RMSprop lr {lr:g} "
                                                      "(dashed: with batch normalization; squares: the seed's numbers)"),
                         fig_dir / f"training_curves_lr{lr:g}.png")
-        drift_runs = compute.drift_runs(summary, opts.lrs[0])
+        drift_runs = compute.drift_runs(summary, opts.lrs)
         save_figure(figures.plot_training_layers(layers, drift_runs), fig_dir / "training_layer_drift.png")
         step("training")
 

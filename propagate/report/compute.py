@@ -197,8 +197,14 @@ def reported_table(summary):
     return pd.DataFrame(rows, columns=["preset", "epoch", "acc", "val_acc"])
 
 
-def drift_runs(summary, lr: float) -> list[str]:
-    """Runs whose per-layer drift the report shows: the SNN recipe, a failing run, and a BN run."""
+def drift_runs(summary, lrs) -> list[str]:
+    """Runs whose per-layer drift the report shows: the SNN recipe at every learning rate,
+    the failing plain ReLU and the seed's favourite (SELU + BN + lecun_uniform)."""
     have = set(summary["preset"])
-    wanted = [p for p in ("selu-lecun-normal", "relu", "selu-bn-lecun-uniform") if p in have]
-    return [run_label(p, lr) for p in wanted]
+    lrs = list(lrs)
+    runs = [run_label("selu-lecun-normal", lr) for lr in lrs if "selu-lecun-normal" in have]
+    if "relu" in have:
+        runs.append(run_label("relu", lrs[0]))
+    if "selu-bn-lecun-uniform" in have:
+        runs.append(run_label("selu-bn-lecun-uniform", lrs[-1]))
+    return runs[:4]

@@ -237,8 +237,12 @@ def plot_training_layers(layers, runs, column="pre_var", mode="train", title=Non
     ``layer``, ``pre_var``, ...). One panel per run in ``runs``; one line per
     epoch (epoch 0 = at initialization).
     """
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.2), squeeze=False, sharey=False)
-    for ax, run in zip(axes[0], runs):
+    ncols = len(runs) if len(runs) <= 3 else 2
+    nrows = math.ceil(len(runs) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, 4.0 * nrows), squeeze=False, sharey=False)
+    for ax in axes.ravel()[len(runs):]:
+        ax.set_visible(False)
+    for ax, run in zip(axes.ravel(), runs):
         sub = layers[(layers["run"] == run) & (layers["layer"] >= 1)]
         if "mode" in sub and sub["mode"].notna().any():
             m = mode if (sub["mode"] == mode).any() else sub["mode"].dropna().iloc[0]

@@ -32,6 +32,8 @@ def render(opts, dataset, facts, summary, timings, elapsed, inputs_desc, train_d
     details = "\n\n".join(f"**{c['claim']}** *{c['verdict'].capitalize()}.* {c['evidence']}" for c in facts["claims"])
     mode = "`--quick`: reduced sizes, for tests and first looks" if opts.quick else "full version"
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+    train_s = float(summary["seconds"].sum()) if "seconds" in summary else math.nan
+    timing += f"; the training runs' optimization steps took {train_s:.0f} s in all when they ran (runs finished earlier are resumed from the work folder, not repeated)"
     curves = "\n\n".join(f"![training curves at lr {lr:g}](figures/training_curves_lr{lr:g}.png)" for lr in opts.lrs)
     n_train = len(train_ds.y_train)
     return f"""# Signal propagation in a 52-layer network: theory, simulation and training on {dataset.name}
@@ -49,6 +51,8 @@ how the per-layer statistics move while training.
 ## What the measurements say about the seed's conclusions
 
 {verdicts}
+
+{facts.get('step_size', '')}
 
 Details and numbers are in [Findings](#6-findings).
 
@@ -120,7 +124,7 @@ its numbers (squares) are for comparison of trends, not digits. `acc` is Keras' 
 ![per-layer variance while training](figures/training_layer_drift.png)
 
 Per-layer variance of the pre-activations on a fixed probe batch of training images, at initialization and
-after each epoch (runs: {', '.join(drift_runs)}; eval mode).
+after each epoch (runs: {', '.join(drift_runs)}; BN runs in train mode, i.e. with batch statistics).
 
 ## 6. Findings
 
