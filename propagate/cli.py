@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    from propagate.io import set_command
+
+    set_command([PROG, *argv])
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

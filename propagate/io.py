@@ -119,10 +119,28 @@ def _versions() -> dict[str, str]:
     return out
 
 
+_COMMAND: list[str] | None = None
+
+
+def set_command(argv: list[str] | None) -> None:
+    """Record the command line being run (the CLI calls this), for :func:`run_metadata`."""
+    global _COMMAND
+    _COMMAND = None if argv is None else list(argv)
+
+
+def _command_line() -> str:
+    import shlex
+
+    if _COMMAND is not None:
+        return shlex.join(_COMMAND)
+    # library use (script, notebook): the interpreter's own command line
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
+
+
 def run_metadata(seed: int | None = None, **extra: Any) -> dict[str, Any]:
     """What produced a result: command line, seed, time, platform and package versions."""
     meta: dict[str, Any] = {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
+        "command": _command_line(),
         "seed": seed,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(),
