@@ -418,6 +418,13 @@ class SeluSolution:
             "residuals": [self.fmt_small(r) for r in self.residuals],
         }
 
+    def __str__(self) -> str:
+        # mpf's own str() uses mpmath's global precision (15 digits); show the solved digits
+        f = self.fmt
+        return (f"SELU with fixed point (mean {self.mean}, var {self.var}): lambda = {f(self.lambda_)}, "
+                f"alpha = {f(self.alpha)}; Jacobian spectral norm {f(self.spectral_norm)}, "
+                f"{'attracting' if self.attracting else 'not attracting'}")
+
     @staticmethod
     def fmt_small(x) -> str:
         """A residual, 3 significant digits."""
