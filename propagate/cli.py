@@ -61,6 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from propagate.errors import UserError
 
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so temporary files and folders are removed
+    # and no half-written result is left behind
+    import signal
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args._run(args) or 0)
     except UserError as exc:
