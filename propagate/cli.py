@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     def _terminate(signum, frame):
         raise KeyboardInterrupt
 
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args._run(args) or 0)
