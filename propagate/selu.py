@@ -688,19 +688,15 @@ def derivation_markdown(digits: int = 30) -> str:
     timings), so a test can compare it with the committed file.
     """
     import mpmath as mp
-    import sympy as sp
 
     a, c, tails, lower_exp = standard_normal_integrals()
     m, s, pieces = gaussian_selu_pieces()
     maps = selu_moment_maps()
     fp = fixed_point_maps()
     sol = solve_selu(0, 1, digits)
-    lam_s, alpha_s = maps["lambda"], maps["alpha"]
-    x = sp.Symbol("x")
     n = sol.fmt
     J = sol.jacobian
     dro = alpha_dropout_formulas()
-    q, ap = dro["q"], dro["alpha_prime"]
     d05 = alpha_dropout_params(0.05, sol.lambda_, sol.alpha, digits=digits)
     box = stability_box(sol.lambda_, sol.alpha)
     arg = box["argmax"]

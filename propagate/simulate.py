@@ -274,20 +274,18 @@ def _make_inputs(spec, input, samples, gens, dtype, device, seed, progress):
 def _moments(t, cnt):
     """Per-network mean and second moment of ``t`` (S, N, n), and whether all its entries are finite.
 
-    The fast float32 reductions overflow once ``q * N * n`` passes the dtype's
-    maximum although every entry is still finite; then (and only then) the
-    moments are recomputed in float64, so divergence means an inf/NaN entry.
+    Reductions accumulate in float64 whatever the working dtype: in float32 the
+    squares of a vanishing signal underflow (RMS below ~1e-19 gives q = 0 while
+    every entry is still a normal number) and the sums of an exploding one
+    overflow while every entry is finite. So ``q`` is exact to float64 and a
+    non-finite result means an inf/NaN entry.
     """
     import torch
 
-    mean = t.sum(dim=(1, 2)) / cnt
-    q = torch.linalg.vector_norm(t, dim=(1, 2)) ** 2 / cnt
-    if math.isfinite(float((q + mean).sum())):  # one sync, no extra pass
-        return mean, q, True
-    if not bool(torch.isfinite(t).all()):
-        return mean, q, False
-    td = t.double()
-    return td.sum(dim=(1, 2)) / cnt, torch.linalg.vector_norm(td, dim=(1, 2)) ** 2 / cnt, True
+    mean = t.sum(dim=(1, 2), dtype=torch.float64) / cnt
+    q = torch.linalg.vector_norm(t, dim=(1, 2), dtype=torch.float64) ** 2 / cnt
+    finite = math.isfinite(float((q + mean).sum()))  # one sync, no extra pass
+    return mean, q, finite
 
 
 def _layer0_rows(x):
@@ -559,7 +557,7 @@ def _run(spec, act, samples, S, seed, dt, dev, want_jac, jac_inputs, grad_sample
         k = min(jac_inputs, G)
         A = torch.diag_embed(derivs[-1][0, :k]) if want_jac else None
         for l in range(D, 0, -1):
-            grad[l] = torch.linalg.vector_norm(g, dim=(1, 2)) / math.sqrt(G)
+            grad[l] = torch.linalg.vector_norm(g, dim=(1, 2), dtype=torch.float64) / math.sqrt(G)
             Wl = weights[l - 1]
             if l == 1:
                 if want_jac:
@@ -676,11 +674,9 @@ def _aggregate(per_seed, spec):
 
 
 def _theory_table(spec, in_stats):
-    """The theory's table for ``spec`` and these input statistics, or None if theory is unavailable."""
-    try:
-        from propagate.theory import predict_layers
-    except ImportError:
-        return None
+    """The theory's table for ``spec`` and these input statistics, or None if theory cannot integrate it."""
+    from propagate.theory import predict_layers
+
     try:
         return predict_layers(spec, input_q=in_stats["input_q"], input_mean=in_stats["input_mean"],
                               input_corr=in_stats["input_corr"], config=spec.label())

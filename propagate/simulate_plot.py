@@ -64,7 +64,7 @@ def plot_layers(tables, ax=None, title: str | None = None):
                 lo, hi = y - 2 * se, y + 2 * se
                 if col == "pre_var":
                     lo = np.where(lo > 0, lo, y / 10)
-                axx.fill_between(x, lo, hi, color=color, alpha=0.25, lw=0, label=f"±2 SE over networks")
+                axx.fill_between(x, lo, hi, color=color, alpha=0.25, lw=0, label="±2 SE over networks")
             tcol = "theory_" + col
             if tcol in df.columns and np.isfinite(df[tcol].to_numpy(dtype=float)).any():
                 axx.plot(x, df[tcol].to_numpy(dtype=float), "--", color="k", lw=1.2, label="mean-field theory")

@@ -21,15 +21,6 @@ from propagate.simulate import compare_with_theory, finite_width_allowance, seed
 from propagate.simulate import simulate as _simulate
 from propagate.spec import NetworkSpec
 
-try:
-    from propagate.theory import predict_layers  # noqa: F401
-
-    HAVE_THEORY = True
-except ImportError:
-    HAVE_THEORY = False
-
-needs_theory = pytest.mark.skipif(not HAVE_THEORY, reason="propagate.theory.predict_layers not available yet")
-
 W = 256
 
 
@@ -88,7 +79,6 @@ def test_selu_keeps_mean_zero_and_variance_one(selu_runs, init):
     assert abs(s) < 4 * se + 1e-3, (s, se)
 
 
-@needs_theory
 def test_selu_matches_theory(selu_runs):
     t = selu_runs["lecun_normal"].table
     assert "theory_pre_var" in t.columns
@@ -117,7 +107,6 @@ def test_relu_glorot_variance_halves(relu_glorot):
         assert abs(t.loc[l, "pre_var"] - expect) < 4 * t.loc[l, "pre_var_se"] + 0.01 * expect
 
 
-@needs_theory
 def test_relu_glorot_matches_theory(relu_glorot):
     t = relu_glorot.table.set_index("layer")
     for l in (1, 10, 20, 30):

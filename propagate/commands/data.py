@@ -17,7 +17,7 @@ Datasets for training, by name:
                  (no network; the fallback when the full MNIST is unavailable)
   fashion-mnist  Zalando's Fashion-MNIST (Debian's dataset-fashion-mnist folder
                  if installed, else --data-dir/cache, else downloaded)
-  auto           mnist if on disk, else mnist-5k
+  auto           mnist if on disk or downloadable, else mnist-5k
 
 The cache folder is $PROPAGATE_DATA, else $XDG_CACHE_HOME/propagate, else
 ~/.cache/propagate, with one subfolder per dataset.

@@ -10,7 +10,7 @@ NAME = "report"
 HELP = "write the figure report (SELU, per-layer theory vs simulation, phase diagram, training) to reports/"
 DESCRIPTION = """\
 Compute everything and write a self-contained report folder: README.md (a short paper with
-LaTeX-free markdown tables and figures), figures/*.png and *.svg, data/*.csv with metadata.
+markdown tables, LaTeX math and figures), figures/*.png and *.svg, data/*.csv with metadata.
 Training runs are kept in a resumable work folder (default: next to the report, hidden), so an
 interrupted report picks up where it stopped; the report folder itself is replaced atomically.
 

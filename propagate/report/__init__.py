@@ -15,7 +15,7 @@ report does not lose finished epochs either.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -67,8 +67,9 @@ def build_report(out_dir: str | Path, options: ReportOptions | None = None, *, p
     ``notify(message)`` receives one line per finished step (the CLI prints it
     on stderr). See :class:`ReportOptions` for what is computed.
     """
-    import pandas as pd
+    import matplotlib
 
+    matplotlib.use("Agg")  # a report is files; never needs (or opens) a display
     from propagate.data import load_dataset
     from propagate.io import atomic_directory, atomic_write_json, atomic_write_text, run_metadata, write_table
     from propagate.report import compute, figures, findings, page

@@ -82,10 +82,10 @@ def phase_grid(activation: str, sigma_w2=None, sigma_b2=None):
         for w in sw:
             rows.append({"sigma_w2": w, "sigma_b2": b, "chi_1": chi_1(activation, w, b),
                          "q_star": fixed_point_q(activation, w, b)})
-    # At sigma_b^2 = 0 the critical point of an activation with phi(0) = 0 sits at
-    # q* = 0 (a degenerate branch: for selu 1 / E[phi'(0)^2] = 0.477); the line is
-    # traced from just above 0, where the stable branch q* > 0 is meant.
-    line = critical_line(activation, np.maximum(sb, 1e-3))
+    # Near sigma_b^2 = 0 the line bends sharply (tanh: sigma_w^2 - 1 ~ sigma_b^2^(1/3)),
+    # so it is traced on extra points close to 0 as well as on the grid.
+    fine = np.array([1e-8, 1e-6, 1e-5, 1e-4, 1e-3, 3e-3])
+    line = critical_line(activation, np.unique(np.concatenate([sb, fine[fine < sb.max()]])))
     return pd.DataFrame(rows), line
 
 

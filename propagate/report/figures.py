@@ -14,7 +14,20 @@ import math
 
 import numpy as np
 
-from propagate.report.style import label_colour, plt, split_label
+import functools
+
+from propagate.report.style import label_colour, plt, report_style, split_label
+
+
+def _styled(fn):
+    """Draw the figure under the report's matplotlib settings (the caller's are restored after)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with report_style():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 __all__ = [
     "plot_selu_flow",
@@ -39,6 +52,7 @@ def _by_bn(table):
     return plain, bn
 
 
+@_styled
 def plot_selu_flow(trajectories, fixed_point=(0.0, 1.0), box=None, title=None):
     """The SELU moment map iterated from a grid of starting points.
 
@@ -106,6 +120,7 @@ def _layer_panels(sim, theory, column, se_column, axes, log, ylabel):
             ax.set_yscale("log")
 
 
+@_styled
 def plot_layer_moments(sim, theory=None, title=None):
     """Variance (log scale) and mean of pre-activations per layer, without and with BN.
 
@@ -128,7 +143,7 @@ def plot_layer_moments(sim, theory=None, title=None):
 
 
 def _shared_legend(fig, axes):
-    handles, labels = {}, {}
+    handles = {}
     for ax in np.ravel(axes):
         for h, l in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(l, h)
@@ -139,6 +154,7 @@ def _shared_legend(fig, axes):
     fig.legend([h for _, h in items], [l for l, _ in items], loc="center right", title="activation / init", frameon=False)
 
 
+@_styled
 def plot_grad_norms(sim, theory=None, title=None):
     """Gradient norm per layer (log scale) for a random linear readout, without and with BN."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=False)
@@ -149,6 +165,7 @@ def plot_grad_norms(sim, theory=None, title=None):
     return fig
 
 
+@_styled
 def plot_phase_diagram(grids, lines, marks, title=None):
     """``chi_1`` over (``sigma_w^2``, ``sigma_b^2``) per activation, critical line, named inits.
 
@@ -186,6 +203,7 @@ def plot_phase_diagram(grids, lines, marks, title=None):
     return fig
 
 
+@_styled
 def plot_training_curves(history, reported=None, title=None):
     """Training accuracy, test accuracy and loss per epoch, one line per run.
 
@@ -230,6 +248,7 @@ def plot_training_curves(history, reported=None, title=None):
     return fig
 
 
+@_styled
 def plot_training_layers(layers, runs, column="pre_var", mode="train", title=None):
     """Per-layer variance of pre-activations at initialization and after each epoch.
 

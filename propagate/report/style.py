@@ -10,12 +10,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")  # figures are files; never need a display
-import matplotlib.pyplot as plt  # noqa: E402
-
-from propagate.io import atomic_write_bytes  # noqa: E402
+from propagate.io import atomic_write_bytes
 
 #: (activation, init) -> colour, the same in every figure.
 CONFIG_COLOURS = {
@@ -29,8 +26,9 @@ CONFIG_COLOURS = {
 }
 _FALLBACK = ["#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a"]
 
-plt.rcParams.update(
-    {
+#: The look of the report's figures; applied inside :func:`report_style` only, so
+#: importing the figure functions never changes a notebook's own settings.
+STYLE = {
         "figure.dpi": 110,
         "savefig.dpi": 130,
         "axes.grid": True,
@@ -40,8 +38,12 @@ plt.rcParams.update(
         "legend.fontsize": 8,
         "axes.titlesize": 11,
         "axes.labelsize": 10,
-    }
-)
+}
+
+
+def report_style():
+    """Context manager: matplotlib settings of the report's figures."""
+    return plt.rc_context(STYLE)
 
 
 def colour(activation: str, init: str) -> str:
@@ -70,7 +72,7 @@ def save_figure(fig, path: str | Path, formats=("png", "svg")) -> list[Path]:
     written = []
     for fmt in formats:
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
+        fig.savefig(buf, format=fmt, bbox_inches="tight", dpi=STYLE["savefig.dpi"], metadata={"Date": None} if fmt == "svg" else None)
         written.append(atomic_write_bytes(path.with_suffix("." + fmt), buf.getvalue()))
     plt.close(fig)
     return written
