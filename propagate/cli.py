@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         # wide enough that every command's one-line summary stays on one line
-        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=20, width=130),
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=24, width=130),
         description="Statistics of signal propagation in deep neural networks.",
         epilog="Run 'propagate COMMAND --help' for a command's options.",
     )
