@@ -274,18 +274,24 @@ def _make_inputs(spec, input, samples, gens, dtype, device, seed, progress):
 def _moments(t, cnt):
     """Per-network mean and second moment of ``t`` (S, N, n), and whether all its entries are finite.
 
-    Reductions accumulate in float64 whatever the working dtype: in float32 the
-    squares of a vanishing signal underflow (RMS below ~1e-19 gives q = 0 while
-    every entry is still a normal number) and the sums of an exploding one
-    overflow while every entry is finite. So ``q`` is exact to float64 and a
-    non-finite result means an inf/NaN entry.
+    The fast float32 reductions are exact enough for a healthy signal but fail
+    at both ends: the squares of a vanishing signal underflow (RMS below ~1e-19
+    gives q = 0 while every entry is still a normal number) and the sums of an
+    exploding one overflow while every entry is finite. In those two cases
+    (q below 1e-30 or not finite) the moments are recomputed in float64, so q
+    is right down to the smallest entries and divergence means an inf/NaN entry.
     """
     import torch
 
-    mean = t.sum(dim=(1, 2), dtype=torch.float64) / cnt
-    q = torch.linalg.vector_norm(t, dim=(1, 2), dtype=torch.float64) ** 2 / cnt
-    finite = math.isfinite(float((q + mean).sum()))  # one sync, no extra pass
-    return mean, q, finite
+    mean = t.sum(dim=(1, 2)) / cnt
+    q = torch.linalg.vector_norm(t, dim=(1, 2)) ** 2 / cnt
+    total = float((q + mean.abs()).sum())  # one sync, no extra pass
+    if math.isfinite(total) and float(q.min()) > 1e-30:
+        return mean, q, True
+    if not bool(torch.isfinite(t).all()):
+        return mean, q, False
+    return (t.sum(dim=(1, 2), dtype=torch.float64) / cnt,
+            torch.linalg.vector_norm(t, dim=(1, 2), dtype=torch.float64) ** 2 / cnt, True)
 
 
 def _layer0_rows(x):
