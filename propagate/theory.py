@@ -404,6 +404,13 @@ def fixed_point_q(activation, sigma_w2: float, sigma_b2: float, q0: float = 1.0,
     return float(optimize.brentq(g, lo, q, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=max_iter))
 
 
+def _q_at(act, sw2: float, sb2: float, q: float | None) -> float:
+    """``q`` if given, else ``q*``; for ``q* = inf`` the scale of the last finite iterate."""
+    if q is None:
+        q = fixed_point_q(act, sw2, sb2)
+    return q if math.isfinite(q) else _large_q(act, sw2, sb2)
+
+
 def chi_1(activation, sigma_w2: float, sigma_b2: float = 0.0, q: float | None = None) -> float:
     """``chi_1 = sigma_w^2 E[phi'(sqrt(q) z)^2]`` at ``q`` (default: ``q*`` from ``q0 = 1``).
 
@@ -412,10 +419,7 @@ def chi_1(activation, sigma_w2: float, sigma_b2: float = 0.0, q: float | None = 
     """
     act = get_activation(activation)
     sw2 = _check_var("sigma_w2", sigma_w2)
-    if q is None:
-        q = fixed_point_q(act, sw2, sigma_b2)
-    if not math.isfinite(q):
-        q = _large_q(act, sw2, sigma_b2)
+    q = _q_at(act, sw2, sigma_b2, q)
     return sw2 * _grad_moment(act, float(q))
 
 
@@ -463,10 +467,7 @@ def chi_c(activation, sigma_w2: float, sigma_b2: float = 0.0, q: float | None = 
     """``chi_c = sigma_w^2 E[phi'(u_a) phi'(u_b)]`` at ``(q, c)`` (default ``(q*, c*)``)."""
     act = get_activation(activation)
     sw2 = _check_var("sigma_w2", sigma_w2)
-    if q is None:
-        q = fixed_point_q(act, sw2, sigma_b2)
-    if not math.isfinite(q):
-        q = _large_q(act, sw2, sigma_b2)
+    q = _q_at(act, sw2, sigma_b2, q)
     if c is None:
         c = fixed_point_c(act, sw2, sigma_b2, q)
     if not math.isfinite(c):
