@@ -31,9 +31,9 @@ def bare_chain(S, N, n, depth, act="selu", init="lecun_normal", seed=0, tuned=Fa
     import torch
 
     from propagate.inits import get_init
-    from propagate.simulate import _generators, _sample_weights
+    from propagate.simulate import seed_stream
 
-    gens = _generators(seed, S)
+    gens = [torch.Generator().manual_seed(seed_stream(seed, s)) for s in range(S)]
     fn = torch.selu if act == "selu" else torch.relu
     fn_ = torch.selu_ if act == "selu" else torch.relu_
     x = torch.stack([torch.randn(N, n, generator=g) for g in gens])
@@ -41,7 +41,7 @@ def bare_chain(S, N, n, depth, act="selu", init="lecun_normal", seed=0, tuned=Fa
     if tuned:
         bufs = [torch.empty(S, N, n), torch.empty(S, N, n)]
     for l in range(depth):
-        W = _sample_weights(ini, n, n, gens, torch.float32)
+        W = torch.stack([ini.sample(n, n, generator=g, dtype=torch.float32) for g in gens])
         if tuned:
             h = bufs[l % 2]
             torch.bmm(x, W.transpose(1, 2), out=h)

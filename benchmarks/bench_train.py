@@ -1,38 +1,67 @@
-"""Training speed of the seed's 52-layer network, measured against the matmul roofline of the same machine.
+"""Training speed of the seed's 52-layer network against the matmul roofline, one network and an 8-seed ensemble.
 
-Prints, for the seed network (784 -> 512 -> 50 x 256 -> 10) with and without BN:
+Prints, in one run (every timing is the median over the steps of a training
+epoch, measured by :func:`propagate.train.train` itself through its
+``on_step`` hook, after a warm-up epoch; configurations are interleaved so a
+busy machine affects them alike):
 
-- samples/s of ``propagate.train.train`` on random 28x28 images (a few hundred
-  steps of batch 128, the seed's RMSprop), and the implied time of one full
-  MNIST epoch (60,000 images);
-- the time the network's matmul FLOPs would take at the matmul throughput
-  measured in the same run (``torch.mm``/``addmm`` on exactly the training
-  step's shapes: forward ``x W^T``, backward ``g W`` and ``g^T x``, i.e. 3x the
-  forward FLOPs, 2 FLOPs per multiply-add), and the ratio measured / matmul-only
-  (goal: within 2x);
-- the effect of flushing subnormal floats to zero on a network whose signal
-  vanishes into the subnormal range (ReLU + RandomUniform(-0.05, 0.05), no BN).
+1. for the seed network (784 -> 512 -> 50 x 256 -> 10) with relu, relu + BN,
+   selu, selu + BN: samples/s, the implied time of one MNIST epoch (60,000
+   images), the time the step's matmuls alone take on the same machine
+   (``torch.baddbmm``/``bmm`` on exactly the step's shapes: forward ``x W^T``,
+   backward ``g W`` and ``g^T x``, 3x the forward FLOPs), and the ratio
+   measured / matmul-only (goal: <= 1.5), with the fused kernels
+   (:mod:`propagate.kernels`) and without them ("plain"), so the kernels'
+   effect is measured in the same process;
+2. an ensemble of ``--seeds`` (8) seeds of selu/lecun_normal trained as one
+   batched model against ``--seeds`` separate single runs: the time ratio
+   (goal: <= 0.6);
+3. the peak resident memory (RSS) of a process training an 8-seed ensemble of
+   the seed network (a few steps on 2,048 random images), next to
+   :func:`propagate.train.estimate_memory`'s estimate, which the memory guard uses;
+4. the effect of flushing subnormal floats to zero on a network whose signal
+   vanishes into the subnormal range (ReLU + N(0, 0.02), no BN).
 
-With ``--reproduce DIR`` it also times a full ``reproduce`` (all presets,
-3 epochs, lr 1e-3) on mnist-5k into DIR.
+With ``--reproduce DIR`` it also times a 5-seed ``reproduce`` (all presets,
+3 epochs, lr 1e-3) on mnist-5k into DIR against 5 single-seed reproductions.
 
-    python benchmarks/bench_train.py [--steps 200] [--threads N] [--reproduce /tmp/reproduce-5k]
+Use ``--threads 1`` for ratios that do not depend on the machine's core count;
+time on an idle machine (the ratios compare parts of one process, but a busy
+machine still adds noise). On a busy machine, ``--clock cpu --threads 1``
+times with the process's CPU time instead of the wall clock, which leaves out
+the time other processes hold the core (not their effect on the caches).
+
+    python benchmarks/bench_train.py [--steps 60] [--threads 1] [--seeds 8] [--clock cpu] [--reproduce /tmp/reproduce-5k]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
 import torch
 
+from propagate import kernels
 from propagate.data import Dataset
 from propagate.spec import NetworkSpec
-from propagate.train import TrainOptions, reproduce, train
+from propagate.train import TrainOptions, estimate_memory, reproduce, train
 
 MNIST_EPOCH = 60_000
+
+#: The clock of every timing: wall time, or the process's CPU time (``--clock cpu``).
+clock = time.perf_counter
+
+CONFIGS = [
+    ("relu/glorot_uniform", NetworkSpec.seed("relu", "glorot_uniform", False)),
+    ("relu/glorot_uniform + BN", NetworkSpec.seed("relu", "glorot_uniform", True)),
+    ("selu/lecun_normal", NetworkSpec.seed("selu", "lecun_normal", False)),
+    ("selu/lecun_uniform + BN", NetworkSpec.seed("selu", "lecun_uniform", True)),
+]
 
 
 def random_dataset(n_train: int, n_test: int = 256, seed: int = 0) -> Dataset:
@@ -42,46 +71,68 @@ def random_dataset(n_train: int, n_test: int = 256, seed: int = 0) -> Dataset:
     return Dataset("random", x[:n_train], y[:n_train], x[n_train:], y[n_train:], "random uint8 images")
 
 
-def matmul_flops(spec: NetworkSpec, batch: int) -> float:
+def _dims(spec: NetworkSpec) -> list[int]:
+    return list(spec.widths) + ([spec.out_features] if spec.out_features else [])
+
+
+def matmul_flops(spec: NetworkSpec, batch: int, seeds: int = 1) -> float:
     """Forward + backward matmul FLOPs of one training step (3 x forward, 2 FLOPs per multiply-add)."""
-    dims = list(spec.widths) + ([spec.out_features] if spec.out_features else [])
-    forward = sum(2.0 * batch * a * b for a, b in zip(dims[:-1], dims[1:]))
-    return 3.0 * forward
+    dims = _dims(spec)
+    return 3.0 * seeds * sum(2.0 * batch * a * b for a, b in zip(dims[:-1], dims[1:]))
 
 
-def matmul_seconds_per_step(spec: NetworkSpec, batch: int, repeats: int) -> float:
-    """Time of the step's matmuls alone: forward addmm, backward input and weight gradients, per layer."""
-    dims = list(spec.widths) + ([spec.out_features] if spec.out_features else [])
-    shapes = list(zip(dims[:-1], dims[1:]))
+def matmul_seconds_per_step(spec: NetworkSpec, batch: int, seeds: int = 1, repeats: int = 30) -> float:
+    """Median time of the step's matmuls alone (batched over ``seeds``): forward, input and weight gradients."""
     ops = []
-    for fan_in, fan_out in shapes:
-        x = torch.randn(batch, fan_in)
-        w = torch.randn(fan_out, fan_in)
-        b = torch.randn(fan_out)
-        g = torch.randn(batch, fan_out)
-        ops.append((x, w, b, g))
+    for fan_in, fan_out in zip(_dims(spec)[:-1], _dims(spec)[1:]):
+        ops.append((torch.randn(seeds, batch, fan_in), torch.randn(seeds, fan_out, fan_in),
+                    torch.randn(seeds, 1, fan_out), torch.randn(seeds, batch, fan_out)))
 
     def step():
         for x, w, b, g in ops:
-            torch.addmm(b, x, w.t())  # forward
-            torch.mm(g, w)  # grad wrt input
-            torch.mm(g.t(), x)  # grad wrt weight
+            torch.baddbmm(b, x, w.transpose(1, 2))  # forward
+            torch.bmm(g, w)  # grad wrt input
+            torch.bmm(g.transpose(1, 2), x)  # grad wrt weight
 
-    for _ in range(5):
+    for _ in range(3):
         step()
-    t0 = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        t0 = clock()
         step()
-    return (time.perf_counter() - t0) / repeats
+        times.append(clock() - t0)
+    return statistics.median(times)
 
 
-def time_training(spec: NetworkSpec, steps: int, batch: int, threads: int, flush: bool = True) -> float:
-    """Seconds per optimization step of ``train`` (epoch time / steps), after a warm-up epoch."""
+def step_seconds(spec: NetworkSpec, steps: int, batch: int, threads: int, seeds: int = 1,
+                 flush: bool = True) -> float:
+    """Median seconds per optimization step of ``train`` over the second of two epochs of ``steps`` steps."""
     ds = random_dataset(steps * batch)
+    stamps: list[tuple[int, float]] = []
     opts = TrainOptions(epochs=2, batch_size=batch, probe_size=8, train_eval_size=8, threads=threads,
-                        flush_denormal=flush)
-    res = train(spec, opts, ds)
-    return float(res.history["seconds"].iloc[-1]) / steps  # epoch 2: warm caches and allocator
+                        flush_denormal=flush, seeds=seeds)
+    train(spec, opts, ds, on_step=lambda info: stamps.append((info["epoch"], clock())))
+    t = [s for e, s in stamps if e == 2]
+    return statistics.median(np.diff(t)) if len(t) > 2 else float("nan")
+
+
+def peak_rss_of_ensemble(seeds: int, threads: int) -> tuple[float, float]:
+    """(peak RSS in bytes of a fresh process training ``seeds`` seeds of the seed network, the guard's estimate)."""
+    code = (
+        "import resource, sys; sys.path.insert(0, %r)\n"
+        "from bench_train import random_dataset\n"
+        "from propagate.presets import get_preset\n"
+        "from propagate.train import TrainOptions, train\n"
+        "ds = random_dataset(2048, 1000)\n"
+        "train(get_preset('selu-lecun-normal').spec(), TrainOptions(epochs=1, seeds=%d, threads=%d), ds)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+    ) % (os.path.dirname(os.path.abspath(__file__)), seeds, threads)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    rss = float(out.stdout.strip().splitlines()[-1])
+    from propagate.presets import get_preset
+
+    est = estimate_memory(get_preset("selu-lecun-normal").spec(), TrainOptions(seeds=seeds), seeds, 2048, 1000)
+    return rss, float(est)
 
 
 def subnormal_share(spec: NetworkSpec) -> float:
@@ -91,55 +142,94 @@ def subnormal_share(spec: NetworkSpec) -> float:
     model = build_model(spec, seed=0)
     tiny = torch.finfo(torch.float32).tiny
     with torch.no_grad():
-        _, pre = model(torch.rand(256, spec.input_dim), record=True)
-    h = torch.cat([p.flatten() for p in pre])
+        _, rec = model(torch.rand(256, spec.input_dim), record=True)
+    h = torch.cat([p.flatten() for p in rec["pre"]])
     return float(((h != 0) & (h.abs() < tiny)).double().mean())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=200, help="training steps per timed epoch (default 200)")
+    ap.add_argument("--steps", type=int, default=60, help="training steps per timed epoch (default 60)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--reproduce", metavar="DIR", help="also time a full reproduce on mnist-5k into DIR")
+    ap.add_argument("--seeds", type=int, default=8, help="ensemble size (default 8)")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; the best is kept (default 2)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall time (default) or process CPU time (for a busy machine, with --threads 1)")
+    ap.add_argument("--reproduce", metavar="DIR", help="also time a 5-seed reproduce on mnist-5k into DIR")
     args = ap.parse_args()
+    global clock
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
 
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, {args.steps} steps per timing")
-    mm = matmul_seconds_per_step(NetworkSpec.seed(), args.batch, repeats=max(20, args.steps // 4))
-    flops = matmul_flops(NetworkSpec.seed(), args.batch)
+    seed_net = NetworkSpec.seed()
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, {args.steps} steps per timing, "
+          f"{args.rounds} interleaved rounds (best kept), {args.clock} clock")
+    mm = min(matmul_seconds_per_step(seed_net, args.batch) for _ in range(args.rounds))
+    flops = matmul_flops(seed_net, args.batch)
     print(f"matmul throughput on the step's shapes: {flops / mm / 1e9:.1f} GFLOP/s "
           f"({flops / 1e9:.2f} GFLOP per step of batch {args.batch})")
-    print()
-    print(f"{'network':<34} {'samples/s':>10} {'epoch (60k) s':>14} {'matmul-only s':>14} {'ratio':>6}")
-    for label, spec in [
-        ("seed, no BN (relu/glorot_uniform)", NetworkSpec.seed("relu", "glorot_uniform", False)),
-        ("seed + BN (relu/glorot_uniform)", NetworkSpec.seed("relu", "glorot_uniform", True)),
-        ("seed, no BN (selu/lecun_normal)", NetworkSpec.seed("selu", "lecun_normal", False)),
-        ("seed + BN (selu/lecun_uniform)", NetworkSpec.seed("selu", "lecun_uniform", True)),
-    ]:
-        step = time_training(spec, args.steps, args.batch, args.threads)
-        epoch = step * MNIST_EPOCH / args.batch
-        ideal = mm * MNIST_EPOCH / args.batch
-        print(f"{label:<34} {args.batch / step:>10.0f} {epoch:>14.1f} {ideal:>14.1f} {epoch / ideal:>6.2f}")
 
+    best: dict = {}
+    for _ in range(args.rounds):
+        for label, spec in CONFIGS:
+            for variant in ("fused", "plain"):
+                if variant == "plain":
+                    with kernels.disabled():
+                        t = step_seconds(spec, args.steps, args.batch, args.threads)
+                else:
+                    t = step_seconds(spec, args.steps, args.batch, args.threads)
+                best[label, variant] = min(best.get((label, variant), float("inf")), t)
     print()
+    print("1. one network (ratio = measured step / matmul-only step; goal <= 1.5)")
+    print(f"{'network':<26} {'samples/s':>10} {'epoch (60k) s':>14} {'matmul-only s':>14} {'ratio':>6} "
+          f"{'plain ratio':>12}")
+    ideal = mm * MNIST_EPOCH / args.batch
+    for label, _ in CONFIGS:
+        step, plain = best[label, "fused"], best[label, "plain"]
+        epoch = step * MNIST_EPOCH / args.batch
+        print(f"{label:<26} {args.batch / step:>10.0f} {epoch:>14.1f} {ideal:>14.1f} {step / mm:>6.2f} "
+              f"{plain / mm:>12.2f}")
+
+    S = args.seeds
+    spec = CONFIGS[2][1]
+    ens = min(step_seconds(spec, args.steps, args.batch, args.threads, seeds=S) for _ in range(args.rounds))
+    single = best[CONFIGS[2][0], "fused"]
+    mm_S = min(matmul_seconds_per_step(seed_net, args.batch, seeds=S) for _ in range(args.rounds))
+    print()
+    print(f"2. ensemble of {S} seeds (selu/lecun_normal) as one batched model vs {S} separate runs (goal <= 0.6)")
+    print(f"   step: {ens * 1e3:.1f} ms for {S} seeds vs {S} x {single * 1e3:.1f} ms -> {ens / (S * single):.2f}x; "
+          f"its matmuls alone: {mm_S * 1e3:.1f} ms (ratio {ens / mm_S:.2f})")
+
+    rss, est = peak_rss_of_ensemble(S, args.threads)
+    print()
+    print(f"3. peak RSS of a process training {S} seeds of the seed network (2,048 random images): "
+          f"{rss / 2**30:.2f} GiB; the memory guard's estimate: {est / 2**30:.2f} GiB")
+
     # sigma_w^2 = 0.02 with ReLU: the signal's variance shrinks 100x per layer, so the upper
     # layers' pre-activations (and their gradients) fall into float32's subnormal range.
     vanish = NetworkSpec.seed("relu", "normal:0.02", False)
     share = subnormal_share(vanish)
-    few = max(10, args.steps // 10)  # without flushing this network crawls: time only a few steps
-    on = time_training(vanish, few, args.batch, args.threads, flush=True)
-    off = time_training(vanish, few, args.batch, args.threads, flush=False)
-    print(f"subnormals (relu/normal:0.02, no BN; {share:.1%} of pre-activations subnormal at init): "
+    few = max(10, args.steps // 4)  # without flushing this network crawls: time only a few steps
+    on = step_seconds(vanish, few, args.batch, args.threads, flush=True)
+    off = step_seconds(vanish, few, args.batch, args.threads, flush=False)
+    print()
+    print(f"4. subnormals (relu/normal:0.02, no BN; {share:.1%} of pre-activations subnormal at init): "
           f"step {on * 1e3:.1f} ms with flush-denormal, {off * 1e3:.1f} ms without -> {off / on:.2f}x")
 
     if args.reproduce:
         t0 = time.perf_counter()
-        summary = reproduce(dataset="mnist-5k", out_dir=args.reproduce, resume=False, threads=args.threads)
+        summary = reproduce(dataset="mnist-5k", out_dir=os.path.join(args.reproduce, "seeds5"), resume=False,
+                            threads=args.threads, seeds=5)
+        together = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for s in range(5):
+            reproduce(dataset="mnist-5k", out_dir=os.path.join(args.reproduce, f"seed{s}"), resume=False,
+                      threads=args.threads, seed=s)
+        apart = time.perf_counter() - t0
         print()
-        print(f"full reproduce on mnist-5k (all {len(summary)} presets, 3 epochs, lr 1e-3): "
-              f"{time.perf_counter() - t0:.1f} s, of which training epochs {summary['seconds'].sum():.1f} s")
+        print(f"5. reproduce on mnist-5k (all {len(summary)} presets, 3 epochs, lr 1e-3): 5 seeds together "
+              f"{together:.1f} s, 5 single-seed reproductions {apart:.1f} s -> {together / apart:.2f}x")
 
 
 if __name__ == "__main__":

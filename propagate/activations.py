@@ -7,6 +7,12 @@ Names follow the ML literature; parameters go after a colon::
     elu:alpha=1.0
     selu                       (the solved constants, see propagate.selu)
     selu:lambda=1.05,alpha=1.67
+    gelu@gamma=1.2,a=1,b=0.5,d=-0.3   (an affine transform, below)
+
+``BASE@gamma=G,a=A,b=B,d=D`` is ``phi_hat(x) = G * (phi(A x + B) + D)`` for any
+``BASE`` above (its own parameters after a colon as usual); omitted ones default
+to ``gamma = 1, a = 1, b = 0, d = 0``. ``propagate self-normalize`` and
+``propagate transform`` print such strings; theory, simulate and train accept them.
 
 Closed-form Gaussian moments ``E[phi(h)]``, ``E[phi(h)^2]`` and ``E[phi'(h)^2]``
 for ``h ~ N(mean, var)`` (``var`` is a variance, not a standard deviation) are
@@ -33,6 +39,7 @@ __all__ = [
     "list_activations",
     "register_activation",
     "selu_constants",
+    "transformed_activation",
 ]
 
 
@@ -465,6 +472,8 @@ def get_activation(name: str | Activation) -> Activation:
     key = name.strip().lower()
     if key in _USER:
         return _USER[key]
+    if "@" in key:
+        return _parse_transformed(name)
     family, params = _parse(name)
     if family not in _FAMILIES:
         raise UserError(f"unknown activation {family!r}; known: {', '.join(list_activations())}")
@@ -474,20 +483,98 @@ def get_activation(name: str | Activation) -> Activation:
     return factory(label, **full)
 
 
+# ----------------------------------------------------------------------------
+# affine transforms phi_hat(x) = gamma * (phi(a x + b) + d)
+
+_TRANSFORM_DEFAULTS = {"gamma": 1.0, "a": 1.0, "b": 0.0, "d": 0.0}
+
+
+def transformed_activation(base: str | Activation, gamma: float = 1.0, a: float = 1.0, b: float = 0.0, d: float = 0.0) -> Activation:
+    """``phi_hat(x) = gamma * (phi(a x + b) + d)`` with everything theory, simulation and training need.
+
+    ``a`` scales the input (a standard-deviation factor: ``a x`` has variance
+    ``a^2 Var(x)``), ``b`` shifts it, ``d`` shifts the output before the output
+    scale ``gamma``. Gaussian moments come from the base's closed forms at
+    ``N(a m + b, a^2 v)`` when it has them, else theory integrates (kinks moved to
+    ``(k - b) / a``). The name is ``BASE@gamma=...,a=...,b=...,d=...`` with
+    ``repr`` floats (defaults left out), so it parses back to the same numbers.
+    """
+    base = get_activation(base)
+    if base.family == "affine":
+        raise UserError(f"cannot transform an already transformed activation {base.name!r}")
+    vals = {"gamma": float(gamma), "a": float(a), "b": float(b), "d": float(d)}
+    for k, v in vals.items():
+        if not math.isfinite(v):
+            raise UserError(f"transform parameter {k}={v!r} is not finite")
+    if vals["gamma"] == 0 or vals["a"] == 0:
+        raise UserError("transform parameters gamma and a must be non-zero")
+    g, sa, sb, sd = vals["gamma"], vals["a"], vals["b"], vals["d"]
+    extra = ",".join(f"{k}={v!r}" for k, v in vals.items() if v != _TRANSFORM_DEFAULTS[k])
+    label = base.name
+    if base.family in _FAMILIES and base.params:
+        # the family label rounds parameters to 6 digits; the name must parse back exactly
+        defaults = _FAMILIES[base.family][1]
+        changed = {k: v for k, v in base.params.items() if defaults.get(k) != v}
+        label = base.family + (":" + ",".join(f"{k}={float(v)!r}" for k, v in changed.items()) if changed else "")
+    name = label + "@" + (extra or "gamma=1.0")
+    f0, g0, t0 = base.numpy, base.grad, base.torch
+
+    def moments(m, v):
+        if base.moments is None:
+            return None
+        r = base.moments(sa * m + sb, sa * sa * v)
+        if r is None:
+            return None
+        e1, e2 = r
+        return g * (e1 + sd), g * g * (e2 + 2 * sd * e1 + sd * sd)
+
+    def grad_moment(m, v):
+        if base.grad_moment is None:
+            return None
+        r = base.grad_moment(sa * m + sb, sa * sa * v)
+        return None if r is None else g * g * sa * sa * r
+
+    def torch_fn(x):
+        return g * (t0(x * sa + sb) + sd)
+
+    lo, hi = (g * (base.bounds[0] + sd), g * (base.bounds[1] + sd))
+    return Activation(
+        name=name,
+        family="affine",
+        params={"base": label, **vals},
+        numpy=lambda x: g * (f0(sa * np.asarray(x, dtype=float) + sb) + sd),
+        grad=lambda x: g * sa * g0(sa * np.asarray(x, dtype=float) + sb),
+        torch=torch_fn if t0 is not None else None,
+        moments=moments if base.moments is not None else None,
+        grad_moment=grad_moment if base.grad_moment is not None else None,
+        kinks=tuple(sorted((k - sb) / sa for k in base.kinks)),
+        bounds=(min(lo, hi), max(lo, hi)),
+        doc=f"{g!r} * ({base.name}({sa!r} x + {sb!r}) + {sd!r})",
+    )
+
+
+def _parse_transformed(text: str) -> Activation:
+    base, _, rest = text.strip().partition("@")
+    if "@" in rest:
+        raise UserError(f"activation {text!r}: one '@' at most (BASE@gamma=G,a=A,b=B,d=D)")
+    vals: dict[str, float] = {}
+    for item in rest.split(","):
+        if not item.strip():
+            continue
+        key, eq, val = item.partition("=")
+        key = key.strip().lower()
+        if not eq or key not in _TRANSFORM_DEFAULTS:
+            raise UserError(f"activation {text!r}: after '@' give gamma=, a=, b=, d= (e.g. gelu@gamma=1.2,b=0.5,d=-0.3)")
+        try:
+            vals[key] = float(val)
+        except ValueError:
+            raise UserError(f"activation parameter {key}={val!r} is not a number") from None
+    return transformed_activation(base, **vals)
+
+
 def list_activations() -> list[str]:
     """Names of all known activations (built-in families, then user-registered)."""
     return sorted(_FAMILIES) + sorted(_USER)
-
-
-def describe_activations() -> list[tuple[str, str, str]]:
-    """(name, parameters with defaults, description) for every family."""
-    rows = []
-    for name in sorted(_FAMILIES):
-        _, defaults, doc = _FAMILIES[name]
-        rows.append((name, ", ".join(f"{k}={v:.6g}" for k, v in defaults.items()), doc))
-    for name in sorted(_USER):
-        rows.append((name, "", _USER[name].doc or "user-registered"))
-    return rows
 
 
 def register_activation(

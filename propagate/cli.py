@@ -20,7 +20,18 @@ PROG = "propagate"
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but every error is one line (no usage block) and exit status 2."""
+    """argparse, but every error is one line (no usage block) and exit status 2.
+
+    Values that look like negative numbers, lists or ranges of them (``--nu-range
+    -1,1``, ``--mean -0.5``) are taken as values: argparse's own test knows only
+    plain ``-1`` and ``-0.5``, and would read ``-1,1`` as an unknown option.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from propagate.commands._args import NEGATIVE_NUMBER
+
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(2, f"{PROG}: error: {message}\n")

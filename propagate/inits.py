@@ -21,6 +21,7 @@ Names and semantics follow Keras (so the seed experiments translate one to one):
                     for weights (sigma_w^2 = 1/3) and for biases
 ``normal:S``        N(0, S / fan_in), i.e. sigma_w^2 = S
 ``uniform:S``       uniform with Var = S / fan_in
+``orthogonal:S``    Haar orthogonal times sqrt(S) (gain^2 = S; square layers: sigma_w^2 = S)
 ==================  =====================================================
 
 Keras' "normal" variance-scaling initializers draw from a normal truncated at
@@ -142,21 +143,6 @@ _NAMED = {
 
 _ALIASES = {"xavier_uniform": "glorot_uniform", "xavier_normal": "glorot_normal", "kaiming_uniform": "he_uniform", "kaiming_normal": "he_normal"}
 
-_DOC = {
-    "glorot_uniform": "U(-l,l), Var = 2/(fan_in+fan_out) (Keras default)",
-    "glorot_normal": "truncated normal, Var = 2/(fan_in+fan_out)",
-    "lecun_uniform": "U(-l,l), Var = 1/fan_in",
-    "lecun_normal": "truncated normal, Var = 1/fan_in (SNN paper)",
-    "he_uniform": "U(-l,l), Var = 2/fan_in",
-    "he_normal": "truncated normal, Var = 2/fan_in",
-    "random_uniform": "U(-0.05, 0.05), Var = 8.33e-4 (Keras default)",
-    "random_normal": "N(0, 0.05^2)",
-    "orthogonal": "Haar (semi-)orthogonal, gain 1",
-    "torch_default": "nn.Linear default: Var = 1/(3 fan_in), biases U(+-1/sqrt(fan_in))",
-    "normal:S": "N(0, S/fan_in), sigma_w^2 = S",
-    "uniform:S": "uniform with Var = S/fan_in, sigma_w^2 = S",
-}
-
 
 def get_init(name: str | Init) -> Init:
     """Look up an initializer: a Keras name, ``torch_default``, ``normal:S`` or ``uniform:S``."""
@@ -177,14 +163,18 @@ def get_init(name: str | Init) -> Init:
         if not math.isfinite(s) or s <= 0:
             raise UserError(f"malformed init {name!r}: SIGMA_W2 must be a positive number")
         return Init(f"{head}:{s:g}", head, s, "fan_in")
+    if sep and head == "orthogonal":
+        # orthogonal:S = Haar orthogonal times sqrt(S) (gain^2 = S): sigma_w^2 = S for square layers (ReLU: S = 2)
+        try:
+            s = float(arg)
+        except ValueError:
+            raise UserError(f"malformed init {name!r}: expected orthogonal:GAIN2 with a number, e.g. orthogonal:2") from None
+        if not math.isfinite(s) or s <= 0:
+            raise UserError(f"malformed init {name!r}: GAIN2 must be a positive number")
+        return Init(f"orthogonal:{s:g}", "orthogonal", s, "fixed")
     raise UserError(f"unknown init {name!r}; known: {', '.join(list_inits())}")
 
 
 def list_inits() -> list[str]:
     """Names of the known initializers (``normal:S`` and ``uniform:S`` take a sigma_w^2)."""
-    return [*_NAMED, "normal:S", "uniform:S"]
-
-
-def describe_inits() -> list[tuple[str, str]]:
-    """(name, description) for every initializer."""
-    return [(n, _DOC[n]) for n in list_inits()]
+    return [*_NAMED, "normal:S", "uniform:S", "orthogonal:S"]

@@ -3,6 +3,18 @@
 Every file ``propagate`` writes goes through :func:`atomic_write_bytes` (write a
 temporary file in the same folder, flush, ``os.replace``), so an interrupted run
 leaves either the previous file or the new one, never half of one.
+
+Output paths a user gives are checked before any work starts
+(:func:`check_output_file`, :func:`check_output_dir`,
+:func:`check_replaceable_dir`; the CLI's argument types call them at parse
+time); the writers raise :class:`~propagate.errors.UserError` with one line
+when the operating system refuses a write anyway (full disk, read-only
+folder), never a bare ``OSError``. A folder is replaced as a whole only when it
+was made by ``propagate`` (a marker file, :data:`FOLDER_MARKER`, inside it).
+
+JSON is strict (RFC 8259, which has no NaN or infinity): :func:`to_json` writes
+NaN as ``null`` and +-infinity as the strings ``"inf"`` and ``"-inf"``, which
+``float()`` reads back (tables from pandas have ``null`` for both).
 """
 
 from __future__ import annotations
@@ -19,6 +31,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = [
+    "FOLDER_MARKER",
+    "check_output_file",
+    "check_output_dir",
+    "check_replaceable_dir",
+    "strict_json_value",
+    "to_json",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
@@ -35,15 +53,128 @@ def _umask() -> int:
     return mask
 
 
+#: The file inside every folder that ``propagate`` builds and may later replace as a whole.
+FOLDER_MARKER = ".propagate-folder"
+
+
+def _user_error(message: str):
+    from propagate.errors import UserError
+
+    return UserError(message)
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or exc.__class__.__name__
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (what a ``mkdir -p`` would start from)."""
+    p = path
+    while not os.path.lexists(p) and p.parent != p:
+        p = p.parent
+    return p
+
+
+def _probe_writable(folder: Path, path: Path, label: str) -> None:
+    """Create and remove a temporary file in ``folder``: the only sure test of writability (root, ACLs, /proc)."""
+    if not folder.is_dir():
+        raise _user_error(f"{label}{path}: {folder} is not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".propagate-probe.", dir=folder)
+    except OSError as exc:
+        raise _user_error(f"{label}cannot write {path}: {_why(exc)} in {folder}") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+
+
+def _label(option: str | None) -> str:
+    return f"{option} " if option else ""
+
+
+def check_output_file(path: str | os.PathLike, option: str | None = None) -> Path:
+    """Check that a file can be written at ``path`` (atomically), before any work; return it as a Path.
+
+    Refuses (:class:`~propagate.errors.UserError`, naming ``option`` such as
+    ``--csv``) an empty name, a folder, something that is not a regular file
+    (a device, a pipe), and a place where the file cannot be created: its
+    nearest existing ancestor must be a folder we can write into (missing
+    parent folders are created by the writer).
+    """
+    label = _label(option)
+    text = os.fspath(path)
+    if not str(text).strip():
+        raise _user_error(f"{label}needs a file name, got an empty string")
+    p = Path(text).expanduser()
+    if p.is_dir() or str(text).endswith(os.sep) or p.name in ("", ".", ".."):
+        raise _user_error(f"{label}{text} is a folder; give a file name")
+    if os.path.lexists(p) and not p.is_file():
+        raise _user_error(f"{label}{text} exists and is not a regular file")
+    _probe_writable(_nearest_existing(p.parent), p, label)
+    return p
+
+
+def check_output_dir(path: str | os.PathLike, option: str | None = None) -> Path:
+    """Check that ``path`` is (or can be made) a folder we can write into; return it as a Path."""
+    label = _label(option)
+    text = os.fspath(path)
+    if not str(text).strip():
+        raise _user_error(f"{label}needs a folder name, got an empty string")
+    p = Path(text).expanduser()
+    if os.path.lexists(p) and not p.is_dir():
+        raise _user_error(f"{label}{text} exists and is not a folder")
+    _probe_writable(_nearest_existing(p), p, label)
+    return p
+
+
+def _folder_is_ours(path: Path, adopt=None) -> bool:
+    if (path / FOLDER_MARKER).is_file():
+        return True
+    return bool(adopt is not None and adopt(path))
+
+
+def check_replaceable_dir(path: str | os.PathLike, option: str | None = None, *, adopt=None) -> Path:
+    """Check that ``path`` may be replaced as a whole by a folder ``propagate`` builds; return it (absolute).
+
+    Allowed: nothing there yet, an empty folder, or a folder holding
+    :data:`FOLDER_MARKER` (one ``propagate`` made). ``adopt(path) -> bool`` may
+    accept folders made before the marker existed. Anything else (a file, a
+    link, a folder of the user's) is refused, so nothing a user put there is lost.
+    """
+    label = _label(option)
+    p = check_output_dir(path, option)
+    p = Path(os.path.abspath(p))  # '.' and '..' resolved without following links
+    if p.parent == p:
+        raise _user_error(f"{label}{path}: cannot replace the root folder")
+    if os.path.islink(p):
+        raise _user_error(f"{label}{path} is a symbolic link; give the real folder or a new name")
+    if p.is_dir() and any(p.iterdir()) and not _folder_is_ours(p, adopt):
+        raise _user_error(f"{label}{path} is a folder that propagate did not make (no {FOLDER_MARKER} inside); "
+                          f"choose a new or empty folder, or move its contents away")
+    return p
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; create parent folders as needed.
 
     The file gets the usual permissions (0666 less the umask), not the
-    owner-only mode of a temporary file.
+    owner-only mode of a temporary file. A write the operating system refuses
+    (no permission, no space, a folder in the way) raises
+    :class:`~propagate.errors.UserError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise _user_error(f"cannot write {path}: it is a folder")
+    if os.path.lexists(path) and not path.is_file():
+        raise _user_error(f"cannot write {path}: it exists and is not a regular file")
+    base = _nearest_existing(path.parent)
+    if not base.is_dir():
+        raise _user_error(f"cannot write {path}: {base} is not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _user_error(f"cannot write {path}: {_why(exc)}") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
@@ -51,9 +182,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _user_error(f"cannot write {path}: {_why(exc)}") from None
         raise
     return path
 
@@ -80,9 +213,32 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+def strict_json_value(obj: Any) -> Any:
+    """``obj`` with every float made strict-JSON-safe: NaN -> ``None``, +-inf -> ``"inf"``/``"-inf"``.
+
+    Walks dicts, lists and tuples; numpy scalars and arrays become Python
+    numbers and lists first. Anything else is returned as is.
+    """
+    if isinstance(obj, float):  # numpy.float64 included (a float subclass)
+        if obj != obj:
+            return None
+        if obj in (float("inf"), float("-inf")):
+            return "inf" if obj > 0 else "-inf"
+        return float(obj)
+    if isinstance(obj, dict):
+        return {k: strict_json_value(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json_value(v) for v in obj]
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(obj, (np.generic, np.ndarray)):
+        return strict_json_value(obj.tolist())
+    return obj
+
+
 def to_json(obj: Any) -> str:
-    """JSON text for results (numpy scalars and arrays converted; NaN/inf kept as JS literals)."""
-    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+    """Strict JSON text for results (numpy converted; NaN as ``null``, +-inf as ``"inf"``/``"-inf"``)."""
+    return json.dumps(strict_json_value(obj), indent=2, allow_nan=False,
+                      default=lambda o: strict_json_value(_json_default(o))) + "\n"
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -91,19 +247,28 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike, *, adopt=None) -> Iterator[Path]:
     """Build a folder in a temporary sibling and swap it into place at the end.
 
-    Yields the temporary folder to write into. On success the previous folder at
-    ``path`` (if any) is replaced as a whole; on an exception or interruption the
-    previous folder is left untouched and the temporary one removed.
+    Yields the temporary folder to write into; it already holds
+    :data:`FOLDER_MARKER`, so a later run may replace the result. On success the
+    previous folder at ``path`` (if any) is replaced as a whole; on an exception
+    or interruption the previous folder is left untouched and the temporary one
+    removed. Only a folder that propagate made may be replaced
+    (:func:`check_replaceable_dir`, checked before anything is built and again
+    before the swap); anything else raises :class:`~propagate.errors.UserError`.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    path = check_replaceable_dir(path, adopt=adopt)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise _user_error(f"cannot create {path}: {_why(exc)}") from None
     try:
         os.chmod(tmp, 0o777 & ~_umask())
+        atomic_write_text(tmp / FOLDER_MARKER, "made by propagate; this folder is replaced as a whole when rebuilt\n")
         yield tmp
+        check_replaceable_dir(path, adopt=adopt)  # something may have appeared there meanwhile
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -140,7 +305,8 @@ def set_command(argv: list[str] | None) -> None:
     _COMMAND = None if argv is None else list(argv)
 
 
-def _command_line() -> str:
+def command_line() -> str:
+    """The command line being run: the one the CLI recorded (:func:`set_command`), else the interpreter's."""
     import shlex
 
     if _COMMAND is not None:
@@ -152,7 +318,7 @@ def _command_line() -> str:
 def run_metadata(seed: int | None = None, **extra: Any) -> dict[str, Any]:
     """What produced a result: command line, seed, time, platform and package versions."""
     meta: dict[str, Any] = {
-        "command": _command_line(),
+        "command": command_line(),
         "seed": seed,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(),

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from propagate.errors import UserError
+from propagate.spec import NetworkSpec
 
 __all__ = ["Preset", "PRESETS", "get_preset", "list_presets"]
 
@@ -51,16 +52,8 @@ class Preset:
 
     def spec(self, **changes):
         """The :class:`~propagate.spec.NetworkSpec` of this preset (``changes`` override fields)."""
-        from propagate.spec import NetworkSpec
-
         spec = NetworkSpec.seed(self.activation, self.init, self.batchnorm, name=self.name)
         return spec.with_(**changes) if changes else spec
-
-    def options(self, **changes):
-        """The :class:`~propagate.train.TrainOptions` of this preset (the seed's Keras settings)."""
-        from propagate.train import TrainOptions
-
-        return TrainOptions(**changes)
 
     def to_dict(self) -> dict:
         return {

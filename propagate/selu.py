@@ -537,6 +537,9 @@ def stability_box(lambda_, alpha, box=None, grid=11, refine=8) -> dict[str, Any]
             raise UserError(f"empty {k} range: {lo} > {hi}")
     if (box["nu"][0] <= 0) or (box["tau"][0] <= 0):
         raise UserError("nu and tau ranges must be > 0 (a variance and a sum of squares)")
+    from propagate.limits import check_stability_grid
+
+    check_stability_grid(grid)  # before the grid**4 lattice is allocated
     f = _np_jacobian()
     lam, alp = float(lambda_), float(alpha)
     axes = [np.linspace(*box[k], grid) for k in names]
@@ -639,6 +642,9 @@ def monte_carlo_check(lambda_, alpha, mean=0, var=1, samples=1_000_000, seed=0) 
 
     if samples < 2:
         raise UserError(f"need at least 2 samples, got {samples}")
+    from propagate.limits import check_mc_samples
+
+    check_mc_samples(samples)
     lam, alp = float(lambda_), float(alpha)
     rng = np.random.default_rng(seed)
     z = rng.normal(0.0, np.sqrt(float(var)), size=samples)
@@ -680,190 +686,94 @@ def _block(tex: str) -> str:
     return f"$$\n{tex}\n$$"
 
 
+#: How each SELU piece of :func:`gaussian_selu_pieces` is written in the derivation.
+_PIECE_TEX = {
+    "E[z; z>0]": r"\mathbb{E}[z\,;\,z>0]",
+    "E[z^2; z>0]": r"\mathbb{E}[z^2\,;\,z>0]",
+    "P(z<=0)": r"P(z\le 0)",
+    "E[e^z; z<=0]": r"\mathbb{E}[e^{z}\,;\,z\le 0]",
+    "E[e^2z; z<=0]": r"\mathbb{E}[e^{2z}\,;\,z\le 0]",
+}
+
+
+def _integral_formulas() -> dict[str, str]:
+    """Section 2: the standard-normal half-line integrals and the SELU pieces, as LaTeX."""
+    _, _, tails, lower_exp = standard_normal_integrals()
+    _, _, pieces = gaussian_selu_pieces()
+    return {
+        "tail_integrals": "\n\n".join(
+            _block(rf"\int_{{a}}^{{\infty}} x^{{{k}}} \varphi(x)\,dx = {_tex(tails[k])}") for k in (0, 1, 2)),
+        "lower_exp": _tex(lower_exp),
+        "selu_pieces": "\n\n".join(_block(rf"{_PIECE_TEX[key]} = {_tex(expr)}") for key, expr in pieces.items()),
+    }
+
+
+def _moment_map_formulas() -> dict[str, str]:
+    """Sections 3-4: the moment maps and their fixed-point reduction ``M``, ``S``, as LaTeX."""
+    maps = selu_moment_maps()
+    fp = fixed_point_maps()
+    return {"mean_map": _tex(maps["mean"]), "second_moment_map": _tex(maps["second_moment"]),
+            "M": _tex(fp["M"]), "S": _tex(fp["S"])}
+
+
+def _solution_numbers(sol: SeluSolution, digits: int) -> dict[str, str]:
+    """Section 4: closed forms and the numerical (lambda, alpha) next to the published constants."""
+    return {"digits": digits, "closed_form_alpha": _tex(sol.closed_form_alpha),
+            "closed_form_lambda": _tex(sol.closed_form_lambda), "lambda": sol.fmt(sol.lambda_),
+            "alpha": sol.fmt(sol.alpha), "published_lambda": PUBLISHED_LAMBDA, "published_alpha": PUBLISHED_ALPHA}
+
+
+def _feasibility_numbers() -> dict[str, str]:
+    """Section 5: the bound on a negative fixed-point mean at unit variance."""
+    import mpmath as mp
+
+    with mp.workdps(30):
+        r_inf = feasibility_bounds(1)["negative"]
+    return {"r_inf": mp.nstr(r_inf, 10), "mu_min": mp.nstr(-mp.sqrt(r_inf / (1 - r_inf)), 6)}
+
+
+def _stability_numbers(sol: SeluSolution) -> dict[str, str]:
+    """Section 6: Jacobian, eigenvalues, spectral norm and the worst point of the theorem's box."""
+    n = sol.fmt
+    J = sol.jacobian
+    box = stability_box(sol.lambda_, sol.alpha)
+    arg = box["argmax"]
+    return {
+        "jacobian_rows": " & ".join(n(v) for v in J[0]) + r" \\ " + " & ".join(n(v) for v in J[1]),
+        "eigenvalues": ", ".join("$" + n(e) + "$" for e in sol.eigenvalues),
+        "spectral_radius": n(sol.spectral_radius),
+        "spectral_norm": n(sol.spectral_norm),
+        "box_grid": box["grid"],
+        "box_max_norm": f"{box['max_spectral_norm']:.4f}",
+        **{f"box_{k}": f"{arg[k]:.4g}" for k in ("mu", "omega", "nu", "tau")},
+    }
+
+
+def _alpha_dropout_values(sol: SeluSolution, digits: int) -> dict[str, str]:
+    """Section 7: the alpha-dropout affine map in general, at (0, 1), and at rate 0.05 for this SELU."""
+    dro = alpha_dropout_formulas()
+    at01 = {dro["mu"]: 0, dro["nu"]: 1}
+    d05 = alpha_dropout_params(0.05, sol.lambda_, sol.alpha, digits=digits)
+    return {
+        "dropout_mean": _tex(dro["mean"]), "dropout_var": _tex(dro["variance"]),
+        "dropout_a": _tex(dro["a"]), "dropout_b": _tex(dro["b"]),
+        "dropout_a01": _tex(dro["a"].subs(at01)), "dropout_b01": _tex(dro["b"].subs(at01)),
+        "alpha_prime": sol.fmt(d05["alpha_prime"]), "dropout05_a": sol.fmt(d05["a"]),
+        "dropout05_b": sol.fmt(d05["b"]),
+    }
+
+
 def derivation_markdown(digits: int = 30) -> str:
     """``derivations/selu.md``: the derivation step by step, math rendered by GitHub.
 
-    Every formula is produced by the code above (``sympy.latex``) and every number
-    by :func:`solve_selu` at ``digits`` digits. Deterministic (no dates, no
-    timings), so a test can compare it with the committed file.
+    The prose is the template ``propagate/templates/selu_derivation.md``; every
+    formula in it is produced by the code above (``sympy.latex``) and every
+    number by :func:`solve_selu` at ``digits`` digits. Deterministic (no dates,
+    no timings), so a test can compare it with the committed file.
     """
-    import mpmath as mp
+    from propagate.templates import render
 
-    a, c, tails, lower_exp = standard_normal_integrals()
-    m, s, pieces = gaussian_selu_pieces()
-    maps = selu_moment_maps()
-    fp = fixed_point_maps()
     sol = solve_selu(0, 1, digits)
-    n = sol.fmt
-    J = sol.jacobian
-    dro = alpha_dropout_formulas()
-    d05 = alpha_dropout_params(0.05, sol.lambda_, sol.alpha, digits=digits)
-    box = stability_box(sol.lambda_, sol.alpha)
-    arg = box["argmax"]
-    with mp.workdps(30):
-        bounds = feasibility_bounds(1)
-    piece_tex = {
-        "E[z; z>0]": r"\mathbb{E}[z\,;\,z>0]",
-        "E[z^2; z>0]": r"\mathbb{E}[z^2\,;\,z>0]",
-        "P(z<=0)": r"P(z\le 0)",
-        "E[e^z; z<=0]": r"\mathbb{E}[e^{z}\,;\,z\le 0]",
-        "E[e^2z; z<=0]": r"\mathbb{E}[e^{2z}\,;\,z\le 0]",
-    }
-    out = [
-        "# SELU: lambda and alpha from the Gaussian integrals",
-        "",
-        "_Generated by `propagate derive selu` from `propagate/selu.py`; do not edit by hand._",
-        "Every formula below was computed by sympy and every number by mpmath "
-        f"({digits} significant digits).",
-        "",
-        "## 1. Assumptions and notation",
-        "",
-        r"SELU is $\mathrm{selu}(z) = \lambda z$ for $z > 0$ and "
-        r"$\lambda\alpha(e^{z} - 1)$ for $z \le 0$, with $\lambda > 0$, $\alpha > 0$.",
-        "A unit receives $n$ inputs $x_i$ of mean $\\mu$ and **variance** $\\nu$ through weights "
-        "$w_i$ with $\\omega = \\sum_i w_i$ and $\\tau = \\sum_i w_i^2$. By the central limit "
-        "theorem its pre-activation $z = \\sum_i w_i x_i$ is normal:",
-        "",
-        _block(r"z \sim \mathcal{N}(\mu\omega,\ \nu\tau)"),
-        "",
-        r"The moment maps send the input statistics to those of $y = \mathrm{selu}(z)$: "
-        r"$\tilde\mu = \mathbb{E}[y]$ and $\tilde\nu = \mathbb{E}[y^2] - \tilde\mu^2$, "
-        r"defining $g: (\mu, \nu) \mapsto (\tilde\mu, \tilde\nu)$. "
-        r"We write $\mathbb{E}[f\,;\,A] = \mathbb{E}[f\,\mathbf{1}_A]$.",
-        "",
-        "## 2. The Gaussian integrals",
-        "",
-        r"With $z = m + s x$ ($m = \mu\omega$, $s = \sqrt{\nu\tau}$) and $x$ standard normal, "
-        r"every expectation needed is a half-line integral of $x^k e^{cx}\varphi(x)$, "
-        r"$\varphi(x) = e^{-x^2/2}/\sqrt{2\pi}$. sympy integrates them once with a generic "
-        r"bound $a$ and rate $c$:",
-        "",
-    ]
-    for k in (0, 1, 2):
-        out += [_block(rf"\int_{{a}}^{{\infty}} x^{{{k}}} \varphi(x)\,dx = {_tex(tails[k])}"), ""]
-    out += [
-        r"and, after completing the square ($x = c - u$),",
-        "",
-        _block(rf"\int_{{-\infty}}^{{a}} e^{{c x}} \varphi(x)\,dx = {_tex(lower_exp)}"),
-        "",
-        r"The SELU pieces follow with $a = -m/s$ (so that $z > 0 \iff x > a$) and $c = s, 2s$:",
-        "",
-    ]
-    for key, expr in pieces.items():
-        out += [_block(rf"{piece_tex[key]} = {_tex(expr)}"), ""]
-    out += [
-        "## 3. The two moment equations",
-        "",
-        r"$\tilde\mu = \lambda\left(\mathbb{E}[z;z>0] + \alpha\,\mathbb{E}[e^z - 1; z\le 0]\right)$ and "
-        r"$\mathbb{E}[y^2] = \lambda^2\left(\mathbb{E}[z^2;z>0] + \alpha^2\,\mathbb{E}[(e^z - 1)^2; z\le 0]\right)$ "
-        r"(the two pieces never overlap, so there is no cross term). "
-        r"Substituting $m = \mu\omega$, $s = \sqrt{\nu\tau}$:",
-        "",
-        _block(rf"\tilde\mu(\mu, \omega, \nu, \tau) = {_tex(maps['mean'])}"),
-        "",
-        _block(rf"\mathbb{{E}}[y^2] = {_tex(maps['second_moment'])}"),
-        "",
-        r"and $\tilde\nu = \mathbb{E}[y^2] - \tilde\mu^2$.",
-        "",
-        "## 4. The fixed point and its closed forms",
-        "",
-        r"With normalized weights, $\omega = 0$ and $\tau = 1$, so $z \sim \mathcal{N}(0, \nu)$ whatever "
-        r"$\mu$ is. Then $\tilde\mu = \lambda M(\alpha)$ and $\mathbb{E}[y^2] = \lambda^2 S(\alpha)$ with",
-        "",
-        _block(rf"M(\alpha) = {_tex(fp['M'])}"),
-        "",
-        _block(rf"S(\alpha) = {_tex(fp['S'])}"),
-        "",
-        r"The fixed point $(\mu^*, \nu^*)$ requires $\lambda M(\alpha) = \mu^*$ and "
-        r"$\lambda^2 S(\alpha) = \nu^* + \mu^{*2}$. For $(\mu^*, \nu^*) = (0, 1)$ the first equation "
-        r"is linear in $\alpha$, and sympy solves both:",
-        "",
-        _block(rf"\alpha_{{01}} = {_tex(sol.closed_form_alpha)}"),
-        "",
-        _block(rf"\lambda_{{01}} = {_tex(sol.closed_form_lambda)}"),
-        "",
-        f"`mpmath.findroot` on the unreduced equations, started from these, gives ({digits} digits):",
-        "",
-        _block(
-            rf"\lambda_{{01}} = {n(sol.lambda_)},\qquad \alpha_{{01}} = {n(sol.alpha)}"
-        ),
-        "",
-        f"matching the published $\\lambda_{{01}} = {PUBLISHED_LAMBDA}$ and "
-        f"$\\alpha_{{01}} = {PUBLISHED_ALPHA}$ (Klambauer et al. 2017).",
-        "",
-        "## 5. Which fixed points exist",
-        "",
-        r"Eliminating $\lambda$ leaves $r(\alpha) = M(\alpha)^2/S(\alpha) = \mu^{*2}/(\nu^* + \mu^{*2})$, "
-        r"and $\lambda = \mu^*/M(\alpha)$ must be positive, so $M(\alpha)$ has the sign of $\mu^*$. "
-        r"Write $M = M_0 + M_1\alpha$ and $S = S_0 + S_2\alpha^2$ ($S$ has no linear term: the two SELU "
-        r"pieces never overlap), with $M_0, S_0, S_2 > 0 > M_1$. $M$ vanishes at $\alpha_0 = -M_0/M_1$, "
-        r"and $r'(\alpha) = 0$ only at $\alpha_0$ and at $\alpha = M_1 S_0/(M_0 S_2) < 0$. "
-        r"Hence for $\alpha > 0$, $r$ falls from $r(0) = 1/\pi$ to $0$ on $(0, \alpha_0)$ "
-        r"(where $M > 0$) and rises from $0$ towards $r_\infty = M_1^2/S_2$ on $(\alpha_0, \infty)$ "
-        r"(where $M < 0$). So, with $\lambda > 0$ and $\alpha > 0$:",
-        "",
-        r"- $\mu^* = 0$: feasible for every $\nu^* > 0$ (one solution, $\alpha = \alpha_0$);",
-        r"- $\mu^* > 0$: feasible iff $\mu^{*2}/(\nu^* + \mu^{*2}) < 1/\pi$, i.e. "
-        r"$\mu^* < \sqrt{\nu^*/(\pi - 1)}$ (the limit $\alpha \to 0$ is ReLU);",
-        r"- $\mu^* < 0$: feasible iff $\mu^{*2}/(\nu^* + \mu^{*2}) < r_\infty(\nu^*)$ "
-        f"($r_\\infty(1) = {mp.nstr(bounds['negative'], 10)}$, so $\\mu^* > "
-        f"{mp.nstr(-mp.sqrt(bounds['negative'] / (1 - bounds['negative'])), 6)}$ at $\\nu^* = 1$).",
-        "",
-        "Where feasible the solution is unique; elsewhere `propagate solve-selu` says "
-        '"no SELU has this fixed point".',
-        "",
-        "## 6. The Jacobian and what it means",
-        "",
-        r"The Jacobian of $g$ at $(\mu, \nu) = (0, 1)$, $\omega = 0$, $\tau = 1$, "
-        r"$(\lambda_{01}, \alpha_{01})$ (rows $\tilde\mu, \tilde\nu$; columns "
-        r"$\partial/\partial\mu, \partial/\partial\nu$):",
-        "",
-        _block(
-            r"\mathcal{J} = \begin{pmatrix} "
-            + " & ".join(n(v) for v in J[0])
-            + r" \\ "
-            + " & ".join(n(v) for v in J[1])
-            + r" \end{pmatrix}"
-        ),
-        "",
-        "The paper reports `[[0.0, 0.088834], [0.0, 0.782648]]` (truncated to 6 decimals). "
-        r"The first column is exactly zero: at $\omega = 0$ the pre-activation does not depend on $\mu$.",
-        "",
-        f"- eigenvalues: {', '.join('$' + n(e) + '$' for e in sol.eigenvalues)} "
-        f"(spectral radius ${n(sol.spectral_radius)}$);",
-        f"- spectral norm (largest singular value): ${n(sol.spectral_norm)}$ (paper: 0.7877).",
-        "",
-        r"Both are below 1, so $(0, 1)$ is an attracting fixed point: near it, a deviation of the "
-        r"layer statistics shrinks by at least the factor $\|\mathcal{J}\|_2$ per layer (Banach), which is "
-        r"what makes the network self-normalizing. The paper's Theorem 1 asks for this on a whole box. "
-        r"Over $\mu, \omega \in [-0.1, 0.1]$, $\nu \in [0.8, 1.5]$, $\tau \in [0.95, 1.1]$ "
-        f"(a {box['grid']}^4 grid refined by L-BFGS-B) the largest spectral norm is "
-        f"${box['max_spectral_norm']:.4f}$, at $\\mu = {arg['mu']:.4g}$, $\\omega = {arg['omega']:.4g}$, "
-        f"$\\nu = {arg['nu']:.4g}$, $\\tau = {arg['tau']:.4g}$: below 1 everywhere in the box.",
-        "",
-        "## 7. Alpha dropout",
-        "",
-        r"Alpha dropout keeps a unit with probability $q$ and otherwise sets it to "
-        r"$\alpha' = -\lambda\alpha$ (SELU's value as $z \to -\infty$), then applies "
-        r"$y \mapsto a y + b$. For inputs of mean $\mu$ and variance $\nu$, before the affine map "
-        r"(sympy, from $\mathbb{E}$ and $\mathbb{E}[\cdot^2]$ of the mixture):",
-        "",
-        _block(rf"\mathbb{{E}} = {_tex(dro['mean'])},\qquad \mathrm{{Var}} = {_tex(dro['variance'])}"),
-        "",
-        r"so the affine map that restores $(\mu, \nu)$ is",
-        "",
-        _block(rf"a = {_tex(dro['a'])},\qquad b = {_tex(dro['b'])}"),
-        "",
-        r"At $(\mu, \nu) = (0, 1)$ this is the paper's "
-        r"$a = \left(q + \alpha'^2 q (1-q)\right)^{-1/2}$, $b = -a(1-q)\alpha'$:",
-        "",
-        _block(
-            rf"a = {_tex(dro['a'].subs({dro['mu']: 0, dro['nu']: 1}))},\qquad "
-            rf"b = {_tex(dro['b'].subs({dro['mu']: 0, dro['nu']: 1}))}"
-        ),
-        "",
-        f"For the SELU above, $\\alpha' = {n(d05['alpha_prime'])}$; at dropout rate 0.05 ($q = 0.95$), "
-        f"$a = {n(d05['a'])}$ and $b = {n(d05['b'])}$.",
-        "",
-    ]
-    return "\n".join(out)
+    values = {**_integral_formulas(), **_moment_map_formulas(), **_solution_numbers(sol, digits),
+              **_feasibility_numbers(), **_stability_numbers(sol), **_alpha_dropout_values(sol, digits)}
+    return render("selu_derivation.md", values)

@@ -47,6 +47,7 @@ CPU arithmetic very slow; by default they are flushed to zero during the run
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -57,22 +58,15 @@ from typing import Any
 import numpy as np
 
 from propagate.errors import UserError
+from propagate.layers import forward_ops, vjp_ops
 from propagate.spec import NetworkSpec
+from propagate.stats import (CORR_SAMPLES, SAT_SAMPLES, aggregate, compare_with_theory, finite_width_allowance,
+                             layer_table, measure)
 
 __all__ = ["simulate", "SimulationResult", "DivergenceWarning", "compare_with_theory", "finite_width_allowance", "DATASET_INPUTS", "seed_stream"]
 
 #: ``input=`` names that load a real dataset (pixels scaled to [0, 1]).
 DATASET_INPUTS = ("mnist-5k", "mnist", "fashion-mnist")
-
-#: Statistics compared with theory, with the scale their finite-width allowance is relative to.
-_COMPARED = ("pre_mean", "pre_var", "pre_q", "post_mean", "post_var", "post_q", "corr", "grad_norm")
-
-#: torch's alpha-dropout saturation constant ``lambda * alpha`` of SELU (Dropout.cpp).
-_ALPHA_DROPOUT_ALPHA = 1.7580993408473766
-
-_CORR_SAMPLES = 2048
-_SAT_SAMPLES = 1024
-
 
 class DivergenceWarning(UserWarning):
     """The signal overflowed (inf/NaN) at some layer; the table stops there."""
@@ -140,64 +134,6 @@ def _flush_is_on() -> bool:
 
     tiny = torch.tensor([1.1754944e-38], dtype=torch.float32)
     return bool((tiny * 0.5).item() == 0.0)
-
-
-# ----------------------------------------------------------------------------
-# activations: in-place forward and derivative
-
-
-def _inplace_activation(act):
-    """A function applying ``act`` to a tensor in place (saves an 80 MB allocation per layer)."""
-    import torch
-    import torch.nn.functional as F
-
-    from propagate.activations import selu_constants
-
-    fam, p = act.family, dict(act.params)
-    if fam == "linear":
-        return lambda h: h
-    if fam == "relu":
-        return torch.relu_
-    if fam == "leaky_relu":
-        return lambda h: F.leaky_relu_(h, p["slope"])
-    if fam == "selu":
-        if (p["lambda"], p["alpha"]) == selu_constants():
-            return torch.selu_
-        return lambda h: F.elu_(h, p["alpha"]).mul_(p["lambda"])
-    if fam == "elu":
-        return lambda h: F.elu_(h, p["alpha"])
-    if fam in ("tanh", "sigmoid", "erf"):
-        return lambda h: getattr(h, fam + "_")()
-    if act.torch is None:
-        raise UserError(f"activation {act.name!r} has no torch form; register one with torch=...")
-    return lambda h: h.copy_(act.torch(h))
-
-
-def _derivative(act, h):
-    """``phi'(h)`` elementwise (autograd on the activation's torch form; ``h`` is small here)."""
-    import torch
-
-    with torch.enable_grad():
-        hh = h.detach().clone().requires_grad_(True)
-        y = act.torch(hh)
-        (d,) = torch.autograd.grad(y.sum(), hh, allow_unused=True)
-    return torch.zeros_like(h) if d is None else d.detach()
-
-
-def _saturation_rule(act):
-    """``(lower, upper, zero_rel)``: thresholds for saturated outputs (see module docstring)."""
-    lo, hi = act.bounds
-    low = high = None
-    if math.isfinite(lo) and math.isfinite(hi):
-        tol = 0.01 * (hi - lo)
-        return lo + tol, hi - tol, None
-    if math.isfinite(lo):
-        low = lo + 0.01 * abs(lo) if lo != 0 else 0.0
-    if math.isfinite(hi):
-        high = hi - 0.01 * abs(hi) if hi != 0 else 0.0
-    if low is None and high is None:
-        return None, None, 1e-6
-    return low, high, None
 
 
 # ----------------------------------------------------------------------------
@@ -271,56 +207,6 @@ def _make_inputs(spec, input, samples, gens, dtype, device, seed, progress):
 # the simulation
 
 
-def _moments(t, cnt):
-    """Per-network mean and second moment of ``t`` (S, N, n), and whether all its entries are finite.
-
-    The fast float32 reductions are exact enough for a healthy signal but fail
-    at both ends: the squares of a vanishing signal underflow (RMS below ~1e-19
-    gives q = 0 while every entry is still a normal number) and the sums of an
-    exploding one overflow while every entry is finite. In those two cases
-    (q below 1e-30 or not finite) the moments are recomputed in float64, so q
-    is right down to the smallest entries and divergence means an inf/NaN entry.
-    """
-    import torch
-
-    mean = t.sum(dim=(1, 2)) / cnt
-    q = torch.linalg.vector_norm(t, dim=(1, 2)) ** 2 / cnt
-    total = float((q + mean.abs()).sum())  # one sync, no extra pass
-    if math.isfinite(total) and float(q.min()) > 1e-30:
-        return mean, q, True
-    if not bool(torch.isfinite(t).all()):
-        return mean, q, False
-    return (t.sum(dim=(1, 2), dtype=torch.float64) / cnt,
-            torch.linalg.vector_norm(t, dim=(1, 2), dtype=torch.float64) ** 2 / cnt, True)
-
-
-def _layer0_rows(x):
-    """Per-network statistics of the input (post_* columns)."""
-    import torch
-
-    S, N, d = x.shape
-    cnt = N * d
-    mean = x.sum(dim=(1, 2)) / cnt
-    q = torch.linalg.vector_norm(x, dim=(1, 2)) ** 2 / cnt
-    return {"post_mean": mean, "post_q": q, "post_var": q - mean * mean, "corr": _pair_corr(x)}
-
-
-def _pair_corr(h):
-    """Cosine similarity of pairs (2i, 2i+1) of the first samples, averaged over pairs: shape (S,)."""
-    import torch
-
-    k = min(h.shape[1], _CORR_SAMPLES) // 2
-    if k == 0:
-        return torch.full((h.shape[0],), float("nan"), dtype=h.dtype, device=h.device)
-    v = h[:, : 2 * k].reshape(h.shape[0], k, 2, h.shape[2])
-    num = torch.linalg.vecdot(v[:, :, 0], v[:, :, 1])
-    norms = torch.linalg.vector_norm(v, dim=-1)
-    den = norms[:, :, 0] * norms[:, :, 1]
-    c = num / den
-    c = torch.where(den > 0, c, torch.full_like(c, float("nan")))
-    return torch.nanmean(c, dim=1)
-
-
 def simulate(
     spec: NetworkSpec,
     *,
@@ -367,6 +253,45 @@ def simulate(
     """
     import torch
 
+    dt, dev = _check_arguments(spec, samples, seeds, grad_samples, jacobian_inputs, dtype, device, threads)
+    t0 = time.perf_counter()
+    with _torch_settings(threads, flush_denormal) as settings:
+        with torch.no_grad():
+            gens = _generators(int(seed), int(seeds))  # one stream per network: inputs, then weights, masks
+            x0, desc, in_stats = _prepare_inputs(spec, input, samples, gens, int(seed), dt, dev, int(grad_samples),
+                                                 progress)
+            run = _run_networks(spec, x0, gens, dt, dev, int(grad_samples), progress,
+                                int(jacobian_inputs) if jacobian else 0)
+    elapsed = time.perf_counter() - t0
+
+    per_seed = _per_seed_table(spec, run)
+    table = aggregate(per_seed, config=spec.label(), spec=spec)
+    diverged_at = run.diverged_at
+    flushed = _flush_summary(per_seed, dt, flush_denormal, settings["flush_active"], dev)
+    warn = []
+    if diverged_at is not None:
+        msg = f"signal diverged (inf/NaN) at layer {diverged_at}; table stops there"
+        warn.append(msg)
+        warnings.warn(msg, DivergenceWarning, stacklevel=2)
+    extras = {"samples": int(run.N), "input": desc, "input_stats": in_stats, "grad_samples": int(run.G)}
+    meta = _meta(spec, extras, seeds, seed, dt, dev, diverged_at, flushed, elapsed,
+                 int(threads) if threads is not None else settings["threads_before"])
+    theory_df = None
+    if theory:
+        theory_df = _theory_table(spec, in_stats)
+        if theory_df is not None:
+            table = compare_with_theory(table, theory_df, spec)
+    meta["theory"] = theory_df is not None
+    if run.jacobian is not None:
+        meta["jacobian"] = run.jacobian
+    return SimulationResult(spec=spec, table=table, per_seed=per_seed, diverged_at=diverged_at, flushed=flushed,
+                            meta=meta, theory=theory_df, jacobian=run.jacobian, warnings=warn)
+
+
+def _check_arguments(spec, samples, seeds, grad_samples, jacobian_inputs, dtype, device, threads):
+    """Validate :func:`simulate`'s arguments (UserError before any work); returns ``(torch dtype, device)``."""
+    import torch
+
     if not isinstance(spec, NetworkSpec):
         raise UserError(f"spec must be a NetworkSpec, got {type(spec).__name__}")
     for name, val, lo in (("seeds", seeds, 1), ("grad_samples", grad_samples, 1), ("jacobian_inputs", jacobian_inputs, 1)):
@@ -383,48 +308,58 @@ def simulate(
             raise UserError("device cuda requested but CUDA is not available (use --device cpu)")
     elif dev != "cpu":
         raise UserError(f"device must be cpu or cuda, got {device!r}")
-    act = spec.act
-    if act.torch is None:
-        raise UserError(f"activation {act.name!r} has no torch form; register one with torch=...")
-
+    if spec.act.torch is None:
+        raise UserError(f"activation {spec.act.name!r} has no torch form; register one with torch=...")
     if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
         raise UserError(f"threads must be a whole number >= 1, got {threads!r}")
-    threads_before = torch.get_num_threads()
+    return dt, dev
+
+
+@contextlib.contextmanager
+def _torch_settings(threads, flush_denormal):
+    """Thread count and subnormal flushing for the run, restored after."""
+    import torch
+
+    state = {"threads_before": torch.get_num_threads(), "flush_active": False}
+    flush_before = _flush_is_on()
     if threads is not None:
         torch.set_num_threads(int(threads))
-    flush_before = _flush_is_on()
-    flush_active = False
     if flush_denormal:
-        flush_active = bool(torch.set_flush_denormal(True))
+        state["flush_active"] = bool(torch.set_flush_denormal(True))
     else:
         torch.set_flush_denormal(False)
-    t0 = time.perf_counter()
     try:
-        with torch.no_grad():
-            out = _run(spec, act, samples, int(seeds), int(seed), dt, dev, jacobian, int(jacobian_inputs),
-                       int(grad_samples), input, progress)
+        yield state
     finally:
         torch.set_flush_denormal(flush_before)
-        torch.set_num_threads(threads_before)
-    elapsed = time.perf_counter() - t0
+        torch.set_num_threads(state["threads_before"])
 
-    per_seed, table, diverged_at, extras = out
+
+def _prepare_inputs(spec, input, samples, gens, seed, dt, dev, grad_samples, progress):
+    _check_memory(spec, samples if samples is not None else 0, len(gens), dt, dev, grad_samples)
+    x0, desc, in_stats = _make_inputs(spec, input, samples, gens, dt, dev, seed, progress)
+    if x0.shape[1] < 2:
+        raise UserError("need at least 2 samples")
+    return x0, desc, in_stats
+
+
+def _flush_summary(per_seed, dt, requested, active, dev) -> dict:
+    import torch
+
     tiny = float(torch.finfo(dt).tiny)
     thr = (1e6 * tiny) ** 2
     pq = per_seed.dropna(subset=["pre_q"])
     sub_layers = sorted(int(l) for l in pq.loc[pq["pre_q"] < thr, "layer"].unique())
-    flushed = {
-        "requested": bool(flush_denormal),
-        "active": bool(flush_active) if dev == "cpu" else False,
+    return {
+        "requested": bool(requested),
+        "active": bool(active) if dev == "cpu" else False,
         "subnormal_layers": sub_layers,
-        "mattered": bool(sub_layers) and bool(flush_active) and dev == "cpu",
+        "mattered": bool(sub_layers) and bool(active) and dev == "cpu",
     }
-    warn = []
-    if diverged_at is not None:
-        msg = f"signal diverged (inf/NaN) at layer {diverged_at}; table stops there"
-        warn.append(msg)
-        warnings.warn(msg, DivergenceWarning, stacklevel=2)
-    meta = {
+
+
+def _meta(spec, extras, seeds, seed, dt, dev, diverged_at, flushed, elapsed, threads) -> dict:
+    return {
         "spec": spec.to_dict(),
         "config": spec.label(),
         "samples": extras["samples"],
@@ -436,154 +371,122 @@ def simulate(
         "input": extras["input"],
         "input_stats": extras["input_stats"],
         "grad_samples": extras["grad_samples"],
-        "corr_pairs": min(extras["samples"], _CORR_SAMPLES) // 2,
-        "saturation_samples": min(extras["samples"], _SAT_SAMPLES),
+        "corr_pairs": min(extras["samples"], CORR_SAMPLES) // 2,
+        "saturation_samples": min(extras["samples"], SAT_SAMPLES),
         "readout_simulated": False,
         "diverged_at": diverged_at,
         "flush_denormal": flushed,
         "seconds": round(elapsed, 4),
-        "threads": int(threads) if threads is not None else threads_before,
+        "threads": threads,
     }
-    theory_df = None
-    if theory:
-        theory_df = _theory_table(spec, extras["input_stats"])
-        if theory_df is not None:
-            table = compare_with_theory(table, theory_df, spec)
-    meta["theory"] = theory_df is not None
-    if extras.get("jacobian") is not None:
-        meta["jacobian"] = extras["jacobian"]
-    return SimulationResult(spec=spec, table=table, per_seed=per_seed, diverged_at=diverged_at, flushed=flushed,
-                            meta=meta, theory=theory_df, jacobian=extras.get("jacobian"), warnings=warn)
 
 
-def _run(spec, act, samples, S, seed, dt, dev, want_jac, jac_inputs, grad_samples, input, progress):
+# ----------------------------------------------------------------------------
+# the run: the spec's layer ops, batched over networks
+
+
+class _Run:
+    """What the layer ops see while the simulator runs them (:func:`propagate.layers.forward_ops`).
+
+    Holds the networks' random streams, two ping-pong buffers for the Dense
+    outputs (a layer's input stays intact while its output is written), a
+    scratch buffer for normalizations that must not overwrite a residual
+    stream, and the per-layer statistics measured at each tap.
+    """
+
+    exact_bn = False  # BatchNorm backward with statistics held fixed (per-sample gradients)
+
+    def __init__(self, spec, gens, dtype, device, N, G, progress):
+        import torch
+        from tqdm import tqdm
+
+        self.spec, self.gens, self.dtype, self.device, self.N, self.G = spec, gens, dtype, device, N, G
+        self.act = spec.act
+        self.S = len(gens)
+        self._size = self.S * N * max(spec.widths[1:])
+        self._bufs = [torch.empty(self._size, dtype=dtype, device=device) for _ in range(min(2, spec.depth))]
+        self._next = 0
+        self._scratch = None
+        self.rows: list[dict] = []
+        self.grads: dict = {}
+        self.diverged_at = None
+        self.stopped = False
+        self.jacobian = None
+        self._ok_pre = True
+        self._bar = tqdm(total=spec.depth, desc="layers", file=sys.stderr, disable=not progress, leave=False)
+
+    def dense_buffer(self, n):
+        buf = self._bufs[self._next % len(self._bufs)]
+        self._next += 1
+        return buf[: self.S * self.N * n].view(self.S, self.N, n)
+
+    def scratch(self, n):
+        import torch
+
+        if self._scratch is None:
+            self._scratch = torch.empty(self._size, dtype=self.dtype, device=self.device)
+        return self._scratch[: self.S * self.N * n].view(self.S, self.N, n)
+
+    def tap(self, op, x):
+        """Measure a "pre" (Dense output) or "post" (activation output) tap; stop at the first inf/NaN."""
+        if op.tap == "pre":
+            stats, self._ok_pre = measure(pre=x)
+            self.rows.append(stats)
+            return
+        stats, ok_post = measure(post=x, act=self.act)
+        self.rows[-1].update(stats)
+        self._bar.update(1)
+        if not (self._ok_pre and ok_post):
+            self.diverged_at = op.layer
+            self.stopped = True
+
+    def record_grad(self, op, g):
+        self.grads[op.layer] = measure(grad=g)[0]["grad_norm"]
+
+
+def _run_networks(spec, x0, gens, dt, dev, grad_samples, progress, jacobian_inputs=0):
+    """Forward the spec's ops over all networks (measuring each layer), then backpropagate the readout's gradient."""
     import torch
-    from tqdm import tqdm
 
-    gens = _generators(seed, S)
-    _check_memory(spec, samples if samples is not None else 0, S, dt, dev, grad_samples)
-    x0, desc, in_stats = _make_inputs(spec, input, samples, gens, dt, dev, seed, progress)
     N = x0.shape[1]
-    if N < 2:
-        raise UserError("need at least 2 samples")
-    G = min(N, grad_samples)
-    widths = spec.widths
-    D = spec.depth
-    init = spec.initializer
-    bias_var = spec.bias_var
-    has_bias = (bias_var is not None and bias_var > 0) or (bias_var is None and init.torch_bias)
-    act_ = _inplace_activation(act)
-    sat_lo, sat_hi, sat_zero = _saturation_rule(act)
-    nS = min(N, _SAT_SAMPLES)
-    p_drop, p_adrop = spec.dropout, spec.alpha_dropout
+    run = _Run(spec, gens, dt, dev, N, min(N, grad_samples), progress)
     # readout vector of the gradient probe, drawn first so it doesn't depend on depth
-    r = torch.stack([torch.randn(widths[-1], dtype=dt, generator=g) for g in gens]).to(dev)
+    r = torch.stack([torch.randn(spec.widths[-1], dtype=dt, generator=g) for g in gens]).to(dev)
+    run.rows.append(measure(inputs=x0)[0])
+    _, tape = forward_ops(spec.compile(), x0, run)
+    run._bar.close()
+    if run.diverged_at is None:
+        # y = r . x^depth / sqrt(n_depth) for every sample: dy/dx^depth = r / sqrt(n_depth)
+        g = (r / math.sqrt(spec.widths[-1])).unsqueeze(1).expand(run.S, run.G, -1)
+        vjp_ops(tape, g, run.record_grad, stop_at_first=True)
+        if jacobian_inputs:
+            run.jacobian = _jacobian_summary(_jacobian(tape, min(jacobian_inputs, run.G), spec.widths[-1], dt, dev))
+    return run
 
-    rows = [_layer0_rows(x0)]
-    # two ping-pong buffers for the hidden layers; x0 stays separate (BN may normalize it in place? no:
-    # BN never acts on x0, it starts at layer 2)
-    maxw = max(widths[1:])
-    bufs = [torch.empty(S * N * maxw, dtype=dt, device=dev) for _ in range(min(2, D))]
-    weights, bn_scales, derivs = [], [], []
-    x = x0
-    diverged_at = None
-    bar = tqdm(range(1, D + 1), desc="layers", file=sys.stderr, disable=not progress, leave=False)
-    for l in bar:
-        n_in, n_out = widths[l - 1], widths[l]
-        W = _sample_weights(init, n_out, n_in, gens, dt).to(dev)
-        if has_bias:
-            b = torch.stack([init.sample_bias(n_out, n_in, generator=g, dtype=dt, bias_var=bias_var)
-                             for g in gens]).to(dev)
-        scale = None
-        if spec.batchnorm and l > 1:
-            # train-mode BN on the layer input, per unit over the batch (biased variance)
-            mu = x.mean(dim=1, keepdim=True)
-            x.sub_(mu)
-            var = torch.linalg.vector_norm(x, dim=1, keepdim=True) ** 2 / N
-            scale = torch.rsqrt(var + spec.bn_eps)
-            x.mul_(scale)
-        weights.append(W)
-        bn_scales.append(scale)
-        h = bufs[(l - 1) % 2][: S * N * n_out].view(S, N, n_out)
-        torch.bmm(x, W.transpose(1, 2), out=h)
-        if has_bias:
-            h.add_(b.unsqueeze(1))
-        cnt = N * n_out
-        row = {}
-        row["pre_mean"], row["pre_q"], ok_pre = _moments(h, cnt)
-        row["pre_var"] = row["pre_q"] - row["pre_mean"] ** 2
-        row["corr"] = _pair_corr(h)
-        h_g = h[:, :G].clone()
-        x = act_(h)
-        row["post_mean"], row["post_q"], ok_post = _moments(x, cnt)
-        row["post_var"] = row["post_q"] - row["post_mean"] ** 2
-        zero_units = x.amax(dim=1) == 0
-        if bool(zero_units.any()):
-            zero_units &= x.amin(dim=1) == 0
-        row["dead_frac"] = zero_units.sum(dim=1).to(dt) / n_out
-        xs = x[:, :nS]
-        if sat_zero is not None:
-            thr = (sat_zero * torch.sqrt(row["post_q"])).view(S, 1, 1)
-            sat = (xs.abs() <= thr).sum(dim=(1, 2))
-        else:
-            sat = torch.zeros(S, dtype=torch.int64, device=dev)
-            if sat_lo is not None:
-                sat = sat + (xs <= sat_lo).sum(dim=(1, 2))
-            if sat_hi is not None:
-                sat = sat + (xs >= sat_hi).sum(dim=(1, 2))
-        row["saturated_frac"] = sat.to(dt) / (nS * n_out)
-        d = _derivative(act, h_g)
-        if p_drop or p_adrop:
-            mask = torch.stack([torch.empty((N, n_out), dtype=dt).bernoulli_(1 - (p_drop or p_adrop), generator=g)
-                                for g in gens]).to(dev)
-            if p_drop:
-                mask.mul_(1.0 / (1.0 - p_drop))
-                x.mul_(mask)
-                d.mul_(mask[:, :G])
+
+def _jacobian(tape, k, n_out, dt, dev):
+    """``d x^depth / d x^0`` of network 0 at its first ``k`` inputs, ``(k, n_out, n_in)``: one vjp per output unit."""
+    import torch
+
+    g = torch.eye(n_out, dtype=dt, device=dev).unsqueeze(1).expand(n_out, k, n_out)
+    rows = vjp_ops(_network0(tape, k), g)
+    return rows.permute(1, 0, 2)
+
+
+def _network0(tape, k):
+    """The tape of network 0 at its first ``k`` samples (per-sample caches are the ``s_*`` entries)."""
+    out = []
+    for op, cache in tape:
+        c = {}
+        for key, v in cache.items():
+            if key == "tape":
+                c[key] = _network0(v, k)
+            elif v is None or not hasattr(v, "shape"):
+                c[key] = v
             else:
-                p = p_adrop
-                a = 1.0 / math.sqrt((_ALPHA_DROPOUT_ALPHA**2 * p + 1) * (1 - p))
-                # torch semantics: a * (x * m + alpha' (1 - m)) + b, alpha' = -lambda*alpha, b = -a alpha' p
-                shift = (mask - 1.0).mul_(_ALPHA_DROPOUT_ALPHA * a).add_(_ALPHA_DROPOUT_ALPHA * a * p)
-                x.mul_(mask).mul_(a).add_(shift)
-                d.mul_(mask[:, :G] * a)
-            del mask
-        derivs.append(d)
-        rows.append(row)
-        if not (ok_pre and ok_post):
-            diverged_at = l
-            break
-    bar.close()
-
-    grad = [None] * (D + 1)
-    jac = None
-    if diverged_at is None:
-        # backward: g^D = phi'(h^D) r / sqrt(n_D); g^l = (g^{l+1} W^{l+1} * bn_scale^{l+1}) * phi'(h^l)
-        g = derivs[-1] * (r / math.sqrt(widths[-1])).unsqueeze(1)
-        k = min(jac_inputs, G)
-        A = torch.diag_embed(derivs[-1][0, :k]) if want_jac else None
-        for l in range(D, 0, -1):
-            grad[l] = torch.linalg.vector_norm(g, dim=(1, 2), dtype=torch.float64) / math.sqrt(G)
-            Wl = weights[l - 1]
-            if l == 1:
-                if want_jac:
-                    A = A @ Wl[0]
-                break
-            g = torch.bmm(g, Wl)
-            if bn_scales[l - 1] is not None:
-                g.mul_(bn_scales[l - 1])
-            g.mul_(derivs[l - 2])
-            if want_jac:
-                Wj = Wl[0] if bn_scales[l - 1] is None else Wl[0] * bn_scales[l - 1][0]
-                A = (A @ Wj) * derivs[l - 2][0, :k].unsqueeze(1)
-        if want_jac:
-            jac = _jacobian_summary(A)
-    del derivs, weights
-
-    per_seed = _per_seed_table(spec, rows, grad, diverged_at, S)
-    table = _aggregate(per_seed, spec)
-    extras = {"samples": int(N), "input": desc, "input_stats": in_stats, "grad_samples": int(G), "jacobian": jac}
-    return per_seed, table, diverged_at, extras
+                c[key] = v[:1, :k] if key.startswith("s_") else v[:1]
+        out.append((op, c))
+    return out
 
 
 def _check_memory(spec, N, S, dt, dev, grad_samples):
@@ -608,13 +511,6 @@ def _check_memory(spec, N, S, dt, dev, grad_samples):
                         f"use fewer --samples or --seeds")
 
 
-def _sample_weights(init, n_out, n_in, gens, dt):
-    """``(S, n_out, n_in)`` weights, network ``s`` drawn from its own stream ``gens[s]``."""
-    import torch
-
-    return torch.stack([init.sample(n_out, n_in, generator=g, dtype=dt) for g in gens])
-
-
 def _jacobian_summary(J) -> dict:
     """Singular-value statistics of a batch of Jacobians ``(k, n_out, n_in)`` (float64 SVD)."""
     import torch
@@ -634,13 +530,14 @@ def _jacobian_summary(J) -> dict:
     }
 
 
-def _per_seed_table(spec, rows, grad, diverged_at, S):
-    from propagate.stats import layer_table
-
+def _per_seed_table(spec, run):
+    """One row per (network, layer): column ``seed`` is the network index 0..seeds-1."""
+    S, diverged_at = run.S, run.diverged_at
     out = []
-    for l, row in enumerate(rows):
+    for l, row in enumerate(run.rows):
         vals = {k: v.detach().double().cpu().numpy() for k, v in row.items()}
-        gl = grad[l].detach().double().cpu().numpy() if l > 0 and grad[l] is not None else None
+        gl = run.grads.get(l) if l > 0 else None
+        gl = gl.detach().double().cpu().numpy() if gl is not None else None
         for s in range(S):
             rec = {"layer": l, "width": spec.widths[l], "seed": s}
             for k, v in vals.items():
@@ -648,31 +545,7 @@ def _per_seed_table(spec, rows, grad, diverged_at, S):
             rec["grad_norm"] = float(gl[s]) if gl is not None else float("nan")
             rec["diverged"] = diverged_at is not None and l >= diverged_at
             out.append(rec)
-    return layer_table(out, source="simulation", config=spec.label())
-
-
-_STAT_COLS = ("pre_mean", "pre_var", "pre_q", "post_mean", "post_var", "post_q", "corr", "grad_norm",
-              "dead_frac", "saturated_frac")
-_SE_COLS = ("pre_mean", "pre_var", "pre_q", "post_mean", "post_var", "post_q", "corr", "grad_norm")
-
-
-def _aggregate(per_seed, spec):
-    """Mean over networks and standard error across networks, per layer."""
-    from propagate.stats import layer_table
-
-    rows = []
-    for l, grp in per_seed.groupby("layer", sort=True):
-        rec = {"layer": int(l), "width": int(grp["width"].iloc[0])}
-        S = len(grp)
-        for c in _STAT_COLS:
-            v = grp[c].to_numpy(dtype=float)
-            with np.errstate(invalid="ignore", over="ignore"):
-                rec[c] = float(np.mean(v)) if not np.all(np.isnan(v)) else float("nan")
-                if c in _SE_COLS:
-                    rec[c + "_se"] = float(np.std(v, ddof=1) / math.sqrt(S)) if S > 1 else float("nan")
-        rec["diverged"] = bool(grp["diverged"].any())
-        rows.append(rec)
-    return layer_table(rows, source="simulation", config=spec.label())
+    return layer_table(out, source="simulation", config=spec.label(), spec=spec)
 
 
 # ----------------------------------------------------------------------------
@@ -688,73 +561,3 @@ def _theory_table(spec, in_stats):
                               input_corr=in_stats["input_corr"], config=spec.label())
     except UserError:
         return None  # e.g. an activation the theory cannot integrate: no theory columns
-
-
-def finite_width_allowance(widths, layer: int) -> float:
-    """Relative allowance for finite-width bias at ``layer``: ``sum_{k<=layer} 1 / n_k``.
-
-    Mean-field theory is exact at infinite width. At width ``n`` each layer's
-    moments get a systematic relative correction of order ``1/n`` (the
-    pre-activation variance of a unit fluctuates by ``O(1/sqrt(n))`` around
-    ``q`` and the moment map is curved, so its average shifts by
-    ``O(var(q)) = O(1/n)``); corrections carry forward through the layers, so
-    we allow their sum with unit constant. The random part of the
-    finite-width spread (which grows like ``sqrt(layer / n)``) is not in this
-    allowance: it is in the standard error across networks.
-    """
-    layer = max(0, min(int(layer), len(widths) - 1))
-    return float(sum(1.0 / widths[k] for k in range(1, layer + 1)))
-
-
-def compare_with_theory(table, theory_df, spec, n_se: float = 4.0):
-    """Add ``theory_<stat>`` columns, ``ratio = pre_var / theory_pre_var`` and ``disagree``.
-
-    A statistic disagrees at a layer when ``|measured - theory| > n_se * SE +
-    allowance``, where SE is the standard error across networks and the
-    allowance is :func:`finite_width_allowance` times a scale: ``|theory|`` for
-    variances, second moments and gradient norms (for ``grad_norm`` the sum
-    runs over all layers, since the backward pass crosses every layer), the
-    RMS ``sqrt(theory q)`` for means, and 1 for ``corr``. ``disagree_in``
-    lists the statistics that disagree. With one network (no SE) only the
-    allowance applies. An SE from a handful of networks is itself uncertain,
-    so each layer's SE is floored by the median SE of the layers within 3 of
-    it (SEs change smoothly with depth); otherwise a per-layer 4 SE test over
-    50 layers and 8 statistics flags by chance.
-    """
-    import pandas as pd
-
-    th = theory_df.set_index("layer")
-    out = table.copy()
-    widths = spec.widths
-    flags = [[] for _ in range(len(out))]
-    for c in _COMPARED:
-        if c not in th.columns:
-            continue
-        t = out["layer"].map(th[c]).astype(float)
-        out["theory_" + c] = t
-        se = out[c + "_se"] if c + "_se" in out.columns else pd.Series(0.0, index=out.index)
-        # an SE estimated from a few networks is itself noisy (and sometimes far too small);
-        # SEs vary smoothly with depth, so floor each by the median of its neighbours (+-3 layers)
-        se = np.maximum(se.fillna(0.0), se.rolling(7, center=True, min_periods=1).median().fillna(0.0))
-        for i, (lay, m, tv, s) in enumerate(zip(out["layer"], out[c], t, se)):
-            if not (np.isfinite(tv) and np.isfinite(m)):
-                continue
-            if c == "grad_norm":
-                allow = finite_width_allowance(widths, len(widths) - 1) * abs(tv)
-            elif c.endswith("_mean"):
-                qcol = "pre_q" if c.startswith("pre") else "post_q"
-                qt = th[qcol].get(lay, np.nan) if qcol in th.columns else np.nan
-                scale = math.sqrt(qt) if np.isfinite(qt) and qt > 0 else abs(tv)
-                allow = finite_width_allowance(widths, lay) * scale
-            elif c == "corr":
-                allow = finite_width_allowance(widths, lay)
-            else:
-                allow = finite_width_allowance(widths, lay) * abs(tv)
-            if abs(m - tv) > n_se * s + allow + 1e-12 * abs(tv):
-                flags[i].append(c)
-    if "theory_pre_var" in out.columns:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out["ratio"] = out["pre_var"] / out["theory_pre_var"]
-    out["disagree"] = [bool(f) for f in flags]
-    out["disagree_in"] = [",".join(f) for f in flags]
-    return out

@@ -1,4 +1,4 @@
-"""The network spec every lens looks at, and the torch model built from it.
+"""The network spec every lens looks at, its layer operations and the torch model built from it.
 
 A :class:`NetworkSpec` describes a fully connected network: input dimension,
 hidden widths, activation, initializer, bias variance, batch normalization,
@@ -11,7 +11,32 @@ computes ``h^l = W^l x^{l-1} + b^l`` and ``x^l = phi(h^l)``. With
 ``batchnorm=True`` the seed's placement is used: a BatchNormalization on the
 *input* of hidden layers ``2..depth`` and of the readout (none before the first
 layer), i.e. ``h^l = W^l BN(x^{l-1}) + b^l``. Dropout (or alpha dropout) acts
-on every hidden layer's output ``x^l``.
+on every hidden layer's output ``x^l``. With ``layernorm=True`` a LayerNorm
+(per sample, over units) takes BatchNorm's place. With ``residual = R > 0``
+every hidden layer whose input and output widths match becomes
+``x^l = sqrt(1 - R^2) x^{l-1} + R branch(x^{l-1})``, the branch being that
+layer's normalization (if on), Dense, activation and dropout.
+:meth:`NetworkSpec.compile` gives the ordered layer operations
+(:mod:`propagate.layers`) every lens reads.
+
+Training model (:func:`build_model`), the interface ensembles rely on:
+
+- ``build_model(spec, seed=0, *, seeds=None, dtype=None, device=None)``:
+  ``seeds`` a sequence of ints (an ensemble of ``S = len(seeds)`` networks);
+  ``seed=k`` alone means ``seeds=[k]``. Parameters are stacked along a
+  leading seed dimension (weights ``[S, N_out, N_in]``, biases ``[S, N_out]``,
+  BN/LN parameters and running statistics ``[S, N]``).
+- Member ``k``'s initial weights equal the single run of seed ``k``: a
+  ``torch.Generator`` seeded ``k`` draws each hidden layer's weight then bias,
+  in layer order, the readout last.
+- ``model(x)`` takes ``x`` as ``[B, in]`` (the same batch for every seed; images
+  are flattened) or ``[S, B, in]`` and returns logits ``[S, B, out]`` (the last
+  hidden layer's output without a readout). ``model(x, record=True)`` returns
+  ``(logits, records)``, ``records = {"pre": [h^1..h^depth], "post": [phi(h^1)..]}``,
+  each ``[S, B, N_l]`` (what :func:`propagate.stats.measure` takes).
+- BatchNorm/LayerNorm statistics are per seed (over that seed's batch);
+  dropout masks are independent per seed. Dense layers are ``torch.baddbmm``.
+- ``model.seeds`` lists the seeds; ``model.spec`` is the spec.
 """
 
 from __future__ import annotations
@@ -22,8 +47,9 @@ from dataclasses import asdict, dataclass, field, replace
 from propagate.activations import Activation, get_activation
 from propagate.errors import UserError
 from propagate.inits import Init, get_init
+from propagate.layers import compile_spec
 
-__all__ = ["NetworkSpec", "build_model", "SEED_INPUT", "SEED_FIRST", "SEED_WIDTH", "SEED_DEPTH"]
+__all__ = ["NetworkSpec", "build_model", "compile_spec", "SEED_INPUT", "SEED_FIRST", "SEED_WIDTH", "SEED_DEPTH"]
 
 #: The seed experiments' shape: 784 -> 512 -> 50 x 256 -> 10.
 SEED_INPUT, SEED_FIRST, SEED_WIDTH, SEED_DEPTH, SEED_CLASSES = 784, 512, 256, 51, 10
@@ -48,7 +74,11 @@ class NetworkSpec:
         input_mean, input_var: per-feature mean and variance of Gaussian inputs
             (theory and simulation; training uses real data).
         bn_momentum: torch convention (weight of the new batch), Keras 0.99 = 0.01.
-        bn_eps: BatchNormalization epsilon (Keras default 1e-3).
+        bn_eps: BatchNormalization (and LayerNorm) epsilon (Keras default 1e-3).
+        residual: ``R`` in ``x^l = sqrt(1 - R^2) x^{l-1} + R branch(x^{l-1})`` for
+            hidden layers whose input and output widths match; 0 = no residual.
+        layernorm: LayerNorm (per sample over units, affine at identity) where
+            BatchNorm goes (inputs of layers 2..depth and of the readout).
     """
 
     widths: tuple[int, ...]
@@ -63,6 +93,8 @@ class NetworkSpec:
     input_var: float = 1.0
     bn_momentum: float = 0.01
     bn_eps: float = 1e-3
+    residual: float = 0.0
+    layernorm: bool = False
     name: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -150,7 +182,15 @@ class NetworkSpec:
             s += f"+drop{self.dropout:g}"
         if self.alpha_dropout:
             s += f"+adrop{self.alpha_dropout:g}"
+        if self.layernorm:
+            s += "+LN"
+        if self.residual:
+            s += f"+res{self.residual:g}"
         return s
+
+    def compile(self, *, readout: bool = False) -> list:
+        """The ordered layer operations of this network (:func:`propagate.layers.compile_spec`)."""
+        return compile_spec(self, readout=readout)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -180,6 +220,10 @@ class NetworkSpec:
                 raise UserError(f"{name.replace('_', ' ')} rate must be in [0, 1), got {rate}")
         if self.dropout and self.alpha_dropout:
             raise UserError("use either dropout or alpha dropout, not both")
+        if not (math.isfinite(self.residual) and 0 <= self.residual <= 1):
+            raise UserError(f"residual weight R must be in (0, 1] (0 = off), got {self.residual}")
+        if self.layernorm and self.batchnorm:
+            raise UserError("use either batchnorm or layernorm, not both")
         if not math.isfinite(self.input_var) or self.input_var < 0:
             raise UserError(f"input variance must be >= 0, got {self.input_var}")
         if not math.isfinite(self.input_mean):
@@ -188,13 +232,22 @@ class NetworkSpec:
             raise UserError(f"readout width must be >= 1, got {self.out_features}")
 
 
-def build_model(spec: NetworkSpec, seed: int | None = 0, *, dtype=None, device=None):
-    """The torch model of ``spec``, weights drawn with ``spec.init`` from ``seed``.
+def build_model(spec: NetworkSpec, seed: int | None = 0, *, seeds=None, dtype=None, device=None):
+    """The torch training model of ``spec`` for one seed or an ensemble (module docstring: the interface).
 
-    Returns an :class:`MLP` whose ``forward(x, record=False)`` gives logits (or
-    the last hidden layer's output without a readout) and, with
-    ``record=True``, also the list of pre-activations ``h^1..h^depth``.
+    ``seeds``: a sequence of ints, one network per entry (stacked along a
+    leading dimension); without it ``seeds = [seed]``. ``seed=None`` draws a
+    fresh random seed. Weights follow ``spec.init``, biases ``spec.bias_var``.
     """
-    from propagate._model import MLP
+    from propagate.layers import build_network
 
-    return MLP(spec, seed=seed, dtype=dtype, device=device)
+    if seeds is None:
+        if seed is None:
+            import random
+
+            seed = random.SystemRandom().randrange(2**63)
+        seeds = [int(seed)]
+    seeds = [int(k) for k in seeds]
+    if not seeds:
+        raise UserError("an ensemble needs at least one seed")
+    return build_network(spec, seeds, dtype=dtype, device=device)

@@ -33,6 +33,8 @@ glue. Conventions (all three lenses follow them):
 
 from __future__ import annotations
 
+import math
+
 #: Columns every lens fills where it can (others are left NaN).
 COLUMNS = [
     "source",  # "theory" | "simulation" | "training"
@@ -65,21 +67,342 @@ OPTIONAL_COLUMNS = [
 ]
 
 
-def layer_table(rows, source: str | None = None, config: str | None = None):
+#: Configuration columns (one value per row): the report reads a configuration from these, never from labels.
+CONFIG_COLUMNS = ["activation", "init", "normalization", "residual"]
+
+
+def config_columns(spec) -> dict:
+    """The :data:`CONFIG_COLUMNS` values of a spec: ``normalization`` is ``none``, ``batchnorm`` or ``layernorm``."""
+    norm = "layernorm" if getattr(spec, "layernorm", False) else ("batchnorm" if spec.batchnorm else "none")
+    return {"activation": spec.activation, "init": spec.init, "normalization": norm,
+            "residual": float(getattr(spec, "residual", 0.0))}
+
+
+def layer_table(rows, source: str | None = None, config: str | None = None, spec=None):
     """Build a DataFrame with the canonical columns from a list of row dicts.
 
     Missing canonical columns are added as NaN; extra keys are kept after them.
+    With ``spec``, ``config`` defaults to its label and the :data:`CONFIG_COLUMNS`
+    are filled from it.
     """
     import pandas as pd
 
     df = pd.DataFrame(list(rows))
     if source is not None:
         df["source"] = source
+    if config is None and spec is not None:
+        config = spec.label()
     if config is not None:
         df["config"] = config
+    if spec is not None:
+        for k, v in config_columns(spec).items():
+            df[k] = v
     for col in COLUMNS:
         if col not in df.columns:
             df[col] = float("nan")
     extra = [c for c in df.columns if c not in COLUMNS]
     ordered = [c for c in OPTIONAL_COLUMNS if c in extra] + [c for c in extra if c not in OPTIONAL_COLUMNS]
     return df[COLUMNS + ordered]
+
+
+# ----------------------------------------------------------------------------
+# the one definition of each per-layer statistic
+
+#: Pair correlation: pairs (2i, 2i+1) of the first this-many samples.
+CORR_SAMPLES = 2048
+#: Saturated share: estimated on the first this-many samples.
+SAT_SAMPLES = 1024
+#: Columns that get a standard error (simulation: across networks; training: across samples).
+SE_COLUMNS = ("pre_mean", "pre_var", "pre_q", "post_mean", "post_var", "post_q", "corr", "grad_norm")
+#: Statistics averaged over networks.
+STAT_COLUMNS = SE_COLUMNS + ("dead_frac", "saturated_frac")
+
+
+def measure(*, pre=None, post=None, grad=None, inputs=None, act=None, sample_se: bool = False) -> tuple[dict, bool]:
+    """Per-network statistics of one layer: the one definition simulation and training share.
+
+    Every tensor is ``[S, B, N]`` (``S`` networks, ``B`` samples, ``N`` units);
+    each statistic comes back as a tensor of shape ``[S]``, pooled over units
+    and samples of that network (module docstring for the definitions):
+
+    - ``pre=h``: ``pre_mean``, ``pre_q``, ``pre_var = pre_q - pre_mean^2`` and
+      ``corr`` (cosine similarity of the sample pairs ``(2i, 2i+1)`` among the
+      first :data:`CORR_SAMPLES`, averaged over pairs with nonzero norms);
+    - ``post=x`` (the activation output, before dropout) with ``act``:
+      ``post_*``, ``dead_frac`` (units exactly 0 for every sample) and
+      ``saturated_frac`` (on the first :data:`SAT_SAMPLES` samples: within 1% of
+      the range of a two-sided bounded activation, within 1% of a nonzero
+      one-sided bound (SELU/ELU's ``-lambda alpha``), exactly at a zero bound
+      (ReLU's 0); for unbounded activations ``|x| <= 1e-6 rms(x)``);
+    - ``inputs=x0``: ``post_*`` and ``corr`` of the network input (row 0);
+    - ``grad=g`` (gradient with respect to ``h``): ``grad_norm``, the root mean
+      square over samples of the L2 norm over units (float64).
+
+    ``sample_se`` (training) adds ``*_se`` columns: standard errors across the
+    batch's samples (of per-sample means, per-sample variances about the pooled
+    mean, pair correlations, squared gradient norms by the delta method).
+    Returns ``(stats, finite)``; ``finite`` is False when a moment overflowed.
+    """
+    out: dict = {}
+    finite = True
+    if inputs is not None:
+        m, q, ok = _moments(inputs)
+        out.update(post_mean=m, post_q=q, post_var=q - m * m, corr=_pair_corr(inputs))
+        finite &= ok
+        if sample_se:
+            out.update(_moment_se("post", inputs, m))
+            out["corr_se"] = _pair_corr_se(inputs)
+    if pre is not None:
+        m, q, ok = _moments(pre)
+        out.update(pre_mean=m, pre_q=q, pre_var=q - m * m, corr=_pair_corr(pre))
+        finite &= ok
+        if sample_se:
+            out.update(_moment_se("pre", pre, m))
+            out["corr_se"] = _pair_corr_se(pre)
+    if post is not None:
+        m, q, ok = _moments(post)
+        out.update(post_mean=m, post_q=q, post_var=q - m * m)
+        finite &= ok
+        if act is not None:
+            out["dead_frac"] = _dead(post)
+            out["saturated_frac"] = _saturated(post, act, q)
+        if sample_se:
+            out.update(_moment_se("post", post, m))
+    if grad is not None:
+        import torch
+
+        G = grad.shape[-2]
+        out["grad_norm"] = torch.linalg.vector_norm(grad, dim=(-2, -1), dtype=torch.float64) / math.sqrt(G)
+        if sample_se:
+            s = (grad.double() ** 2).sum(-1)
+            gn = out["grad_norm"]
+            se = s.std(dim=1) / math.sqrt(G) / (2 * gn)
+            out["grad_norm_se"] = torch.where((gn > 0) & torch.tensor(G > 1), se, torch.full_like(se, math.nan))
+    return out, bool(finite)
+
+
+def _moments(t):
+    """Per-network mean and second moment of ``t`` ``[S, B, N]``, and whether the entries are finite.
+
+    The fast reductions in ``t``'s dtype are exact enough for a healthy signal
+    but fail at both ends in float32: the squares of a vanishing signal
+    underflow (RMS below ~1e-19 gives q = 0 while every entry is still a normal
+    number) and the sums of an exploding one overflow while every entry is
+    finite. In those two cases (q below 1e-30 or not finite) the moments are
+    recomputed in float64, so q is right down to the smallest entries and
+    divergence means an inf/NaN entry.
+    """
+    import torch
+
+    cnt = t.shape[1] * t.shape[2]
+    mean = t.sum(dim=(1, 2)) / cnt
+    q = torch.linalg.vector_norm(t, dim=(1, 2)) ** 2 / cnt
+    total = float((q + mean.abs()).sum())  # one sync, no extra pass
+    if math.isfinite(total) and float(q.min()) > 1e-30:
+        return mean, q, True
+    if not bool(torch.isfinite(t).all()):
+        return mean, q, False
+    return (t.sum(dim=(1, 2), dtype=torch.float64) / cnt,
+            torch.linalg.vector_norm(t, dim=(1, 2), dtype=torch.float64) ** 2 / cnt, True)
+
+
+def _pairs(h):
+    import torch
+
+    k = min(h.shape[1], CORR_SAMPLES) // 2
+    if k == 0:
+        return None
+    v = h[:, : 2 * k].reshape(h.shape[0], k, 2, h.shape[2])
+    num = torch.linalg.vecdot(v[:, :, 0], v[:, :, 1])
+    norms = torch.linalg.vector_norm(v, dim=-1)
+    den = norms[:, :, 0] * norms[:, :, 1]
+    c = num / den
+    return torch.where(den > 0, c, torch.full_like(c, float("nan")))
+
+
+def _pair_corr(h):
+    """Cosine similarity of the pairs (2i, 2i+1) of the first samples, averaged over pairs: shape ``[S]``."""
+    import torch
+
+    c = _pairs(h)
+    if c is None:
+        return torch.full((h.shape[0],), float("nan"), dtype=h.dtype, device=h.device)
+    return torch.nanmean(c, dim=1)
+
+
+def _pair_corr_se(h):
+    import torch
+
+    c = _pairs(h)
+    if c is None:
+        return torch.full((h.shape[0],), float("nan"), dtype=h.dtype, device=h.device)
+    ok = torch.isfinite(c)
+    n = ok.sum(dim=1)
+    mean = torch.nanmean(c, dim=1, keepdim=True)
+    var = torch.where(ok, (c - mean) ** 2, torch.zeros_like(c)).sum(dim=1) / (n - 1).clamp(min=1)
+    se = torch.sqrt(var / n.clamp(min=1))
+    return torch.where(n > 1, se, torch.full_like(se, math.nan))
+
+
+def _moment_se(prefix, t, mean):
+    """Standard errors across samples of the pooled mean and variance (training's probe batch)."""
+    import torch
+
+    B = t.shape[1]
+    per_mean = t.mean(dim=2)
+    per_var = ((t - mean.view(-1, 1, 1)) ** 2).mean(dim=2)
+    nan = torch.full_like(mean, math.nan)
+    if B < 2:
+        return {f"{prefix}_mean_se": nan, f"{prefix}_var_se": nan}
+    return {f"{prefix}_mean_se": per_mean.std(dim=1) / math.sqrt(B), f"{prefix}_var_se": per_var.std(dim=1) / math.sqrt(B)}
+
+
+def _dead(x):
+    """Share of units that are exactly 0 for every sample, per network."""
+    zero = x.amax(dim=1) == 0
+    if bool(zero.any()):
+        zero &= x.amin(dim=1) == 0
+    return zero.sum(dim=1).to(x.dtype) / x.shape[2]
+
+
+def saturation_rule(act):
+    """``(lower, upper, zero_rel)``: the thresholds of :func:`measure`'s ``saturated_frac`` for ``act``."""
+    lo, hi = act.bounds
+    low = high = None
+    if math.isfinite(lo) and math.isfinite(hi):
+        tol = 0.01 * (hi - lo)
+        return lo + tol, hi - tol, None
+    if math.isfinite(lo):
+        low = lo + 0.01 * abs(lo) if lo != 0 else 0.0
+    if math.isfinite(hi):
+        high = hi - 0.01 * abs(hi) if hi != 0 else 0.0
+    if low is None and high is None:
+        return None, None, 1e-6
+    return low, high, None
+
+
+def _saturated(x, act, q):
+    import torch
+
+    S, _, n = x.shape
+    lo, hi, zero_rel = saturation_rule(act)
+    xs = x[:, :SAT_SAMPLES]
+    if zero_rel is not None:
+        thr = (zero_rel * torch.sqrt(q)).view(S, 1, 1).to(xs.dtype)
+        sat = (xs.abs() <= thr).sum(dim=(1, 2))
+    else:
+        sat = torch.zeros(S, dtype=torch.int64, device=x.device)
+        if lo is not None:
+            sat = sat + (xs <= lo).sum(dim=(1, 2))
+        if hi is not None:
+            sat = sat + (xs >= hi).sum(dim=(1, 2))
+    return sat.to(x.dtype) / (xs.shape[1] * n)
+
+
+# ----------------------------------------------------------------------------
+# across networks, and against theory
+
+
+def aggregate(per_seed, config: str | None = None, spec=None):
+    """Mean over networks and standard error across networks (``*_se``), per layer, of a per-network table."""
+    import numpy as np
+
+    rows = []
+    for layer, grp in per_seed.groupby("layer", sort=True):
+        rec = {"layer": int(layer), "width": int(grp["width"].iloc[0])}
+        S = len(grp)
+        for c in STAT_COLUMNS:
+            v = grp[c].to_numpy(dtype=float)
+            with np.errstate(invalid="ignore", over="ignore"):
+                rec[c] = float(np.mean(v)) if not np.all(np.isnan(v)) else float("nan")
+                if c in SE_COLUMNS:
+                    rec[c + "_se"] = float(np.std(v, ddof=1) / math.sqrt(S)) if S > 1 else float("nan")
+        rec["diverged"] = bool(grp["diverged"].any())
+        rows.append(rec)
+    return layer_table(rows, source="simulation", config=config, spec=spec)
+
+
+#: Statistics compared with theory.
+COMPARED = ("pre_mean", "pre_var", "pre_q", "post_mean", "post_var", "post_q", "corr", "grad_norm")
+
+
+def finite_width_allowance(widths, layer: int) -> float:
+    """Relative allowance for finite-width bias at ``layer``: ``sum_{k<=layer} 1 / n_k``.
+
+    Mean-field theory is exact at infinite width. At width ``n`` each layer's
+    moments get a systematic relative correction of order ``1/n`` (the
+    pre-activation variance of a unit fluctuates by ``O(1/sqrt(n))`` around
+    ``q`` and the moment map is curved, so its average shifts by
+    ``O(var(q)) = O(1/n)``); corrections carry forward through the layers, so
+    we allow their sum with unit constant. The random part of the
+    finite-width spread (which grows like ``sqrt(layer / n)``) is not in this
+    allowance: it is in the standard error across networks.
+    """
+    layer = max(0, min(int(layer), len(widths) - 1))
+    return float(sum(1.0 / widths[k] for k in range(1, layer + 1)))
+
+
+def compare_with_theory(table, theory_df, spec, n_se: float = 4.0):
+    """Add ``theory_<stat>`` columns, ``ratio = pre_var / theory_pre_var``, ``judged`` and ``disagree``.
+
+    A statistic disagrees at a layer when ``|measured - theory| > n_se * SE +
+    allowance``, where SE is the standard error across networks and the
+    allowance is :func:`finite_width_allowance` times a scale: ``|theory|`` for
+    variances, second moments and gradient norms (for ``grad_norm`` the sum
+    runs over all layers, since the backward pass crosses every layer), the
+    RMS ``sqrt(theory q)`` for means, and 1 for ``corr``. ``disagree_in``
+    lists the statistics that disagree. An SE from a handful of networks is
+    itself uncertain, so each layer's SE is floored by the median SE of the
+    layers within 3 of it (SEs change smoothly with depth); otherwise a
+    per-layer 4 SE test over 50 layers and 8 statistics flags by chance.
+
+    Without a standard error (one network) there is no statistical error to
+    judge against: ``judged`` is False and nothing is flagged.
+    """
+    import numpy as np
+    import pandas as pd
+
+    th = theory_df.set_index("layer")
+    out = table.copy()
+    widths = spec.widths
+    flags = [[] for _ in range(len(out))]
+    se_cols = [c + "_se" for c in COMPARED if c + "_se" in out.columns]
+    judged = bool(se_cols) and bool(np.isfinite(out[se_cols].to_numpy(dtype=float)).any())
+    for c in COMPARED:
+        if c not in th.columns:
+            continue
+        t = out["layer"].map(th[c]).astype(float)
+        out["theory_" + c] = t
+        if not judged:
+            continue
+        se = out[c + "_se"] if c + "_se" in out.columns else pd.Series(0.0, index=out.index)
+        # SEs vary smoothly with depth; floor each by the median of its neighbours (+-3 layers)
+        se = np.maximum(se.fillna(0.0), se.rolling(7, center=True, min_periods=1).median().fillna(0.0))
+        for i, (lay, m, tv, s) in enumerate(zip(out["layer"], out[c], t, se)):
+            if not (np.isfinite(tv) and np.isfinite(m)):
+                continue
+            allow = _allowance(c, lay, tv, th, widths)
+            if abs(m - tv) > n_se * s + allow + 1e-12 * abs(tv):
+                flags[i].append(c)
+    if "theory_pre_var" in out.columns:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["ratio"] = out["pre_var"] / out["theory_pre_var"]
+    out["judged"] = judged
+    out["disagree"] = [bool(f) for f in flags]
+    out["disagree_in"] = [",".join(f) for f in flags]
+    return out
+
+
+def _allowance(stat, layer, theory_value, th, widths) -> float:
+    import numpy as np
+
+    if stat == "grad_norm":
+        return finite_width_allowance(widths, len(widths) - 1) * abs(theory_value)
+    if stat.endswith("_mean"):
+        qcol = "pre_q" if stat.startswith("pre") else "post_q"
+        qt = th[qcol].get(layer, np.nan) if qcol in th.columns else np.nan
+        scale = math.sqrt(qt) if np.isfinite(qt) and qt > 0 else abs(theory_value)
+        return finite_width_allowance(widths, layer) * scale
+    if stat == "corr":
+        return finite_width_allowance(widths, layer)
+    return finite_width_allowance(widths, layer) * abs(theory_value)

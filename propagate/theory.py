@@ -45,6 +45,7 @@ from scipy import optimize, special
 
 from propagate.activations import Activation, get_activation, selu_constants
 from propagate.errors import UserError
+from propagate.layers import OVERFLOW_Q, Moments, fold_moments, moment_gradients
 
 __all__ = [
     "gaussian_expectation",
@@ -60,14 +61,13 @@ __all__ = [
     "critical_sigma_w2",
     "critical_line",
     "variance_preserving_gain",
+    "grad_moment",
     "snn_moment_map",
     "predict_layers",
     "TheoryResult",
     "analyze",
 ]
 
-#: Values of q beyond this count as overflow (the row is flagged ``diverged``).
-OVERFLOW_Q = 1e300
 #: |chi_1 - 1| below this is reported as "critical".
 CRITICAL_TOL = 1e-6
 
@@ -214,7 +214,8 @@ def _pair_closed_form(act: Activation, q: float, c: float, derivative: bool):
         return a * a * q * c + a * (1 - a) * q * c + (1 - a) ** 2 * k1
     if fam == "erf":
         if derivative:
-            return (4 / math.pi) / math.sqrt((1 + 2 * q) ** 2 - (2 * q * c) ** 2)
+            r = 2 * q * c / (1 + 2 * q)  # factored so that q up to 1e300 does not overflow when squared
+            return (4 / math.pi) / ((1 + 2 * q) * math.sqrt((1 - r) * (1 + r)))
         return (2 / math.pi) * math.asin(2 * q * c / (1 + 2 * q))
     return None
 
@@ -283,7 +284,7 @@ def _moments(act: Activation, q: float, mean: float = 0.0) -> tuple[float, float
     return float(np.dot(w, y)), float(np.dot(w, y * y))
 
 
-def _grad_moment(act: Activation, q: float, mean: float = 0.0) -> float:
+def grad_moment(act: Activation, q: float, mean: float = 0.0) -> float:
     """E[phi'(h)^2], h ~ N(mean, q); at ``q = 0`` on a kink, the limit (mean of the squared one-sided slopes)."""
     if q == 0 and float(mean) in act.kinks:
         q = 1e-300
@@ -308,7 +309,7 @@ def _layer_moments(act: Activation, q: float, c: float) -> tuple[float, float, f
     closed = q == 0 or (act.moments is not None and act.moments(0.0, q) is not None)
     if closed or _inner_mean(act) is not None or _pair_closed_form(act, q, c, False) is not None or act.kinks:
         m1, m2 = _moments(act, q)
-        g2 = _grad_moment(act, q)
+        g2 = grad_moment(act, q)
         pab = m2 if c >= 1.0 else gaussian_pair_expectation(act, q, c)
         return m1, m2, g2, pab
     s = math.sqrt(q)
@@ -360,6 +361,21 @@ def correlation_map(activation, sigma_w2: float, sigma_b2: float, q: float, c):
     return float(out) if out.ndim == 0 else out
 
 
+def _check_bounded_overflow(act, sw2: float, sb2: float) -> float:
+    """The cap ``sigma_w^2 sup phi^2 + sigma_b^2`` of ``q`` (``inf`` for an unbounded activation).
+
+    A bounded activation always has a finite ``q*`` below it; a sigma_w2 that puts
+    the cap beyond :data:`OVERFLOW_Q` (where rows count as overflow) is refused (UserError)."""
+    lo, hi = act.bounds
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return math.inf
+    cap = sw2 * max(lo * lo, hi * hi) + sb2
+    if cap > OVERFLOW_Q:
+        raise UserError(f"sigma_w2 = {sw2:g} with the bounded {act.name} puts q* near {cap:.3g}, beyond {OVERFLOW_Q:g} "
+                        f"where float64 arithmetic on q counts as overflow; use sigma_w2 <= {OVERFLOW_Q:g}")
+    return cap
+
+
 def fixed_point_q(activation, sigma_w2: float, sigma_b2: float, q0: float = 1.0, *, tol: float = 1e-13, max_iter: int = 400) -> float:
     """The fixed point ``q*`` reached by iterating the length map from ``q0``.
 
@@ -373,9 +389,10 @@ def fixed_point_q(activation, sigma_w2: float, sigma_b2: float, q0: float = 1.0,
     act = get_activation(activation)
     sw2, sb2 = _check_var("sigma_w2", sigma_w2), _check_var("sigma_b2", sigma_b2)
     q = _check_var("q0", q0)
+    cap = _check_bounded_overflow(act, sw2, sb2)
 
-    def L(x):
-        return sw2 * _moments(act, x)[1] + sb2
+    def L(x):  # quadrature may round E[phi^2] above sup phi^2; the bound is exact
+        return min(sw2 * _moments(act, x)[1] + sb2, cap)
 
     for _ in range(40):
         qn = L(q)
@@ -391,6 +408,8 @@ def fixed_point_q(activation, sigma_w2: float, sigma_b2: float, q0: float = 1.0,
             hi *= 2.0
             if hi > OVERFLOW_Q or g(hi) <= 0:
                 break
+        if hi > OVERFLOW_Q and math.isfinite(cap):
+            hi = cap  # L(cap) <= cap: the bound is an upper bracket
         if hi > OVERFLOW_Q:
             return math.inf
         return float(optimize.brentq(g, q, hi, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=max_iter))
@@ -420,7 +439,7 @@ def chi_1(activation, sigma_w2: float, sigma_b2: float = 0.0, q: float | None = 
     act = get_activation(activation)
     sw2 = _check_var("sigma_w2", sigma_w2)
     q = _q_at(act, sw2, sigma_b2, q)
-    return sw2 * _grad_moment(act, float(q))
+    return sw2 * grad_moment(act, float(q))
 
 
 def _large_q(act, sw2, sb2, q0=1.0, steps=200):
@@ -434,51 +453,67 @@ def _large_q(act, sw2, sb2, q0=1.0, steps=200):
     return q
 
 
+#: Where the large-q limit is evaluated when q grows without bound (q* = inf).
+LIMIT_Q = 1e100
+
+
 def fixed_point_c(activation, sigma_w2: float, sigma_b2: float = 0.0, q: float | None = None) -> float:
     """The stable fixed point ``c*`` of the correlation map at ``q`` (default ``q*``).
 
     ``c = 1`` is always a fixed point; it is the stable one when ``chi_1 <= 1``.
     In the chaotic phase (``chi_1 > 1``) ``c*`` is the fixed point in ``[0, 1)``,
-    found by Brent's method. ``nan`` when ``q* = 0`` (no signal left).
+    found by Brent's method. ``nan`` when ``q* = 0`` (no signal left). For
+    ``q = inf`` (no finite fixed point) the limit of large ``q`` (at :data:`LIMIT_Q`).
     """
     act = get_activation(activation)
     sw2, sb2 = _check_var("sigma_w2", sigma_w2), _check_var("sigma_b2", sigma_b2)
     if q is None:
         q = fixed_point_q(act, sw2, sb2)
     if not math.isfinite(q):
-        q = _large_q(act, sw2, sb2)
+        # q grows without bound: the c-map's large-q limit. The map is a ratio, so sigma_w2 is scaled out
+        # of it and no second moment overflows, however large sigma_w2 is.
+        q, sw2, sb2 = LIMIT_Q, 1.0, sb2 / sw2
     if q == 0:
         return math.nan
-    x1 = sw2 * _grad_moment(act, q) * q / (sw2 * _moments(act, q)[1] + sb2)  # c-map slope at c = 1
+    x1 = sw2 * grad_moment(act, q) * q / (sw2 * _moments(act, q)[1] + sb2)  # c-map slope at c = 1
     if x1 <= 1 + CRITICAL_TOL:
         return 1.0
     f = lambda c: correlation_map(act, sw2, sb2, q, c) - c  # noqa: E731
-    lo, hi = 0.0, 1.0 - 1e-7
+    lo = 0.0
     if f(lo) < 0:
         lo = -1.0 + 1e-12
         if f(lo) < 0:
             return math.nan
-    if f(hi) > 0:
-        return 1.0
-    return float(optimize.brentq(f, lo, hi, xtol=1e-15, rtol=1e-14))
+    # f is convex on [0, 1] with f(1) = 0 and slope x1 > 1 there, so it is >= 0 below c* and < 0 between c* and 1:
+    # bracket c* from below. (Probing only next to 1 is wrong at large q: there the pair quadrature cannot
+    # resolve 1 - c << 1, e.g. tanh at sigma_w2 = 1e20 gave c* = 1 instead of 0.)
+    for k in range(1, 8):
+        hi = 1.0 - 10.0 ** -k
+        if hi > lo and f(hi) < 0:
+            return float(optimize.brentq(f, lo, hi, xtol=1e-15, rtol=1e-14))
+        lo = max(lo, hi)
+    return 1.0
 
 
 def chi_c(activation, sigma_w2: float, sigma_b2: float = 0.0, q: float | None = None, c: float | None = None) -> float:
-    """``chi_c = sigma_w^2 E[phi'(u_a) phi'(u_b)]`` at ``(q, c)`` (default ``(q*, c*)``)."""
+    """``chi_c = sigma_w^2 E[phi'(u_a) phi'(u_b)]`` at ``(q, c)`` (default ``(q*, c*)``; for ``q = inf`` the large-q limit)."""
     act = get_activation(activation)
-    sw2 = _check_var("sigma_w2", sigma_w2)
-    q = _q_at(act, sw2, sigma_b2, q)
+    sw2, sb2 = _check_var("sigma_w2", sigma_w2), _check_var("sigma_b2", sigma_b2)
+    if q is None:
+        q = fixed_point_q(act, sw2, sb2)
     if c is None:
-        c = fixed_point_c(act, sw2, sigma_b2, q)
+        c = fixed_point_c(act, sw2, sb2, q)
     if not math.isfinite(c):
         return math.nan
+    if not math.isfinite(q):
+        q = LIMIT_Q  # as fixed_point_c: the large-q limit
     return sw2 * gaussian_pair_expectation(act, q, c, derivative=True)
 
 
 def _chi_q(act, sw2, sb2, q):
     """``dq'/dq`` at ``q``: Richardson-extrapolated central difference of the length map."""
     if q == 0:
-        return sw2 * _grad_moment(act, 0.0)  # d/dq E[phi(sqrt q z)^2] -> phi'(0)^2 + phi(0) phi''(0); phi''(0) = 0 here
+        return sw2 * grad_moment(act, 0.0)  # d/dq E[phi(sqrt q z)^2] -> phi'(0)^2 + phi(0) phi''(0); phi''(0) = 0 here
     L = lambda x: sw2 * _moments(act, x)[1]  # noqa: E731
 
     def d(hrel):
@@ -556,15 +591,15 @@ def critical_sigma_w2(activation, sigma_b2: float = 0.0) -> tuple[float, float]:
     act = get_activation(activation)
     sb2 = _check_var("sigma_b2", sigma_b2)
     if act.family in _HOMOGENEOUS:
-        sw2 = 1.0 / _grad_moment(act, 1.0)
+        sw2 = 1.0 / grad_moment(act, 1.0)
         return sw2, (1.0 if sb2 == 0 else math.inf)
 
     def h(q):
-        return q - _moments(act, q)[1] / _grad_moment(act, q) - sb2
+        return q - _moments(act, q)[1] / grad_moment(act, q) - sb2
 
     if sb2 == 0 and float(act.numpy(np.zeros(1))[0]) == 0.0:
         # q = 0 is a fixed point; chi_1 there is sigma_w^2 lim_{q->0} E[phi'^2] (both one-sided slopes at a kink)
-        g0 = _grad_moment(act, 1e-24)
+        g0 = grad_moment(act, 1e-24)
         if g0 > 0:
             return 1.0 / g0, 0.0
     lo = 1e-12
@@ -583,7 +618,7 @@ def critical_sigma_w2(activation, sigma_b2: float = 0.0) -> tuple[float, float]:
             lo, hi = grid[i], grid[i + 1]
             break
     qs = float(optimize.brentq(h, lo, hi, xtol=1e-300, rtol=1e-15))
-    return 1.0 / _grad_moment(act, qs), qs
+    return 1.0 / grad_moment(act, qs), qs
 
 
 def critical_line(activation, sigma_b2_values: Iterable[float]):
@@ -633,63 +668,51 @@ def snn_moment_map(activation, mu: float, nu: float, omega: float = 0.0, tau: fl
 # per-layer predictions for a whole spec
 
 
-def _alpha_dropout_consts(p: float) -> tuple[float, float, float]:
-    """torch.nn.AlphaDropout's affine correction ``(a, b, alpha')``, keep probability ``1 - p``."""
-    lam, alpha = selu_constants()
-    ap = -lam * alpha
-    keep = 1.0 - p
-    a = (keep + ap * ap * keep * (1 - keep)) ** -0.5
-    b = -a * ap * (1 - keep)
-    return a, b, ap
-
-
 def predict_layers(spec, *, input_q: float | None = None, input_mean: float | None = None, input_corr: float | None = None, config: str | None = None):
     """Mean-field prediction of every layer of ``spec``: the :mod:`propagate.stats` table.
 
     Row 0 is the input (``post_mean``, ``post_var``, ``post_q``, ``corr``);
     rows ``l = 1..depth`` give ``pre_mean = 0`` (zero-mean weights), ``pre_var =
-    pre_q = sigma_w2_l post_q_{l-1} + sigma_b2_l``, the post-activation moments,
-    the pair correlation ``corr`` of the pre-activations of two inputs, and
-    ``grad_norm`` (``grad_norm_depth^2 = E[phi'(h^depth)^2]``,
-    ``grad_norm_l^2 = grad_norm_{l+1}^2 sigma_w2_{l+1} E[phi'(h^l)^2]`` times
-    the dropout and BN factors below), plus ``sigma_w2``, ``sigma_b2`` and
-    ``diverged`` columns. Widths enter only through each layer's ``sigma_w^2``.
+    pre_q`` (``sigma_w2_l`` times the second moment of the layer's input plus
+    ``sigma_b2_l``), the post-activation moments, the pair correlation
+    ``corr`` of the pre-activations of two inputs, and ``grad_norm`` for the
+    random readout ``y = r . x^depth / sqrt(n_depth)`` (``E||dy/dx^depth||^2 = 1``),
+    plus ``sigma_w2``, ``sigma_b2`` and ``diverged`` columns. Widths enter
+    only through each layer's ``sigma_w^2``.
+
+    The table is a fold of the moment state over the spec's layer operations
+    (:func:`propagate.layers.fold_moments`): each op's mean-field map and
+    gradient factor is documented on its class in :mod:`propagate.layers`
+    (Dense, BatchNorm, LayerNorm, Activation, Dropout, AlphaDropout,
+    Residual). ``grad_norm^2`` at ``h^l`` is the product of the factors of
+    every op after layer ``l``'s Dense (for a residual block, ``s^2 + R^2``
+    times its branch's).
 
     Inputs: ``input_mean`` and variance default to ``spec.input_mean`` /
     ``spec.input_var``; ``input_q`` (second moment) overrides the variance;
     ``input_corr`` (uncentered correlation of two inputs) defaults to
     ``m^2 / (m^2 + v)``, that of two independent inputs.
 
-    Between layers (``x^l`` is ``phi(h^l)``; ``post_*`` describe it before dropout):
-
-    - dropout ``p`` (inverted): the next layer sees second moment
-      ``post_q / (1 - p)`` and unchanged cross moment (independent masks);
-      gradients pick up ``1 / (1 - p)`` per layer.
-    - alpha dropout ``p`` (torch's, ``alpha' = -lambda alpha`` of selu): with
-      ``keep = 1 - p``, ``x~ = a (x m + alpha' (1 - m)) + b``, so
-      ``E[x~^2] = a^2 (keep E[x^2] + (1-keep) alpha'^2) + 2 a b (keep mu + (1-keep) alpha') + b^2``
-      and likewise for the cross moment; at the selu fixed point it keeps
-      (0, 1). Gradients pick up ``a^2 keep``.
-    - batchnorm (train mode at init, gamma 1, beta 0, large batch) on the input
-      of layers ``2..depth``: each unit is centered and scaled by its batch
-      statistics. The per-unit batch variance averages to
-      ``v_w = E[x^2] - E[x_a x_b]`` (second moment minus the cross moment of
-      two inputs, i.e. the part of the variance not shared by the batch); the
-      output has second moment ``v_w / (v_w + eps)`` (the unit-to-unit spread
-      of ``v`` is neglected: exact for ``eps -> 0``) and cross moment 0
-      (centering over a batch of ``B`` makes the mean pair product
-      ``-1/(B-1)`` times the second moment; we take ``B -> inf``). Hence with
-      BN the pre-activation correlation of layers >= 2 is
-      ``sigma_b^2 / q``. Gradients pick up ``1 / (v_w + eps)``.
-
     Overflow (``q > 1e300``), inf or NaN marks the row and all later rows
-    ``diverged`` (their values inf/NaN); it does not raise.
+    ``diverged`` (their values inf/NaN, ``grad_norm`` NaN); it does not raise.
     """
     from propagate.stats import layer_table
 
-    act = spec.act
-    sw2s, sb2s = spec.sigma_w2(), spec.sigma_b2()
-    depth = spec.depth
+    state, row0 = _input_state(spec, input_q, input_mean, input_corr)
+    rows: dict = {0: row0}
+    with np.errstate(all="ignore"):
+        final, trace = fold_moments(spec.compile(), state, _LayerExpectations(), rows)
+        log_g: dict = {}
+        moment_gradients(trace, 0.0, log_g)
+    diverged = final.diverged or any(r.get("diverged") for r in rows.values())
+    ordered = [rows[l] for l in sorted(rows)]
+    for r in ordered[1:]:
+        r["grad_norm"] = math.nan if diverged else float(np.exp(0.5 * log_g.get(r["layer"], math.nan)))
+    return layer_table(ordered, source="theory", config=config if config is not None else spec.label(), spec=spec)
+
+
+def _input_state(spec, input_q, input_mean, input_corr) -> tuple[Moments, dict]:
+    """The moment state of the network input and its row 0."""
     m0 = float(spec.input_mean if input_mean is None else input_mean)
     if not math.isfinite(m0):
         raise UserError(f"input mean must be finite, got {m0}")
@@ -708,81 +731,29 @@ def predict_layers(spec, *, input_q: float | None = None, input_mean: float | No
         c0 = float(input_corr)
         if not -1 <= c0 <= 1:
             raise UserError(f"input correlation must be in [-1, 1], got {c0}")
-    p_drop, p_adrop, eps = float(spec.dropout), float(spec.alpha_dropout), float(spec.bn_eps)
-    if p_adrop:
-        ad_a, ad_b, ad_ap = _alpha_dropout_consts(p_adrop)
+    row0 = {"layer": 0, "width": spec.widths[0], "post_mean": m0, "post_var": v0, "post_q": q0, "corr": c0,
+            "sigma_w2": math.nan, "sigma_b2": math.nan, "diverged": False}
+    return Moments(m0, q0, c0 * q0), row0
 
-    rows = [{"layer": 0, "width": spec.widths[0], "post_mean": m0, "post_var": v0, "post_q": q0, "corr": c0,
-             "sigma_w2": math.nan, "sigma_b2": math.nan, "diverged": False}]
-    log_g = np.full(depth + 1, math.nan)  # log E[phi'(h^l)^2]
-    log_link = np.zeros(depth + 2)  # log of the extra gradient factor between layer l and l+1 (dropout, BN)
-    Q, QAB = q0, c0 * q0  # second and cross moment of the next layer's input
-    diverged = False
-    recent: dict = {}
-    with np.errstate(all="ignore"):
-        for l in range(1, depth + 1):
-            sw2, sb2 = sw2s[l - 1], sb2s[l - 1]
-            row = {"layer": l, "width": spec.widths[l], "sigma_w2": sw2, "sigma_b2": sb2}
-            if diverged:
-                row.update(pre_mean=0.0, pre_var=math.inf, pre_q=math.inf, post_mean=math.nan, post_var=math.nan,
-                           post_q=math.nan, corr=math.nan, diverged=True)
-                rows.append(row)
-                continue
-            if spec.batchnorm and l >= 2:
-                vw = max(Q - QAB, 0.0)
-                log_link[l - 1] += -math.log(vw + eps)
-                Q, QAB = vw / (vw + eps), 0.0
-            q = sw2 * Q + sb2
-            qab = sw2 * QAB + sb2
-            if not math.isfinite(q) or q > OVERFLOW_Q or not math.isfinite(qab):
-                diverged = True
-                row.update(pre_mean=0.0, pre_var=math.inf, pre_q=math.inf, post_mean=math.nan, post_var=math.nan,
-                           post_q=math.nan, corr=math.nan, diverged=True)
-                rows.append(row)
-                continue
-            c = qab / q if q > 0 else 1.0
-            key = (q, c)
-            if key in recent:  # converged stacks repeat (or alternate in the last bit)
-                m1, m2, g2, pab = recent[key]
-            else:
-                m1, m2, g2, pab = _layer_moments(act, q, c)
-                if len(recent) > 8:
-                    recent.pop(next(iter(recent)))
-                recent[key] = (m1, m2, g2, pab)
-            bad = not all(math.isfinite(x) for x in (m1, m2, g2, pab))
-            row.update(pre_mean=0.0, pre_var=q, pre_q=q, post_mean=m1, post_var=m2 - m1 * m1, post_q=m2,
-                       corr=c, diverged=bad)
-            rows.append(row)
-            if bad:
-                diverged = True
-                continue
-            log_g[l] = math.log(g2) if g2 > 0 else -math.inf
-            if p_drop:
-                Q, QAB = m2 / (1 - p_drop), pab
-                log_link[l] += -math.log(1 - p_drop)
-            elif p_adrop:
-                keep = 1 - p_adrop
-                s1 = keep * m1 + (1 - keep) * ad_ap
-                Q = ad_a ** 2 * (keep * m2 + (1 - keep) * ad_ap ** 2) + 2 * ad_a * ad_b * s1 + ad_b ** 2
-                cross = keep ** 2 * pab + 2 * keep * (1 - keep) * ad_ap * m1 + (1 - keep) ** 2 * ad_ap ** 2
-                QAB = ad_a ** 2 * cross + 2 * ad_a * ad_b * s1 + ad_b ** 2
-                log_link[l] += math.log(ad_a ** 2 * keep)
-            else:
-                Q, QAB = m2, pab
-        # backward pass for the gradient norms, in log space
-        log_gn = np.full(depth + 1, math.nan)
-        if depth >= 1 and not math.isnan(log_g[depth]):
-            log_gn[depth] = log_g[depth]
-            for l in range(depth - 1, 0, -1):
-                if math.isnan(log_g[l]):
-                    break
-                log_gn[l] = log_gn[l + 1] + math.log(sw2s[l]) + log_g[l] + log_link[l] if sw2s[l] > 0 else -math.inf
-        for l in range(1, depth + 1):
-            rows[l]["grad_norm"] = float(np.exp(0.5 * log_gn[l]))
-    for r in rows:
-        if r.get("layer", 0) >= 1 and r["diverged"]:
-            r["grad_norm"] = math.nan
-    return layer_table(rows, source="theory", config=config if config is not None else spec.label())
+
+class _LayerExpectations:
+    """``(act, q, c) -> (E[phi], E[phi^2], E[phi'^2], E[phi(u_a) phi(u_b)])`` for the layer ops, remembering recent answers.
+
+    Converged stacks ask the same ``(q, c)`` again and again (or alternate in
+    the last bit), so the last few answers are kept.
+    """
+
+    def __init__(self, keep: int = 8):
+        self.keep = keep
+        self.recent: dict = {}
+
+    def __call__(self, act, q, c):
+        key = (act.name, q, c)
+        if key not in self.recent:
+            if len(self.recent) > self.keep:
+                self.recent.pop(next(iter(self.recent)))
+            self.recent[key] = _layer_moments(act, q, c)
+        return self.recent[key]
 
 
 # ----------------------------------------------------------------------------
@@ -846,6 +817,9 @@ def analyze(activation, sigma_w2: float, sigma_b2: float = 0.0, depth: int = 50,
     if spec is None:
         if not isinstance(depth, int) or depth < 1:
             raise UserError(f"depth must be a whole number >= 1, got {depth!r}")
+        from propagate.limits import check_depth
+
+        check_depth(depth)  # before a widths tuple of that length is built
         spec = NetworkSpec(widths=(width,) * (depth + 1), activation=activation if isinstance(activation, str) else act.name,
                            init=f"normal:{sw2!r}", bias_var=sb2)
     table = predict_layers(spec, input_q=input_q, input_corr=input_corr)
@@ -857,16 +831,11 @@ def analyze(activation, sigma_w2: float, sigma_b2: float = 0.0, depth: int = 50,
         ok = np.isfinite(pre) & (pre > 0)
         idx = np.flatnonzero(ok)
         growth = float(pre[idx[-1]] / pre[idx[-2]]) if len(idx) >= 2 else math.inf
-    q_eval = qs if finite else _large_q(act, sw2, sb2)
-    x1 = sw2 * _grad_moment(act, q_eval)
-    if finite:
-        cs = fixed_point_c(act, sw2, sb2, qs)
-        xc = chi_c(act, sw2, sb2, qs, cs) if math.isfinite(cs) else math.nan
-        xq = _chi_q(act, sw2, sb2, qs)
-    else:
-        cs = fixed_point_c(act, sw2, sb2, q_eval)
-        xc = chi_c(act, sw2, sb2, q_eval, cs) if math.isfinite(cs) else math.nan
-        xq = growth
+    q_eval = qs if finite else LIMIT_Q  # no finite fixed point: the slopes' large-q limit
+    x1 = sw2 * grad_moment(act, q_eval)
+    cs = fixed_point_c(act, sw2, sb2, qs)
+    xc = chi_c(act, sw2, sb2, qs, cs) if math.isfinite(cs) else math.nan
+    xq = _chi_q(act, sw2, sb2, qs) if finite else growth
     xi_q = _xi(xq) if finite else math.inf
     xi_c = _xi(xc)
     return TheoryResult(activation=act.name, sigma_w2=sw2, sigma_b2=sb2, q_star=qs, c_star=cs, chi_1=x1, chi_c=xc,

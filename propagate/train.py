@@ -1,4 +1,4 @@
-"""Training lens: train a spec's network on MNIST and record per-layer statistics as it learns.
+"""Training lens: train a spec's networks on MNIST, many seeds at once, and record per-layer statistics.
 
 :func:`train` runs the seed's Keras recipe in torch (defaults of
 :class:`TrainOptions`): RMSprop (lr 1e-3, rho 0.9 = torch ``alpha``, eps 1e-7
@@ -8,7 +8,22 @@ probabilities to [1e-7, 1 - 1e-7], which only matters for losses above ~16),
 batch 128, 3 epochs, the training set reshuffled every epoch. BN keeps
 torch's running variance (unbiased batch variance, as Keras >= 2.1.3 does).
 
-Metrics per epoch (one row of ``TrainResult.history``):
+Ensembles. ``seeds`` (or ``options.seeds``) trains ``N`` independent networks
+of one configuration, seeds ``options.seed .. options.seed + N - 1``, as one
+batched model (:func:`propagate.spec.build_model` with ``seeds``: weights
+stacked along a leading seed dimension, ``torch.baddbmm``). Seed ``k`` has the
+initial weights and the shuffling order of a single run with ``seed=k``
+(each epoch's order depends only on ``(k, epoch)``), and its loss is its own
+batch mean: the loss minimised is the *sum* over seeds of each seed's mean
+loss, so every seed's gradient is exactly its single-run gradient, and
+RMSprop/Adam/SGD, which act elementwise, update every seed as its single run
+would. Nothing couples the seeds (no gradient clipping; BatchNorm statistics
+and running averages are per seed). Seed ``k`` of an ensemble therefore
+matches the single run ``seed=k`` to float32 round-off (tested), except with
+dropout: the model draws the masks of all seeds from one random stream, so the
+masks are independent across seeds but differ from a single run's.
+
+Metrics per seed and epoch (one row of ``TrainResult.history``):
 
 - ``loss``, ``acc``: Keras' running numbers, the mean over the epoch's samples
   of the per-batch loss/accuracy measured in train mode (BN with batch
@@ -17,26 +32,40 @@ Metrics per epoch (one row of ``TrainResult.history``):
   statistics);
 - ``train_eval_acc``: accuracy on (a fixed prefix of) the training split in eval
   mode after the epoch, so train-mode vs inference-mode BN is visible;
-- ``seconds``: wall time of the epoch's optimization steps.
+- ``seconds``: wall time of the epoch's optimization steps (of the whole
+  ensemble: the seeds train together).
+
+``TrainResult.summary`` (``summary.csv`` of a run folder) gives, per epoch,
+each metric's mean over seeds and its 95% Student t confidence interval
+(:func:`propagate.confidence.summarize_seeds`): columns ``<metric>_mean``,
+``<metric>_ci_low``, ``<metric>_ci_high`` and ``n_seeds`` (no interval with one
+seed).
 
 Per-layer statistics (``TrainResult.layers``, the :mod:`propagate.stats` table
-with ``source="training"``) are measured on a fixed probe batch (the first
-``probe_size`` training images) at initialization (``epoch = 0``) and after
-every epoch, with ``mode="eval"`` (running BN statistics, no dropout) and, for
-BN networks, also ``mode="train"`` (batch statistics). Probing never changes
-the training: BN running statistics and the random number state are restored.
-``grad_norm`` is the gradient of the per-sample cross-entropy (one sample's
-loss, not the batch mean) with respect to each pre-activation ``h^l``.
+with ``source="training"`` and a ``seed`` column, computed by
+:func:`propagate.stats.measure`) are measured on a fixed probe batch (the
+first ``probe_size`` training images, the same for every seed) at
+initialization (``epoch = 0``) and after every epoch, with ``mode="eval"``
+(running BN statistics, no dropout) and, for BN networks, also
+``mode="train"`` (batch statistics). Probing never changes the training: BN
+running statistics and the random number state are restored. ``grad_norm``
+is the gradient of the per-sample cross-entropy (one sample's loss, not the
+batch mean) with respect to each pre-activation ``h^l``.
 
-Divergence is a result: the first non-finite batch loss ends the run, the
-partial epoch is recorded with ``diverged=True`` and the status is
-``"diverged"``.
+Divergence is a result, per seed: a seed's first non-finite batch loss ends
+that seed's training (its weights stay as they were before that batch), its
+partial epoch is recorded with ``diverged=True``; the other seeds go on.
 
 Resumable runs: with ``run_dir``, after every epoch the metrics, the layer
-statistics and a checkpoint (model, optimizer, random state) are written
-atomically; a later call with ``resume=True`` continues from the last finished
-epoch and gives the same numbers as an uninterrupted run, because each epoch's
-shuffle depends only on ``(seed, epoch)``.
+statistics and a checkpoint (each seed's weights, optimizer state and status,
+and the random state) are written atomically; a later call with
+``resume=True`` continues every seed from its last finished epoch and gives the
+same numbers as an uninterrupted run, because each epoch's shuffle depends only
+on ``(seed, epoch)``. Asking for more seeds than a folder holds trains the new
+seeds from scratch (a separate ensemble) and keeps the old ones.
+
+Memory: before any work, an ensemble whose estimated working set
+(:func:`estimate_memory`) exceeds the device's limit is refused with one line.
 """
 
 from __future__ import annotations
@@ -49,7 +78,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from propagate.errors import UserError
 from propagate.presets import PRESETS, Preset, get_preset, list_presets
@@ -59,6 +88,10 @@ __all__ = [
     "TrainResult",
     "train",
     "probe_layer_stats",
+    "estimate_memory",
+    "check_memory",
+    "seed_list",
+    "summarize_history",
     "reproduce",
     "summary_markdown",
     "format_epoch_line",
@@ -67,15 +100,23 @@ __all__ = [
     "Preset",
     "PRESETS",
     "OPTIMIZERS",
+    "METRICS",
 ]
 
 OPTIMIZERS = ("rmsprop", "sgd", "adam")
 
+#: The per-seed metrics of an epoch (columns of ``history``), summarized over seeds in ``summary``.
+METRICS = ("loss", "acc", "val_loss", "val_acc", "train_eval_acc")
+
 # Files of a run folder.
 HISTORY_FILE, LAYERS_FILE, SPEC_FILE, CHECKPOINT_FILE = "history.csv", "layers.csv", "spec.json", "checkpoint.pt"
+SUMMARY_FILE = "summary.csv"
 
-# Options that may differ between an interrupted run and its resumption.
-_RESUME_FREE = {"epochs", "device", "threads"}
+# Options that may differ between an interrupted run and its resumption (seeds: resumption is per seed).
+_RESUME_FREE = {"epochs", "device", "threads", "seed", "seeds"}
+
+#: Columns of ``history``, in order.
+HISTORY_COLUMNS = ["seed", "epoch", *METRICS, "seconds", "diverged"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +131,9 @@ class TrainOptions:
         batch_size: samples per step; the last, smaller batch of an epoch is
             kept (as Keras does) unless it holds a single sample and the
             network uses BN.
-        seed: weights (``build_model``), the per-epoch shuffles and dropout.
+        seed: the first seed: weights (``build_model``), the per-epoch shuffles
+            and dropout.
+        seeds: number of networks trained together, seeds ``seed .. seed + seeds - 1``.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda if available).
         probe_size: training images in the fixed probe batch for layer statistics.
         train_eval_size: training images (a fixed prefix) for ``train_eval_acc``;
@@ -112,6 +155,7 @@ class TrainOptions:
     epochs: int = 3
     batch_size: int = 128
     seed: int = 0
+    seeds: int = 1
     device: str = "cpu"
     probe_size: int = 512
     train_eval_size: int = 10000
@@ -131,10 +175,12 @@ class TrainOptions:
             raise UserError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"learning rate must be > 0, got {self.lr}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "seeds"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise UserError(f"{name.replace('_', ' ')} must be a whole number >= 1, got {v!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise UserError(f"seed must be a whole number >= 0, got {self.seed!r}")
         if not isinstance(self.probe_size, int) or self.probe_size < 2:
             raise UserError(f"probe size must be a whole number >= 2, got {self.probe_size!r}")
         if not isinstance(self.train_eval_size, int) or self.train_eval_size < 0:
@@ -148,6 +194,11 @@ class TrainOptions:
         if not 0 <= self.momentum < 1:
             raise UserError(f"momentum must be in [0, 1), got {self.momentum}")
 
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds trained: ``seed .. seed + seeds - 1``."""
+        return list(range(self.seed, self.seed + self.seeds))
+
     def with_(self, **changes) -> "TrainOptions":
         return replace(self, **changes)
 
@@ -160,15 +211,33 @@ class TrainOptions:
         return cls(**{k: v for k, v in d.items() if k in keys})
 
 
+def seed_list(seed: int = 0, seeds: int | Sequence[int] | None = None) -> list[int]:
+    """The seeds of a run: ``seeds`` consecutive ones from ``seed``, or the given list (distinct, >= 0)."""
+    if seeds is None:
+        return [int(seed)]
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise UserError(f"seeds must be a whole number >= 1, got {seeds}")
+        return list(range(int(seed), int(seed) + seeds))
+    out = [int(s) for s in seeds]
+    if not out or len(set(out)) != len(out) or min(out) < 0:
+        raise UserError(f"seeds must be distinct whole numbers >= 0, got {list(seeds)}")
+    return out
+
+
 @dataclass
 class TrainResult:
     """What :func:`train` returns.
 
-    ``history``: one row per finished (or diverged) epoch with columns
-    ``epoch, loss, acc, val_loss, val_acc, train_eval_acc, seconds, diverged``
-    (losses in nats per sample, accuracies as fractions). ``layers``: the
-    :mod:`propagate.stats` table (``source="training"``, columns ``epoch`` and
-    ``mode``). ``status``: ``"finished"``, ``"diverged"`` or ``"partial"``.
+    ``history``: one row per seed and finished (or diverged) epoch with columns
+    :data:`HISTORY_COLUMNS` (losses in nats per sample, accuracies as
+    fractions). ``summary``: per epoch, mean and 95% t interval over seeds of
+    each of :data:`METRICS` and ``n_seeds``. ``layers``: the
+    :mod:`propagate.stats` table (``source="training"``, columns ``seed``,
+    ``epoch`` and ``mode``). ``seed_status``: per seed ``"finished"``,
+    ``"diverged"`` or ``"partial"``; ``status``: ``"partial"`` if any seed is,
+    ``"diverged"`` if every seed diverged, else ``"finished"``. ``model`` is the
+    (last) batched model, its networks in the order of ``model.seeds``.
     """
 
     spec: Any
@@ -177,25 +246,37 @@ class TrainResult:
     layers: Any
     meta: dict
     status: str
+    seeds: list = field(default_factory=list)
+    seed_status: dict = field(default_factory=dict)
+    summary: Any = None
     model: Any = field(default=None, repr=False)
 
     @property
     def diverged(self) -> bool:
         return self.status == "diverged"
 
+    @property
+    def diverged_seeds(self) -> list[int]:
+        return [s for s, st in self.seed_status.items() if st == "diverged"]
+
 
 # ---------------------------------------------------------------- small helpers
 
 
 def format_epoch_line(row: dict) -> str:
-    """Keras-like epoch line: ``epoch 1/3 - 12.3s - loss: 2.3014 - acc: 0.1122 - val_loss: ... - val_acc: ...``."""
+    """Keras-like epoch line: ``epoch 1/3 - 12.3s - loss: 2.3014 - acc: 0.1122 - val_loss: ... - val_acc: ...``.
+
+    With ``seed`` in ``row`` (an ensemble's seed), the line starts ``seed K:``.
+    """
     parts = [f"epoch {int(row['epoch'])}/{int(row.get('epochs', row['epoch']))}", f"{row['seconds']:.1f}s"]
-    for key in ("loss", "acc", "val_loss", "val_acc", "train_eval_acc"):
+    for key in METRICS:
         if key in row:
             parts.append(f"{key}: {row[key]:.4f}")
     if row.get("diverged"):
         parts.append("DIVERGED")
     line = " - ".join(parts)
+    if row.get("seed") is not None and row.get("n_seeds", 1) > 1:
+        line = f"seed {int(row['seed'])}: {line}"
     return f"{row['run']}: {line}" if row.get("run") else line
 
 
@@ -241,164 +322,173 @@ def _torch_settings(options: TrainOptions, device):
 
 
 def _make_optimizer(params, options: TrainOptions):
+    """The optimizer of ``options`` over (stacked) ``params``: elementwise rules, so per seed exactly the single run's."""
     import torch
 
     if options.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=options.lr, alpha=options.rho, eps=options.eps)
+        from propagate.kernels import rmsprop
+
+        return rmsprop(params, lr=options.lr, rho=options.rho, eps=options.eps)  # one fused pass on CPU
     if options.optimizer == "adam":
         return torch.optim.Adam(params, lr=options.lr, betas=(0.9, 0.999), eps=options.eps)
     return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum)
 
 
-def _bn_modules(model):
-    import torch.nn as nn
-
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
 @contextlib.contextmanager
-def _frozen_bn(model):
-    """Undo any BN running-statistics update made inside the block."""
-    saved = [(m, {k: v.clone() for k, v in m.named_buffers()}) for m in _bn_modules(model)]
+def _frozen_buffers(model):
+    """Undo any change of the model's buffers (BN running statistics) made inside the block."""
+    saved = [(b, b.clone()) for b in model.buffers()]
     try:
         yield
     finally:
-        for m, bufs in saved:
-            for k, v in m.named_buffers():
-                v.copy_(bufs[k])
+        for b, v in saved:
+            b.copy_(v)
+
+
+# ------------------------------------------------------------------- memory
+
+
+def estimate_memory(spec, options: TrainOptions, n_seeds: int | None = None, n_train: int = 60_000,
+                    n_test: int = 10_000) -> int:
+    """Bytes an ensemble of ``n_seeds`` networks of ``spec`` needs while training (an estimate, float32).
+
+    ``n_seeds`` times one network's weights, gradients, optimizer state and
+    the activations of a batch and of the probe batch
+    (:func:`propagate.limits.training_bytes`, the estimate ``propagate train``
+    checks before loading data), plus the dataset on the device once.
+    """
+    from propagate.limits import training_bytes
+
+    S = options.seeds if n_seeds is None else int(n_seeds)
+    widths = list(spec.widths) + ([spec.out_features] if spec.out_features else [])
+    per_seed = training_bytes(widths, options.batch_size, options.probe_size, 0, options.optimizer)
+    return int(S * per_seed + 4 * (n_train + n_test) * widths[0])
+
+
+def _device_memory(device) -> tuple[int | None, str]:
+    """(bytes a run may plan to use on ``device``, a description), or ``(None, ...)`` when unknown."""
+    if device.type == "cuda":
+        import torch
+
+        try:
+            total = int(torch.cuda.mem_get_info(device)[1])
+        except (RuntimeError, AttributeError):
+            return None, "the GPU"
+        return int(total * 0.9), f"{0.9:.0%} of the GPU's"
+    from propagate.limits import MEMORY_SHARE, memory_limit
+
+    return memory_limit(), f"{MEMORY_SHARE:.0%} of this machine's"
+
+
+def check_memory(spec, options: TrainOptions, n_seeds: int, n_train: int, n_test: int, device=None) -> int:
+    """Refuse (:class:`UserError`, one line with the estimate) an ensemble that would not fit; return the estimate."""
+    import torch
+
+    from propagate.limits import format_bytes
+
+    device = device if device is not None else torch.device("cpu")
+    need = estimate_memory(spec, options, n_seeds, n_train, n_test)
+    limit, what = _device_memory(device)
+    if limit is not None and need > limit:
+        total = limit / (0.9 if device.type == "cuda" else _memory_share())
+        raise UserError(f"training {n_seeds} seed{'s' if n_seeds != 1 else ''} of this network needs about "
+                        f"{format_bytes(need)} of memory, more than {what} {format_bytes(total)}; "
+                        f"use fewer --seeds (or train them in several runs)")
+    return need
+
+
+def _memory_share() -> float:
+    from propagate.limits import MEMORY_SHARE
+
+    return MEMORY_SHARE
 
 
 # ----------------------------------------------------------------- layer stats
 
 
-def _saturated_mask(act, x):
-    """Outputs in the activation's flat region (see :mod:`propagate.stats`).
-
-    Within 1% of the range width of a limit when the range is bounded on both
-    sides (tanh, sigmoid); within 1% of a one-sided nonzero limit (SELU/ELU's
-    negative saturation); and, for every activation, outputs that are
-    numerically zero (|x| < 1e-30: ReLU's inactive side, vanished signals).
-    """
-    import torch
-
-    lo, hi = act.bounds
-    mask = x.abs() < 1e-30
-    if math.isfinite(lo) and math.isfinite(hi):
-        tol = 0.01 * (hi - lo)
-        mask |= (x - lo <= tol) | (hi - x <= tol)
-    else:
-        for b in (lo, hi):
-            if math.isfinite(b) and b != 0:
-                mask |= (x - b).abs() <= 0.01 * abs(b)
-    return mask.to(torch.float64)
-
-
-def _moments_row(prefix: str, v):
-    """Pooled mean/var/q of ``v`` (samples x units, float64) and standard errors across samples."""
-    n = v.shape[0]
-    mean = v.mean()
-    var = ((v - mean) ** 2).mean()
-    per_mean = v.mean(1)
-    per_var = ((v - mean) ** 2).mean(1)
-    return {
-        f"{prefix}_mean": float(mean),
-        f"{prefix}_var": float(var),
-        f"{prefix}_q": float((v**2).mean()),
-        f"{prefix}_mean_se": float(per_mean.std() / math.sqrt(n)) if n > 1 else float("nan"),
-        f"{prefix}_var_se": float(per_var.std() / math.sqrt(n)) if n > 1 else float("nan"),
-    }
-
-
-def _corr(v):
-    """Mean cosine similarity of pairs (0,1), (2,3), ... of samples, and its standard error."""
-    import torch
-
-    a, b = v[0 : v.shape[0] // 2 * 2 : 2], v[1 : v.shape[0] // 2 * 2 : 2]
-    den = torch.sqrt((a * a).sum(1) * (b * b).sum(1))
-    c = (a * b).sum(1) / den
-    c = c[torch.isfinite(c)]
-    if c.numel() == 0:
-        return float("nan"), float("nan")
-    se = float(c.std() / math.sqrt(c.numel())) if c.numel() > 1 else float("nan")
-    return float(c.mean()), se
-
-
 def probe_layer_stats(model, x, y, mode: str = "eval") -> list[dict]:
-    """Per-layer statistics of ``model`` on the batch ``(x, y)``, as :mod:`propagate.stats` rows.
+    """Per-seed, per-layer statistics of the batched ``model`` on the batch ``(x, y)``, as :mod:`propagate.stats` rows.
 
-    ``mode="eval"`` uses BN running statistics and no dropout; ``"train"``
-    uses batch statistics (and dropout). The model's BN running statistics,
-    its train/eval mode and the global random state are left unchanged.
-    Row ``layer=0`` is the input; rows ``1..depth`` the hidden layers.
-    ``grad_norm`` is the root-mean-square over samples of the L2 norm over
-    units of d(loss of one sample)/d h^l; ``grad_norm_se`` its standard error.
+    ``x`` ``[B, in]`` is the same batch for every seed. ``mode="eval"`` uses BN
+    running statistics and no dropout; ``"train"`` uses batch statistics (and
+    dropout). The model's buffers (BN running statistics), its train/eval mode
+    and the global random state are left unchanged. For each seed (column
+    ``seed``, in ``model.seeds`` order), row ``layer=0`` is the input and rows
+    ``1..depth`` the hidden layers, each computed by
+    :func:`propagate.stats.measure` (``sample_se``: standard errors across the
+    probe samples). ``grad_norm`` is the root-mean-square over samples of the
+    L2 norm over units of d(loss of one sample)/d h^l. ``diverged`` is True
+    from a seed's first layer with a non-finite pre-activation on.
     """
     import torch
     import torch.nn.functional as F
 
+    from propagate.stats import measure
+
     act = model.spec.act
+    seeds = list(model.seeds)
+    S = len(seeds)
     was_training = model.training
     model.train(mode == "train")
     try:
-        with _frozen_bn(model), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+        with _frozen_buffers(model), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
             with torch.enable_grad():
-                out, pre = model(x, record=True)
-                loss = F.cross_entropy(out, y, reduction="sum")
-                if loss.requires_grad:
+                out, rec = model(x, record=True)
+                loss = F.cross_entropy(out.reshape(S * out.shape[1], -1), y.repeat(S), reduction="sum")
+                pre = rec["pre"]
+                if loss.requires_grad and pre:
                     grads = torch.autograd.grad(loss, pre, allow_unused=True)
                 else:  # pragma: no cover - model without parameters needing grad
                     grads = [None] * len(pre)
     finally:
         model.train(was_training)
 
-    rows = []
-    x0 = x.detach().flatten(1).double()
-    c, c_se = _corr(x0)
-    row0 = {"layer": 0, "width": x0.shape[1], "corr": c, "corr_se": c_se, "diverged": False}
-    row0.update(_moments_row("post", x0))
-    rows.append(row0)
-    diverged = False
+    def split(stats: dict) -> list[dict]:
+        cols = {k: (v.tolist() if hasattr(v, "tolist") else [v] * S) for k, v in stats.items()}
+        return [{k: float(v[s]) for k, v in cols.items()} for s in range(S)]
+
+    rows: list[list[dict]] = [[] for _ in range(S)]
+    x0 = x.detach().flatten(1).unsqueeze(0).expand(S, -1, -1)
+    for s, st in enumerate(split(measure(inputs=x0, sample_se=True)[0])):
+        rows[s].append({"seed": seeds[s], "layer": 0, "width": x0.shape[2], **st, "diverged": False})
+    diverged = torch.zeros(S, dtype=torch.bool, device=x.device)
     with torch.no_grad():
         for i, h in enumerate(pre):
-            hd = h.detach().double()
-            post = act.torch(h.detach()).double()
-            diverged = diverged or not bool(torch.isfinite(hd).all())
-            row = {"layer": i + 1, "width": hd.shape[1], "diverged": diverged}
-            row.update(_moments_row("pre", hd))
-            row.update({k: v for k, v in _moments_row("post", post).items()})
-            row["corr"], row["corr_se"] = _corr(hd)
-            g = grads[i]
-            if g is not None:
-                s = (g.detach().double() ** 2).sum(1)
-                gn = float(torch.sqrt(s.mean()))
-                row["grad_norm"] = gn
-                row["grad_norm_se"] = float(s.std() / math.sqrt(len(s)) / (2 * gn)) if gn > 0 and len(s) > 1 else float("nan")
-            row["dead_frac"] = float((post == 0).all(0).double().mean())
-            row["saturated_frac"] = float(_saturated_mask(act, post).mean())
-            rows.append(row)
-    return rows
+            h = h.detach()
+            post = rec["post"][i].detach() if i < len(rec["post"]) else None
+            g = grads[i].detach() if grads[i] is not None else None
+            stats, _ = measure(pre=h, post=post, grad=g, act=act, sample_se=True)
+            diverged |= ~torch.isfinite(h).flatten(1).all(1)
+            div = diverged.tolist()
+            for s, st in enumerate(split(stats)):
+                rows[s].append({"seed": seeds[s], "layer": i + 1, "width": h.shape[2], **st, "diverged": div[s]})
+    return [r for per_seed in rows for r in per_seed]
 
 
 # ---------------------------------------------------------------------- train
 
 
-def _evaluate(model, x, y, batch: int = 1000) -> tuple[float, float]:
-    """Mean cross-entropy (nats) and accuracy in eval mode."""
+def _evaluate(model, x, y, batch: int = 1000):
+    """Per seed: mean cross-entropy (nats) and accuracy in eval mode, as two lists in ``model.seeds`` order."""
     import torch
     import torch.nn.functional as F
 
+    S = len(model.seeds)
     if len(y) == 0:
-        return float("nan"), float("nan")
+        return [float("nan")] * S, [float("nan")] * S
     was = model.training
     model.eval()
-    loss_sum, correct = 0.0, 0
+    loss_sum = torch.zeros(S, dtype=torch.float64, device=x.device)
+    correct = torch.zeros(S, dtype=torch.int64, device=x.device)
     with torch.no_grad():
         for i in range(0, len(y), batch):
             out = model(x[i : i + batch])
-            loss_sum += float(F.cross_entropy(out, y[i : i + batch], reduction="sum"))
-            correct += int((out.argmax(1) == y[i : i + batch]).sum())
+            yc = y[i : i + batch]
+            ce = F.cross_entropy(out.reshape(S * len(yc), -1), yc.repeat(S), reduction="none").view(S, -1)
+            loss_sum += ce.sum(1, dtype=torch.float64)
+            correct += (out.argmax(-1) == yc).sum(1)
     model.train(was)
-    return loss_sum / len(y), correct / len(y)
+    return (loss_sum / len(y)).tolist(), (correct.double() / len(y)).tolist()
 
 
 def _dataset_tensors(dataset, device):
@@ -431,9 +521,93 @@ def _load_checkpoint(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # a damaged checkpoint is a user-visible problem, not a crash
         raise UserError(f"cannot read checkpoint {path}: {exc.__class__.__name__}; delete it or use --no-resume") from None
+    if not isinstance(ckpt, dict) or "seeds" not in ckpt:
+        raise UserError(f"{path} is a checkpoint of an older propagate (one seed, no per-seed state); "
+                        f"delete it or use --no-resume")
+    return ckpt
+
+
+# Per-seed state of a batched model and its optimizer: every parameter, buffer and
+# elementwise optimizer state is stacked along a leading seed dimension, so seed i
+# is the slice [i]; scalars (Adam's step count) are shared by the group.
+
+
+def _seed_state(model, opt, i: int) -> dict:
+    params = list(model.parameters())
+    opt_state = {}
+    for j, p in enumerate(params):
+        st = opt.state.get(p, {})
+        opt_state[j] = {k: (v[i].detach().clone() if hasattr(v, "shape") and v.shape == p.shape else
+                            (v.detach().clone() if hasattr(v, "detach") else v)) for k, v in st.items()}
+    return {"model": {k: v[i].detach().clone() for k, v in model.state_dict().items() if v.dim() > 0},
+            "optimizer": opt_state}
+
+
+def _load_seed_states(model, opt, states: list[dict]) -> None:
+    import torch
+
+    sd = model.state_dict()
+    for k, v in sd.items():
+        if v.dim() > 0:
+            v.copy_(torch.stack([st["model"][k] for st in states]))
+    params = list(model.parameters())
+    for j, p in enumerate(params):
+        per = [st["optimizer"].get(j, {}) for st in states]
+        if not per[0]:
+            continue
+        opt.state[p] = {k: (torch.stack([q[k] for q in per]).to(p.device) if hasattr(v, "shape") and v.dim() > 0
+                            else (v.clone() if hasattr(v, "clone") else v)) for k, v in per[0].items()}
+
+
+def _restore_seed(model, opt, i: int, st: dict) -> None:
+    """Put seed ``i``'s saved state back (a diverged seed stays as it was before its failing batch)."""
+    import torch
+
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if v.dim() > 0:
+                v[i].copy_(st["model"][k])
+        for j, p in enumerate(model.parameters()):
+            for k, v in st["optimizer"].get(j, {}).items():
+                cur = opt.state.get(p, {}).get(k)
+                if cur is not None and hasattr(cur, "shape") and cur.shape == p.shape:
+                    cur[i].copy_(v)
+
+
+def run_identity(spec, options: TrainOptions, dataset) -> dict:
+    """What a training run folder records and a resumption must match (see :mod:`propagate.runfolder`):
+    the spec, the options that change results, and the dataset's identity (checksum of the arrays used)."""
+    from propagate.data import dataset_identity
+
+    return {"kind": "train", "config": _config_of(spec, options), "dataset": dataset_identity(dataset)}
+
+
+def _claim_run_dir(run_dir, config: dict, dataset, resume: bool):
+    """Lock ``run_dir`` and check it holds this configuration and data (None without a run folder)."""
+    if run_dir is None:
+        return None
+    from propagate.data import dataset_identity
+    from propagate.runfolder import claim
+
+    return claim(run_dir, {"kind": "train", "config": config, "dataset": dataset_identity(dataset)},
+                 resume=resume, discard=(CHECKPOINT_FILE,))
+
+
+def reproduce_identity(dataset) -> dict:
+    """What a reproduction folder records: its data (each run's settings are checked by :func:`train`)."""
+    from propagate.data import dataset_identity
+
+    return {"kind": "reproduce", "dataset": dataset_identity(dataset)}
+
+
+def _claim_reproduce_dir(out: Path, dataset, resume: bool):
+    """Lock a reproduction folder and check its data (:func:`reproduce_identity`)."""
+    from propagate.runfolder import claim
+
+    return claim(out, reproduce_identity(dataset), resume=resume)
 
 
 def _frames(spec, history_rows, layer_rows):
@@ -441,10 +615,26 @@ def _frames(spec, history_rows, layer_rows):
 
     from propagate.stats import layer_table
 
-    hist_cols = ["epoch", "loss", "acc", "val_loss", "val_acc", "train_eval_acc", "seconds", "diverged"]
-    history = pd.DataFrame(history_rows, columns=hist_cols)
+    history = pd.DataFrame(history_rows, columns=HISTORY_COLUMNS)
+    history = history.sort_values(["seed", "epoch"], kind="stable").reset_index(drop=True)
     layers = layer_table(layer_rows, source="training", config=spec.label())
+    if len(layers):
+        layers = layers.sort_values(["seed", "epoch"], kind="stable").reset_index(drop=True)
     return history, layers
+
+
+def summarize_history(history):
+    """Per epoch: mean and 95% Student t interval over seeds of each of :data:`METRICS`, and ``n_seeds``.
+
+    Columns ``epoch``, ``<metric>_mean``, ``<metric>_ci_low``, ``<metric>_ci_high``
+    (:func:`propagate.confidence.summarize_seeds`; no interval with one seed;
+    a diverged seed's NaN loss is left out of the loss's mean) and ``n_seeds``
+    (seeds with a row for that epoch; a diverged seed has none after its
+    divergence).
+    """
+    from propagate.confidence import summarize_seeds
+
+    return summarize_seeds(history, keys=["epoch"], metrics=list(METRICS)).sort_values("epoch").reset_index(drop=True)
 
 
 def _write_run_files(run_dir: Path, spec, history, layers, meta) -> None:
@@ -452,9 +642,173 @@ def _write_run_files(run_dir: Path, spec, history, layers, meta) -> None:
 
     write_table(history, run_dir / HISTORY_FILE, meta)
     write_table(layers, run_dir / LAYERS_FILE, meta)
+    write_table(summarize_history(history), run_dir / SUMMARY_FILE, meta)
     atomic_write_json(run_dir / SPEC_FILE, {"spec": spec.to_dict(), "options": meta["options"],
                                             "preset": meta.get("preset"), "status": meta["status"],
-                                            "epochs_done": meta["epochs_done"]})
+                                            "epochs_done": meta["epochs_done"], "seeds": meta["seeds"],
+                                            "seed_status": meta["seed_status"]})
+
+
+@dataclass
+class _Run:
+    """What one call of :func:`train` works with (the data on the device, the fixed batches, the options)."""
+
+    spec: Any
+    options: TrainOptions
+    device: Any
+    xtr: Any
+    ytr: Any
+    xte: Any
+    yte: Any
+    probe: tuple
+    n_eval: int
+    modes: tuple
+    label: str
+    progress: bool
+    on_step: Callable[[dict], None] | None
+
+
+def _probe_rows(run: _Run, model, epoch: int) -> list[dict]:
+    rows = []
+    for mode in run.modes:
+        rows += [{**r, "epoch": epoch, "mode": mode} for r in probe_layer_stats(model, *run.probe, mode)]
+    return rows
+
+
+def _train_epoch(run: _Run, model, opt, epoch: int, active: list[bool]) -> tuple[dict, list[int]]:
+    """One epoch of the batched model; returns per-seed running ``loss``/``acc``, seconds, and the seeds that diverged.
+
+    ``active[i]`` is False for a seed that diverged before (its state is restored
+    after every step, so it stays as it was); a seed whose batch loss is
+    non-finite becomes inactive from that batch on, as a single run stops.
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    opts, dev = run.options, run.device
+    seeds = list(model.seeds)
+    S, n, bs = len(seeds), len(run.ytr), opts.batch_size
+    orders = []
+    for s in seeds:
+        gen = torch.Generator()
+        gen.manual_seed(_shuffle_seed(s, epoch))
+        orders.append(torch.randperm(n, generator=gen))
+    order = torch.stack(orders).to(dev)  # [S, n]: each seed's own shuffle
+    saved = {i: _seed_state(model, opt, i) for i in range(S) if not active[i]}
+    act_mask = torch.tensor(active, device=dev)
+    loss_sum = [0.0] * S
+    correct = torch.zeros(S, dtype=torch.int64, device=dev)
+    seen = [0] * S
+    newly: list[int] = []
+    nb = (n + bs - 1) // bs
+    model.train()
+    t0 = time.perf_counter()
+    bar = tqdm(total=nb, desc=f"{run.label} epoch {epoch}/{opts.epochs}", file=sys.stderr, disable=not run.progress,
+               leave=False, unit="batch", dynamic_ncols=True)
+    with bar:
+        for b in range(nb):
+            idx = order[:, b * bs : (b + 1) * bs]
+            B = idx.shape[1]
+            if run.spec.batchnorm and B < 2:
+                continue  # BN cannot normalize a batch of one
+            xb, yb = run.xtr[idx], run.ytr[idx]  # [S, B, in], [S, B]
+            out = model(xb)
+            per_seed = F.cross_entropy(out.reshape(S * B, -1), yb.reshape(-1), reduction="none").view(S, B).mean(1)
+            lv = per_seed.detach().double().tolist()  # the step's one synchronization
+            changed = False
+            for i in range(S):
+                if active[i] and not math.isfinite(lv[i]):
+                    changed = True
+                    active[i] = False
+                    newly.append(i)
+                    loss_sum[i], seen[i] = float("nan"), seen[i] + B
+                    saved[i] = _seed_state(model, opt, i)  # before this batch's step: the state it keeps
+            if changed:
+                if not any(active):
+                    break
+                act_mask = torch.tensor(active, device=dev)
+            hits = (out.detach().argmax(-1) == yb).sum(1)
+            opt.zero_grad(set_to_none=True)
+            # sum over seeds of each seed's mean loss: seed i's gradient is its single run's
+            loss = torch.where(act_mask, per_seed, torch.zeros_like(per_seed)).sum()
+            loss.backward()
+            opt.step()
+            for i, st in saved.items():
+                _restore_seed(model, opt, i, st)
+            correct += hits * act_mask
+            for i in range(S):
+                if active[i]:
+                    loss_sum[i] += lv[i] * B
+                    seen[i] += B
+            if run.on_step is not None:
+                run.on_step({"epoch": epoch, "batch": b, "seeds": seeds, "loss": lv,
+                             "acc": (hits.double() / B).tolist(), "active": list(active), "model": model})
+            bar.update(1)
+            if b % 20 == 0 and any(active):
+                live = [i for i in range(S) if active[i]]
+                bar.set_postfix(loss=f"{sum(loss_sum[i] / seen[i] for i in live) / len(live):.4f}", refresh=False)
+    seconds = time.perf_counter() - t0
+    for i, st in saved.items():
+        _restore_seed(model, opt, i, st)
+    hits = correct.tolist()
+    return ({"loss": [loss_sum[i] / seen[i] if seen[i] else float("nan") for i in range(S)],
+             "acc": [hits[i] / seen[i] if seen[i] else float("nan") for i in range(S)],
+             "seconds": seconds}, newly)
+
+
+def _train_group(run: _Run, seeds: list[int], store: dict, start_epoch: int, after_epoch: Callable[[], None],
+                 callback) -> Any:
+    """Train the seeds ``seeds`` (all at ``start_epoch - 1`` finished epochs) as one batched model."""
+    import torch
+
+    from propagate.spec import build_model
+
+    opts = run.options
+    torch.manual_seed(seeds[0])  # dropout's stream (a single run: its seed, as before ensembles)
+    model = build_model(run.spec, seeds=seeds, device=run.device)
+    opt = _make_optimizer(model.parameters(), opts)
+    if start_epoch > 1:
+        _load_seed_states(model, opt, [store[s]["state"] for s in seeds])
+        torch.set_rng_state(store[seeds[0]]["rng"])
+        if run.device.type == "cuda" and store[seeds[0]].get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(store[seeds[0]]["cuda_rng"], run.device)
+    else:
+        for s in seeds:
+            store[s] = {"status": "partial", "epoch": 0, "history": [], "layers": []}
+        for r in _probe_rows(run, model, 0):
+            store[r["seed"]]["layers"].append(r)
+    active = [store[s]["status"] != "diverged" for s in seeds]
+    for epoch in range(start_epoch, opts.epochs + 1):
+        if not any(active):
+            break
+        was_active = list(active)
+        ep, newly = _train_epoch(run, model, opt, epoch, active)
+        val_loss, val_acc = _evaluate(model, run.xte, run.yte)
+        _, tr_acc = _evaluate(model, run.xtr[: run.n_eval], run.ytr[: run.n_eval])
+        probe = _probe_rows(run, model, epoch)
+        rows = []
+        for i, s in enumerate(seeds):
+            if not was_active[i]:
+                continue
+            row = {"seed": s, "epoch": epoch, "loss": ep["loss"][i], "acc": ep["acc"][i], "val_loss": val_loss[i],
+                   "val_acc": val_acc[i], "train_eval_acc": tr_acc[i], "seconds": ep["seconds"],
+                   "diverged": i in newly}
+            st = store[s]
+            st["history"].append(row)
+            st["layers"] += [r for r in probe if r["seed"] == s]
+            st["epoch"] = epoch
+            st["status"] = "diverged" if i in newly else ("finished" if epoch == opts.epochs else "partial")
+            st["state"] = _seed_state(model, opt, i)
+            st["rng"] = torch.get_rng_state()
+            st["cuda_rng"] = torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None
+            rows.append(row)
+        after_epoch()
+        if callback is not None:
+            for row in rows:
+                callback({**row, "epochs": opts.epochs, "n_seeds": len(seeds)})
+    model.eval()
+    return model
 
 
 def train(
@@ -464,161 +818,125 @@ def train(
     progress: bool = False,
     callback: Callable[[dict], None] | None = None,
     *,
+    seeds: int | Sequence[int] | None = None,
     run_dir: str | os.PathLike | None = None,
     resume: bool = True,
     name: str | None = None,
     preset: Preset | None = None,
+    on_step: Callable[[dict], None] | None = None,
 ) -> TrainResult:
-    """Train the network of ``spec`` on ``dataset`` (a :class:`propagate.data.Dataset`).
+    """Train the networks of ``spec`` for every seed on ``dataset`` (a :class:`propagate.data.Dataset`), together.
 
-    ``options`` defaults to the seed's Keras settings. ``callback(row)`` is
-    called after every epoch with the history row plus ``epochs`` (total) and
-    ``run`` (``name``); :func:`format_epoch_line` renders it like Keras.
-    ``progress`` shows a tqdm bar per epoch on stderr.
+    ``options`` defaults to the seed's Keras settings. ``seeds``: a number of
+    seeds (from ``options.seed``) or a list of seeds; default
+    ``options.seeds`` consecutive seeds from ``options.seed``. ``callback(row)``
+    is called after every epoch with each seed's history row plus ``epochs``
+    (total), ``n_seeds`` and ``run`` (``name``); :func:`format_epoch_line`
+    renders it like Keras. ``progress`` shows a tqdm bar per epoch on stderr.
+    ``on_step(info)`` (tests, diagnostics) gets every step's per-seed batch loss
+    and accuracy (``info["loss"]``, ``info["acc"]``, lists in ``info["seeds"]``
+    order, measured before that step changed the weights) and ``info["model"]``
+    after the step.
 
-    With ``run_dir``, ``history.csv``, ``layers.csv`` (each with a
-    ``.meta.json``), ``spec.json`` and ``checkpoint.pt`` are written there
+    With ``run_dir``, ``history.csv``, ``layers.csv``, ``summary.csv`` (each with
+    a ``.meta.json``), ``spec.json`` and ``checkpoint.pt`` are written there
     atomically after every epoch; with ``resume`` an existing checkpoint of the
-    same configuration is continued (a finished or diverged one is returned as
-    is, or trained further when ``options.epochs`` is larger). A checkpoint of
-    a different configuration raises :class:`UserError`.
+    same configuration is continued per seed (a finished or diverged seed is
+    returned as is, or trained further when ``options.epochs`` is larger; a seed
+    the folder lacks is trained from scratch). The folder's files cover every
+    seed it holds; the result, the requested seeds. A checkpoint of a different
+    configuration raises :class:`UserError`. An ensemble that would not fit in
+    memory is refused before any work (:func:`check_memory`).
     """
     import torch
-    import torch.nn.functional as F
-    from tqdm import tqdm
 
     from propagate.io import run_metadata
-    from propagate.spec import build_model
 
     if dataset is None:
         raise UserError("train needs a dataset (see propagate.data.load_dataset)")
     options = options or TrainOptions()
+    wanted = seed_list(options.seed, options.seeds if seeds is None else seeds)
+    if seeds is not None and not isinstance(seeds, int):
+        options = options.with_(seed=wanted[0], seeds=len(wanted))
+    elif seeds is not None:
+        options = options.with_(seeds=len(wanted))
     device = _resolve_device(options.device)
     run_dir = Path(run_dir) if run_dir is not None else None
     label = name or spec.label()
     config = _config_of(spec, options)
+    n = int(dataset.n_train)
+    if n == 0:
+        raise UserError(f"dataset {dataset.name!r} has no training images")
+    check_memory(spec, options, len(wanted), n, int(dataset.n_test), device)
+    # One writer per run folder, and no resumption with other settings or data (propagate.runfolder);
+    # the lock is held until this function returns.
+    folder_lock = _claim_run_dir(run_dir, config, dataset, resume)  # noqa: F841
+
+    store: dict[int, dict] = {}
+    ckpt = _load_checkpoint(run_dir / CHECKPOINT_FILE) if (run_dir and resume) else None
+    if ckpt is not None:
+        if ckpt["config"] != config:
+            raise UserError(f"{run_dir} holds a run with different settings; use another output folder or --no-resume")
+        store = {int(k): v for k, v in ckpt["seeds"].items()}
 
     with _torch_settings(options, device):
-        torch.manual_seed(options.seed)
-        model = build_model(spec, seed=options.seed, device=device)
-        opt = _make_optimizer(model.parameters(), options)
         xtr, ytr, xte, yte = _dataset_tensors(dataset, device)
-        n = len(ytr)
-        if n == 0:
-            raise UserError(f"dataset {dataset.name!r} has no training images")
         probe_n = min(options.probe_size, n)
-        xp, yp = xtr[:probe_n], ytr[:probe_n]
-        ne = n if options.train_eval_size == 0 else min(options.train_eval_size, n)
-        modes = ("train", "eval") if spec.batchnorm else ("eval",)
+        run = _Run(spec, options, device, xtr, ytr, xte, yte, (xtr[:probe_n], ytr[:probe_n]),
+                   n if options.train_eval_size == 0 else min(options.train_eval_size, n),
+                   ("train", "eval") if spec.batchnorm else ("eval",), label, progress, on_step)
 
-        history_rows: list[dict] = []
-        layer_rows: list[dict] = []
-        status, start_epoch = "partial", 1
+        def seed_status() -> dict:
+            return {s: store[s]["status"] if s in store else "partial" for s in wanted}
 
-        ckpt = _load_checkpoint(run_dir / CHECKPOINT_FILE) if (run_dir and resume) else None
-        if ckpt is not None:
-            if ckpt["config"] != config:
-                raise UserError(f"{run_dir} holds a run with different settings; use another output folder or --no-resume")
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            torch.set_rng_state(ckpt["rng"])
-            if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
-            history_rows, layer_rows = list(ckpt["history"]), list(ckpt["layers"])
-            status, start_epoch = ckpt["status"], ckpt["epoch"] + 1
-            if status == "finished" and ckpt["epoch"] < options.epochs:
-                status = "partial"
-        else:
-            for mode in modes:
-                for r in probe_layer_stats(model, xp, yp, mode):
-                    layer_rows.append({**r, "epoch": 0, "mode": mode})
+        def overall(st: dict) -> str:
+            vals = list(st.values())
+            if "partial" in vals:
+                return "partial"
+            return "diverged" if all(v == "diverged" for v in vals) else "finished"
 
-        def meta_now(epochs_done):
+        def meta_now() -> dict:
+            known = sorted(store)
+            st = {s: store[s]["status"] for s in known}
+            live = [store[s]["epoch"] for s in known if store[s]["status"] != "diverged"]
+            done = min(live) if live else max((store[s]["epoch"] for s in known), default=0)
             return run_metadata(
                 seed=options.seed, kind="training", run=label, preset=preset.name if preset else None,
                 reported=preset.reported if preset else None, spec=spec.to_dict(), options=options.to_dict(),
                 dataset={"name": dataset.name, "n_train": n, "n_test": len(yte), "source": getattr(dataset, "source", "")},
-                device=str(device), status=status, epochs_done=epochs_done,
+                device=str(device), status=overall(st), epochs_done=done, seeds=known, seed_status=st,
             )
 
-        drop_single = spec.batchnorm
-        nb = (n + options.batch_size - 1) // options.batch_size
-        epoch = start_epoch - 1
-        for epoch in range(start_epoch, options.epochs + 1):
-            if status == "diverged":
-                break
-            gen = torch.Generator()
-            gen.manual_seed(_shuffle_seed(options.seed, epoch))
-            order = torch.randperm(n, generator=gen).to(device)
-            model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
-            diverged = False
-            t0 = time.perf_counter()
-            bar = tqdm(total=nb, desc=f"{label} epoch {epoch}/{options.epochs}", file=sys.stderr,
-                       disable=not progress, leave=False, unit="batch", dynamic_ncols=True)
-            with bar:
-                for b in range(nb):
-                    idx = order[b * options.batch_size : (b + 1) * options.batch_size]
-                    if drop_single and len(idx) < 2:
-                        continue  # BN cannot normalize a batch of one
-                    xb, yb = xtr[idx], ytr[idx]
-                    out = model(xb)
-                    loss = F.cross_entropy(out, yb)
-                    lv = float(loss.detach())
-                    if not math.isfinite(lv):
-                        diverged = True
-                        loss_sum, seen = float("nan"), seen + len(idx)
-                        break
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    loss_sum += lv * len(idx)
-                    correct += int((out.detach().argmax(1) == yb).sum())
-                    seen += len(idx)
-                    bar.update(1)
-                    if b % 20 == 0:
-                        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
-            seconds = time.perf_counter() - t0
-            val_loss, val_acc = _evaluate(model, xte, yte)
-            _, tr_eval_acc = _evaluate(model, xtr[:ne], ytr[:ne])
-            row = {
-                "epoch": epoch,
-                "loss": loss_sum / seen if seen else float("nan"),
-                "acc": correct / seen if seen else float("nan"),
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "train_eval_acc": tr_eval_acc,
-                "seconds": seconds,
-                "diverged": diverged,
-            }
-            history_rows.append(row)
-            for mode in modes:
-                for r in probe_layer_stats(model, xp, yp, mode):
-                    layer_rows.append({**r, "epoch": epoch, "mode": mode})
-            if diverged:
-                status = "diverged"
-            elif epoch == options.epochs:
-                status = "finished"
-            if run_dir is not None:
-                history, layers = _frames(spec, history_rows, layer_rows)
-                _write_run_files(run_dir, spec, history, layers, meta_now(epoch))
-                # The checkpoint goes last: it is what a resumption trusts.
-                _save_checkpoint(run_dir / CHECKPOINT_FILE, {
-                    "config": config, "epoch": epoch, "status": status,
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                    "history": history_rows, "layers": layer_rows,
-                })
-            if callback is not None:
-                callback({**row, "epochs": options.epochs, "run": name})
-        if status == "partial" and (not history_rows or history_rows[-1]["epoch"] >= options.epochs):
-            status = "finished"
-        done = history_rows[-1]["epoch"] if history_rows else 0
-        history, layers = _frames(spec, history_rows, layer_rows)
-        meta = meta_now(done)
-        model.eval()
-    return TrainResult(spec=spec, options=options, history=history, layers=layers, meta=meta, status=status,
-                       model=model)
+        def after_epoch() -> None:
+            if run_dir is None:
+                return
+            known = sorted(store)
+            history, layers = _frames(spec, [r for s in known for r in store[s]["history"]],
+                                      [r for s in known for r in store[s]["layers"]])
+            _write_run_files(run_dir, spec, history, layers, meta_now())
+            # The checkpoint goes last: it is what a resumption trusts.
+            _save_checkpoint(run_dir / CHECKPOINT_FILE, {"config": config, "seeds": store})
+
+        # Seeds at the same point train together; a resumption that adds seeds trains them as a second group.
+        groups: dict[int, list[int]] = {}
+        for s in wanted:
+            st = store.get(s)
+            if st is not None and st["status"] == "finished" and st["epoch"] < options.epochs:
+                st["status"] = "partial"
+            start = 1 if st is None else st["epoch"] + 1
+            groups.setdefault(start, []).append(s)
+        model = None
+        for start in sorted(groups, reverse=True):
+            model = _train_group(run, groups[start], store, start, after_epoch, (
+                None if callback is None else lambda row: callback({**row, "run": name})))
+        status_by_seed = seed_status()
+        history, layers = _frames(spec, [r for s in wanted for r in store[s]["history"]],
+                                  [r for s in wanted for r in store[s]["layers"]])
+        meta = meta_now()
+        meta.update(status=overall(status_by_seed), seeds=wanted, seed_status=status_by_seed)
+    return TrainResult(spec=spec, options=options, history=history, layers=layers, meta=meta,
+                       status=overall(status_by_seed), seeds=wanted, seed_status=status_by_seed,
+                       summary=summarize_history(history), model=model)
 
 
 # ------------------------------------------------------------------ reproduce
@@ -634,23 +952,27 @@ def run_name(preset: str, lr: float) -> str:
 
 
 def _summary_row(preset: Preset, lr: float, result: TrainResult, epochs: int) -> dict:
-    h = result.history
+    """One row per run: per epoch and metric the mean over seeds and its 95% t interval, next to the seed's numbers."""
+    h, summ = result.history, result.summary
     row: dict[str, Any] = {"preset": preset.name, "seed_run": preset.seed_run, "lr": lr, "status": result.status,
+                           "n_seeds": len(result.seeds), "diverged_seeds": len(result.diverged_seeds),
                            "epochs_done": int(h["epoch"].max()) if len(h) else 0}
     rep = preset.reported or {}
     for e in range(1, epochs + 1):
-        sel = h[h["epoch"] == e]
+        sel = summ[summ["epoch"] == e]
         for key in ("acc", "val_acc", "train_eval_acc"):
-            row[f"{key}_{e}"] = float(sel[key].iloc[0]) if len(sel) else float("nan")
+            for part in ("mean", "ci_low", "ci_high"):
+                row[f"{key}_{e}_{part}"] = float(sel[f"{key}_{part}"].iloc[0]) if len(sel) else float("nan")
         for key in ("acc", "val_acc"):
             vals = rep.get(key, [])
             row[f"seed_{key}_{e}"] = vals[e - 1] if e <= len(vals) else float("nan")
-    last = h.iloc[-1] if len(h) else None
-    row["loss"] = float(last["loss"]) if last is not None else float("nan")
-    row["val_loss"] = float(last["val_loss"]) if last is not None else float("nan")
+    last = summ.iloc[-1] if len(summ) else None
+    for key in ("loss", "val_loss"):
+        for part in ("mean", "ci_low", "ci_high"):
+            row[f"{key}_{part}"] = float(last[f"{key}_{part}"]) if last is not None else float("nan")
     row["seed_loss"] = rep.get("loss", float("nan"))
     row["seed_val_loss"] = rep.get("val_loss", float("nan"))
-    row["seconds"] = float(h["seconds"].sum()) if len(h) else 0.0
+    row["seconds"] = float(h.groupby("epoch")["seconds"].first().sum()) if len(h) else 0.0
     return row
 
 
@@ -658,24 +980,33 @@ def _fmt(x, digits=4):
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _fmt_ci(r, key: str) -> str:
+    """``mean`` or ``mean [low, high]`` (95% t interval over seeds) of column family ``key``."""
+    mean, lo, hi = r[f"{key}_mean"], r[f"{key}_ci_low"], r[f"{key}_ci_high"]
+    if lo != lo or hi != hi:
+        return _fmt(mean)
+    return f"{_fmt(mean, 3)} [{_fmt(lo, 3)}, {_fmt(hi, 3)}]"
+
+
 def summary_markdown(summary, epochs: int) -> str:
-    """A markdown table: per run and epoch, measured train acc / val acc next to the seed's."""
-    head = ["run", "lr", "status"]
+    """A markdown table: per run and epoch, measured train acc / val acc (mean over seeds, 95% t interval) and the seed's."""
+    head = ["run", "lr", "seeds", "status"]
     for e in range(1, epochs + 1):
         head += [f"ep{e} acc / val (measured)", f"ep{e} acc / val (seed)"]
     head += ["final loss / val (measured)", "final loss / val (seed)", "train acc, eval-mode BN", "seconds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in summary.iterrows():
         name = r["preset"] + (f" (seed run {int(r['seed_run'])})" if r["seed_run"] == r["seed_run"] and r["seed_run"] is not None else "")
-        cells = [name, f"{r['lr']:g}", r["status"]]
+        status = r["status"] + (f" ({int(r['diverged_seeds'])} diverged)" if r.get("diverged_seeds", 0) else "")
+        cells = [name, f"{r['lr']:g}", str(int(r["n_seeds"])), status]
         for e in range(1, epochs + 1):
-            cells.append(f"{_fmt(r[f'acc_{e}'])} / {_fmt(r[f'val_acc_{e}'])}")
+            cells.append(f"{_fmt_ci(r, f'acc_{e}')} / {_fmt_ci(r, f'val_acc_{e}')}")
             seed = r[f"seed_acc_{e}"]
             cells.append("-" if seed != seed else f"{_fmt(seed)} / {_fmt(r[f'seed_val_acc_{e}'])}")
-        cells.append(f"{_fmt(r['loss'])} / {_fmt(r['val_loss'])}")
+        cells.append(f"{_fmt_ci(r, 'loss')} / {_fmt_ci(r, 'val_loss')}")
         cells.append("-" if r["seed_loss"] != r["seed_loss"] else f"{_fmt(r['seed_loss'])} / {_fmt(r['seed_val_loss'])}")
         last = r["epochs_done"]
-        cells.append(_fmt(r.get(f"train_eval_acc_{last}", float("nan"))) if last else "-")
+        cells.append(_fmt_ci(r, f"train_eval_acc_{last}") if last else "-")
         cells.append(f"{r['seconds']:.1f}")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -690,6 +1021,7 @@ def reproduce(
     epochs: int = 3,
     seed: int = 0,
     *,
+    seeds: int = 1,
     data_dir=None,
     device: str = "cpu",
     threads: int | None = None,
@@ -698,15 +1030,18 @@ def reproduce(
     callback: Callable[[dict], None] | None = None,
     notify: Callable[[str], None] | None = None,
 ):
-    """Run every preset at every learning rate into ``out_dir``; return the summary DataFrame.
+    """Run every preset at every learning rate, ``seeds`` seeds each, into ``out_dir``; return the summary DataFrame.
 
     ``presets``: names (default all, :func:`list_presets`); ``lrs``: learning
     rates (the seed's 1e-3 by default); ``dataset``: a name for
-    :func:`propagate.data.load_dataset` or a loaded Dataset. Each run writes
-    ``out_dir/<preset>_lr<lr>/`` (see :func:`train`); ``summary.csv`` and
-    ``summary.md`` (measured acc/val_acc per epoch next to the seed's reported
-    ones) are rewritten after every run, so an interrupted reproduction keeps
-    every finished epoch and resumes where it stopped (``resume``).
+    :func:`propagate.data.load_dataset` or a loaded Dataset; ``seeds``: seeds
+    ``seed .. seed + seeds - 1``, trained together as one ensemble per run.
+    Each run writes ``out_dir/<preset>_lr<lr>/`` (see :func:`train`);
+    ``summary.csv`` (per run: each metric's mean over seeds with its 95% Student
+    t interval, ``<metric>_<epoch>_mean``/``_ci_low``/``_ci_high``, ``n_seeds``)
+    and ``summary.md`` (the same next to the seed's reported accuracies) are
+    rewritten after every run, so an interrupted reproduction keeps every
+    finished epoch and resumes where it stopped (``resume``).
     """
     import pandas as pd
 
@@ -718,34 +1053,38 @@ def reproduce(
     lrs = [float(lr) for lr in lrs]
     if not lrs or any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
         raise UserError(f"learning rates must be > 0, got {lrs}")
+    base = TrainOptions(epochs=epochs, seed=seed, seeds=seeds, device=device, threads=threads, probe_size=probe_size)
     if isinstance(dataset, str):
         from propagate.data import load_dataset
 
         dataset = load_dataset(dataset, data_dir, progress=progress, notify=notify)
+    check_memory(get_preset(names[0]).spec(), base, seeds, dataset.n_train, dataset.n_test, _resolve_device(device))
     out = Path(out_dir)
+    folder_lock = _claim_reproduce_dir(out, dataset, resume)  # noqa: F841 - held until the last run is written
     rows = []
     summary = pd.DataFrame()
     for lr in lrs:
         for pname in names:
             preset = get_preset(pname)
             rname = run_name(pname, lr)
-            opts = TrainOptions(lr=lr, epochs=epochs, seed=seed, device=device, threads=threads, probe_size=probe_size)
-            res = train(preset.spec(), opts, dataset, progress=progress, callback=callback,
+            res = train(preset.spec(), base.with_(lr=lr), dataset, progress=progress, callback=callback,
                         run_dir=out / rname, resume=resume, name=rname, preset=preset)
             rows.append(_summary_row(preset, lr, res, epochs))
             summary = pd.DataFrame(rows)
-            meta = run_metadata(seed=seed, kind="reproduce", presets=names, lrs=lrs, epochs=epochs,
+            meta = run_metadata(seed=seed, kind="reproduce", presets=names, lrs=lrs, epochs=epochs, seeds=base.seed_list,
                                 dataset={"name": dataset.name, "n_train": dataset.n_train, "n_test": dataset.n_test})
             write_table(summary, out / "summary.csv", meta)
-            atomic_write_text(out / "summary.md", _summary_header(dataset, epochs, seed) + summary_markdown(summary, epochs))
+            atomic_write_text(out / "summary.md", _summary_header(dataset, epochs, base.seed_list) + summary_markdown(summary, epochs))
     return summary
 
 
-def _summary_header(dataset, epochs: int, seed: int) -> str:
+def _summary_header(dataset, epochs: int, seeds: list[int]) -> str:
+    which = f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds ({seeds[0]}..{seeds[-1]})"
     return (
         f"# Reproduction of the seed's MNIST runs\n\n"
         f"Dataset: {dataset.name} ({dataset.n_train} train / {dataset.n_test} test images); {epochs} epochs; "
-        f"seed {seed}. The seed trained on the full MNIST (60,000 / 10,000).\n"
+        f"{which}. The seed trained on the full MNIST (60,000 / 10,000).\n"
         f"`acc` is Keras' running training accuracy (train-mode BN), `val` the test accuracy "
-        f"(eval-mode BN); 'train acc, eval-mode BN' is the training accuracy after the last epoch in eval mode.\n\n"
+        f"(eval-mode BN); 'train acc, eval-mode BN' is the training accuracy after the last epoch in eval mode. "
+        f"With several seeds a cell is the mean over seeds and its 95% Student t interval [low, high].\n\n"
     )

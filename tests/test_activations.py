@@ -66,13 +66,11 @@ def test_unknown_name_lists_the_known_ones():
         assert n in msg
 
 
-@pytest.mark.parametrize("name", CLOSED + ["erf"])
-@pytest.mark.parametrize("mean,var", CASES)
+@pytest.mark.parametrize("name,mean,var", [(n, m, v) for n in CLOSED for m, v in CASES]
+                         + [("erf", m, v) for m, v in CASES if m == 0])
 def test_closed_forms_match_quadrature_to_1e10(name, mean, var):
     act = get_activation(name)
-    if act.moments(mean, var) is None:  # erf: closed form at mean 0 only
-        assert mean != 0
-        return
+    assert act.moments(mean, var) is not None
     m1, m2 = act.moments(mean, var)
     g2 = act.grad_moment(mean, var)
     q1 = gaussian_expectation(act.numpy, var, mean, act.kinks)
@@ -82,6 +80,27 @@ def test_closed_forms_match_quadrature_to_1e10(name, mean, var):
     assert abs(m1 - q1) < 1e-10 * scale
     assert abs(m2 - q2) < 1e-10 * scale
     assert abs(g2 - qg) < 1e-10 * max(1.0, g2)
+
+
+@pytest.mark.parametrize("var", [0.4, 1.0, 25.0])
+def test_erf_closed_forms_at_mean_zero_are_williams(var):
+    """Williams (1997): for h ~ N(0, v), E[erf(h)^2] = (2/pi) arcsin(2v / (1 + 2v)), and
+    E[erf'(h)^2] = (4/pi) E[exp(-2 h^2)] = (4/pi) / sqrt(1 + 4v)."""
+    act = get_activation("erf")
+    m1, m2 = act.moments(0.0, var)
+    assert m1 == 0.0
+    assert m2 == pytest.approx(2 / math.pi * math.asin(2 * var / (1 + 2 * var)), rel=1e-13)
+    assert act.grad_moment(0.0, var) == pytest.approx(4 / math.pi / math.sqrt(1 + 4 * var), rel=1e-13)
+
+
+@pytest.mark.parametrize("mean,var", [m_v for m_v in CASES if m_v[0] != 0])
+def test_erf_off_zero_mean_is_integrated_exactly(mean, var):
+    """Off mean 0 erf has no closed second moment here (``moments`` is None), so theory integrates;
+    its first moment has the closed form E[erf(h)] = erf(m / sqrt(1 + 2v)), which the quadrature must hit."""
+    act = get_activation("erf")
+    assert act.moments(mean, var) is None
+    q1 = gaussian_expectation(act.numpy, var, mean, act.kinks)
+    assert q1 == pytest.approx(math.erf(mean / math.sqrt(1 + 2 * var)), abs=1e-12)
 
 
 @pytest.mark.parametrize("name", CLOSED + ["erf", "tanh", "gelu"])

@@ -64,11 +64,24 @@ def test_truncated_normal_is_truncated_at_two_std():
     assert float(w.abs().max()) > 1.9 * std
 
 
-def test_batched_samples_are_independent():
+def test_batched_samples_are_independent_draws_of_the_keras_law():
+    """Each of a batch of weight matrices is U(-l, l) with Keras' lecun variance 1/fan_in, and
+    different members are uncorrelated (sample correlation within 4 standard errors, 1/sqrt(n))."""
+    fan_in, fan_out = 256, 128
     init = get_init("lecun_uniform")
-    w = init.sample(8, 8, batch=(3,), generator=torch.Generator().manual_seed(1))
-    assert w.shape == (3, 8, 8)
-    assert not torch.equal(w[0], w[1])
+    w = init.sample(fan_out, fan_in, batch=(3,), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert w.shape == (3, fan_out, fan_in)
+    var, n = 1.0 / fan_in, fan_out * fan_in
+    limit = math.sqrt(3 * var)  # U(-l, l) has variance l^2 / 3
+    assert float(w.abs().max()) <= limit and float(w.abs().max()) > 0.99 * limit
+    flat = w.reshape(3, -1)
+    for k in range(3):
+        # Var(w^2) = l^4/5 - l^4/9 = 0.8 var^2 for a uniform law, so the SE of the sample variance is sqrt(0.8/n) var
+        assert abs(float(flat[k].pow(2).mean()) - var) < 4 * math.sqrt(0.8 / n) * var
+        assert abs(float(flat[k].mean())) < 4 * math.sqrt(var / n)
+    corr = torch.corrcoef(flat)
+    off = corr[~torch.eye(3, dtype=torch.bool)]
+    assert float(off.abs().max()) < 4 / math.sqrt(n)
 
 
 def test_bias_defaults_and_settable():

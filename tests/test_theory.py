@@ -22,6 +22,7 @@ from propagate.theory import (
     fixed_point_q,
     gaussian_expectation,
     gaussian_pair_expectation,
+    grad_moment,
     length_map,
     phase,
     predict_layers,
@@ -241,10 +242,23 @@ def test_divergence_is_flagged_not_raised():
     assert t.loc[first - 1, "pre_q"] > 1e290 and math.isinf(t.loc[first, "pre_q"])
 
 
-def test_depth_1000_runs():
-    t = predict_layers(NetworkSpec.stack(1000, activation="tanh", init="normal:1.7609546396", bias_var=0.05))
+def test_depth_1000_converges_to_the_fixed_point_and_chi_1():
+    sw2, sb2 = 1.7609546396, 0.05
+    t = predict_layers(NetworkSpec.stack(1000, activation="tanh", init=f"normal:{sw2}", bias_var=sb2))
     assert len(t) == 1001 and not t["diverged"].any()
-    assert np.isfinite(t["grad_norm"].iloc[1:]).all()
+    # deep layers sit at the fixed point q* of the length map; this (sigma_w2, sigma_b2) is on the
+    # critical line, where c -> c* = 1 only as a power law: 1 - c shrinks, but slowly
+    qs = fixed_point_q("tanh", sw2, sb2)
+    assert t.loc[1000, "pre_q"] == pytest.approx(qs, rel=1e-9)
+    assert fixed_point_c("tanh", sw2, sb2, qs) == 1.0
+    one_minus_c = 1 - t["corr"].to_numpy()[[100, 300, 1000]]
+    assert (np.diff(one_minus_c) < 0).all() and 0 < one_minus_c[-1] < 0.01
+    # and the squared gradient norm shrinks by chi_1 per layer there (1 / E[phi'^2] at the last layer)
+    x1 = chi_1("tanh", sw2, sb2)
+    g = t["grad_norm"].to_numpy()
+    assert g[500] ** 2 / g[501] ** 2 == pytest.approx(x1, rel=1e-9)
+    assert x1 == pytest.approx(1.0, abs=1e-8)  # critical: chi_1 = 1
+    assert g[1000] ** 2 == pytest.approx(grad_moment(get_activation("tanh"), t.loc[1000, "pre_q"]), rel=1e-12)
 
 
 def _simulate(spec, batch=600, seed=0, train=True):
@@ -256,10 +270,12 @@ def _simulate(spec, batch=600, seed=0, train=True):
     torch.manual_seed(seed)
     model = build_model(spec, seed=seed, dtype=torch.float64)
     model.train(train)
-    x = spec.input_mean + math.sqrt(spec.input_var) * torch.randn(batch, spec.input_dim, dtype=torch.float64)
+    # inputs from their own stream: the weights' generator is seeded `seed` too, and the same numbers would correlate them
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    x = spec.input_mean + math.sqrt(spec.input_var) * torch.randn(batch, spec.input_dim, dtype=torch.float64, generator=gen)
     with torch.no_grad():
-        _, pre = model(x, record=True)
-    return [p.numpy() for p in pre]
+        _, rec = model(x, record=True)
+    return [p[0].numpy() for p in rec["pre"]]
 
 
 def _check_against_simulation(spec, batch=600, seeds=(0, 1), layers=None, rel_slack=0.0, corr_tol=0.02):

@@ -1,4 +1,4 @@
-"""Training lens: presets vs the seed's specification, learning, determinism, resume, layer stats, CLI."""
+"""Training lens: presets vs the seed's specification, learning, ensembles, determinism, resume, layer stats, CLI."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn as nn
+import torch.nn.functional as F
+from scipy import stats as sps
 
 from propagate.cli import main
 from propagate.data import Dataset, load_dataset
@@ -17,7 +18,8 @@ from propagate.errors import UserError
 from propagate.presets import PRESETS, get_preset, list_presets
 from propagate.spec import NetworkSpec, build_model
 from propagate.stats import COLUMNS
-from propagate.train import TrainOptions, _make_optimizer, probe_layer_stats, reproduce, train
+from propagate.train import (TrainOptions, _make_optimizer, check_memory, estimate_memory, probe_layer_stats,
+                             reproduce, train)
 
 # The seed's five runs as ``shared/reference/seed-experiments.md`` states them (titles' intent),
 # plus the two recipes it left out: (activation, kernel init, BN).
@@ -30,6 +32,10 @@ EXPECTED = {
     "selu-lecun-normal": ("selu", "lecun_normal", False),
     "relu-he-normal": ("relu", "he_normal", False),
 }
+
+# Digit counts of MNIST's 60,000 training and 10,000 test labels (LeCun et al.'s distribution).
+MNIST_TRAIN_COUNTS = np.array([5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949])
+MNIST_TEST_COUNTS = np.array([980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
 
 
 def _weight_var(init: str, fan_in: int, fan_out: int) -> float:
@@ -63,21 +69,40 @@ def _numbers(result):
     return result.history.drop(columns=["seconds"]), result.layers
 
 
+def _ops(model, kind):
+    return [m for m in model.layers if type(m.op).__name__ == kind]
+
+
 # ----------------------------------------------------------------- presets
 
 
-def test_preset_names_and_reported_numbers():
+def test_preset_names():
     assert list_presets() == list(EXPECTED)
     assert get_preset("SELU_BN_lecun_uniform").name == "selu-bn-lecun-uniform"
     with pytest.raises(UserError, match="unknown preset"):
         get_preset("nosuch")
-    runs = {p.seed_run: p for p in PRESETS.values() if p.seed_run}
-    assert sorted(runs) == [1, 2, 3, 4, 5]
-    assert runs[5].reported["acc"] == [0.2284, 0.4039, 0.4738]
-    assert runs[5].reported["val_acc"] == [0.0996, 0.1039, 0.1164]
-    assert (runs[2].reported["loss"], runs[2].reported["val_loss"]) == (2.1711, 2.4536)
-    assert runs[4].reported["acc"][2] == 0.2342 and runs[1].reported["val_acc"] == [0.1135] * 3
-    assert PRESETS["selu-lecun-normal"].reported is None
+    runs = {p.seed_run: p.name for p in PRESETS.values() if p.seed_run}
+    assert runs == {1: "relu", 2: "relu-bn", 3: "selu", 4: "selu-bn-random-uniform", 5: "selu-bn-lecun-uniform"}
+    assert PRESETS["selu-lecun-normal"].reported is None and PRESETS["relu-he-normal"].reported is None
+
+
+@pytest.mark.parametrize("name", ["relu", "selu"])
+def test_failed_seed_runs_report_the_majority_class(name):
+    """Runs 1 and 3 learned nothing: their numbers are those of a constant prediction, from MNIST's label counts.
+
+    Predicting the most frequent digit (1) scores 6742/60000 on the training set and 1135/10000 on the
+    test set; the class prior's cross-entropy is the label entropy (train) and the cross-entropy of the
+    test labels under the training prior (val). The seed's reported numbers must be exactly those.
+    """
+    rep = get_preset(name).reported
+    p_train = MNIST_TRAIN_COUNTS / MNIST_TRAIN_COUNTS.sum()
+    p_test = MNIST_TEST_COUNTS / MNIST_TEST_COUNTS.sum()
+    assert rep["acc"][1:] == [round(MNIST_TRAIN_COUNTS.max() / 60000, 4)] * 2  # 0.1124
+    assert rep["val_acc"] == [round(MNIST_TEST_COUNTS.max() / 10000, 4)] * 3  # 0.1135
+    entropy = float(-(p_train * np.log(p_train)).sum())  # 2.30116 nats
+    cross = float(-(p_test * np.log(p_train)).sum())  # 2.30102 nats
+    assert 0 <= rep["loss"] - entropy < 3e-4  # a model can only do worse than the prior on average
+    assert abs(rep["val_loss"] - cross) < 3e-4
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
@@ -88,42 +113,54 @@ def test_preset_model_matches_seed(name):
     assert (spec.activation, spec.init, spec.batchnorm) == (activation, init, bn)
     model = build_model(spec, seed=0)
 
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    assert len(linears) == 52
-    shapes = [(lin.in_features, lin.out_features) for lin in linears]
-    assert shapes == [(784, 512), (512, 256)] + [(256, 256)] * 49 + [(256, 10)]
-    for lin in linears:
-        assert torch.count_nonzero(lin.bias) == 0  # Keras: zero biases
+    dense = _ops(model, "Dense")
+    shapes = [tuple(m.weight.shape) for m in dense]
+    assert shapes == [(1, 512, 784), (1, 256, 512)] + [(1, 256, 256)] * 49 + [(1, 10, 256)]
+    for m in dense:
+        assert torch.count_nonzero(m.bias) == 0  # Keras: zero biases
 
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    bns = _ops(model, "BatchNorm")
     if bn:
         # before each of the 50 Dense(256) and before the readout; none before the first layer
-        assert len(bns) == 51
-        assert isinstance(model.norms[0], nn.Identity)
-        assert [model.norms[i].num_features for i in range(1, 51)] == [512] + [256] * 49
-        assert isinstance(model.readout_norm, nn.BatchNorm1d) and model.readout_norm.num_features == 256
+        assert [m.op.n for m in bns] == [512] + [256] * 50
+        kinds = [type(m.op).__name__ for m in model.layers]
+        assert kinds[:2] == ["Dense", "Activation"] and kinds[-2:] == ["BatchNorm", "Dense"]
         for m in bns:
-            assert m.momentum == pytest.approx(0.01) and m.eps == pytest.approx(1e-3)
+            assert m.op.momentum == pytest.approx(0.01) and m.op.eps == pytest.approx(1e-3)
     else:
         assert bns == []
 
     # initial weights: Var(w) = the initializer's variance, within 5 standard errors
     # (the sample variance of n i.i.d. weights has relative s.e. <= sqrt(2/n) for these laws)
-    for lin in linears:
-        w = lin.weight.detach().double()
+    for m in dense:
+        w = m.weight.detach()[0].double()
         fan_out, fan_in = w.shape
         expected = _weight_var(init, fan_in, fan_out)
         assert float(w.var()) == pytest.approx(expected, rel=5 * math.sqrt(2.0 / w.numel()))
         assert abs(float(w.mean())) < 5 * math.sqrt(expected / w.numel())
     if init == "random_uniform":
-        assert float(linears[3].weight.detach().abs().max()) <= 0.05
+        assert float(dense[3].weight.detach().abs().max()) <= 0.05
 
-    options = preset.options()
+    options = TrainOptions()  # every preset trains with the seed's Keras settings, TrainOptions' defaults
     assert (options.optimizer, options.lr, options.batch_size, options.epochs) == ("rmsprop", 1e-3, 128, 3)
     opt = _make_optimizer(model.parameters(), options)
     assert isinstance(opt, torch.optim.RMSprop)
     group = opt.param_groups[0]
     assert (group["lr"], group["alpha"], group["eps"], group["momentum"]) == (1e-3, 0.9, 1e-7, 0)
+
+
+def test_rmsprop_step_is_keras_rule():
+    """One step on stacked weights equals Keras' RMSprop written out (eps outside the square root), per seed."""
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, 5, requires_grad=True)
+    g = torch.randn(3, 4, 5)
+    opt = _make_optimizer([w], TrainOptions(lr=0.01, rho=0.9, eps=1e-7))
+    w0 = w.detach().clone()
+    w.grad = g.clone()
+    opt.step()
+    v = 0.1 * g.double() ** 2
+    expected = w0.double() - 0.01 * g.double() / (v.sqrt() + 1e-7)
+    np.testing.assert_allclose(w.detach().double().numpy(), expected.numpy(), rtol=1e-6, atol=1e-7)
 
 
 # ----------------------------------------------------------------- training
@@ -136,8 +173,8 @@ def test_short_run_learns_and_is_deterministic(mnist5k):
     rows = []
     a = train(spec, opts, ds, callback=rows.append)
     b = train(spec, opts, ds)
-    assert a.status == "finished" and not a.diverged
-    assert list(a.history["epoch"]) == [1, 2, 3]
+    assert a.status == "finished" and not a.diverged and a.seeds == [3]
+    assert list(a.history["epoch"]) == [1, 2, 3] and (a.history["seed"] == 3).all()
     assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["epochs"] == 3
     last = a.history.iloc[-1]
     assert last["acc"] > 0.5 and last["val_acc"] > 0.5 and last["train_eval_acc"] > 0.5
@@ -151,16 +188,85 @@ def test_short_run_learns_and_is_deterministic(mnist5k):
     assert c.history["loss"].iloc[0] != a.history["loss"].iloc[0]
 
 
-def test_resume_equals_uninterrupted(mnist5k, tmp_path):
+def _per_step(tag, store):
+    def record(info):
+        for s, loss, acc in zip(info["seeds"], info["loss"], info["acc"]):
+            store.setdefault((tag, s), []).append((info["epoch"], loss, acc))
+    return record
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_ensemble_seed_equals_single_run(mnist5k, bn):
+    """Seed 1 of a 3-seed ensemble is the single run --seed 1: initial weights, every step's loss and accuracy,
+    the history, the layer statistics and the final weights (float32 round-off)."""
+    ds = _subset(mnist5k, 600, 100)  # 5 batches per epoch, the last one short (88)
+    spec = NetworkSpec.stack(3, 24, first_width=32, activation="selu", init="lecun_normal", batchnorm=bn,
+                             out_features=10)
+    opts = TrainOptions(epochs=2, probe_size=32, threads=1)
+    steps: dict = {}
+    ens = train(spec, opts, ds, seeds=3, on_step=_per_step("ens", steps))
+    one = train(spec, opts.with_(seed=1), ds, on_step=_per_step("one", steps))
+    assert ens.seeds == [0, 1, 2] and one.seeds == [1]
+
+    init_ens, init_one = build_model(spec, seeds=[0, 1, 2]), build_model(spec, seed=1)
+    for p, q in zip(init_ens.parameters(), init_one.parameters()):
+        assert torch.equal(p[1], q[0])
+
+    a, b = np.array(steps[("ens", 1)]), np.array(steps[("one", 1)])
+    assert a.shape == b.shape == (10, 3)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # the seeds are different networks
+    assert abs(steps[("ens", 0)][0][1] - steps[("ens", 1)][0][1]) > 1e-4
+
+    h = ens.history[ens.history["seed"] == 1].drop(columns=["seconds"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(h, one.history.drop(columns=["seconds"]), rtol=1e-5)
+    lay = ens.layers[ens.layers["seed"] == 1].reset_index(drop=True)
+    pd.testing.assert_frame_equal(lay, one.layers, rtol=1e-4, atol=1e-7)
+    for p, q in zip(ens.model.parameters(), one.model.parameters()):
+        np.testing.assert_allclose(p.detach()[1].numpy(), q.detach()[0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_ensemble_files_per_seed_and_t_intervals(mnist5k, tmp_path):
+    ds = _subset(mnist5k, 256, 64)
+    spec = _small_spec(batchnorm=True)
+    out = tmp_path / "run"
+    res = train(spec, TrainOptions(epochs=2, probe_size=16, threads=1, seed=5), ds, seeds=3, run_dir=out)
+    assert res.seeds == [5, 6, 7] and res.seed_status == {5: "finished", 6: "finished", 7: "finished"}
+    hist = pd.read_csv(out / "history.csv")
+    assert list(hist.columns[:2]) == ["seed", "epoch"]
+    assert list(zip(hist["seed"], hist["epoch"])) == [(s, e) for s in (5, 6, 7) for e in (1, 2)]
+    lay = pd.read_csv(out / "layers.csv")
+    counts = lay.groupby(["seed", "epoch", "mode"]).size()
+    assert len(counts) == 3 * 3 * 2 and (counts == 5).all()  # seeds x epochs 0..2 x modes, layers 0..4
+    summ = pd.read_csv(out / "summary.csv")
+    assert list(summ["epoch"]) == [1, 2] and (summ["n_seeds"] == 3).all()
+    for metric in ("loss", "acc", "val_acc", "train_eval_acc"):
+        v = hist[hist["epoch"] == 2][metric].to_numpy()
+        half = sps.t.ppf(0.975, 2) * v.std(ddof=1) / math.sqrt(3)
+        row = summ[summ["epoch"] == 2].iloc[0]
+        assert row[f"{metric}_mean"] == pytest.approx(v.mean(), rel=1e-9)
+        assert row[f"{metric}_ci_low"] == pytest.approx(v.mean() - half, rel=1e-9, abs=1e-12)
+        assert row[f"{metric}_ci_high"] == pytest.approx(v.mean() + half, rel=1e-9, abs=1e-12)
+    meta = json.loads((out / "spec.json").read_text())
+    assert meta["seeds"] == [5, 6, 7] and meta["status"] == "finished"
+
+
+def test_resume_per_seed_equals_uninterrupted(mnist5k, tmp_path):
     ds = _subset(mnist5k, 384, 100)
-    # BN (running statistics, train/eval probes) and dropout (random state) both must survive a resume
+    # BN (running statistics, train/eval probes) must survive a resume, per seed
     spec = NetworkSpec.stack(3, 32, first_width=32, activation="selu", init="lecun_normal", batchnorm=True,
-                             dropout=0.1, out_features=10)
-    opts = TrainOptions(epochs=2, probe_size=32, batch_size=64, threads=1)
+                             out_features=10)
+    opts = TrainOptions(epochs=2, probe_size=32, batch_size=64, threads=1, seeds=2)
     straight = train(spec, opts, ds, run_dir=tmp_path / "straight")
-    first = train(spec, opts.with_(epochs=1), ds, run_dir=tmp_path / "resumed")
-    assert first.status == "finished" and len(first.history) == 1
-    assert (tmp_path / "resumed" / "checkpoint.pt").is_file()
+
+    # a run interrupted after epoch 1 was saved resumes every seed to the same numbers
+    def interrupt(row):
+        if row["epoch"] == 1 and row["seed"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, opts, ds, run_dir=tmp_path / "resumed", callback=interrupt)
+    assert len(pd.read_csv(tmp_path / "resumed" / "history.csv")) == 2  # both seeds, epoch 1
     resumed = train(spec, opts, ds, run_dir=tmp_path / "resumed")
     assert resumed.status == "finished"
     hs, ls = _numbers(straight)
@@ -170,34 +276,26 @@ def test_resume_equals_uninterrupted(mnist5k, tmp_path):
     for (k, v), (_, w) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(v, w), k
 
-    # a run interrupted during epoch 2 (here: right after epoch 1 was saved) resumes to the same numbers
-    def interrupt(row):
-        if row["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(spec, opts, ds, run_dir=tmp_path / "interrupted", callback=interrupt)
-    assert len(pd.read_csv(tmp_path / "interrupted" / "history.csv")) == 1
-    hi, li = _numbers(train(spec, opts, ds, run_dir=tmp_path / "interrupted"))
-    pd.testing.assert_frame_equal(hs, hi)
-    pd.testing.assert_frame_equal(ls, li)
-
-    # files on disk hold the same numbers; a finished run is not trained again
-    disk = pd.read_csv(tmp_path / "resumed" / "history.csv")
-    np.testing.assert_allclose(disk["val_acc"], hs["val_acc"])
+    # a finished run is not trained again
     again = train(spec, opts, ds, run_dir=tmp_path / "resumed")
     assert list(again.history["seconds"]) == list(resumed.history["seconds"])
-    meta = json.loads((tmp_path / "resumed" / "spec.json").read_text())
-    assert meta["status"] == "finished" and meta["epochs_done"] == 2
 
-    with pytest.raises(UserError, match="different settings"):
+    # one more seed: seeds 0-1 come from the checkpoint, seed 2 is trained and equals its own single run
+    more = train(spec, opts.with_(seeds=3), ds, run_dir=tmp_path / "resumed")
+    pd.testing.assert_frame_equal(more.history[more.history["seed"] < 2].reset_index(drop=True), resumed.history)
+    alone = train(spec, opts.with_(seed=2, seeds=1), ds)
+    pd.testing.assert_frame_equal(more.history[more.history["seed"] == 2].drop(columns=["seconds"]).reset_index(drop=True),
+                                  alone.history.drop(columns=["seconds"]), rtol=1e-5)
+    assert sorted(pd.read_csv(tmp_path / "resumed" / "history.csv")["seed"].unique()) == [0, 1, 2]
+
+    with pytest.raises(UserError, match="lr|different settings"):
         train(spec, opts.with_(lr=1e-2), ds, run_dir=tmp_path / "resumed")
 
 
 def test_divergence_is_a_result(mnist5k):
     ds = _subset(mnist5k, 512, 50)
     res = train(_small_spec(activation="relu", init="normal:50"), TrainOptions(epochs=3, lr=1e6, probe_size=16, threads=1), ds)
-    assert res.status == "diverged" and res.diverged
+    assert res.status == "diverged" and res.diverged and res.diverged_seeds == [0]
     assert bool(res.history["diverged"].iloc[-1]) and not res.history["diverged"].iloc[:-1].any()
     assert not math.isfinite(res.history["loss"].iloc[-1])
     # the probe after the diverged epoch shows the blow-up: exploding variances, no finite loss gradient
@@ -205,33 +303,93 @@ def test_divergence_is_a_result(mnist5k):
     assert not (last["pre_var"] < 1e20) and not np.isfinite(last["grad_norm"])
 
 
+def test_diverged_seed_does_not_poison_the_others(mnist5k):
+    """Seed 1's weights are made infinite after step 2: it stops (diverged, weights kept), seed 0 trains on as alone."""
+    ds = _subset(mnist5k, 640, 100)
+    spec = _small_spec()
+    opts = TrainOptions(epochs=2, probe_size=16, threads=1)
+
+    def poison(info):
+        if info["epoch"] == 1 and info["batch"] == 1:
+            with torch.no_grad():
+                next(info["model"].parameters())[1].fill_(float("inf"))
+
+    ens = train(spec, opts, ds, seeds=2, on_step=poison)
+    one = train(spec, opts, ds)
+    assert ens.status == "finished" and ens.seed_status == {0: "finished", 1: "diverged"}
+    h1 = ens.history[ens.history["seed"] == 1]
+    assert list(h1["epoch"]) == [1] and bool(h1["diverged"].iloc[0]) and math.isnan(h1["loss"].iloc[0])
+    # seed 1 took two steps of 128, then its third batch failed: acc counts those 384 samples
+    assert 0 <= h1["acc"].iloc[0] <= 256 / 384
+    h0 = ens.history[ens.history["seed"] == 0].drop(columns=["seconds"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(h0, one.history.drop(columns=["seconds"]), rtol=1e-5)
+    assert torch.isinf(next(ens.model.parameters())[1]).all()  # frozen as it was, not updated with NaN
+    summ = ens.summary
+    assert list(summ["n_seeds"]) == [2, 1]
+
+
+def test_memory_guard(monkeypatch, capsys):
+    spec = get_preset("selu-lecun-normal").spec()
+    opts = TrainOptions()
+    one, eight = estimate_memory(spec, opts, 1), estimate_memory(spec, opts, 8)
+    params = sum(a * b + b for a, b in zip([784, 512] + [256] * 50, [512] + [256] * 50 + [10]))
+    assert params == 3_759_626  # 784*512 + 512*256 + 49*256*256 + 256*10 weights, plus biases
+    # 8 seeds cost 7 more seeds' weights, gradients and RMSprop state (3 x 4 bytes each) at least
+    assert eight - one >= 7 * params * 12
+    assert (eight - one) == pytest.approx(7 * (one - 4 * 70_000 * 784), rel=1e-12)
+    import propagate.limits as limits
+
+    monkeypatch.setattr(limits, "physical_memory", lambda: 2 * eight)  # limit = half of it = eight
+    assert check_memory(spec, opts, 8, 60_000, 10_000) == eight
+    with pytest.raises(UserError, match=r"training 9 seeds .* needs about .*iB .* use fewer --seeds"):
+        check_memory(spec, opts, 9, 60_000, 10_000)
+    monkeypatch.undo()
+    # the CLI refuses before loading any data: one line, exit 2
+    assert main(["train", "--preset", "selu-lecun-normal", "--seeds", "200000", "--dataset", "mnist-5k"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("propagate: error: training 200000 seeds") and "fewer --seeds" in err
+    assert err.count("\n") == 1
+
+
 # ----------------------------------------------------------------- layer stats
 
 
 def test_layer_table_format_and_values(mnist5k):
     ds = _subset(mnist5k, 256, 50)
+    x = torch.from_numpy(ds.arrays("train")[0][:128])
     for bn in (False, True):
         spec = _small_spec(batchnorm=bn)
         res = train(spec, TrainOptions(epochs=1, probe_size=128, threads=1), ds)
         t = res.layers
         assert list(t.columns[: len(COLUMNS)]) == COLUMNS
-        assert {"epoch", "mode", "diverged", "pre_var_se", "corr_se"} <= set(t.columns)
+        assert {"seed", "epoch", "mode", "diverged", "pre_var_se", "corr_se"} <= set(t.columns)
         assert (t["source"] == "training").all()
         assert set(t["epoch"]) == {0, 1}
         assert set(t["mode"]) == ({"train", "eval"} if bn else {"eval"})
         for (_, _), g in t.groupby(["epoch", "mode"]):
             assert list(g["layer"]) == [0, 1, 2, 3, 4]
         hidden = t[t["layer"] > 0]
-        np.testing.assert_allclose(hidden["pre_q"], hidden["pre_var"] + hidden["pre_mean"] ** 2, rtol=1e-9)
-        assert (hidden["grad_norm"] > 0).all() and np.isfinite(hidden["grad_norm"]).all()
-        assert hidden["dead_frac"].between(0, 1).all() and hidden["corr"].between(-1, 1).all()
-        # ReLU: saturated = exact zeros, about half the outputs at initialization
-        assert hidden["saturated_frac"].between(0.2, 0.8).all()
+        np.testing.assert_allclose(hidden["pre_q"], hidden["pre_var"] + hidden["pre_mean"] ** 2, rtol=1e-6)
+        # at initialization (eval mode = train mode for a fresh net without BN): direct computation on the probe
+        model = build_model(spec, seed=0).eval()
+        with torch.no_grad():
+            _, rec = model(x, record=True)
+        init = t[(t["epoch"] == 0) & (t["mode"] == "eval")].set_index("layer")
+        for layer in (1, 4):
+            h = rec["pre"][layer - 1][0].double()
+            post = torch.relu(h)
+            assert init.loc[layer, "pre_mean"] == pytest.approx(float(h.mean()), rel=1e-5)
+            assert init.loc[layer, "pre_var"] == pytest.approx(float(h.var(unbiased=False)), rel=1e-4)
+            # ReLU: saturated = exact zeros, dead = units zero for all 128 images
+            assert init.loc[layer, "saturated_frac"] == pytest.approx(float((post == 0).double().mean()), abs=1e-12)
+            assert init.loc[layer, "dead_frac"] == pytest.approx(float((post == 0).all(0).double().mean()), abs=1e-12)
+            cos = F.cosine_similarity(h[0::2], h[1::2], dim=1)
+            assert init.loc[layer, "corr"] == pytest.approx(float(cos.mean()), rel=1e-5)
         # the input row: statistics of the first 128 training images, in the post_* columns
-        x0 = ds.arrays("train")[0][:128].astype(np.float64)
-        row0 = t[(t["layer"] == 0) & (t["epoch"] == 0)].iloc[0]
-        assert row0["post_mean"] == pytest.approx(x0.mean(), rel=1e-9)
-        assert row0["post_var"] == pytest.approx(x0.var(), rel=1e-9)
+        x0 = x.double()
+        row0 = init.loc[0]
+        assert row0["post_mean"] == pytest.approx(float(x0.mean()), rel=1e-6)
+        assert row0["post_var"] == pytest.approx(float(x0.var(unbiased=False)), rel=1e-6)
         assert row0["width"] == 784
 
 
@@ -239,34 +397,37 @@ def test_probe_stats_change_nothing_and_match_direct_computation():
     torch.manual_seed(0)
     spec = NetworkSpec.stack(3, 16, first_width=16, input_dim=8, activation="tanh", init="lecun_normal",
                              batchnorm=True, out_features=3)
-    model = build_model(spec, seed=1)
+    model = build_model(spec, seeds=[1, 2])
     x, y = torch.randn(20, 8), torch.randint(0, 3, (20,))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     rows = probe_layer_stats(model, x, y, "train")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state()) and model.training
-    # direct computation of layer 2's pre-activation statistics and per-sample loss gradient
-    model.train()
+    assert [r["seed"] for r in rows] == [1] * 4 + [2] * 4
+    # direct computation of seed 2's layer-2 pre-activation statistics (train-mode BN: batch statistics)
     with torch.no_grad():
-        h1 = model.linears[0](x)
-        h2 = model.linears[1](model.norms[1](torch.tanh(h1)))
+        _, rec = model(x, record=True)
     model.load_state_dict(before)
-    assert rows[2]["pre_mean"] == pytest.approx(float(h2.double().mean()), rel=1e-5)
-    assert rows[2]["pre_var"] == pytest.approx(float(h2.double().var(unbiased=False)), rel=1e-5)
+    h2 = rec["pre"][1][1].double()
+    r = rows[4 + 2]
+    assert r["pre_mean"] == pytest.approx(float(h2.mean()), rel=1e-5, abs=1e-6)  # 0 up to round-off after BN
+    h1 = rec["pre"][0][1].double()
+    assert rows[4 + 1]["pre_mean"] == pytest.approx(float(h1.mean()), rel=1e-5)
+    assert r["pre_var"] == pytest.approx(float(h2.var(unbiased=False)), rel=1e-5)
     # saturation of tanh: outputs within 0.02 of +-1
-    post = torch.tanh(h2).double()
-    assert rows[2]["saturated_frac"] == pytest.approx(float((post.abs() >= 0.98).double().mean()))
-    # grad_norm in eval mode = RMS over samples of |d loss_n / d h^3| (samples independent)
+    post = torch.tanh(h2)
+    assert r["saturated_frac"] == pytest.approx(float((post.abs() >= 0.98).double().mean()))
+    # grad_norm in eval mode = RMS over samples of |d loss_n / d h^3| (samples independent in eval mode)
     model.eval()
     g_direct = []
     for n in range(4):
-        out, pre = model(x[n : n + 1], record=True)
-        (g,) = torch.autograd.grad(nn.functional.cross_entropy(out, y[n : n + 1]), [pre[2]])
-        g_direct.append(float((g.double() ** 2).sum()))
+        out, rec = model(x[n : n + 1], record=True)
+        (g,) = torch.autograd.grad(F.cross_entropy(out[1], y[n : n + 1]), [rec["pre"][2]])
+        g_direct.append(float((g[1].double() ** 2).sum()))
     model.train()
     rows_eval = probe_layer_stats(model, x[:4], y[:4], "eval")
-    assert rows_eval[3]["grad_norm"] == pytest.approx(math.sqrt(np.mean(g_direct)), rel=1e-5)
+    assert rows_eval[4 + 3]["grad_norm"] == pytest.approx(math.sqrt(np.mean(g_direct)), rel=1e-5)
 
 
 # ----------------------------------------------------------------- reproduce and CLI
@@ -277,21 +438,29 @@ def test_reproduce_writes_results_and_resumes(mnist5k, tmp_path):
     out = tmp_path / "rep"
     lines = []
     summary = reproduce(presets=["selu-bn-lecun-uniform"], lrs=[1e-3, 1e-4], dataset=ds, out_dir=out, epochs=1,
-                        probe_size=16, threads=1, callback=lines.append)
+                        probe_size=16, threads=1, seeds=2, callback=lines.append)
     assert list(summary["lr"]) == [1e-3, 1e-4] and (summary["status"] == "finished").all()
+    assert (summary["n_seeds"] == 2).all() and len(lines) == 4
     assert summary["seed_acc_1"].iloc[0] == 0.2284 and summary["seed_val_acc_1"].iloc[0] == 0.0996
     for run in ("selu-bn-lecun-uniform_lr0.001", "selu-bn-lecun-uniform_lr0.0001"):
-        for f in ("history.csv", "history.csv.meta.json", "layers.csv", "layers.csv.meta.json", "spec.json"):
+        for f in ("history.csv", "history.csv.meta.json", "layers.csv", "summary.csv", "spec.json"):
             assert (out / run / f).is_file(), (run, f)
+    # the summary's numbers are the runs' per-seed numbers, summarized
+    hist = pd.read_csv(out / "selu-bn-lecun-uniform_lr0.001" / "history.csv")
+    v = hist["val_acc"].to_numpy()
+    half = sps.t.ppf(0.975, 1) * v.std(ddof=1) / math.sqrt(2)
+    row = summary.iloc[0]
+    assert row["val_acc_1_mean"] == pytest.approx(v.mean()) and row["val_acc_1_ci_high"] == pytest.approx(v.mean() + half)
     md = (out / "summary.md").read_text()
-    assert "0.2284 / 0.0996" in md and "selu-bn-lecun-uniform (seed run 5)" in md
+    assert "0.2284 / 0.0996" in md and "selu-bn-lecun-uniform (seed run 5)" in md and "2 seeds (0..1)" in md
+    assert f"{v.mean():.3f} [{v.mean() - half:.3f}, {v.mean() + half:.3f}]" in md
     assert pd.read_csv(out / "summary.csv").shape[0] == 2
     meta = json.loads((out / "selu-bn-lecun-uniform_lr0.001" / "history.csv.meta.json").read_text())
     assert meta["reported"]["acc"][0] == 0.2284 and meta["versions"]["torch"]
     # resuming finished runs trains nothing
     lines.clear()
     again = reproduce(presets=["selu-bn-lecun-uniform"], lrs=[1e-3, 1e-4], dataset=ds, out_dir=out, epochs=1,
-                      probe_size=16, threads=1, callback=lines.append)
+                      probe_size=16, threads=1, seeds=2, callback=lines.append)
     assert lines == []
     pd.testing.assert_frame_equal(again, summary)
 
@@ -309,21 +478,22 @@ def test_cli_bad_flag_one_line(capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_cli_tiny_custom_run_writes_files(tmp_path, capsys):
+def test_cli_tiny_ensemble_writes_files(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["train", "--activation", "tanh", "--init", "glorot_normal", "--depth", "2", "--width", "16",
-               "--first-width", "16", "--epochs", "1", "--dataset", "mnist-5k", "--out", str(out),
-               "--probe-size", "32", "--threads", "1", "--no-progress"])
+               "--first-width", "16", "--epochs", "1", "--dataset", "mnist-5k", "--out", str(out), "--seeds", "2",
+               "--seed", "1", "--probe-size", "32", "--threads", "1", "--no-progress"])
     assert rc == 0
     cap = capsys.readouterr()
-    assert "epoch 1/1 - " in cap.err and "val_acc: " in cap.err
-    assert "train_eval_acc" in cap.out
-    for f in ("history.csv", "layers.csv", "spec.json", "checkpoint.pt"):
+    assert "seed 1: epoch 1/1 - " in cap.err and "seed 2: epoch 1/1 - " in cap.err and "val_acc: " in cap.err
+    assert "train_eval_acc" in cap.out and "mean over seeds [95% Student t interval]" in cap.out
+    for f in ("history.csv", "layers.csv", "summary.csv", "spec.json", "checkpoint.pt"):
         assert (out / f).is_file()
     spec = json.loads((out / "spec.json").read_text())["spec"]
     assert spec["widths"] == [784, 16, 16] and spec["activation"] == "tanh"
     layers = pd.read_csv(out / "layers.csv")
-    assert set(layers["layer"]) == {0, 1, 2} and set(layers["epoch"]) == {0, 1}
+    assert set(layers["layer"]) == {0, 1, 2} and set(layers["epoch"]) == {0, 1} and set(layers["seed"]) == {1, 2}
+    assert list(pd.read_csv(out / "summary.csv")["n_seeds"]) == [2]
 
 
 def test_cli_list_presets(capsys):

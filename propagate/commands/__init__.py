@@ -5,13 +5,18 @@ Each module imports only the standard library at module level (fast ``--help``).
 
 COMMAND_MODULES = [
     "solve_selu",
+    "self_normalize",
+    "transform",
     "derive",
     "theory",
     "critical",
     "gain",
     "simulate",
+    "spectrum",
     "data",
     "train",
     "reproduce",
+    "trainability",
     "report",
+    "sweep",
 ]

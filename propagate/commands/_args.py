@@ -1,9 +1,20 @@
-"""argparse value types that reject bad input with one clear line (exit 2)."""
+"""argparse value types that reject bad input with one clear line (exit 2).
+
+Every check here runs at parse time, before any work: numbers and ranges,
+output paths (:func:`output_file`, :func:`output_file_or_stdout`,
+:func:`png_file`, :func:`output_dir`), device names, comma lists, and sizes
+bounded by memory or work (:func:`depth`, ``propagate.limits``). Every command
+(new ones too) should take its options through these types, so that a bad
+value never reaches the library. Standard library (and ``propagate.io``,
+``propagate.limits``, both stdlib-only) only.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
+import re
 
 
 def _number(text: str, kind=float):
@@ -62,18 +73,26 @@ def nonneg_int(text: str) -> int:
     return v
 
 
+#: Most values a list or range may hold (a range is expanded at parse time); commands bound the work further.
+MAX_LIST = 100_000
+
+
 def float_list(text: str) -> list[float]:
-    """'0.1,0.2' or a range 'START:STOP:N' (N points, both ends included)."""
+    """'0.1,0.2' or a range 'START:STOP:N' (N points, both ends included; N <= :data:`MAX_LIST`)."""
     text = text.strip()
     if text.count(":") == 2:
         a, b, n = text.split(":")
         start, stop, count = _number(a), _number(b), positive_int(n)
+        if count > MAX_LIST:
+            raise argparse.ArgumentTypeError(f"a range of {count} points is more than the limit of {MAX_LIST}")
         if count == 1:
             return [start]
         return [start + (stop - start) * i / (count - 1) for i in range(count)]
     items = [t for t in text.split(",") if t.strip()]
     if not items:
         raise argparse.ArgumentTypeError(f"empty list: {text!r}")
+    if len(items) > MAX_LIST:
+        raise argparse.ArgumentTypeError(f"a list of {len(items)} values is more than the limit of {MAX_LIST}")
     return [_number(t) for t in items]
 
 
@@ -89,3 +108,129 @@ def positive_float_list(text: str) -> list[float]:
     if any(v <= 0 for v in vals):
         raise argparse.ArgumentTypeError(f"values must be > 0, got {text}")
     return vals
+
+
+# ------------------------------------------------------------- checked by the library
+
+
+def _from_user_error(fn):
+    """Turn the library's UserError into argparse's error (so the message names the option)."""
+
+    @functools.wraps(fn)
+    def wrapper(text: str):
+        from propagate.errors import UserError
+
+        try:
+            return fn(text)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return wrapper
+
+
+def int_in(low: int, high: int, what: str = ""):
+    """A whole number in ``[low, high]``; ``what`` says where ``high`` comes from (for the message)."""
+
+    def check(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        if v > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}{f' ({what})' if what else ''}, got {text}")
+        return v
+
+    check.__name__ = f"int_in_{low}_{high}"
+    return check
+
+
+def depth(text: str) -> int:
+    """A number of hidden layers, 1 to ``propagate.limits.MAX_DEPTH``."""
+    from propagate.limits import check_depth
+
+    v = positive_int(text)
+    _from_user_error(check_depth)(v)
+    return v
+
+
+def width(text: str) -> int:
+    """A layer width, 1 to ``propagate.limits.MAX_WIDTH`` (commands that allocate check their memory on top)."""
+    from propagate.limits import MAX_WIDTH
+
+    v = positive_int(text)
+    if v > MAX_WIDTH:
+        raise argparse.ArgumentTypeError(
+            f"a {v} x {v} float32 weight matrix alone is {4 * v * v / 2**30:.3g} GiB; the limit is {MAX_WIDTH} units")
+    return v
+
+
+@_from_user_error
+def output_file(text: str) -> str:
+    """A file to write (atomically): not a folder, in a place we can write (checked now, before any work)."""
+    from propagate.io import check_output_file
+
+    return str(check_output_file(text))  # '~' expanded, as the check saw it
+
+
+def output_file_or_stdout(text: str) -> str:
+    """Like :func:`output_file`, or ``-`` for standard output."""
+    return text if text == "-" else output_file(text)
+
+
+def png_file(text: str) -> str:
+    """A ``.png`` file to write."""
+    if not text.lower().endswith(".png"):
+        raise argparse.ArgumentTypeError(f"expects a .png file name, got {text!r}")
+    return output_file(text)
+
+
+@_from_user_error
+def output_dir(text: str) -> str:
+    """A folder to write into over time (created if missing): not a file, in a place we can write."""
+    from propagate.io import check_output_dir
+
+    return str(check_output_dir(text))
+
+
+_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+
+
+def device(text: str) -> str:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (whether the GPU exists is checked when the command starts)."""
+    t = text.strip().lower()
+    if not _DEVICE.match(t):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r} (use cpu, cuda, cuda:N or auto)")
+    return t
+
+
+def name_list(text: str) -> list[str]:
+    """A comma-separated list of names, at least one."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"needs at least one name, got {text!r}")
+    return names
+
+
+#: Matches option values that are negative numbers or lists/ranges of them ('-1', '-1,1', '-0.5:0.5:11',
+#: '-1e-3'), so argparse takes them as values, not as unknown options (see ``propagate.cli``).
+NEGATIVE_NUMBER = re.compile(r"^-(\d|\.\d|inf\b|nan\b)[\w.+\-,:]*$", re.IGNORECASE)
+
+
+def check_device(name: str, option: str = "--device") -> None:
+    """Raise UserError unless torch can use device ``name`` (call at the start of run(), before any banner)."""
+    name = device(name) if name else "cpu"
+    if name in ("cpu", "auto"):
+        return
+    import torch
+
+    from propagate.errors import UserError
+
+    if not torch.cuda.is_available():
+        raise UserError(f"{option} {name} requested but torch sees no CUDA GPU; use {option} cpu")
+    index = int(name.split(":")[1]) if ":" in name else 0
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise UserError(f"{option} {name} requested but torch sees {count} CUDA GPU{'s' * (count != 1)} "
+                        f"(cuda:0..cuda:{count - 1})")

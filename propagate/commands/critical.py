@@ -5,7 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from propagate.commands._args import nonneg_float_list
+from propagate.commands._args import nonneg_float_list, output_file_or_stdout
+
+#: Most bias variances one call traces: up to ~4 ms each (tanh, quadrature), so 10^4 is about 40 s.
+MAX_POINTS = 10_000
+
+
+def _sigma_b2_list(text: str) -> list[float]:
+    values = nonneg_float_list(text)
+    if len(values) > MAX_POINTS:
+        raise argparse.ArgumentTypeError(f"{len(values)} bias variances would take up to {len(values) * 4e-3:.3g} s "
+                                         f"(about 4 ms each); the limit is {MAX_POINTS}")
+    return values
 
 NAME = "critical"
 HELP = "the critical sigma_w^2 (edge of chaos, chi_1 = 1) and q* there, for one or many sigma_b^2"
@@ -27,11 +38,11 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--activation", "-a", default="tanh", metavar="NAME", help="activation (default tanh)")
-    parser.add_argument("--sigma-b2", type=nonneg_float_list, default=[0.0], metavar="LIST",
+    parser.add_argument("--sigma-b2", type=_sigma_b2_list, default=[0.0], metavar="LIST",
                         help="bias variance(s): a value, a list a,b,c or a range START:STOP:N (default 0)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the line as JSON")
-    out.add_argument("--csv", metavar="FILE", help="write the line as CSV (plus FILE.meta.json); '-' for stdout")
+    out.add_argument("--csv", metavar="FILE", type=output_file_or_stdout, help="write the line as CSV (plus FILE.meta.json); '-' for stdout")
 
 
 def run(args: argparse.Namespace) -> int:

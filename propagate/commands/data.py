@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from propagate.commands._args import positive_float
+from propagate.commands._args import output_dir, positive_float
 
 NAME = "data"
 HELP = "show where MNIST-like datasets are and download them"
@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                        "checking each against its published checksum and trying the next "
                                        "mirror on any failure.")
     fetch.add_argument("name", metavar="NAME", help="mnist or fashion-mnist (mnist-5k needs no download)")
-    fetch.add_argument("--data-dir", metavar="DIR", help="folder to put the files in (default: cache folder)")
+    fetch.add_argument("--data-dir", metavar="DIR", type=output_dir,
+                       help="folder to put the files in (default: cache folder)")
     fetch.add_argument("--mirror", metavar="URL", action="append",
                        help="base URL to try instead of the built-in mirrors (repeatable, tried in order)")
     fetch.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
@@ -68,14 +69,20 @@ def _stderr(message: str) -> None:
 
 def _run_info(args: argparse.Namespace) -> int:
     from propagate.data import dataset_info
+    from propagate.errors import UserError
 
     info = dataset_info(args.name, data_dir=args.data_dir, verify=not args.no_verify)
     if args.json:
         from propagate.io import to_json
 
         sys.stdout.write(to_json(info))
-        return 0
-    print(format_info(info))
+    else:
+        print(format_info(info))
+    # The description is still printed (it says what is wrong); the exit status says it is unusable.
+    problems = info.get("problems") or []
+    if problems:
+        raise UserError(f"{info['name']} cannot be used: {problems[0]}"
+                        + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     return 0
 
 
@@ -86,7 +93,7 @@ def format_info(info: dict) -> str:
         return (f"{name}: not on disk (would be stored in {info['location']})\n"
                 f"  {info.get('hint', '')}")
     shape = "x".join(str(n) for n in info["image_shape"])
-    lo, hi = info["pixel_range"]
+    lo, hi = info["pixel_range"] or ("-", "-")
     counts = info["class_counts"]
     width = max([len("class"), *(len(c) for c in info["classes"])])
     lines = [
@@ -100,7 +107,11 @@ def format_info(info: dict) -> str:
         lines.append(f"  split      {info['split']}")
     if info.get("auto"):
         lines.append(f"  auto       {info['auto']}")
-    lines.append(f"  classes    {len(info['classes'])}; images per class:")
+    labels = info.get("label_range")
+    lines.append(f"  labels     " + (f"{labels[0]}..{labels[1]}" if labels else "none"))
+    for problem in info.get("problems") or []:
+        lines.append(f"  PROBLEM    {problem}")
+    lines.append(f"  classes    {len(info['classes'])} declared; images per class:")
     lines.append(f"             {'class':<{width}}  {'train':>6}  {'test':>6}")
     for cls, ntr, nte in zip(info["classes"], counts["train"], counts["test"]):
         lines.append(f"             {cls:<{width}}  {ntr:>6}  {nte:>6}")
@@ -110,9 +121,9 @@ def format_info(info: dict) -> str:
 
 
 def _run_fetch(args: argparse.Namespace) -> int:
-    from propagate.data import _canonical_name, dataset_info, fetch_dataset
+    from propagate.data import canonical_name, dataset_info, fetch_dataset
 
-    name = _canonical_name(args.name)
+    name = canonical_name(args.name)
     if name == "auto":
         name = "mnist"
     if name == "mnist-5k":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from propagate.commands._args import output_file
+
 NAME = "derive"
 HELP = "print a derivation as markdown with LaTeX (e.g. derivations/selu.md)"
 DESCRIPTION = """\
@@ -16,12 +18,13 @@ examples:
 #: topic -> (module, function) returning the markdown text; other modules add theirs here.
 TOPICS = {
     "selu": ("propagate.selu", "derivation_markdown"),
+    "self-normalize": ("propagate.selfnorm", "derivation_markdown"),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("topic", choices=sorted(TOPICS), help="what to derive")
-    parser.add_argument("-o", "--output", metavar="PATH", help="write to PATH (atomically) instead of stdout")
+    parser.add_argument("-o", "--output", metavar="PATH", type=output_file, help="write to PATH (atomically) instead of stdout")
 
 
 def run(args: argparse.Namespace) -> int:

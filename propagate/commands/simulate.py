@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from propagate.commands import _args
+from propagate.commands._spec_args import add_spec_arguments, spec_from_args
 
 NAME = "simulate"
 HELP = "sample deep random networks and measure per-layer statistics (with theory alongside)"
@@ -24,16 +25,8 @@ INPUTS = ("gaussian", "mnist-5k", "mnist", "fashion-mnist")
 
 
 def add_arguments(parser):
-    g = parser.add_argument_group("network")
-    g.add_argument("--activation", default="selu", help="activation name, e.g. selu, relu, tanh, leaky_relu:0.2 (default selu)")
-    g.add_argument("--init", default="lecun_normal", help="weight initializer, e.g. lecun_normal, glorot_uniform, he_normal, normal:2 (default lecun_normal)")
-    g.add_argument("--depth", type=_args.positive_int, default=None, help="hidden layers (default 50)")
-    g.add_argument("--width", type=_args.positive_int, default=None, metavar="W", help="all hidden layers W wide (default: first 512, the rest 256)")
+    g = add_spec_arguments(parser, activation="selu", init="lecun_normal", depth=50, inputs=False)
     g.add_argument("--seed-shape", action="store_true", help="the seed experiments' hidden stack 784 -> 512 -> 50 x 256 (depth 51)")
-    g.add_argument("--bias-var", type=_args.nonneg_float, default=None, metavar="V", help="bias variance sigma_b^2 (default: the initializer's, zero)")
-    g.add_argument("--batchnorm", action="store_true", help="train-mode BatchNormalization before each hidden layer after the first")
-    g.add_argument("--dropout", type=_args.probability, default=0.0, metavar="P", help="dropout rate after each hidden layer")
-    g.add_argument("--alpha-dropout", type=_args.probability, default=0.0, metavar="P", help="alpha-dropout rate after each hidden layer")
     g = parser.add_argument_group("inputs")
     g.add_argument("--input", default="gaussian", choices=INPUTS, help="gaussian (default) or a dataset's [0,1]-scaled pixels")
     g.add_argument("--input-mean", type=_args.finite_float, default=None, metavar="M", help="gaussian inputs: per-feature mean (default 0)")
@@ -47,37 +40,23 @@ def add_arguments(parser):
     g.add_argument("--threads", type=_args.positive_int, default=None, metavar="T", help="torch CPU threads (default: torch's choice; 1 is faster for small runs on a busy machine)")
     g.add_argument("--jacobian", action="store_true", help="also report the input-output Jacobian's singular value spread (network 0)")
     g = parser.add_argument_group("output")
-    g.add_argument("--csv", metavar="FILE", help="write every layer's statistics (+ FILE.meta.json)")
-    g.add_argument("--json", metavar="FILE", help="write rows and run metadata as JSON")
-    g.add_argument("--plot", metavar="FILE.png", help="variance and mean per layer, simulation bands and theory")
+    g.add_argument("--csv", metavar="FILE", type=_args.output_file, help="write every layer's statistics (+ FILE.meta.json)")
+    g.add_argument("--json", metavar="FILE", type=_args.output_file, help="write rows and run metadata as JSON")
+    g.add_argument("--plot", metavar="FILE.png", type=_args.png_file, help="variance and mean per layer, simulation bands and theory")
     g.add_argument("--quiet", action="store_true", help="no table on stdout (warnings still go to stderr)")
 
 
 def build_spec(args):
     """The NetworkSpec the arguments describe (raises UserError on conflicts)."""
     from propagate.errors import UserError
-    from propagate.spec import NetworkSpec
 
     if args.input != "gaussian" and (args.input_mean is not None or args.input_var is not None):
         raise UserError("--input-mean/--input-var apply to gaussian inputs only")
-    kw = dict(
-        activation=args.activation,
-        init=args.init,
-        bias_var=args.bias_var,
-        batchnorm=args.batchnorm,
-        dropout=args.dropout,
-        alpha_dropout=args.alpha_dropout,
-        input_mean=0.0 if args.input_mean is None else args.input_mean,
-        input_var=1.0 if args.input_var is None else args.input_var,
-    )
     if args.seed_shape:
-        if args.depth is not None or args.width is not None:
+        if args.depth != 50 or args.width is not None or args.first_width is not None:
             raise UserError("--seed-shape fixes the widths; drop --depth/--width")
-        return NetworkSpec.seed(out_features=None, **kw)
-    depth = 50 if args.depth is None else args.depth
-    if args.width is not None:
-        return NetworkSpec.stack(depth, args.width, first_width=None, **kw)
-    return NetworkSpec.stack(depth, **kw)
+        args.depth = 51
+    return spec_from_args(args)
 
 
 def _pm(v, se, digits=3):
@@ -166,6 +145,9 @@ def run(args) -> int:
         print(format_table(table))
         if res.theory is None:
             print("(no theory columns: propagate.theory is not available for this spec)")
+        elif not bool(table["judged"].all()):
+            print("(one network: no standard error across networks, so agreement with theory is not judged; "
+                  "use --seeds 2 or more)")
         else:
             n_dis = int(table["disagree"].sum())
             print(f"flag !: |simulation - theory| > 4 SE + finite-width allowance (sum of 1/width over the layers "

@@ -44,6 +44,34 @@ def _digits(text: str) -> int:
     return value
 
 
+def _grid(text: str) -> int:
+    """Grid points per axis: the lattice has grid**4 points, bounded by memory."""
+    from propagate.errors import UserError
+    from propagate.limits import check_stability_grid
+
+    value = positive_int(text)
+    try:
+        check_stability_grid(value)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _samples(text: str) -> int:
+    """Monte Carlo samples: at least 2 (a variance needs two), bounded by memory."""
+    from propagate.errors import UserError
+    from propagate.limits import check_mc_samples
+
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be >= 2 (a variance and its standard error need two), got {text}")
+    try:
+        check_mc_samples(value)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mean", type=finite_float, default=0.0, help="fixed-point mean mu* (default 0)")
     parser.add_argument("--var", type=positive_float, default=1.0, help="fixed-point variance nu* > 0 (default 1)")
@@ -58,11 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     st.add_argument("--omega-range", type=_range, default=(-0.1, 0.1), metavar="LO,HI", help="default -0.1,0.1")
     st.add_argument("--nu-range", type=_positive_range, default=(0.8, 1.5), metavar="LO,HI", help="default 0.8,1.5")
     st.add_argument("--tau-range", type=_positive_range, default=(0.95, 1.1), metavar="LO,HI", help="default 0.95,1.1")
-    st.add_argument("--grid", type=positive_int, default=11, help="grid points per axis before refinement (default 11)")
+    st.add_argument("--grid", type=_grid, default=11, help="grid points per axis before refinement (default 11)")
     mc = parser.add_argument_group("Monte Carlo check")
     mc.add_argument("--check", action="store_true", help="push samples of N(0, var) through the solved SELU")
     mc.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
-    mc.add_argument("--samples", type=positive_int, default=1_000_000, help="number of samples (default 10^6)")
+    mc.add_argument("--samples", type=_samples, default=1_000_000, help="number of samples (default 10^6)")
 
 
 _MAX_FORM = 200  # longer closed forms (mean != 0) are left to --json and --latex

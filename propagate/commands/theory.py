@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from propagate.commands._args import finite_float, nonneg_float, positive_float, positive_int, probability
+from propagate.commands._args import finite_float, output_file_or_stdout, positive_float, positive_int
+from propagate.commands._spec_args import add_spec_arguments, spec_from_args
 
 NAME = "theory"
 HELP = "mean-field theory: q*, c*, chi_1, depth scales, phase and the per-layer table"
@@ -15,7 +16,7 @@ Mean-field (infinite-width) predictions for a fully connected network.
 With --sigma-w2 the network is a uniform stack of --depth layers of --width
 units with N(0, sigma_w2/fan_in) weights (sigma_w2 is a weight *variance*
 scale: Var(w) = sigma_w2 / fan_in). With --init NAME the seed's widths are used
-(--input-dim 784 -> --first-width 512 -> --width 256 ...) and every layer's
+(--input-dim 784 -> --first-width 512 -> 256 ...; --width N: every hidden layer N) and every layer's
 sigma_w2 follows from the initializer and its fan-in/fan-out; the fixed-point
 summary then uses the last layer's sigma_w2.
 
@@ -29,51 +30,35 @@ examples:
   propagate theory --activation selu --init lecun_normal --depth 50
   propagate theory --activation relu --init glorot_uniform --batchnorm --csv relu_bn.csv
   propagate theory --activation relu --sigma-w2 3 --depth 1000 --csv -
+  propagate theory --activation relu --init glorot_uniform --depth 100 --width 256 --residual 0.5
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--activation", "-a", default="tanh", metavar="NAME",
-                        help="activation, e.g. tanh, relu, selu, leaky_relu:0.2, elu:alpha=1 (default tanh)")
     w = parser.add_mutually_exclusive_group(required=True)
     w.add_argument("--sigma-w2", type=positive_float, metavar="S",
-                   help="weight variance scale sigma_w^2 = fan_in Var(w), uniform stack")
+                   help="weight variance scale sigma_w^2 = fan_in Var(w): a uniform stack of --depth layers of --width units")
     w.add_argument("--init", metavar="NAME",
-                   help="initializer (glorot_uniform, lecun_normal, he_normal, normal:S, ...), seed widths")
-    parser.add_argument("--sigma-b2", type=nonneg_float, default=None, metavar="S",
-                        help="bias variance sigma_b^2 (default 0; with --init the initializer's default)")
-    parser.add_argument("--depth", type=positive_int, default=50, metavar="L", help="number of hidden layers (default 50)")
-    parser.add_argument("--width", type=positive_int, default=256, metavar="N", help="hidden width (default 256)")
-    parser.add_argument("--first-width", type=positive_int, default=512, metavar="N",
-                        help="width of the first hidden layer with --init (default 512)")
-    parser.add_argument("--input-dim", type=positive_int, default=784, metavar="N",
-                        help="input dimension with --init (default 784; with --sigma-w2 the input has --width)")
-    parser.add_argument("--input-mean", type=finite_float, default=0.0, metavar="M", help="per-feature input mean (default 0)")
-    parser.add_argument("--input-var", type=nonneg_float, default=1.0, metavar="V", help="per-feature input variance (default 1)")
+                   help="initializer (glorot_uniform, lecun_normal, he_normal, normal:S, ...), the network's own widths")
+    add_spec_arguments(parser, activation="tanh", init=None, depth=50, init_flag=False)
     parser.add_argument("--input-corr", type=finite_float, default=None, metavar="C",
                         help="uncentered correlation of two inputs (default mean^2/(mean^2+var), independent inputs)")
-    parser.add_argument("--batchnorm", action="store_true", help="BatchNorm on the input of layers 2..depth (seed placement)")
-    parser.add_argument("--dropout", type=probability, default=0.0, metavar="P", help="dropout rate after each hidden layer")
-    parser.add_argument("--alpha-dropout", type=probability, default=0.0, metavar="P", help="alpha-dropout rate after each hidden layer")
     parser.add_argument("--rows", type=positive_int, default=None, metavar="N",
                         help="print at most N table rows, evenly spaced (default: all up to 60 layers, else 25)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print summary and table as JSON")
-    out.add_argument("--csv", metavar="FILE", help="write the per-layer table as CSV (plus FILE.meta.json); '-' for stdout")
+    out.add_argument("--csv", type=output_file_or_stdout, metavar="FILE", help="write the per-layer table as CSV (plus FILE.meta.json); '-' for stdout")
 
 
 def build(args):
     """The (spec, sigma_w2, sigma_b2) the arguments describe."""
-    from propagate.spec import NetworkSpec
-
-    common = dict(activation=args.activation, batchnorm=args.batchnorm, dropout=args.dropout,
-                  alpha_dropout=args.alpha_dropout, input_mean=args.input_mean, input_var=args.input_var)
     if args.sigma_w2 is not None:
+        n = args.width or 256
         sb2 = 0.0 if args.sigma_b2 is None else args.sigma_b2
-        spec = NetworkSpec(widths=(args.width,) * (args.depth + 1), init=f"normal:{args.sigma_w2!r}", bias_var=sb2, **common)
+        args.sigma_b2 = sb2
+        spec = spec_from_args(args, widths=(n,) * (args.depth + 1), init=f"normal:{args.sigma_w2!r}")
         return spec, args.sigma_w2, sb2
-    spec = NetworkSpec.stack(args.depth, args.width, input_dim=args.input_dim, first_width=args.first_width,
-                             init=args.init, bias_var=args.sigma_b2, **common)
+    spec = spec_from_args(args, init=args.init)
     return spec, spec.sigma_w2()[-1], spec.sigma_b2()[-1]
 
 
@@ -135,8 +120,8 @@ def format_summary(res, spec) -> str:
         f"  xi_q   = {res.xi_q:.6g}   xi_c = {res.xi_c:.6g}   (depth scales, layers)",
         f"  phase  = {res.phase}",
     ]
-    if spec.batchnorm or spec.dropout or spec.alpha_dropout:
-        lines.append("  (the fixed-point summary ignores batchnorm/dropout; the table includes them)")
+    if spec.batchnorm or spec.layernorm or spec.residual or spec.dropout or spec.alpha_dropout:
+        lines.append("  (the fixed-point summary is the plain layer's; the table includes normalization, residual and dropout)")
     return "\n".join(lines)
 
 

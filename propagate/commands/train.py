@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from propagate.commands._args import nonneg_int, positive_float, positive_int, probability
+from propagate.commands._args import (check_device, depth, device, nonneg_int, output_dir, positive_float,
+                                      positive_int, probability, width)
+from propagate.commands._spec_args import add_spec_arguments, spec_from_args
 
 NAME = "train"
 HELP = "train a preset (the seed's runs) or a custom deep MLP on MNIST, recording per-layer statistics"
@@ -19,9 +21,18 @@ Each epoch prints a Keras-like line on stderr; the history table goes to stdout.
 With --out DIR the run writes history.csv, layers.csv, spec.json and a checkpoint
 there after every epoch, and resumes from it unless --no-resume.
 
+--seeds N trains N networks of the same configuration (seeds --seed .. --seed+N-1, each with
+its own initialization, shuffling order and dropout masks) together as one batched model;
+seed k of an ensemble is the network of a single run with --seed k. history.csv and
+layers.csv get one row per seed (a seed column); summary.csv and the printed summary give
+each metric's mean over seeds with its 95% Student t confidence interval
+(<metric>_mean, <metric>_ci_low, <metric>_ci_high, n_seeds). A seed that diverges stops
+alone; the others go on.
+
 examples:
   propagate train --list-presets
   propagate train --preset selu-bn-lecun-uniform --dataset mnist-5k --out runs/selu-bn
+  propagate train --preset selu-lecun-normal --dataset mnist-5k --seeds 4 --epochs 1 --out runs/snn
   propagate train --activation tanh --init glorot_normal --depth 10 --width 128 --epochs 2
 """
 
@@ -30,29 +41,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("network")
     g.add_argument("--preset", help="a named recipe (see --list-presets)")
     g.add_argument("--list-presets", action="store_true", help="list the presets and exit")
-    g.add_argument("--activation", help="activation name (default relu, or the preset's)")
-    g.add_argument("--init", help="kernel initializer for every layer (default glorot_uniform, or the preset's)")
-    g.add_argument("--depth", type=positive_int, help="hidden layers incl. the first (default 51, the seed)")
-    g.add_argument("--width", type=positive_int, help="width of hidden layers 2..depth (default 256)")
-    g.add_argument("--first-width", type=positive_int, help="width of the first hidden layer (default 512)")
-    g.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=None,
-                   help="BatchNormalization before hidden layers 2..depth and the readout (seed placement)")
-    g.add_argument("--dropout", type=probability, help="dropout rate after every hidden layer")
-    g.add_argument("--alpha-dropout", type=probability, help="alpha-dropout rate after every hidden layer (SELU)")
+    add_spec_arguments(parser, activation=None, init=None, depth=None, inputs=False,
+                       title="network (unset flags: the preset's, else the seed's relu/glorot_uniform, depth 51)")
     o = parser.add_argument_group("training")
     o.add_argument("--optimizer", choices=["rmsprop", "sgd", "adam"], help="default rmsprop (Keras: rho 0.9, eps 1e-7)")
     o.add_argument("--lr", type=positive_float, help="learning rate (default 1e-3)")
     o.add_argument("--epochs", type=positive_int, help="default 3")
     o.add_argument("--batch-size", type=positive_int, help="default 128")
     o.add_argument("--seed", type=nonneg_int, default=0, help="weights, shuffles and dropout (default 0)")
+    o.add_argument("--seeds", type=positive_int, default=1,
+                   help="train N networks (seeds --seed .. --seed+N-1) together as one batched ensemble; "
+                        "files get a seed column and summary.csv the mean with its 95%% Student t interval (default 1)")
     o.add_argument("--probe-size", type=positive_int, default=512, help="training images in the probe batch (default 512)")
-    o.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    o.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     o.add_argument("--threads", type=positive_int, help="torch CPU threads (default: one per core)")
     d = parser.add_argument_group("data and output")
     d.add_argument("--dataset", choices=["mnist", "mnist-5k", "fashion-mnist", "auto"], default="auto",
                    help="default auto: full MNIST if present or downloadable, else the embedded mnist-5k")
     d.add_argument("--data-dir", help="folder with the IDX files (default: the cache folder)")
-    d.add_argument("--out", help="write the run's files (CSV/JSON + checkpoint) to this folder")
+    d.add_argument("--out", type=output_dir, help="write the run's files (CSV/JSON + checkpoint) to this folder")
     d.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue a run found in --out (default on)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -60,31 +67,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _spec_and_options(args):
     from propagate.presets import get_preset
-    from propagate.spec import SEED_CLASSES, SEED_WIDTH, NetworkSpec
+    from propagate.spec import SEED_CLASSES, NetworkSpec
     from propagate.train import TrainOptions
 
     preset = get_preset(args.preset) if args.preset else None
     base = preset.spec() if preset else NetworkSpec.seed("relu", "glorot_uniform", False)
-    custom = any(v is not None for v in (args.activation, args.init, args.depth, args.width, args.first_width,
-                                         args.batchnorm, args.dropout, args.alpha_dropout))
-    if custom:
-        depth = args.depth or base.depth
-        width = args.width or (base.widths[-1] if base.depth > 1 else SEED_WIDTH)
-        first = args.first_width or base.widths[1]
-        spec = NetworkSpec.stack(
-            depth, width, input_dim=784, first_width=first,
-            activation=args.activation or base.activation, init=args.init or base.init,
-            batchnorm=base.batchnorm if args.batchnorm is None else args.batchnorm,
-            dropout=base.dropout if args.dropout is None else args.dropout,
-            alpha_dropout=base.alpha_dropout if args.alpha_dropout is None else args.alpha_dropout,
-            out_features=SEED_CLASSES,
-        )
-    else:
-        spec = base
+    custom = any(getattr(args, k, None) is not None for k in (
+        "activation", "init", "depth", "width", "first_width", "input_dim", "sigma_b2", "batchnorm", "layernorm",
+        "residual", "dropout", "alpha_dropout"))
+    spec = spec_from_args(args, base=base, out_features=SEED_CLASSES) if custom else base
     opts = {k: v for k, v in (("optimizer", args.optimizer), ("lr", args.lr), ("epochs", args.epochs),
                               ("batch_size", args.batch_size), ("threads", args.threads)) if v is not None}
-    options = TrainOptions(seed=args.seed, device=args.device, probe_size=args.probe_size, **opts)
+    options = TrainOptions(seed=args.seed, seeds=args.seeds, device=args.device, probe_size=args.probe_size, **opts)
     return preset, spec, options
+
+
+#: Images the size estimate assumes are on the device (the largest dataset, MNIST's 70,000).
+_MAX_IMAGES = 70_000
+
+
+def check_training_size(spec, options) -> None:
+    """Refuse (UserError, with the estimate) a network whose training would not fit in memory."""
+    from propagate.limits import require_memory, training_bytes
+
+    widths = list(spec.widths) + ([spec.out_features] if spec.out_features else [])
+    # every seed of an ensemble has its own weights, optimizer state and activations; the images are shared
+    per_seed = training_bytes(widths, options.batch_size, options.probe_size, 0, options.optimizer)
+    need = options.seeds * per_seed + 4 * _MAX_IMAGES * widths[0]
+    seeds = f"{options.seeds} seeds of " if options.seeds > 1 else ""
+    require_memory(need, f"training {seeds}{spec.depth} hidden layers of up to {max(spec.widths[1:])} units",
+                   "use fewer --seeds, or a smaller --width/--first-width or --depth")
 
 
 def _print_presets() -> None:
@@ -100,6 +112,19 @@ def _print_presets() -> None:
     print(tabulate(rows, headers=["preset", "activation", "init", "BN", "seed run", "seed acc/val_acc per epoch"]))
 
 
+def _summary_cells(summary) -> list[dict]:
+    """Rows of ``summary`` as ``mean [low, high]`` cells per metric (mean alone without an interval)."""
+    metrics = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
+    rows = []
+    for _, r in summary.iterrows():
+        row = {"epoch": int(r["epoch"]), "seeds": int(r["n_seeds"])}
+        for m in metrics:
+            mean, lo, hi = r[f"{m}_mean"], r[f"{m}_ci_low"], r[f"{m}_ci_high"]
+            row[m] = f"{mean:.4f}" if lo != lo else f"{mean:.4f} [{lo:.4f}, {hi:.4f}]"
+        rows.append(row)
+    return rows
+
+
 def run(args) -> int:
     import sys
 
@@ -107,18 +132,27 @@ def run(args) -> int:
         _print_presets()
         return 0
     preset, spec, options = _spec_and_options(args)
+    check_training_size(spec, options)
+    check_device(options.device)
 
     from tabulate import tabulate
 
-    from propagate.data import load_dataset
+    from propagate.data import load_dataset, validate_dataset
     from propagate.train import format_epoch_line, train
 
     dataset = load_dataset(args.dataset, args.data_dir, progress=not args.no_progress,
                            notify=lambda m: print(f"propagate: {m}", file=sys.stderr))
+    validate_dataset(dataset, input_dim=spec.widths[0])
+    if args.out:  # refusals (busy, other settings or data, not a run folder) come before the banner
+        from propagate.runfolder import check_folder
+        from propagate.train import run_identity
+
+        check_folder(args.out, run_identity(spec, options, dataset), resume=args.resume)
     name = preset.name if preset else spec.label()
     print(f"{name}: {spec.depth} hidden layers {spec.widths[1]}->{spec.widths[-1]}, {spec.activation}/{spec.init}"
           f"{' + BN' if spec.batchnorm else ''}; {options.optimizer} lr {options.lr:g}, batch {options.batch_size}, "
-          f"{options.epochs} epochs on {dataset.name} ({dataset.n_train} train / {dataset.n_test} test)",
+          f"{options.epochs} epochs on {dataset.name} ({dataset.n_train} train / {dataset.n_test} test)"
+          f"{f'; seeds {options.seed}..{options.seed + options.seeds - 1}' if options.seeds > 1 else ''}",
           file=sys.stderr)
 
     def on_epoch(row):
@@ -127,6 +161,13 @@ def run(args) -> int:
     result = train(spec, options, dataset, progress=not args.no_progress, callback=on_epoch,
                    run_dir=args.out, resume=args.resume, name=None, preset=preset)
     print(tabulate(result.history, headers="keys", showindex=False, floatfmt=".4f"))
-    status = result.status + (f"; files in {args.out}" if args.out else "")
+    if len(result.seeds) > 1:
+        print("\nmean over seeds [95% Student t interval]:")
+        print(tabulate(_summary_cells(result.summary), headers="keys", showindex=False))
+    status = result.status
+    if result.diverged_seeds and not result.diverged:
+        status += f" (diverged: seed{'s' if len(result.diverged_seeds) > 1 else ''} "
+        status += f"{', '.join(str(s) for s in result.diverged_seeds)})"
+    status += f"; files in {args.out}" if args.out else ""
     print(f"status: {status}", file=sys.stderr)
     return 0

@@ -14,12 +14,13 @@ report does not lose finished epochs either.
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["ReportOptions", "build_report"]
+__all__ = ["ReportOptions", "build_report", "check_report_folders", "work_dir_of"]
 
 
 @dataclass(frozen=True)
@@ -60,100 +61,240 @@ def _subset(dataset, n):
     return replace(dataset, x_train=dataset.x_train[:n], y_train=dataset.y_train[:n])
 
 
+def _is_report_folder(path: Path) -> bool:
+    """A report folder written before :data:`propagate.io.FOLDER_MARKER` existed: README.md and report.json."""
+    import json
+
+    try:
+        data = json.loads((path / "report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (path / "README.md").is_file() and isinstance(data, dict) and {"facts", "timings_s"} <= set(data)
+
+
+def work_dir_of(out_dir: str | Path, options: ReportOptions) -> Path:
+    """The resumable training folder: ``options.work_dir``, else the hidden sibling ``.<name>.work`` of the report."""
+    if options.work_dir:
+        return Path(options.work_dir)
+    out = Path(os.path.abspath(out_dir))
+    return out.parent / f".{out.name}.work"
+
+
+def check_report_folders(out_dir: str | Path, options: ReportOptions | None = None) -> None:
+    """Refuse, before any work, a report folder that is not ours to replace or a work folder we cannot write.
+
+    ``out_dir`` may be new, empty, or a folder a previous report made; a file,
+    a link or a folder of the user's is left alone (:class:`UserError`).
+    """
+    from propagate.io import check_output_dir, check_replaceable_dir
+    from propagate.runfolder import check_folder
+
+    check_replaceable_dir(out_dir, "--out", adopt=_is_report_folder)
+    _check_simulation_size((options or ReportOptions()).effective())
+    work = work_dir_of(out_dir, options or ReportOptions())
+    check_output_dir(work, "--work-dir")
+    check_folder(work, option="--work-dir")  # not in use by another process, and a run folder if not empty
+
+
+def _check_simulation_size(opts: ReportOptions) -> None:
+    """Refuse --samples/--seeds whose simulation of the seed's network would not fit in memory."""
+    from propagate.limits import require_memory, simulation_bytes
+
+    widths = [784, 512] + [256] * 50  # the seed's network, simulated by compute.simulate_configs
+    require_memory(simulation_bytes(widths, opts.sim_samples, opts.sim_seeds),
+                   f"simulating {opts.sim_seeds} networks x {opts.sim_samples} inputs", "use fewer --seeds or --samples")
+
+
+@dataclass
+class _Run:
+    """What every part of a report shares: options, metadata, where to write, and the step timer."""
+
+    opts: ReportOptions
+    meta: dict
+    folder: Path
+    progress: bool
+    say: Callable[[str], None]
+    t_start: float = field(default_factory=time.perf_counter)
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def figures(self) -> Path:
+        return self.folder / "figures"
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    def step(self, name: str) -> None:
+        self.timings[name] = time.perf_counter() - self.t_start - sum(self.timings.values())
+        self.say(f"report: {name} done ({self.timings[name]:.1f}s)")
+
+    def table(self, df, name: str) -> None:
+        from propagate.io import write_table
+
+        write_table(df, self.data / name, self.meta)
+
+    def figure(self, fig, name: str) -> None:
+        from propagate.report.style import save_figure
+
+        save_figure(fig, self.figures / name)
+
+
+def _selu_part(run: _Run) -> dict:
+    """1. SELU: the solved constants, moment-map trajectories and the derivation."""
+    from propagate.io import atomic_write_json, atomic_write_text
+    from propagate.report import compute, figures
+    from propagate.selu import derivation_markdown
+
+    selu = compute.selu_summary()
+    traj = compute.selu_trajectories()
+    run.table(traj, "selu_trajectories.csv")
+    atomic_write_json(run.data / "selu_solution.json", selu)
+    atomic_write_text(run.folder / "selu_derivation.md", derivation_markdown())
+    run.figure(figures.plot_selu_flow(traj, box=(-0.1, 0.1, 0.8, 1.5)), "selu_flow.png")
+    run.step("SELU fixed point")
+    return selu
+
+
+def _simulation_part(run: _Run, dataset, x_train):
+    """2-3. Simulation and theory of the seed's network on real inputs; returns (sims, inputs description)."""
+    from propagate.report import compute, figures
+
+    opts = run.opts
+    n_sim = min(opts.sim_samples, len(x_train))
+    sims = compute.simulate_configs(x_train[:n_sim], samples=n_sim, seeds=opts.sim_seeds, seed=opts.seed,
+                                    progress=run.progress)
+    run.table(sims.sim, "simulation_layers.csv")
+    run.table(sims.theory, "theory_layers.csv")
+    inputs_desc = f"{n_sim} {dataset.name} training images ([0, 1] pixels)"
+    run.figure(figures.plot_layer_moments(sims.sim, sims.theory), "layer_moments.png")
+    run.figure(figures.plot_grad_norms(sims.sim, sims.theory), "grad_norms.png")
+    run.step("simulation")
+    return sims, inputs_desc
+
+
+def _phase_part(run: _Run) -> dict:
+    """4. Phase diagrams of tanh and SELU with their critical lines and the initializers' marks."""
+    import numpy as np
+
+    from propagate.report import compute, figures
+
+    grids, lines = {}, {}
+    sw = np.linspace(0.1, 4.0, 14 if run.opts.quick else 40)
+    sb = np.linspace(0.0, 0.5, 8 if run.opts.quick else 26)
+    for act in ("tanh", "selu"):
+        grids[act], lines[act] = compute.phase_grid(act, sw, sb)
+        run.table(grids[act], f"phase_{act}.csv")
+        run.table(lines[act], f"critical_line_{act}.csv")
+    marks = compute.init_marks(256, 256)
+    run.table(marks, "init_sigma_w2.csv")
+    run.figure(figures.plot_phase_diagram(grids, lines, marks), "phase_diagram.png")
+    run.step("phase diagram")
+    return lines
+
+
+def _work_dir_refusal(exc) -> Exception:
+    """The report has no --no-resume: name the option it has."""
+    from propagate.errors import UserError
+    from propagate.runfolder import FolderBusy
+
+    if isinstance(exc, FolderBusy):
+        return UserError(f"{exc.folder} is in use by {exc.holder}; wait for it to finish or use another --work-dir")
+    return UserError(f"{exc.detail}; use another --work-dir, or delete {exc.folder} to train again")
+
+
+def _check_work_dir_data(work: Path, train_ds) -> None:
+    """Refuse, before any computation, a work folder holding runs on other data (e.g. another --train-subset)."""
+    from propagate.runfolder import FolderBusy, IdentityMismatch, check_folder
+    from propagate.train import reproduce_identity
+
+    try:
+        check_folder(work, reproduce_identity(train_ds), option="--work-dir")
+    except (IdentityMismatch, FolderBusy) as exc:
+        raise _work_dir_refusal(exc) from None
+
+
+def _train_in_work_dir(run: _Run, train_ds, work: Path):
+    """Train every preset into the resumable work folder, with the report's options in the messages."""
+    from propagate.runfolder import FolderBusy, IdentityMismatch
+    from propagate.train import reproduce
+
+    opts = run.opts
+    try:
+        return reproduce(presets=list(opts.presets) if opts.presets else None, lrs=opts.lrs, dataset=train_ds,
+                         out_dir=work, resume=True, epochs=opts.epochs, seed=opts.seed, device=opts.device,
+                         progress=run.progress, notify=run.say)
+    except (IdentityMismatch, FolderBusy) as exc:
+        raise _work_dir_refusal(exc) from None
+
+
+def _training_part(run: _Run, dataset, work: Path):
+    """5. Training: every preset at every learning rate, curves and per-layer drift."""
+    from propagate.report import compute, figures
+
+    opts = run.opts
+    train_ds = _subset(dataset, opts.train_subset)
+    summary = _train_in_work_dir(run, train_ds, work)
+    history, layers = compute.collect_training(work, summary)
+    run.table(summary, "training_summary.csv")
+    run.table(history, "training_history.csv")
+    run.table(layers, "training_layers.csv")
+    reported = compute.reported_table(summary)
+    for lr in opts.lrs:
+        h = history[history["lr"] == lr]
+        run.figure(figures.plot_training_curves(h, reported, title=f"Training the 52-layer network, RMSprop lr {lr:g} "
+                                                "(dashed: with batch normalization; squares: the seed's numbers)"),
+                   f"training_curves_lr{lr:g}.png")
+    drift_runs = compute.drift_runs(summary, opts.lrs)
+    run.figure(figures.plot_training_layers(layers, drift_runs), "training_layer_drift.png")
+    run.step("training")
+    return train_ds, summary, history, layers, drift_runs
+
+
+def _page_part(run: _Run, dataset, selu, sims, inputs_desc, lines, training) -> None:
+    """6. Findings from the numbers, then README.md and report.json."""
+    from propagate.io import atomic_write_json, atomic_write_text
+    from propagate.report import findings, page
+
+    train_ds, summary, history, layers, drift_runs = training
+    facts = findings.collect_facts(selu, sims, summary, history, layers, lines, run.opts)
+    elapsed = time.perf_counter() - run.t_start
+    text = page.render(run.opts, dataset, facts, summary, run.timings, elapsed, inputs_desc, train_ds, drift_runs)
+    atomic_write_text(run.folder / "README.md", text)
+    atomic_write_json(run.folder / "report.json", {"meta": run.meta, "timings_s": run.timings, "elapsed_s": elapsed,
+                                                   "facts": facts})
+
+
 def build_report(out_dir: str | Path, options: ReportOptions | None = None, *, progress: bool = False,
                  notify: Callable[[str], None] | None = None) -> Path:
     """Compute, draw and write the whole report into ``out_dir``; return its path.
 
     ``notify(message)`` receives one line per finished step (the CLI prints it
-    on stderr). See :class:`ReportOptions` for what is computed.
+    on stderr). See :class:`ReportOptions` for what is computed. ``out_dir``
+    must be new, empty or a previous report (:func:`check_report_folders`,
+    checked before any work); it is replaced as a whole at the end.
     """
     import matplotlib
 
     matplotlib.use("Agg")  # a report is files; never needs (or opens) a display
     from propagate.data import load_dataset
-    from propagate.io import atomic_directory, atomic_write_json, atomic_write_text, run_metadata, write_table
-    from propagate.report import compute, figures, findings, page
-    from propagate.report.style import save_figure
-    from propagate.train import reproduce
+    from propagate.io import atomic_directory, run_metadata
 
     opts = (options or ReportOptions()).effective()
+    check_report_folders(out_dir, opts)
+    work = work_dir_of(out_dir, opts)
     say = notify or (lambda m: None)
-    out_dir = Path(out_dir)
-    work = Path(opts.work_dir) if opts.work_dir else out_dir.parent / f".{out_dir.name}.work"
+    run_meta = run_metadata(seed=opts.seed, options=asdict(opts))
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    meta = run_metadata(seed=opts.seed, options=asdict(opts))
-
-    def step(name):
-        timings[name] = time.perf_counter() - t_start - sum(timings.values())
-        say(f"report: {name} done ({timings[name]:.1f}s)")
-
     dataset = load_dataset(opts.dataset, opts.data_dir, download=True, progress=progress, notify=say)
+    _check_work_dir_data(work, _subset(dataset, opts.train_subset))
     x_train, _ = dataset.arrays("train")
 
-    with atomic_directory(out_dir) as tmp:
-        fig_dir, data_dir = tmp / "figures", tmp / "data"
-        # 1. SELU
-        selu = compute.selu_summary()
-        traj = compute.selu_trajectories()
-        write_table(traj, data_dir / "selu_trajectories.csv", meta)
-        atomic_write_json(data_dir / "selu_solution.json", selu)
-        from propagate.selu import derivation_markdown
-
-        atomic_write_text(tmp / "selu_derivation.md", derivation_markdown())
-        save_figure(figures.plot_selu_flow(traj, box=(-0.1, 0.1, 0.8, 1.5)), fig_dir / "selu_flow.png")
-        step("SELU fixed point")
-
-        # 2-3. simulation and theory of the seed's network
-        n_sim = min(opts.sim_samples, len(x_train))
-        sims = compute.simulate_configs(x_train[:n_sim], samples=n_sim, seeds=opts.sim_seeds, seed=opts.seed,
-                                        progress=progress)
-        write_table(sims.sim, data_dir / "simulation_layers.csv", meta)
-        write_table(sims.theory, data_dir / "theory_layers.csv", meta)
-        inputs_desc = f"{n_sim} {dataset.name} training images ([0, 1] pixels)"
-        save_figure(figures.plot_layer_moments(sims.sim, sims.theory), fig_dir / "layer_moments.png")
-        save_figure(figures.plot_grad_norms(sims.sim, sims.theory), fig_dir / "grad_norms.png")
-        step("simulation")
-
-        # 4. phase diagram
-        grids, lines = {}, {}
-        import numpy as np
-
-        sw = np.linspace(0.1, 4.0, 14 if opts.quick else 40)
-        sb = np.linspace(0.0, 0.5, 8 if opts.quick else 26)
-        for act in ("tanh", "selu"):
-            grids[act], lines[act] = compute.phase_grid(act, sw, sb)
-            write_table(grids[act], data_dir / f"phase_{act}.csv", meta)
-            write_table(lines[act], data_dir / f"critical_line_{act}.csv", meta)
-        marks = compute.init_marks(256, 256)
-        write_table(marks, data_dir / "init_sigma_w2.csv", meta)
-        save_figure(figures.plot_phase_diagram(grids, lines, marks), fig_dir / "phase_diagram.png")
-        step("phase diagram")
-
-        # 5. training
-        train_ds = _subset(dataset, opts.train_subset)
-        summary = reproduce(presets=list(opts.presets) if opts.presets else None, lrs=opts.lrs, dataset=train_ds,
-                            out_dir=work, resume=True, epochs=opts.epochs, seed=opts.seed, device=opts.device,
-                            progress=progress, notify=say)
-        history, layers = compute.collect_training(work, summary)
-        write_table(summary, data_dir / "training_summary.csv", meta)
-        write_table(history, data_dir / "training_history.csv", meta)
-        write_table(layers, data_dir / "training_layers.csv", meta)
-        reported = compute.reported_table(summary)
-        for lr in opts.lrs:
-            h = history[history["lr"] == lr]
-            save_figure(figures.plot_training_curves(h, reported, title=f"Training the 52-layer network, RMSprop lr {lr:g} "
-                                                     "(dashed: with batch normalization; squares: the seed's numbers)"),
-                        fig_dir / f"training_curves_lr{lr:g}.png")
-        drift_runs = compute.drift_runs(summary, opts.lrs)
-        save_figure(figures.plot_training_layers(layers, drift_runs), fig_dir / "training_layer_drift.png")
-        step("training")
-
-        # 6. findings and the page
-        facts = findings.collect_facts(selu, sims, summary, history, layers, lines, opts)
-        elapsed = time.perf_counter() - t_start
-        text = page.render(opts, dataset, facts, summary, timings, elapsed, inputs_desc, train_ds, drift_runs)
-        atomic_write_text(tmp / "README.md", text)
-        atomic_write_json(tmp / "report.json", {"meta": meta, "timings_s": timings, "elapsed_s": elapsed,
-                                                "facts": facts})
-    return out_dir
+    with atomic_directory(out_dir, adopt=_is_report_folder) as tmp:
+        run = _Run(opts, run_meta, tmp, progress, say, t_start=t_start)
+        selu = _selu_part(run)
+        sims, inputs_desc = _simulation_part(run, dataset, x_train)
+        lines = _phase_part(run)
+        training = _training_part(run, dataset, work)
+        _page_part(run, dataset, selu, sims, inputs_desc, lines, training)
+    return Path(out_dir)

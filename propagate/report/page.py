@@ -1,146 +1,104 @@
-"""The report's README.md: a short paper written around the figures and numbers."""
+"""The report's README.md: a short paper written around the figures and numbers.
+
+The prose is the template ``propagate/templates/report_page.md``; the
+functions here compute what goes into its ``<<slots>>``, one section at a time.
+"""
 
 from __future__ import annotations
 
 import math
 
-from propagate.report.findings import _f
+from propagate.confidence import format_number
 
 
-def _md_table(header, rows) -> str:
+def markdown_table(header, rows) -> str:
+    """A GitHub markdown table from a header and rows of cells (``str()`` of each cell)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def _sim_table(facts) -> str:
+def simulation_table(facts) -> str:
+    """Section 2's table: per configuration, variance, per-layer factors, mean, gradient ratio, dead units."""
+    f = format_number
     rows = []
     for label, s in facts["simulation"].items():
-        rows.append([f"`{label}`", _f(s["var_first"]), _f(s["var_last"]), _f(s["theory_var_last"]), _f(s["rate"]),
-                     _f(s["theory_rate"]), _f(s["mean_last"]), _f(s["grad_first_over_last"]),
-                     _f(100 * s["dead_last"], 1) if math.isfinite(s["dead_last"]) else "n/a"])
-    return _md_table(["configuration", "var(h^1)", "var(h^51) sim", "var(h^51) theory", "per-layer factor sim",
-                      "per-layer factor theory", "mean(x^51)", "grad layer 1 / top", "dead units at 51 (%)"], rows)
+        rows.append([f"`{label}`", f(s["var_first"]), f(s["var_last"]), f(s["theory_var_last"]), f(s["rate"]),
+                     f(s["theory_rate"]), f(s["mean_last"]), f(s["grad_first_over_last"]),
+                     f(100 * s["dead_last"], 1) if math.isfinite(s["dead_last"]) else "n/a"])
+    return markdown_table(["configuration", "var(h^1)", "var(h^51) sim", "var(h^51) theory", "per-layer factor sim",
+                           "per-layer factor theory", "mean(x^51)", "grad layer 1 / top", "dead units at 51 (%)"], rows)
+
+
+def _header_values(opts, dataset, summary, timings, elapsed) -> dict:
+    """Title line and the build note: mode, machine, time per step, training time."""
+    train_s = float(summary["seconds"].sum()) if "seconds" in summary else math.nan
+    return {
+        "dataset": dataset.name,
+        "mode": "`--quick`: reduced sizes, for tests and first looks" if opts.quick else "full version",
+        "machine_note": " on " + opts.machine if opts.machine else "",
+        "minutes": f"{elapsed / 60:.1f}",
+        "timings": ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()),
+        "train_note": (f"The training runs' optimization steps took {train_s:.0f} s in all when they ran (a run "
+                       f"finished earlier is resumed from the work folder, not repeated)."),
+    }
+
+
+def _verdict_values(facts) -> dict:
+    """The one-line verdicts at the top, the step-size sentence and the detailed findings of section 6."""
+    claims = facts["claims"]
+    return {
+        "verdicts": "\n".join(f"- **{c['claim']}** {c['verdict'].capitalize()}." for c in claims),
+        "details": "\n\n".join(f"**{c['claim']}** *{c['verdict'].capitalize()}.* {c['evidence']}" for c in claims),
+        "step_size": facts.get("step_size", ""),
+    }
+
+
+def _selu_values(facts) -> dict:
+    """Section 1's table of SELU's solved constants and stability."""
+    s = facts["selu"]
+
+    def six(key):
+        return format_number(float(s[key]), 6) if s[key] else "n/a"
+
+    return {"lambda": s["lambda"], "alpha": s["alpha"], "spectral_norm": six("spectral_norm"),
+            "attracting": s["attracting"], "box_max_norm": six("box_max_norm")}
+
+
+def _simulation_values(opts, facts, inputs_desc) -> dict:
+    """Section 2: what was simulated, and its table."""
+    return {"inputs": inputs_desc, "sim_seeds": opts.sim_seeds, "simulation_table": simulation_table(facts)}
+
+
+def _training_values(opts, dataset, summary, train_ds, drift_runs) -> dict:
+    """Section 5: the training setup, curves per learning rate, the summary table, the drifting runs."""
+    from propagate.train import summary_markdown
+
+    return {
+        "epochs": opts.epochs,
+        "n_train": len(train_ds.y_train),
+        "n_test": len(dataset.y_test),
+        "lrs": ", ".join(f"{lr:g}" for lr in opts.lrs),
+        "curves": "\n\n".join(f"![training curves at lr {lr:g}](figures/training_curves_lr{lr:g}.png)"
+                              for lr in opts.lrs),
+        "training_table": summary_markdown(summary, opts.epochs),
+        "drift_runs": ", ".join(drift_runs),
+    }
 
 
 def render(opts, dataset, facts, summary, timings, elapsed, inputs_desc, train_ds, drift_runs) -> str:
-    from propagate.train import summary_markdown
+    """The report's README.md text.
 
-    s = facts["selu"]
-    lrs = ", ".join(f"{lr:g}" for lr in opts.lrs)
-    verdicts = "\n".join(f"- **{c['claim']}** {c['verdict'].capitalize()}." for c in facts["claims"])
-    details = "\n\n".join(f"**{c['claim']}** *{c['verdict'].capitalize()}.* {c['evidence']}" for c in facts["claims"])
-    mode = "`--quick`: reduced sizes, for tests and first looks" if opts.quick else "full version"
-    timing = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-    train_s = float(summary["seconds"].sum()) if "seconds" in summary else math.nan
-    train_note = (f"The training runs' optimization steps took {train_s:.0f} s in all when they ran (a run finished "
-                  f"earlier is resumed from the work folder, not repeated).")
-    curves = "\n\n".join(f"![training curves at lr {lr:g}](figures/training_curves_lr{lr:g}.png)" for lr in opts.lrs)
-    n_train = len(train_ds.y_train)
-    return rf"""# Signal propagation in a 52-layer network: theory, simulation and training on {dataset.name}
+    ``opts``: the effective ``ReportOptions``; ``dataset``: the loaded dataset
+    (``name``, ``y_test``); ``facts``: :func:`propagate.report.findings.collect_facts`;
+    ``summary``: the training summary table; ``timings``: seconds per build
+    step; ``elapsed``: seconds in all; ``inputs_desc``: what the simulation was
+    fed; ``train_ds``: the training data used (``y_train``); ``drift_runs``:
+    run labels of the drift figure.
+    """
+    from propagate.templates import render as render_template
 
-_Generated by `propagate report` ({mode}){' on ' + opts.machine if opts.machine else ''}; do not edit by hand.
-This build took {elapsed / 60:.1f} minutes: {timing}. {train_note} Every number below is computed by the code; the data
-behind each figure is in [`data/`](data/)._
-
-The seed experiment trained a 784 -> 512 -> 50 x 256 -> 10 fully connected network (52 weight layers) on MNIST
-with ReLU or SELU, with and without batch normalization (BN), and concluded that plain ReLU fails, BN helps a
-little, SELU alone fails, and SELU + BN + `lecun_uniform` is best. This report asks *why* any of these trains,
-layer by layer: what mean-field theory predicts, what random networks of that shape do at initialization, and
-how the per-layer statistics move while training.
-
-## What the measurements say about the seed's conclusions
-
-{verdicts}
-
-{facts.get('step_size', '')}
-
-Details and numbers are in [Findings](#6-findings).
-
-## 1. SELU's fixed point
-
-SELU's $\lambda$ and $\alpha$ are the solution of two Gaussian-integral equations that make (mean 0, variance 1)
-a fixed point of the map $g: (\mu, \nu) \mapsto (\tilde\mu, \tilde\nu)$ from a layer's input moments to its output moments
-(derivation, generated by `propagate derive selu`: [`selu_derivation.md`](selu_derivation.md)).
-
-| quantity | value |
-|---|---|
-| lambda | {s['lambda']} |
-| alpha | {s['alpha']} |
-| spectral norm of the Jacobian of g at (0, 1) | {_f(float(s['spectral_norm']), 6) if s['spectral_norm'] else 'n/a'} |
-| attracting | {s['attracting']} |
-| largest spectral norm over the SNN theorem's box (mu, omega in [-0.1, 0.1], nu in [0.8, 1.5], tau in [0.95, 1.1]) | {_f(float(s['box_max_norm']), 6) if s['box_max_norm'] else 'n/a'} |
-
-![SELU flow](figures/selu_flow.png)
-
-Starting anywhere, the moment map brings a unit's input back to (0, 1); the distance shrinks by about the
-Jacobian's spectral radius per layer. Attraction needs the weights to satisfy $\omega = \sum_i w_i = 0$ and
-$\tau = \sum_i w_i^2 = 1$, i.e. $\sigma_w^2 = \text{{fan-in}} \cdot \mathrm{{Var}}(w) = 1$: that is the initialization's job.
-
-## 2. Mean and variance per layer at initialization
-
-Inputs: {inputs_desc}; {opts.sim_seeds} independent networks per configuration (bands: +-2 standard errors
-across networks); dotted: mean-field theory for the same spec and the same input statistics. The variance is of
-the pre-activation $h^l = W^l x^{{l-1}}$, pooled over units and inputs; BN is placed as in the seed (on the input of
-the 50 Dense(256) layers).
-
-![mean and variance per layer](figures/layer_moments.png)
-
-{_sim_table(facts)}
-ReLU with `glorot_uniform` ($\sigma_w^2 = 1$ for 256x256 layers) halves the variance in every layer, as the
-length map $q \mapsto \sigma_w^2\, \mathbb{{E}}[\mathrm{{relu}}(h)^2] = q/2$ says; `he_normal` ($\sigma_w^2 = 2$) keeps it.
-SELU with any initialization of variance 1/fan-in (`glorot_uniform` on square layers, `lecun_*`) stays at (0, 1);
-with Keras' `RandomUniform(-0.05, 0.05)` ($\sigma_w^2 = 0.21$ for 256 inputs) it collapses. BN resets every layer's input
-to mean 0 and variance 1, whatever the initialization.
-
-## 3. Gradients per layer
-
-![gradient norm per layer](figures/grad_norms.png)
-
-Gradient norm of a random linear readout with respect to each layer's pre-activation (theory: each layer
-multiplies the squared norm by $\sigma_w^2\, \mathbb{{E}}[\phi'(h)^2]$). Without BN, ReLU + glorot's gradient vanishes
-towards the input at the same rate as the forward variance; with BN, ReLU's gradient *explodes* towards the
-input even though the forward signal is perfectly normalized.
-
-## 4. Order, chaos and where the named initializations sit
-
-![phase diagram](figures/phase_diagram.png)
-
-$\chi_1 = \sigma_w^2\, \mathbb{{E}}[\phi'(h)^2]$ at the length map's fixed point $q^*$ decides whether two nearby
-inputs converge (ordered, $\chi_1 < 1$: gradients vanish) or diverge (chaotic, $\chi_1 > 1$: gradients explode) with
-depth; on the critical line information and gradients travel furthest. Dashed lines: each named initializer's
-$\sigma_w^2$ for a 256x256 layer.
-
-## 5. Training
-
-Every preset is the seed's network trained with the seed's Keras settings (RMSprop, rho 0.9, eps 1e-7, batch 128,
-categorical cross-entropy) for {opts.epochs} epoch(s) on {n_train} {dataset.name} training images (test:
-{len(dataset.y_test)} images), at learning rate(s) {lrs}; the seed used 1e-3 and the full 60,000-image MNIST, so
-its numbers (squares) are for comparison of trends, not digits. `acc` is Keras' running training accuracy
-(train-mode BN); `val` is the test accuracy (eval-mode BN).
-
-{curves}
-
-{summary_markdown(summary, opts.epochs)}
-![per-layer variance while training](figures/training_layer_drift.png)
-
-Per-layer variance of the pre-activations on a fixed probe batch of training images, at initialization and
-after each epoch (runs: {', '.join(drift_runs)}; BN runs in train mode, i.e. with batch statistics).
-
-## 6. Findings
-
-{details}
-
-## Data
-
-- [`data/selu_solution.json`](data/selu_solution.json), [`data/selu_trajectories.csv`](data/selu_trajectories.csv)
-- [`data/simulation_layers.csv`](data/simulation_layers.csv), [`data/theory_layers.csv`](data/theory_layers.csv)
-- [`data/phase_tanh.csv`](data/phase_tanh.csv), [`data/phase_selu.csv`](data/phase_selu.csv),
-  [`data/critical_line_tanh.csv`](data/critical_line_tanh.csv), [`data/critical_line_selu.csv`](data/critical_line_selu.csv),
-  [`data/init_sigma_w2.csv`](data/init_sigma_w2.csv)
-- [`data/training_summary.csv`](data/training_summary.csv), [`data/training_history.csv`](data/training_history.csv),
-  [`data/training_layers.csv`](data/training_layers.csv)
-- [`report.json`](report.json): the facts behind the findings, timings and the run's metadata
-
-Each CSV has a `.meta.json` beside it with the command, seed and package versions.
-"""
+    values = {**_header_values(opts, dataset, summary, timings, elapsed), **_verdict_values(facts),
+              **_selu_values(facts), **_simulation_values(opts, facts, inputs_desc),
+              **_training_values(opts, dataset, summary, train_ds, drift_runs)}
+    return render_template("report_page.md", values)

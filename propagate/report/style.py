@@ -7,12 +7,15 @@ shown by line style or panel, never by a new colour.
 
 from __future__ import annotations
 
+import functools
 import io
+import zlib
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 
 from propagate.io import atomic_write_bytes
+from propagate.stats import CONFIG_COLUMNS as STATS_CONFIG_COLUMNS
 
 #: (activation, init) -> colour, the same in every figure.
 CONFIG_COLOURS = {
@@ -46,22 +49,88 @@ def report_style():
     return plt.rc_context(STYLE)
 
 
+def styled(fn):
+    """Decorator: draw the figure under :func:`report_style` (the caller's settings are restored after)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with report_style():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+#: The configuration fields a result table carries as columns (one value per row, defined
+#: in :mod:`propagate.stats`); the report reads a configuration from these, never from its label.
+CONFIG_COLUMNS = tuple(STATS_CONFIG_COLUMNS)
+#: ``normalization`` values and how each is drawn (colour stays the (activation, init) one).
+LINE_STYLES = {"none": "-", "batchnorm": "--", "layernorm": "-."}
+
+
 def colour(activation: str, init: str) -> str:
-    """The colour of an (activation, init) configuration."""
+    """The colour of an (activation, init) configuration, the same in every process.
+
+    Unlisted pairs get a fallback colour from a CRC-32 of the names (Python's
+    ``hash()`` of a string is salted per process, so it would recolour a
+    configuration from one run to the next).
+    """
     key = (activation, init)
     if key in CONFIG_COLOURS:
         return CONFIG_COLOURS[key]
-    return _FALLBACK[hash(key) % len(_FALLBACK)]
+    return _FALLBACK[zlib.crc32(f"{activation}\0{init}".encode()) % len(_FALLBACK)]
+
+
+def line_style(normalization: str = "none") -> str:
+    """Matplotlib line style of a normalization (``none``, ``batchnorm``, ``layernorm``)."""
+    return LINE_STYLES.get(normalization, ":")
+
+
+def config_fields(table) -> dict:
+    """The configuration fields of a table (or row) that holds one configuration.
+
+    Reads the :data:`CONFIG_COLUMNS` columns; ``normalization`` defaults to
+    ``"none"`` and ``residual`` to ``0.0`` when absent. Raises ``ValueError``
+    when a column has several values (the table mixes configurations) and
+    ``KeyError`` when ``activation`` or ``init`` is missing.
+    """
+    out = {}
+    for col in CONFIG_COLUMNS:
+        if col not in table:
+            if col in ("activation", "init"):
+                raise KeyError(f"the table has no {col!r} column; configurations are read from columns "
+                               f"{CONFIG_COLUMNS}, not from labels")
+            out[col] = "none" if col == "normalization" else 0.0
+            continue
+        vals = table[col]
+        vals = list(dict.fromkeys(vals.tolist())) if hasattr(vals, "tolist") else [vals]
+        if len(vals) != 1:
+            raise ValueError(f"the table mixes configurations: {col} takes the values {vals}")
+        v = vals[0]
+        out[col] = float(v) if col == "residual" else str(v)
+    return out
+
+
+def config_title(activation: str, init: str, normalization: str = "none", residual: float = 0.0) -> str:
+    """Display name of a configuration: ``"selu / lecun_normal + BN, residual 0.5"``."""
+    name = f"{activation} / {init}"
+    name += {"batchnorm": " + BN", "layernorm": " + LN"}.get(normalization, "" if normalization == "none"
+                                                             else f" + {normalization}")
+    return name + (f", residual {residual:g}" if residual else "")
 
 
 def split_label(label: str) -> tuple[str, str, bool]:
-    """``"selu/lecun_normal+BN"`` -> ``("selu", "lecun_normal", True)``."""
+    """``"selu/lecun_normal+BN"`` -> ``("selu", "lecun_normal", True)``.
+
+    Legacy: only :mod:`propagate.report.figures` still uses it; new code reads
+    the :data:`CONFIG_COLUMNS` columns (:func:`config_fields`). Remove with its last caller.
+    """
     base, _, rest = label.partition("+")
     act, _, init = base.partition("/")
     return act, init, "BN" in rest.split("+")
 
 
 def label_colour(label: str) -> str:
+    """Legacy colour from a label (see :func:`split_label`); new code calls :func:`colour`."""
     act, init, _ = split_label(label)
     return colour(act, init)
 

@@ -1,0 +1,119 @@
+"""``propagate spectrum``: the input-output Jacobian's singular-value spectrum at initialization (free probability)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from propagate.commands._args import nonneg_int, png_file, positive_float, positive_int
+from propagate.commands._spec_args import add_spec_arguments, spec_from_args
+
+NAME = "spectrum"
+HELP = "singular-value spectrum of the input-output Jacobian at init (free probability), moments and density"
+DESCRIPTION = """\
+Squared singular values of the input-output Jacobian J = D_L W_L ... D_1 W_1 of a
+uniform stack of --depth layers of --width units (input dimension = width), at
+initialization, from free probability (Pennington, Schoenholz & Ganguli 2017,
+2018): the S-transforms of W W^T (Gaussian: Marchenko-Pastur; orthogonal) and of
+D^2 = phi'(z)^2 at the mean-field pre-activation variance of each layer multiply.
+
+Printed: the moments m_k = (1/N) tr (J J^T)^k, k = 1..4 (m1 = chi_1^L at a fixed
+point), the relative variance m2/m1^2 - 1, the mass at zero (ReLU: 1/2) and, with
+--check, the same moments measured on --networks sampled networks.
+--json prints {"moments": {"m1": ...}, "density": [[x, p], ...], ...} (p per unit
+of x, the continuous part; "atom_at_zero" holds the rest).
+--plot FILE.png draws the density over a histogram of simulated squared
+singular values (log x axis).
+
+Weights: --sigma-w2 S (Gaussian N(0, S/N)), --sigma-w2 S --orthogonal (Haar
+orthogonal times sqrt(S)), or --init NAME (he_normal, lecun_normal, orthogonal:2,
+...; non-orthogonal ones behave as Gaussian at large width).
+
+examples:
+  propagate spectrum --activation relu --init he_normal --depth 4 --width 400
+  propagate spectrum --activation relu --sigma-w2 2 --orthogonal --depth 10 --plot relu_orth.png
+  propagate spectrum --activation tanh --sigma-w2 1.4242 --sigma-b2 0.01 --input-var 0.185 --depth 16 --check
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    w = parser.add_mutually_exclusive_group(required=True)
+    w.add_argument("--sigma-w2", type=positive_float, metavar="S",
+                   help="weight variance scale sigma_w^2 = fan_in Var(w) (Gaussian, or orthogonal with --orthogonal)")
+    w.add_argument("--init", metavar="NAME", help="initializer (he_normal, lecun_normal, orthogonal, orthogonal:S, normal:S, ...)")
+    add_spec_arguments(parser, activation="relu", init=None, depth=10, init_flag=False)
+    parser.add_argument("--orthogonal", action="store_true", help="with --sigma-w2: orthogonal weights scaled to sigma_w^2")
+    parser.add_argument("--points", type=positive_int, default=300, metavar="N", help="density grid points (default 300)")
+    g = parser.add_argument_group("Monte Carlo (--check, --plot)")
+    g.add_argument("--check", action="store_true", help="also measure the moments on sampled networks")
+    g.add_argument("--networks", type=positive_int, default=4, metavar="S", help="sampled networks (default 4)")
+    g.add_argument("--inputs", type=positive_int, default=2, metavar="K", help="inputs (Jacobians) per network (default 2)")
+    g.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print moments and density as JSON")
+    out.add_argument("--plot", type=png_file, metavar="FILE.png", help="density over a histogram of simulated squared singular values")
+
+
+def build(args):
+    """The uniform-width spec the arguments describe (raises UserError on conflicts)."""
+    from propagate.errors import UserError
+
+    if args.orthogonal and args.sigma_w2 is None:
+        raise UserError("--orthogonal goes with --sigma-w2 (or use --init orthogonal:S)")
+    for flag in ("first_width", "input_dim"):
+        if getattr(args, flag, None) not in (None, args.width):
+            raise UserError(f"spectrum uses square layers: drop --{flag.replace('_', '-')} (the input dimension is --width)")
+    n = args.width or 256
+    if args.sigma_w2 is not None:
+        init = f"orthogonal:{args.sigma_w2!r}" if args.orthogonal else f"normal:{args.sigma_w2!r}"
+        if args.sigma_b2 is None:
+            args.sigma_b2 = 0.0
+    else:
+        init = args.init
+    return spec_from_args(args, widths=(n,) * (args.depth + 1), init=init)
+
+
+def run(args: argparse.Namespace) -> int:
+    from propagate.errors import UserError
+
+    spec = build(args)
+    if args.depth * spec.widths[0] ** 3 * args.networks * args.inputs > 2e12 and (args.check or args.plot):
+        raise UserError("this Monte Carlo check would take very long: lower --networks/--inputs, --width or --depth")
+
+    from propagate.io import run_metadata, to_json
+    from propagate.spectrum import jacobian_spectrum, sample_jacobian_spectrum, summarize_singular_values
+
+    res = jacobian_spectrum(spec, points=args.points)
+    mc = None
+    s2 = None
+    if args.check or args.plot:
+        s2 = sample_jacobian_spectrum(spec, networks=args.networks, inputs=args.inputs, seed=args.seed)
+        mc = summarize_singular_values(s2)
+    if args.plot:
+        from propagate.io import atomic_write_bytes
+        from propagate.report.section_spectrum import spectrum_figure_png
+
+        atomic_write_bytes(args.plot, spectrum_figure_png(res, s2, title=f"{spec.label()}, depth {spec.depth}, width {spec.widths[0]}"))
+    if args.json:
+        d = res.to_dict()
+        d["relative_variance"] = res.moments["m2"] / res.moments["m1"] ** 2 - 1.0
+        if mc is not None:
+            d["monte_carlo"] = mc
+        d["meta"] = run_metadata(spec=spec.to_dict())
+        sys.stdout.write(to_json(d))
+        return 0
+    m = res.moments
+    print(f"{spec.label()}: depth {spec.depth}, width {spec.widths[0]} (square layers); J J^T from free probability")
+    for k in range(1, 5):
+        line = f"  m{k} = {m[f'm{k}']:.6g}"
+        if mc is not None:
+            line += (f"   (Monte Carlo {mc['moments'][f'm{k}']:.6g} ± {mc['moments_se'][f'm{k}']:.2g}, "
+                     f"{mc['jacobians']} Jacobians)")
+        print(line)
+    print(f"  m2/m1^2 - 1 = {m['m2'] / m['m1'] ** 2 - 1:.6g}   (relative variance of the squared singular values)")
+    print(f"  mass at zero = {res.atom:.6g}" + (f"   (Monte Carlo: share zero to float64 precision {mc['zero_frac']:.4g})"
+                                              if mc is not None else ""))
+    print(f"  density integrates to {res.total_mass():.4f} with the atom (grid {len(res.x)} points)")
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return 0

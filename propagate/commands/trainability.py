@@ -1,0 +1,169 @@
+"""``propagate trainability``: where each configuration stops training along the learning-rate axis."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from propagate.commands._args import device, nonneg_int, output_dir, positive_int, probability
+from propagate.commands._spec_args import add_spec_arguments, spec_from_args
+
+NAME = "trainability"
+HELP = "train presets over a log grid of learning rates (seed ensembles): largest lr that trains, vs sharpness"
+DESCRIPTION = """\
+Train each configuration (presets, or one custom network) at every learning rate
+of a log-spaced grid, each (configuration, lr) as an ensemble of --seeds seeds,
+and write:
+
+  DIR/points.csv (.json)   one row per (config, lr): final loss, acc, val_loss,
+                           val_acc, train_eval_acc as _mean/_ci_low/_ci_high (95%
+                           Student t interval over seeds), n_diverged, outcome
+  DIR/configs.csv (.json)  one row per config: max_lr_measured, max_lr_bad,
+                           max_lr_predicted (from the sharpness at initialization),
+                           ratio = measured / predicted, sharpness
+  DIR/seeds.csv            the per-seed final numbers
+
+Outcome of a (config, lr): 'diverged' if any seed's training loss became inf/NaN;
+'trains' if the lower 95% bound of the final training accuracy (--criterion,
+default acc: Keras' running training accuracy of the last epoch) is above --level
+(default 0.5; with one seed, the value itself); else 'fails'. max_lr_measured is
+the largest lr that trains; --refine K bisects K times in log lr between it and
+the next lr that does not train.
+
+max_lr_predicted = c / lambda_1: lambda_1 the largest eigenvalue of the loss
+Hessian on a fixed batch (Lanczos), preconditioned by the optimizer's P after a
+few warm-up steps for rmsprop/adam (P^-1 H); c = 2 for GD and RMSprop, 2 + 2
+momentum for SGD with momentum, 38 for Adam (Cohen et al. 2021, 2022).
+
+Runs in this process, one point after another; each finished point is saved
+in DIR/points/ at once, so an interrupted run resumes where it stopped.
+
+examples:
+  propagate trainability --presets selu-lecun-normal,relu --lr 1e-4,1e-3 --seeds 2 --epochs 1 \\
+      --dataset mnist-5k --out runs/trainability
+  propagate trainability --presets relu-bn --lr 1e-5:1e-2:7 --refine 3 --out runs/t-bn
+  propagate trainability --activation tanh --init glorot_normal --depth 10 --width 128 --out runs/t-tanh
+"""
+
+
+def lr_list(text: str) -> list[float]:
+    """'1e-4,1e-3' or a log-spaced range 'START:STOP:N' (N points, both ends included)."""
+    text = text.strip()
+    try:
+        if text.count(":") == 2:
+            a, b, n = text.split(":")
+            start, stop, count = float(a), float(b), int(n)
+            if not (start > 0 and stop > 0 and math.isfinite(start) and math.isfinite(stop)) or count < 1:
+                raise argparse.ArgumentTypeError(f"a log range needs START, STOP > 0 and N >= 1, got {text!r}")
+            if count > 1000:
+                raise argparse.ArgumentTypeError(f"a range of {count} learning rates is more than the limit of 1000")
+            if count == 1:
+                return [start]
+            la, lb = math.log10(start), math.log10(stop)
+            return [10 ** (la + (lb - la) * i / (count - 1)) for i in range(count)]
+        vals = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers or a range START:STOP:N: {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError(f"empty list: {text!r}")
+    if any(not (math.isfinite(v) and v > 0) for v in vals):
+        raise argparse.ArgumentTypeError(f"learning rates must be finite and > 0, got {text!r}")
+    return vals
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("configurations")
+    g.add_argument("--presets", help="comma-separated preset names (see 'propagate train --list-presets')")
+    add_spec_arguments(parser, activation=None, init=None, depth=None, inputs=False,
+                       title="a custom network (any of these flags; unset ones: the seed's relu/glorot_uniform, "
+                             "depth 51, 512 then 256 units)")
+    t = parser.add_argument_group("grid and training")
+    t.add_argument("--lr", type=lr_list, default=None,
+                   help="learning rates: a list 1e-4,1e-3 or a log range START:STOP:N (default 1e-5:1e-2:7)")
+    t.add_argument("--seeds", type=positive_int, default=3, help="seeds per ensemble (default 3)")
+    t.add_argument("--seed", type=nonneg_int, default=0, help="first seed; the ensemble is seed..seed+N-1 (default 0)")
+    t.add_argument("--epochs", type=positive_int, default=3, help="epochs per run (default 3, the seed's)")
+    t.add_argument("--optimizer", choices=["rmsprop", "sgd", "adam"], default="rmsprop",
+                   help="default rmsprop (the seed's: rho 0.9, eps 1e-7)")
+    t.add_argument("--batch-size", type=positive_int, default=128, help="default 128")
+    t.add_argument("--criterion", choices=["acc", "train_eval_acc", "val_acc"], default="acc",
+                   help="the final accuracy that decides 'trains' (default acc)")
+    t.add_argument("--level", type=probability, default=0.5,
+                   help="'trains' when the lower 95%% bound of the criterion exceeds this (default 0.5)")
+    t.add_argument("--refine", type=nonneg_int, default=0, help="bisection steps in log lr per config (default 0)")
+    t.add_argument("--no-predict", action="store_true", help="skip the sharpness prediction")
+    t.add_argument("--sharpness-batch", type=positive_int, default=512,
+                   help="training images in the Hessian's fixed batch (default 512)")
+    t.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    t.add_argument("--threads", type=positive_int, help="torch CPU threads (default: one per core)")
+    d = parser.add_argument_group("data and output")
+    d.add_argument("--dataset", choices=["mnist", "mnist-5k", "fashion-mnist", "auto"], default="auto",
+                   help="default auto: full MNIST if present or downloadable, else the embedded mnist-5k")
+    d.add_argument("--data-dir", help="folder with the IDX files")
+    d.add_argument("--out", type=output_dir, default="results/trainability", help="results folder (default results/trainability)")
+    d.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse finished points found in --out (default on)")
+    d.add_argument("--no-progress", action="store_true", help="no progress lines")
+
+
+#: The flags of :func:`add_spec_arguments` that make a custom network.
+_SPEC_FLAGS = ("activation", "init", "depth", "width", "first_width", "input_dim", "sigma_b2", "batchnorm",
+               "layernorm", "residual", "dropout", "alpha_dropout")
+
+
+def _configs(args):
+    from propagate.errors import UserError
+    from propagate.presets import get_preset
+    from propagate.spec import SEED_CLASSES, NetworkSpec
+
+    configs = []
+    if args.presets is not None:
+        names = [p.strip() for p in args.presets.split(",") if p.strip()]
+        if not names:
+            raise UserError("--presets is empty")
+        for n in names:
+            p = get_preset(n)
+            configs.append((p.name, p.spec()))
+    if any(getattr(args, k, None) is not None for k in _SPEC_FLAGS):
+        base = NetworkSpec.seed("relu", "glorot_uniform", False)
+        spec = spec_from_args(args, base=base, out_features=SEED_CLASSES)
+        configs.append((spec.label(), spec))
+    if not configs:
+        raise UserError("give --presets or a custom network (--activation, --init, --depth, ...)")
+    return configs
+
+
+def run(args) -> int:
+    import sys
+
+    from propagate.errors import UserError
+    from propagate.trainability import DEFAULT_LRS, TrainabilityOptions
+
+    configs = _configs(args)
+    options = TrainabilityOptions(
+        seeds=tuple(range(args.seed, args.seed + args.seeds)), epochs=args.epochs, optimizer=args.optimizer,
+        batch_size=args.batch_size, criterion=args.criterion, level=args.level, refine=args.refine,
+        predict=not args.no_predict, sharpness_batch=args.sharpness_batch, device=args.device, threads=args.threads)
+    lrs = args.lr or list(DEFAULT_LRS)
+    if len(set(lrs)) != len(lrs):
+        raise UserError("--lr lists a learning rate twice")
+
+    from tabulate import tabulate
+
+    from propagate.data import load_dataset
+    from propagate.trainability import trainability
+
+    def say(msg):
+        if not args.no_progress:
+            print(f"propagate: {msg}", file=sys.stderr, flush=True)
+
+    dataset = load_dataset(args.dataset, args.data_dir, progress=not args.no_progress,
+                           notify=lambda m: print(f"propagate: {m}", file=sys.stderr))
+    say(f"{len(configs)} configuration(s) x {len(lrs)} learning rates x {args.seeds} seeds, {args.epochs} epoch(s) "
+        f"on {dataset.name} ({dataset.n_train} train / {dataset.n_test} test images)")
+    res = trainability(configs, lrs, dataset, options, progress=say, out_dir=args.out, resume=args.resume)
+    cols = ["config", "max_lr_measured", "max_lr_bad", "max_lr_predicted", "ratio", "first_diverged_lr"]
+    print(tabulate(res.configs[[c for c in cols if c in res.configs.columns]], headers="keys", showindex=False,
+                   floatfmt=".3g"))
+    print(f"tables in {args.out}: points.csv, configs.csv, seeds.csv", file=sys.stderr)
+    return 0

@@ -1,0 +1,766 @@
+"""The layer operations of a network: one description per layer kind, read by all three lenses.
+
+:func:`compile_spec` turns a :class:`~propagate.spec.NetworkSpec` into one
+ordered list of operations, in the seed's placement (see :mod:`propagate.spec`)::
+
+    layer 1:        Dense, Activation, [Dropout | AlphaDropout]
+    layer l >= 2:   [BatchNorm | LayerNorm], Dense, Activation, [Dropout | AlphaDropout]
+    residual layer: Residual(branch = the layer's ops above), when ``spec.residual > 0``
+                    and the layer's input and output widths match
+    readout:        [BatchNorm | LayerNorm], Dense        (training only)
+
+Each operation carries, side by side, what every lens needs of it (after the
+lesson of neural-tangents' ``stax``: one description gives both the finite
+network and its infinite-width statistics):
+
+- ``moments(state, expect) -> (state', log_factor)``: its mean-field map on the
+  :class:`Moments` of one unit (mean, second moment ``q``, cross moment ``qab``
+  of two inputs) and the log of its factor on the squared gradient norm
+  (``E ||dy/d input||^2 = factor * E ||dy/d output||^2``, summed over units);
+- ``forward(x, run) -> (y, cache)`` and ``vjp(g, cache) -> g_in``: its
+  forward pass batched over independent networks, ``x`` of shape
+  ``[S, B, N]`` (``S`` networks, ``B`` samples, ``N`` units), weights
+  ``[S, N_out, N_in]``, and its hand-written backward pass (vector-Jacobian
+  product) for the simulator;
+- ``torch_forward(module, x, rec)`` with ``torch_state(...)``: the same
+  operation as a torch training module, batched over seeds (``[S, B, N]``).
+
+:func:`fold_moments`/:func:`moment_gradients` (theory),
+:func:`forward_ops`/:func:`vjp_ops` (simulation) and :func:`build_network`
+(training) are short loops over the list. Adding a layer kind means one class
+here and one line in :func:`compile_spec`.
+
+Torch is imported only inside the functions that need it, so the theory
+(``propagate theory``) never loads it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+from propagate.activations import Activation as ActivationFn
+from propagate.activations import get_activation, selu_constants
+from propagate.inits import get_init
+
+__all__ = [
+    "Moments",
+    "Dense",
+    "BatchNorm",
+    "LayerNorm",
+    "Activation",
+    "Dropout",
+    "AlphaDropout",
+    "Residual",
+    "compile_spec",
+    "fold_moments",
+    "moment_gradients",
+    "forward_ops",
+    "vjp_ops",
+    "build_network",
+    "alpha_dropout_affine",
+    "OVERFLOW_Q",
+]
+
+#: Values of q beyond this count as overflow (the theory's row is flagged ``diverged``).
+OVERFLOW_Q = 1e300
+
+
+def alpha_dropout_affine(rate: float) -> tuple[float, float, float]:
+    """torch's alpha dropout at drop rate ``rate``: ``(a, b, alpha')``, the one place these numbers come from.
+
+    A dropped unit is set to ``alpha' = -lambda alpha`` (SELU's negative
+    saturation, with the solved constants of :func:`~propagate.activations.selu_constants`,
+    whose product is torch's ``1.7580993408473766``), then ``y -> a y + b``
+    restores mean 0 and variance 1 (Klambauer et al. 2017, sec. "New Dropout
+    Technique"): ``a = (keep (1 + alpha'^2 rate))^(-1/2)``, ``b = -a alpha' rate``
+    with ``keep = 1 - rate``. :func:`propagate.selu.alpha_dropout_params`
+    derives the same formulas symbolically (tested equal).
+    """
+    lam, alpha = selu_constants()
+    ap = -lam * alpha
+    keep = 1.0 - rate
+    a = 1.0 / math.sqrt((ap * ap * rate + 1.0) * keep)
+    return a, -a * ap * rate, ap
+
+
+def _log(x: float) -> float:
+    return math.log(x) if x > 0 else -math.inf
+
+
+# ---------------------------------------------------------------------------- theory state
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Mean-field state of one unit between operations.
+
+    ``mean``: ``E[x]``; ``q``: second moment ``E[x^2]`` (not a variance);
+    ``qab``: cross moment ``E[x_a x_b]`` of two different inputs ``a, b``.
+    ``diverged``: an earlier operation overflowed (then the numbers are meaningless).
+    """
+
+    mean: float
+    q: float
+    qab: float
+    diverged: bool = False
+
+
+class Op:
+    """Base of the layer operations (see the module docstring for the three faces)."""
+
+    #: hidden layer index (1..depth), ``depth + 1`` for the readout
+    layer: int
+    #: what the lenses record after this op: "pre" (pre-activation), "post" (activation output) or None
+    tap: str | None = None
+
+    # theory ----------------------------------------------------------------
+    def moments(self, st: Moments, expect, rows: dict) -> tuple[Moments, float]:
+        raise NotImplementedError
+
+    # simulation -----------------------------------------------------------
+    def forward(self, x, run):
+        raise NotImplementedError
+
+    def vjp(self, g, cache):
+        raise NotImplementedError
+
+    # training -------------------------------------------------------------
+    def torch_state(self, S: int, draws, dtype) -> tuple[dict, dict]:
+        """``(parameters, buffers)`` of this op's torch module for ``S`` seeds."""
+        return {}, {}
+
+    def torch_forward(self, mod, x, rec):
+        raise NotImplementedError
+
+    def children(self) -> Sequence["Op"]:
+        return ()
+
+
+def _row(rows: dict, layer: int) -> dict:
+    return rows.setdefault(layer, {"layer": layer})
+
+
+_DIVERGED_ROW = dict(pre_mean=0.0, pre_var=math.inf, pre_q=math.inf, post_mean=math.nan, post_var=math.nan,
+                     post_q=math.nan, corr=math.nan, diverged=True)
+
+
+# ---------------------------------------------------------------------------- Dense
+
+
+@dataclass(frozen=True)
+class Dense(Op):
+    """``h = W x + b``: ``W`` ``[N_out, N_in]`` drawn by ``init`` (``sigma_w2 = fan_in Var(w)``), ``b`` of variance ``sigma_b2``.
+
+    Mean field: ``h`` is Gaussian with mean 0 and second moment
+    ``sigma_w2 E[x^2] + sigma_b2`` (cross moment likewise), whatever the mean
+    of ``x``; gradient factor ``sigma_w2``.
+    """
+
+    layer: int
+    n_in: int
+    n_out: int
+    init: str
+    bias_var: float | None
+    sigma_w2: float
+    sigma_b2: float
+    tap: str | None = "pre"
+
+    def moments(self, st, expect, rows):
+        row = _row(rows, self.layer) if self.tap else {}
+        row.update(width=self.n_out, sigma_w2=self.sigma_w2, sigma_b2=self.sigma_b2)
+        if st.diverged:
+            row.update(_DIVERGED_ROW)
+            return st, math.nan
+        q = self.sigma_w2 * st.q + self.sigma_b2
+        qab = self.sigma_w2 * st.qab + self.sigma_b2
+        if not math.isfinite(q) or q > OVERFLOW_Q or not math.isfinite(qab):
+            row.update(_DIVERGED_ROW)
+            return Moments(0.0, math.inf, math.inf, True), math.nan
+        row.update(pre_mean=0.0, pre_var=q, pre_q=q, corr=qab / q if q > 0 else 1.0, diverged=False)
+        return Moments(0.0, q, qab), _log(self.sigma_w2)
+
+    @property
+    def has_bias(self) -> bool:
+        bv = self.bias_var
+        return (bv is not None and bv > 0) or (bv is None and get_init(self.init).torch_bias)
+
+    def draw(self, generator, dtype):
+        """One network's ``(W, b)`` from ``generator``: weight first, then bias (the order training relies on)."""
+        init = get_init(self.init)
+        w = init.sample(self.n_out, self.n_in, generator=generator, dtype=dtype)
+        b = init.sample_bias(self.n_out, self.n_in, generator=generator, dtype=dtype, bias_var=self.bias_var)
+        return w, b
+
+    def forward(self, x, run):
+        import torch
+
+        init = get_init(self.init)
+        W = torch.stack([init.sample(self.n_out, self.n_in, generator=g, dtype=run.dtype) for g in run.gens])
+        W = W.to(run.device)
+        h = run.dense_buffer(self.n_out)
+        torch.bmm(x, W.transpose(1, 2), out=h)
+        if self.has_bias:
+            b = torch.stack([init.sample_bias(self.n_out, self.n_in, generator=g, dtype=run.dtype, bias_var=self.bias_var)
+                             for g in run.gens]).to(run.device)
+            h.add_(b.unsqueeze(1))
+        return h, {"W": W}
+
+    def vjp(self, g, cache):
+        return g @ cache["W"]  # bmm for matching batches; broadcasts over Jacobian rows
+
+    def torch_state(self, S, draws, dtype):
+        import torch
+
+        ws, bs = zip(*draws)
+        return {"weight": torch.stack(ws), "bias": torch.stack(bs)}, {}
+
+    def torch_forward(self, mod, x, rec):
+        import torch
+
+        h = torch.baddbmm(mod.bias.unsqueeze(1), x, mod.weight.transpose(1, 2))
+        if rec is not None and self.tap:
+            rec["pre"].append(h)
+        return h
+
+
+# ---------------------------------------------------------------------------- normalizations
+
+
+@dataclass(frozen=True)
+class BatchNorm(Op):
+    """Train-mode BatchNormalization of each unit over the batch (biased variance, ``eps``; gamma 1, beta 0 at init).
+
+    Mean field (large batch): the per-unit batch variance averages to
+    ``v_w = q - qab`` (the part of the second moment not shared by the
+    batch); the output has mean 0, second moment ``v_w / (v_w + eps)`` and
+    cross moment 0 (``-1/(B-1)`` times the second moment, ``B -> inf``);
+    gradient factor ``1 / (v_w + eps)``. The simulator backpropagates each
+    sample with the batch statistics held fixed (``per_sample=True``, the
+    quantity the theory predicts; it differs from the full train-mode
+    Jacobian by ``O(1/B)``).
+    """
+
+    layer: int
+    n: int
+    eps: float
+    momentum: float
+    inplace: bool = True
+
+    def moments(self, st, expect, rows):
+        if st.diverged:
+            return st, math.nan
+        vw = max(st.q - st.qab, 0.0)
+        return Moments(0.0, vw / (vw + self.eps), 0.0), -math.log(vw + self.eps)
+
+    def forward(self, x, run):
+        import torch
+
+        mu = x.mean(dim=1, keepdim=True)
+        y = x.sub_(mu) if self.inplace else torch.sub(x, mu, out=run.scratch(self.n))
+        var = torch.linalg.vector_norm(y, dim=1, keepdim=True) ** 2 / y.shape[1]
+        scale = torch.rsqrt(var + self.eps)
+        y.mul_(scale)
+        return y, {"scale": scale, "s_y": y[:, : run.G].clone() if run.exact_bn else None}
+
+    def vjp(self, g, cache, per_sample: bool = True):
+        """Per-sample (statistics held fixed): ``g * scale``; ``per_sample=False``: the train-mode vjp of the whole batch.
+
+        The full form needs ``g`` for every sample of the batch and the cached
+        normalized output ``s_y``: ``scale (g - mean_B g - y mean_B(g y))``.
+        """
+        if per_sample:
+            return g * cache["scale"]
+        y = cache["s_y"]
+        return cache["scale"] * (g - g.mean(dim=-2, keepdim=True) - y * (g * y).mean(dim=-2, keepdim=True))
+
+    def torch_state(self, S, draws, dtype):
+        import torch
+
+        return ({"weight": torch.ones(S, self.n, dtype=dtype), "bias": torch.zeros(S, self.n, dtype=dtype)},
+                {"running_mean": torch.zeros(S, self.n, dtype=dtype), "running_var": torch.ones(S, self.n, dtype=dtype)})
+
+    def torch_forward(self, mod, x, rec):
+        import torch.nn.functional as F
+
+        # each seed's units are separate channels of one batch_norm call: statistics per seed, over its batch
+        S, B, n = x.shape
+        xb = x.transpose(0, 1).reshape(B, S * n)
+        y = F.batch_norm(xb, mod.running_mean.view(-1), mod.running_var.view(-1), mod.weight.view(-1),
+                         mod.bias.view(-1), mod.training, self.momentum, self.eps)
+        return y.view(B, S, n).transpose(0, 1)
+
+
+@dataclass(frozen=True)
+class LayerNorm(Op):
+    """Each sample's vector normalized over its units (biased variance, ``eps``), affine at identity (gamma 1, beta 0).
+
+    Mean field: over the units of one sample, ``x`` has mean ``m`` and
+    variance ``q - m^2`` (deterministic at infinite width), so the output has
+    mean 0, second moment ``(q - m^2) / (q - m^2 + eps)``, cross moment
+    ``(qab - m^2) / (q - m^2 + eps)``; gradient factor ``1 / (q - m^2 + eps)``
+    (the projection removes two of ``N`` directions). The simulator's vjp is
+    exact (LayerNorm acts on each sample alone).
+    """
+
+    layer: int
+    n: int
+    eps: float
+    inplace: bool = True
+
+    def moments(self, st, expect, rows):
+        if st.diverged:
+            return st, math.nan
+        v = max(st.q - st.mean * st.mean, 0.0)
+        d = v + self.eps
+        return Moments(0.0, v / d, (st.qab - st.mean * st.mean) / d), -math.log(d)
+
+    def forward(self, x, run):
+        import torch
+
+        mu = x.mean(dim=2, keepdim=True)
+        y = x.sub_(mu) if self.inplace else torch.sub(x, mu, out=run.scratch(self.n))
+        var = torch.linalg.vector_norm(y, dim=2, keepdim=True) ** 2 / self.n
+        rstd = torch.rsqrt(var + self.eps)
+        y.mul_(rstd)
+        G = run.G
+        return y, {"s_rstd": rstd[:, :G].clone(), "s_y": y[:, :G].clone()}
+
+    def vjp(self, g, cache):
+        y, rstd = cache["s_y"], cache["s_rstd"]
+        return rstd * (g - g.mean(dim=-1, keepdim=True) - y * (g * y).mean(dim=-1, keepdim=True))
+
+    def torch_state(self, S, draws, dtype):
+        import torch
+
+        return {"weight": torch.ones(S, self.n, dtype=dtype), "bias": torch.zeros(S, self.n, dtype=dtype)}, {}
+
+    def torch_forward(self, mod, x, rec):
+        import torch
+        import torch.nn.functional as F
+
+        y = F.layer_norm(x, (self.n,), eps=self.eps)
+        return torch.addcmul(mod.bias.unsqueeze(1), y, mod.weight.unsqueeze(1))
+
+
+# ---------------------------------------------------------------------------- activation
+
+
+@dataclass(frozen=True)
+class Activation(Op):
+    """``x = phi(h)`` elementwise.
+
+    Mean field: ``h ~ N(0, q)`` with pair correlation ``c = qab / q`` gives
+    ``(E[phi], E[phi^2], E[phi(u_a) phi(u_b)])``; gradient factor
+    ``E[phi'(h)^2]``. The Gaussian expectations come from ``expect`` (the
+    theory's quadrature), so this module needs no numerics of its own.
+    """
+
+    layer: int
+    name: str
+    tap: str | None = "post"
+
+    @property
+    def act(self) -> ActivationFn:
+        return get_activation(self.name)
+
+    def moments(self, st, expect, rows):
+        row = _row(rows, self.layer)
+        if st.diverged:
+            return st, math.nan
+        q = st.q
+        c = st.qab / q if q > 0 else 1.0
+        m1, m2, g2, pab = expect(self.act, q, c)
+        bad = not all(math.isfinite(v) for v in (m1, m2, g2, pab))
+        row.update(post_mean=m1, post_var=m2 - m1 * m1, post_q=m2, diverged=bad)
+        return Moments(m1, m2, pab, bad), (math.nan if bad else _log(g2))
+
+    def forward(self, x, run):
+        d = _derivative(self.act, x[:, : run.G])
+        return _inplace_activation(self.act)(x), {"s_d": d}
+
+    def vjp(self, g, cache):
+        return g * cache["s_d"]
+
+    def torch_state(self, S, draws, dtype):
+        return {}, {}
+
+    def torch_forward(self, mod, x, rec):
+        y = self.act.torch(x)
+        if rec is not None:
+            rec["post"].append(y)
+        return y
+
+
+def _inplace_activation(act: ActivationFn):
+    """A function applying ``act`` to a tensor in place (saves an allocation per layer in the simulator)."""
+    import torch
+    import torch.nn.functional as F
+
+    from propagate.errors import UserError
+
+    fam, p = act.family, dict(act.params)
+    if fam == "linear":
+        return lambda h: h
+    if fam == "relu":
+        return torch.relu_
+    if fam == "leaky_relu":
+        return lambda h: F.leaky_relu_(h, p["slope"])
+    if fam == "selu":
+        if (p["lambda"], p["alpha"]) == selu_constants():
+            return torch.selu_
+        return lambda h: F.elu_(h, p["alpha"]).mul_(p["lambda"])
+    if fam == "elu":
+        return lambda h: F.elu_(h, p["alpha"])
+    if fam in ("tanh", "sigmoid", "erf"):
+        return lambda h: getattr(h, fam + "_")()
+    if act.torch is None:
+        raise UserError(f"activation {act.name!r} has no torch form; register one with torch=...")
+    return lambda h: h.copy_(act.torch(h))
+
+
+def _derivative(act: ActivationFn, h):
+    """``phi'(h)`` elementwise (autograd on the activation's torch form; ``h`` is the small gradient slice)."""
+    import torch
+
+    with torch.enable_grad():
+        hh = h.detach().clone().requires_grad_(True)
+        y = act.torch(hh)
+        (d,) = torch.autograd.grad(y.sum(), hh, allow_unused=True)
+    return torch.zeros_like(hh) if d is None else d.detach()
+
+
+# ---------------------------------------------------------------------------- dropout
+
+
+def _masks(run, n, keep):
+    import torch
+
+    return torch.stack([torch.empty((run.N, n), dtype=run.dtype).bernoulli_(keep, generator=g)
+                        for g in run.gens]).to(run.device)
+
+
+@dataclass(frozen=True)
+class Dropout(Op):
+    """Inverted dropout at rate ``p``: ``x m / (1 - p)``, ``m ~ Bernoulli(1 - p)``.
+
+    Mean field: mean and cross moment unchanged (independent masks), second
+    moment ``/ (1 - p)``; gradient factor ``1 / (1 - p)``.
+    """
+
+    layer: int
+    p: float
+
+    def moments(self, st, expect, rows):
+        if st.diverged:
+            return st, math.nan
+        k = 1.0 - self.p
+        return Moments(st.mean, st.q / k, st.qab), -math.log(k)
+
+    def forward(self, x, run):
+        mask = _masks(run, x.shape[2], 1.0 - self.p)
+        mask.mul_(1.0 / (1.0 - self.p))
+        x.mul_(mask)
+        return x, {"s_mask": mask[:, : run.G].clone()}
+
+    def vjp(self, g, cache):
+        return g * cache["s_mask"]
+
+    def torch_forward(self, mod, x, rec):
+        import torch.nn.functional as F
+
+        return F.dropout(x, self.p, mod.training)
+
+
+@dataclass(frozen=True)
+class AlphaDropout(Op):
+    """torch's alpha dropout at rate ``p``: ``a (x m + alpha' (1 - m)) + b`` (constants: :func:`alpha_dropout_affine`).
+
+    Mean field, ``keep = 1 - p``: ``E[x~] = a (keep mu + p alpha') + b``,
+    ``E[x~^2] = a^2 (keep q + p alpha'^2) + 2 a b s1 + b^2`` with
+    ``s1 = keep mu + p alpha'``, cross moment likewise with
+    ``keep^2 qab + 2 keep p alpha' mu + p^2 alpha'^2``; at the SELU fixed
+    point it keeps (0, 1). Gradient factor ``a^2 keep``.
+    """
+
+    layer: int
+    p: float
+
+    def moments(self, st, expect, rows):
+        if st.diverged:
+            return st, math.nan
+        a, b, ap = alpha_dropout_affine(self.p)
+        keep = 1.0 - self.p
+        s1 = keep * st.mean + (1 - keep) * ap
+        q = a**2 * (keep * st.q + (1 - keep) * ap**2) + 2 * a * b * s1 + b**2
+        cross = keep**2 * st.qab + 2 * keep * (1 - keep) * ap * st.mean + (1 - keep) ** 2 * ap**2
+        qab = a**2 * cross + 2 * a * b * s1 + b**2
+        return Moments(a * s1 + b, q, qab), math.log(a**2 * keep)
+
+    def forward(self, x, run):
+        p = self.p
+        a, b, ap = alpha_dropout_affine(p)
+        mask = _masks(run, x.shape[2], 1.0 - p)
+        # a (x m + alpha' (1 - m)) + b, written as x m a + ((m - 1) (-alpha') a + b) in place
+        shift = (mask - 1.0).mul_(-ap * a).add_(b)
+        x.mul_(mask).mul_(a).add_(shift)
+        return x, {"s_mask": mask[:, : run.G] * a}
+
+    def vjp(self, g, cache):
+        return g * cache["s_mask"]
+
+    def torch_forward(self, mod, x, rec):
+        import torch.nn.functional as F
+
+        return F.alpha_dropout(x, self.p, mod.training)
+
+
+# ---------------------------------------------------------------------------- residual
+
+
+@dataclass(frozen=True)
+class Residual(Op):
+    """``y = sqrt(1 - R^2) x + R branch(x)`` for a layer whose input and output widths match.
+
+    Mean field, ``s = sqrt(1 - R^2)`` and ``(m_b, q_b, qab_b)`` the branch
+    output's moments: ``h`` of the branch is independent of any single unit
+    of ``x`` (it sums ``N`` of them with fresh zero-mean weights), so
+    ``E[x phi(h)] = E[x] E[phi(h)]`` and
+
+    - mean ``s m + R m_b``;
+    - second moment ``s^2 q + R^2 q_b + 2 s R m m_b`` (the cross term is not zero
+      when the activation has a non-zero mean: then ``m`` grows too);
+    - cross moment ``s^2 qab + R^2 qab_b + 2 s R m m_b``;
+    - gradient factor ``s^2 + R^2 prod(branch factors)`` (the cross term of the
+      two paths averages to zero over the fresh weights).
+    """
+
+    layer: int
+    R: float
+    branch: tuple
+
+    @property
+    def skip(self) -> float:
+        return math.sqrt(max(0.0, 1.0 - self.R * self.R))
+
+    def children(self):
+        return self.branch
+
+    def moments(self, st, expect, rows):
+        bst, trace = fold_moments(self.branch, st, expect, rows)
+        if bst.diverged or st.diverged:
+            return replace(bst, diverged=True), ("residual", self, trace)
+        s, R = self.skip, self.R
+        cross = 2 * s * R * st.mean * bst.mean
+        out = Moments(s * st.mean + R * bst.mean, s * s * st.q + R * R * bst.q + cross,
+                      s * s * st.qab + R * R * bst.qab + cross)
+        if not math.isfinite(out.q) or out.q > OVERFLOW_Q:
+            out = replace(out, diverged=True)
+        return out, ("residual", self, trace)
+
+    def forward(self, x, run):
+        y, tape = forward_ops(self.branch, x, run)
+        if run.stopped:
+            return y, {"tape": tape}
+        y.mul_(self.R).add_(x, alpha=self.skip)  # in the branch's buffer: no copy of the stream
+        return y, {"tape": tape}
+
+    def vjp(self, g, cache):
+        gb = vjp_ops(cache["tape"], g * self.R, cache.get("record"))
+        return gb.add_(g, alpha=self.skip) if gb.shape == g.shape else gb + self.skip * g
+
+    def torch_forward(self, mod, x, rec):
+        y = x
+        for m in mod.branch:
+            y = m(y, rec)
+        return self.skip * x + self.R * y
+
+
+# ---------------------------------------------------------------------------- compile
+
+
+def compile_spec(spec, *, readout: bool = False) -> list[Op]:
+    """The ordered layer operations of ``spec`` (module docstring); ``readout=True`` appends the readout's."""
+    sw2s, sb2s = spec.sigma_w2(), spec.sigma_b2()
+    residual = float(getattr(spec, "residual", 0.0) or 0.0)
+    layernorm = bool(getattr(spec, "layernorm", False))
+    ops: list[Op] = []
+    for l in range(1, spec.depth + 1):
+        n_in, n_out = spec.widths[l - 1], spec.widths[l]
+        res = residual > 0 and n_in == n_out
+        layer: list[Op] = []
+        if l >= 2:
+            layer += _norm(spec, l, n_in, layernorm, inplace=not res)
+        layer.append(Dense(l, n_in, n_out, spec.init, spec.bias_var, sw2s[l - 1], sb2s[l - 1]))
+        layer.append(Activation(l, spec.activation))
+        if spec.alpha_dropout:
+            layer.append(AlphaDropout(l, float(spec.alpha_dropout)))
+        elif spec.dropout:
+            layer.append(Dropout(l, float(spec.dropout)))
+        ops += [Residual(l, residual, tuple(layer))] if res else layer
+    if readout and spec.out_features:
+        last, r = spec.widths[-1], spec.depth + 1
+        init = get_init(spec.init)
+        ops += _norm(spec, r, last, layernorm, inplace=True)
+        ops.append(Dense(r, last, spec.out_features, spec.init, spec.bias_var, init.sigma_w2(last, spec.out_features),
+                         spec.bias_var if spec.bias_var is not None else init.bias_var(last), tap=None))
+    return ops
+
+
+def _norm(spec, layer, n, layernorm, inplace):
+    if layernorm:
+        return [LayerNorm(layer, n, float(spec.bn_eps), inplace=inplace)]
+    if spec.batchnorm:
+        return [BatchNorm(layer, n, float(spec.bn_eps), float(spec.bn_momentum), inplace=inplace)]
+    return []
+
+
+def walk(ops: Sequence[Op]):
+    """Every op, depth first (a residual block, then its branch)."""
+    for op in ops:
+        yield op
+        yield from walk(op.children())
+
+
+# ---------------------------------------------------------------------------- theory loops
+
+
+def fold_moments(ops: Sequence[Op], st: Moments, expect: Callable, rows: dict) -> tuple[Moments, list]:
+    """Push the moment state through ``ops``; taps fill ``rows[layer]``. Returns the state and a trace for the gradients.
+
+    ``expect(act, q, c) -> (E[phi], E[phi^2], E[phi'^2], E[phi(u_a) phi(u_b)])``
+    for ``h ~ N(0, q)`` with pair correlation ``c`` (the theory's quadrature).
+    """
+    trace = []
+    for op in ops:
+        st, f = op.moments(st, expect, rows)
+        trace.append((op, f))
+    return st, trace
+
+
+def moment_gradients(trace: list, log_g_out: float, out: dict) -> float:
+    """Walk a :func:`fold_moments` trace backwards from ``log E||dy/dx_out||^2``; ``out[layer]`` = log squared gradient norm at ``h^layer``."""
+    import numpy as np
+
+    lg = log_g_out
+    for op, f in reversed(trace):
+        if isinstance(f, tuple):  # residual: ("residual", op, branch trace)
+            res = f[1]
+            lb = moment_gradients(f[2], lg + 2 * _log(res.R), out)
+            lg = float(np.logaddexp(lg + 2 * _log(res.skip), lb))
+            continue
+        if op.tap == "pre":
+            out[op.layer] = lg
+        lg = lg + f
+    return lg
+
+
+# ---------------------------------------------------------------------------- simulation loops
+
+
+def forward_ops(ops: Sequence[Op], x, run):
+    """Run ``ops`` batched over networks; ``run`` measures taps (``run.tap``) and may stop on divergence.
+
+    Returns ``(y, tape)``, the tape a list of ``(op, cache)`` for :func:`vjp_ops`.
+    """
+    tape = []
+    for op in ops:
+        x, cache = op.forward(x, run)
+        tape.append((op, cache))
+        if op.tap:
+            run.tap(op, x)
+        if run.stopped:
+            break
+    return x, tape
+
+
+def vjp_ops(tape, g, record=None, stop_at_first: bool = False):
+    """Backpropagate ``g`` through a tape; ``record(op, g)`` is called with the gradient at each "pre" tap.
+
+    ``stop_at_first``: stop after recording the first layer's gradient (its
+    input gradient is not needed; saves the widest matmul).
+    """
+    for op, cache in reversed(tape):
+        if isinstance(op, Residual):
+            cache["record"] = record
+            g = op.vjp(g, cache)
+            continue
+        if op.tap == "pre" and record is not None:
+            record(op, g)
+            if stop_at_first and op.layer == 1:
+                return None
+        g = op.vjp(g, cache)
+    return g
+
+
+# ---------------------------------------------------------------------------- training model
+
+
+def _module_class():
+    import torch.nn as nn
+
+    class OpModule(nn.Module):
+        """The torch module of one layer op; its parameters are stacked over seeds (leading dim ``S``)."""
+
+        def __init__(self, op: Op, params: dict, buffers: dict, branch=()):
+            super().__init__()
+            self.op = op
+            for k, v in params.items():
+                setattr(self, k, nn.Parameter(v))
+            for k, v in buffers.items():
+                self.register_buffer(k, v)
+            self.branch = nn.ModuleList(branch)
+
+        def forward(self, x, rec=None):
+            return self.op.torch_forward(self, x, rec)
+
+        def extra_repr(self):
+            return type(self.op).__name__ + f"(layer={self.op.layer})"
+
+    class Network(nn.Module):
+        """A spec's network for ``S`` seeds at once (see :func:`build_network`)."""
+
+        def __init__(self, spec, seeds, modules):
+            super().__init__()
+            self.spec = spec
+            self.seeds = list(seeds)
+            self.layers = nn.ModuleList(modules)
+
+        @property
+        def n_seeds(self) -> int:
+            return len(self.seeds)
+
+        def forward(self, x, record: bool = False):
+            S = len(self.seeds)
+            if not (x.dim() == 3 and x.shape[0] == S and x.shape[2] == self.spec.input_dim):
+                x = x.flatten(1).unsqueeze(0).expand(S, -1, -1)  # one batch for every seed, no copy
+            rec = {"pre": [], "post": []} if record else None
+            for m in self.layers:
+                x = m(x, rec)
+            return (x, rec) if record else x
+
+    return OpModule, Network
+
+
+def build_network(spec, seeds: Sequence[int], *, dtype=None, device=None):
+    """The torch training model of ``spec`` for the seeds ``seeds`` (see :func:`propagate.spec.build_model`)."""
+    import torch
+
+    dtype = dtype or torch.float32
+    OpModule, Network = _module_class()
+    ops = compile_spec(spec, readout=True)
+    dense = [op for op in walk(ops) if isinstance(op, Dense)]
+    draws: dict[Dense, list] = {op: [] for op in dense}
+    for k in seeds:
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(int(k))
+        for op in dense:  # hidden layers in order, weight then bias, readout last
+            draws[op].append(op.draw(gen, dtype))
+
+    def make(op):
+        params, buffers = op.torch_state(len(seeds), draws.get(op), dtype)
+        return OpModule(op, params, buffers, [make(c) for c in op.children()])
+
+    net = Network(spec, seeds, [make(op) for op in ops])
+    return net.to(device) if device is not None else net

@@ -1,0 +1,153 @@
+"""Report section: a deep plain network against the same network with residual blocks and with LayerNorm.
+
+:func:`section` simulates three ReLU/glorot_uniform networks of 200 hidden
+layers (plain, ``--residual 0.5``, ``--layernorm``), lays the mean-field theory
+over the simulation, writes the per-layer tables to ``data/`` and the figure
+``figures/residual_layernorm.png`` (and ``.svg``), and returns the markdown.
+:func:`plot_residual_layernorm` draws the figure from the tables (usable in a
+notebook).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["section", "compute_residual_tables", "plot_residual_layernorm", "VARIANTS"]
+
+#: (name, spec changes) of the three networks compared.
+VARIANTS = (("plain", {}), ("residual 0.5", {"residual": 0.5}), ("layernorm", {"layernorm": True}))
+_COLOURS = {"plain": "#d62728", "residual 0.5": "#1f77b4", "layernorm": "#2ca02c"}
+
+
+def compute_residual_tables(*, depth=200, width=256, samples=256, seeds=8, seed=0, activation="relu",
+                            init="glorot_uniform", progress=None):
+    """Simulation (with theory columns) and per-network tables of the three variants.
+
+    Returns ``(table, per_seed)``: the :mod:`propagate.stats` tables of all
+    variants stacked, with a ``variant`` column.
+    """
+    import warnings
+
+    import pandas as pd
+
+    from propagate.simulate import simulate
+    from propagate.spec import NetworkSpec
+
+    base = NetworkSpec.stack(depth, width, input_dim=width, first_width=None, activation=activation, init=init)
+    tables, per_seed = [], []
+    for i, (name, changes) in enumerate(VARIANTS):
+        if progress:
+            progress(f"residual section: simulating {name} ({i + 1}/{len(VARIANTS)})")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a vanishing plain network is a result, not a warning here
+            res = simulate(base.with_(**changes), samples=samples, seeds=seeds, seed=seed, grad_samples=min(samples, 128),
+                           threads=1)
+        tables.append(res.table.assign(variant=name))
+        per_seed.append(res.per_seed.assign(variant=name))
+    return pd.concat(tables, ignore_index=True), pd.concat(per_seed, ignore_index=True)
+
+
+def plot_residual_layernorm(table, per_seed, title=None, width=None):
+    """Pre-activation variance and gradient norm per layer: bands across networks (min to max), theory dashed.
+
+    ``table``/``per_seed``: from :func:`compute_residual_tables` (columns
+    ``variant``, ``layer``, ``pre_var``, ``grad_norm``, ``theory_pre_var``,
+    ``theory_grad_norm``; ``per_seed`` one row per network and layer).
+    """
+    import numpy as np
+
+    from propagate.report.style import plt, report_style
+
+    with report_style():
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        panels = (("pre_var", "pre-activation variance  Var(h^l)"),
+                  ("grad_norm", "gradient norm  ||dy/dh^l||  (random readout)"))
+        for ax, (col, ylabel) in zip(axes, panels):
+            for name, _ in VARIANTS:
+                c = _COLOURS[name]
+                ps = per_seed[(per_seed["variant"] == name) & (per_seed["layer"] >= 1)]
+                g = ps.groupby("layer")[col]
+                lo, hi = g.min(), g.max()
+                ok = (lo > 0) & np.isfinite(lo) & np.isfinite(hi)
+                ax.fill_between(lo.index[ok], lo[ok], hi[ok], color=c, alpha=0.25, lw=0)
+                t = table[(table["variant"] == name) & (table["layer"] >= 1)]
+                ax.plot(t["layer"], t[col], color=c, lw=1.2, label=f"{name}: simulation (mean, band min-max)")
+                th = t["theory_" + col]
+                ax.plot(t["layer"], th.where(th > 0), color=c, lw=1.0, ls="--",
+                        label=f"{name}: mean-field theory")
+            ax.set_yscale("log")
+            ax.set_xlabel("layer l")
+            ax.set_ylabel(ylabel)
+        axes[0].legend(loc="lower left", fontsize=7)
+        depth = int(table["layer"].max())
+        width = width or int(table.loc[table["layer"] == depth, "width"].iloc[0])
+        fig.suptitle(title or f"relu / glorot_uniform, {depth} layers of {width} units: plain, residual R = 0.5, LayerNorm",
+                     fontsize=11)
+        fig.tight_layout()
+    return fig
+
+
+def _summary(table) -> dict:
+    out = {}
+    for name, _ in VARIANTS:
+        t = table[(table["variant"] == name) & (table["layer"] >= 1)].set_index("layer")
+        fwd = [s for f in t["disagree_in"] for s in f.split(",") if s and s != "grad_norm"]
+        grad_flags = int(sum("grad_norm" in f for f in t["disagree_in"]))
+        first, last = t.index.min(), t.index.max()
+        rate = float((t.loc[min(first + 10, last), "theory_pre_var"] / t.loc[first, "theory_pre_var"]) ** 0.1)
+        out[name] = {"forward_flags": len(fwd), "grad_flags": grad_flags, "rate": rate,
+                     "q_first": float(t.loc[first, "pre_q"]), "q_last": float(t.loc[last, "pre_q"]),
+                     "var_last": float(t.loc[last, "pre_var"]), "theory_var_last": float(t.loc[last, "theory_pre_var"]),
+                     "grad_first": float(t.loc[first, "grad_norm"]), "theory_grad_first": float(t.loc[first, "theory_grad_norm"])}
+    return out
+
+
+def section(out_dir: Path, ctx: dict, progress=None) -> str:
+    """Compute, write data and figure, and return the markdown of the residual/LayerNorm section."""
+    from propagate.io import write_table
+    from propagate.report.style import save_figure
+
+    out_dir = Path(out_dir)
+    quick = bool(ctx.get("quick", False))
+    kw = dict(depth=200, width=128, samples=128, seeds=4) if quick else dict(depth=200, width=256, samples=256, seeds=8)
+    table, per_seed = compute_residual_tables(seed=int(ctx.get("seed", 0)), progress=progress, **kw)
+    meta = {"kind": "residual_layernorm", **kw, "seed": int(ctx.get("seed", 0)), "activation": "relu",
+            "init": "glorot_uniform"}
+    (out_dir / "data").mkdir(parents=True, exist_ok=True)
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    write_table(table, out_dir / "data" / "residual_layernorm.csv", meta)
+    write_table(per_seed, out_dir / "data" / "residual_layernorm_per_seed.csv", meta)
+    fig = plot_residual_layernorm(table, per_seed)
+    save_figure(fig, out_dir / "figures" / "residual_layernorm")
+    s = _summary(table)
+    p, r, ln = s["plain"], s["residual 0.5"], s["layernorm"]
+    n, depth = kw["width"], kw["depth"]
+    # the signal-direction term of the first layer's gradient: R^2 E[phi'^2] q^depth / (n q^1), ReLU: E[phi'^2] = 1/2
+    euler = (0.25 * 0.5 * r["q_last"] / (n * r["q_first"])) ** 0.5
+    return f"""## Residual blocks and LayerNorm: the same deep ReLU network, kept alive
+
+![variance and gradient norm per layer](figures/residual_layernorm.png)
+
+{depth} hidden layers of {n} ReLU units with glorot_uniform weights ({kw['seeds']} random networks,
+{kw['samples']} Gaussian inputs each; bands: smallest to largest network, dashed: mean-field theory).
+
+- **Plain**: the pre-activation variance shrinks by {p['rate']:.3g} per layer in theory
+  (sigma_w^2 / 2 = 1/2 for glorot at equal widths), so after {depth} layers it is
+  {p['theory_var_last']:.3g} (simulated {p['var_last']:.3g}: float32 still holds it, its moments are
+  summed in float64 when the squares underflow).
+- **Residual, R = 0.5** (`x' = sqrt(1 - R^2) x + R relu(W x)`): the variance no longer halves; it
+  changes by {r['rate']:.3g} per layer, because ReLU's positive mean accumulates in the stream
+  (the cross term `2 sqrt(1-R^2) R E[x] E[relu(h)]`). Theory and simulation agree on every forward
+  statistic ({r['forward_flags']} layers flagged). The gradient norm does not follow the mean-field
+  prediction: at the first layer {r['grad_first']:.3g} simulated against {r['theory_grad_first']:.3g} in
+  theory ({r['grad_flags']} layers flagged beyond 4 standard errors; the spread across networks is
+  itself large). With a growing stream a per-sample gradient has a component along the signal itself
+  (for bias-free ReLU, Euler's theorem gives `dy/dx^l . x^l = y`); it is 1/n of the gradient at the
+  readout but grows like q^depth / q^l, and mean-field (infinite-width) theory drops it. Its size,
+  `sqrt(R^2 E[phi'^2] q^depth / (n q^1))` = {euler:.3g}, is the order of the simulated value.
+- **LayerNorm** before each hidden layer after the first: the variance stays at
+  {ln['var_last']:.3g} (theory {ln['theory_var_last']:.3g}); forward statistics agree
+  ({ln['forward_flags']} layers flagged). The gradient grows backwards by the factor
+  `sigma_w^2 E[phi'^2] / Var_units(x)` per layer, which theory tracks
+  ({ln['grad_flags']} layers flagged).
+"""

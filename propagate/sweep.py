@@ -1,0 +1,863 @@
+"""Grids of runs: every point of a sweep file run on Dask, one result file per point, one Parquet table.
+
+A sweep file (TOML) names a *lens* (a ``propagate`` command whose result is a
+table) and a grid of its options::
+
+    lens = "simulate"              # theory | simulate | train | trainability
+    [fixed]                        # options shared by every point
+    depth = 10
+    samples = 200
+    [grid]                         # the product of these lists
+    activation = ["relu", "tanh"]
+    init = ["normal:1", "normal:2"]
+    sigma_b2 = "0:0.2:3"           # a range START:STOP:N (N points, both ends), or START:STOP:N:log
+    [zip.shape]                    # a zipped group: these fields vary together (one axis of the product)
+    width = [400, 200, 100]
+    seed = [0, 1, 2]
+
+Field names are the command's own option names with dashes as underscores
+(``--sigma-b2`` -> ``sigma_b2``; an alias such as ``bias_var`` works too), so
+anything the command accepts can be swept.
+Each point becomes the command line it stands for and is parsed by the
+command's own argparse parser, so names, value checks and defaults are exactly
+the command's. Every point is checked before any work starts.
+
+Execution: :func:`run_sweep` sends the points that have no result yet to a
+Dask ``distributed`` cluster: by default a ``LocalCluster`` on 127.0.0.1 with
+one single-threaded worker process per core, or an existing cluster
+(``scheduler="tcp://host:8786"``, or a ``distributed.Client``). Torch runs
+with one thread per task unless the point sets ``threads``.
+
+Results: ``OUT/points/<key>.json`` per point, written atomically, where
+``<key>`` is a SHA-256 of the point's full parsed configuration (every option
+of the command, defaults included), the lens, the package version and the
+identity of the dataset it reads (name, file sizes and SHA-256). A rerun skips
+points whose file exists; a point that fails leaves ``<key>.failed.json``
+(its error and traceback) and is tried again by the next run. At the end all
+results are gathered into ``OUT/results.parquet``: one row per (point, layer)
+(theory, simulate), (point, seed, epoch) (train) or (point, configuration,
+learning rate) (trainability; ``configs.parquet`` and ``seeds.parquet``
+beside it), with columns ``point`` (index in
+grid order), ``key``, the swept fields, then the lens's own columns (a lens
+column named like a swept field is dropped where it repeats the field's
+value, else kept as ``lens_<name>``).
+``OUT/sweep.json`` records the plan. ``OUT`` is locked while a sweep runs.
+
+The module sits beside the CLI: it reads the commands' parsers
+(``propagate.commands.<lens>.add_arguments``) and calls the library below them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import itertools
+import json
+import math
+import os
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from propagate.errors import UserError
+
+__all__ = [
+    "Lens",
+    "LENSES",
+    "Point",
+    "SweepPlan",
+    "SweepResult",
+    "load_plan",
+    "plan_from_dict",
+    "expand_range",
+    "compute_point",
+    "run_point",
+    "run_sweep",
+    "gather",
+]
+
+
+# ----------------------------------------------------------------------------- lenses
+
+
+def _theory_compute(args, threads: int | None, dataset: str | None):
+    from propagate.commands.theory import build
+    from propagate.theory import analyze
+
+    spec, sw2, sb2 = build(args)
+    res = analyze(spec.activation, sw2, sb2, spec.depth, spec=spec, input_corr=args.input_corr)
+    table = res.table.copy()
+    # the fixed-point scalars on every row, so a map of chi_1 or xi_c is one groupby away
+    for k, v in res.summary().items():
+        if k not in table.columns:
+            table[k] = v
+    return {"results": table}, {"config": res.config}
+
+
+def _theory_check(args) -> None:
+    from propagate.commands.theory import build
+
+    build(args)
+
+
+def _simulate_spec(args):
+    from propagate.commands.simulate import build_spec
+
+    return build_spec(args)
+
+
+def _simulate_compute(args, threads: int | None, dataset: str | None):
+    import warnings
+
+    from propagate.simulate import simulate
+
+    spec = _simulate_spec(args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # divergence is a result here (column `diverged`), not a warning
+        res = simulate(spec, samples=args.samples, seeds=args.seeds, seed=args.seed, dtype=args.dtype,
+                       device=args.device, jacobian=False, input=dataset or args.input, threads=threads,
+                       progress=False)
+    table = res.table.copy()
+    # the weight and bias variance of each row's layer, so maps over inits need no parsing of `init`
+    sw2, sb2 = spec.sigma_w2(), spec.sigma_b2()
+    table["sigma_w2"] = [sw2[int(l) - 1] if int(l) >= 1 else math.nan for l in table["layer"]]
+    table["sigma_b2"] = [sb2[int(l) - 1] if int(l) >= 1 else math.nan for l in table["layer"]]
+    return {"results": table}, {"diverged_at": res.diverged_at, "seconds": res.meta.get("seconds")}
+
+
+def _simulate_dataset(args) -> tuple[str, str | None] | None:
+    return (args.input, None) if args.input != "gaussian" else None
+
+
+def _train_spec_and_options(args):
+    """The (preset, spec, options) of ``propagate train``'s flags, by the command's rules.
+
+    Mirrors ``propagate.commands.train``'s own helper, which is private; this copy
+    goes when the command exposes it (a public ``spec_and_options(args)``).
+    """
+    from propagate.commands._spec_args import spec_from_args
+    from propagate.presets import get_preset
+    from propagate.spec import SEED_CLASSES, NetworkSpec
+    from propagate.train import TrainOptions
+
+    preset = get_preset(args.preset) if args.preset else None
+    base = preset.spec() if preset else NetworkSpec.seed("relu", "glorot_uniform", False)
+    custom = any(getattr(args, k, None) is not None for k in (
+        "activation", "init", "depth", "width", "first_width", "input_dim", "sigma_b2", "batchnorm", "layernorm",
+        "residual", "dropout", "alpha_dropout"))
+    spec = spec_from_args(args, base=base, out_features=SEED_CLASSES) if custom else base
+    opts = {k: v for k, v in (("optimizer", args.optimizer), ("lr", args.lr), ("epochs", args.epochs),
+                              ("batch_size", args.batch_size), ("threads", args.threads),
+                              ("seeds", getattr(args, "seeds", None))) if v is not None}
+    options = TrainOptions(seed=args.seed, device=args.device, probe_size=args.probe_size, **opts)
+    return preset, spec, options
+
+
+def _train_check(args) -> None:
+    from propagate.commands.train import check_training_size
+
+    _, spec, options = _train_spec_and_options(args)
+    check_training_size(spec, options)
+
+
+def _train_compute(args, threads: int | None, dataset: str | None):
+    from propagate.data import load_dataset, validate_dataset
+    from propagate.train import train
+
+    preset, spec, options = _train_spec_and_options(args)
+    if options.threads is None:
+        options = options.with_(threads=threads)
+    data = load_dataset(dataset or args.dataset, args.data_dir, progress=False, download=False)
+    validate_dataset(data, input_dim=spec.widths[0])
+    res = train(spec, options, data, progress=False, preset=preset)
+    history = res.history.copy()
+    history["status"] = res.status
+    return {"results": history, "layers": res.layers}, {"status": res.status, "dataset": data.name}
+
+
+def _train_dataset(args) -> tuple[str, str | None] | None:
+    return (args.dataset, args.data_dir)
+
+
+def _trainability_setup(args):
+    """The (configs, lrs, options) of ``propagate trainability``'s flags, by the command's rules (mirrored:
+    the command's helper is private)."""
+    from propagate.presets import get_preset
+    from propagate.spec import SEED_CLASSES, NetworkSpec
+    from propagate.trainability import DEFAULT_LRS, TrainabilityOptions
+
+    custom = any(v is not None for v in (args.activation, args.init, args.depth, args.width, args.first_width,
+                                         args.batchnorm))
+    configs = []
+    if args.presets is not None:
+        names = [p.strip() for p in args.presets.split(",") if p.strip()]
+        if not names:
+            raise UserError("presets is empty")
+        configs += [(get_preset(n).name, get_preset(n).spec()) for n in names]
+    if custom:
+        spec = NetworkSpec.stack(args.depth or 51, args.width or 256, input_dim=784,
+                                 first_width=args.first_width or 512, activation=args.activation or "relu",
+                                 init=args.init or "glorot_uniform", batchnorm=bool(args.batchnorm),
+                                 out_features=SEED_CLASSES)
+        configs.append((spec.label(), spec))
+    if not configs:
+        raise UserError("give presets or a custom network (activation, init, depth, ...)")
+    options = TrainabilityOptions(
+        seeds=tuple(range(args.seed, args.seed + args.seeds)), epochs=args.epochs, optimizer=args.optimizer,
+        batch_size=args.batch_size, criterion=args.criterion, level=args.level, refine=args.refine,
+        predict=not args.no_predict, sharpness_batch=args.sharpness_batch, device=args.device, threads=args.threads)
+    lrs = args.lr or list(DEFAULT_LRS)
+    if len(set(lrs)) != len(lrs):
+        raise UserError("lr lists a learning rate twice")
+    return configs, lrs, options
+
+
+def _trainability_compute(args, threads: int | None, dataset: str | None):
+    from dataclasses import replace
+
+    from propagate.data import load_dataset
+    from propagate.trainability import trainability
+
+    configs, lrs, options = _trainability_setup(args)
+    if options.threads is None:
+        options = replace(options, threads=threads)
+    data = load_dataset(dataset or args.dataset, args.data_dir, progress=False, download=False)
+    res = trainability(configs, lrs, data, options)
+    return {"results": res.points, "configs": res.configs, "seeds": res.seeds}, {"dataset": data.name}
+
+
+@dataclass(frozen=True)
+class Lens:
+    """One kind of point a sweep can run.
+
+    Attributes:
+        name: the name a sweep file gives (``lens = "..."``).
+        command: module under :mod:`propagate.commands` whose ``add_arguments``
+            defines the fields (the command's options).
+        compute: ``(args, threads, dataset) -> ({table name: DataFrame}, meta)``;
+            table ``"results"`` goes to ``results.parquet``, any other ``NAME``
+            to ``NAME.parquet``.
+        check: ``(args) -> None``; raises :class:`UserError` for a point that
+            parses but cannot run (conflicting options, unknown names).
+        excluded: options a sweep cannot set (output and display options).
+        rows: what one row of ``results.parquet`` is, per point (``"layer"``, ``"seed and epoch"``, ...).
+        dataset: ``(args) -> (name, data_dir)`` of the dataset a point reads, or
+            ``None``; its identity goes into the point's key.
+    """
+
+    name: str
+    command: str
+    compute: Callable
+    check: Callable
+    excluded: frozenset = frozenset()
+    rows: str = "layer"
+    dataset: Callable | None = None
+
+
+#: The lenses by name. A new lens (e.g. trainability) is one entry here.
+LENSES: dict[str, Lens] = {
+    "theory": Lens("theory", "theory", _theory_compute, _theory_check,
+                   frozenset({"rows", "json", "csv"})),
+    "simulate": Lens("simulate", "simulate", _simulate_compute, lambda a: _simulate_spec(a),
+                     frozenset({"csv", "json", "plot", "quiet", "jacobian"}), dataset=_simulate_dataset),
+    "train": Lens("train", "train", _train_compute, _train_check,
+                  frozenset({"list_presets", "out", "resume", "no_progress"}), rows="seed and epoch", dataset=_train_dataset),
+    "trainability": Lens("trainability", "trainability", _trainability_compute, _trainability_setup,
+                         frozenset({"out", "resume", "no_progress"}), rows="configuration and learning rate",
+                         dataset=_train_dataset),
+}
+
+#: Lenses planned but not built yet, with what to say.
+_PLANNED: dict[str, str] = {}
+
+
+def _lens(name) -> Lens:
+    if name in LENSES:
+        return LENSES[name]
+    if name in _PLANNED:
+        raise UserError(f"lens {name!r}: {_PLANNED[name]}; use one of {', '.join(LENSES)}")
+    raise UserError(f"unknown lens {name!r}; use one of {', '.join(LENSES)}")
+
+
+class _RaisingParser:
+    """A command's argparse parser whose errors raise :class:`UserError` instead of exiting."""
+
+    def __init__(self, lens: Lens):
+        import argparse
+        import importlib
+
+        class Parser(argparse.ArgumentParser):
+            def error(self, message):  # noqa: D401 - argparse API
+                raise UserError(message)
+
+        mod = importlib.import_module(f"propagate.commands.{lens.command}")
+        self.parser = Parser(prog=f"propagate {lens.command}", add_help=False)
+        mod.add_arguments(self.parser)
+        # Field name -> (option, action), for every long option and alias (--sigma-b2 and --bias-var).
+        # argparse has no public list of its options; _actions is the stable way to read them.
+        self.options: dict[str, tuple[str, Any]] = {}
+        for action in self.parser._actions:
+            for opt in action.option_strings:
+                if not opt.startswith("--") or (isinstance(action, argparse.BooleanOptionalAction)
+                                                and opt.startswith("--no-")):
+                    continue
+                name = opt[2:].replace("-", "_")
+                if name != "help":
+                    self.options[name] = (opt, action)
+        self.lens = lens
+
+    def fields(self) -> list[str]:
+        return sorted(n for n, (_, a) in self.options.items() if a.dest not in self.lens.excluded)
+
+    def dest(self, name: str) -> str:
+        """The option a field sets (its argparse ``dest``; aliases share one); UserError for an unknown field."""
+        if name not in self.options:
+            raise UserError(f"unknown field {name!r} for lens {self.lens.name!r}; fields are the options of "
+                            f"'propagate {self.lens.command}' with dashes as underscores: {', '.join(self.fields())}")
+        dest = self.options[name][1].dest
+        if dest in self.lens.excluded:
+            raise UserError(f"field {name!r} is an output option of 'propagate {self.lens.command}'; "
+                            "a sweep writes its own results")
+        return dest
+
+    def argv(self, values: dict[str, Any]) -> list[str]:
+        """The command line of one point (options only)."""
+        import argparse
+
+        out = []
+        for name, value in values.items():
+            self.dest(name)
+            opt, action = self.options[name]
+            if action.nargs == 0:  # a flag: store_true/store_false/--x/--no-x
+                if not isinstance(value, bool):
+                    raise UserError(f"field {name!r} takes true or false, got {value!r}")
+                if isinstance(action, argparse.BooleanOptionalAction):
+                    out.append(opt if value else "--no-" + opt[2:])
+                elif value == (action.const if isinstance(action.const, bool) else True):
+                    out.append(opt)  # store_true given true, store_false given false
+                continue
+            if isinstance(value, bool):
+                raise UserError(f"field {name!r} takes a value, not {str(value).lower()}")
+            out.append(f"{opt}={_fmt(value)}")
+        return out
+
+    def parse(self, argv: list[str]):
+        return self.parser.parse_args(argv)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of a sweep.
+
+    ``fields``: the swept fields' values (grid and zip); ``argv``: the full
+    command line of options (fixed and swept); ``key``: the content hash that
+    names its result file; ``options``: every option of the command after
+    parsing (defaults included), the configuration the key is computed from.
+    """
+
+    index: int
+    fields: dict
+    argv: tuple
+    key: str
+    options: dict
+    dataset: str | None = None  # the concrete dataset name (``auto`` resolved), if the lens reads one
+
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.fields.items())
+
+
+@dataclass
+class SweepPlan:
+    """A validated sweep: its lens, fixed fields, axes and every point."""
+
+    lens: str
+    fixed: dict
+    axes: list  # list of dicts {field: [values]}, one per axis of the product (a zip group is one axis)
+    points: list
+    source: str = ""
+
+    @property
+    def swept(self) -> list[str]:
+        return [f for axis in self.axes for f in axis]
+
+    def to_dict(self) -> dict:
+        return {"lens": self.lens, "fixed": self.fixed, "axes": self.axes, "source": self.source,
+                "points": [{"index": p.index, "key": p.key, "fields": p.fields, "argv": list(p.argv)}
+                           for p in self.points]}
+
+
+_NUM = r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*"
+_RANGE = re.compile(rf"^({_NUM}):({_NUM}):\s*(\d+)\s*(?::\s*(log|lin)\s*)?$")
+
+
+def expand_range(text: str) -> list:
+    """The values of a range ``START:STOP:N`` (N evenly spaced points, both ends) or ``START:STOP:N:log``.
+
+    Whole-number ends with whole-number steps give ints (``"10:50:5"`` ->
+    10, 20, 30, 40, 50); values are rounded to 12 significant digits so that
+    ``"0:0.3:4"`` gives 0.1, not 0.1000000000000000055...
+    """
+    m = _RANGE.match(text)
+    if not m:
+        raise UserError(f"bad range {text!r}: write START:STOP:N (N points, both ends included) or "
+                        "START:STOP:N:log, or a list [a, b, ...]")
+    a, b, n, scale = float(m.group(1)), float(m.group(2)), int(m.group(3)), m.group(4) or "lin"
+    if n < 1:
+        raise UserError(f"bad range {text!r}: N must be >= 1")
+    if scale == "log":
+        if a <= 0 or b <= 0:
+            raise UserError(f"bad range {text!r}: a log range needs START and STOP > 0")
+        vals = [a] if n == 1 else [math.exp(math.log(a) + (math.log(b) - math.log(a)) * i / (n - 1)) for i in range(n)]
+    else:
+        vals = [a] if n == 1 else [a + (b - a) * i / (n - 1) for i in range(n)]
+    vals = [float(f"{v:.12g}") for v in vals]
+    ints = all(re.fullmatch(r"\s*[-+]?\d+\s*", g) for g in (m.group(1), m.group(2)))
+    if ints and scale == "lin" and all(v == int(v) for v in vals):
+        return [int(v) for v in vals]
+    return vals
+
+
+_SCALARS = (str, int, float, bool)
+
+
+def _values(where: str, name: str, raw) -> list:
+    if isinstance(raw, str):
+        vals = expand_range(raw) if ":" in raw or raw.strip() else None
+        if vals is None:
+            raise UserError(f"{where} field {name!r}: empty value")
+    elif isinstance(raw, list):
+        vals = raw
+    else:
+        raise UserError(f"{where} field {name!r}: give a list [a, b, ...] or a range \"START:STOP:N\", got {raw!r}")
+    if not vals:
+        raise UserError(f"{where} field {name!r} has no values")
+    for v in vals:
+        if not isinstance(v, _SCALARS) or (isinstance(v, float) and not math.isfinite(v)):
+            raise UserError(f"{where} field {name!r}: values must be strings, numbers or true/false, got {v!r}")
+    return list(vals)
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise UserError("reading sweep files needs Python 3.11+ or the tomli package (pip install tomli)") from None
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"sweep file not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"sweep file is a folder: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not valid TOML (not UTF-8 text)") from None
+
+
+def load_plan(path: str | os.PathLike) -> SweepPlan:
+    """Read and check a sweep file (TOML, format in the module docstring); every point is parsed.
+
+    Raises :class:`UserError` for an unreadable file, an unknown lens or field,
+    an empty grid, a bad range or a point the command would reject.
+    """
+    path = Path(path)
+    return plan_from_dict(_read_toml(path), source=str(path))
+
+
+def plan_from_dict(data: dict, source: str = "") -> SweepPlan:
+    """:func:`load_plan` for an already parsed sweep file (a dict of ``lens``, ``fixed``, ``grid``, ``zip``)."""
+    unknown = set(data) - {"lens", "fixed", "grid", "zip"}
+    if unknown:
+        raise UserError(f"unknown top-level key(s) {', '.join(sorted(map(repr, unknown)))} in the sweep file; "
+                        "use lens, [fixed], [grid] and [zip.NAME]")
+    if "lens" not in data:
+        raise UserError(f"the sweep file names no lens; add lens = \"{'|'.join(LENSES)}\"")
+    lens = _lens(data["lens"])
+    parser = _RaisingParser(lens)
+    fixed, grid, zips = data.get("fixed", {}), data.get("grid", {}), data.get("zip", {})
+    for what, tbl in (("[fixed]", fixed), ("[grid]", grid), ("[zip]", zips)):
+        if not isinstance(tbl, dict):
+            raise UserError(f"{what} must be a table of fields")
+    seen: dict[str, tuple[str, str]] = {}
+
+    def claim(name, where):
+        dest = parser.dest(name)
+        if dest in seen:
+            other, first = seen[dest]
+            same = f"field {name!r}" if other == name else f"fields {other!r} and {name!r} (the same option)"
+            raise UserError(f"{same} appear{'s' if other == name else ''} in both {first} and {where}")
+        seen[dest] = (name, where)
+
+    for name, v in fixed.items():
+        claim(name, "[fixed]")
+        if not isinstance(v, _SCALARS):
+            raise UserError(f"[fixed] field {name!r}: give one value (lists go in [grid]), got {v!r}")
+    axes = []
+    for name, raw in grid.items():
+        claim(name, "[grid]")
+        axes.append({name: _values("[grid]", name, raw)})
+    for group, tbl in zips.items():
+        where = f"[zip.{group}]"
+        if not isinstance(tbl, dict) or not tbl:
+            raise UserError(f"{where} must be a table of fields with lists of equal length")
+        axis = {}
+        for name, raw in tbl.items():
+            claim(name, where)
+            axis[name] = _values(where, name, raw)
+        lengths = {len(v) for v in axis.values()}
+        if len(lengths) > 1:
+            raise UserError(f"{where}: the fields of a zipped group need lists of equal length, got "
+                            + ", ".join(f"{k}: {len(v)}" for k, v in axis.items()))
+        axes.append(axis)
+    if not axes:
+        raise UserError("empty grid: name at least one field with a list of values in [grid] or [zip.NAME]")
+
+    datasets: dict = {}
+    points, keys = [], set()
+    for combo in itertools.product(*[list(zip(*axis.values())) for axis in axes]):
+        fields = {}
+        for axis, vals in zip(axes, combo):
+            fields.update(dict(zip(axis, vals)))
+        values = {**fixed, **fields}
+        label = ", ".join(f"{k}={v}" for k, v in fields.items())
+        try:
+            argv = parser.argv(values)
+            args = parser.parse(argv)
+            lens.check(args)
+        except UserError as exc:
+            raise UserError(f"point {len(points) + 1} ({label}): {exc}") from None
+        options = {k: v for k, v in sorted(vars(args).items()) if k not in lens.excluded}
+        ds = lens.dataset(args) if lens.dataset else None
+        identity = None
+        if ds is not None:
+            if ds not in datasets:
+                datasets[ds] = _dataset_identity(*ds)
+            identity = datasets[ds]
+        key = _point_key(lens.name, options, identity)
+        if key in keys:  # the same configuration twice (e.g. 1 and 1.0): one run
+            continue
+        keys.add(key)
+        points.append(Point(index=len(points), fields=fields, argv=tuple(argv), key=key, options=options,
+                            dataset=None if identity is None else identity["name"]))
+    return SweepPlan(lens=lens.name, fixed=dict(fixed), axes=axes, points=points, source=source)
+
+
+def _dataset_identity(name: str, data_dir) -> dict:
+    """The identity of the dataset a point reads (``auto`` resolved here, once, as the command would).
+
+    Nothing is downloaded: a sweep's points must all read the same files, so a
+    missing dataset is fetched first (``propagate data fetch``).
+    """
+    from propagate.data import dataset_identity, load_dataset
+
+    return dataset_identity(load_dataset(name, data_dir, download=False, notify=lambda message: None))
+
+
+def _point_key(lens: str, options: dict, dataset: dict | None) -> str:
+    from propagate import __version__
+
+    blob = json.dumps({"lens": lens, "options": options, "propagate": __version__, "dataset": dataset},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+# ----------------------------------------------------------------------------- running one point
+
+
+def compute_point(lens: str, argv, dataset: str | None = None, threads: int = 1) -> dict:
+    """Run one point (on a worker or in-process); never raises for a failing point.
+
+    Returns ``{"status": "ok", "tables": {name: DataFrame}, "meta": {...}}`` or
+    ``{"status": "failed", "error": "Type: message", "traceback": text}``;
+    ``meta`` holds the host, process id, seconds and what the lens reports.
+    ``threads`` is torch's thread count when the point does not set one.
+    """
+    import platform
+
+    t0 = time.perf_counter()
+    where = {"host": platform.node(), "pid": os.getpid()}
+    try:
+        ln = _lens(lens)
+        args = _RaisingParser(ln).parse(list(argv))
+        tables, meta = ln.compute(args, getattr(args, "threads", None) or threads, dataset)
+    except Exception as exc:  # a failing point is a result of the sweep, recorded and reported
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+                "traceback": traceback.format_exc(), "meta": {**where, "seconds": time.perf_counter() - t0}}
+    return {"status": "ok", "tables": tables, "meta": {**meta, **where, "seconds": time.perf_counter() - t0}}
+
+
+def run_point(plan: SweepPlan, point: Point | int, threads: int = 1) -> dict:
+    """The tables of one point, computed in this process (what a worker computes); raises if it fails."""
+    p = plan.points[point] if isinstance(point, int) else point
+    res = compute_point(plan.lens, p.argv, p.dataset, threads)
+    if res["status"] != "ok":
+        raise RuntimeError(f"point {p.index} ({p.label()}) failed: {res['error']}")
+    return res["tables"]
+
+
+# ----------------------------------------------------------------------------- running a sweep
+
+
+@dataclass
+class SweepResult:
+    """What :func:`run_sweep` did.
+
+    ``points``: points in the plan; ``computed``: points computed by this run
+    (finished now); ``skipped``: finished before this run; ``failed``: list of
+    ``(Point, error line)``; ``results``: path of ``results.parquet`` (``None``
+    when no point has a result).
+    """
+
+    out: Path
+    points: int
+    computed: int
+    skipped: int
+    failed: list = field(default_factory=list)
+    results: Path | None = None
+    seconds: float = 0.0
+
+
+def _point_file(out: Path, key: str) -> Path:
+    return out / "points" / f"{key}.json"
+
+
+def _failed_file(out: Path, key: str) -> Path:
+    return out / "points" / f"{key}.failed.json"
+
+
+def _claim(out: Path):
+    """Lock ``out`` for this run (a second sweep into it stops at once with one line).
+
+    The identity is only the kind: points are content-addressed, so sweeps that
+    share points can share a folder (an extended grid reuses what is done).
+    """
+    from propagate.runfolder import claim
+
+    return claim(out, {"kind": "sweep"}, option="--out", hint="choose another --out")
+
+
+@contextlib.contextmanager
+def _dask_client(workers: int | None, scheduler: str | None, client) -> Iterator[Any]:
+    if client is not None:
+        yield client
+        return
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            c = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as exc:
+            raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {exc}".splitlines()[0]) from None
+        try:
+            yield c
+        finally:
+            c.close()
+        return
+    n = workers or os.cpu_count() or 1
+    # one single-threaded process per core: torch and BLAS set to one thread before the worker starts
+    one = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=":0", silence_logs=logging.ERROR, env=one)
+    try:
+        c = Client(cluster)
+        try:
+            yield c
+        finally:
+            c.close()
+    finally:
+        cluster.close()
+
+
+def run_sweep(
+    plan: SweepPlan | str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client=None,
+    progress: bool = True,
+    callback: Callable[[Point, dict], None] | None = None,
+) -> SweepResult:
+    """Run every point of ``plan`` (a :class:`SweepPlan` or a sweep file) that has no result in ``out``.
+
+    Args:
+        plan: the sweep; a path is read with :func:`load_plan`.
+        out: the sweep folder (``points/``, ``sweep.json``, ``results.parquet``).
+        workers: worker processes of the default ``LocalCluster`` (default: one per core).
+        scheduler: address of an existing Dask scheduler (``tcp://host:8786``) instead.
+        client: an existing ``distributed.Client`` instead (it is not closed).
+        progress: a tqdm bar of points done on stderr.
+        callback: ``callback(point, record)`` after each point's file is written
+            (``record["status"]`` is ``"ok"`` or ``"failed"``).
+
+    No cluster is started when every point is already done. Scripts that call
+    this with the default cluster need the usual ``if __name__ == "__main__":``
+    guard (Dask starts worker processes by spawning).
+    """
+    from propagate.io import atomic_write_json, run_metadata
+
+    if workers is not None and (scheduler or client is not None):
+        raise UserError("--workers applies to the local cluster; drop it with --scheduler")
+    if workers is not None and workers < 1:
+        raise UserError(f"workers must be >= 1, got {workers}")
+    if not isinstance(plan, SweepPlan):
+        plan = load_plan(plan)
+    out = Path(out)
+    t0 = time.perf_counter()
+    with _claim(out):
+        before = _gathered(out)
+        atomic_write_json(out / "sweep.json", run_metadata(sweep=plan.to_dict()))
+        todo = [p for p in plan.points if not _point_file(out, p.key).exists()]
+        result = SweepResult(out=out, points=len(plan.points), computed=0, skipped=len(plan.points) - len(todo))
+        if todo:
+            _execute(plan, todo, out, result, workers, scheduler, client, progress, callback)
+        # results.parquet is rewritten unless it already holds exactly these points (a rerun with nothing to do)
+        now = _fingerprint(plan, out)
+        result.results = gather(plan, out, write=now != before or not (out / "results.parquet").exists())
+        atomic_write_json(out / "sweep.json", run_metadata(sweep=plan.to_dict(), gathered=now))
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _fingerprint(plan: SweepPlan, out: Path) -> str:
+    """A hash of what ``results.parquet`` holds for ``plan``: its finished points and their swept fields."""
+    done = [(p.index, p.key, p.fields) for p in plan.points if _point_file(out, p.key).exists()]
+    return hashlib.sha256(json.dumps([plan.swept, done], default=str).encode()).hexdigest()
+
+
+def _gathered(out: Path) -> str | None:
+    try:
+        with open(out / "sweep.json") as fh:
+            return json.load(fh).get("gathered")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _execute(plan, todo, out, result, workers, scheduler, client, progress, callback) -> None:
+    from tqdm import tqdm
+
+    from propagate import __version__
+    from propagate.io import atomic_write_json
+
+    def record(point, rec):
+        meta = {"lens": plan.lens, "key": point.key, "index": point.index, "fields": point.fields,
+                "argv": list(point.argv), "options": point.options, "dataset": point.dataset,
+                "propagate": __version__, **rec.get("meta", {})}
+        if rec["status"] == "ok":
+            tables = {name: _records(df) for name, df in rec["tables"].items()}
+            atomic_write_json(_point_file(out, point.key), {"status": "ok", "meta": meta, "tables": tables})
+            with contextlib.suppress(FileNotFoundError):
+                _failed_file(out, point.key).unlink()
+            result.computed += 1
+        else:
+            atomic_write_json(_failed_file(out, point.key), {"status": "failed", "meta": meta,
+                                                             "error": rec["error"], "traceback": rec.get("traceback")})
+            result.failed.append((point, rec["error"]))
+        if callback is not None:
+            callback(point, rec)
+
+    from distributed import as_completed
+
+    futures = {}
+    with _dask_client(workers, scheduler, client) as c:
+        bar = tqdm(total=len(plan.points), initial=len(plan.points) - len(todo), desc="points", unit="pt",
+                   file=sys.stderr, disable=not progress, dynamic_ncols=True)
+        try:
+            for p in todo:
+                fut = c.submit(compute_point, plan.lens, list(p.argv), p.dataset, 1,
+                               key=f"propagate-sweep-{p.key}", pure=False)
+                futures[fut] = p
+            for fut in as_completed(list(futures)):
+                p = futures[fut]
+                try:
+                    rec = fut.result()
+                except Exception as exc:  # lost beyond Dask's retries (KilledWorker), or not deliverable
+                    rec = {"status": "failed", "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+                           "traceback": traceback.format_exc()}
+                record(p, rec)
+                fut.release()
+                bar.update(1)
+                if result.failed:
+                    bar.set_postfix(failed=len(result.failed))
+        finally:
+            for fut in futures:  # on an interruption, leave no work queued on a shared cluster
+                with contextlib.suppress(Exception):
+                    fut.cancel()
+            bar.close()
+
+
+def _records(df) -> list:
+    """Rows as JSON-ready dicts with every float exact (Python's JSON writes floats by repr)."""
+    rows = df.to_dict(orient="records")
+    for row in rows:
+        for k, v in row.items():
+            if hasattr(v, "item"):  # numpy scalar
+                row[k] = v.item()
+    return rows
+
+
+def gather(plan: SweepPlan, out: str | os.PathLike, *, write: bool = True) -> Path | None:
+    """Collect the finished points' files of ``plan`` into ``out/results.parquet`` (and ``NAME.parquet``).
+
+    One row per row of each point's table, in grid order, with columns
+    ``point``, ``key``, the swept fields, then the lens's columns. Returns the
+    path, or ``None`` when no point has a result yet.
+    """
+    import pandas as pd
+
+    from propagate.io import atomic_write_bytes
+
+    out = Path(out)
+    frames: dict[str, list] = {}
+    swept = plan.swept
+    for p in plan.points:
+        path = _point_file(out, p.key)
+        if not path.exists():
+            continue
+        with open(path) as fh:
+            rec = json.load(fh)
+        for name, rows in rec["tables"].items():
+            df = pd.DataFrame(rows)
+            df = df.rename(columns={c: f"lens_{c}" for c in df.columns if c in swept or c in ("point", "key")})
+            n = len(df)
+            head = pd.DataFrame({"point": [p.index] * n, "key": [p.key] * n, **{f: [p.fields[f]] * n for f in swept}})
+            frames.setdefault(name, []).append(pd.concat([head, df.reset_index(drop=True)], axis=1))
+    if "results" not in frames:
+        return None
+    main = out / "results.parquet"
+    if not write:
+        return main
+    for name, parts in frames.items():
+        df = pd.concat(parts, ignore_index=True)
+        for f in swept:  # a lens column that only repeats a swept field (e.g. activation) is dropped
+            lc = f"lens_{f}"
+            if lc in df.columns and all(a == b for a, b in zip(df[lc].tolist(), df[f].tolist())):
+                df = df.drop(columns=lc)
+        for col in df.columns:
+            if df[col].dtype == object and len({type(v) for v in df[col].dropna()}) > 1:
+                df[col] = df[col].astype(str)  # Parquet columns hold one type (e.g. an init swept over 1 and "he_normal")
+        path = main if name == "results" else out / f"{name}.parquet"
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False, engine="pyarrow")
+        atomic_write_bytes(path, buf.getvalue())
+    return main

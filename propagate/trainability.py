@@ -1,0 +1,529 @@
+"""The learning rate as an axis: where each configuration stops training, and what its first steps look like.
+
+:func:`trainability` trains every configuration at every learning rate of a
+log-spaced grid, each (configuration, lr) as an ensemble of seeds, and reports:
+
+- per (configuration, lr), the final training and test numbers of the last
+  epoch (``loss``, ``acc``, ``val_loss``, ``val_acc``, ``train_eval_acc``; see
+  :mod:`propagate.train` for their definitions; losses in nats per sample,
+  accuracies as fractions) as ``<metric>_mean``, ``<metric>_ci_low``,
+  ``<metric>_ci_high`` (95% Student t interval over seeds,
+  :func:`propagate.confidence.t_interval`), ``n_seeds``, ``n_diverged`` and an
+  ``outcome``:
+
+  * ``diverged``: at least one seed's training loss became inf/NaN;
+  * ``trains``: no seed diverged and the *lower* bound of the 95% interval of
+    the final training accuracy (``criterion``, default ``acc``: Keras' running
+    training accuracy over the last epoch, train-mode BN) is above ``level``
+    (default 0.5, five times chance for 10 classes). With one seed there is
+    no interval and the single value is compared with ``level``;
+  * ``fails``: otherwise (it did not diverge, but did not learn either);
+
+- per configuration, ``max_lr_measured``: the largest learning rate tried
+  whose outcome is ``trains`` (NaN if none trains), ``max_lr_bad``: the
+  smallest learning rate above it that does not train (NaN when it trains at
+  the top of the grid: the measurement is then only a lower bound,
+  ``censored=True``). With ``refine=K``, ``K`` bisection steps in log space
+  (geometric midpoints) between those two narrow the bracket by ``2^K`` in
+  log lr. Next to it ``max_lr_predicted`` from the sharpness at
+  initialization (:func:`propagate.sharpness.network_sharpness`; for RMSprop
+  ``2 / lambda_1(P^{-1} H)``, Cohen et al. 2022) and ``ratio`` =
+  measured / predicted.
+
+The trainer is injectable (``trainer=``): a function
+``trainer(spec, options, seeds, dataset) -> list of per-seed dicts`` (keys as
+:func:`train_ensemble` returns, the default: one batched ensemble per point),
+so the grid and refinement logic can be tested with a fake trainer.
+
+:func:`first_epoch_dynamics` follows one network through its first epoch and
+records per-layer probe statistics at log-spaced steps (0, 1, 2, 4, ...,
+last): pre-activation variance and mean, the per-sample gradient norm with
+respect to the pre-activations, the norm of the minibatch gradient with
+respect to each weight matrix, and the ratio of the update's norm to the
+weight's norm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from propagate.errors import UserError
+
+__all__ = [
+    "DEFAULT_LRS",
+    "METRICS",
+    "OUTCOMES",
+    "TrainabilityOptions",
+    "TrainabilityResult",
+    "log_lr_grid",
+    "log_steps",
+    "train_ensemble",
+    "classify",
+    "summarize_point",
+    "max_lr_of",
+    "trainability",
+    "first_epoch_dynamics",
+]
+
+#: 1e-5 to 1e-2, half a decade apart.
+DEFAULT_LRS = tuple(10 ** (-5 + 0.5 * i) for i in range(7))
+#: Final numbers of each seed (last epoch), summarized over seeds.
+METRICS = ("loss", "acc", "val_loss", "val_acc", "train_eval_acc")
+OUTCOMES = ("trains", "fails", "diverged")
+
+
+def log_lr_grid(start: float, stop: float, n: int) -> list[float]:
+    """``n`` learning rates from ``start`` to ``stop`` (both included), equally spaced in log."""
+    if not (start > 0 and stop > 0 and math.isfinite(start) and math.isfinite(stop)):
+        raise UserError(f"a log range needs finite positive ends, got {start}:{stop}")
+    if n < 1:
+        raise UserError(f"a range needs at least one point, got {n}")
+    if n == 1:
+        return [float(start)]
+    a, b = math.log10(start), math.log10(stop)
+    return [10 ** (a + (b - a) * i / (n - 1)) for i in range(n)]
+
+
+def log_steps(n_steps: int) -> list[int]:
+    """0, 1, 2, 4, 8, ... and ``n_steps`` (the last step), sorted and unique."""
+    out, s = {0, int(n_steps)}, 1
+    while s < n_steps:
+        out.add(s)
+        s *= 2
+    return sorted(x for x in out if 0 <= x <= n_steps)
+
+
+@dataclass(frozen=True)
+class TrainabilityOptions:
+    """How :func:`trainability` measures.
+
+    ``seeds``: seeds of each ensemble (default 0, 1, 2); ``epochs``: epochs per
+    run; ``optimizer``, ``batch_size``: as :class:`propagate.train.TrainOptions`
+    (its other settings are the seed's defaults). ``criterion``/``level``: a
+    (configuration, lr) *trains* when the lower 95% bound of ``criterion``
+    (final-epoch training accuracy) exceeds ``level``. ``refine``: bisection
+    steps per configuration. ``predict``: compute the sharpness prediction;
+    ``sharpness_batch``, ``warmup_steps``, ``lanczos_iters``: its settings
+    (:func:`propagate.sharpness.network_sharpness`).
+    """
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int = 3
+    optimizer: str = "rmsprop"
+    batch_size: int = 128
+    criterion: str = "acc"
+    level: float = 0.5
+    refine: int = 0
+    predict: bool = True
+    sharpness_batch: int = 512
+    warmup_steps: int = 10
+    lanczos_iters: int = 20
+    probe_size: int = 512
+    device: str = "cpu"
+    threads: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if not self.seeds:
+            raise UserError("an ensemble needs at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"seeds must differ, got {list(self.seeds)}")
+        if self.criterion not in ("acc", "train_eval_acc", "val_acc"):
+            raise UserError(f"criterion must be acc, train_eval_acc or val_acc, got {self.criterion!r}")
+        if not 0 <= self.level < 1:
+            raise UserError(f"level must be in [0, 1), got {self.level}")
+        if not isinstance(self.refine, int) or self.refine < 0:
+            raise UserError(f"refine must be a whole number >= 0, got {self.refine!r}")
+        for name in ("epochs", "batch_size", "sharpness_batch", "lanczos_iters"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise UserError(f"{name.replace('_', ' ')} must be a whole number >= 1, got {v!r}")
+
+    def train_options(self, lr: float):
+        """The :class:`propagate.train.TrainOptions` of one run at ``lr`` (seed set per run)."""
+        from propagate.train import TrainOptions
+
+        return TrainOptions(optimizer=self.optimizer, lr=float(lr), epochs=self.epochs, batch_size=self.batch_size,
+                            seed=self.seeds[0], device=self.device, threads=self.threads,
+                            probe_size=self.probe_size)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["seeds"] = list(self.seeds)
+        return d
+
+
+@dataclass
+class TrainabilityResult:
+    """``points``: one row per (config, lr) (see the module docstring); ``configs``: one row per
+    configuration; ``seeds``: one row per (config, lr, seed) with the raw final numbers."""
+
+    points: object
+    configs: object
+    seeds: object
+    meta: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ one point
+
+
+def train_ensemble(spec, options, seeds: Sequence[int], dataset) -> list[dict]:
+    """Train ``spec`` for every seed in ``seeds`` with ``options``; the final numbers of each seed.
+
+    Returns one dict per seed: ``seed``, the :data:`METRICS` of the last epoch
+    it ran, ``diverged`` (bool) and ``epochs_done``. The seeds are trained
+    together as one batched ensemble (:func:`propagate.train.train` with
+    ``seeds``); seed ``k`` is the network of a single run with seed ``k``.
+    This is the one place that knows how an ensemble is trained.
+    """
+    from propagate.train import train
+
+    res = train(spec, options, dataset, seeds=[int(s) for s in seeds])
+    h = res.history
+    status = dict(getattr(res, "seed_status", {}) or {})
+    rows = []
+    for s in seeds:
+        hs = h[h["seed"] == int(s)] if "seed" in h.columns else h
+        last = hs.iloc[-1] if len(hs) else None
+        row = {"seed": int(s), "diverged": status.get(int(s)) == "diverged" or bool(hs["diverged"].any()),
+               "epochs_done": int(hs["epoch"].max()) if len(hs) else 0}
+        for m in METRICS:
+            row[m] = float(last[m]) if last is not None else float("nan")
+        rows.append(row)
+    return rows
+
+
+def classify(seed_rows: Sequence[dict], criterion: str = "acc", level: float = 0.5) -> str:
+    """``diverged``, ``trains`` or ``fails`` for one (configuration, lr) (rules in the module docstring)."""
+    from propagate.confidence import t_interval
+
+    if any(r.get("diverged") for r in seed_rows):
+        return "diverged"
+    iv = t_interval([r[criterion] for r in seed_rows])
+    if iv.n == 0:
+        return "fails"
+    bound = iv.low if iv.n >= 2 else iv.mean
+    return "trains" if bound > level else "fails"
+
+
+def summarize_point(config: str, lr: float, seed_rows: Sequence[dict], criterion: str = "acc",
+                    level: float = 0.5, refined: bool = False) -> dict:
+    """One row of the per-(configuration, lr) table from the per-seed final numbers."""
+    from propagate.confidence import t_interval
+
+    row = {"config": config, "lr": float(lr), "refined": bool(refined)}
+    for m in METRICS:
+        iv = t_interval([r[m] for r in seed_rows])
+        row[f"{m}_mean"], row[f"{m}_ci_low"], row[f"{m}_ci_high"] = iv.mean, iv.low, iv.high
+    row["n_seeds"] = len(seed_rows)
+    row["n_diverged"] = sum(bool(r.get("diverged")) for r in seed_rows)
+    row["outcome"] = classify(seed_rows, criterion, level)
+    return row
+
+
+def max_lr_of(points: Sequence[dict]) -> tuple[float, float]:
+    """``(max_lr_measured, max_lr_bad)`` of one configuration's point rows (see the module docstring)."""
+    good = [p["lr"] for p in points if p["outcome"] == "trains"]
+    if not good:
+        return float("nan"), float("nan")
+    top = max(good)
+    bad = [p["lr"] for p in points if p["outcome"] != "trains" and p["lr"] > top]
+    return top, (min(bad) if bad else float("nan"))
+
+
+# --------------------------------------------------------------------- grid
+
+
+def _lr_key(lr: float) -> str:
+    return f"{lr:.6g}"
+
+
+def _file_name(config: str) -> str:
+    # custom labels look like "relu/glorot_uniform+BN": keep them readable but path-safe
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", config)
+
+
+def trainability(
+    configs: Sequence[tuple[str, object]],
+    lrs: Sequence[float] = DEFAULT_LRS,
+    dataset=None,
+    options: TrainabilityOptions | None = None,
+    *,
+    trainer: Callable | None = None,
+    predictor: Callable | None = None,
+    progress: Callable[[str], None] | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = True,
+) -> TrainabilityResult:
+    """Train each ``(name, spec)`` of ``configs`` at each learning rate; the trainability tables.
+
+    ``dataset``: a :class:`propagate.data.Dataset`. ``trainer`` defaults to
+    :func:`train_ensemble`; ``predictor(spec, train_options, dataset) -> dict``
+    (with at least ``max_lr_predicted``) defaults to
+    :func:`propagate.sharpness.network_sharpness`. ``progress(message)`` is
+    called after every point. With ``out_dir`` each finished point is saved in
+    ``out_dir/points/`` at once (so an interrupted run resumes where it
+    stopped, ``resume``), and ``points.csv``, ``configs.csv`` (and ``.json``)
+    and ``seeds.csv`` are written at the end. Runs in this process, one point
+    after another.
+    """
+    import pandas as pd
+
+    from propagate.io import atomic_write_json, run_metadata, write_table
+
+    options = options or TrainabilityOptions()
+    lrs = sorted({float(lr) for lr in lrs})
+    if not lrs or any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
+        raise UserError(f"learning rates must be finite and > 0, got {lrs}")
+    if not configs:
+        raise UserError("no configurations to run")
+    names = [n for n, _ in configs]
+    if len(set(names)) != len(names):
+        raise UserError(f"configuration names must differ, got {names}")
+    trainer = trainer or train_ensemble
+    if dataset is None:
+        raise UserError("trainability needs a dataset (see propagate.data.load_dataset)")
+    out = Path(out_dir) if out_dir is not None else None
+    lock = None
+    if out is not None:
+        from propagate.data import dataset_identity
+        from propagate.runfolder import claim
+
+        ident = {"kind": "trainability", "options": {k: v for k, v in options.to_dict().items()
+                                                      if k not in ("refine", "device", "threads", "predict",
+                                                                   "sharpness_batch", "warmup_steps",
+                                                                   "lanczos_iters")},
+                 "dataset": dataset_identity(dataset)}
+        lock = claim(out, ident, resume=resume, option="--out")
+
+    seed_rows: list[dict] = []
+    point_rows: list[dict] = []
+    config_rows: list[dict] = []
+    try:
+        def run_point(name, spec, lr, refined):
+            cache = out / "points" / f"{_file_name(name)}_lr{_lr_key(lr)}.json" if out is not None else None
+            rows = None
+            if cache is not None and resume and cache.is_file():
+                import json
+
+                rows = json.loads(cache.read_text())["seeds"]
+            if rows is None:
+                rows = [dict(r) for r in trainer(spec, options.train_options(lr), options.seeds, dataset)]
+                if cache is not None:
+                    atomic_write_json(cache, {"config": name, "lr": lr, "spec": spec.to_dict(), "seeds": rows})
+            for r in rows:
+                seed_rows.append({"config": name, "lr": float(lr), "refined": refined, **r})
+            p = summarize_point(name, lr, rows, options.criterion, options.level, refined)
+            point_rows.append(p)
+            if progress is not None:
+                progress(f"{name} lr {lr:.3g}: {p['outcome']} ({options.criterion} "
+                         f"{p[options.criterion + '_mean']:.3f}, {p['n_diverged']}/{p['n_seeds']} diverged)")
+            return p
+
+        for name, spec in configs:
+            pts = [run_point(name, spec, lr, False) for lr in lrs]
+            lo, hi = max_lr_of(pts)
+            for _ in range(options.refine):
+                if not (math.isfinite(lo) and math.isfinite(hi)):
+                    break
+                mid = math.sqrt(lo * hi)
+                p = run_point(name, spec, mid, True)
+                pts.append(p)
+                lo, hi = (mid, hi) if p["outcome"] == "trains" else (lo, mid)
+            row = {"config": name, "max_lr_measured": lo, "max_lr_bad": hi,
+                   "censored": bool(math.isfinite(lo) and not math.isfinite(hi)),
+                   "first_diverged_lr": min((p["lr"] for p in pts if p["outcome"] == "diverged"), default=float("nan")),
+                   "n_refined": sum(p["refined"] for p in pts)}
+            if options.predict:
+                settings = {"batch": options.sharpness_batch, "warmup_steps": options.warmup_steps,
+                            "iters": options.lanczos_iters}
+                pcache = out / "points" / f"{_file_name(name)}_sharpness.json" if out is not None else None
+                pred = None
+                if pcache is not None and resume and pcache.is_file():
+                    import json
+
+                    saved = json.loads(pcache.read_text())
+                    pred = saved["prediction"] if saved.get("settings") == settings else None
+                if pred is None:
+                    if predictor is None:
+                        from propagate.sharpness import network_sharpness
+
+                        pred = network_sharpness(spec, dataset, options.train_options(lrs[0]), **settings)
+                    else:
+                        pred = predictor(spec, options.train_options(lrs[0]), dataset)
+                    if pcache is not None:
+                        atomic_write_json(pcache, {"config": name, "settings": settings, "prediction": pred})
+                # JSON (a resumed run) has null for NaN and "inf" for infinity
+                num = {k: float("nan") if pred.get(k) is None else float(pred[k])
+                       for k in ("max_lr_predicted", "sharpness", "precond_sharpness", "threshold_constant",
+                                 "warmup_steps")}
+                row["max_lr_predicted"] = num["max_lr_predicted"]
+                s = num["sharpness"]
+                row["max_lr_predicted_gd"] = 2.0 / s if s > 0 else float("nan")
+                for k in ("sharpness", "precond_sharpness", "threshold_constant", "warmup_steps"):
+                    row[k] = num[k]
+            else:
+                row["max_lr_predicted"] = float("nan")
+            mp = row["max_lr_predicted"]
+            row["ratio"] = lo / mp if (math.isfinite(lo) and mp and math.isfinite(mp) and mp > 0) else float("nan")
+            config_rows.append(row)
+
+        points = pd.DataFrame(point_rows).sort_values(["config", "lr"], kind="stable").reset_index(drop=True)
+        configs_df = pd.DataFrame(config_rows)
+        seeds_df = pd.DataFrame(seed_rows)
+        meta = run_metadata(seed=options.seeds[0], kind="trainability", options=options.to_dict(), lrs=lrs,
+                            configs={n: s.to_dict() for n, s in configs},
+                            dataset={"name": dataset.name, "n_train": dataset.n_train, "n_test": dataset.n_test},
+                            definitions={"trains": f"no seed diverged and the lower 95% t bound of final "
+                                                   f"{options.criterion} > {options.level}",
+                                         "diverged": "at least one seed's training loss was inf/NaN"})
+        if out is not None:
+            write_table(points, out / "points.csv", meta)
+            write_table(points, out / "points.json", meta)
+            write_table(configs_df, out / "configs.csv", meta)
+            write_table(configs_df, out / "configs.json", meta)
+            write_table(seeds_df, out / "seeds.csv", meta)
+    finally:
+        if lock is not None:
+            lock.release()
+    return TrainabilityResult(points=points, configs=configs_df, seeds=seeds_df, meta=meta)
+
+
+# ------------------------------------------------------------ first epoch
+
+
+def _make_optimizer(params, options):
+    # The same optimizers and settings as propagate.train (the seed's Keras defaults).
+    import torch
+
+    if options.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=options.lr, alpha=options.rho, eps=options.eps)
+    if options.optimizer == "adam":
+        return torch.optim.Adam(params, lr=options.lr, betas=(0.9, 0.999), eps=options.eps)
+    return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum)
+
+
+def _logits_and_pre(model, x):
+    """Logits ``[B, C]`` and pre-activations ``[h^1..h^depth]`` (each ``[B, N]``) of a one-seed model.
+
+    Accepts both training-model interfaces: ``(logits, [h, ...])`` and the
+    ensemble one, ``(logits [S, B, C], {"pre": [[S, B, N], ...]})`` with S = 1.
+    """
+    out, rec = model(x, record=True)
+    pre = rec["pre"] if isinstance(rec, dict) else rec
+    if out.dim() == 3:
+        out, pre = out[0], [h[0] for h in pre]
+    return out, pre
+
+
+def _hidden_weights(model) -> list:
+    """The weight matrix of every hidden Dense layer, in layer order (readout excluded)."""
+    if hasattr(model, "linears"):
+        return [lin.weight for lin in model.linears]
+    from propagate.layers import Dense
+
+    return [m.weight for m in model.modules() if isinstance(getattr(m, "op", None), Dense) and m.op.tap]
+
+
+def _probe(model, x, y) -> list[dict]:
+    """Per hidden layer: pre-activation variance and mean (pooled over samples and units) and the
+    RMS over samples of the L2 norm of d loss(sample) / d h^l (per-sample cross-entropy, nats)."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.enable_grad(), torch.random.fork_rng():
+        out, pre = _logits_and_pre(model, x)
+        grads = torch.autograd.grad(F.cross_entropy(out, y, reduction="sum"), pre, allow_unused=True)
+    rows = []
+    for i, (h, g) in enumerate(zip(pre, grads)):
+        hd = h.detach().double()
+        gn = float(torch.sqrt((g.detach().double() ** 2).sum(1).mean())) if g is not None else float("nan")
+        rows.append({"layer": i + 1, "pre_var": float(hd.var(unbiased=False)), "pre_mean": float(hd.mean()),
+                     "grad_norm": gn})
+    return rows
+
+
+def first_epoch_dynamics(spec, options, dataset, *, probe_size: int = 256, max_steps: int | None = None):
+    """Per-layer statistics at log-spaced steps of the first epoch (one seed, ``options.seed``).
+
+    ``options``: :class:`propagate.train.TrainOptions` (lr, optimizer, batch).
+    The minibatches are a shuffle of the training split drawn from
+    ``options.seed`` (this loop's own, not :func:`propagate.train.train`'s).
+    Step ``s`` means "after ``s`` updates". At each recorded step, on a fixed
+    probe batch (the first ``probe_size`` training images; the model in train
+    mode if it has BN, else eval mode): ``pre_var``, ``pre_mean`` (a variance
+    and mean pooled over samples and units of ``h^l``), ``grad_norm`` (RMS
+    over samples of the L2 norm of d loss(sample) / d h^l), ``weight_norm``
+    (Frobenius norm of W^l); and, for the
+    update that led to step ``s`` (NaN at step 0), ``weight_grad_norm``
+    (Frobenius norm of d(minibatch mean loss) / dW^l) and ``update_ratio``
+    (``||W_s - W_{s-1}||_F / ||W_{s-1}||_F``). ``loss``: that minibatch's
+    loss (nats). Stops at the first non-finite loss (``diverged=True`` on the
+    rows of that step). Returns a DataFrame, one row per (step, layer),
+    ``layer`` = 1..depth.
+    """
+    import pandas as pd
+    import torch
+    import torch.nn.functional as F
+
+    from propagate.spec import build_model
+
+    xtr, ytr = dataset.arrays("train")
+    x = torch.from_numpy(xtr)
+    y = torch.from_numpy(ytr)
+    n = len(y)
+    norm = spec.batchnorm or getattr(spec, "layernorm", False)
+    nb = n // options.batch_size if spec.batchnorm else -(-n // options.batch_size)  # BN needs no batch of one
+    if max_steps is not None:
+        nb = min(nb, int(max_steps))
+    record = set(log_steps(nb))
+    rows: list[dict] = []
+    with torch.random.fork_rng():
+        torch.manual_seed(options.seed)
+        model = build_model(spec, seed=options.seed)
+        opt = _make_optimizer(model.parameters(), options)
+        xp, yp = x[:probe_size], y[:probe_size]
+        gen = torch.Generator().manual_seed(options.seed + 7919)
+        order = torch.randperm(n, generator=gen)
+        weights = _hidden_weights(model)
+        nan = [float("nan")] * len(weights)
+        state = {"grad": nan, "ratio": nan, "loss": float("nan"), "diverged": False}
+
+        def snapshot(step):
+            model.train(bool(norm))
+            for r in _probe(model, xp, yp):
+                i = r["layer"] - 1
+                rows.append({"step": step, **r, "weight_norm": float(weights[i].detach().norm()),
+                             "weight_grad_norm": state["grad"][i],
+                             "update_ratio": state["ratio"][i], "loss": state["loss"],
+                             "diverged": state["diverged"]})
+            model.train()
+
+        snapshot(0)
+        for step in range(1, nb + 1):
+            idx = order[(step - 1) * options.batch_size : step * options.batch_size]
+            out = model(x[idx])
+            loss = F.cross_entropy(out[0] if out.dim() == 3 else out, y[idx])
+            state["loss"] = float(loss.detach())
+            if not math.isfinite(state["loss"]):
+                state.update(grad=nan, ratio=nan, diverged=True)
+                snapshot(step)
+                break
+            before = [w.detach().clone() for w in weights] if step in record else None
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if before is not None:
+                with torch.no_grad():
+                    state["grad"] = [float(w.grad.norm()) for w in weights]
+                    state["ratio"] = [float((w - b).norm() / b.norm()) if float(b.norm()) > 0 else float("nan")
+                                      for w, b in zip(weights, before)]
+                snapshot(step)
+    cols = ["step", "layer", "pre_var", "pre_mean", "grad_norm", "weight_norm", "weight_grad_norm", "update_ratio", "loss",
+            "diverged"]
+    return pd.DataFrame(rows, columns=cols)

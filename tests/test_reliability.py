@@ -1,0 +1,654 @@
+"""No traceback, no lost or mixed results (issue 15).
+
+1. A table of bad inputs over every command: each must end with exit status 2
+   and exactly one line on stderr, ``propagate: error: ...``, and no traceback.
+   They run in-process through ``propagate.cli.main`` (a subprocess costs about
+   0.5 s); a few run as real subprocesses for the real exit status.
+2. One test per data-safety rule: a foreign folder is kept, a resumption on
+   other data is refused, a second writer is refused, a lock left by a dead
+   process is taken over.
+3. The numerics of extreme inputs and strict JSON.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from propagate.cli import main
+from propagate.data import idx_bytes
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory):
+    """Paths the bad inputs refer to: an existing file, a folder of the user's, broken datasets."""
+    root = tmp_path_factory.mktemp("places")
+    (root / "afile.txt").write_text("the user's file\n")
+    (root / "userdir").mkdir()
+    (root / "userdir" / "notes.txt").write_text("the user's notes\n")
+    (root / "readonly").mkdir()
+
+    def idx_folder(name, n_train=20, n_test=10, shape=(28, 28), labels_hi=10):
+        folder = root / name
+        folder.mkdir()
+        rng = np.random.default_rng(0)
+        arrays = {
+            "train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
+            "train-labels-idx1-ubyte.gz": np.linspace(0, labels_hi - 1, n_train).astype(np.uint8),
+            "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
+            "t10k-labels-idx1-ubyte.gz": (np.arange(n_test) % labels_hi).astype(np.uint8),
+        }
+        for fname, a in arrays.items():
+            (folder / fname).write_bytes(gzip.compress(idx_bytes(a), mtime=0))
+        return folder
+
+    idx_folder("empty", n_train=0)
+    idx_folder("labels200", labels_hi=200)
+    idx_folder("small", shape=(10, 10))
+    idx_folder("good")
+    return root
+
+
+def _sub(places, text: str) -> str:
+    return text.replace("{T}", str(places))
+
+
+# Each row: (id, argv with {T} standing for the fixture folder). All must end in exit 2 with one line.
+BAD = [
+    # --- the top level
+    ("nosuch-command", "nosuch"),
+    ("bad-version-flag", "--bogus"),
+    # --- solve-selu
+    ("selu-digits-0", "solve-selu --digits 0"),
+    ("selu-digits-big", "solve-selu --digits 2001"),
+    ("selu-digits-text", "solve-selu --digits many"),
+    ("selu-var-0", "solve-selu --var 0"),
+    ("selu-var-neg", "solve-selu --var -1"),
+    ("selu-var-nan", "solve-selu --var nan"),
+    ("selu-mean-inf", "solve-selu --mean inf"),
+    ("selu-mean-text", "solve-selu --mean x"),
+    ("selu-dropout-1", "solve-selu --dropout 1"),
+    ("selu-dropout-neg", "solve-selu --dropout -0.1"),
+    ("selu-grid-0", "solve-selu --stability --grid 0"),
+    ("selu-grid-150", "solve-selu --stability --grid 150"),
+    ("selu-grid-100000", "solve-selu --stability --grid 100000"),
+    ("selu-samples-1", "solve-selu --check --samples 1"),
+    ("selu-samples-0", "solve-selu --samples 0"),
+    ("selu-samples-1e9", "solve-selu --check --samples 1000000000"),
+    ("selu-nu-range-neg", "solve-selu --stability --nu-range -1,1"),
+    ("selu-nu-range-reversed", "solve-selu --nu-range 1.5,0.8"),
+    ("selu-tau-range-0", "solve-selu --tau-range 0,1"),
+    ("selu-mu-range-one", "solve-selu --mu-range 1"),
+    ("selu-mu-range-text", "solve-selu --mu-range a,b"),
+    ("selu-omega-range-three", "solve-selu --omega-range 1,2,3"),
+    ("selu-json-latex", "solve-selu --json --latex"),
+    ("selu-seed-neg", "solve-selu --seed -1"),
+    ("selu-unknown-flag", "solve-selu --bogus"),
+    # --- derive
+    ("derive-no-topic", "derive"),
+    ("derive-unknown-topic", "derive nosuch"),
+    ("derive-out-proc", "derive selu -o /proc/x.md"),
+    ("derive-out-dir", "derive selu -o {T}/userdir"),
+    ("derive-out-empty", "derive selu -o ''"),
+    ("derive-out-dev-null", "derive selu -o /dev/null"),
+    ("derive-out-under-file", "derive selu -o {T}/afile.txt/x.md"),
+    ("derive-out-slash", "derive selu -o {T}/newdir/"),
+    # --- theory
+    ("theory-no-weights", "theory"),
+    ("theory-both-weights", "theory --sigma-w2 1 --init lecun_normal"),
+    ("theory-sw2-0", "theory --sigma-w2 0"),
+    ("theory-sw2-neg", "theory --sigma-w2 -1"),
+    ("theory-sw2-nan", "theory --sigma-w2 nan"),
+    ("theory-sw2-inf", "theory --sigma-w2 inf"),
+    ("theory-sw2-text", "theory --sigma-w2 x"),
+    ("theory-depth-0", "theory --sigma-w2 1 --depth 0"),
+    ("theory-depth-1e9", "theory --sigma-w2 1 --depth 1000000000"),
+    ("theory-depth-float", "theory --sigma-w2 1 --depth 2.5"),
+    ("theory-width-0", "theory --sigma-w2 1 --width 0"),
+    ("theory-sb2-neg", "theory --sigma-w2 1 --sigma-b2 -1"),
+    ("theory-dropout-1", "theory --sigma-w2 1 --dropout 1"),
+    ("theory-alpha-dropout", "theory --sigma-w2 1 --alpha-dropout 1.5"),
+    ("theory-csv-proc", "theory --sigma-w2 1 --csv /proc/x.csv"),
+    ("theory-csv-dir", "theory --sigma-w2 1 --csv {T}/userdir"),
+    ("theory-csv-empty", "theory --sigma-w2 1 --csv ''"),
+    ("theory-json-and-csv", "theory --sigma-w2 1 --json --csv x.csv"),
+    ("theory-rows-0", "theory --sigma-w2 1 --rows 0"),
+    ("theory-input-var-neg", "theory --sigma-w2 1 --input-var -1"),
+    ("theory-input-mean-nan", "theory --sigma-w2 1 --input-mean nan"),
+    ("theory-activation-unknown", "theory --sigma-w2 1 --activation nosuch"),
+    ("theory-init-unknown", "theory --init nosuch"),
+    ("theory-tanh-sw2-1e301", "theory --activation tanh --sigma-w2 1e301 --depth 3"),
+    ("theory-sigmoid-sw2-1e305", "theory --activation sigmoid --sigma-w2 1e305 --depth 3"),
+    # --- critical
+    ("critical-sb2-neg", "critical --sigma-b2 -1"),
+    ("critical-sb2-range-huge", "critical --sigma-b2 0:1:100000000"),
+    ("critical-sb2-range-work", "critical --sigma-b2 0:1:20000"),
+    ("critical-sb2-range-0", "critical --sigma-b2 0:1:0"),
+    ("critical-sb2-empty", "critical --sigma-b2 ''"),
+    ("critical-sb2-commas", "critical --sigma-b2 ,,"),
+    ("critical-sb2-text", "critical --sigma-b2 a"),
+    ("critical-sb2-nan", "critical --sigma-b2 nan"),
+    ("critical-csv-proc", "critical --csv /proc/x.csv"),
+    ("critical-csv-dir", "critical --csv {T}/userdir"),
+    ("critical-csv-under-file", "critical --csv {T}/afile.txt/x.csv"),
+    ("critical-json-and-csv", "critical --json --csv x.csv"),
+    ("critical-activation-unknown", "critical --activation nosuch"),
+    ("critical-activation-bad-param", "critical --activation leaky_relu:x"),
+    # --- gain
+    ("gain-activation-unknown", "gain --activation nosuch"),
+    ("gain-unknown-flag", "gain --bogus"),
+    # --- simulate
+    ("sim-depth-0", "simulate --depth 0"),
+    ("sim-depth-1e9", "simulate --depth 1000000000"),
+    ("sim-width-0", "simulate --width 0"),
+    ("sim-width-100000", "simulate --width 100000"),
+    ("sim-samples-0", "simulate --samples 0"),
+    ("sim-seeds-0", "simulate --seeds 0"),
+    ("sim-seed-neg", "simulate --seed -1"),
+    ("sim-dtype", "simulate --dtype float16"),
+    ("sim-device", "simulate --device tpu"),
+    ("sim-csv-proc", "simulate --csv /proc/x.csv"),
+    ("sim-json-dir", "simulate --json {T}/userdir"),
+    ("sim-plot-jpg", "simulate --plot x.jpg"),
+    ("sim-plot-proc", "simulate --plot /proc/x.png"),
+    ("sim-input-unknown", "simulate --input nosuch"),
+    ("sim-input-mean-with-dataset", "simulate --input mnist-5k --input-mean 0"),
+    ("sim-seed-shape-depth", "simulate --seed-shape --depth 3"),
+    ("sim-activation-unknown", "simulate --activation nosuch --depth 2 --width 8 --samples 8 --seeds 2"),
+    ("sim-init-unknown", "simulate --init nosuch --depth 2 --width 8 --samples 8 --seeds 2"),
+    ("sim-bias-var-neg", "simulate --bias-var -1"),
+    ("sim-dropout-1", "simulate --dropout 1"),
+    ("sim-threads-0", "simulate --threads 0"),
+    ("sim-memory", "simulate --depth 2 --width 30000 --samples 1000000 --seeds 1000"),
+    # --- data
+    ("data-no-action", "data"),
+    ("data-info-no-name", "data info"),
+    ("data-info-unknown", "data info nosuch"),
+    ("data-fetch-unknown", "data fetch nosuch"),
+    ("data-fetch-timeout-0", "data fetch mnist --timeout 0"),
+    ("data-fetch-timeout-neg", "data fetch mnist --timeout -1"),
+    ("data-fetch-dir-is-file", "data fetch mnist --data-dir {T}/afile.txt"),
+    ("data-info-empty-split", "data info mnist --data-dir {T}/empty --no-verify"),
+    ("data-info-labels-200", "data info mnist --data-dir {T}/labels200 --no-verify"),
+    ("data-info-small-images", "data info mnist --data-dir {T}/small --no-verify"),
+    ("data-info-json-labels-200", "data info mnist --data-dir {T}/labels200 --no-verify --json"),
+    ("data-info-fashion-small", "data info fashion-mnist --data-dir {T}/small --no-verify"),
+    # --- train (parse time and run start; no training)
+    ("train-depth-0", "train --depth 0"),
+    ("train-width-0", "train --width 0"),
+    ("train-width-100000", "train --width 100000"),
+    ("train-width-memory", "train --width 20000 --dataset mnist-5k"),
+    ("train-first-width-big", "train --first-width 1000000"),
+    ("train-epochs-0", "train --epochs 0"),
+    ("train-lr-0", "train --lr 0"),
+    ("train-lr-neg", "train --lr -1"),
+    ("train-lr-nan", "train --lr nan"),
+    ("train-batch-0", "train --batch-size 0"),
+    ("train-optimizer", "train --optimizer adagrad"),
+    ("train-dataset", "train --dataset nosuch"),
+    ("train-device-tpu", "train --device tpu"),
+    ("train-device-cuda7", "train --device cuda:7 --dataset mnist-5k --epochs 1"),
+    ("train-out-file", "train --out {T}/afile.txt"),
+    ("train-out-proc", "train --out /proc/x"),
+    ("train-out-foreign", "train --out {T}/userdir --dataset mnist-5k --depth 1 --width 4 --first-width 4"),
+    ("train-dropout-1", "train --dropout 1"),
+    ("train-preset-unknown", "train --preset nosuch"),
+    ("train-activation-unknown", "train --activation nosuch --depth 2"),
+    ("train-init-unknown", "train --init nosuch --depth 2"),
+    ("train-probe-0", "train --probe-size 0"),
+    ("train-threads-0", "train --threads 0"),
+    ("train-seed-neg", "train --seed -1"),
+    ("train-empty-split", "train --dataset mnist --data-dir {T}/empty --depth 1 --width 4 --first-width 4"),
+    ("train-labels-200", "train --dataset mnist --data-dir {T}/labels200 --depth 1 --width 4 --first-width 4"),
+    ("train-small-images", "train --dataset fashion-mnist --data-dir {T}/small --depth 1 --width 4 --first-width 4"),
+    # --- reproduce
+    ("repro-presets-empty", "reproduce --presets ''"),
+    ("repro-presets-commas", "reproduce --presets ,"),
+    ("repro-presets-unknown", "reproduce --presets nosuch"),
+    ("repro-lr-0", "reproduce --lr 0"),
+    ("repro-lr-text", "reproduce --lr a"),
+    ("repro-epochs-0", "reproduce --epochs 0"),
+    ("repro-out-file", "reproduce --out {T}/afile.txt"),
+    ("repro-out-proc", "reproduce --out /proc/x"),
+    ("repro-out-foreign", "reproduce --out {T}/userdir --presets relu --dataset mnist-5k"),
+    ("repro-device-cuda7", "reproduce --device cuda:7 --presets relu --dataset mnist-5k"),
+    ("repro-device-tpu", "reproduce --device tpu"),
+    ("repro-probe-0", "reproduce --probe-size 0"),
+    ("repro-dataset", "reproduce --dataset nosuch"),
+    ("repro-seed-neg", "reproduce --seed -1"),
+    # --- report (refusals happen before any computation)
+    ("report-out-file", "report --out {T}/afile.txt"),
+    ("report-out-foreign", "report --out {T}/userdir --quick"),
+    ("report-out-proc", "report --out /proc/x"),
+    ("report-out-root", "report --out /"),
+    ("report-work-dir-file", "report --out {T}/newreport --work-dir {T}/afile.txt"),
+    ("report-presets-empty", "report --presets ''"),
+    ("report-presets-unknown", "report --presets nosuch --out {T}/newreport"),
+    ("report-lr-0", "report --lr 0"),
+    ("report-epochs-0", "report --epochs 0"),
+    ("report-samples-0", "report --samples 0"),
+    ("report-seeds-0", "report --seeds 0"),
+    ("report-train-subset-0", "report --train-subset 0"),
+    ("report-device-tpu", "report --device tpu"),
+    ("report-device-cuda9", "report --device cuda:9 --out {T}/newreport"),
+    ("report-dataset", "report --dataset nosuch"),
+    ("report-seeds-memory", "report --seeds 1000000 --out {T}/newreport"),
+    # --- self-normalize, transform, spectrum (parse time)
+    ("selfnorm-no-activation", "self-normalize"),
+    ("selfnorm-var-0", "self-normalize --activation gelu --var 0"),
+    ("selfnorm-digits", "self-normalize --activation gelu --digits 201"),
+    ("selfnorm-family", "self-normalize --activation gelu --family nosuch"),
+    ("transform-no-method", "transform --activation gelu"),
+    ("transform-method", "transform --method nosuch --activation gelu"),
+    ("transform-depth-0", "transform --method dks --activation gelu --depth 0"),
+    ("transform-depth-big", "transform --method dks --activation gelu --depth 100001"),
+    ("spectrum-points-0", "spectrum --sigma-w2 1 --points 0"),
+    ("spectrum-plot-jpg", "spectrum --sigma-w2 1 --plot x.jpg"),
+    ("spectrum-plot-proc", "spectrum --sigma-w2 1 --plot /proc/x.png"),
+    ("spectrum-networks-0", "spectrum --sigma-w2 1 --networks 0"),
+    ("spectrum-sw2-neg", "spectrum --sigma-w2 -1"),
+    # --- trainability (parse time)
+    ("trainability-seeds-0", "trainability --seeds 0"),
+    ("trainability-out-file", "trainability --out {T}/afile.txt"),
+    ("trainability-device", "trainability --device tpu"),
+    ("trainability-level", "trainability --level 1"),
+    # --- sweep (parse time)
+    ("sweep-no-file", "sweep --out x"),
+    ("sweep-workers-0", "sweep f.toml --out x --workers 0"),
+]
+
+
+def _argv(places, row: str) -> list[str]:
+    import shlex
+
+    return shlex.split(_sub(places, row))
+
+
+def test_table_has_enough_cases():
+    assert len(BAD) >= 150
+    assert len({name for name, _ in BAD}) == len(BAD)
+    from propagate.commands import COMMAND_MODULES
+
+    covered = {row.split()[0] for _, row in BAD}
+    names = {__import__(f"propagate.commands.{m}", fromlist=["NAME"]).NAME for m in COMMAND_MODULES}
+    assert names <= covered, f"commands without bad-input cases: {names - covered}"
+
+
+@pytest.mark.parametrize("name,row", BAD, ids=[n for n, _ in BAD])
+def test_bad_input_is_one_line_exit_2(name, row, places, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # relative outputs (x.csv) land in a throwaway folder
+    monkeypatch.setenv("PROPAGATE_DATA", str(tmp_path / "cache"))  # never download
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    try:
+        rc = main(_argv(places, row))
+    except SystemExit as exc:  # argparse's own exit
+        rc = exc.code
+    out, err = capsys.readouterr()
+    assert rc == 2, f"{row!r}: exit {rc}; stderr {err!r}"
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("propagate: error: "), f"{row!r}: stderr {err!r}"
+    assert len(lines[0]) > len("propagate: error: ") + 5
+
+
+def test_bad_inputs_leave_the_users_files(places):
+    assert (places / "afile.txt").read_text() == "the user's file\n"
+    assert sorted(p.name for p in (places / "userdir").iterdir()) == ["notes.txt"]
+    assert not os.path.exists(places / "newreport")
+
+
+SUBPROCESS = [
+    "theory --sigma-w2 1 --csv /proc/x.csv",
+    "solve-selu --stability --nu-range -1,1",
+    "report --out .",
+    "data info nosuch",
+]
+
+
+@pytest.mark.parametrize("row", SUBPROCESS)
+def test_real_exit_status(row, tmp_path):
+    (tmp_path / "mine.txt").write_text("x")  # '.' is a folder of the user's
+    res = subprocess.run([sys.executable, "-m", "propagate", *row.split()], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("propagate: error: ")
+    assert "Traceback" not in res.stderr
+    assert (tmp_path / "mine.txt").read_text() == "x"
+
+
+def test_messages_say_what_to_change(places, capsys):
+    cases = {
+        "solve-selu --stability --grid 150": "GiB",  # the estimate
+        "theory --sigma-w2 1 --depth 1000000000": "the limit is 1000000",
+        "report --out {T}/userdir": "did not make",
+        "data info mnist --data-dir {T}/labels200 --no-verify": "labels run from 0 to 199",
+        "train --width 20000 --dataset mnist-5k": "--width",
+        "reproduce --presets ''": "at least one name",
+        "train --device cuda:7 --dataset mnist-5k": "cuda:7",
+    }
+    for row, expected in cases.items():
+        try:
+            main(_argv(places, row))
+        except SystemExit:
+            pass
+        _, err = capsys.readouterr()
+        assert expected in err, (row, err)
+
+
+def test_data_info_reports_the_real_label_range(places, capsys):
+    rc = main(["data", "info", "mnist", "--data-dir", str(places / "labels200"), "--no-verify", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    info = json.loads(out)
+    assert info["label_range"] == [0, 199]
+    assert any("outside the 10 declared classes" in p for p in info["problems"])
+    rc = main(["data", "info", "mnist", "--data-dir", str(places / "good"), "--no-verify"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and err == "" and "labels     0..9" in out
+
+
+def test_device_error_comes_before_the_banner(capsys):
+    rc = main(["train", "--device", "cuda:7", "--dataset", "mnist-5k", "--epochs", "1"])
+    _, err = capsys.readouterr()
+    import torch
+
+    if torch.cuda.device_count() > 7:  # pragma: no cover - a machine with 8 GPUs
+        pytest.skip("cuda:7 exists here")
+    assert rc == 2 and err.count("\n") == 1 and "cuda:7" in err and "hidden layers" not in err
+
+
+# ------------------------------------------------------------- output paths (library)
+
+
+def test_library_writers_raise_one_line_user_errors(tmp_path):
+    from propagate.errors import UserError
+    from propagate.io import atomic_write_text, check_output_dir, check_output_file
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="is a folder"):
+        atomic_write_text(tmp_path, "x")
+    with pytest.raises(UserError, match="cannot write"):
+        atomic_write_text("/proc/x.csv", "x")
+    with pytest.raises(UserError, match="not a folder"):
+        atomic_write_text(tmp_path / "f" / "x.csv", "x")
+    with pytest.raises(UserError, match="not a regular file"):
+        check_output_file("/dev/null")
+    with pytest.raises(UserError, match="not a folder"):
+        check_output_dir(tmp_path / "f")
+    # a missing parent folder is fine (the writer creates it) when it can be created
+    assert check_output_file(tmp_path / "new" / "deeper" / "x.csv").name == "x.csv"
+    atomic_write_text(tmp_path / "new" / "deeper" / "x.csv", "y")
+    assert (tmp_path / "new" / "deeper" / "x.csv").read_text() == "y"
+
+
+# ------------------------------------------------------------------ data safety
+
+
+def test_foreign_folder_is_kept(tmp_path):
+    from propagate.errors import UserError
+    from propagate.io import FOLDER_MARKER, atomic_directory
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    with pytest.raises(UserError, match="did not make"):
+        with atomic_directory(foreign) as tmp:
+            (tmp / "README.md").write_text("report")
+    assert (foreign / "thesis.tex").read_text() == "precious" and not (foreign / "README.md").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # no temporary folder left
+    # a folder we made is replaced as a whole, and says so
+    ours = tmp_path / "ours"
+    with atomic_directory(ours) as tmp:
+        (tmp / "a.txt").write_text("1")
+    with atomic_directory(ours) as tmp:
+        (tmp / "b.txt").write_text("2")
+    assert sorted(p.name for p in ours.iterdir()) == sorted([FOLDER_MARKER, "b.txt"])
+    # a regular file where the folder goes is refused too
+    (tmp_path / "file").write_text("f")
+    with pytest.raises(UserError, match="not a folder"):
+        with atomic_directory(tmp_path / "file"):
+            pass
+    assert (tmp_path / "file").read_text() == "f"
+
+
+def test_report_refuses_foreign_out_before_work(tmp_path, capsys):
+    from propagate.report import _is_report_folder, check_report_folders
+
+    foreign = tmp_path / "user"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("k")
+    rc = main(["report", "--quick", "--out", str(foreign)])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "did not make" in err and (foreign / "keep.txt").read_text() == "k"
+    # a report written before the marker existed (README.md + report.json with facts) may be replaced
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "README.md").write_text("# report")
+    (old / "report.json").write_text(json.dumps({"meta": {}, "timings_s": {}, "facts": {}}))
+    assert _is_report_folder(old)
+    check_report_folders(old)
+
+
+def _tiny_dataset(name="tiny", n=24, seed=0):
+    from propagate.data import Dataset
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    y = (np.arange(n) % 10).astype(np.int64)
+    return Dataset(name, x, y, x[:10], y[:10], "test")
+
+
+def _tiny_run(run_dir, dataset, resume=True, lr=1e-3):
+    from propagate.spec import NetworkSpec
+    from propagate.train import TrainOptions, train
+
+    spec = NetworkSpec.stack(1, 4, input_dim=784, first_width=4, activation="relu", init="glorot_uniform",
+                             out_features=10)
+    opts = TrainOptions(epochs=1, batch_size=8, probe_size=8, threads=1, lr=lr, train_eval_size=8)
+    return train(spec, opts, dataset, run_dir=run_dir, resume=resume)
+
+
+def test_resume_on_other_data_is_refused(tmp_path):
+    from propagate.runfolder import IDENTITY_FILE, IdentityMismatch
+
+    run = tmp_path / "run"
+    first = _tiny_run(run, _tiny_dataset("mnist-5k"))
+    assert first.status == "finished" and (run / IDENTITY_FILE).is_file()
+    history = (run / "history.csv").read_text()
+    with pytest.raises(IdentityMismatch, match=r"dataset\.name = 'mnist-5k', not 'other'.*--no-resume") as info:
+        _tiny_run(run, _tiny_dataset("other"))
+    assert info.value.field == "dataset.name"
+    # same name, other images (a different training subset or file): the checksum tells
+    with pytest.raises(IdentityMismatch, match=r"dataset\.(n_train|sha256)"):
+        _tiny_run(run, _tiny_dataset("mnist-5k", n=20))
+    with pytest.raises(IdentityMismatch, match=r"config\.options\.lr = 0\.001, not 0\.01"):
+        _tiny_run(run, _tiny_dataset("mnist-5k"), lr=1e-2)
+    assert (run / "history.csv").read_text() == history  # nothing mixed in
+    again = _tiny_run(run, _tiny_dataset("mnist-5k"))  # the same run resumes (already finished)
+    assert again.status == "finished" and (run / "history.csv").read_text() == history
+    restarted = _tiny_run(run, _tiny_dataset("other"), resume=False)  # --no-resume starts over
+    assert restarted.status == "finished"
+    assert json.loads((run / IDENTITY_FILE).read_text())["identity"]["dataset"]["name"] == "other"
+
+
+def test_report_names_its_own_option_for_a_changed_work_folder(tmp_path):
+    from propagate.errors import UserError
+    from propagate.report import ReportOptions, _Run, _train_in_work_dir
+    from propagate.runfolder import claim
+
+    work = tmp_path / "work"
+    claim(work, {"kind": "reproduce", "dataset": {"name": "mnist-5k", "n_train": 4000}}).release()
+    run = _Run(ReportOptions(presets=("relu",), epochs=1), {}, tmp_path, False, lambda m: None)
+    with pytest.raises(UserError) as info:
+        _train_in_work_dir(run, _tiny_dataset("mnist-5k"), work)
+    msg = str(info.value)
+    assert "--work-dir" in msg and "--no-resume" not in msg and "dataset." in msg
+    # the same refusal comes before any computation, and a busy work folder is refused there too
+    from propagate.report import _check_work_dir_data, check_report_folders
+    from propagate.runfolder import lock_folder
+
+    with pytest.raises(UserError, match=r"dataset\..*--work-dir"):
+        _check_work_dir_data(work, _tiny_dataset("mnist-5k"))
+    with lock_folder(work):
+        with pytest.raises(UserError, match="in use by process.*--work-dir"):
+            check_report_folders(tmp_path / "report", ReportOptions(work_dir=str(work)))
+
+
+def test_second_writer_is_refused(tmp_path):
+    from propagate.runfolder import FolderBusy, lock_folder
+
+    folder = tmp_path / "out"
+    held = lock_folder(folder)
+    with pytest.raises(FolderBusy, match=f"in use by process {os.getpid()}"):
+        lock_folder(folder)
+    # and a real second `propagate train` process fails at once, with one line
+    res = subprocess.run([sys.executable, "-m", "propagate", "train", "--out", str(folder), "--dataset", "mnist-5k",
+                          "--depth", "1", "--width", "4", "--first-width", "4", "--epochs", "1", "--no-progress"],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "is in use by process" in res.stderr and "Traceback" not in res.stderr
+    held.release()
+    lock_folder(folder).release()  # free again
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    from propagate.runfolder import LOCK_FILE, lock_folder
+
+    folder = tmp_path / "out"
+    code = textwrap.dedent(f"""
+        import os, sys, time
+        from propagate.runfolder import lock_folder
+        lock = lock_folder({str(folder)!r})
+        print(os.getpid(), flush=True)
+        time.sleep(60)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(child.stdout.readline())
+    finally:
+        child.send_signal(signal.SIGKILL)  # dies holding the lock: no cleanup runs
+        child.wait()
+    assert json.loads((folder / LOCK_FILE).read_text())["pid"] == pid  # the lock file is left behind
+    with lock_folder(folder) as lock:
+        assert lock.held and json.loads((folder / LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_a_folder_that_is_not_a_run_folder_is_never_written(tmp_path):
+    from propagate.runfolder import IdentityMismatch, claim
+
+    (tmp_path / "paper.tex").write_text("p")
+    for resume in (True, False):
+        with pytest.raises(IdentityMismatch, match="no propagate run recorded"):
+            claim(tmp_path, {"kind": "train"}, resume=resume)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "paper.tex"]
+
+
+# ------------------------------------------------------------------ numerics and JSON
+
+
+def test_tanh_at_huge_sigma_w2_has_the_sign_limit():
+    """At sigma_w2 -> inf tanh acts as sign(h): c-map (2/pi) arcsin(c), so c* = 0 and chi_c = sigma_w2
+    E[phi']^2 -> 2/pi (E[tanh'(sqrt(q) z)] = 2 / sqrt(2 pi q), q* = sigma_w2)."""
+    from propagate.theory import analyze
+
+    for sw2 in (1e8, 1e20, 1e300):
+        res = analyze("tanh", sw2, 0.0, 3)
+        assert res.fixed_point and math.isfinite(res.q_star)
+        assert res.q_star == pytest.approx(sw2, rel=1e-3)
+        assert res.c_star == pytest.approx(0.0, abs=1e-6)
+        assert res.chi_c == pytest.approx(2 / math.pi, rel=1e-3)
+    # sigmoid -> step: c-map 1/2 + arcsin(c)/pi, chi_c = 1/(pi sqrt(1 - c*^2)) at q* = sigma_w2 / 2
+    from scipy.optimize import brentq
+
+    c_star = brentq(lambda c: 0.5 + math.asin(c) / math.pi - c, 0.5, 0.99)
+    res = analyze("sigmoid", 1e20, 0.0, 3)
+    assert res.c_star == pytest.approx(c_star, rel=1e-6)
+    assert res.chi_c == pytest.approx(1 / (math.pi * math.sqrt(1 - c_star**2)), rel=1e-4)
+
+
+def test_bounded_activation_never_reports_infinite_q_star():
+    from propagate.errors import UserError
+    from propagate.theory import fixed_point_q
+
+    for act in ("tanh", "sigmoid", "erf"):
+        assert math.isfinite(fixed_point_q(act, 1e300, 0.05))
+        with pytest.raises(UserError, match="bounded"):
+            fixed_point_q(act, 1e305, 0.0)
+
+
+def test_json_is_strict(capsys):
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+
+    assert main(["theory", "--activation", "relu", "--sigma-w2", "3", "--depth", "3", "--json"]) == 0
+    data = strict(capsys.readouterr().out)
+    assert data["q_star"] == "inf" and float(data["q_star"]) == math.inf
+    assert main(["critical", "--activation", "softplus", "--json"]) == 0
+    rows = strict(capsys.readouterr().out)["rows"]
+    assert rows[0]["sigma_w2"] is None  # nan: no critical point
+    from propagate.io import to_json
+
+    assert strict(to_json({"a": np.float64("nan"), "b": [np.inf, -np.inf], "c": np.array([1.5])})) == \
+        {"a": None, "b": ["inf", "-inf"], "c": [1.5]}
+
+
+# ------------------------------------------------------------------ parsing and datasets
+
+
+def test_negative_values_reach_their_check(capsys):
+    """'-1,1' is a value (a list), not an unknown option: the message is about the value."""
+    for argv, expected in ((["solve-selu", "--nu-range", "-1,1"], "must be > 0, got '-1,1'"),
+                           (["critical", "--sigma-b2", "-0.5:0.5:3"], "values must be >= 0"),
+                           (["theory", "--sigma-w2", "-1e-3"], "must be > 0, got -1e-3")):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2 and expected in capsys.readouterr().err
+    # and a negative value that is valid is taken as such
+    assert main(["theory", "--sigma-w2", "1", "--input-mean", "-0.5", "--depth", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"][0]["post_mean"] == pytest.approx(-0.5)
+
+
+def test_dataset_problems_and_identity():
+    from propagate.data import dataset_identity, dataset_problems, validate_dataset
+    from propagate.errors import UserError
+
+    ds = _tiny_dataset("mnist")
+    assert dataset_problems(ds, image_shape=(28, 28), input_dim=784) == []
+    bad = _tiny_dataset("mnist")
+    bad.y_train = bad.y_train * 20  # labels 0..180
+    assert dataset_problems(bad) == ["mnist: train labels run from 0 to 180, outside the 10 declared classes 0..9"]
+    empty = _tiny_dataset("mnist")
+    empty.x_test, empty.y_test = empty.x_test[:0], empty.y_test[:0]
+    assert dataset_problems(empty) == ["mnist: the test split has no images"]
+    with pytest.raises(UserError, match="do not match the network's 100 inputs"):
+        validate_dataset(ds, input_dim=100)
+    ident = dataset_identity(ds)
+    assert ident == dataset_identity(_tiny_dataset("mnist"))  # same arrays, same identity
+    from dataclasses import replace
+
+    sub = replace(ds, x_train=ds.x_train[:12], y_train=ds.y_train[:12])
+    assert dataset_identity(sub)["sha256"] != ident["sha256"] and dataset_identity(sub)["n_train"] == 12
+
+
+def test_simulate_refuses_an_unusable_dataset_input(places, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    for broken in ("empty", "labels200", "small"):
+        cache = tmp_path / broken
+        shutil.copytree(places / broken, cache / "mnist")
+        monkeypatch.setenv("PROPAGATE_DATA", str(cache))
+        rc = main(["simulate", "--input", "mnist", "--depth", "2", "--samples", "8", "--seeds", "2", "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and err.startswith("propagate: error: mnist"), err

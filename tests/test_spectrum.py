@@ -1,0 +1,110 @@
+"""Jacobian spectrum from free probability: closed-form moments, Monte Carlo, densities, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from propagate.cli import main
+from propagate.spec import NetworkSpec
+from propagate.spectrum import (jacobian_moments, jacobian_spectrum, jacobian_squared_singular_values, layer_laws,
+                                sample_jacobian_spectrum, summarize_singular_values)
+
+
+def uniform(act, init, n, depth, **kw):
+    return NetworkSpec(widths=(n,) * (depth + 1), activation=act, init=init, **kw)
+
+
+def test_linear_gaussian_products_have_fuss_catalan_moments():
+    # J J^T of a product of L square Gaussian matrices: moments are the Fuss-Catalan numbers
+    # binom((L+1)k, k) / (L k + 1) (Marchenko-Pastur for L = 1: Catalan 1, 2, 5, 14)
+    for L in (1, 2, 3):
+        m = jacobian_moments(layer_laws(uniform("linear", "normal:1", 50, L)))
+        for k in range(1, 5):
+            assert m[f"m{k}"] == pytest.approx(math.comb((L + 1) * k, k) / (L * k + 1), rel=1e-10)
+    # orthogonal weights: J is orthogonal, every moment is sigma_w^(2k L)
+    m = jacobian_moments(layer_laws(uniform("linear", "orthogonal:1.5", 50, 3)))
+    assert m["m2"] == pytest.approx(1.5 ** 6, rel=1e-10)
+
+
+@pytest.mark.parametrize("init,s_w", [("he_normal", 1.0), ("orthogonal:2", 0.0)])
+def test_relu_moments_closed_form(init, s_w):
+    # Pennington et al. 2018: m1 = chi^L, m2/m1^2 - 1 = L (mu2/mu1^2 - 1 + s_W); ReLU: mu1 = mu2 = 1/2, chi = 1
+    L = 4
+    m = jacobian_moments(layer_laws(uniform("relu", init, 100, L)))
+    assert m["m1"] == pytest.approx(1.0, rel=1e-10)
+    assert m["m2"] == pytest.approx(1 + L * (1 + s_w), rel=1e-10)
+
+
+def test_first_two_moments_match_monte_carlo():
+    for act, init, sb2 in (("relu", "he_normal", 0.0), ("tanh", "normal:1.4242", 0.01), ("selu", "orthogonal:1", 0.0)):
+        spec = uniform(act, init, 200, 4, bias_var=sb2)
+        m = jacobian_moments(layer_laws(spec))
+        s2 = sample_jacobian_spectrum(spec, networks=4, inputs=2, seed=5).reshape(8, -1)
+        for k, extra in ((1, 0.03), (2, 0.08)):
+            per = np.mean(s2**k, axis=1)  # one normalized trace per Jacobian
+            se = np.std(per, ddof=1) / math.sqrt(len(per))
+            # 4 standard errors across Jacobians plus an O(L / n) finite-width allowance
+            assert abs(per.mean() - m[f"m{k}"]) < 4 * se + extra * m[f"m{k}"], (act, k, per.mean(), m[f"m{k}"], se)
+
+
+def test_density_integrates_to_one_and_matches_marchenko_pastur():
+    sp = jacobian_spectrum(uniform("linear", "normal:1", 50, 1), points=150)
+    assert sp.total_mass() == pytest.approx(1.0, abs=0.01)
+    x, p = sp.x, sp.density
+    inner = (x > 0.2) & (x < 3.5)
+    mp = np.sqrt(np.clip(x * (4 - x), 0, None)) / (2 * math.pi * x)
+    assert np.max(np.abs(p[inner] / mp[inner] - 1)) < 0.02
+    for act, init, sb2, atom in (("relu", "he_normal", 0.0, 0.5), ("tanh", "orthogonal:1.4242", 0.01, 0.0)):
+        sp = jacobian_spectrum(uniform(act, init, 50, 4, bias_var=sb2), points=120)
+        assert sp.atom == atom
+        assert sp.total_mass() == pytest.approx(1.0, abs=0.015), act
+        # the density's mean is m1 (continuous part; the atom sits at 0)
+        m1 = np.trapezoid(sp.density * sp.x * sp.x, np.log(sp.x))
+        assert m1 == pytest.approx(sp.moments["m1"], rel=0.03), act
+
+
+def test_batched_jacobian_equals_autograd():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    S, K, n = 2, 3, 7
+    W1, W2 = torch.randn(S, n, 5, generator=g, dtype=torch.float64), torch.randn(S, n, n, generator=g, dtype=torch.float64)
+    x = torch.randn(S, K, 5, generator=g, dtype=torch.float64)
+    z1 = x @ W1.transpose(1, 2)
+    z2 = torch.tanh(z1) @ W2.transpose(1, 2)
+    d1, d2 = 1 - torch.tanh(z1) ** 2, 1 - torch.tanh(z2) ** 2
+    s2 = jacobian_squared_singular_values([W1, W2], [d1, d2])
+    for s in range(S):
+        for k in range(K):
+            J = torch.autograd.functional.jacobian(lambda v: torch.tanh(torch.tanh(v @ W1[s].T) @ W2[s].T), x[s, k])
+            ref = torch.linalg.svdvals(J).numpy() ** 2
+            np.testing.assert_allclose(s2[s, k], ref, rtol=1e-10, atol=1e-12)
+
+
+def test_cli_json_moments_and_plot(tmp_path, capsys):
+    assert main(["spectrum", "--activation", "relu", "--init", "he_normal", "--depth", "4", "--width", "400",
+                 "--json", "--check", "--networks", "2", "--inputs", "1", "--points", "120"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["moments"]["m1"] == pytest.approx(1.0) and d["moments"]["m2"] == pytest.approx(9.0)
+    assert set(d["moments"]) == {"m1", "m2", "m3", "m4"}
+    assert len(d["density"]) > 50 and all(len(r) == 2 for r in d["density"])
+    assert d["monte_carlo"]["moments"]["m1"] == pytest.approx(1.0, rel=0.06)
+    assert d["monte_carlo"]["zero_frac"] == pytest.approx(0.5, abs=0.05)
+    png = tmp_path / "s.png"
+    assert main(["spectrum", "--activation", "tanh", "--sigma-w2", "1.4242", "--sigma-b2", "0.01", "--orthogonal",
+                 "--depth", "3", "--width", "64", "--points", "80", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "m2/m1^2 - 1" in capsys.readouterr().out
+
+
+def test_cli_user_errors(capsys):
+    for argv in (["spectrum", "--activation", "relu", "--init", "he_normal", "--batchnorm"],
+                 ["spectrum", "--init", "he_normal", "--orthogonal"],
+                 ["spectrum", "--sigma-w2", "2", "--first-width", "300", "--width", "100"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("propagate: error:") and err.count("\n") == 1

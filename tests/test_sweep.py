@@ -1,0 +1,366 @@
+"""`propagate sweep`: plans from TOML, a real Dask LocalCluster (2 workers on 127.0.0.1), resumption, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pandas as pd
+import pytest
+
+from propagate.cli import main
+from propagate.errors import UserError
+from propagate.sweep import expand_range, load_plan, plan_from_dict, run_point, run_sweep
+
+pytest.importorskip("distributed")
+
+# tiny points: the cluster's start-up is the cost, shared by the module
+TINY = {"depth": 3, "width": 16, "samples": 32, "seeds": 2}
+
+
+@pytest.fixture(scope="module")
+def client():
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=":0", silence_logs=logging.ERROR, env=env) as cluster:
+        with Client(cluster) as c:
+            yield c
+
+
+def _plan(grid, fixed=TINY, lens="simulate", zip=None):
+    data = {"lens": lens, "fixed": dict(fixed), "grid": grid}
+    if zip:
+        data["zip"] = zip
+    return plan_from_dict(data)
+
+
+def _assert_rows_equal(df, want, plan):
+    """The rows of one point in results.parquet hold exactly the lens's table ``want``."""
+    df = df.reset_index(drop=True)
+    assert len(df) == len(want)
+    for c in want.columns:
+        # a lens column named like a swept field is lens_<name>, or dropped when it repeats the field
+        col = f"lens_{c}" if f"lens_{c}" in df.columns else c
+        pd.testing.assert_series_equal(df[col], want[c].reset_index(drop=True), check_dtype=False, check_names=False)
+
+
+# ----------------------------------------------------------------------------- plans (no cluster)
+
+
+def test_ranges_products_and_zipped_groups():
+    assert expand_range("10:50:5") == [10, 20, 30, 40, 50]
+    assert expand_range("0:0.3:4") == [0.0, 0.1, 0.2, 0.3]
+    assert expand_range("1e-4:1e-2:3:log") == [1e-4, 1e-3, 1e-2]
+    assert expand_range("2:2:1") == [2]
+    plan = _plan({"activation": ["relu", "tanh"], "sigma_b2": "0:0.1:3"},
+                 fixed={"samples": 32}, zip={"shape": {"depth": [2, 3], "width": [8, 4]}})
+    assert len(plan.points) == 2 * 3 * 2
+    assert plan.swept == ["activation", "sigma_b2", "depth", "width"]
+    # the product in file order, the zipped fields together
+    assert [(p.fields["depth"], p.fields["width"]) for p in plan.points[:2]] == [(2, 8), (3, 4)]
+    assert plan.points[2].fields == {"activation": "relu", "sigma_b2": 0.05, "depth": 2, "width": 8}
+    # the command's own parser: defaults filled in, values typed
+    assert plan.points[0].options["seeds"] == 4 and plan.points[0].options["dtype"] == "float32"
+    assert len({p.key for p in plan.points}) == len(plan.points)
+
+
+def test_key_is_the_parsed_configuration():
+    a = _plan({"bias_var": [0, 0.1]})
+    b = _plan({"bias_var": [0.0, 0.1]}, fixed={**TINY, "seed": 0})  # the default, given explicitly
+    assert [p.key for p in a.points] == [p.key for p in b.points]
+    c = _plan({"bias_var": [0, 0.1]}, fixed={**TINY, "seed": 1})
+    assert not {p.key for p in a.points} & {p.key for p in c.points}
+    # an option's alias is the same option (--bias-var is --sigma-b2)
+    d = _plan({"sigma_b2": [0, 0.1]})
+    assert [p.key for p in a.points] == [p.key for p in d.points]
+    assert a.points[1].options["sigma_b2"] == 0.1
+
+
+BAD_FILES = {
+    "unknown lens": ('lens = "simulation"\n[grid]\ndepth = [1]\n', "unknown lens 'simulation'"),
+    "unknown field": ('lens = "simulate"\n[grid]\ndeepth = [1, 2]\n', "unknown field 'deepth'"),
+    "output option": ('lens = "simulate"\n[grid]\ncsv = ["a.csv"]\n', "output option"),
+    "empty grid": ('lens = "simulate"\n[fixed]\ndepth = 3\n', "empty grid"),
+    "empty list": ('lens = "simulate"\n[grid]\ndepth = []\n', "has no values"),
+    "bad range": ('lens = "simulate"\n[grid]\nbias_var = "0:1"\n', "bad range '0:1'"),
+    "bad range count": ('lens = "simulate"\n[grid]\nbias_var = "0:1:x"\n', "bad range"),
+    "unparsable TOML": ('lens = "simulate\n[grid]\n', "not valid TOML"),
+    "bad value": ('lens = "simulate"\n[grid]\ndepth = [2, -1]\n', "point 2 (depth=-1): argument --depth: must be >= 1"),
+    "bad name": ('lens = "simulate"\n[grid]\nactivation = ["tanh", "tahn"]\n', "unknown activation 'tahn'"),
+    "flag value": ('lens = "simulate"\n[grid]\nbatchnorm = [1, 2]\n', "takes true or false"),
+    "required option": ('lens = "theory"\n[grid]\ndepth = [1]\n', "--sigma-w2 --init is required"),
+    "zip lengths": ('lens = "simulate"\n[zip.s]\ndepth = [1, 2]\nwidth = [4]\n', "lists of equal length"),
+    "twice": ('lens = "simulate"\n[fixed]\ndepth = 2\n[grid]\ndepth = [1]\n', "appears in both"),
+    "no lens": ('[grid]\ndepth = [1]\n', "names no lens"),
+    "alias twice": ('lens = "simulate"\n[fixed]\nbias_var = 0.1\n[grid]\nsigma_b2 = [0]\n', "the same option"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FILES))
+def test_bad_sweep_file_is_one_line_exit_2(name, tmp_path, capsys):
+    text, expected = BAD_FILES[name]
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    rc = main(["sweep", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("propagate: error: ") and expected in lines[0], err
+    assert not (tmp_path / "out").exists()  # checked before any work
+
+
+def test_missing_file_is_one_line(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "none.toml"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.startswith("propagate: error: sweep file not found")
+
+
+# ----------------------------------------------------------------------------- on the cluster
+
+
+def test_grid_equals_the_same_points_in_process(client, tmp_path):
+    plan = _plan({"activation": ["relu", "tanh"], "bias_var": [0.0, 0.1]})
+    res = run_sweep(plan, tmp_path, client=client, progress=False)
+    assert (res.points, res.computed, res.skipped, res.failed) == (4, 4, 0, [])
+    df = pd.read_parquet(tmp_path / "results.parquet")
+    assert len(df) == 4 * (TINY["depth"] + 1)  # layers 0..depth per point
+    assert sorted(set(zip(df["activation"], df["bias_var"]))) == [("relu", 0.0), ("relu", 0.1), ("tanh", 0.0), ("tanh", 0.1)]
+    for p in plan.points:
+        _assert_rows_equal(df[df["point"] == p.index], run_point(plan, p)["results"], plan)
+        assert (df.loc[df["point"] == p.index, "key"] == p.key).all()
+    # the simulation is real: ReLU without bias keeps sigma_w2 q / 2 per layer (He), here sigma_w2 = 1 (lecun)
+    relu = df[(df["activation"] == "relu") & (df["bias_var"] == 0.0) & (df["layer"] >= 2)]
+    assert ((relu["pre_q"] / relu["theory_pre_q"]).between(0.5, 1.5)).all()
+
+
+def test_interrupted_sweep_reruns_only_what_is_missing(client, tmp_path):
+    plan = _plan({"seed": [0, 1, 2, 3, 4, 5]})
+    done = []
+
+    def stop_after_two(point, record):
+        done.append(point.key)
+        if len(done) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(plan, tmp_path, client=client, progress=False, callback=stop_after_two)
+    files = sorted(p.stem for p in (tmp_path / "points").glob("*.json"))
+    assert files == sorted(done)
+    computed = []
+    res = run_sweep(plan, tmp_path, client=client, progress=False, callback=lambda p, r: computed.append(p.key))
+    assert (res.computed, res.skipped, res.failed) == (4, 2, [])
+    assert sorted(computed) == sorted(set(p.key for p in plan.points) - set(done))
+    assert pd.read_parquet(tmp_path / "results.parquet")["point"].nunique() == 6
+    again = run_sweep(plan, tmp_path, client=client, progress=False)
+    assert (again.computed, again.skipped) == (0, 6)
+
+
+def test_failed_point_is_recorded_and_the_sweep_goes_on(client, tmp_path):
+    # 10^12 samples: the simulator refuses it (memory) on the worker; the check before work cannot know
+    plan = _plan({"samples": [32, 10**12]}, fixed={"depth": 2, "width": 8, "seeds": 1})
+    res = run_sweep(plan, tmp_path, client=client, progress=False)
+    assert res.computed == 1 and len(res.failed) == 1
+    point, error = res.failed[0]
+    assert point.fields == {"samples": 10**12} and error.startswith("UserError: this run needs about")
+    rec = json.loads((tmp_path / "points" / f"{point.key}.failed.json").read_text())
+    assert rec["status"] == "failed" and "Traceback" in rec["traceback"]
+    assert pd.read_parquet(tmp_path / "results.parquet")["samples"].unique().tolist() == [32]
+
+
+def test_killed_worker_loses_nothing(client, tmp_path):
+    # points of ~0.3 s on one core, so that one is running when its worker dies
+    plan = _plan({"seed": list(range(6))}, fixed={"depth": 10, "width": 256, "samples": 768, "seeds": 2})
+    killed = {}
+
+    def kill_a_busy_worker(point, record):
+        if killed:
+            return
+        busy = {}
+        for _ in range(500):
+            busy = {w: ks for w, ks in client.processing().items() if ks}
+            if busy:
+                break
+            time.sleep(0.01)
+        assert busy, "no worker was busy after the first point"
+        worker, keys = next(iter(busy.items()))
+        pid = client.run(os.getpid, workers=[worker])[worker]
+        killed.update(pid=pid, keys={k.removeprefix("propagate-sweep-") for k in keys})
+        os.kill(pid, signal.SIGKILL)
+
+    res = run_sweep(plan, tmp_path, client=client, progress=False, callback=kill_a_busy_worker)
+    assert killed and res.failed == [] and res.computed == 6
+    # the killed worker's task ran again in another process (all of them unless one finished as it died)
+    pids = {k: json.loads((tmp_path / "points" / f"{k}.json").read_text())["meta"]["pid"] for k in killed["keys"]}
+    rerun = [k for k, pid in pids.items() if pid != killed["pid"]]
+    assert rerun
+    df = pd.read_parquet(tmp_path / "results.parquet")
+    assert sorted(df["seed"].unique()) == list(range(6))
+    # and the rerun result is the in-process one (same seed, same numbers)
+    p = next(p for p in plan.points if p.key == rerun[0])
+    _assert_rows_equal(df[df["point"] == p.index], run_point(plan, p)["results"], plan)
+
+
+def test_busy_folder_is_refused_before_any_work(tmp_path, capsys):
+    from propagate.runfolder import lock_folder
+
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('lens = "theory"\n[fixed]\ndepth = 2\n[grid]\nsigma_w2 = [1, 2]\n')
+    out = tmp_path / "out"
+    with lock_folder(out):  # another sweep (here: this process) holds the folder
+        assert main(["sweep", str(sweep), "--out", str(out), "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("propagate: error: ") and "in use by" in err[0]
+    assert not (out / "points").exists()
+
+
+def test_cli_local_cluster_then_rerun_computes_nothing(tmp_path, capsys):
+    # the default path: a LocalCluster of its own (theory points: the workers need not import torch)
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('lens = "theory"\n[fixed]\ndepth = 2\nwidth = 8\nfirst_width = 8\n'
+                     '[grid]\nactivation = ["relu", "tanh"]\ninit = ["normal:1", "normal:2"]\n')
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    first = capsys.readouterr().out.strip().splitlines()[-1]
+    assert first.startswith("sweep: 4 points: 4 computed, 0 already done, 0 failed")
+    df = pd.read_parquet(out / "results.parquet")
+    assert set(zip(df["activation"], df["init"])) == {(a, i) for a in ("relu", "tanh") for i in ("normal:1", "normal:2")}
+    stamp = (out / "results.parquet").stat().st_mtime_ns
+    t0 = time.perf_counter()
+    assert main(["sweep", str(sweep), "--out", str(out), "--workers", "1"]) == 0
+    assert time.perf_counter() - t0 < 5  # no cluster is started
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("sweep: 4 points: 0 computed, 4 already done")
+    assert (out / "results.parquet").stat().st_mtime_ns == stamp
+
+
+def test_train_lens_rows_per_epoch(client, tmp_path):
+    plan = _plan({"activation": ["relu", "tanh"]}, lens="train",
+                 fixed={"depth": 2, "width": 16, "epochs": 2, "dataset": "mnist-5k", "probe_size": 64})
+    assert plan.points[0].dataset == "mnist-5k"
+    res = run_sweep(plan, tmp_path, client=client, progress=False)
+    assert (res.computed, res.failed) == (2, [])
+    df = pd.read_parquet(tmp_path / "results.parquet")
+    assert sorted(zip(df["activation"], df["epoch"])) == [("relu", 1), ("relu", 2), ("tanh", 1), ("tanh", 2)]
+    layers = pd.read_parquet(tmp_path / "layers.parquet")  # the per-layer statistics of every epoch, 0 = at init
+    assert set(layers["epoch"]) == {0, 1, 2} and set(layers["activation"]) == {"relu", "tanh"}
+    # it learned: far above chance (10 classes) after two epochs, and the training loss fell
+    assert (df.loc[df["epoch"] == 2, "val_acc"] > 0.3).all()
+    for _, g in df.groupby("point"):
+        assert g.sort_values("epoch")["loss"].is_monotonic_decreasing
+
+
+def test_trainability_lens_gathers_its_three_tables(client, tmp_path):
+    plan = _plan({"depth": [2, 3]}, lens="trainability",
+                 fixed={"width": 16, "first_width": 16, "epochs": 1, "dataset": "mnist-5k", "seeds": 2,
+                        "no_predict": True, "lr": "1e-2"})
+    res = run_sweep(plan, tmp_path, client=client, progress=False)
+    assert (res.computed, res.failed) == (2, [])
+    points = pd.read_parquet(tmp_path / "results.parquet")  # one row per (point, config, lr)
+    assert sorted(zip(points["depth"], points["lr"])) == [(2, 0.01), (3, 0.01)]
+    seeds = pd.read_parquet(tmp_path / "seeds.parquet")
+    assert len(seeds) == 2 * 2
+    # the ensemble's mean is the mean of its seeds' numbers
+    for (d, lr), g in seeds.groupby(["depth", "lr"]):
+        row = points[(points["depth"] == d) & (points["lr"] == lr)].iloc[0]
+        assert row["acc_mean"] == pytest.approx(g["acc"].mean(), rel=1e-12)
+    assert set(pd.read_parquet(tmp_path / "configs.parquet")["depth"]) == {2, 3}
+
+
+def test_run_sweep_rejects_workers_with_a_scheduler(tmp_path):
+    with pytest.raises(UserError, match="--workers"):
+        run_sweep(_plan({"seed": [1]}), tmp_path, workers=2, scheduler="tcp://127.0.0.1:1")
+
+
+def test_example_file_parses():
+    plan = load_plan(os.path.join(os.path.dirname(__file__), "..", "examples", "sweeps", "simulate.toml"))
+    assert plan.lens == "simulate" and len(plan.points) == 4
+
+
+def test_help_example_is_a_valid_sweep_file():
+    import tomllib
+
+    from propagate.commands.sweep import DESCRIPTION
+
+    lines = DESCRIPTION.splitlines()
+    start = lines.index('  lens = "simulate"')
+    block = lines[start:lines.index("", start)]
+    plan = plan_from_dict(tomllib.loads("\n".join(line[2:] for line in block)))
+    assert len(plan.points) == 2 * 2 * 3 * 3
+    assert [(p.fields["width"], p.fields["samples"]) for p in plan.points[:3]] == [(64, 800), (128, 400), (256, 200)]
+
+
+# ----------------------------------------------------------------------------- the sweep figure
+
+
+def test_measured_chi_1_is_the_per_layer_factor_of_the_squared_gradient():
+    from propagate.report.section_sweep import measured_chi_1
+
+    L, r = 12, 0.9  # grad_norm grows by 1/r per layer going down the stack: |grad|^2 by chi_1 = 1/r^2
+    layers = pd.DataFrame({"layer": range(L + 1), "grad_norm": [float("nan")] + [3.0 / r ** (L - l) for l in range(1, L + 1)]})
+    assert measured_chi_1(layers) == pytest.approx(1 / r ** 2, rel=1e-12)
+
+
+def test_sweep_map_draws_the_theory_critical_line():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from propagate.report.section_sweep import figure_sweep_map
+    from propagate.theory import chi_1, critical_line
+
+    sw2s, sb2s = [0.5, 1.5, 2.5, 3.5], [0.0, 0.1, 0.2]
+    summary = pd.DataFrame([{"sigma_w2": a, "sigma_b2": b, "chi": chi_1("tanh", a, b)} for b in sb2s for a in sw2s])
+    ax = figure_sweep_map(summary, "chi", activation="tanh", log2=True)
+    line = ax.get_lines()[-1]
+    want = critical_line("tanh", np.linspace(0.0, 0.2, 41))
+    np.testing.assert_allclose(line.get_xdata(), want["sigma_w2"])
+    assert ax.get_xlabel().startswith("$\\sigma_w^2$") and ax.get_ylabel().startswith("$\\sigma_b^2$")
+    plt.close(ax.figure)
+
+
+def test_scheduler_and_worker_started_by_hand(tmp_path, capsys):
+    """`dask scheduler` and `dask worker` as a user starts them, on 127.0.0.1; the sweep goes there via --scheduler."""
+    import subprocess
+    import sys
+
+    dask_cli = [sys.executable, "-m", "dask"]  # the `dask` command of this environment
+    info = tmp_path / "scheduler.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([*dask_cli, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", str(info)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(600):
+            if info.exists() and info.stat().st_size:
+                break
+            time.sleep(0.05)
+        procs.append(subprocess.Popen([*dask_cli, "worker", "--scheduler-file", str(info), "--nworkers", "1",
+                                       "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard", "--no-nanny"],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        address = json.loads(info.read_text())["address"]
+        sweep = tmp_path / "s.toml"
+        sweep.write_text('lens = "theory"\n[fixed]\ndepth = 3\nwidth = 8\n[grid]\nactivation = ["relu", "tanh"]\n'
+                         'sigma_w2 = [1.0, 2.0]\n')
+        out = tmp_path / "out"
+        assert main(["sweep", str(sweep), "--out", str(out), "--scheduler", address, "--no-progress"]) == 0
+        assert capsys.readouterr().out.splitlines()[-1].startswith("sweep: 4 points: 4 computed")
+        df = pd.read_parquet(out / "results.parquet")
+        assert len(df) == 4 * 4 and {"chi_1", "q_star", "sigma_w2", "sigma_b2"} <= set(df.columns)
+        # the worker's theory: with sigma_b2 = 0, ReLU has chi_1 = sigma_w2 / 2 (He et al. 2015) and tanh's
+        # edge of chaos is sigma_w2 = 1 (q* = 0, chi_1 = sigma_w2 tanh'(0)^2)
+        chi = df.groupby(["activation", "sigma_w2"])["chi_1"].first().to_dict()
+        assert chi[("relu", 1.0)] == pytest.approx(0.5, rel=1e-9) and chi[("relu", 2.0)] == pytest.approx(1.0, rel=1e-9)
+        assert chi[("tanh", 1.0)] == pytest.approx(1.0, abs=1e-6) and chi[("tanh", 2.0)] > 1
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()

@@ -1,0 +1,269 @@
+"""Trainability grid, outcomes and log-space refinement on a fake trainer; first-epoch dynamics on a tiny net."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from propagate.errors import UserError
+from propagate.spec import NetworkSpec
+from propagate.trainability import (
+    DEFAULT_LRS,
+    TrainabilityOptions,
+    classify,
+    first_epoch_dynamics,
+    log_lr_grid,
+    log_steps,
+    max_lr_of,
+    summarize_point,
+    trainability,
+)
+
+
+def FakeDataset():
+    from propagate.data import Dataset
+
+    z = np.zeros((10, 28, 28), np.uint8)
+    return Dataset("fake", z, np.zeros(10, np.int64), z, np.zeros(10, np.int64), "test")
+
+
+def _spec(name):
+    return NetworkSpec.stack(2, 4, input_dim=4, first_width=4, out_features=3, name=name)
+
+
+def fake_trainer(edges, calls=None, noise=0.01):
+    """Trains (acc 0.9) below ``edges[config][0]``, fails (acc 0.1) up to ``edges[config][1]``, diverges above."""
+
+    def trainer(spec, options, seeds, dataset):
+        good, div = edges[spec.label()]
+        if calls is not None:
+            calls.append((spec.label(), options.lr))
+        rows = []
+        for s in seeds:
+            acc = (0.9 if options.lr <= good else 0.1) + noise * (s - 1)
+            diverged = options.lr > div
+            rows.append({"seed": s, "loss": float("nan") if diverged else 1 - acc, "acc": acc, "val_loss": 1 - acc,
+                         "val_acc": acc - 0.05, "train_eval_acc": acc, "diverged": diverged, "epochs_done": 1})
+        return rows
+
+    return trainer
+
+
+def fake_predictor(spec, options, dataset):
+    return {"max_lr_predicted": 1e-4, "sharpness": 2e4, "precond_sharpness": 2e4, "threshold_constant": 2.0}
+
+
+def test_default_grid_and_log_ranges():
+    assert len(DEFAULT_LRS) == 7
+    np.testing.assert_allclose(DEFAULT_LRS, [1e-5, 10**-4.5, 1e-4, 10**-3.5, 1e-3, 10**-2.5, 1e-2], rtol=1e-12)
+    np.testing.assert_allclose(log_lr_grid(1e-4, 1e-2, 3), [1e-4, 1e-3, 1e-2], rtol=1e-12)
+    assert log_steps(40) == [0, 1, 2, 4, 8, 16, 32, 40]
+    assert log_steps(32) == [0, 1, 2, 4, 8, 16, 32]
+    with pytest.raises(UserError):
+        log_lr_grid(0, 1, 3)
+
+
+def test_classify_uses_lower_confidence_bound():
+    rows = [{"acc": a, "diverged": False} for a in (0.62, 0.58, 0.60)]
+    assert classify(rows, level=0.5) == "trains"  # t interval about 0.55 to 0.65
+    spread = [{"acc": a, "diverged": False} for a in (0.9, 0.2, 0.7)]  # mean 0.6 but the interval reaches below 0.5
+    assert classify(spread, level=0.5) == "fails"
+    assert classify(rows + [{"acc": 0.9, "diverged": True}], level=0.5) == "diverged"
+    assert classify([{"acc": 0.55, "diverged": False}], level=0.5) == "trains"  # one seed: the value itself
+
+
+def test_summarize_point_intervals():
+    rows = [{"seed": s, "loss": 1.0 + s, "acc": 0.5 + 0.1 * s, "val_loss": 2.0, "val_acc": 0.4, "train_eval_acc": 0.5,
+             "diverged": False} for s in range(3)]
+    p = summarize_point("c", 1e-3, rows)
+    assert p["acc_mean"] == pytest.approx(0.6)
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t_{0.975, 2} * s / sqrt(n)
+    assert p["acc_ci_low"] == pytest.approx(0.6 - half)
+    assert p["acc_ci_high"] == pytest.approx(0.6 + half)
+    assert p["n_seeds"] == 3 and p["n_diverged"] == 0
+
+
+def test_max_lr_of_brackets():
+    pts = [{"lr": lr, "outcome": o} for lr, o in [(1e-5, "fails"), (1e-4, "trains"), (1e-3, "trains"),
+                                                   (1e-2, "diverged")]]
+    assert max_lr_of(pts) == (1e-3, 1e-2)
+    top, bad = max_lr_of(pts[:3])
+    assert top == 1e-3 and math.isnan(bad)
+    assert all(math.isnan(v) for v in max_lr_of([{"lr": 1.0, "outcome": "fails"}]))
+
+
+def test_grid_and_refinement_on_fake_trainer(tmp_path):
+    edges = {"a": (3e-4, 3e-3), "b": (2e-5, 1.0)}
+    calls = []
+    configs = [("a", _spec("a")), ("b", _spec("b"))]
+    opts = TrainabilityOptions(seeds=(0, 1, 2), epochs=1, refine=6)
+    res = trainability(configs, [1e-5, 1e-4, 1e-3, 1e-2], FakeDataset(), opts,
+                       trainer=fake_trainer(edges, calls), predictor=fake_predictor, out_dir=tmp_path / "t")
+    pts = res.points
+    grid = pts[~pts["refined"]]
+    out_a = dict(zip(grid[grid.config == "a"]["lr"], grid[grid.config == "a"]["outcome"]))
+    assert out_a == {1e-5: "trains", 1e-4: "trains", 1e-3: "fails", 1e-2: "diverged"}
+    # bisection in log space between 1e-4 (good) and 1e-3 (bad): 6 steps bracket log10 lr to 1/64 decade
+    cfg = res.configs.set_index("config")
+    lo, hi = cfg.loc["a", "max_lr_measured"], cfg.loc["a", "max_lr_bad"]
+    assert lo <= 3e-4 < hi
+    assert math.log10(hi / lo) == pytest.approx(1 / 64, rel=1e-9)
+    assert cfg.loc["a", "n_refined"] == 6
+    refined_lrs = [lr for c, lr in calls if c == "a"][4:]
+    assert refined_lrs[0] == pytest.approx(math.sqrt(1e-4 * 1e-3))
+    assert cfg.loc["a", "first_diverged_lr"] == 1e-2
+    assert cfg.loc["a", "ratio"] == pytest.approx(lo / 1e-4)
+    # b: trains only at the smallest lr; refinement between 1e-5 and 1e-4
+    assert cfg.loc["b", "max_lr_measured"] <= 2e-5 < cfg.loc["b", "max_lr_bad"]
+    assert math.isnan(cfg.loc["b", "first_diverged_lr"])
+    # files
+    for f in ("points.csv", "points.json", "configs.csv", "configs.json", "seeds.csv"):
+        assert (tmp_path / "t" / f).is_file()
+    table = pd.read_csv(tmp_path / "t" / "points.csv")
+    for col in ("config", "lr", "acc_mean", "acc_ci_low", "acc_ci_high", "val_acc_mean", "loss_mean", "outcome"):
+        assert col in table.columns
+    assert len(pd.read_csv(tmp_path / "t" / "seeds.csv")) == 3 * len(table)
+    # a rerun trains nothing: every point is read back from its file
+    calls2 = []
+    res2 = trainability(configs, [1e-5, 1e-4, 1e-3, 1e-2], FakeDataset(), opts,
+                        trainer=fake_trainer(edges, calls2), predictor=fake_predictor, out_dir=tmp_path / "t")
+    assert calls2 == []
+    pd.testing.assert_frame_equal(res2.points, res.points)
+
+
+def test_censored_and_never_training():
+    edges = {"a": (1.0, 2.0), "b": (0.0, 2.0)}
+    opts = TrainabilityOptions(seeds=(0, 1), refine=3, predict=False)
+    res = trainability([("a", _spec("a")), ("b", _spec("b"))], [1e-4, 1e-3], FakeDataset(), opts,
+                       trainer=fake_trainer(edges))
+    cfg = res.configs.set_index("config")
+    assert cfg.loc["a", "max_lr_measured"] == 1e-3 and bool(cfg.loc["a", "censored"])
+    assert cfg.loc["a", "n_refined"] == 0  # nothing to bisect above the top of the grid
+    assert math.isnan(cfg.loc["b", "max_lr_measured"]) and not bool(cfg.loc["b", "censored"])
+
+
+def test_options_reject_bad_values():
+    with pytest.raises(UserError):
+        TrainabilityOptions(seeds=())
+    with pytest.raises(UserError):
+        TrainabilityOptions(level=1.5)
+    with pytest.raises(UserError):
+        TrainabilityOptions(criterion="loss")
+    with pytest.raises(UserError):
+        trainability([("a", _spec("a"))], [-1e-3], FakeDataset(), trainer=fake_trainer({"a": (1, 2)}))
+
+
+def test_first_epoch_dynamics_tiny_network():
+    from propagate.data import load_dataset
+    from propagate.train import TrainOptions
+
+    ds = load_dataset("mnist-5k")
+    spec = NetworkSpec.stack(3, 16, input_dim=784, first_width=16, activation="selu", init="lecun_normal",
+                             out_features=10)
+    d = first_epoch_dynamics(spec, TrainOptions(lr=1e-3, threads=1), ds, probe_size=64, max_steps=9)
+    assert sorted(d["step"].unique()) == [0, 1, 2, 4, 8, 9]
+    assert sorted(d["layer"].unique()) == [1, 2, 3]
+    d0 = d[d.step == 0]
+    assert d0["update_ratio"].isna().all()
+    # RMSprop's first update: each weight moves by lr / sqrt(1 - rho) (v = (1 - rho) g^2), so
+    # ||dW|| = lr sqrt(#weights with g != 0) / sqrt(0.1); the first layer's weights on always-zero pixels don't move
+    d1 = d[(d.step == 1) & (d.layer == 2)].iloc[0]
+    w0 = d[(d.step == 0) & (d.layer == 2)].iloc[0]["weight_norm"]
+    expect = 1e-3 / math.sqrt(0.1) * math.sqrt(16 * 16) / w0
+    assert d1["update_ratio"] == pytest.approx(expect, rel=1e-3)
+    assert np.isfinite(d["pre_var"]).all() and (d["pre_var"] > 0).all()
+    assert not d["diverged"].any()
+
+
+def test_train_ensemble_gives_one_row_per_seed():
+    from propagate.data import load_dataset
+    from propagate.train import TrainOptions
+    from propagate.trainability import train_ensemble
+
+    ds = load_dataset("mnist-5k")
+    spec = NetworkSpec.stack(2, 8, input_dim=784, first_width=8, activation="selu", init="lecun_normal",
+                             out_features=10)
+    rows = train_ensemble(spec, TrainOptions(lr=1e-3, epochs=1, threads=1, train_eval_size=500), [3, 5], ds)
+    assert [r["seed"] for r in rows] == [3, 5]
+    for r in rows:
+        assert r["epochs_done"] == 1 and not r["diverged"]
+        assert 0 <= r["acc"] <= 1 and np.isfinite(r["loss"])
+    assert rows[0]["loss"] != rows[1]["loss"]  # different seeds, different networks
+    # a huge step diverges (inf/NaN loss) and says so
+    big = train_ensemble(spec, TrainOptions(optimizer="sgd", lr=1e6, epochs=1, threads=1, train_eval_size=100), [0], ds)
+    assert big[0]["diverged"]
+
+
+def test_cli_tiny_custom_network(tmp_path):
+    from propagate.cli import main
+
+    out = tmp_path / "t"
+    rc = main(["trainability", "--depth", "2", "--width", "8", "--activation", "selu", "--init", "lecun_normal",
+               "--lr", "1e-3:1e-1:3", "--seeds", "2", "--epochs", "1", "--dataset", "mnist-5k",
+               "--sharpness-batch", "64", "--threads", "1", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    pts = pd.read_csv(out / "points.csv")
+    np.testing.assert_allclose(sorted(pts["lr"]), [1e-3, 1e-2, 1e-1], rtol=1e-9)
+    assert set(pts["outcome"]) <= {"trains", "fails", "diverged"}
+    cfg = pd.read_csv(out / "configs.csv")
+    assert len(cfg) == 1 and cfg["max_lr_predicted"].iloc[0] > 0 and np.isfinite(cfg["max_lr_predicted"].iloc[0])
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--presets", "relu", "--lr", "0,1e-3"], "learning rates must be finite and > 0"),
+    (["--presets", "relu", "--lr", "1e-3:1e-1:0"], "log range"),
+    (["--presets", "nope"], "unknown preset"),
+    ([], "give --presets or a custom network"),
+    (["--presets", "relu", "--level", "1.5"], "--level"),
+])
+def test_cli_user_errors(argv, msg, tmp_path, capsys):
+    from propagate.cli import main
+
+    try:
+        rc = main(["trainability", *argv, "--out", str(tmp_path / "o"), "--no-progress"])
+    except SystemExit as exc:  # argparse's errors (parse time)
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_figures_from_constructed_tables():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from propagate.report.section_trainability import figure_dynamics, figure_trainability_map
+
+    rows = []
+    for cfg, outs in (("a", ["trains", "trains", "diverged"]), ("b", ["fails", "trains", "fails"])):
+        for lr, o in zip((1e-4, 1e-3, 1e-2), outs):
+            acc = 0.9 if o == "trains" else 0.1
+            rows.append({"config": cfg, "lr": lr, "refined": False, "outcome": o, "acc_mean": acc,
+                         "acc_ci_low": acc - 0.05, "acc_ci_high": acc + 0.05})
+    rows.append({"config": "a", "lr": 3e-3, "refined": True, "outcome": "trains", "acc_mean": 0.8,
+                 "acc_ci_low": 0.7, "acc_ci_high": 0.9})
+    points = pd.DataFrame(rows)
+    configs = pd.DataFrame([{"config": "a", "max_lr_measured": 3e-3, "censored": False, "max_lr_predicted": 1e-7},
+                            {"config": "b", "max_lr_measured": 1e-3, "censored": False, "max_lr_predicted": 2e-4}])
+    ax = figure_trainability_map(points, configs)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1e-4", "1e-3", "1e-2"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
+    hatched = [p for p in ax.patches if p.get_hatch()]
+    assert len(hatched) == 1  # one diverged cell; the refined point is not a cell
+    texts = [t.get_text() for t in ax.texts]
+    assert texts.count("div") == 1 and "pred. 1e-07" in texts  # predicted below the grid: an arrow with its value
+    markers = {ln.get_marker(): ln.get_xdata()[0] for ln in ax.lines if ln.get_marker() in ("v", "D")}
+    assert markers["D"] == pytest.approx(math.log10(2e-4))
+    plt.close("all")
+
+    dyn = pd.DataFrame([{"lr": lr, "step": s, "layer": l, "pre_var": (10.0 ** (s * l) if lr > 1e-3 else 1.0),
+                         "diverged": False} for lr in (1e-4, 1e-2) for s in (0, 1, 2) for l in (1, 2, 3)])
+    dyn.loc[(dyn.lr == 1e-2) & (dyn.step == 2) & (dyn.layer == 3), "pre_var"] = np.inf
+    axes = figure_dynamics(dyn, [1e-4, 1e-2], title="x")
+    arr = axes[1].collections[0].get_array()
+    assert np.ma.count_masked(arr) == 1  # the infinite variance is a blank cell
+    assert float(arr.max()) == pytest.approx(4.0)  # log10 of 10^(2*2)
+    plt.close("all")
