@@ -69,7 +69,7 @@ def sweep_on(plan, warm, workers: int) -> tuple[float, float]:
     t0 = time.perf_counter()
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=":0", silence_logs=logging.ERROR, env=env) as cluster, Client(cluster) as c:
+                      dashboard_address=":0", silence_logs=logging.CRITICAL, env=env) as cluster, Client(cluster) as c:
         p = warm.points[0]
         c.run(compute_point, warm.lens, list(p.argv), p.dataset, 1)  # on every worker: imports, first-call caches
         startup = time.perf_counter() - t0

@@ -558,6 +558,12 @@ def _load_idx_split(images: Path, labels: Path, split: str) -> tuple[np.ndarray,
         raise IdxError(f"{labels}: expected labels of shape (N,), got {y.shape}")
     if len(x) != len(y):
         raise IdxError(f"{split} set: {len(x)} images in {images.name} but {len(y)} labels in {labels.name}")
+    # MNIST-like files hold uint8 pixels and labels; other dtypes are accepted only when they convert exactly
+    if x.dtype != np.uint8 and x.size and not (np.all(x == np.round(x)) and x.min() >= 0 and x.max() <= 255):
+        raise IdxError(f"{images}: pixel values must be whole numbers 0..255 (dtype {x.dtype}, "
+                       f"range {x.min():g}..{x.max():g})")
+    if y.dtype.kind == "f" and y.size and not np.all(y == np.round(y)):
+        raise IdxError(f"{labels}: labels must be whole numbers (dtype {y.dtype})")
     return x.astype(np.uint8, copy=False), y.astype(np.int64)
 
 

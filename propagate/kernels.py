@@ -1,11 +1,13 @@
 """Fused training kernels for the batched (ensemble) layer ops: fewer passes over memory, fewer temporaries.
 
-Every function takes tensors stacked over seeds, ``[S, B, N]`` (``S`` networks,
-``B`` samples, ``N`` units), and is a drop-in for the plain torch expression it
-names, with the same numbers up to float32 round-off (``tests/test_kernels.py``
-checks values and gradients against torch autograd in float64). They exist for
-speed only; the layer ops (:mod:`propagate.layers`) call them from their torch
-forward.
+The layer kernels take tensors stacked over seeds, ``[S, B, N]`` (``S``
+networks, ``B`` samples, ``N`` units), and are drop-ins for the plain torch
+expression they name, with the same numbers (``tests/test_kernels.py`` checks
+values and gradients against torch autograd in float64, and the optimizer
+against torch's RMSprop). They exist for speed only; the layer ops
+(:mod:`propagate.layers`) call them from their torch forward, and
+:func:`propagate.train.train` uses :func:`rmsprop`. :func:`disabled` switches
+them all back to the plain expressions (benchmarks compare both in one process).
 
 Why each one is faster than the autograd of the plain expression:
 
@@ -17,10 +19,6 @@ Why each one is faster than the autograd of the plain expression:
 - :func:`selu`: ``torch.selu`` forward (one vectorized pass), backward from the
   *output* ``y`` (``lambda`` where ``y > 0``, ``y + lambda alpha`` elsewhere) so
   only ``y``, which the next layer keeps anyway, is saved.
-- :func:`batch_norm`: each seed's units normalized over its own batch directly
-  on ``[S, B, N]`` (no transposed copies to call ``F.batch_norm`` on a
-  ``[B, S N]`` view), running statistics updated in place per seed, and a
-  closed-form backward, ``dx = gamma rstd (g - mean_B g - xhat mean_B(g xhat))``.
 - :func:`rmsprop`: Keras' RMSprop (``v = rho v + (1 - rho) g^2``,
   ``p -= lr g / (sqrt(v) + eps)``, eps outside the root) in one pass over
   memory. torch's RMSprop takes five (``mul_``, ``addcmul_``, ``sqrt``, ``add_``,
@@ -35,6 +33,12 @@ Why each one is faster than the autograd of the plain expression:
 :func:`activation` maps an :class:`propagate.activations.Activation` to the
 fastest torch callable for it, resolved once per activation (the registry's
 generic torch forms re-check their constants on every call).
+
+BatchNorm has no kernel here: torch's own (on the ``[B, S N]`` view the layer
+op uses, each seed's units separate channels) was as fast as a fused one in
+our measurements, and it computes each channel identically whatever the number
+of channels, so seed ``k`` of an ensemble normalizes bit for bit as its single
+run does (a fused kernel changed that at round-off level).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from __future__ import annotations
 import contextlib
 import functools
 
-__all__ = ["ENABLED", "disabled", "dense", "selu", "batch_norm", "activation", "rmsprop", "SELU_LAMBDA", "SELU_ALPHA"]
+__all__ = ["ENABLED", "disabled", "dense", "selu", "activation", "rmsprop", "SELU_LAMBDA", "SELU_ALPHA"]
 
 
 def _selu_constants() -> tuple[float, float]:
@@ -93,32 +97,7 @@ def _functions():
             # d selu / dx from the output: lambda for x > 0 (y > 0), y + lambda alpha otherwise
             return torch.ops.aten.elu_backward(g, SELU_ALPHA, SELU_LAMBDA, 1.0, True, y)
 
-    class BatchNorm(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, weight, bias, eps):
-            mean = x.mean(1, keepdim=True)
-            xc = x - mean
-            var = xc.square().mean(1, keepdim=True)  # biased: the batch's own variance
-            rstd = torch.rsqrt(var + eps)
-            xhat = xc.mul_(rstd)
-            ctx.save_for_backward(xhat, weight, rstd)
-            ctx.mark_non_differentiable(mean, var)
-            return torch.addcmul(bias.unsqueeze(1), xhat, weight.unsqueeze(1)), mean, var
-
-        @staticmethod
-        def backward(ctx, g, _gmean, _gvar):
-            xhat, weight, rstd = ctx.saved_tensors
-            B = xhat.shape[1]
-            gb = g.sum(1)
-            gw = (g * xhat).sum(1)
-            gx = None
-            if ctx.needs_input_grad[0]:
-                # gamma rstd (g - mean_B(g) - xhat mean_B(g xhat))
-                gx = xhat * (gw.unsqueeze(1) / -B)
-                gx.add_(g).sub_(gb.unsqueeze(1) / B).mul_(weight.unsqueeze(1) * rstd)
-            return gx, gw, gb, None
-
-    return Dense, Selu, BatchNorm
+    return Dense, Selu
 
 
 #: Whether the fused kernels are used (``False``: the plain torch expressions; see :func:`disabled`).
@@ -154,37 +133,6 @@ def selu(x):
     import torch
 
     return torch.selu(x)
-
-
-def batch_norm(x, weight, bias, running_mean, running_var, training: bool, momentum: float, eps: float):
-    """BatchNorm of ``x`` ``[S, B, N]``: per seed and unit over the batch (training) or with running statistics.
-
-    ``weight``, ``bias``, ``running_mean``, ``running_var`` are ``[S, N]``.
-    Training normalizes with the batch's biased variance and updates the running
-    statistics in place with the unbiased one, torch's convention
-    (``running = (1 - momentum) running + momentum batch``).
-    """
-    import torch
-
-    S, B, N = x.shape
-    if not ENABLED or S == 1:
-        # torch's own kernel on a [B, S N] view: each seed's units are separate channels (statistics per seed,
-        # over its batch). Faster than the fused one for one seed, where the view needs no copy.
-        import torch.nn.functional as F
-
-        y = F.batch_norm(x.transpose(0, 1).reshape(B, S * N), running_mean.view(-1), running_var.view(-1),
-                         weight.view(-1), bias.view(-1), training, momentum, eps)
-        return y.view(B, S, N).transpose(0, 1)
-    if not training:
-        rstd = torch.rsqrt(running_var + eps)
-        scale = (weight * rstd).unsqueeze(1)
-        shift = (bias - running_mean * weight * rstd).unsqueeze(1)
-        return torch.addcmul(shift, x, scale)
-    y, mean, var = _functions()[2].apply(x, weight, bias, eps)
-    with torch.no_grad():
-        running_mean.mul_(1 - momentum).add_(mean.squeeze(1), alpha=momentum)
-        running_var.mul_(1 - momentum).add_(var.squeeze(1), alpha=momentum * B / max(B - 1, 1))
-    return y
 
 
 @functools.lru_cache(maxsize=None)

@@ -22,6 +22,9 @@ network and its infinite-width statistics):
   ``[S, B, N]`` (``S`` networks, ``B`` samples, ``N`` units), weights
   ``[S, N_out, N_in]``, and its hand-written backward pass (vector-Jacobian
   product) for the simulator;
+- ``tangent(tan, state, ...)``: how it maps a tangent (a small change
+  ``delta`` of its input: ``(E[delta], E[x delta], E[delta^2])``), for the
+  gradient's signal-direction term (:func:`signal_gradients`);
 - ``torch_forward(module, x, rec)`` with ``torch_state(...)``: the same
   operation as a torch training module, batched over seeds (``[S, B, N]``).
 
@@ -181,6 +184,15 @@ class Dense(Op):
         row.update(pre_mean=0.0, pre_var=q, pre_q=q, corr=qab / q if q > 0 else 1.0, diverged=False)
         return Moments(0.0, q, qab), _log(self.sigma_w2)
 
+    def tangent(self, tan, st, f, texpect):
+        a, c, t = tan
+        return 0.0, self.sigma_w2 * c, self.sigma_w2 * t
+
+    def pull_back(self, v, st, f, texpect):
+        """:func:`_pull_back` of :meth:`tangent`, written out (the signal pass calls it once per layer)."""
+        w = self.sigma_w2
+        return 0.0, 0.0, v[2] * w * w, v[3] * w
+
     @property
     def has_bias(self) -> bool:
         bv = self.bias_var
@@ -254,6 +266,16 @@ class BatchNorm(Op):
         vw = max(st.q - st.qab, 0.0)
         return Moments(0.0, vw / (vw + self.eps), 0.0), -math.log(vw + self.eps)
 
+    def tangent(self, tan, st, f, texpect):
+        # per-sample Jacobian (statistics fixed): delta / sigma; the output is (x - mu_unit) / sigma
+        a, c, t = tan
+        vw = max(st.q - st.qab, 0.0)
+        s2 = vw + self.eps
+        v = st.q - st.mean**2
+        gamma = (c - a * st.mean) / v if v > 0 else 0.0  # regression of delta on x
+        e_mu_delta = gamma * st.qab + (a - gamma * st.mean) * st.mean  # E[mu_unit delta]
+        return a / math.sqrt(s2), (c - e_mu_delta) / s2, t / s2
+
     def forward(self, x, run):
         import torch
 
@@ -316,6 +338,13 @@ class LayerNorm(Op):
         d = v + self.eps
         return Moments(0.0, v / d, (st.qab - st.mean * st.mean) / d), -math.log(d)
 
+    def tangent(self, tan, st, f, texpect):
+        # exact per-sample Jacobian: removes the unit-mean and the signal directions, divides by sigma
+        a, c, t = tan
+        v = max(st.q - st.mean**2, 0.0)
+        resid = t - a * a - ((c - st.mean * a) ** 2 / v if v > 0 else 0.0)
+        return 0.0, 0.0, resid / (v + self.eps)
+
     def forward(self, x, run):
         import torch
 
@@ -375,6 +404,25 @@ class Activation(Op):
         bad = not all(math.isfinite(v) for v in (m1, m2, g2, pab))
         row.update(post_mean=m1, post_var=m2 - m1 * m1, post_q=m2, diverged=bad)
         return Moments(m1, m2, pab, bad), (math.nan if bad else _log(g2))
+
+    def tangent(self, tan, st, f, texpect):
+        # delta_h = beta h + (independent part), beta = E[h delta] / q (jointly Gaussian)
+        a, c, t = tan
+        q = st.q
+        if not q > 0:
+            return 0.0, 0.0, 0.0
+        e1, e2, e3, g2 = texpect(self.act, q)
+        beta = c / q
+        return beta * e1, beta * e2, beta * beta * (e3 - q * g2) + t * g2
+
+    def pull_back(self, v, st, f, texpect):
+        """:func:`_pull_back` of :meth:`tangent`, written out (``a`` does not enter; ``c`` enters through beta)."""
+        q = st.q
+        if not q > 0:
+            return 0.0, 0.0, 0.0, 0.0
+        e1, e2, e3, g2 = texpect(self.act, q)
+        a2, c2, t2 = e1 / q, e2 / q, (e3 - q * g2) / (q * q)
+        return 0.0, 0.0, v[0] * a2 * a2 + v[1] * a2 * c2 + v[2] * c2 * c2 + v[3] * t2, v[3] * g2
 
     def forward(self, x, run):
         d = _derivative(self.act, x[:, : run.G])
@@ -458,6 +506,11 @@ class Dropout(Op):
         k = 1.0 - self.p
         return Moments(st.mean, st.q / k, st.qab), -math.log(k)
 
+    def tangent(self, tan, st, f, texpect):
+        a, c, t = tan
+        k = 1.0 - self.p
+        return a, c / k, t / k
+
     def forward(self, x, run):
         mask = _masks(run, x.shape[2], 1.0 - self.p)
         mask.mul_(1.0 / (1.0 - self.p))
@@ -498,6 +551,12 @@ class AlphaDropout(Op):
         qab = a**2 * cross + 2 * a * b * s1 + b**2
         return Moments(a * s1 + b, q, qab), math.log(a**2 * keep)
 
+    def tangent(self, tan, st, f, texpect):
+        a, c, t = tan
+        A, b, _ = alpha_dropout_affine(self.p)
+        k = 1.0 - self.p
+        return A * k * a, A * A * k * c + A * b * k * a, A * A * k * t
+
     def forward(self, x, run):
         p = self.p
         a, b, ap = alpha_dropout_affine(p)
@@ -534,6 +593,11 @@ class Residual(Op):
     - cross moment ``s^2 qab + R^2 qab_b + 2 s R m m_b``;
     - gradient factor ``s^2 + R^2 prod(branch factors)`` (the cross term of the
       two paths averages to zero over the fresh weights).
+
+    That gradient factor is mean-field's (backward weights independent of the
+    forward ones). With a growing stream mean it misses the component of the
+    gradient along the signal itself, which the later layers amplify; see
+    :func:`signal_gradients` (``grad_norm_signal`` in the theory's table).
     """
 
     layer: int
@@ -550,14 +614,24 @@ class Residual(Op):
     def moments(self, st, expect, rows):
         bst, trace = fold_moments(self.branch, st, expect, rows)
         if bst.diverged or st.diverged:
-            return replace(bst, diverged=True), ("residual", self, trace)
+            return replace(bst, diverged=True), ("residual", self, trace, bst)
         s, R = self.skip, self.R
         cross = 2 * s * R * st.mean * bst.mean
         out = Moments(s * st.mean + R * bst.mean, s * s * st.q + R * R * bst.q + cross,
                       s * s * st.qab + R * R * bst.qab + cross)
         if not math.isfinite(out.q) or out.q > OVERFLOW_Q:
             out = replace(out, diverged=True)
-        return out, ("residual", self, trace)
+        return out, ("residual", self, trace, bst)
+
+    def tangent(self, tan, st, f, texpect):
+        return self.combine(tan, fold_tangent(f[2], tan, texpect), st, f[3])
+
+    def combine(self, tan, tan_b, st, bst):
+        """Tangent of ``s x + R branch(x)`` from the stream's and the branch's (``E[x delta_b] = E[x] E[delta_b]``)."""
+        (a, c, t), (ab, cb, tb) = tan, tan_b
+        s, R = self.skip, self.R
+        return (s * a + R * ab, s * s * c + s * R * (st.mean * ab + bst.mean * a) + R * R * cb,
+                s * s * t + R * R * tb + 2 * s * R * a * ab)
 
     def forward(self, x, run):
         y, tape = forward_ops(self.branch, x, run)
@@ -634,8 +708,9 @@ def fold_moments(ops: Sequence[Op], st: Moments, expect: Callable, rows: dict) -
     """
     trace = []
     for op in ops:
+        st_in = st
         st, f = op.moments(st, expect, rows)
-        trace.append((op, f))
+        trace.append((op, f, st_in))
     return st, trace
 
 
@@ -644,7 +719,7 @@ def moment_gradients(trace: list, log_g_out: float, out: dict) -> float:
     import numpy as np
 
     lg = log_g_out
-    for op, f in reversed(trace):
+    for op, f, _ in reversed(trace):
         if isinstance(f, tuple):  # residual: ("residual", op, branch trace)
             res = f[1]
             lb = moment_gradients(f[2], lg + 2 * _log(res.R), out)
@@ -654,6 +729,66 @@ def moment_gradients(trace: list, log_g_out: float, out: dict) -> float:
             out[op.layer] = lg
         lg = lg + f
     return lg
+
+
+def fold_tangent(trace: list, tan, texpect) -> tuple:
+    """Push a tangent ``(E[delta], E[x delta], E[delta^2])`` through the ops of a :func:`fold_moments` trace."""
+    for op, f, st in trace:
+        tan = op.tangent(tan, st, f, texpect)
+    return tan
+
+
+def _pull_back(v, fn):
+    """``v @ M`` for the matrix ``M`` of a tangent map on ``z = (a^2, a c, c^2, t)`` (``v`` a functional on ``z``).
+
+    Every op's tangent map is linear in ``(a, c)`` and its ``t`` is linear in
+    ``t`` plus a quadratic form of ``(a, c)``, so ``z`` evolves linearly; four
+    evaluations of the map give ``M`` (plain floats: this runs once per op).
+    """
+    a1, c1, t1 = fn((1.0, 0.0, 0.0))
+    a2, c2, t2 = fn((0.0, 1.0, 0.0))
+    t3 = fn((1.0, 1.0, 0.0))[2]
+    tt = fn((0.0, 0.0, 1.0))[2]
+    v0, v1, v2, v3 = v
+    return (v0 * a1 * a1 + v1 * a1 * c1 + v2 * c1 * c1 + v3 * t1,
+            2 * v0 * a1 * a2 + v1 * (a1 * c2 + a2 * c1) + 2 * v2 * c1 * c2 + v3 * (t3 - t1 - t2),
+            v0 * a2 * a2 + v1 * a2 * c2 + v2 * c2 * c2 + v3 * t2,
+            v3 * tt)
+
+
+def signal_gradients(trace: list, texpect, out: dict, v=None) -> None:
+    """The signal-direction part of each layer's squared gradient norm: ``out[layer] = E[(dy/dh . h)^2]``.
+
+    Mean-field theory's gradient assumes the backward weights independent of
+    the forward ones, which drops the directions the forward pass singles out.
+    Along the pre-activation ``h^l`` itself, ``dy/dh . h`` is the response of
+    the readout ``y = r . x^depth / sqrt(n)`` to scaling ``h^l``: push the
+    tangent ``delta = h^l`` forward through the remaining ops (each op's
+    ``tangent``) and ``E[dy^2] = E[delta_depth^2]``. Its share of the squared
+    norm is ``out[layer] / (n_l q_l)``, of order ``1/n`` unless the remaining
+    layers amplify it (a residual stream whose mean grows). Walked backwards
+    with 4x4 matrices on ``z = (a^2, a c, c^2, t)``, in O(depth).
+    """
+    import numpy as np
+
+    v = np.array([0.0, 0.0, 0.0, 1.0]) if v is None else v  # functional: E[delta^2] at the trace's end
+    for op, f, st in reversed(trace):
+        if st.diverged:
+            return
+        if isinstance(op, Residual):
+            # a start inside the branch: the stream's tangent is zero
+            vb = _pull_back(v, lambda tb, op=op, st=st, f=f: op.combine((0.0, 0.0, 0.0), tb, st, f[3]))
+            signal_gradients(f[2], texpect, out, vb)
+            v = _pull_back(v, lambda tan, op=op, st=st, f=f: op.tangent(tan, st, f, texpect))
+            continue
+        if isinstance(op, Dense) and op.tap == "pre":
+            qh = op.sigma_w2 * st.q + op.sigma_b2
+            out[op.layer] = v[2] * qh * qh + v[3] * qh  # z at the start: delta = h (a = 0, c = t = q_h)
+        fast = getattr(op, "pull_back", None)
+        if fast is not None:
+            v = fast(v, st, f, texpect)
+        else:
+            v = _pull_back(v, lambda tan, op=op, st=st, f=f: op.tangent(tan, st, f, texpect))
 
 
 # ---------------------------------------------------------------------------- simulation loops

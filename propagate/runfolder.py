@@ -154,8 +154,10 @@ def lock_folder(folder: str | os.PathLike, option: str = "--out") -> FolderLock:
 
 
 def _normal(obj: Any) -> Any:
-    """``obj`` as it reads back from JSON (tuples become lists, keys strings), for comparison."""
-    return json.loads(json.dumps(obj, default=str, allow_nan=True))
+    """``obj`` as it reads back from the identity file (tuples become lists, keys strings, inf "inf"), for comparison."""
+    from propagate.io import strict_json_value
+
+    return json.loads(json.dumps(strict_json_value(obj), default=str))
 
 
 def read_identity(folder: str | os.PathLike) -> dict | None:

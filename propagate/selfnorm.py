@@ -111,7 +111,6 @@ class _NP:
     def num(v):
         return float(v)
 
-    pi = math.pi
     sqrt = staticmethod(np.sqrt)
 
 
@@ -177,12 +176,6 @@ class _MP:
 
         return mp.sqrt(x)
 
-    @property
-    def pi(self):  # pragma: no cover - evaluated at the working precision
-        import mpmath as mp
-
-        return +mp.pi
-
 
 @dataclasses.dataclass(frozen=True)
 class _Base:
@@ -217,7 +210,7 @@ class _Base:
             s = B.expit(x)
             return (s, s * (1 - s), s * (1 - s) * (1 - 2 * s))
         if fam == "erf":
-            g = 2 / B.sqrt(B.num(math.pi) if B is _NP else _mp_pi()) * B.exp(-x * x)
+            g = 2 / B.sqrt(math.pi if B is _NP else _mp_pi()) * B.exp(-x * x)  # pi at the working precision
             return (B.erf(x), g, -2 * x * g)
         if fam == "softplus":
             s = B.expit(x)
@@ -969,7 +962,7 @@ def _check_depth(depth) -> int:
     return depth
 
 
-def _multistart(residual: Callable, starts: list, n: int, accept: Callable | None = None) -> list[np.ndarray]:
+def _multistart(residual: Callable, starts: list, accept: Callable | None = None) -> list[np.ndarray]:
     """Distinct float64 roots of ``residual`` from ``starts`` (scipy hybr)."""
     roots: list[np.ndarray] = []
     for s in starts:
@@ -1022,7 +1015,7 @@ def dks_transform(activation, depth: int, *, zeta: float = 1.5, digits: int = 20
         return [m["Q'(1)"] - 1.0, m["C'(1)"] - slope]
 
     starts = [(a, b) for a in (1.0, 0.5, 0.2, 2.0) for b in (0.0, 1.0, -1.0, 0.5)]
-    roots = _multistart(res, starts, 2, accept=lambda x: x[0] > 0)
+    roots = _multistart(res, starts, accept=lambda x: x[0] > 0)
     if not roots:
         raise UserError(f"DKS found no (a, b) for {base.name} with zeta={zeta:g} at depth {depth}")
     roots.sort(key=lambda r: (abs(r[0] - 1) + abs(r[1])))
@@ -1131,7 +1124,7 @@ def tat_transform(activation, depth: int, *, eta: float = 0.9, tau: float = 0.3,
         # as in the TAT paper's code, skip solutions with a large input-output gain (unstable Q maps)
         return x[0] > 0 and x[0] * g < 2.0
 
-    roots = _multistart(res, starts, 3, accept=accept)
+    roots = _multistart(res, starts, accept=accept)
     if not roots:
         raise UserError(f"TAT found no (a, b, d) for {base.name} with tau={tau:g} at depth {depth}")
     roots.sort(key=lambda r: abs(r[0]) + abs(r[1]) + abs(r[2]))

@@ -32,6 +32,11 @@ What is measured at hidden layer ``l`` (``h^l = W^l x^{l-1} + b^l``,
 - ``jacobian=True``: singular values of the input-output Jacobian
   ``d x^depth / d x^0`` of network 0 at a few inputs (``result.jacobian``).
 
+The networks are the spec's layer operations (:mod:`propagate.layers`: each
+op's batched forward pass and hand-written vector-Jacobian product), run by
+:func:`propagate.layers.forward_ops` and measured at every layer by
+:func:`propagate.stats.measure`. LayerNorm normalizes each sample over its
+units; a residual block adds ``sqrt(1 - R^2) x`` to ``R`` times its branch.
 BatchNormalization (seed placement, see :mod:`propagate.spec`) uses train-mode
 batch statistics over the ``samples`` inputs of each network (biased variance,
 ``eps = spec.bn_eps``, gamma 1, beta 0). Dropout is inverted dropout; alpha

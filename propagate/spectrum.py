@@ -204,7 +204,9 @@ def _groups(laws):
     groups = []
     for law in laws:
         for i, (g, c) in enumerate(groups):
-            if g.atoms is law.atoms or np.allclose(g.atoms, law.atoms, rtol=1e-9, atol=0.0):
+            # layers whose q agree to 1e-4 (a stack near its fixed point) share one law in the density
+            # (changes it by ~1e-4; the moments use every layer's own law)
+            if g.atoms is law.atoms or abs(g.q - law.q) <= 1e-4 * g.q:
                 groups[i] = (g, c + 1)
                 break
         else:
@@ -312,8 +314,12 @@ class JacobianSpectrum:
                 "atom_at_zero": self.atom, "mass_below_grid": self.mass_below, "smoothing": self.smoothing}
 
 
-def _solve_grid(solver, mk, xs, smoothing, eta_steps=6):
-    """``-Im G(x (1 + i smoothing)) / pi`` on the descending grid ``xs`` (the solved prefix, if a branch is lost)."""
+def _solve_grid(solver, mk, xs, smoothing, eta_steps=6, x_start=None):
+    """``-Im G(x (1 + i smoothing)) / pi`` on the descending grid ``xs`` (the solved prefix, if a branch is lost).
+
+    The continuation starts at ``x_start`` (default ``xs[0]``), which must lie above the
+    spectrum, where the moment series gives the starting point.
+    """
     K = len(mk)
 
     def start(x, eta):
@@ -343,9 +349,14 @@ def _solve_grid(solver, mk, xs, smoothing, eta_steps=6):
     # to `smoothing` in log steps.
     eta_big = 0.5
     log_eta = (math.log(eta_big), math.log(smoothing))
-    u_big = solver.solve(start(xs[0], eta_big), 1.0 / (xs[0] * (1 + 1j * eta_big)))
+    x0 = xs[0] if x_start is None else x_start
+    u_big = solver.solve(start(x0, eta_big), 1.0 / (x0 * (1 + 1j * eta_big)))
+    lx_prev = math.log(x0)
+    if u_big is not None and x0 != xs[0]:
+        steps = max(1, int(math.ceil(8 * abs(math.log10(x0 / xs[0])))))
+        u_big = continue_to(u_big, lambda lx: 1.0 / (math.exp(lx) * (1 + 1j * eta_big)), lx_prev, math.log(xs[0]), steps)
+        lx_prev = math.log(xs[0])
     out_x, out_p = [], []
-    lx_prev = math.log(xs[0])
     for x in xs:
         if u_big is None:
             break
@@ -360,6 +371,12 @@ def _solve_grid(solver, mk, xs, smoothing, eta_steps=6):
         Gw = (u[0] + 1.0) / w
         out_x.append(x)
         out_p.append(max(-Gw.imag / math.pi, 0.0))
+        # below a spectrum with a gap at 0 the density vanishes and psi -> -1 (a singular point Newton
+        # struggles near): stop after 8 points with p x < 1e-12 of its peak
+        px = [a * b for a, b in zip(out_x[-8:], out_p[-8:])]
+        peak = max(pp * xx for pp, xx in zip(out_p, out_x))
+        if len(px) == 8 and peak > 0 and max(px) < 1e-12 * peak:
+            break
     return np.array(out_x[::-1]), np.array(out_p[::-1])
 
 
@@ -398,24 +415,28 @@ def jacobian_density(laws: list[LayerLaw], *, points: int = 300, decades: float 
     if decades is None:
         decades = min(40.0, 12.0 + 2.0 * L)
     solver = _Solver(laws)
-    coarse = np.exp(np.linspace(math.log(top), math.log(top) - decades * math.log(10.0), 8 * int(decades) + 20))
-    eps_c = max(smoothing, 5e-3)  # the coarse pass only locates the support: a smoother, cheaper solve
+    coarse = np.exp(np.linspace(math.log(top), math.log(top) - decades * math.log(10.0), 5 * int(decades) + 12))
+    # The coarse pass locates the support at two smoothings: above the top edge p is the Cauchy tail of
+    # the smoothing, proportional to it (p x ~ eps / pi), inside the support p does not depend on it.
+    eps_c = max(smoothing, 4e-3)
     cx, cp = _solve_grid(solver, mk, coarse, eps_c, eta_steps=3)
+    cx2, cp2 = _solve_grid(solver, mk, coarse, eps_c / 2, eta_steps=3)
     if atom > 0 and len(cx):
         cp = np.maximum(cp - atom * eps_c / (math.pi * cx * (1 + eps_c**2)), 0.0)
+        cp2 = np.maximum(cp2 - atom * eps_c / 2 / (math.pi * cx2 * (1 + eps_c**2 / 4)), 0.0)
     mass = cp * cx
     hi_x, lo_x = top, coarse[-1]
     if len(cx) and mass.max() > 0:
-        # above the top edge p is the smoothing's Cauchy tail ~ smoothing / (pi x), whose first moment grows
-        # with the grid: the support ends where p x falls to a few times that level
-        on = np.flatnonzero(mass > 1e-9 * mass.max())
+        on = np.flatnonzero(mass > 1e-7 * mass.max())
         i_lo = on[0]
-        i_hi = np.flatnonzero(mass > 5 * eps_c / math.pi)[-1]
+        p2 = np.interp(np.log(cx), np.log(cx2), cp2) if len(cx2) >= 2 else cp / 2
+        inside = np.flatnonzero((mass > 1e-7 * mass.max()) & (cp < 1.5 * p2))
+        i_hi = inside[-1] if len(inside) else on[-1]
         step = coarse[0] / coarse[1]
         lo_x = cx[i_lo] / step if i_lo > 0 else cx[0]
         hi_x = cx[i_hi] * step**2
     xs = _adaptive_grid(cx, mass, hi_x, lo_x, int(points))
-    x, p = _solve_grid(solver, mk, xs, smoothing)
+    x, p = _solve_grid(solver, mk, xs, smoothing, x_start=max(top, xs[0]))
     # the atom at zero appears in G as atom/w; with the smoothing its Cauchy tail adds atom*eps/(pi x (1+eps^2))
     if atom > 0 and len(x):
         p = np.maximum(p - atom * smoothing / (math.pi * x * (1 + smoothing**2)), 0.0)

@@ -1,4 +1,8 @@
-"""The per-layer table that theory, simulation and training all answer in.
+"""The per-layer table that theory, simulation and training all answer in, and the one way to measure it.
+
+:func:`measure` is the one definition of each per-layer statistic (used by the
+simulator and by training's probe batch); :func:`aggregate` averages networks;
+:func:`compare_with_theory` lays a theory table beside a simulation's.
 
 One row per (source, configuration, layer[, epoch]). Column names are fixed here
 so a report can lay prediction, simulation and training over each other with no
@@ -351,7 +355,9 @@ def compare_with_theory(table, theory_df, spec, n_se: float = 4.0):
     variances, second moments and gradient norms (for ``grad_norm`` the sum
     runs over all layers, since the backward pass crosses every layer), the
     RMS ``sqrt(theory q)`` for means, and 1 for ``corr``. ``disagree_in``
-    lists the statistics that disagree. An SE from a handful of networks is
+    lists the statistics that disagree. ``grad_norm`` is compared with
+    ``sqrt(theory grad_norm^2 + grad_norm_signal^2)`` when the theory has the
+    signal-direction column (:func:`propagate.theory.predict_layers`). An SE from a handful of networks is
     itself uncertain, so each layer's SE is floored by the median SE of the
     layers within 3 of it (SEs change smoothly with depth); otherwise a
     per-layer 4 SE test over 50 layers and 8 statistics flags by chance.
@@ -373,6 +379,11 @@ def compare_with_theory(table, theory_df, spec, n_se: float = 4.0):
             continue
         t = out["layer"].map(th[c]).astype(float)
         out["theory_" + c] = t
+        if c == "grad_norm" and "grad_norm_signal" in th.columns:
+            # a width-n network adds the signal-direction component that mean-field theory drops
+            sig = out["layer"].map(th["grad_norm_signal"]).astype(float)
+            out["theory_grad_norm_signal"] = sig
+            t = np.sqrt(t**2 + sig.fillna(0.0) ** 2)
         if not judged:
             continue
         se = out[c + "_se"] if c + "_se" in out.columns else pd.Series(0.0, index=out.index)

@@ -49,6 +49,7 @@ The module sits beside the CLI: it reads the commands' parsers
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import io
@@ -288,7 +289,6 @@ class _RaisingParser:
     """A command's argparse parser whose errors raise :class:`UserError` instead of exiting."""
 
     def __init__(self, lens: Lens):
-        import argparse
         import importlib
 
         class Parser(argparse.ArgumentParser):
@@ -327,8 +327,6 @@ class _RaisingParser:
 
     def argv(self, values: dict[str, Any]) -> list[str]:
         """The command line of one point (options only)."""
-        import argparse
-
         out = []
         for name, value in values.items():
             self.dest(name)
@@ -435,10 +433,8 @@ _SCALARS = (str, int, float, bool)
 
 
 def _values(where: str, name: str, raw) -> list:
-    if isinstance(raw, str):
-        vals = expand_range(raw) if ":" in raw or raw.strip() else None
-        if vals is None:
-            raise UserError(f"{where} field {name!r}: empty value")
+    if isinstance(raw, str):  # one string is a range; a single value is a list of one, [value]
+        vals = expand_range(raw)
     elif isinstance(raw, list):
         vals = raw
     else:
@@ -541,10 +537,11 @@ def plan_from_dict(data: dict, source: str = "") -> SweepPlan:
         try:
             argv = parser.argv(values)
             args = parser.parse(argv)
-            lens.check(args)
+            # the key hashes the parsed options as they are (checks may fill in derived values)
+            options = {k: v for k, v in sorted(vars(args).items()) if k not in lens.excluded}
+            lens.check(argparse.Namespace(**vars(args)))
         except UserError as exc:
             raise UserError(f"point {len(points) + 1} ({label}): {exc}") from None
-        options = {k: v for k, v in sorted(vars(args).items()) if k not in lens.excluded}
         ds = lens.dataset(args) if lens.dataset else None
         identity = None
         if ds is not None:
@@ -654,6 +651,14 @@ def _claim(out: Path):
     return claim(out, {"kind": "sweep"}, option="--out", hint="choose another --out")
 
 
+def _cores() -> int:
+    """Cores this process may run on (its CPU affinity, which a container or batch job may narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def _dask_client(workers: int | None, scheduler: str | None, client) -> Iterator[Any]:
     if client is not None:
@@ -673,11 +678,13 @@ def _dask_client(workers: int | None, scheduler: str | None, client) -> Iterator
         finally:
             c.close()
         return
-    n = workers or os.cpu_count() or 1
-    # one single-threaded process per core: torch and BLAS set to one thread before the worker starts
+    n = workers or _cores()
+    # one single-threaded process per core: torch and BLAS set to one thread before the worker starts;
+    # Dask's own log lines stay quiet (a lost worker or a closing connection is handled, and a failed
+    # point is reported by the sweep itself)
     one = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=":0", silence_logs=logging.ERROR, env=one)
+                           dashboard_address=":0", silence_logs=logging.CRITICAL, env=one)
     try:
         c = Client(cluster)
         try:
@@ -821,13 +828,17 @@ def gather(plan: SweepPlan, out: str | os.PathLike, *, write: bool = True) -> Pa
 
     One row per row of each point's table, in grid order, with columns
     ``point``, ``key``, the swept fields, then the lens's columns. Returns the
-    path, or ``None`` when no point has a result yet.
+    path, or ``None`` when no point has a result yet. ``write=False`` keeps an
+    existing ``results.parquet`` as it is.
     """
     import pandas as pd
 
     from propagate.io import atomic_write_bytes
 
     out = Path(out)
+    main = out / "results.parquet"
+    if not write and main.exists():
+        return main
     frames: dict[str, list] = {}
     swept = plan.swept
     for p in plan.points:
@@ -844,9 +855,6 @@ def gather(plan: SweepPlan, out: str | os.PathLike, *, write: bool = True) -> Pa
             frames.setdefault(name, []).append(pd.concat([head, df.reset_index(drop=True)], axis=1))
     if "results" not in frames:
         return None
-    main = out / "results.parquet"
-    if not write:
-        return main
     for name, parts in frames.items():
         df = pd.concat(parts, ignore_index=True)
         for f in swept:  # a lens column that only repeats a swept field (e.g. activation) is dropped

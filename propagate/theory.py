@@ -45,7 +45,7 @@ from scipy import optimize, special
 
 from propagate.activations import Activation, get_activation, selu_constants
 from propagate.errors import UserError
-from propagate.layers import OVERFLOW_Q, Moments, fold_moments, moment_gradients
+from propagate.layers import OVERFLOW_Q, Moments, fold_moments, moment_gradients, signal_gradients
 
 __all__ = [
     "gaussian_expectation",
@@ -704,10 +704,16 @@ def predict_layers(spec, *, input_q: float | None = None, input_mean: float | No
         final, trace = fold_moments(spec.compile(), state, _LayerExpectations(), rows)
         log_g: dict = {}
         moment_gradients(trace, 0.0, log_g)
+        signal: dict = {}
+        if not final.diverged:
+            signal_gradients(trace, _tangent_expectations, signal)
     diverged = final.diverged or any(r.get("diverged") for r in rows.values())
     ordered = [rows[l] for l in sorted(rows)]
     for r in ordered[1:]:
         r["grad_norm"] = math.nan if diverged else float(np.exp(0.5 * log_g.get(r["layer"], math.nan)))
+        n_q = r["width"] * r["pre_q"]
+        r["grad_norm_signal"] = (math.sqrt(max(signal[r["layer"]], 0.0) / n_q) if not diverged and n_q > 0
+                                 and r["layer"] in signal else math.nan)
     return layer_table(ordered, source="theory", config=config if config is not None else spec.label(), spec=spec)
 
 
@@ -734,6 +740,23 @@ def _input_state(spec, input_q, input_mean, input_corr) -> tuple[Moments, dict]:
     row0 = {"layer": 0, "width": spec.widths[0], "post_mean": m0, "post_var": v0, "post_q": q0, "corr": c0,
             "sigma_w2": math.nan, "sigma_b2": math.nan, "diverged": False}
     return Moments(m0, q0, c0 * q0), row0
+
+
+_TANGENT_CACHE: dict = {}
+
+
+def _tangent_expectations(act: Activation, q: float) -> tuple[float, float, float, float]:
+    """``(E[h phi'], E[h phi phi'], E[h^2 phi'^2], E[phi'^2])`` for ``h ~ N(0, q)`` (the ops' tangent maps)."""
+    key = (act.name, float(q))
+    if key not in _TANGENT_CACHE:
+        if len(_TANGENT_CACHE) > 4096:
+            _TANGENT_CACHE.clear()
+        h, w = _nodes_1d(0.0, math.sqrt(q), act.kinks)
+        y, g = act.numpy(h), act.grad(h)
+        hg = h * g
+        _TANGENT_CACHE[key] = (float(np.dot(w, hg)), float(np.dot(w, hg * y)), float(np.dot(w, hg * hg)),
+                               float(np.dot(w, g * g)))
+    return _TANGENT_CACHE[key]
 
 
 class _LayerExpectations:

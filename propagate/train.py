@@ -306,9 +306,15 @@ def _torch_settings(options: TrainOptions, device):
 
     old_threads = torch.get_num_threads()
     old_det = torch.are_deterministic_algorithms_enabled()
+    det_mod = getattr(torch.utils, "deterministic", None)
+    old_fill = getattr(det_mod, "fill_uninitialized_memory", None)
     torch.set_num_threads(options.threads or os.cpu_count() or 1)
     if options.deterministic and device.type == "cpu":
         torch.use_deterministic_algorithms(True)
+        if old_fill is not None:
+            # deterministic mode otherwise NaN-fills every new tensor (a debugging aid that costs a pass over
+            # memory per allocation); every tensor here is written before it is read
+            det_mod.fill_uninitialized_memory = False
     # torch has no getter for the flush-denormal flag; its default is off, so we restore off.
     flushed = options.flush_denormal and torch.set_flush_denormal(True)
     try:
@@ -318,6 +324,8 @@ def _torch_settings(options: TrainOptions, device):
         if flushed:
             torch.set_flush_denormal(False)
         torch.use_deterministic_algorithms(old_det)
+        if old_fill is not None:
+            det_mod.fill_uninitialized_memory = old_fill
         torch.set_num_threads(old_threads)
 
 
@@ -348,21 +356,34 @@ def _frozen_buffers(model):
 # ------------------------------------------------------------------- memory
 
 
+#: Resident memory of a process that has imported torch, numpy, pandas and scipy (measured: ~350 MiB).
+PROCESS_BASELINE = 400 * 2**20
+
+
 def estimate_memory(spec, options: TrainOptions, n_seeds: int | None = None, n_train: int = 60_000,
                     n_test: int = 10_000) -> int:
-    """Bytes an ensemble of ``n_seeds`` networks of ``spec`` needs while training (an estimate, float32).
+    """Bytes a process training an ensemble of ``n_seeds`` networks of ``spec`` needs (an estimate, float32).
 
     ``n_seeds`` times one network's weights, gradients, optimizer state and
     the activations of a batch and of the probe batch
     (:func:`propagate.limits.training_bytes`, the estimate ``propagate train``
-    checks before loading data), plus the dataset on the device once.
+    checks before loading data) plus the fused RMSprop's scratch copy of the
+    weights and the checkpoint's copy of weights and optimizer state; the
+    dataset on the device once; and :data:`PROCESS_BASELINE`. Calibration
+    (``benchmarks/bench_train.py``, no run folder, so no checkpoint copy): the
+    seed network, 2,048 images, peak RSS 0.56 / 1.04 / 1.71 GiB for 1 / 4 / 8
+    seeds; this estimate 0.60 / 1.20 / 1.99 GiB.
     """
     from propagate.limits import training_bytes
 
     S = options.seeds if n_seeds is None else int(n_seeds)
     widths = list(spec.widths) + ([spec.out_features] if spec.out_features else [])
+    n_params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
     per_seed = training_bytes(widths, options.batch_size, options.probe_size, 0, options.optimizer)
-    return int(S * per_seed + 4 * (n_train + n_test) * widths[0])
+    states = {"rmsprop": 2, "adam": 2, "sgd": 1 if options.momentum else 0}[options.optimizer]
+    per_seed += 4 * n_params if options.optimizer == "rmsprop" else 0
+    per_seed += 4 * n_params * (1 + states)  # the checkpoint's copy of weights and optimizer state (with a run folder)
+    return int(PROCESS_BASELINE + S * per_seed + 4 * (n_train + n_test) * widths[0])
 
 
 def _device_memory(device) -> tuple[int | None, str]:
@@ -535,14 +556,20 @@ def _load_checkpoint(path: Path) -> dict | None:
 # is the slice [i]; scalars (Adam's step count) are shared by the group.
 
 
-def _seed_state(model, opt, i: int) -> dict:
+def _seed_state(model, opt, i: int, to_cpu: bool = True) -> dict:
+    """Copies of seed ``i``'s weights, buffers and optimizer state (on the CPU for checkpoints)."""
+
+    def copy(t):
+        t = t.detach()
+        return t.to("cpu", copy=True) if to_cpu else t.clone()
+
     params = list(model.parameters())
     opt_state = {}
     for j, p in enumerate(params):
         st = opt.state.get(p, {})
-        opt_state[j] = {k: (v[i].detach().clone() if hasattr(v, "shape") and v.shape == p.shape else
-                            (v.detach().clone() if hasattr(v, "detach") else v)) for k, v in st.items()}
-    return {"model": {k: v[i].detach().clone() for k, v in model.state_dict().items() if v.dim() > 0},
+        opt_state[j] = {k: (copy(v[i]) if hasattr(v, "shape") and v.shape == p.shape else
+                            (copy(v) if hasattr(v, "detach") else v)) for k, v in st.items()}
+    return {"model": {k: copy(v[i]) for k, v in model.state_dict().items() if v.dim() > 0},
             "optimizer": opt_state}
 
 
@@ -666,6 +693,7 @@ class _Run:
     label: str
     progress: bool
     on_step: Callable[[dict], None] | None
+    keep_state: bool = False
 
 
 def _probe_rows(run: _Run, model, epoch: int) -> list[dict]:
@@ -695,7 +723,7 @@ def _train_epoch(run: _Run, model, opt, epoch: int, active: list[bool]) -> tuple
         gen.manual_seed(_shuffle_seed(s, epoch))
         orders.append(torch.randperm(n, generator=gen))
     order = torch.stack(orders).to(dev)  # [S, n]: each seed's own shuffle
-    saved = {i: _seed_state(model, opt, i) for i in range(S) if not active[i]}
+    saved = {i: _seed_state(model, opt, i, to_cpu=False) for i in range(S) if not active[i]}
     act_mask = torch.tensor(active, device=dev)
     loss_sum = [0.0] * S
     correct = torch.zeros(S, dtype=torch.int64, device=dev)
@@ -723,7 +751,7 @@ def _train_epoch(run: _Run, model, opt, epoch: int, active: list[bool]) -> tuple
                     active[i] = False
                     newly.append(i)
                     loss_sum[i], seen[i] = float("nan"), seen[i] + B
-                    saved[i] = _seed_state(model, opt, i)  # before this batch's step: the state it keeps
+                    saved[i] = _seed_state(model, opt, i, to_cpu=False)  # before this batch's step: what it keeps
             if changed:
                 if not any(active):
                     break
@@ -799,7 +827,8 @@ def _train_group(run: _Run, seeds: list[int], store: dict, start_epoch: int, aft
             st["layers"] += [r for r in probe if r["seed"] == s]
             st["epoch"] = epoch
             st["status"] = "diverged" if i in newly else ("finished" if epoch == opts.epochs else "partial")
-            st["state"] = _seed_state(model, opt, i)
+            if run.keep_state:  # for the checkpoint only
+                st["state"] = _seed_state(model, opt, i)
             st["rng"] = torch.get_rng_state()
             st["cuda_rng"] = torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None
             rows.append(row)
@@ -884,7 +913,8 @@ def train(
         probe_n = min(options.probe_size, n)
         run = _Run(spec, options, device, xtr, ytr, xte, yte, (xtr[:probe_n], ytr[:probe_n]),
                    n if options.train_eval_size == 0 else min(options.train_eval_size, n),
-                   ("train", "eval") if spec.batchnorm else ("eval",), label, progress, on_step)
+                   ("train", "eval") if spec.batchnorm else ("eval",), label, progress, on_step,
+                   keep_state=run_dir is not None)
 
         def seed_status() -> dict:
             return {s: store[s]["status"] if s in store else "partial" for s in wanted}

@@ -524,6 +524,6 @@ def first_epoch_dynamics(spec, options, dataset, *, probe_size: int = 256, max_s
                     state["ratio"] = [float((w - b).norm() / b.norm()) if float(b.norm()) > 0 else float("nan")
                                       for w, b in zip(weights, before)]
                 snapshot(step)
-    cols = ["step", "layer", "pre_var", "pre_mean", "grad_norm", "weight_norm", "weight_grad_norm", "update_ratio", "loss",
-            "diverged"]
+    cols = ["step", "layer", "pre_var", "pre_mean", "grad_norm", "weight_norm", "weight_grad_norm", "update_ratio",
+            "loss", "diverged"]
     return pd.DataFrame(rows, columns=cols)

@@ -185,8 +185,8 @@ def _forward_flags(table):
 
 
 @pytest.mark.parametrize("kw, gradient", [
-    (dict(activation="relu", init="glorot_uniform", residual=0.5), False),
-    (dict(activation="relu", init="he_normal", residual=0.5), False),
+    (dict(activation="relu", init="glorot_uniform", residual=0.5), True),
+    (dict(activation="relu", init="he_normal", residual=0.5), True),
     (dict(activation="tanh", init="glorot_uniform", residual=0.5), True),
     (dict(activation="relu", init="glorot_uniform", layernorm=True), True),
     (dict(activation="relu", init="he_normal", layernorm=True), True),
@@ -195,10 +195,10 @@ def _forward_flags(table):
 def test_theory_matches_simulation_depth_100(kw, gradient):
     """Every statistic at every layer within 4 SE across 8 networks + the finite-width allowance.
 
-    The gradient norm of residual ReLU networks is the exception (not asserted): there the residual stream's
-    mean grows, and a per-sample gradient has a component along the signal direction (for ReLU without bias,
-    Euler: ``dy/dx^l . x^l = y``) of relative size ``1/n`` that grows like ``q^depth / q^l``; at width 128 and
-    depth 100 it outweighs the mean-field (infinite-width) gradient by orders of magnitude at the first layers.
+    For residual ReLU networks the gradient norm agrees only with the signal-direction term
+    (``grad_norm_signal``): the stream's mean grows, and a per-sample gradient's component along ``h^l``
+    (``1/sqrt(n)`` of it at the readout) grows like ``sqrt(q^depth / q^l)``; at width 128 and depth 100 it
+    outweighs the mean-field gradient by up to six orders of magnitude at the first layers.
     """
     spec = NetworkSpec.stack(100, 128, input_dim=128, first_width=None, **kw)
     t = _sim(spec).table
@@ -256,3 +256,31 @@ def test_theory_layernorm_moment_map_by_hand():
     v = q - m * m
     assert t.loc[2, "pre_q"] == pytest.approx(2 * v / (v + 1e-3), rel=1e-12)
     assert t.loc[1, "grad_norm"] ** 2 == pytest.approx(0.5 * 2 * 0.5 / (v + 1e-3), rel=1e-12)
+
+
+def test_signal_direction_gradient_of_a_homogeneous_network_is_eulers():
+    """Bias-free ReLU: scaling h^l scales every later layer, so E[(dy/dh^l . h^l)^2] = E[y^2] = post_q at the top."""
+    from propagate.theory import predict_layers
+
+    spec = NetworkSpec.stack(6, 32, input_dim=16, first_width=24, activation="relu", init="he_normal")
+    t = predict_layers(spec).set_index("layer")
+    top = t.loc[6, "post_q"]
+    for l in range(1, 7):
+        assert t.loc[l, "grad_norm_signal"] ** 2 == pytest.approx(top / (t.loc[l, "width"] * t.loc[l, "pre_q"]), rel=1e-10)
+    # the residual case, R = 1 (no skip): the same network, the same answer
+    res = predict_layers(NetworkSpec.stack(6, 32, input_dim=32, first_width=None, activation="relu",
+                                           init="he_normal", residual=1.0)).set_index("layer")
+    plain = predict_layers(NetworkSpec.stack(6, 32, input_dim=32, first_width=None, activation="relu",
+                                             init="he_normal")).set_index("layer")
+    np.testing.assert_allclose(res["grad_norm_signal"], plain["grad_norm_signal"], rtol=1e-12)
+    np.testing.assert_allclose(res["grad_norm"], plain["grad_norm"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("op", [Dense(1, 6, 6, "he_normal", None, 1.7, 0.1), Activation(1, "tanh"), Activation(1, "relu")])
+def test_written_out_pull_backs_equal_the_generic_one(op):
+    from propagate.layers import Moments, _pull_back
+    from propagate.theory import _tangent_expectations
+
+    st, v = Moments(0.3, 1.4, 0.5), (0.7, -0.2, 1.3, 0.9)
+    generic = _pull_back(v, lambda tan: op.tangent(tan, st, None, _tangent_expectations))
+    np.testing.assert_allclose(op.pull_back(v, st, None, _tangent_expectations), generic, rtol=1e-13, atol=1e-15)

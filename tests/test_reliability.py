@@ -209,6 +209,9 @@ BAD = [
     ("train-init-unknown", "train --init nosuch --depth 2"),
     ("train-probe-0", "train --probe-size 0"),
     ("train-threads-0", "train --threads 0"),
+    ("train-threads-huge", "train --threads 1000000000"),
+    ("repro-threads-huge", "reproduce --threads 100000"),
+    ("sim-threads-huge", "simulate --threads 5000"),
     ("train-seed-neg", "train --seed -1"),
     ("train-empty-split", "train --dataset mnist --data-dir {T}/empty --depth 1 --width 4 --first-width 4"),
     ("train-labels-200", "train --dataset mnist --data-dir {T}/labels200 --depth 1 --width 4 --first-width 4"),
@@ -652,3 +655,58 @@ def test_simulate_refuses_an_unusable_dataset_input(places, tmp_path, monkeypatc
         rc = main(["simulate", "--input", "mnist", "--depth", "2", "--samples", "8", "--seeds", "2", "--quiet"])
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1 and err.startswith("propagate: error: mnist"), err
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs Debian's fashion-mnist")
+def test_train_cli_refuses_to_resume_on_another_dataset_before_its_banner(tmp_path, capsys):
+    """The issue's case: a run begun on mnist-5k, continued with --dataset fashion-mnist."""
+    from propagate.cli import build_parser
+    from propagate.commands.train import _spec_and_options
+    from propagate.data import load_dataset
+    from propagate.runfolder import claim
+    from propagate.train import run_identity
+
+    out = tmp_path / "run"
+    argv = ["train", "--depth", "1", "--width", "4", "--first-width", "4", "--epochs", "1", "--out", str(out)]
+    _, spec, options = _spec_and_options(build_parser().parse_args(argv))
+    claim(out, run_identity(spec, options, load_dataset("mnist-5k"))).release()  # as a run on mnist-5k leaves it
+    rc = main([*argv, "--dataset", "fashion-mnist", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "dataset.name = 'mnist-5k', not 'fashion-mnist'" in err and "--no-resume" in err
+
+
+def test_idx_values_that_do_not_fit_the_format_are_refused(tmp_path):
+    from propagate.data import IdxError, load_dataset
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 1000, (20, 28, 28)).astype(np.int32),  # not pixels
+        "train-labels-idx1-ubyte.gz": (np.arange(20) % 10).astype(np.uint8),
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (10, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte.gz": (np.arange(10) % 10).astype(np.float64) + 0.5,  # not whole
+    }
+    for fname, a in arrays.items():
+        (tmp_path / fname).write_bytes(gzip.compress(idx_bytes(a), mtime=0))
+    with pytest.raises(IdxError, match="whole numbers 0..255"):
+        load_dataset("mnist", tmp_path, download=False)
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(idx_bytes(rng.integers(0, 256, (20, 28, 28)).astype(np.int32)), mtime=0))
+    with pytest.raises(IdxError, match="labels must be whole numbers"):
+        load_dataset("mnist", tmp_path, download=False)
+
+
+def test_device_check_names_the_device_and_the_gpus_there(monkeypatch):
+    import torch
+
+    from propagate.commands._args import check_device
+    from propagate.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="--device cuda:7 requested but torch sees no CUDA GPU"):
+        check_device("cuda:7")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match=r"--device cuda:7 requested but torch sees 1 CUDA GPU \(cuda:0\.\.cuda:0\)"):
+        check_device("cuda:7")
+    check_device("cuda:0"), check_device("cuda"), check_device("cpu"), check_device("auto")

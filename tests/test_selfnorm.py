@@ -64,6 +64,17 @@ def test_selu_from_elu_family_to_30_digits():
     assert sol.attracting and all(abs(r) < mp.mpf(10) ** -25 for r in sol.residuals)
 
 
+def test_scale_alpha_matches_the_symbolic_selu_solver_off_zero_mean():
+    from propagate import selu
+
+    sol = selfnorm.self_normalize("elu", mean=0.3, var=1.0, digits=20).recommended
+    ref = selu.solve_selu(0.3, 1.0, 20)
+    assert sol.fmt(sol.parameters["scale"]) == ref.fmt(ref.lambda_)
+    assert sol.fmt(sol.parameters["alpha"]) == ref.fmt(ref.alpha)
+    with pytest.raises(UserError, match="cannot reach mean 2"):  # a positive mean needs mean < sqrt(var / (pi - 1))
+        selfnorm.self_normalize("elu", mean=2.0, var=1.0, digits=10)
+
+
 # ----------------------------------------------------------------------------- residuals, attraction
 
 
@@ -229,6 +240,22 @@ def test_cli_elu_json_gives_selu(capsys):
     assert data["attracting"] is True and data["iteration"]["converges"] is True
 
 
+def test_cli_text_and_transform_json(capsys):
+    rc, out, _ = run(capsys, "self-normalize", "--activation", "elu", "--digits", "20")
+    assert rc == 0 and "1.0507009873554804934" in out and "1.6732632423543772848" in out and "attracting" in out
+    rc, out, _ = run(capsys, "transform", "--method", "tat", "--activation", "leaky_relu", "--depth", "30", "--eta", "0.8",
+                     "--digits", "15", "--json")
+    assert rc == 0
+    data = json.loads(out)
+    assert data["method"] == "tat" and data["activation"].startswith("leaky_relu:slope=")
+    assert float(data["achieved"]["C_f(0)"]) == pytest.approx(0.8, abs=1e-13)
+    assert float(data["achieved"]["Q(1)"]) == pytest.approx(1.0, abs=1e-13)
+    c = 0.0
+    for _ in range(30):
+        c = theory.correlation_map(data["activation"], 1.0, 0.0, 1.0, c)
+    assert c == pytest.approx(0.8, abs=1e-10)
+
+
 def test_cli_gelu_activation_only(capsys, gelu_sn):
     rc, out, _ = run(capsys, "self-normalize", "--activation", "gelu", "--digits", "20", "--activation-only")
     assert rc == 0 and out.strip() == gelu_sn.recommended.activation
@@ -295,3 +322,28 @@ def test_depth_50_simulation_follows_theory(gelu_sn, tat_lrelu):
     assert t["theory_corr"].iloc[-1] == pytest.approx(c, abs=2e-3)  # theory starts from the sampled inputs' correlation
     assert (t["corr"] - t["theory_corr"]).abs().max() < 0.08
     assert not t["disagree_in"].str.contains("corr").any()
+
+
+# ----------------------------------------------------------------------------- the report section
+
+
+def test_report_section_quick(tmp_path, monkeypatch):
+    from propagate.io import read_table
+    from propagate.report import section_selfnorm as sec
+
+    tiny = {**sec.SETTINGS_QUICK, "width": 32, "samples": 64, "n_train": 256, "n_test": 128}
+    monkeypatch.setattr(sec, "SETTINGS_QUICK", tiny)
+    md = sec.section(tmp_path, {"quick": True, "seed": 0, "dataset": "mnist-5k"})
+    assert "figures/selfnorm_depth50.png" in md and "figures/selfnorm_training.png" in md
+    for name in ("selfnorm_depth50", "selfnorm_training"):
+        assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 0
+        assert (tmp_path / "figures" / f"{name}.svg").exists()
+    sim = read_table(tmp_path / "data" / "selfnorm_simulation.csv")
+    hist = read_table(tmp_path / "data" / "selfnorm_training.csv")
+    names = {"SELU", "self-normalized GELU", "TAT leaky ReLU", "GELU"}
+    assert set(sim["config"]) == names and set(hist["config"]) == names
+    # plain GELU at LeCun init loses its variance (E[gelu(z)^2] < 1); the normalized three keep it
+    last = sim[sim["layer"] == 50].set_index("config")
+    assert last.loc["GELU", "theory_pre_var"] < 1e-10
+    for n in ("SELU", "self-normalized GELU", "TAT leaky ReLU"):
+        assert last.loc[n, "theory_pre_var"] == pytest.approx(1.0, abs=1e-9)

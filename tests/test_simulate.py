@@ -356,3 +356,29 @@ def test_measure_recomputes_a_vanishing_float32_signal_in_float64():
     assert stats["pre_q"].tolist() == pytest.approx((ref**2).mean(dim=(1, 2)).tolist(), rel=1e-12)
     assert stats["pre_mean"].tolist() == pytest.approx(ref.mean(dim=(1, 2)).tolist(), rel=1e-12)
     assert stats["pre_var"].abs().max() < 1e-45 and stats["corr"].tolist() == pytest.approx([1.0, 1.0], rel=1e-6)
+
+
+def test_theory_and_simulate_share_the_network_flags(capsys, tmp_path):
+    """--sigma-b2 and its alias --bias-var, --residual and --layernorm mean the same spec in both commands."""
+    import argparse
+
+    from propagate.commands import simulate as sim_cmd
+    from propagate.commands import theory as th_cmd
+
+    flags = ["--activation", "relu", "--init", "he_normal", "--depth", "4", "--width", "32", "--residual", "0.5",
+             "--layernorm", "--bias-var", "0.1"]
+    specs = []
+    for mod, extra in ((th_cmd, []), (sim_cmd, [])):
+        p = argparse.ArgumentParser()
+        mod.add_arguments(p)
+        args = p.parse_args(flags + extra)
+        specs.append(th_cmd.build(args)[0] if mod is th_cmd else sim_cmd.build_spec(args))
+    assert specs[0] == specs[1]
+    assert specs[0].widths == (784, 32, 32, 32, 32) and specs[0].bias_var == 0.1
+    assert specs[0].label() == "relu/he_normal+LN+res0.5"
+    csv = tmp_path / "t.csv"
+    assert main(["theory", *flags[:-2], "--sigma-b2", "0.1", "--csv", str(csv)]) == 0
+    capsys.readouterr()
+    assert main(["simulate", "--threads", "1", *flags, "--samples", "64", "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "not judged" in out and "!" not in out.split("flag")[-1]

@@ -108,3 +108,20 @@ def test_cli_user_errors(capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("propagate: error:") and err.count("\n") == 1
+
+
+def test_report_section_writes_figures_data_and_markdown(tmp_path, monkeypatch):
+    import propagate.report.section_spectrum as sec
+
+    # a tiny version of the quick section (the real one is run by the report)
+    monkeypatch.setattr(sec, "SPREAD_QUICK", ((16,), 4, 8, 1))
+    monkeypatch.setattr(sec, "SPECTRUM_QUICK", (2, 32, 1))
+    monkeypatch.setattr(sec, "DENSITY_POINTS", (40, 40))
+    md = sec.section(tmp_path, {"quick": True, "seed": 0, "dataset": "mnist-5k"})
+    for name in ("spread", "spectrum"):
+        assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 1000
+        assert (tmp_path / "figures" / f"{name}.svg").exists()
+        assert f"figures/{name}.png" in md
+    moments = (tmp_path / "data" / "spectrum_moments.csv").read_text().splitlines()
+    assert len(moments) == 1 + 6  # relu, tanh, selu x gaussian, orthogonal
+    assert (tmp_path / "data" / "spread.csv").exists()

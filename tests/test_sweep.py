@@ -28,7 +28,7 @@ def client():
 
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=":0", silence_logs=logging.ERROR, env=env) as cluster:
+                      dashboard_address=":0", silence_logs=logging.CRITICAL, env=env) as cluster:
         with Client(cluster) as c:
             yield c
 
@@ -40,7 +40,7 @@ def _plan(grid, fixed=TINY, lens="simulate", zip=None):
     return plan_from_dict(data)
 
 
-def _assert_rows_equal(df, want, plan):
+def _assert_rows_equal(df, want):
     """The rows of one point in results.parquet hold exactly the lens's table ``want``."""
     df = df.reset_index(drop=True)
     assert len(df) == len(want)
@@ -131,7 +131,7 @@ def test_grid_equals_the_same_points_in_process(client, tmp_path):
     assert len(df) == 4 * (TINY["depth"] + 1)  # layers 0..depth per point
     assert sorted(set(zip(df["activation"], df["bias_var"]))) == [("relu", 0.0), ("relu", 0.1), ("tanh", 0.0), ("tanh", 0.1)]
     for p in plan.points:
-        _assert_rows_equal(df[df["point"] == p.index], run_point(plan, p)["results"], plan)
+        _assert_rows_equal(df[df["point"] == p.index], run_point(plan, p)["results"])
         assert (df.loc[df["point"] == p.index, "key"] == p.key).all()
     # the simulation is real: ReLU without bias keeps sigma_w2 q / 2 per layer (He), here sigma_w2 = 1 (lecun)
     relu = df[(df["activation"] == "relu") & (df["bias_var"] == 0.0) & (df["layer"] >= 2)]
@@ -202,7 +202,7 @@ def test_killed_worker_loses_nothing(client, tmp_path):
     assert sorted(df["seed"].unique()) == list(range(6))
     # and the rerun result is the in-process one (same seed, same numbers)
     p = next(p for p in plan.points if p.key == rerun[0])
-    _assert_rows_equal(df[df["point"] == p.index], run_point(plan, p)["results"], plan)
+    _assert_rows_equal(df[df["point"] == p.index], run_point(plan, p)["results"])
 
 
 def test_busy_folder_is_refused_before_any_work(tmp_path, capsys):
@@ -235,6 +235,9 @@ def test_cli_local_cluster_then_rerun_computes_nothing(tmp_path, capsys):
     assert time.perf_counter() - t0 < 5  # no cluster is started
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("sweep: 4 points: 0 computed, 4 already done")
     assert (out / "results.parquet").stat().st_mtime_ns == stamp
+    assert main(["sweep", str(sweep), "--out", str(out), "--dry-run"]) == 0
+    listing = capsys.readouterr().out.strip().splitlines()
+    assert listing[-1] == "sweep: 4 points of lens theory, 4 done, 0 to compute" and "activation=tanh, init=normal:2" in listing[3]
 
 
 def test_train_lens_rows_per_epoch(client, tmp_path):

@@ -256,7 +256,7 @@ def test_report_figures_from_constructed_tables():
     texts = [t.get_text() for t in ax.texts]
     assert texts.count("div") == 1 and "pred. 1e-07" in texts  # predicted below the grid: an arrow with its value
     markers = {ln.get_marker(): ln.get_xdata()[0] for ln in ax.lines if ln.get_marker() in ("v", "D")}
-    assert markers["D"] == pytest.approx(math.log10(2e-4))
+    assert markers["D"] == pytest.approx(math.log10(2e-4) + 4)  # columns 0, 1, 2 at 1e-4, 1e-3, 1e-2: log position
     plt.close("all")
 
     dyn = pd.DataFrame([{"lr": lr, "step": s, "layer": l, "pre_var": (10.0 ** (s * l) if lr > 1e-3 else 1.0),
@@ -267,3 +267,25 @@ def test_report_figures_from_constructed_tables():
     assert np.ma.count_masked(arr) == 1  # the infinite variance is a blank cell
     assert float(arr.max()) == pytest.approx(4.0)  # log10 of 10^(2*2)
     plt.close("all")
+
+
+def test_report_section_end_to_end_on_tiny_networks(tmp_path):
+    from propagate.data import load_dataset
+    from propagate.report.section_trainability import section
+
+    spec = NetworkSpec.stack(2, 8, input_dim=784, first_width=8, activation="selu", init="lecun_normal",
+                             out_features=10)
+    relu = spec.with_(activation="relu", init="he_normal")
+    settings = dict(presets=("snn", "relu"), specs={"snn": spec, "relu": relu}, lrs=(1e-3, 1e12), seeds=(0, 1),
+                    epochs=1, n_train=256, n_test=128, level=0.3, dyn_presets=("snn",), dyn_lrs=(1e-3, 1e12),
+                    dyn_steps=2, sharpness_batch=32, lanczos_iters=5)
+    md = section(tmp_path, {"quick": True, "seed": 0, "dataset_obj": load_dataset("mnist-5k"),
+                            "trainability_settings": settings})
+    assert "figures/trainability_map.png" in md and "figures/trainability_dynamics_snn.png" in md
+    for f in ("figures/trainability_map.png", "figures/trainability_map.svg", "data/trainability_points.csv",
+              "data/trainability_configs.csv", "data/trainability_dynamics.csv"):
+        assert (tmp_path / f).is_file(), f
+    pts = pd.read_csv(tmp_path / "data" / "trainability_points.csv")
+    assert len(pts) == 4 and set(pts["outcome"]) <= {"trains", "fails", "diverged"}
+    assert (pts[pts.lr == 1e12]["outcome"] == "diverged").all()  # steps of ~lr per weight overflow float32
+    assert "**snn**" in md and "**relu**" in md

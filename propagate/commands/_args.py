@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
 import re
 
 
@@ -234,3 +235,15 @@ def check_device(name: str, option: str = "--device") -> None:
     if index >= count:
         raise UserError(f"{option} {name} requested but torch sees {count} CUDA GPU{'s' * (count != 1)} "
                         f"(cuda:0..cuda:{count - 1})")
+
+
+#: Most torch CPU threads: beyond the machine's cores threads only contend, and a huge pool can exhaust the OS.
+MAX_THREADS = 1024
+
+
+def threads(text: str) -> int:
+    """A number of CPU threads, 1 to :data:`MAX_THREADS`."""
+    v = positive_int(text)
+    if v > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_THREADS} (this machine has {os.cpu_count()} cores), got {text}")
+    return v

@@ -96,7 +96,8 @@ def spec_from_args(args, *, base=None, widths=None, init=None, **fixed):
         activation=pick("activation", "relu"),
         init=init or pick("init", "glorot_uniform"),
         bias_var=args.sigma_b2 if getattr(args, "sigma_b2", None) is not None else (base.bias_var if base else None),
-        batchnorm=bool(pick("batchnorm", False)),
+        # --layernorm takes BatchNorm's place: it replaces a preset's BN unless --batchnorm is given too
+        batchnorm=bool(pick("batchnorm", False)) and not (getattr(args, "layernorm", None) and getattr(args, "batchnorm", None) is None),
         layernorm=bool(pick("layernorm", False)),
         residual=float(pick("residual", 0.0)),
         dropout=float(pick("dropout", 0.0)),

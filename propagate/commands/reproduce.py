@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from propagate.commands._args import check_device, device, name_list, nonneg_int, output_dir, positive_float_list, positive_int
+from propagate.commands._args import (check_device, device, name_list, nonneg_int, output_dir, positive_float_list,
+                                      positive_int, threads)
 
 NAME = "reproduce"
 HELP = "run all training presets (the seed's five MNIST runs + SNN and He recipes) and compare with the seed"
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the summary gives each number's mean with its 95%% Student t interval (default 1)")
     parser.add_argument("--probe-size", type=positive_int, default=512, help="probe batch size (default 512)")
     parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: one per core)")
+    parser.add_argument("--threads", type=threads, help="torch CPU threads (default: one per core)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="continue runs found in --out and skip finished ones (default on)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -37,7 +37,7 @@ def add_arguments(parser):
     g.add_argument("--seed", type=_args.nonneg_int, default=0, help="random seed (default 0)")
     g.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    g.add_argument("--threads", type=_args.positive_int, default=None, metavar="T", help="torch CPU threads (default: torch's choice; 1 is faster for small runs on a busy machine)")
+    g.add_argument("--threads", type=_args.threads, default=None, metavar="T", help="torch CPU threads (default: torch's choice; 1 is faster for small runs on a busy machine)")
     g.add_argument("--jacobian", action="store_true", help="also report the input-output Jacobian's singular value spread (network 0)")
     g = parser.add_argument_group("output")
     g.add_argument("--csv", metavar="FILE", type=_args.output_file, help="write every layer's statistics (+ FILE.meta.json)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from propagate.commands._args import (check_device, depth, device, nonneg_int, output_dir, positive_float,
-                                      positive_int, probability, width)
+                                      positive_int, probability, threads, width)
 from propagate.commands._spec_args import add_spec_arguments, spec_from_args
 
 NAME = "train"
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "files get a seed column and summary.csv the mean with its 95%% Student t interval (default 1)")
     o.add_argument("--probe-size", type=positive_int, default=512, help="training images in the probe batch (default 512)")
     o.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    o.add_argument("--threads", type=positive_int, help="torch CPU threads (default: one per core)")
+    o.add_argument("--threads", type=threads, help="torch CPU threads (default: one per core)")
     d = parser.add_argument_group("data and output")
     d.add_argument("--dataset", choices=["mnist", "mnist-5k", "fashion-mnist", "auto"], default="auto",
                    help="default auto: full MNIST if present or downloadable, else the embedded mnist-5k")
@@ -87,13 +87,12 @@ _MAX_IMAGES = 70_000
 
 
 def check_training_size(spec, options) -> None:
-    """Refuse (UserError, with the estimate) a network whose training would not fit in memory."""
-    from propagate.limits import require_memory, training_bytes
+    """Refuse (UserError, with the estimate) a network or ensemble whose training would not fit in memory."""
+    from propagate.limits import require_memory
+    from propagate.train import estimate_memory
 
-    widths = list(spec.widths) + ([spec.out_features] if spec.out_features else [])
     # every seed of an ensemble has its own weights, optimizer state and activations; the images are shared
-    per_seed = training_bytes(widths, options.batch_size, options.probe_size, 0, options.optimizer)
-    need = options.seeds * per_seed + 4 * _MAX_IMAGES * widths[0]
+    need = estimate_memory(spec, options, options.seeds, _MAX_IMAGES, 0)
     seeds = f"{options.seeds} seeds of " if options.seeds > 1 else ""
     require_memory(need, f"training {seeds}{spec.depth} hidden layers of up to {max(spec.widths[1:])} units",
                    "use fewer --seeds, or a smaller --width/--first-width or --depth")

@@ -100,7 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--dataset", choices=["mnist", "mnist-5k", "fashion-mnist", "auto"], default="auto",
                    help="default auto: full MNIST if present or downloadable, else the embedded mnist-5k")
     d.add_argument("--data-dir", help="folder with the IDX files")
-    d.add_argument("--out", type=output_dir, default="results/trainability", help="results folder (default results/trainability)")
+    d.add_argument("--out", type=output_dir, default="results/trainability",
+                   help="results folder (default results/trainability)")
     d.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse finished points found in --out (default on)")
     d.add_argument("--no-progress", action="store_true", help="no progress lines")
@@ -111,7 +112,8 @@ _SPEC_FLAGS = ("activation", "init", "depth", "width", "first_width", "input_dim
                "layernorm", "residual", "dropout", "alpha_dropout")
 
 
-def _configs(args):
+def configs_from_args(args) -> list:
+    """``[(name, NetworkSpec), ...]`` of the parsed flags: the presets, then the custom network (if any flag is set)."""
     from propagate.errors import UserError
     from propagate.presets import get_preset
     from propagate.spec import SEED_CLASSES, NetworkSpec
@@ -133,13 +135,12 @@ def _configs(args):
     return configs
 
 
-def run(args) -> int:
-    import sys
-
+def setup(args) -> tuple:
+    """``(configs, lrs, TrainabilityOptions)`` of the parsed flags (for ``run`` and sweeps); UserError on bad input."""
     from propagate.errors import UserError
     from propagate.trainability import DEFAULT_LRS, TrainabilityOptions
 
-    configs = _configs(args)
+    configs = configs_from_args(args)
     options = TrainabilityOptions(
         seeds=tuple(range(args.seed, args.seed + args.seeds)), epochs=args.epochs, optimizer=args.optimizer,
         batch_size=args.batch_size, criterion=args.criterion, level=args.level, refine=args.refine,
@@ -147,6 +148,16 @@ def run(args) -> int:
     lrs = args.lr or list(DEFAULT_LRS)
     if len(set(lrs)) != len(lrs):
         raise UserError("--lr lists a learning rate twice")
+    return configs, lrs, options
+
+
+def run(args) -> int:
+    import sys
+
+    from propagate.commands._args import check_device
+
+    configs, lrs, options = setup(args)
+    check_device(args.device)
 
     from tabulate import tabulate
 

@@ -158,8 +158,9 @@ def run_label(preset: str, lr: float) -> str:
 def collect_training(work_dir, summary):
     """Read every run of a ``reproduce`` folder into two long tables (history, layers).
 
-    Both get ``run``, ``preset``, ``lr`` and ``config`` (the spec label, e.g.
-    ``selu/lecun_normal``, which fixes the colour) columns.
+    Both get ``run``, ``preset``, ``lr``, ``config`` (the spec label, for
+    display) and the configuration columns of :data:`propagate.stats.CONFIG_COLUMNS`
+    (``activation``, ``init``, ``normalization``, ``residual``: what figures read).
     """
     from pathlib import Path
 
@@ -167,13 +168,15 @@ def collect_training(work_dir, summary):
 
     from propagate.io import read_table
     from propagate.presets import get_preset
+    from propagate.stats import config_columns
     from propagate.train import run_name
 
     hist, lay = [], []
     for _, r in summary.iterrows():
         d = Path(work_dir) / run_name(r["preset"], r["lr"])
-        label = get_preset(r["preset"]).spec().with_(name="").label()
-        tags = {"run": run_label(r["preset"], r["lr"]), "preset": r["preset"], "lr": r["lr"]}
+        spec = get_preset(r["preset"]).spec().with_(name="")
+        label = spec.label()
+        tags = {"run": run_label(r["preset"], r["lr"]), "preset": r["preset"], "lr": r["lr"], **config_columns(spec)}
         if (d / "history.csv").exists():
             hist.append(read_table(d / "history.csv").assign(**tags, config=label))
         if (d / "layers.csv").exists():

@@ -16,7 +16,7 @@ import numpy as np
 
 import functools
 
-from propagate.report.style import label_colour, plt, report_style, split_label
+from propagate.report.style import colour, config_fields, config_title, line_style, plt, report_style
 
 
 def _styled(fn):
@@ -39,17 +39,16 @@ __all__ = [
 ]
 
 
-def _short(label: str) -> str:
-    act, init, _ = split_label(label)
-    return f"{act} / {init}"
+def _configs(table):
+    """``[(label, fields)]`` of the configurations in a per-layer table, read from its configuration columns."""
+    return [(label, config_fields(g)) for label, g in table.groupby("config", sort=False)]
 
 
 def _by_bn(table):
-    """Split a per-layer table into (without BN, with BN) by its config labels."""
-    labels = list(dict.fromkeys(table["config"]))
-    plain = [c for c in labels if not split_label(c)[2]]
-    bn = [c for c in labels if split_label(c)[2]]
-    return plain, bn
+    """Split a per-layer table's configurations into (without BN, with BN) by its ``normalization`` column."""
+    configs = _configs(table)
+    return ([c for c in configs if c[1]["normalization"] != "batchnorm"],
+            [c for c in configs if c[1]["normalization"] == "batchnorm"])
 
 
 @_styled
@@ -99,14 +98,14 @@ def _band(ax, x, y, se, colour, label=None, ls="-"):
 
 def _layer_panels(sim, theory, column, se_column, axes, log, ylabel):
     for ax, labels, title in zip(axes, _by_bn(sim), ("without batch normalization", "with batch normalization (seed placement)")):
-        for label in labels:
-            col = label_colour(label)
+        for label, f in labels:
+            col = colour(f["activation"], f["init"])
             s = sim[(sim["config"] == label) & (sim["layer"] >= 1)].sort_values("layer")
             y = s[column].to_numpy(float)
             se = s[se_column].to_numpy(float) if se_column in s else None
             if log:
                 y = np.where(y > 0, y, np.nan)
-            _band(ax, s["layer"], y, se, col, label=_short(label))
+            _band(ax, s["layer"], y, se, col, label=config_title(f["activation"], f["init"], residual=f["residual"]))
             if theory is not None:
                 t = theory[(theory["config"] == label) & (theory["layer"] >= 1)].sort_values("layer")
                 ty = t[column].to_numpy(float)
@@ -216,8 +215,9 @@ def plot_training_curves(history, reported=None, title=None):
     for run, h in history.groupby("run", sort=False):
         h = h.sort_values("epoch")
         preset = h["preset"].iloc[0]
-        col = label_colour(h["config"].iloc[0]) if "config" in h else None
-        ls = "--" if ("BN" in str(h["config"].iloc[0])) else "-"
+        f = config_fields(h)
+        col = colour(f["activation"], f["init"])
+        ls = line_style(f["normalization"])
         axes[0].plot(h["epoch"], h["acc"], ls, marker="o", color=col, label=run + (" +BN" if ls == "--" and "bn" not in run else ""), ms=4)
         axes[1].plot(h["epoch"], h["val_acc"], ls, marker="o", color=col, ms=4)
         axes[2].plot(h["epoch"], h["loss"], ls, marker="o", color=col, ms=4)

@@ -73,12 +73,17 @@ def plot_residual_layernorm(table, per_seed, title=None, width=None):
                 t = table[(table["variant"] == name) & (table["layer"] >= 1)]
                 ax.plot(t["layer"], t[col], color=c, lw=1.2, label=f"{name}: simulation (mean, band min-max)")
                 th = t["theory_" + col]
+                if col == "grad_norm" and "theory_grad_norm_signal" in t:
+                    ax.plot(t["layer"], th.where(th > 0), color=c, lw=1.0, ls=":")
+                    th = np.sqrt(th**2 + t["theory_grad_norm_signal"].fillna(0.0) ** 2)
                 ax.plot(t["layer"], th.where(th > 0), color=c, lw=1.0, ls="--",
-                        label=f"{name}: mean-field theory")
+                        label=f"{name}: theory")
             ax.set_yscale("log")
             ax.set_xlabel("layer l")
             ax.set_ylabel(ylabel)
         axes[0].legend(loc="lower left", fontsize=7)
+        (dotted,) = axes[1].plot([], [], color="k", lw=1.0, ls=":")
+        axes[1].legend([dotted], ["mean-field gradient alone (no signal direction)"], loc="lower right", fontsize=7)
         depth = int(table["layer"].max())
         width = width or int(table.loc[table["layer"] == depth, "width"].iloc[0])
         fig.suptitle(title or f"relu / glorot_uniform, {depth} layers of {width} units: plain, residual R = 0.5, LayerNorm",
@@ -98,7 +103,8 @@ def _summary(table) -> dict:
         out[name] = {"forward_flags": len(fwd), "grad_flags": grad_flags, "rate": rate,
                      "q_first": float(t.loc[first, "pre_q"]), "q_last": float(t.loc[last, "pre_q"]),
                      "var_last": float(t.loc[last, "pre_var"]), "theory_var_last": float(t.loc[last, "theory_pre_var"]),
-                     "grad_first": float(t.loc[first, "grad_norm"]), "theory_grad_first": float(t.loc[first, "theory_grad_norm"])}
+                     "grad_first": float(t.loc[first, "grad_norm"]), "theory_grad_first": float(t.loc[first, "theory_grad_norm"]),
+                     "signal_first": float(t.loc[first, "theory_grad_norm_signal"])}
     return out
 
 
@@ -122,8 +128,6 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     s = _summary(table)
     p, r, ln = s["plain"], s["residual 0.5"], s["layernorm"]
     n, depth = kw["width"], kw["depth"]
-    # the signal-direction term of the first layer's gradient: R^2 E[phi'^2] q^depth / (n q^1), ReLU: E[phi'^2] = 1/2
-    euler = (0.25 * 0.5 * r["q_last"] / (n * r["q_first"])) ** 0.5
     return f"""## Residual blocks and LayerNorm: the same deep ReLU network, kept alive
 
 ![variance and gradient norm per layer](figures/residual_layernorm.png)
@@ -138,13 +142,14 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
 - **Residual, R = 0.5** (`x' = sqrt(1 - R^2) x + R relu(W x)`): the variance no longer halves; it
   changes by {r['rate']:.3g} per layer, because ReLU's positive mean accumulates in the stream
   (the cross term `2 sqrt(1-R^2) R E[x] E[relu(h)]`). Theory and simulation agree on every forward
-  statistic ({r['forward_flags']} layers flagged). The gradient norm does not follow the mean-field
-  prediction: at the first layer {r['grad_first']:.3g} simulated against {r['theory_grad_first']:.3g} in
-  theory ({r['grad_flags']} layers flagged beyond 4 standard errors; the spread across networks is
-  itself large). With a growing stream a per-sample gradient has a component along the signal itself
-  (for bias-free ReLU, Euler's theorem gives `dy/dx^l . x^l = y`); it is 1/n of the gradient at the
-  readout but grows like q^depth / q^l, and mean-field (infinite-width) theory drops it. Its size,
-  `sqrt(R^2 E[phi'^2] q^depth / (n q^1))` = {euler:.3g}, is the order of the simulated value.
+  statistic ({r['forward_flags']} layers flagged). The gradient needs one more term: mean-field theory
+  treats the backward weights as independent of the forward ones (dotted line, {r['theory_grad_first']:.3g}
+  at the first layer), which drops the direction the forward pass singles out. Along `h^l` itself
+  `dy/dh^l . h^l` is the readout's response to scaling `h^l`; pushed forward through the later layers
+  (the ops' tangent maps) it is `1/sqrt(n)` of the gradient at the readout but grows with the residual
+  stream's mean. With it (dashed) theory gives {r['signal_first']:.3g} at the first layer, the simulation
+  {r['grad_first']:.3g} ({r['grad_flags']} layers flagged beyond 4 standard errors plus the finite-width
+  allowance).
 - **LayerNorm** before each hidden layer after the first: the variance stays at
   {ln['var_last']:.3g} (theory {ln['theory_var_last']:.3g}); forward statistics agree
   ({ln['forward_flags']} layers flagged). The gradient grows backwards by the factor

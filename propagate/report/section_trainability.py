@@ -32,7 +32,7 @@ SEED_LR = 1e-3
 SETTINGS_FULL = dict(presets=("selu-lecun-normal", "selu-bn-lecun-uniform", "relu", "relu-bn"),
                      lrs=(1e-4, 1e-3, 1e-2), seeds=(0, 1, 2), epochs=2, n_train=2000, n_test=1000, level=0.3,
                      dyn_presets=("selu-lecun-normal", "relu"), dyn_lrs=(1e-4, 1e-3, 1e-2), dyn_steps=None,
-                     sharpness_batch=256, lanczos_iters=20)
+                     sharpness_batch=256, lanczos_iters=15)
 SETTINGS_QUICK = dict(presets=("selu-lecun-normal", "relu"), lrs=(1e-4, 1e-3, 1e-2), seeds=(0, 1), epochs=1,
                       n_train=512, n_test=256, level=0.3, dyn_presets=("selu-lecun-normal", "relu"),
                       dyn_lrs=(1e-4, 1e-2), dyn_steps=4, sharpness_batch=128, lanczos_iters=8)
@@ -62,9 +62,22 @@ def figure_trainability_map(points, configs, *, criterion: str = "acc", seed_lr:
     grid = points[~points["refined"].astype(bool)] if "refined" in points.columns else points
     names = list(dict.fromkeys(configs["config"])) if len(configs) else list(dict.fromkeys(grid["config"]))
     lrs = sorted(grid["lr"].unique())
-    x = np.log10(lrs)
-    step = float(np.median(np.diff(x))) if len(x) > 1 else 1.0
-    edges = np.concatenate([[x[0] - step / 2], (x[1:] + x[:-1]) / 2, [x[-1] + step / 2]])
+    # one column per grid learning rate; other learning rates (refined points, predictions) are placed by
+    # interpolating log10(lr) between the columns, which is the log scale itself on an evenly spaced grid
+    x = np.arange(len(lrs), dtype=float)
+    edges = np.arange(len(lrs) + 1) - 0.5
+    step = 1.0
+    loglrs = np.log10(lrs)
+
+    def xpos(lr):
+        v = math.log10(lr)
+        if len(lrs) == 1:
+            return 0.0 + (v - loglrs[0])
+        if v < loglrs[0]:
+            return (v - loglrs[0]) / (loglrs[1] - loglrs[0])
+        if v > loglrs[-1]:
+            return len(lrs) - 1 + (v - loglrs[-1]) / (loglrs[-1] - loglrs[-2])
+        return float(np.interp(v, loglrs, x))
     A = np.full((len(names), len(lrs)), np.nan)
     if ax is None:
         _, ax = plt.subplots(figsize=(1.3 * len(lrs) + 3.5, 0.75 * len(names) + 1.8), constrained_layout=True)
@@ -77,8 +90,9 @@ def figure_trainability_map(points, configs, *, criterion: str = "acc", seed_lr:
             r = sel.iloc[0]
             if r["outcome"] == "diverged":
                 ax.add_patch(plt.Rectangle((edges[j], i - 0.5), edges[j + 1] - edges[j], 1, fill=False, hatch="xx",
-                                           edgecolor="0.35", lw=0))
-                ax.text(x[j], i, "div", ha="center", va="center", fontsize=8, color="black")
+                                           edgecolor="0.45", lw=0.5, zorder=3))  # above the mesh's grey
+                ax.text(x[j], i, "div", ha="center", va="center", fontsize=8, color="black", zorder=4,
+                        bbox=dict(facecolor="white", edgecolor="none", pad=1.5))
                 continue
             A[i, j] = r[f"{criterion}_mean"]
             lo, hi = r.get(f"{criterion}_ci_low", np.nan), r.get(f"{criterion}_ci_high", np.nan)
@@ -96,11 +110,11 @@ def figure_trainability_map(points, configs, *, criterion: str = "acc", seed_lr:
         c = cfg.loc[n]
         m = c.get("max_lr_measured", np.nan)
         if np.isfinite(m):
-            ax.plot(np.log10(m), i - 0.38, marker="v", ms=9, color="black",
+            ax.plot(xpos(m), i - 0.38, marker="v", ms=9, color="black",
                     mfc="none" if bool(c.get("censored", False)) else "black", clip_on=False, zorder=5)
         p = c.get("max_lr_predicted", np.nan)
         if np.isfinite(p) and p > 0:
-            lp = np.log10(p)
+            lp = xpos(p)
             if lp < edges[0]:
                 ax.annotate(f"pred. {p:.1g}", xy=(edges[0], i + 0.33), xytext=(edges[0] + 0.45 * step, i + 0.33),
                             fontsize=7, va="center", color="white",
@@ -111,13 +125,13 @@ def figure_trainability_map(points, configs, *, criterion: str = "acc", seed_lr:
                             arrowprops=dict(arrowstyle="->", color="white", lw=1.2), zorder=6)
             else:
                 ax.plot(lp, i + 0.33, marker="D", ms=7, color="white", mec="black", zorder=6)
-    if edges[0] <= math.log10(seed_lr) <= edges[-1]:
-        ax.axvline(math.log10(seed_lr), color="red", ls="--", lw=1.2)
+    if edges[0] <= xpos(seed_lr) <= edges[-1]:
+        ax.axvline(xpos(seed_lr), color="red", ls="--", lw=1.2)
     ax.set_xticks(x, [_lr_label(v) for v in lrs])
     ax.set_yticks(range(len(names)), names)
     ax.set_xlim(edges[0], edges[-1])
     ax.set_ylim(len(names) - 0.5, -0.5)
-    ax.set_xlabel("learning rate (log scale)")
+    ax.set_xlabel("learning rate (one column per grid value)")
     ax.grid(False)
     handles = [Line2D([], [], marker="v", color="black", ls="", label="largest lr that trains (measured)"),
                Line2D([], [], marker="D", color="white", mec="black", ls="",
@@ -140,6 +154,7 @@ def figure_dynamics(dyn, lrs, *, title: str = "", axes=None):
     """
     import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.ticker import MaxNLocator
 
     if axes is None:
         _, axes = plt.subplots(1, len(lrs), figsize=(4.2 * len(lrs), 4.2), squeeze=False, constrained_layout=True)
@@ -163,6 +178,7 @@ def figure_dynamics(dyn, lrs, *, title: str = "", axes=None):
         ax.set_xticks(np.arange(len(steps)) + 0.5, [str(s) for s in steps], fontsize=7)
         ax.set_xlabel("training step (log-spaced, first epoch)")
         ax.set_ylabel("hidden layer")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(len(layers) + 0.5, 0.5)
         div = bool(d["diverged"].any())
         ax.set_title(f"{title} lr {lr:g}" + (" (diverged)" if div else ""), fontsize=10)
@@ -193,8 +209,10 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     :func:`propagate.data.load_dataset`, or a loaded Dataset as
     ``ctx["dataset_obj"]``), optionally ``trainability_dir`` (a finished
     ``propagate trainability --out`` folder whose ``points.csv`` /
-    ``configs.csv`` are used instead of computing the map). ``progress``: a
-    callable(message) or None.
+    ``configs.csv`` are used instead of computing the map), optionally
+    ``trainability_settings`` (overrides of :data:`SETTINGS_FULL` /
+    :data:`SETTINGS_QUICK`; ``specs``: ``{name: NetworkSpec}`` for names that
+    are not presets). ``progress``: a callable(message) or None.
     """
     import matplotlib.pyplot as plt
     import pandas as pd
@@ -205,7 +223,11 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     from propagate.trainability import TrainabilityOptions, first_epoch_dynamics, trainability
 
     out_dir = Path(out_dir)
-    S = SETTINGS_QUICK if ctx.get("quick") else SETTINGS_FULL
+    S = dict(SETTINGS_QUICK if ctx.get("quick") else SETTINGS_FULL)
+    S.update(ctx.get("trainability_settings") or {})  # e.g. tests: smaller grids, {"specs": {name: NetworkSpec}}
+
+    def spec_of(name):
+        return S.get("specs", {}).get(name) or get_preset(name).spec()
     seed = int(ctx.get("seed", 0))
     say = progress if callable(progress) else (lambda m: None)
     dataset = ctx.get("dataset_obj")
@@ -231,7 +253,7 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
         opts = TrainabilityOptions(seeds=tuple(seed + s for s in S["seeds"]), epochs=S["epochs"], level=S["level"],
                                    sharpness_batch=S["sharpness_batch"], lanczos_iters=S["lanczos_iters"],
                                    threads=1, probe_size=64)
-        configs_in = [(p, get_preset(p).spec()) for p in S["presets"]]
+        configs_in = [(p, spec_of(p)) for p in S["presets"]]
         res = trainability(configs_in, S["lrs"], sub, opts, progress=say)
         points, configs = res.points, res.configs
         criterion, level, n_seeds, epochs = opts.criterion, opts.level, len(opts.seeds), opts.epochs
@@ -247,7 +269,7 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     for p in S["dyn_presets"]:
         for lr in S["dyn_lrs"]:
             say(f"first-epoch dynamics: {p} lr {lr:g}")
-            d = first_epoch_dynamics(get_preset(p).spec(), TrainOptions(lr=lr, seed=seed, threads=1), sub,
+            d = first_epoch_dynamics(spec_of(p), TrainOptions(lr=lr, seed=seed, threads=1), sub,
                                      probe_size=128, max_steps=S["dyn_steps"])
             d.insert(0, "lr", lr)
             d.insert(0, "config", p)
@@ -300,14 +322,18 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     ratios = ratios[np.isfinite(ratios)]
     pred_gd = configs.get("max_lr_predicted_gd", pd.Series(dtype=float)).to_numpy(float)
     pred_txt = ""
+    ws = configs["warmup_steps"].dropna() if "warmup_steps" in configs.columns else []
+    warm = f"{int(ws.iloc[0])}" if len(ws) else "a few"
     if len(ratios):
-        pred_txt = (f"Where both exist, the measured largest learning rate is {ratios.min():.3g} to {ratios.max():.3g} "
-                    f"times the predicted one. ")
+        span = f"{ratios[0]:.3g}" if len(ratios) == 1 else f"{ratios.min():.3g} to {ratios.max():.3g}"
+        pred_txt = f"Where both exist, the measured largest learning rate is {span} times the predicted one. "
     pred_txt += (
         "The prediction is the frozen-preconditioner bound of Cohen et al. (2022): RMSprop with its second-moment "
-        "average $v$ held fixed is gradient descent on $P^{-1/2} H P^{-1/2}$, stable for $\\eta < 2/\\lambda_1(P^{-1}H)$, "
-        "with $P = \\sqrt{v} + \\epsilon$ after 10 warm-up minibatches at the initial weights. It is a *lower* bound in "
-        "practice and can be orders of magnitude too low: $v$ is not frozen; a step that starts to oscillate "
+        "average $v$ held fixed is gradient descent on $P^{-1/2} H P^{-1/2}$, stable for "
+        f"$\\eta < 2/\\lambda_1(P^{{-1}}H)$, with $P = \\sqrt{{v}} + \\epsilon$ after {warm} warm-up minibatches at the "
+        "initial weights. " + ("It errs low here; likely reasons: " if len(ratios) and (ratios > 1).all() else
+                                "Why it can err low: ") +
+        "$v$ is not frozen; a step that starts to oscillate "
         "along a sharp direction enlarges that direction's gradient, hence $v$, hence $P$, and shrinks the next "
         "step (the adaptive edge of stability); coordinates whose mean minibatch gradient nearly cancels get a "
         "tiny $P$ and an enormous $\\lambda_1(P^{-1}H)$ although their per-step moves stay of size $\\eta$. "
