@@ -28,7 +28,8 @@ log-spaced grid, each (configuration, lr) as an ensemble of seeds, and reports:
   log lr. Next to it ``max_lr_predicted`` from the sharpness at
   initialization (:func:`propagate.sharpness.network_sharpness`; for RMSprop
   ``2 / lambda_1(P^{-1} H)``, Cohen et al. 2022) and ``ratio`` =
-  measured / predicted.
+  measured / predicted; also plain gradient descent's ``2 / lambda_1(H)``
+  (``max_lr_predicted_gd``) and ``ratio_gd`` = measured / that.
 
 The trainer is injectable (``trainer=``): a function
 ``trainer(spec, options, seeds, dataset) -> list of per-seed dicts`` (keys as
@@ -371,6 +372,8 @@ def trainability(
                 row["max_lr_predicted"] = float("nan")
             mp = row["max_lr_predicted"]
             row["ratio"] = lo / mp if (math.isfinite(lo) and mp and math.isfinite(mp) and mp > 0) else float("nan")
+            gd = row.get("max_lr_predicted_gd", float("nan"))
+            row["ratio_gd"] = lo / gd if (math.isfinite(lo) and math.isfinite(gd) and gd > 0) else float("nan")
             config_rows.append(row)
 
         points = pd.DataFrame(point_rows).sort_values(["config", "lr"], kind="stable").reset_index(drop=True)
