@@ -136,7 +136,8 @@ def selu(x):
 
 
 @functools.lru_cache(maxsize=None)
-def _activation_for(name: str):
+def _fast_activation(name: str):
+    """A fused or native torch function for the built-in activations that have one, else None (cached by name)."""
     import torch
 
     from propagate.activations import get_activation
@@ -149,14 +150,29 @@ def _activation_for(name: str):
         return torch.relu
     if act.family == "tanh":
         return torch.tanh
-    if act.family == "linear":
-        return lambda x: x
-    return act.torch
+    return None
+
+
+_FAST_FAMILIES = ("selu", "relu", "tanh")
 
 
 def activation(act):
-    """The fastest torch callable for ``act`` (an Activation or a name), resolved once per name."""
-    return _activation_for(act if isinstance(act, str) else act.name)
+    """The fastest torch callable for ``act`` (an Activation or a name).
+
+    SELU with the solved constants, ReLU and tanh map to :func:`selu`,
+    ``torch.relu`` and ``torch.tanh`` (resolved once per name); anything else
+    to the activation's own torch form, looked up on every call so a
+    re-registered user activation is honoured.
+    """
+    from propagate.activations import get_activation
+
+    name = act if isinstance(act, str) else act.name
+    base = name.split(":", 1)[0].strip().lower()
+    if base in _FAST_FAMILIES:
+        fn = _fast_activation(name)
+        if fn is not None:
+            return fn
+    return (get_activation(name) if isinstance(act, str) else act).torch
 
 
 @functools.lru_cache(maxsize=None)

@@ -29,6 +29,13 @@ What is measured at hidden layer ``l`` (``h^l = W^l x^{l-1} + b^l``,
   ``min(samples, grad_samples)`` samples. BatchNormalization is
   backpropagated with its batch statistics held fixed (the per-sample
   Jacobian, which differs from the full train-mode one by ``O(1/samples)``).
+- ``var_log_norm``, ``var_log_grad`` (with ``*_se``): the variance across
+  networks of ``ln ||h^l||^2`` and ``ln ||grad_h^l||^2`` per sample (the first
+  ``min(samples, grad_samples)``), the part linear in the input's
+  ``ln ||x^0||^2`` regressed out, averaged over samples
+  (:func:`propagate.finite_width.measured_spread`); ``theory_var_log_*`` from
+  :func:`propagate.finite_width.predict_spread` where it covers the spec
+  (with ``seeds >= 3``).
 - ``jacobian=True``: singular values of the input-output Jacobian
   ``d x^depth / d x^0`` of network 0 at a few inputs (``result.jacobian``).
 
@@ -287,6 +294,12 @@ def simulate(
         if theory_df is not None:
             table = compare_with_theory(table, theory_df, spec)
     meta["theory"] = theory_df is not None
+    if run.log_norms and run.S >= 3:  # a variance across networks and its standard error need 3 networks
+        from propagate.finite_width import spread_columns
+
+        # spread across networks of ln||z^l||^2 and ln||g^l||^2 (input-norm effect regressed out), theory alongside
+        table = spread_columns(table, run.log_norms, run.log_grads, run.log_inputs, spec=spec if theory else None,
+                               input_q=in_stats["input_q"])
     if run.jacobian is not None:
         meta["jacobian"] = run.jacobian
     return SimulationResult(spec=spec, table=table, per_seed=per_seed, diverged_at=diverged_at, flushed=flushed,
@@ -417,6 +430,10 @@ class _Run:
         self.diverged_at = None
         self.stopped = False
         self.jacobian = None
+        # ln ||.||^2 per network and sample of each layer's pre-activation and gradient (finite-width spread)
+        self.log_norms: dict = {}
+        self.log_grads: dict = {}
+        self.log_inputs = None
         self._ok_pre = True
         self._bar = tqdm(total=spec.depth, desc="layers", file=sys.stderr, disable=not progress, leave=False)
 
@@ -437,6 +454,7 @@ class _Run:
         if op.tap == "pre":
             stats, self._ok_pre = measure(pre=x)
             self.rows.append(stats)
+            self.log_norms[op.layer] = _log_sq_norms(x[:, : self.G])
             return
         stats, ok_post = measure(post=x, act=self.act)
         self.rows[-1].update(stats)
@@ -447,6 +465,7 @@ class _Run:
 
     def record_grad(self, op, g):
         self.grads[op.layer] = measure(grad=g)[0]["grad_norm"]
+        self.log_grads[op.layer] = _log_sq_norms(g)
 
 
 def _run_networks(spec, x0, gens, dt, dev, grad_samples, progress, jacobian_inputs=0):
@@ -458,6 +477,7 @@ def _run_networks(spec, x0, gens, dt, dev, grad_samples, progress, jacobian_inpu
     # readout vector of the gradient probe, drawn first so it doesn't depend on depth
     r = torch.stack([torch.randn(spec.widths[-1], dtype=dt, generator=g) for g in gens]).to(dev)
     run.rows.append(measure(inputs=x0)[0])
+    run.log_inputs = _log_sq_norms(x0[:, : run.G])
     _, tape = forward_ops(spec.compile(), x0, run)
     run._bar.close()
     if run.diverged_at is None:
@@ -476,6 +496,13 @@ def _jacobian(tape, k, n_out, dt, dev):
     g = torch.eye(n_out, dtype=dt, device=dev).unsqueeze(1).expand(n_out, k, n_out)
     rows = vjp_ops(_network0(tape, k), g)
     return rows.permute(1, 0, 2)
+
+
+def _log_sq_norms(t):
+    """``ln ||t[s, j]||^2`` over the last axis, float64 numpy ``(S, J)`` (for the finite-width spread)."""
+    import torch
+
+    return torch.log(torch.linalg.vector_norm(t, dim=-1, dtype=torch.float64) ** 2).cpu().numpy()
 
 
 def _network0(tape, k):
@@ -520,8 +547,13 @@ def _jacobian_summary(J) -> dict:
     """Singular-value statistics of a batch of Jacobians ``(k, n_out, n_in)`` (float64 SVD)."""
     import torch
 
+    from propagate.spectrum import summarize_singular_values
+
     s = torch.linalg.svdvals(J.double().cpu()).numpy()  # (k, min(n_out, n_in)), descending
     smax, smin = s[:, 0], s[:, -1]
+    # moments of J J^T (what free probability predicts, propagate.spectrum) and the share of zeros (ReLU) to the
+    # precision J was computed in
+    spec_stats = summarize_singular_values(s**2, zero_tol=(s.shape[1] * torch.finfo(J.dtype).eps) ** 2)
     with np.errstate(divide="ignore"):
         spread = np.log10(smax) - np.log10(smin)
     return {
@@ -532,6 +564,9 @@ def _jacobian_summary(J) -> dict:
         "log10_spread": float(np.mean(spread)),
         "mean_s2": float(np.mean(s**2)),
         "median_s": float(np.median(s)),
+        "moments": spec_stats["moments"],
+        "zero_frac": spec_stats["zero_frac"],
+        "s_min_nonzero": spec_stats["s_min_nonzero"],
     }
 
 

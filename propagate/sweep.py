@@ -186,36 +186,10 @@ def _train_dataset(args) -> tuple[str, str | None] | None:
 
 
 def _trainability_setup(args):
-    """The (configs, lrs, options) of ``propagate trainability``'s flags, by the command's rules (mirrored:
-    the command's helper is private)."""
-    from propagate.presets import get_preset
-    from propagate.spec import SEED_CLASSES, NetworkSpec
-    from propagate.trainability import DEFAULT_LRS, TrainabilityOptions
+    """The (configs, lrs, options) of ``propagate trainability``'s flags, by the command's own rules."""
+    from propagate.commands.trainability import setup
 
-    custom = any(v is not None for v in (args.activation, args.init, args.depth, args.width, args.first_width,
-                                         args.batchnorm))
-    configs = []
-    if args.presets is not None:
-        names = [p.strip() for p in args.presets.split(",") if p.strip()]
-        if not names:
-            raise UserError("presets is empty")
-        configs += [(get_preset(n).name, get_preset(n).spec()) for n in names]
-    if custom:
-        spec = NetworkSpec.stack(args.depth or 51, args.width or 256, input_dim=784,
-                                 first_width=args.first_width or 512, activation=args.activation or "relu",
-                                 init=args.init or "glorot_uniform", batchnorm=bool(args.batchnorm),
-                                 out_features=SEED_CLASSES)
-        configs.append((spec.label(), spec))
-    if not configs:
-        raise UserError("give presets or a custom network (activation, init, depth, ...)")
-    options = TrainabilityOptions(
-        seeds=tuple(range(args.seed, args.seed + args.seeds)), epochs=args.epochs, optimizer=args.optimizer,
-        batch_size=args.batch_size, criterion=args.criterion, level=args.level, refine=args.refine,
-        predict=not args.no_predict, sharpness_batch=args.sharpness_batch, device=args.device, threads=args.threads)
-    lrs = args.lr or list(DEFAULT_LRS)
-    if len(set(lrs)) != len(lrs):
-        raise UserError("lr lists a learning rate twice")
-    return configs, lrs, options
+    return setup(args)
 
 
 def _trainability_compute(args, threads: int | None, dataset: str | None):
@@ -790,9 +764,12 @@ def _execute(plan, todo, out, result, workers, scheduler, client, progress, call
         bar = tqdm(total=len(plan.points), initial=len(plan.points) - len(todo), desc="points", unit="pt",
                    file=sys.stderr, disable=not progress, dynamic_ncols=True)
         try:
+            # a fresh Dask key per run: a key cancelled by an interrupted run may still be being
+            # forgotten by the scheduler when the rerun submits it, and would come back cancelled
+            run_token = os.urandom(4).hex()
             for p in todo:
                 fut = c.submit(compute_point, plan.lens, list(p.argv), p.dataset, 1,
-                               key=f"propagate-sweep-{p.key}", pure=False)
+                               key=f"propagate-sweep-{p.key}-{run_token}", pure=False)
                 futures[fut] = p
             for fut in as_completed(list(futures)):
                 p = futures[fut]

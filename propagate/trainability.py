@@ -412,16 +412,16 @@ def _make_optimizer(params, options):
 
 
 def _logits_and_pre(model, x):
-    """Logits ``[B, C]`` and pre-activations ``[h^1..h^depth]`` (each ``[B, N]``) of a one-seed model.
+    """Logits ``[B, C]`` and the recorded pre-activations ``[h^1..h^depth]`` of a one-seed model.
 
-    Accepts both training-model interfaces: ``(logits, [h, ...])`` and the
-    ensemble one, ``(logits [S, B, C], {"pre": [[S, B, N], ...]})`` with S = 1.
+    Accepts both training-model interfaces: ``(logits, [h, ...])`` (each
+    ``[B, N]``) and the ensemble one, ``(logits [S, B, C], {"pre": [[S, B, N],
+    ...]})`` with S = 1; the ``h`` are returned as recorded (gradients are
+    taken with respect to them, so they must be the tensors on the loss's path).
     """
     out, rec = model(x, record=True)
     pre = rec["pre"] if isinstance(rec, dict) else rec
-    if out.dim() == 3:
-        out, pre = out[0], [h[0] for h in pre]
-    return out, pre
+    return (out[0] if out.dim() == 3 else out), pre
 
 
 def _hidden_weights(model) -> list:
@@ -444,8 +444,12 @@ def _probe(model, x, y) -> list[dict]:
         grads = torch.autograd.grad(F.cross_entropy(out, y, reduction="sum"), pre, allow_unused=True)
     rows = []
     for i, (h, g) in enumerate(zip(pre, grads)):
-        hd = h.detach().double()
-        gn = float(torch.sqrt((g.detach().double() ** 2).sum(1).mean())) if g is not None else float("nan")
+        hd = h.detach().double().reshape(-1, h.shape[-1])  # [S = 1, B, N] or [B, N] -> samples x units
+        if g is not None:
+            gd = g.detach().double().reshape(-1, g.shape[-1])
+            gn = float(torch.sqrt((gd**2).sum(1).mean()))
+        else:
+            gn = float("nan")
         rows.append({"layer": i + 1, "pre_var": float(hd.var(unbiased=False)), "pre_mean": float(hd.mean()),
                      "grad_norm": gn})
     return rows

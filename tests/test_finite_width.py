@@ -129,3 +129,34 @@ def test_unsupported_specs_are_user_errors():
         predict_spread(uniform("relu", "he_normal", 32, 4, batchnorm=True))
     with pytest.raises(UserError):
         predict_spread(NetworkSpec(widths=(64, 32, 32), activation="relu", init="orthogonal"))
+
+
+def test_simulate_reports_the_spread_next_to_theory():
+    from propagate.simulate import simulate
+
+    spec = uniform("relu", "normal:2", 64, 12)
+    res = simulate(spec, seeds=48, samples=32, seed=3, threads=1)
+    t = res.table
+    for col in ("var_log_norm", "var_log_norm_se", "var_log_grad", "var_log_grad_se", "theory_var_log_norm",
+                "theory_var_log_grad"):
+        assert col in t.columns, col
+    last = t[t["layer"] == 12].iloc[0]
+    # exact ReLU prediction; the input-norm regression leaves the fixed-input variance
+    assert last["theory_var_log_norm"] == pytest.approx(11 * relu_layer_variance(64) + chi2_log_variance(64))
+    assert abs(last["var_log_norm"] - last["theory_var_log_norm"]) < 4 * last["var_log_norm_se"]
+    first = t[t["layer"] == 1].iloc[0]
+    assert abs(first["var_log_grad"] - first["theory_var_log_grad"]) < 4 * first["var_log_grad_se"] + 0.05 * first["theory_var_log_grad"]
+
+
+def test_theory_cli_finite_width_columns(capsys):
+    import json
+
+    from propagate.cli import main
+
+    assert main(["theory", "--activation", "relu", "--sigma-w2", "2", "--width", "100", "--depth", "50",
+                 "--finite-width", "--json"]) == 0
+    last = json.loads(capsys.readouterr().out)["layers"][-1]
+    assert last["var_log_norm"] == pytest.approx(49 * relu_layer_variance(100) + chi2_log_variance(100), rel=1e-9)
+    assert last["var_log_grad"] == pytest.approx(relu_layer_variance(100), rel=1e-9)
+    assert main(["theory", "--activation", "tanh", "--init", "he_normal", "--batchnorm", "--finite-width"]) == 2
+    assert capsys.readouterr().err.startswith("propagate: error:")

@@ -198,3 +198,11 @@ def test_interrupted_report_keeps_previous(quick_report, tmp_path, monkeypatch):
         build_report(out, ReportOptions(quick=True, work_dir=str(tmp_path / "work")))
     assert (out / "README.md").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp folders left
+
+
+def test_cli_section_names_are_the_report_sections():
+    """commands/report.py keeps its own copy (so --help imports nothing heavy); it must not drift."""
+    from propagate.commands.report import SECTION_NAMES
+    from propagate.report import SECTIONS
+
+    assert SECTION_NAMES == SECTIONS

@@ -340,10 +340,80 @@ def test_report_section_quick(tmp_path, monkeypatch):
         assert (tmp_path / "figures" / f"{name}.svg").exists()
     sim = read_table(tmp_path / "data" / "selfnorm_simulation.csv")
     hist = read_table(tmp_path / "data" / "selfnorm_training.csv")
+    summ = read_table(tmp_path / "data" / "selfnorm_training_summary.csv")
     names = {"SELU", "self-normalized GELU", "TAT leaky ReLU", "GELU"}
-    assert set(sim["config"]) == names and set(hist["config"]) == names
+    assert set(sim["config"]) == names and set(hist["config"]) == names and set(summ["config"]) == names
+    # quick mode trains 2 seeds per network, each for every epoch; the per-seed table keeps them apart
+    assert len(hist) == len(names) * 2 * tiny["epochs"]
+    assert set(hist["seed"]) == {0, 1}
+    assert (hist.groupby("config")["seed"].nunique() == 2).all()
+    assert (summ["n_seeds"] == 2).all() and "N seeds" in md and "| 2 |" in md
+    # final = each seed's last epoch; the summary is its mean and 95% t interval (t_{0.975,1} = 12.706, n = 2);
+    # tolerances: the CSVs keep 10 significant digits
+    final = hist[hist["epoch"] == tiny["epochs"]]
+    for m in ("val_acc", "train_eval_acc", "val_loss", "loss"):
+        assert (summ[f"{m}_ci_low"] <= summ[f"{m}_mean"] + 1e-8).all()
+        assert (summ[f"{m}_mean"] <= summ[f"{m}_ci_high"] + 1e-8).all()
+        for _, r in summ.iterrows():
+            v = final.loc[final["config"] == r["config"], m].to_numpy(float)
+            assert r[f"{m}_mean"] == pytest.approx(v.mean(), rel=1e-8)
+            half = 12.7062047 * v.std(ddof=1) / math.sqrt(2)
+            assert r[f"{m}_ci_high"] - r[f"{m}_mean"] == pytest.approx(half, abs=1e-6)
+    # each verdict follows from its interval and the test split's commonest-class frequency
+    from propagate.data import load_dataset
+
+    y = load_dataset("mnist-5k").y_test[: tiny["n_test"]]
+    chance = np.bincount(y).max() / len(y)
+    assert (summ["chance_acc"] == chance).all()
+    for _, r in summ.iterrows():
+        want = ("trains" if r["val_acc_ci_low"] > chance + 1e-9 else
+                "does not train" if r["val_acc_ci_high"] <= chance + 1e-9 else "unresolved")
+        assert r["verdict"] == want
+    # every "X beats Y" in the text has a paired-difference interval above 0, and every such pair is stated
+    import re
+
+    stated = set(re.findall(r"(?:, |; )([^;,]+?) beats ([^;,]+?) by ", md))
+    by = {n: final[final["config"] == n].set_index("seed")["val_acc"] for n in names}
+    want = set()
+    for a in names:
+        for b in names - {a}:
+            d = (by[a] - by[b]).to_numpy(float)
+            if d.mean() - 12.7062047 * d.std(ddof=1) / math.sqrt(2) > 0:
+                want.add((a, b))
+    assert stated == want
     # plain GELU at LeCun init loses its variance (E[gelu(z)^2] < 1); the normalized three keep it
     last = sim[sim["layer"] == 50].set_index("config")
     assert last.loc["GELU", "theory_pre_var"] < 1e-10
     for n in ("SELU", "self-normalized GELU", "TAT leaky ReLU"):
         assert last.loc[n, "theory_pre_var"] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_report_section_training_claims_from_intervals():
+    """Verdicts and "beats" come from t intervals over seeds (hand values: t_{0.975,2} = 4.302653)."""
+    import pandas as pd
+
+    from propagate.report import section_selfnorm as sec
+
+    acc = {"A": [0.5, 0.6, 0.7], "B": [0.1, 0.1, 0.1], "C": [0.05, 0.5, 0.2]}
+    finals = pd.DataFrame([{"lr": 1e-3, "config": n, "seed": s, "epoch": 3, "val_acc": v, "train_eval_acc": v,
+                            "val_loss": 1.0, "loss": 1.0, "diverged": False}
+                           for n, vals in acc.items() for s, v in enumerate(vals)])
+    v = sec.training_verdicts(finals, chance=0.1)
+    half_a = 4.302653 * 0.1 / math.sqrt(3)
+    assert v[(1e-3, "A")][0] == "trains" and v[(1e-3, "A")][1].low == pytest.approx(0.6 - half_a, abs=1e-6)
+    assert v[(1e-3, "B")][0] == "does not train"  # all three at exactly chance: a zero-width interval
+    assert v[(1e-3, "C")][0] == "unresolved"  # mean 0.25, interval reaches below 0.1
+    pairs = {(p["a"], p["b"]): p["diff"] for p in sec.training_comparisons(finals, ["B", "A", "C"])}
+    assert set(pairs) == {("A", "B"), ("A", "C"), ("C", "B")}  # ordered so the first is ahead on average
+    d = pairs[("A", "B")]  # differences 0.4, 0.5, 0.6
+    assert d.mean == pytest.approx(0.5) and d.low == pytest.approx(0.5 - half_a, abs=1e-6) and d.excludes(0.0)
+    assert not pairs[("C", "B")].excludes(0.0)  # differences -0.05, 0.4, 0.1
+    text = sec._training_prose(finals, ["A", "B", "C"], (1e-3,), 0.1, 3)
+    assert "A trains" in text and "B does not" in text and "for C the interval contains" in text
+    assert "A beats B by 0.500 [0.252, 0.748]" in text and "C beats" not in text and "A beats C" not in text
+    one = finals[finals["seed"] == 0]  # one seed: no interval, so no claim at all
+    assert set(v[0] for v in sec.training_verdicts(one, 0.1).values()) == {"unresolved"}
+    text = sec._training_prose(one, ["A", "B", "C"], (1e-3,), 0.1, 1)
+    assert "One seed per network" in text and "beats" not in text and "trains" not in text
+    with pytest.raises(UserError, match="train seeds"):
+        sec.section(Path("/nonexistent"), {"quick": True, "train_seeds": 0})

@@ -125,3 +125,14 @@ def test_report_section_writes_figures_data_and_markdown(tmp_path, monkeypatch):
     moments = (tmp_path / "data" / "spectrum_moments.csv").read_text().splitlines()
     assert len(moments) == 1 + 6  # relu, tanh, selu x gaussian, orthogonal
     assert (tmp_path / "data" / "spread.csv").exists()
+
+
+def test_simulate_jacobian_summary_has_moments_and_zero_share():
+    from propagate.simulate import simulate
+
+    spec = uniform("relu", "he_normal", 64, 3)
+    j = simulate(spec, seeds=1, samples=8, jacobian=True, jacobian_inputs=2, theory=False, threads=1).jacobian
+    assert set(j["moments"]) == {"m1", "m2", "m3", "m4"}
+    # ReLU: at least half the singular values are exactly zero (rank <= active units of the narrowest layer)
+    assert 0.4 <= j["zero_frac"] <= 0.7
+    assert j["s_min_nonzero"] > 0

@@ -189,7 +189,8 @@ def test_killed_worker_loses_nothing(client, tmp_path):
         assert busy, "no worker was busy after the first point"
         worker, keys = next(iter(busy.items()))
         pid = client.run(os.getpid, workers=[worker])[worker]
-        killed.update(pid=pid, keys={k.removeprefix("propagate-sweep-") for k in keys})
+        # Dask keys are "propagate-sweep-<point key>-<run token>"
+        killed.update(pid=pid, keys={k.removeprefix("propagate-sweep-").rsplit("-", 1)[0] for k in keys})
         os.kill(pid, signal.SIGKILL)
 
     res = run_sweep(plan, tmp_path, client=client, progress=False, callback=kill_a_busy_worker)

@@ -502,3 +502,21 @@ def test_cli_list_presets(capsys):
     assert main(["train", "--list-presets"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in EXPECTED) and "0.2284/0.0996" in out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_ensemble_on_cuda_matches_single_runs_and_cpu(mnist5k):
+    """On CUDA: seed 1 of an ensemble equals the single run --seed 1, and both follow the CPU run closely."""
+    ds = _subset(mnist5k, 600, 100)
+    spec = NetworkSpec.stack(3, 24, first_width=32, activation="selu", init="lecun_normal", batchnorm=True,
+                             out_features=10)
+    opts = TrainOptions(epochs=1, probe_size=32, threads=1, device="cuda")
+    ens = train(spec, opts, ds, seeds=3)
+    one = train(spec, opts.with_(seed=1), ds)
+    cpu = train(spec, opts.with_(seed=1, device="cpu"), ds)
+    h = ens.history[ens.history["seed"] == 1].drop(columns=["seconds"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(h, one.history.drop(columns=["seconds"]), rtol=1e-4)
+    # another device sums in another order: a sample or two may flip (1/600 each), losses agree to ~1e-3
+    pd.testing.assert_frame_equal(one.history.drop(columns=["seconds"]), cpu.history.drop(columns=["seconds"]),
+                                  rtol=1e-3, atol=5e-3)
+    assert next(ens.model.parameters()).is_cuda

@@ -173,6 +173,8 @@ def test_first_epoch_dynamics_tiny_network():
     expect = 1e-3 / math.sqrt(0.1) * math.sqrt(16 * 16) / w0
     assert d1["update_ratio"] == pytest.approx(expect, rel=1e-3)
     assert np.isfinite(d["pre_var"]).all() and (d["pre_var"] > 0).all()
+    assert np.isfinite(d["grad_norm"]).all() and (d["grad_norm"] > 0).all()
+    assert np.isfinite(d[d.step > 0]["weight_grad_norm"]).all()
     assert not d["diverged"].any()
 
 

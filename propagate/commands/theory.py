@@ -30,6 +30,7 @@ examples:
   propagate theory --activation selu --init lecun_normal --depth 50
   propagate theory --activation relu --init glorot_uniform --batchnorm --csv relu_bn.csv
   propagate theory --activation relu --sigma-w2 3 --depth 1000 --csv -
+  propagate theory --activation relu --sigma-w2 2 --width 100 --depth 50 --finite-width
   propagate theory --activation relu --init glorot_uniform --depth 100 --width 256 --residual 0.5
 """
 
@@ -43,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_spec_arguments(parser, activation="tanh", init=None, depth=50, init_flag=False)
     parser.add_argument("--input-corr", type=finite_float, default=None, metavar="C",
                         help="uncentered correlation of two inputs (default mean^2/(mean^2+var), independent inputs)")
+    parser.add_argument("--finite-width", action="store_true",
+                        help="add var_log_norm and var_log_grad: the variance across networks of ln||z^l||^2 and of the "
+                             "log squared gradient norm for one fixed input (propagate.finite_width)")
     parser.add_argument("--rows", type=positive_int, default=None, metavar="N",
                         help="print at most N table rows, evenly spaced (default: all up to 60 layers, else 25)")
     out = parser.add_mutually_exclusive_group()
@@ -77,7 +81,17 @@ def run(args: argparse.Namespace) -> int:
     from propagate.theory import analyze
 
     spec, sw2, sb2 = build(args)
+    if args.finite_width:
+        from propagate.finite_width import check_spec
+
+        check_spec(spec)  # a spec the spread is not predicted for is a user error, before any work
     res = analyze(spec.activation, sw2, sb2, spec.depth, spec=spec, input_corr=args.input_corr)
+    if args.finite_width:
+        from propagate.finite_width import SPREAD_COLUMNS, predict_spread
+
+        spread = predict_spread(spec, table=res.table).set_index("layer")
+        for col in SPREAD_COLUMNS:
+            res.table[col] = res.table["layer"].map(spread[col]).astype(float)
     table = res.table
     meta = run_metadata(spec=spec.to_dict(), summary=res.summary())
     if args.json:
@@ -88,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(format_summary(res, spec))
     cols = ["layer", "width", "sigma_w2", "pre_var", "post_mean", "post_var", "post_q", "corr", "grad_norm"]
+    if args.finite_width:
+        cols += ["var_log_norm", "var_log_grad"]
     if table["diverged"].any():
         cols.append("diverged")
     n = args.rows or (len(table) if spec.depth <= 60 else 26)

@@ -20,16 +20,30 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["ReportOptions", "build_report", "check_report_folders", "work_dir_of"]
+__all__ = ["ReportOptions", "build_report", "check_report_folders", "work_dir_of", "SECTIONS"]
+
+#: The sections after the seed's story, in page order: name -> module ``propagate.report.section_<name>``,
+#: each with ``section(out_dir, ctx, progress) -> markdown`` (it writes its own data and figures).
+SECTIONS = ("residual", "spectrum", "selfnorm", "trainability", "sweep")
+#: Presets and learning rates of the full report's trainability map (``propagate trainability`` in the work folder).
+TRAINABILITY_PRESETS = ("selu-lecun-normal", "selu-bn-lecun-uniform", "relu", "relu-bn")
+TRAINABILITY_LRS = (1e-5, 10**-4.5, 1e-4, 10**-3.5, 1e-3, 10**-2.5, 1e-2)
 
 
 @dataclass(frozen=True)
 class ReportOptions:
     """What goes into a report.
 
-    ``quick`` is a reduced version (about a minute on 2 cores): fewer inputs
+    ``quick`` is a reduced version (a few minutes on 2 cores): fewer inputs
     and networks in the simulation, a coarser phase grid, 1 epoch on a
-    1,024-image subset of the training split, one learning rate.
+    1,024-image subset of the training split, one learning rate, 2 seeds, and
+    each extra section's own quick sizes.
+
+    ``seeds`` is the number of independent networks trained per configuration
+    (a seed ensemble trained as one batched model; every training number is a
+    mean with its 95% Student t interval over these seeds); ``sim_seeds`` the
+    number of random networks simulated per configuration. ``sections``: which
+    of :data:`SECTIONS` to add after the seed's story.
     """
 
     dataset: str = "mnist-5k"
@@ -39,6 +53,8 @@ class ReportOptions:
     presets: tuple[str, ...] | None = None
     sim_samples: int = 1000
     sim_seeds: int = 4
+    seeds: int = 5
+    sections: tuple[str, ...] = SECTIONS
     seed: int = 0
     data_dir: str | None = None
     work_dir: str | None = None
@@ -51,7 +67,8 @@ class ReportOptions:
         if not self.quick:
             return self
         return replace(self, lrs=self.lrs[:1], epochs=1, sim_samples=min(self.sim_samples, 256),
-                       sim_seeds=min(self.sim_seeds, 2), train_subset=self.train_subset or 1024)
+                       sim_seeds=min(self.sim_seeds, 2), seeds=min(self.seeds, 2),
+                       train_subset=self.train_subset or 1024)
 
 
 def _subset(dataset, n):
@@ -91,6 +108,7 @@ def check_report_folders(out_dir: str | Path, options: ReportOptions | None = No
 
     check_replaceable_dir(out_dir, "--out", adopt=_is_report_folder)
     _check_simulation_size((options or ReportOptions()).effective())
+    _check_training_size((options or ReportOptions()).effective())
     work = work_dir_of(out_dir, options or ReportOptions())
     check_output_dir(work, "--work-dir")
     check_folder(work, option="--work-dir")  # not in use by another process, and a run folder if not empty
@@ -103,6 +121,21 @@ def _check_simulation_size(opts: ReportOptions) -> None:
     widths = [784, 512] + [256] * 50  # the seed's network, simulated by compute.simulate_configs
     require_memory(simulation_bytes(widths, opts.sim_samples, opts.sim_seeds),
                    f"simulating {opts.sim_seeds} networks x {opts.sim_samples} inputs", "use fewer --seeds or --samples")
+
+
+def _check_training_size(opts: ReportOptions) -> None:
+    """Refuse a --seeds whose ensemble of the seed's network would not fit in memory (before loading data)."""
+    from propagate.limits import format_bytes, memory_limit
+    from propagate.errors import UserError
+    from propagate.presets import get_preset
+    from propagate.train import TrainOptions, estimate_memory
+
+    limit = memory_limit()
+    spec = get_preset("relu").spec()  # every preset has the seed's widths
+    need = estimate_memory(spec, TrainOptions(), opts.seeds)
+    if limit is not None and need > limit:
+        raise UserError(f"training {opts.seeds} seeds of the seed's network needs about {format_bytes(need)} of "
+                        f"memory, more than this machine allows ({format_bytes(limit)}); use fewer --seeds")
 
 
 @dataclass
@@ -222,15 +255,15 @@ def _train_in_work_dir(run: _Run, train_ds, work: Path):
     opts = run.opts
     try:
         return reproduce(presets=list(opts.presets) if opts.presets else None, lrs=opts.lrs, dataset=train_ds,
-                         out_dir=work, resume=True, epochs=opts.epochs, seed=opts.seed, device=opts.device,
-                         progress=run.progress, notify=run.say)
+                         out_dir=work, resume=True, epochs=opts.epochs, seed=opts.seed, seeds=opts.seeds,
+                         device=opts.device, progress=run.progress, notify=run.say)
     except (IdentityMismatch, FolderBusy) as exc:
         raise _work_dir_refusal(exc) from None
 
 
 def _training_part(run: _Run, dataset, work: Path):
-    """5. Training: every preset at every learning rate, curves and per-layer drift."""
-    from propagate.report import compute, figures
+    """5. Training: every preset at every learning rate (a seed ensemble each), curves and per-layer drift."""
+    from propagate.report import compute, figures_training
 
     opts = run.opts
     train_ds = _subset(dataset, opts.train_subset)
@@ -242,16 +275,65 @@ def _training_part(run: _Run, dataset, work: Path):
     reported = compute.reported_table(summary)
     for lr in opts.lrs:
         h = history[history["lr"] == lr]
-        run.figure(figures.plot_training_curves(h, reported, title=f"Training the 52-layer network, RMSprop lr {lr:g} "
-                                                "(dashed: with batch normalization; squares: the seed's numbers)"),
+        run.figure(figures_training.plot_training_bands(
+            h, reported, title=f"Training the 52-layer network, RMSprop lr {lr:g}: mean of {opts.seeds} seeds, "
+                               "band 95% t interval (dashed: with batch normalization; squares: the seed's numbers)"),
                    f"training_curves_lr{lr:g}.png")
     drift_runs = compute.drift_runs(summary, opts.lrs)
-    run.figure(figures.plot_training_layers(layers, drift_runs), "training_layer_drift.png")
+    run.figure(figures_training.plot_layer_drift_bands(layers, drift_runs), "training_layer_drift.png")
     run.step("training")
     return train_ds, summary, history, layers, drift_runs
 
 
-def _page_part(run: _Run, dataset, selu, sims, inputs_desc, lines, training) -> None:
+def _trainability_dir(run: _Run, dataset, work: Path) -> Path | None:
+    """Full reports: the trainability map's grid, trained (resumably) in the work folder; quick: None (the section's own grid)."""
+    if run.opts.quick:
+        return None
+    from propagate.presets import get_preset
+    from propagate.runfolder import FolderBusy, IdentityMismatch
+    from propagate.trainability import TrainabilityOptions, trainability
+
+    opts = run.opts
+    configs = [(name, get_preset(name).spec()) for name in TRAINABILITY_PRESETS]
+    topts = TrainabilityOptions(seeds=tuple(opts.seed + k for k in range(3)), epochs=opts.epochs, refine=2,
+                                device=opts.device)
+    folder = work / "trainability"
+    try:
+        trainability(configs, TRAINABILITY_LRS, dataset, topts, out_dir=folder, progress=run.say)
+    except (IdentityMismatch, FolderBusy) as exc:
+        raise _work_dir_refusal(exc) from None
+    return folder
+
+
+def _sections_part(run: _Run, dataset, train_ds, work: Path) -> str:
+    """7-: the extra sections (:data:`SECTIONS`), each writing its own data and figures; their markdown, numbered."""
+    import importlib
+
+    opts = run.opts
+    ctx = {"quick": opts.quick, "seed": opts.seed, "dataset": dataset.name, "dataset_obj": train_ds,
+           "train_seeds": opts.seeds}
+    parts = []
+    for number, name in enumerate(opts.sections, start=7):
+        module = importlib.import_module(f"propagate.report.section_{name}")
+        if name == "trainability":
+            ctx = {**ctx, "trainability_dir": _trainability_dir(run, train_ds, work)}
+        text = module.section(run.folder, ctx, progress=run.say).strip()
+        parts.append(_number_heading(text, number))
+        run.step(name)
+    return "\n\n".join(parts)
+
+
+def _number_heading(text: str, number: int) -> str:
+    """A section's first ``## Title`` becomes ``## <number>. Title`` (the page numbers its sections)."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("## "):
+            lines[i] = f"## {number}. {line[3:]}"
+            break
+    return "\n".join(lines)
+
+
+def _page_part(run: _Run, dataset, selu, sims, inputs_desc, lines, training, sections_md: str = "") -> None:
     """6. Findings from the numbers, then README.md and report.json."""
     from propagate.io import atomic_write_json, atomic_write_text
     from propagate.report import findings, page
@@ -259,7 +341,8 @@ def _page_part(run: _Run, dataset, selu, sims, inputs_desc, lines, training) -> 
     train_ds, summary, history, layers, drift_runs = training
     facts = findings.collect_facts(selu, sims, summary, history, layers, lines, run.opts)
     elapsed = time.perf_counter() - run.t_start
-    text = page.render(run.opts, dataset, facts, summary, run.timings, elapsed, inputs_desc, train_ds, drift_runs)
+    text = page.render(run.opts, dataset, facts, summary, run.timings, elapsed, inputs_desc, train_ds, drift_runs,
+                       sections_md)
     atomic_write_text(run.folder / "README.md", text)
     atomic_write_json(run.folder / "report.json", {"meta": run.meta, "timings_s": run.timings, "elapsed_s": elapsed,
                                                    "facts": facts})
@@ -296,5 +379,6 @@ def build_report(out_dir: str | Path, options: ReportOptions | None = None, *, p
         sims, inputs_desc = _simulation_part(run, dataset, x_train)
         lines = _phase_part(run)
         training = _training_part(run, dataset, work)
-        _page_part(run, dataset, selu, sims, inputs_desc, lines, training)
+        sections_md = _sections_part(run, dataset, training[0], work)
+        _page_part(run, dataset, selu, sims, inputs_desc, lines, training, sections_md)
     return Path(out_dir)

@@ -87,7 +87,8 @@ def plot_training_bands(history, reported=None, *, chance: float | None = 0.1, t
     for run, h in history.groupby("run", sort=False):
         look = _look(h)
         for ax, col in zip(axes, ("acc", "val_acc", "loss")):
-            band = seed_band(h, "epoch", col, level=level)
+            # the loss spans decades (diverging runs) and is positive: geometric mean, interval in log space
+            band = seed_band(h, "epoch", col, level=level, log=(col == "loss"))
             line = _draw(ax, band, "epoch", label=run if col == "acc" else None, **look)
             look.setdefault("color", line.get_color())
             ns += list(band["n"])
@@ -96,12 +97,14 @@ def plot_training_bands(history, reported=None, *, chance: float | None = 0.1, t
             for ax, col in zip(axes[:2], ("acc", "val_acc")):
                 ax.plot(r["epoch"], r[col], marker="s", ls="none", mfc="none", color=look["color"], ms=7)
     last = int(history["epoch"].max())
-    names = ("training accuracy (fraction)", "test accuracy (fraction)", "training loss (cross-entropy, nats)")
+    names = ("training accuracy (fraction)", "test accuracy (fraction)",
+             "training loss (cross-entropy, nats; geometric mean)")
     for ax, name in zip(axes, names):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.set_xticks(range(1, last + 1))
         ax.set_xlim(0.7, last + 0.3)
+    axes[2].set_yscale("log")
     for ax in axes[:2]:
         ax.set_ylim(0, 1.02)
         if chance is not None:

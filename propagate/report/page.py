@@ -76,6 +76,7 @@ def _training_values(opts, dataset, summary, train_ds, drift_runs) -> dict:
 
     return {
         "epochs": opts.epochs,
+        "seeds": opts.seeds,
         "n_train": len(train_ds.y_train),
         "n_test": len(dataset.y_test),
         "lrs": ", ".join(f"{lr:g}" for lr in opts.lrs),
@@ -86,7 +87,7 @@ def _training_values(opts, dataset, summary, train_ds, drift_runs) -> dict:
     }
 
 
-def render(opts, dataset, facts, summary, timings, elapsed, inputs_desc, train_ds, drift_runs) -> str:
+def render(opts, dataset, facts, summary, timings, elapsed, inputs_desc, train_ds, drift_runs, sections: str = "") -> str:
     """The report's README.md text.
 
     ``opts``: the effective ``ReportOptions``; ``dataset``: the loaded dataset
@@ -94,11 +95,13 @@ def render(opts, dataset, facts, summary, timings, elapsed, inputs_desc, train_d
     ``summary``: the training summary table; ``timings``: seconds per build
     step; ``elapsed``: seconds in all; ``inputs_desc``: what the simulation was
     fed; ``train_ds``: the training data used (``y_train``); ``drift_runs``:
-    run labels of the drift figure.
+    run labels of the drift figure; ``sections``: the markdown of the extra
+    sections (``propagate.report.SECTIONS``), placed after the findings.
     """
     from propagate.templates import render as render_template
 
     values = {**_header_values(opts, dataset, summary, timings, elapsed), **_verdict_values(facts),
               **_selu_values(facts), **_simulation_values(opts, facts, inputs_desc),
-              **_training_values(opts, dataset, summary, train_ds, drift_runs)}
+              **_training_values(opts, dataset, summary, train_ds, drift_runs),
+              "sections": (sections.strip() + "\n\n") if sections.strip() else ""}
     return render_template("report_page.md", values)

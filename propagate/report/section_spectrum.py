@@ -33,7 +33,7 @@ CONFIGS = (
 WEIGHTS = ("gaussian", "orthogonal")
 
 #: (widths, depth, networks, inputs) of the spread figure; (depth, width, networks) of the spectrum.
-SPREAD_FULL = ((32, 64, 128), 32, 96, 2)
+SPREAD_FULL = ((32, 64, 128), 32, 200, 2)
 SPREAD_QUICK = ((32, 64), 16, 48, 2)
 SPECTRUM_FULL = (16, 256, 8)
 SPECTRUM_QUICK = (8, 128, 4)

@@ -138,8 +138,8 @@ def _simulate_grid(sw2s, sb2s, depth, width, samples, seeds, seed, activation, p
         t["sigma_w2"], t["sigma_b2"] = sw2, sb2
         frames.append(t)
         bar.update(1)
-        if callable(progress):
-            progress(i + 1, len(points))
+        if callable(progress) and ((i + 1) % max(1, len(points) // 4) == 0 or i + 1 == len(points)):
+            progress(f"sweep section: {i + 1}/{len(points)} grid points")
     bar.close()
     return pd.concat(frames, ignore_index=True)
 
@@ -149,7 +149,7 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
 
     ``ctx``: ``quick`` (a 7 x 3 grid of 16-layer networks instead of 13 x 6
     of 30 layers) and ``seed``. ``progress``: ``True`` for a bar on stderr, or
-    ``callable(done, total)``.
+    ``callable(message)`` (a line about every quarter of the grid, like the other sections).
     """
     import matplotlib.pyplot as plt
 

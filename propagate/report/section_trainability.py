@@ -39,8 +39,12 @@ SETTINGS_QUICK = dict(presets=("selu-lecun-normal", "relu"), lrs=(1e-4, 1e-3, 1e
 
 
 def _lr_label(lr: float) -> str:
+    """``1e-4`` for powers of ten, else two significant digits in the same form (``3.2e-4``)."""
     e = math.log10(lr)
-    return f"1e{int(round(e))}" if abs(e - round(e)) < 1e-9 else f"{lr:.2g}"
+    if abs(e - round(e)) < 1e-9:
+        return f"1e{int(round(e))}"
+    k = math.floor(e)
+    return f"{lr / 10**k:.2g}e{k}"
 
 
 def figure_trainability_map(points, configs, *, criterion: str = "acc", seed_lr: float = SEED_LR, ax=None,
@@ -51,7 +55,8 @@ def figure_trainability_map(points, configs, *, criterion: str = "acc", seed_lr:
     shows the mean and, below it, the 95% interval. Per row: a black triangle
     at ``max_lr_measured`` (open when censored at the top of the grid), a
     white diamond at ``max_lr_predicted`` (an arrow at the left edge with its
-    value when it lies below the grid), and a dashed line at ``seed_lr``.
+    value when it lies below the grid), an open circle at gradient descent's
+    ``max_lr_predicted_gd`` (only when on the grid), and a dashed line at ``seed_lr``.
     ``points``/``configs``: the tables of :func:`propagate.trainability.trainability`.
     Refined points (``refined``) are not cells; they only move the triangle.
     """
@@ -125,6 +130,9 @@ def figure_trainability_map(points, configs, *, criterion: str = "acc", seed_lr:
                             arrowprops=dict(arrowstyle="->", color="white", lw=1.2), zorder=6)
             else:
                 ax.plot(lp, i + 0.33, marker="D", ms=7, color="white", mec="black", zorder=6)
+        pg = c.get("max_lr_predicted_gd", np.nan)
+        if np.isfinite(pg) and pg > 0 and edges[0] <= xpos(pg) <= edges[-1]:  # drawn only when on the grid
+            ax.plot(xpos(pg), i + 0.33, marker="o", ms=8, mfc="none", mec="white", mew=1.6, ls="", zorder=6)
     if edges[0] <= xpos(seed_lr) <= edges[-1]:
         ax.axvline(xpos(seed_lr), color="red", ls="--", lw=1.2)
     ax.set_xticks(x, [_lr_label(v) for v in lrs])
@@ -135,7 +143,8 @@ def figure_trainability_map(points, configs, *, criterion: str = "acc", seed_lr:
     ax.grid(False)
     handles = [Line2D([], [], marker="v", color="black", ls="", label="largest lr that trains (measured)"),
                Line2D([], [], marker="D", color="white", mec="black", ls="",
-                      label="predicted from sharpness at init"),
+                      label="predicted: 2 / preconditioned sharpness at init"),
+               Line2D([], [], marker="o", mfc="none", mec="black", ls="", label="GD bound 2 / sharpness (if on grid)"),
                Line2D([], [], color="red", ls="--", label=f"the seed's lr {seed_lr:g}"),
                Patch(facecolor="white", edgecolor="0.35", hatch="xx", label="diverged (inf/NaN loss)")]
     if level is not None:
@@ -310,14 +319,26 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
             s += (f". At the seed's lr 1e-3: {r['outcome']}, final {criterion} {r[f'{criterion}_mean']:.3f} "
                   f"[{r[f'{criterion}_ci_low']:.3f}, {r[f'{criterion}_ci_high']:.3f}]")
         lines.append(s + ".")
-    # does the verdict at the seed's lr hold at the others?
+    # does the verdict at the seed's lr hold at the others? (grid points only; intervals of the criterion)
     flips = []
     for n in names:
-        o = points[(points["config"] == n) & ~points["refined"].astype(bool)].set_index("lr")["outcome"]
-        seed_o = o[np.isclose(o.index, SEED_LR)]
-        if len(seed_o) and (o != seed_o.iloc[0]).any():
-            others = ", ".join(f"{_lr_label(lr)}: {v}" for lr, v in o.items() if not np.isclose(lr, SEED_LR))
-            flips.append(f"{n} ({seed_o.iloc[0]} at 1e-3; {others})")
+        g = points[(points["config"] == n) & ~points["refined"].astype(bool)].set_index("lr")
+        at_seed = g[np.isclose(g.index, SEED_LR)]
+        if not len(at_seed):
+            continue
+        o0 = at_seed["outcome"].iloc[0]
+        other = g[(g["outcome"] != o0) & ~np.isclose(g.index, SEED_LR)]
+        if not len(other):
+            continue
+        best = other.loc[other[f"{criterion}_mean"].idxmax()] if other[f"{criterion}_mean"].notna().any() else None
+        txt = (f"{n}: {o0} at 1e-3 ({criterion} {at_seed[f'{criterion}_mean'].iloc[0]:.3f} "
+               f"[{at_seed[f'{criterion}_ci_low'].iloc[0]:.3f}, {at_seed[f'{criterion}_ci_high'].iloc[0]:.3f}]), "
+               + "; ".join(f"{o} at {', '.join(_lr_label(v) for v in grp.index)}"
+                           for o, grp in other.groupby("outcome", sort=False)))
+        if best is not None:
+            txt += (f" (best {best[f'{criterion}_mean']:.3f} [{best[f'{criterion}_ci_low']:.3f}, "
+                    f"{best[f'{criterion}_ci_high']:.3f}] at {_lr_label(best.name)})")
+        flips.append(txt)
     ratios = configs["ratio"].to_numpy(float) if "ratio" in configs.columns else np.array([])
     ratios = ratios[np.isfinite(ratios)]
     pred_gd = configs.get("max_lr_predicted_gd", pd.Series(dtype=float)).to_numpy(float)
@@ -359,7 +380,8 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
         f"of the 95% Student t interval over seeds of the final training accuracy (`{criterion}`) exceeds {level:g}; "
         "*diverged* when any seed's loss became inf/NaN. The triangle marks the largest learning rate that trains, "
         "the diamond (or arrow, when off the grid) the one predicted at initialization from the preconditioned "
-        "sharpness, the red line the seed's 1e-3.",
+        "sharpness, the open circle plain gradient descent's bound $2/\\lambda_1(H)$ where it falls on the grid, "
+        "the red line the seed's 1e-3.",
         "",
         "![trainability map](figures/trainability_map.png)",
         "",
@@ -394,6 +416,22 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
                             f"{int(last['step'].iloc[0])}; first update moves the weights by "
                             f"{np.nanmedian(ur):.2g} of their norm (median over layers)")
         md.append(f"{p}: " + "; ".join(summ) + ".")
+        # RMSprop divides by sqrt(v) + eps (eps 1e-7): gradients far below eps get steps of lr * g / eps, not ~lr
+        fans = [fi * fo for fi, fo in spec_of(p).fans()]
+        d1 = d[(d["step"] == 1) & np.isclose(d["lr"], S["dyn_lrs"][0])].sort_values("layer")
+        if len(d1) == len(fans):
+            rms = float(np.nanmedian(d1["weight_grad_norm"].to_numpy(float) / np.sqrt(fans)))
+            if np.isfinite(rms):
+                md.append("")
+                md.append(f"At the first step the root-mean-square entry of a weight matrix's minibatch gradient is "
+                          f"{rms:.2g} (median over layers), " + (
+                              "far below RMSprop's $\\epsilon = 10^{-7}$: its steps are then "
+                              "$\\eta g / \\epsilon$, not of size $\\eta$, which is why the weights hardly move."
+                              if rms < 1e-8 else
+                              "comparable to RMSprop's $\\epsilon = 10^{-7}$, which then shrinks the first steps."
+                              if rms < 1e-6 else
+                              "above RMSprop's $\\epsilon = 10^{-7}$: each weight moves by about "
+                              "$\\eta / \\sqrt{1 - \\rho} \\approx 3.2\\,\\eta$ in its first step."))
         md.append("")
     md += ["Data: `data/trainability_points.csv` (one row per configuration and learning rate), "
            "`data/trainability_configs.csv` (largest learning rates, measured and predicted, sharpness), "
