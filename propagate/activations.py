@@ -24,6 +24,8 @@ Users add their own with :func:`register_activation`.
 
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
@@ -43,8 +45,12 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=None)
 def selu_constants() -> tuple[float, float]:
     """SELU's ``(lambda, alpha)`` for the fixed point (mean 0, variance 1), float64.
+
+    Cached: the mpmath evaluation costs about 100 us, and torch forms call this
+    on every forward pass.
 
     Evaluated at 30 digits from the closed forms that :mod:`propagate.selu`
     derives symbolically (SNN paper eq. 14) and rounded once to float64;
