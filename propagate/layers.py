@@ -62,6 +62,8 @@ __all__ = [
     "forward_ops",
     "vjp_ops",
     "build_network",
+    "dropout_seed",
+    "seed_dropout",
     "alpha_dropout_affine",
     "OVERFLOW_Q",
 ]
@@ -493,6 +495,50 @@ def _masks(run, n, keep):
                         for g in run.gens]).to(run.device)
 
 
+def dropout_seed(seed: int, epoch: int = 0) -> int:
+    """The torch seed of network ``seed``'s dropout stream in epoch ``epoch`` (63 bits).
+
+    A hash of ``(seed, epoch)`` (numpy ``SeedSequence`` with a tag), so the
+    stream is unrelated to the weights' generator (seeded with ``seed``
+    itself) and to the shuffles; it depends on nothing else, so member ``k`` of
+    an ensemble draws the masks of a single run with seed ``k``, and a run
+    resumed at an epoch boundary draws those of an uninterrupted one.
+    """
+    import numpy as np
+
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), 0xD80F]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def seed_dropout(net, epoch: int = 0) -> None:
+    """Restart every seed's dropout generator of ``net`` (from :func:`build_network`) at :func:`dropout_seed` ``(k, epoch)``.
+
+    :func:`propagate.train.train` calls it at the start of every epoch;
+    :func:`build_network` at ``epoch=0``. A loop of one's own may call it (or
+    not: the streams then simply continue).
+    """
+    for g, k in zip(net.dropout_generators, net.seeds):
+        g.manual_seed(dropout_seed(k, epoch))
+
+
+def _seed_masks(mod, x, keep: float):
+    """Bernoulli(``keep``) masks shaped like ``x`` ``[S, B, N]``, seed ``i``'s from its own generator (None: no generators).
+
+    One draw per seed (a loop over ``S``, each a vectorized ``bernoulli_``):
+    seed ``i`` consumes its generator exactly as a single run of that seed does.
+    """
+    gens = getattr(mod, "dropout_generators", None)
+    if gens is None or x.dim() != 3 or x.shape[0] != len(gens):
+        return None
+    import torch
+
+    dev = gens[0].device
+    mask = torch.empty(x.shape, dtype=x.dtype, device=dev)
+    for i, g in enumerate(gens):
+        mask[i].bernoulli_(keep, generator=g)
+    return mask if dev == x.device else mask.to(x.device)
+
+
 @dataclass(frozen=True)
 class Dropout(Op):
     """Inverted dropout at rate ``p``: ``x m / (1 - p)``, ``m ~ Bernoulli(1 - p)``.
@@ -525,9 +571,14 @@ class Dropout(Op):
         return g * cache["s_mask"]
 
     def torch_forward(self, mod, x, rec):
-        import torch.nn.functional as F
+        if not mod.training or self.p == 0.0:
+            return x
+        mask = _seed_masks(mod, x, 1.0 - self.p)
+        if mask is None:  # a module without per-seed generators: torch's global stream, shared by all seeds
+            import torch.nn.functional as F
 
-        return F.dropout(x, self.p, mod.training)
+            return F.dropout(x, self.p, True)
+        return x * mask.mul_(1.0 / (1.0 - self.p))
 
 
 @dataclass(frozen=True)
@@ -574,9 +625,17 @@ class AlphaDropout(Op):
         return g * cache["s_mask"]
 
     def torch_forward(self, mod, x, rec):
-        import torch.nn.functional as F
+        if not mod.training or self.p == 0.0:
+            return x
+        mask = _seed_masks(mod, x, 1.0 - self.p)
+        if mask is None:  # a module without per-seed generators: torch's global stream, shared by all seeds
+            import torch.nn.functional as F
 
-        return F.alpha_dropout(x, self.p, mod.training)
+            return F.alpha_dropout(x, self.p, True)
+        a, b, ap = alpha_dropout_affine(self.p)
+        # a (x m + alpha' (1 - m)) + b = x (a m) + ((m - 1) (-alpha' a) + b)
+        shift = (mask - 1.0).mul_(-ap * a).add_(b)
+        return x * mask.mul_(a) + shift
 
 
 # ---------------------------------------------------------------------------- residual
@@ -883,7 +942,19 @@ def _module_class():
 
 
 def build_network(spec, seeds: Sequence[int], *, dtype=None, device=None):
-    """The torch training model of ``spec`` for the seeds ``seeds`` (see :func:`propagate.spec.build_model`)."""
+    """The torch training model of ``spec`` for the seeds ``seeds`` (see :func:`propagate.spec.build_model`).
+
+    Weights: seed ``k``'s from ``torch.Generator().manual_seed(k)``. Dropout
+    and alpha dropout masks: seed ``k``'s from its own generator
+    ``net.dropout_generators[i]`` (on ``device``), started at
+    :func:`dropout_seed` ``(k, 0)`` and restarted per epoch by
+    :func:`seed_dropout`; the global torch random state is not used (only a
+    dropout module without generators, e.g. built by hand, falls back to
+    torch's global stream). CPU and CUDA generators are different algorithms,
+    so the masks differ between devices. Moving the model to another device
+    afterwards keeps the generators where they are: masks are drawn there and
+    copied.
+    """
     import torch
 
     dtype = dtype or torch.float32
@@ -902,4 +973,12 @@ def build_network(spec, seeds: Sequence[int], *, dtype=None, device=None):
         return OpModule(op, params, buffers, [make(c) for c in op.children()])
 
     net = Network(spec, seeds, [make(op) for op in ops])
+    # Dropout randomness: one generator per seed (on ``device``), seeded by dropout_seed(k, 0), so the masks of
+    # seed k do not depend on the other seeds; shared by the network's dropout layers (one stream per seed, as
+    # a single run's global stream). train() restarts them every epoch (seed_dropout).
+    net.dropout_generators = [torch.Generator(device=device if device is not None else "cpu") for _ in seeds]
+    seed_dropout(net, 0)
+    for m in net.modules():
+        if isinstance(getattr(m, "op", None), (Dropout, AlphaDropout)):
+            m.dropout_generators = net.dropout_generators
     return net.to(device) if device is not None else net

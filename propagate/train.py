@@ -18,10 +18,12 @@ batch mean: the loss minimised is the *sum* over seeds of each seed's mean
 loss, so every seed's gradient is exactly its single-run gradient, and
 RMSprop/Adam/SGD, which act elementwise, update every seed as its single run
 would. Nothing couples the seeds (no gradient clipping; BatchNorm statistics
-and running averages are per seed). Seed ``k`` of an ensemble therefore
-matches the single run ``seed=k`` to float32 round-off (tested), except with
-dropout: the model draws the masks of all seeds from one random stream, so the
-masks are independent across seeds but differ from a single run's.
+and running averages are per seed). Dropout and alpha dropout masks
+come from one generator per seed, restarted every epoch at
+:func:`propagate.layers.dropout_seed` ``(k, epoch)`` (a stream of its own,
+unrelated to the weights' and the shuffles'). Seed ``k`` of an ensemble
+therefore matches the single run ``seed=k`` to float32 round-off, with or
+without dropout (tested).
 
 Metrics per seed and epoch (one row of ``TrainResult.history``):
 
@@ -57,11 +59,11 @@ that seed's training (its weights stay as they were before that batch), its
 partial epoch is recorded with ``diverged=True``; the other seeds go on.
 
 Resumable runs: with ``run_dir``, after every epoch the metrics, the layer
-statistics and a checkpoint (each seed's weights, optimizer state and status,
-and the random state) are written atomically; a later call with
-``resume=True`` continues every seed from its last finished epoch and gives the
-same numbers as an uninterrupted run, because each epoch's shuffle depends only
-on ``(seed, epoch)``. Asking for more seeds than a folder holds trains the new
+statistics and a checkpoint (each seed's weights, optimizer state and status)
+are written atomically; a later call with ``resume=True`` continues every seed
+from its last finished epoch and gives the same numbers as an uninterrupted
+run, because each epoch's shuffle and dropout stream depend only on
+``(seed, epoch)`` (no random state needs saving; tested with dropout). Asking for more seeds than a folder holds trains the new
 seeds from scratch (a separate ensemble) and keeps the old ones.
 
 Memory: before any work, an ensemble whose estimated working set
@@ -132,7 +134,7 @@ class TrainOptions:
             kept (as Keras does) unless it holds a single sample and the
             network uses BN.
         seed: the first seed: weights (``build_model``), the per-epoch shuffles
-            and dropout.
+            and dropout masks (each seed its own streams).
         seeds: number of networks trained together, seeds ``seed .. seed + seeds - 1``.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda if available).
         probe_size: training images in the fixed probe batch for layer statistics.
@@ -353,6 +355,18 @@ def _frozen_buffers(model):
             b.copy_(v)
 
 
+@contextlib.contextmanager
+def _frozen_dropout(model):
+    """Undo any draw from the model's per-seed dropout generators made inside the block (a probe in train mode)."""
+    gens = getattr(model, "dropout_generators", [])
+    saved = [g.get_state() for g in gens]
+    try:
+        yield
+    finally:
+        for g, st in zip(gens, saved):
+            g.set_state(st)
+
+
 # ------------------------------------------------------------------- memory
 
 
@@ -452,7 +466,8 @@ def probe_layer_stats(model, x, y, mode: str = "eval") -> list[dict]:
     was_training = model.training
     model.train(mode == "train")
     try:
-        with _frozen_buffers(model), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+        with _frozen_buffers(model), _frozen_dropout(model), \
+                torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
             with torch.enable_grad():
                 out, rec = model(x, record=True)
                 loss = F.cross_entropy(out.reshape(S * out.shape[1], -1), y.repeat(S), reduction="sum")
@@ -714,6 +729,8 @@ def _train_epoch(run: _Run, model, opt, epoch: int, active: list[bool]) -> tuple
     import torch.nn.functional as F
     from tqdm import tqdm
 
+    from propagate.layers import seed_dropout
+
     opts, dev = run.options, run.device
     seeds = list(model.seeds)
     S, n, bs = len(seeds), len(run.ytr), opts.batch_size
@@ -723,6 +740,8 @@ def _train_epoch(run: _Run, model, opt, epoch: int, active: list[bool]) -> tuple
         gen.manual_seed(_shuffle_seed(s, epoch))
         orders.append(torch.randperm(n, generator=gen))
     order = torch.stack(orders).to(dev)  # [S, n]: each seed's own shuffle
+    # each seed's dropout stream from (seed, epoch) alone, so a resumed run draws an uninterrupted one's masks
+    seed_dropout(model, epoch)
     saved = {i: _seed_state(model, opt, i, to_cpu=False) for i in range(S) if not active[i]}
     act_mask = torch.tensor(active, device=dev)
     loss_sum = [0.0] * S
@@ -793,14 +812,11 @@ def _train_group(run: _Run, seeds: list[int], store: dict, start_epoch: int, aft
     from propagate.spec import build_model
 
     opts = run.options
-    torch.manual_seed(seeds[0])  # dropout's stream (a single run: its seed, as before ensembles)
     model = build_model(run.spec, seeds=seeds, device=run.device)
     opt = _make_optimizer(model.parameters(), opts)
     if start_epoch > 1:
+        # dropout needs no saved random state: _train_epoch restarts each seed's stream from (seed, epoch)
         _load_seed_states(model, opt, [store[s]["state"] for s in seeds])
-        torch.set_rng_state(store[seeds[0]]["rng"])
-        if run.device.type == "cuda" and store[seeds[0]].get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(store[seeds[0]]["cuda_rng"], run.device)
     else:
         for s in seeds:
             store[s] = {"status": "partial", "epoch": 0, "history": [], "layers": []}
@@ -829,8 +845,6 @@ def _train_group(run: _Run, seeds: list[int], store: dict, start_epoch: int, aft
             st["status"] = "diverged" if i in newly else ("finished" if epoch == opts.epochs else "partial")
             if run.keep_state:  # for the checkpoint only
                 st["state"] = _seed_state(model, opt, i)
-            st["rng"] = torch.get_rng_state()
-            st["cuda_rng"] = torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None
             rows.append(row)
         after_epoch()
         if callback is not None:

@@ -261,6 +261,8 @@ BAD = [
     ("spectrum-plot-jpg", "spectrum --sigma-w2 1 --plot x.jpg"),
     ("spectrum-plot-proc", "spectrum --sigma-w2 1 --plot /proc/x.png"),
     ("spectrum-networks-0", "spectrum --sigma-w2 1 --networks 0"),
+    ("spectrum-points-huge", "spectrum --sigma-w2 1 --points 100000000"),
+    ("spectrum-mc-memory", "spectrum --sigma-w2 1 --depth 1 --width 30000 --check --networks 8 --inputs 64"),
     ("spectrum-sw2-neg", "spectrum --sigma-w2 -1"),
     # --- trainability (parse time)
     ("trainability-seeds-0", "trainability --seeds 0"),
@@ -270,6 +272,8 @@ BAD = [
     # --- sweep (parse time)
     ("sweep-no-file", "sweep --out x"),
     ("sweep-workers-0", "sweep f.toml --out x --workers 0"),
+    ("sweep-out-proc", "sweep f.toml --out /proc/x"),
+    ("sweep-out-is-file", "sweep f.toml --out {T}/afile.txt"),
 ]
 
 

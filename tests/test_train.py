@@ -226,6 +226,87 @@ def test_ensemble_seed_equals_single_run(mnist5k, bn):
         np.testing.assert_allclose(p.detach()[1].numpy(), q.detach()[0].numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["dropout", "alpha_dropout"])
+def test_ensemble_seed_equals_single_run_with_dropout(mnist5k, kind):
+    """Each seed draws its own dropout masks from a (seed, epoch) stream: seed 1 of a 3-seed ensemble is the
+    single run --seed 1 at every step (float32 round-off), whatever the global torch random state."""
+    ds = _subset(mnist5k, 320, 64)  # 10 batches of 32
+    act, init = ("relu", "he_normal") if kind == "dropout" else ("selu", "lecun_normal")
+    spec = NetworkSpec.stack(4, 32, first_width=32, activation=act, init=init, out_features=10, **{kind: 0.2})
+    opts = TrainOptions(epochs=1, batch_size=32, probe_size=16, threads=1)
+    steps: dict = {}
+    torch.manual_seed(123)
+    train(spec, opts, ds, seeds=3, on_step=_per_step("ens", steps))
+    torch.manual_seed(456)  # the global stream plays no part
+    train(spec, opts.with_(seed=1), ds, on_step=_per_step("one", steps))
+    a, b = np.array(steps[("ens", 1)]), np.array(steps[("one", 1)])
+    assert a.shape == b.shape == (10, 3)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # the masks matter: without dropout the same seed takes other steps from the second one on
+    plain = train(spec.with_(**{kind: 0.0}), opts.with_(seed=1), ds, on_step=_per_step("plain", steps))
+    assert plain.status == "finished"
+    assert np.abs(np.array(steps[("plain", 1)])[1:, 1] - b[1:, 1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["dropout", "alpha_dropout"])
+def test_dropout_masks_per_seed_in_build_model(kind):
+    """build_model alone (a loop of one's own): member k's train-mode output is the single model k's, each
+    seed's masks differ, eval mode applies no mask, and the dropout stream is not the weights' stream."""
+    from propagate.layers import alpha_dropout_affine, dropout_seed, seed_dropout
+
+    spec = NetworkSpec.stack(2, 64, input_dim=20, first_width=64, activation="selu", init="lecun_normal",
+                             out_features=10, **{kind: 0.3})
+    x = torch.randn(16, 20, generator=torch.Generator().manual_seed(3))
+    ens, one = build_model(spec, seeds=[4, 5, 6]), build_model(spec, seed=5)
+    ens.train(), one.train()
+    torch.manual_seed(0)
+    y_ens = ens(x)
+    torch.manual_seed(1)
+    y_one = one(x)
+    torch.testing.assert_close(y_ens[1], y_one[0], rtol=1e-6, atol=1e-6)
+    # the next draw continues the stream; restarting it at epoch 0 repeats the first masks
+    assert not torch.allclose(ens(x)[1], y_ens[1])
+    seed_dropout(ens, 0)
+    torch.testing.assert_close(ens(x)[1], y_ens[1], rtol=0, atol=0)
+    # masks really drop units, each seed its own: on all-ones input a unit keeps the value 1/keep (dropout) or
+    # a + b (alpha dropout) with probability 0.7, else 0 or a alpha' + b; 64 x 64 = 4096 units per seed
+    drop_mods = [m for m in ens.modules() if type(getattr(m, "op", None)).__name__ in ("Dropout", "AlphaDropout")]
+    assert len(drop_mods) == 2
+    a, b, ap = alpha_dropout_affine(0.3)
+    kept, dropped = (1 / 0.7, 0.0) if kind == "dropout" else (a + b, a * ap + b)
+    out = drop_mods[0](torch.ones(3, 64, 64))
+    is_kept = (out - kept).abs() < 1e-5
+    assert (is_kept | ((out - dropped).abs() < 1e-5)).all()
+    frac = 1 - is_kept.double().mean(dim=(1, 2))
+    assert ((frac - 0.3).abs() < 4 * math.sqrt(0.3 * 0.7 / 4096)).all(), frac
+    assert not torch.equal(is_kept[0], is_kept[1])
+    ens.eval()
+    torch.testing.assert_close(drop_mods[0](torch.ones(3, 64, 64)), torch.ones(3, 64, 64))
+    # the dropout seed is neither the weights' seed nor the same across epochs
+    assert len({dropout_seed(5, 0), dropout_seed(5, 1), dropout_seed(6, 0), 5}) == 4
+
+
+def test_resume_with_dropout_equals_uninterrupted(mnist5k, tmp_path):
+    ds = _subset(mnist5k, 256, 64)
+    spec = _small_spec(dropout=0.2)
+    opts = TrainOptions(epochs=2, probe_size=16, batch_size=64, threads=1, seeds=2)
+    straight = train(spec, opts, ds, run_dir=tmp_path / "straight")
+
+    def interrupt(row):
+        if row["epoch"] == 1 and row["seed"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, opts, ds, run_dir=tmp_path / "resumed", callback=interrupt)
+    resumed = train(spec, opts, ds, run_dir=tmp_path / "resumed")
+    hs, ls = _numbers(straight)
+    hr, lr = _numbers(resumed)
+    pd.testing.assert_frame_equal(hs, hr)
+    pd.testing.assert_frame_equal(ls, lr)
+    for (k, v), (_, w) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(v, w), k
+
+
 def test_ensemble_files_per_seed_and_t_intervals(mnist5k, tmp_path):
     ds = _subset(mnist5k, 256, 64)
     spec = _small_spec(batchnorm=True)

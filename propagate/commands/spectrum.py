@@ -76,9 +76,19 @@ def build(args):
 def run(args: argparse.Namespace) -> int:
     from propagate.errors import UserError
 
+    from propagate.limits import require_memory, require_work
+
     spec = build(args)
-    if args.depth * spec.widths[0] ** 3 * args.networks * args.inputs > 2e12 and (args.check or args.plot):
-        raise UserError("this Monte Carlo check would take very long: lower --networks/--inputs, --width or --depth")
+    # the density is solved point by point (a polynomial root each): bounded by work, like other list sizes
+    require_work(args.points, 100_000, f"--points {args.points}", "density points", "use fewer --points")
+    if args.check or args.plot:
+        n = spec.widths[0]
+        if args.depth * n ** 3 * args.networks * args.inputs > 2e12:
+            raise UserError("this Monte Carlo check would take very long: lower --networks/--inputs, --width or --depth")
+        # every sampled Jacobian is a dense float64 n x n matrix, with its product's temporaries (x3)
+        require_memory(3 * 8 * n * n * args.networks * args.inputs,
+                       f"{args.networks * args.inputs} sampled {n} x {n} Jacobians",
+                       "lower --networks/--inputs or --width")
 
     from propagate.io import run_metadata, to_json
     from propagate.spectrum import jacobian_spectrum, sample_jacobian_spectrum, summarize_singular_values

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from propagate.commands._args import positive_int
+from propagate.commands._args import output_dir, positive_int
 
 NAME = "sweep"
 HELP = "run a grid of theory/simulate/train/trainability points on Dask (here or on a cluster), resumable, into Parquet"
@@ -58,7 +58,8 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE.toml", help="the sweep file")
-    parser.add_argument("--out", required=True, metavar="DIR", help="the sweep folder (results, per-point files)")
+    parser.add_argument("--out", required=True, type=output_dir, metavar="DIR",
+                        help="the sweep folder (results, per-point files)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workers", type=positive_int, metavar="N",
                        help="worker processes of the local cluster (default: one per core)")
