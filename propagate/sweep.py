@@ -136,27 +136,10 @@ def _simulate_dataset(args) -> tuple[str, str | None] | None:
 
 
 def _train_spec_and_options(args):
-    """The (preset, spec, options) of ``propagate train``'s flags, by the command's rules.
+    """The (preset, spec, options) of ``propagate train``'s flags, by the command's own rules."""
+    from propagate.commands.train import spec_and_options
 
-    Mirrors ``propagate.commands.train``'s own helper, which is private; this copy
-    goes when the command exposes it (a public ``spec_and_options(args)``).
-    """
-    from propagate.commands._spec_args import spec_from_args
-    from propagate.presets import get_preset
-    from propagate.spec import SEED_CLASSES, NetworkSpec
-    from propagate.train import TrainOptions
-
-    preset = get_preset(args.preset) if args.preset else None
-    base = preset.spec() if preset else NetworkSpec.seed("relu", "glorot_uniform", False)
-    custom = any(getattr(args, k, None) is not None for k in (
-        "activation", "init", "depth", "width", "first_width", "input_dim", "sigma_b2", "batchnorm", "layernorm",
-        "residual", "dropout", "alpha_dropout"))
-    spec = spec_from_args(args, base=base, out_features=SEED_CLASSES) if custom else base
-    opts = {k: v for k, v in (("optimizer", args.optimizer), ("lr", args.lr), ("epochs", args.epochs),
-                              ("batch_size", args.batch_size), ("threads", args.threads),
-                              ("seeds", getattr(args, "seeds", None))) if v is not None}
-    options = TrainOptions(seed=args.seed, device=args.device, probe_size=args.probe_size, **opts)
-    return preset, spec, options
+    return spec_and_options(args)
 
 
 def _train_check(args) -> None:

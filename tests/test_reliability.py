@@ -665,14 +665,14 @@ def test_simulate_refuses_an_unusable_dataset_input(places, tmp_path, monkeypatc
 def test_train_cli_refuses_to_resume_on_another_dataset_before_its_banner(tmp_path, capsys):
     """The issue's case: a run begun on mnist-5k, continued with --dataset fashion-mnist."""
     from propagate.cli import build_parser
-    from propagate.commands.train import _spec_and_options
+    from propagate.commands.train import spec_and_options
     from propagate.data import load_dataset
     from propagate.runfolder import claim
     from propagate.train import run_identity
 
     out = tmp_path / "run"
     argv = ["train", "--depth", "1", "--width", "4", "--first-width", "4", "--epochs", "1", "--out", str(out)]
-    _, spec, options = _spec_and_options(build_parser().parse_args(argv))
+    _, spec, options = spec_and_options(build_parser().parse_args(argv))
     claim(out, run_identity(spec, options, load_dataset("mnist-5k"))).release()  # as a run on mnist-5k leaves it
     rc = main([*argv, "--dataset", "fashion-mnist", "--no-progress"])
     err = capsys.readouterr().err

@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _spec_and_options(args):
+def spec_and_options(args):
+    """``(preset or None, NetworkSpec, TrainOptions)`` of the parsed flags (also used by ``propagate sweep``)."""
     from propagate.presets import get_preset
     from propagate.spec import SEED_CLASSES, NetworkSpec
     from propagate.train import TrainOptions
@@ -130,7 +131,7 @@ def run(args) -> int:
     if args.list_presets:
         _print_presets()
         return 0
-    preset, spec, options = _spec_and_options(args)
+    preset, spec, options = spec_and_options(args)
     check_training_size(spec, options)
     check_device(options.device)
 

@@ -34,8 +34,6 @@ __all__ = [
     "plot_layer_moments",
     "plot_grad_norms",
     "plot_phase_diagram",
-    "plot_training_curves",
-    "plot_training_layers",
 ]
 
 
@@ -198,87 +196,5 @@ def plot_phase_diagram(grids, lines, marks, title=None):
         ax.set_ylim(y.min(), y.max())
         ax.legend(loc="lower right")
     fig.suptitle(title or r"$\chi_1 = \sigma_w^2\,E[\phi'(h)^2]$ at the fixed point $q^*$; dashed: named inits for 256x256 layers ($\sigma_b^2 = 0$)", fontsize=11)
-    fig.tight_layout()
-    return fig
-
-
-@_styled
-def plot_training_curves(history, reported=None, title=None):
-    """Training accuracy, test accuracy and loss per epoch, one line per run.
-
-    ``history``: columns ``run`` (label), ``preset``, ``epoch``, ``acc``,
-    ``val_acc``, ``loss``, ``val_loss``. ``reported``: optional table of the
-    seed's numbers (``preset``, ``epoch``, ``acc``, ``val_acc``), drawn as
-    hollow markers.
-    """
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
-    for run, h in history.groupby("run", sort=False):
-        h = h.sort_values("epoch")
-        preset = h["preset"].iloc[0]
-        f = config_fields(h)
-        col = colour(f["activation"], f["init"])
-        ls = line_style(f["normalization"])
-        axes[0].plot(h["epoch"], h["acc"], ls, marker="o", color=col, label=run + (" +BN" if ls == "--" and "bn" not in run else ""), ms=4)
-        axes[1].plot(h["epoch"], h["val_acc"], ls, marker="o", color=col, ms=4)
-        axes[2].plot(h["epoch"], h["loss"], ls, marker="o", color=col, ms=4)
-        if reported is not None:
-            r = reported[(reported["preset"] == preset) & (reported["epoch"] <= history["epoch"].max())]
-            if len(r):
-                axes[0].plot(r["epoch"], r["acc"], marker="s", ls="none", mfc="none", color=col, ms=7)
-                axes[1].plot(r["epoch"], r["val_acc"], marker="s", ls="none", mfc="none", color=col, ms=7)
-    last = int(history["epoch"].max())
-    for ax, name in zip(axes, ("training accuracy (fraction)", "test accuracy (fraction)", "training loss (cross-entropy, nats)")):
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.set_xticks(range(1, last + 1))
-        ax.set_xlim(0.7, last + 0.3)
-    for ax in axes[:2]:
-        ax.axhline(0.1, color="k", lw=0.7, ls=":", alpha=0.6)
-        ax.set_ylim(0, 1.02)
-    axes[0].text(0.02, 0.105, "chance", fontsize=7, transform=axes[0].get_yaxis_transform())
-    from matplotlib.lines import Line2D
-
-    handles, labels = axes[0].get_legend_handles_labels()
-    if reported is not None:
-        handles.append(Line2D([], [], marker="s", ls="none", mfc="none", color="k"))
-        labels.append("seed's reported value")
-    fig.legend(handles, labels, loc="center right", frameon=False, fontsize=7.5)
-    fig.suptitle(title or "Training the 52-layer network (dashed: with batch normalization)", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 0.84, 0.95))
-    return fig
-
-
-@_styled
-def plot_training_layers(layers, runs, column="pre_var", mode="train", title=None):
-    """Per-layer variance of pre-activations at initialization and after each epoch.
-
-    ``layers``: the training per-layer table (``run``, ``epoch``, ``mode``,
-    ``layer``, ``pre_var``, ...). One panel per run in ``runs``; one line per
-    epoch (epoch 0 = at initialization).
-    """
-    ncols = len(runs) if len(runs) <= 3 else 2
-    nrows = math.ceil(len(runs) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, 4.0 * nrows), squeeze=False, sharey=False)
-    for ax in axes.ravel()[len(runs):]:
-        ax.set_visible(False)
-    for ax, run in zip(axes.ravel(), runs):
-        sub = layers[(layers["run"] == run) & (layers["layer"] >= 1)]
-        if "mode" in sub and sub["mode"].notna().any():
-            m = mode if (sub["mode"] == mode).any() else sub["mode"].dropna().iloc[0]
-            sub = sub[sub["mode"] == m]
-        epochs = sorted(sub["epoch"].unique())
-        cmap = plt.get_cmap("plasma")
-        for i, ep in enumerate(epochs):
-            s = sub[sub["epoch"] == ep].sort_values("layer")
-            y = s[column].to_numpy(float)
-            y = np.where(y > 0, y, np.nan)
-            ax.plot(s["layer"], y, color=cmap(i / max(1, len(epochs) - 1) * 0.85), lw=1.6,
-                    label="at initialization" if ep == 0 else f"after epoch {ep}")
-        ax.set_yscale("log")
-        ax.set_title(run, fontsize=10)
-        ax.set_xlabel("layer $l$")
-        ax.set_ylabel(r"variance of $h^l$ on a fixed probe batch")
-        ax.legend(fontsize=7.5)
-    fig.suptitle(title or "How per-layer statistics drift as the weights leave their initialization", fontsize=11)
     fig.tight_layout()
     return fig

@@ -118,23 +118,6 @@ def config_title(activation: str, init: str, normalization: str = "none", residu
     return name + (f", residual {residual:g}" if residual else "")
 
 
-def split_label(label: str) -> tuple[str, str, bool]:
-    """``"selu/lecun_normal+BN"`` -> ``("selu", "lecun_normal", True)``.
-
-    Legacy: only :mod:`propagate.report.figures` still uses it; new code reads
-    the :data:`CONFIG_COLUMNS` columns (:func:`config_fields`). Remove with its last caller.
-    """
-    base, _, rest = label.partition("+")
-    act, _, init = base.partition("/")
-    return act, init, "BN" in rest.split("+")
-
-
-def label_colour(label: str) -> str:
-    """Legacy colour from a label (see :func:`split_label`); new code calls :func:`colour`."""
-    act, init, _ = split_label(label)
-    return colour(act, init)
-
-
 def save_figure(fig, path: str | Path, formats=("png", "svg")) -> list[Path]:
     """Save ``fig`` as ``path`` with each suffix in ``formats``, atomically; close it."""
     path = Path(path)
