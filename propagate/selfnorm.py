@@ -49,6 +49,7 @@ from scipy import optimize, special
 
 from propagate.activations import Activation, get_activation, selu_constants, transformed_activation
 from propagate.errors import UserError
+from propagate.selu import spectral_summary
 from propagate.theory import gaussian_expectation, snn_moment_map
 
 __all__ = [
@@ -408,17 +409,6 @@ def _fmt(x, digits) -> str:
     return mp.nstr(x, digits, min_fixed=-mp.inf, max_fixed=mp.inf) if x != 0 else "0"
 
 
-def _spectral(J):
-    """Eigenvalues, spectral radius, spectral norm of a real 2x2 mpmath matrix."""
-    import mpmath as mp
-
-    eig = mp.eig(J, left=False, right=False)
-    eig = [mp.re(e) if abs(mp.im(e)) <= mp.eps * 10 * (1 + abs(e)) else e for e in eig]
-    eig = sorted(eig, key=lambda e: (abs(e), mp.re(e)))
-    sv = mp.svd_r(J, compute_uv=False)
-    return eig, max(abs(e) for e in eig), max(sv[i] for i in range(sv.rows))
-
-
 @dataclasses.dataclass
 class SelfNormSolution:
     """One parameter set making ``(mean, var)`` a fixed point of the moment map.
@@ -592,7 +582,7 @@ def _solution(family, base, mean, var, digits, params, solved, chosen) -> SelfNo
     # an entry that vanishes by symmetry (tanh at b = 0) is guard-digit noise
     j12, j22 = (mp.mpf(0) if abs(x) < mp.mpf(10) ** (-(digits + 3)) else x for x in (j12, j22))
     J = mp.matrix([[0, j12], [0, j22]])
-    eig, radius, norm = _spectral(J)
+    eig, radius, norm = spectral_summary(J)
     a = u.a
     g1 = u.mp_expect(lambda z, f0, f1, f2: f1 * f1, nu)
     chi1 = sc * sc * a * a * g1

@@ -49,6 +49,7 @@ __all__ = [
     "solve_selu",
     "jacobian",
     "jacobian_entries",
+    "spectral_summary",
     "stability_box",
     "alpha_dropout_formulas",
     "alpha_dropout_params",
@@ -355,8 +356,9 @@ def jacobian(mu, omega, nu, tau, lambda_, alpha, digits=30):
         return mp.matrix(jac_mn(*vals))
 
 
-def _spectral(J):
-    """Eigenvalues, spectral radius and spectral norm (largest singular value) of an mpmath matrix."""
+def spectral_summary(J):
+    """Eigenvalues (real where the imaginary part is round-off; by modulus), spectral radius and
+    spectral norm (largest singular value) of an mpmath matrix (used by ``propagate.selfnorm`` too)."""
     import mpmath as mp
 
     eig = mp.eig(J, left=False, right=False)
@@ -474,7 +476,7 @@ def solve_selu(mean=0, var=1, digits=30) -> SeluSolution:
         )
         residuals = equations(lam, alpha)
         J = mp.matrix(jac_mn(mu, 0, nu, 1, lam, alpha))
-        eig, radius, norm = _spectral(J)
+        eig, radius, norm = spectral_summary(J)
     return SeluSolution(
         mean=mean,
         var=var,
