@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extra sections after the seed's story, comma-separated, or 'none' "
                              "(default all: residual,spectrum,selfnorm,trainability,sweep)")
     parser.add_argument("--train-subset", type=positive_int, help="use only the first N training images")
+    parser.add_argument("--trainability-subset", type=positive_int, default=10_000, metavar="N",
+                        help="train the trainability map (section 10 of a full report) on the first N training "
+                             "images (default: %(default)s; the page says which)")
     parser.add_argument("--seed", type=nonneg_int, default=0)
     parser.add_argument("--data-dir", help="folder with the IDX files")
     parser.add_argument("--work-dir", type=output_dir, help="resumable training results folder (default: hidden, beside --out)")
@@ -86,6 +89,7 @@ def run(args) -> int:
         kw["sections"] = args.sections
     opts = ReportOptions(dataset=args.dataset, quick=args.quick, seed=args.seed, data_dir=args.data_dir,
                          work_dir=args.work_dir, device=args.device, train_subset=args.train_subset,
+                         trainability_subset=args.trainability_subset,
                          machine=args.machine, **kw)
     out = args.out or f"reports/{args.dataset}{'-quick' if args.quick else ''}"
     check_report_folders(out, opts)  # before anything is computed

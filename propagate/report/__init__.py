@@ -39,6 +39,10 @@ class ReportOptions:
     1,024-image subset of the training split, one learning rate, 2 seeds, and
     each extra section's own quick sizes.
 
+    ``trainability_subset``: the trainability map of a full report (4 presets x 7
+    learning rates x 3 seeds, plus refinement) trains on the first N training
+    images (default 10,000; ``None``: all); the section says which.
+
     ``seeds`` is the number of independent networks trained per configuration
     (a seed ensemble trained as one batched model; every training number is a
     mean with its 95% Student t interval over these seeds); ``sim_seeds`` the
@@ -60,6 +64,7 @@ class ReportOptions:
     work_dir: str | None = None
     device: str = "cpu"
     train_subset: int | None = None
+    trainability_subset: int | None = 10_000
     machine: str = ""
 
     def effective(self) -> "ReportOptions":
@@ -299,7 +304,8 @@ def _trainability_dir(run: _Run, dataset, work: Path) -> Path | None:
                                 device=opts.device)
     folder = work / "trainability"
     try:
-        trainability(configs, TRAINABILITY_LRS, dataset, topts, out_dir=folder, progress=run.say)
+        trainability(configs, TRAINABILITY_LRS, _subset(dataset, opts.trainability_subset), topts, out_dir=folder,
+                     progress=run.say)
     except (IdentityMismatch, FolderBusy) as exc:
         raise _work_dir_refusal(exc) from None
     return folder

@@ -256,8 +256,14 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
         topt = meta.get("options", {})
         criterion, level = topt.get("criterion", "acc"), float(topt.get("level", 0.5))
         n_seeds, epochs = len(topt.get("seeds", [])), topt.get("epochs", "?")
-        data_note = (f"{meta.get('dataset', {}).get('name', '?')} ({meta.get('dataset', {}).get('n_train', '?')} "
-                     f"training images), from `{meta.get('command', 'propagate trainability')}`")
+        used = meta.get("dataset", {})
+        n_used = used.get("n_train", "?")
+        if isinstance(n_used, int) and n_used < dataset.n_train:
+            data_note = (f"the first {n_used:,} of the {dataset.n_train:,} training images of {full_dataset_name} "
+                         f"(a stated subset: the whole grid on all images would take hours on the build machine; "
+                         f"test accuracy on all {used.get('n_test', '?'):,} test images)")
+        else:
+            data_note = f"{used.get('name', '?')} ({n_used} training images)"
     else:
         opts = TrainabilityOptions(seeds=tuple(seed + s for s in S["seeds"]), epochs=S["epochs"], level=S["level"],
                                    sharpness_batch=S["sharpness_batch"], lanczos_iters=S["lanczos_iters"],
