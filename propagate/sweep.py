@@ -63,8 +63,9 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
+from propagate.cluster import dask_client
 from propagate.errors import UserError
 
 __all__ = [
@@ -226,7 +227,8 @@ LENSES: dict[str, Lens] = {
     "train": Lens("train", "train", _train_compute, _train_check,
                   frozenset({"list_presets", "out", "resume", "no_progress"}), rows="seed and epoch", dataset=_train_dataset),
     "trainability": Lens("trainability", "trainability", _trainability_compute, _trainability_setup,
-                         frozenset({"out", "resume", "no_progress"}), rows="configuration and learning rate",
+                         frozenset({"out", "resume", "no_progress", "workers", "scheduler"}),
+                         rows="configuration and learning rate",
                          dataset=_train_dataset),
 }
 
@@ -608,50 +610,6 @@ def _claim(out: Path):
     return claim(out, {"kind": "sweep"}, option="--out", hint="choose another --out")
 
 
-def _cores() -> int:
-    """Cores this process may run on (its CPU affinity, which a container or batch job may narrow)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-@contextlib.contextmanager
-def _dask_client(workers: int | None, scheduler: str | None, client) -> Iterator[Any]:
-    if client is not None:
-        yield client
-        return
-    import logging
-
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        try:
-            c = Client(scheduler, timeout="10s")
-        except (OSError, TimeoutError) as exc:
-            raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {exc}".splitlines()[0]) from None
-        try:
-            yield c
-        finally:
-            c.close()
-        return
-    n = workers or _cores()
-    # one single-threaded process per core: torch and BLAS set to one thread before the worker starts;
-    # Dask's own log lines stay quiet (a lost worker or a closing connection is handled, and a failed
-    # point is reported by the sweep itself)
-    one = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=":0", silence_logs=logging.CRITICAL, env=one)
-    try:
-        c = Client(cluster)
-        try:
-            yield c
-        finally:
-            c.close()
-    finally:
-        cluster.close()
-
-
 def run_sweep(
     plan: SweepPlan | str | os.PathLike,
     out: str | os.PathLike,
@@ -743,7 +701,7 @@ def _execute(plan, todo, out, result, workers, scheduler, client, progress, call
     from distributed import as_completed
 
     futures = {}
-    with _dask_client(workers, scheduler, client) as c:
+    with dask_client(workers, scheduler, client) as c:
         bar = tqdm(total=len(plan.points), initial=len(plan.points) - len(todo), desc="points", unit="pt",
                    file=sys.stderr, disable=not progress, dynamic_ncols=True)
         try:

@@ -46,6 +46,7 @@ weight's norm.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -249,6 +250,62 @@ def _file_name(config: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", config)
 
 
+def _point_task(trainer, spec, train_options, seeds, dataset) -> list[dict]:
+    """One (configuration, lr) ensemble: the per-seed final numbers (a Dask task, or called in process)."""
+    return [dict(r) for r in trainer(spec, train_options, seeds, dataset)]
+
+
+def _predict_task(predictor, spec, train_options, dataset, settings: dict) -> dict:
+    """One configuration's sharpness prediction (a Dask task, or called in process)."""
+    if predictor is None:
+        from propagate.sharpness import network_sharpness
+
+        return dict(network_sharpness(spec, dataset, train_options, **settings))
+    return dict(predictor(spec, train_options, dataset))
+
+
+class _InProcess:
+    """Runs a round's tasks here, one after another, in the order given."""
+
+    def run(self, tasks):
+        for key, fn, args in tasks:
+            yield key, fn(*args)
+
+
+class _OnDask:
+    """Runs a round's tasks on a Dask cluster (the dataset is sent to every worker once); yields them as they finish."""
+
+    def __init__(self, client, dataset):
+        self.client = client
+        self.dataset = dataset
+        self._data = None
+
+    def run(self, tasks):
+        import os
+
+        from distributed import as_completed
+
+        if not tasks:
+            return
+        if self._data is None:
+            self._data = self.client.scatter(self.dataset, broadcast=True, hash=False)
+        token = os.urandom(4).hex()
+        futures = {}
+        for i, (key, fn, args) in enumerate(tasks):
+            args = tuple(self._data if a is self.dataset else a for a in args)
+            futures[self.client.submit(fn, *args, key=f"propagate-trainability-{token}-{i}", pure=False)] = key
+        try:
+            for fut in as_completed(list(futures)):
+                yield futures[fut], fut.result()
+                fut.release()
+        finally:
+            for fut in futures:  # an interruption leaves no work queued on a shared cluster
+                try:
+                    fut.cancel()
+                except Exception:  # noqa: BLE001 - the cluster may be gone already
+                    pass
+
+
 def trainability(
     configs: Sequence[tuple[str, object]],
     lrs: Sequence[float] = DEFAULT_LRS,
@@ -260,6 +317,9 @@ def trainability(
     progress: Callable[[str], None] | None = None,
     out_dir: str | Path | None = None,
     resume: bool = True,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client=None,
 ) -> TrainabilityResult:
     """Train each ``(name, spec)`` of ``configs`` at each learning rate; the trainability tables.
 
@@ -270,9 +330,23 @@ def trainability(
     called after every point. With ``out_dir`` each finished point is saved in
     ``out_dir/points/`` at once (so an interrupted run resumes where it
     stopped, ``resume``), and ``points.csv``, ``configs.csv`` (and ``.json``)
-    and ``seeds.csv`` are written at the end. Runs in this process, one point
-    after another.
+    and ``seeds.csv`` are written at the end.
+
+    Where the points run: in this process, one after another (the default), or
+    on Dask (:func:`propagate.cluster.dask_client`) when ``workers`` (a local
+    cluster of that many single-threaded worker processes), ``scheduler`` (the
+    address of a running cluster) or ``client`` is given. On Dask the grid
+    runs in rounds: every grid point and every prediction at once, then one
+    bisection step of every configuration at once per refinement round; points
+    are saved as they finish, in this process. Each point is trained with its
+    own seeds, so the tables do not depend on where or in which order points
+    ran (on Dask, torch uses ``options.threads`` threads per task, default 1;
+    the same number of threads in process gives the same numbers bit for bit).
+    ``trainer`` and ``predictor`` must then be importable functions (Dask
+    pickles them by reference).
     """
+    import json
+
     import pandas as pd
 
     from propagate.io import atomic_write_json, run_metadata, write_table
@@ -286,9 +360,18 @@ def trainability(
     names = [n for n, _ in configs]
     if len(set(names)) != len(names):
         raise UserError(f"configuration names must differ, got {names}")
+    on_dask = workers is not None or bool(scheduler) or client is not None
+    if workers is not None and (scheduler or client is not None):
+        raise UserError("--workers applies to the local cluster; drop it with --scheduler")
+    if workers is not None and workers < 1:
+        raise UserError(f"workers must be >= 1, got {workers}")
     trainer = trainer or train_ensemble
     if dataset is None:
         raise UserError("trainability needs a dataset (see propagate.data.load_dataset)")
+    if on_dask and options.threads is None:
+        from dataclasses import replace
+
+        options = replace(options, threads=1)
     out = Path(out_dir) if out_dir is not None else None
     lock = None
     if out is not None:
@@ -302,63 +385,113 @@ def trainability(
                  "dataset": dataset_identity(dataset)}
         lock = claim(out, ident, resume=resume, option="--out")
 
+    specs = dict(configs)
+    settings = {"batch": options.sharpness_batch, "warmup_steps": options.warmup_steps,
+                "iters": options.lanczos_iters}
+    rows_of: dict[tuple[str, str], list[dict]] = {}  # (config, lr key) -> per-seed rows
+    preds: dict[str, dict] = {}
+
+    def point_cache(name, lr):
+        return out / "points" / f"{_file_name(name)}_lr{_lr_key(lr)}.json" if out is not None else None
+
+    def pred_cache(name):
+        return out / "points" / f"{_file_name(name)}_sharpness.json" if out is not None else None
+
+    def cached_point(name, lr):
+        cache = point_cache(name, lr)
+        if cache is not None and resume and cache.is_file():
+            return json.loads(cache.read_text())["seeds"]
+        return None
+
+    def cached_pred(name):
+        cache = pred_cache(name)
+        if cache is not None and resume and cache.is_file():
+            saved = json.loads(cache.read_text())
+            return saved["prediction"] if saved.get("settings") == settings else None
+        return None
+
+    def run_round(engine, points: list[tuple[str, float]], predict: list[str]) -> None:
+        """Train ``points`` and compute the ``predict`` configurations' predictions not already known."""
+        tasks = []
+        for name, lr in points:
+            rows = cached_point(name, lr)
+            if rows is not None:
+                rows_of[(name, _lr_key(lr))] = rows
+            else:
+                tasks.append((("point", name, lr), _point_task,
+                              (trainer, specs[name], options.train_options(lr), options.seeds, dataset)))
+        for name in predict:
+            pred = cached_pred(name)
+            if pred is not None:
+                preds[name] = pred
+            else:
+                tasks.append((("predict", name, None), _predict_task,
+                              (predictor, specs[name], options.train_options(lrs[0]), dataset, settings)))
+        for (kind, name, lr), value in engine.run(tasks):
+            if kind == "point":
+                rows_of[(name, _lr_key(lr))] = value
+                if out is not None:
+                    atomic_write_json(point_cache(name, lr), {"config": name, "lr": lr, "spec": specs[name].to_dict(),
+                                                              "seeds": value})
+                if progress is not None:
+                    p = summarize_point(name, lr, value, options.criterion, options.level)
+                    progress(f"{name} lr {lr:.3g}: {p['outcome']} ({options.criterion} "
+                             f"{p[options.criterion + '_mean']:.3f}, {p['n_diverged']}/{p['n_seeds']} diverged)")
+            else:
+                preds[name] = value
+                if out is not None:
+                    atomic_write_json(pred_cache(name), {"config": name, "settings": settings, "prediction": value})
+                if progress is not None:
+                    v = value.get("max_lr_predicted")
+                    progress(f"{name}: predicted largest lr {float('nan') if v is None else float(v):.3g}")
+
     seed_rows: list[dict] = []
     point_rows: list[dict] = []
     config_rows: list[dict] = []
     try:
-        def run_point(name, spec, lr, refined):
-            cache = out / "points" / f"{_file_name(name)}_lr{_lr_key(lr)}.json" if out is not None else None
-            rows = None
-            if cache is not None and resume and cache.is_file():
-                import json
+        with contextlib.ExitStack() as stack:
+            if on_dask:
+                from propagate.cluster import dask_client
 
-                rows = json.loads(cache.read_text())["seeds"]
-            if rows is None:
-                rows = [dict(r) for r in trainer(spec, options.train_options(lr), options.seeds, dataset)]
-                if cache is not None:
-                    atomic_write_json(cache, {"config": name, "lr": lr, "spec": spec.to_dict(), "seeds": rows})
-            for r in rows:
-                seed_rows.append({"config": name, "lr": float(lr), "refined": refined, **r})
-            p = summarize_point(name, lr, rows, options.criterion, options.level, refined)
-            point_rows.append(p)
-            if progress is not None:
-                progress(f"{name} lr {lr:.3g}: {p['outcome']} ({options.criterion} "
-                         f"{p[options.criterion + '_mean']:.3f}, {p['n_diverged']}/{p['n_seeds']} diverged)")
-            return p
+                engine = _OnDask(stack.enter_context(dask_client(workers, scheduler, client)), dataset)
+            else:
+                engine = _InProcess()
+            # round 0: the grid (and the predictions); then one bisection step of every configuration per round
+            run_round(engine, [(n, lr) for n in names for lr in lrs], names if options.predict else [])
+            tried = {n: [(lr, False) for lr in lrs] for n in names}
 
-        for name, spec in configs:
-            pts = [run_point(name, spec, lr, False) for lr in lrs]
-            lo, hi = max_lr_of(pts)
+            def bracket(name):
+                pts = [summarize_point(name, lr, rows_of[(name, _lr_key(lr))], options.criterion, options.level)
+                       for lr, _ in tried[name]]
+                return max_lr_of(pts)
+
             for _ in range(options.refine):
-                if not (math.isfinite(lo) and math.isfinite(hi)):
+                mids = {}
+                for n in names:
+                    lo, hi = bracket(n)
+                    if math.isfinite(lo) and math.isfinite(hi):
+                        mids[n] = math.sqrt(lo * hi)
+                if not mids:
                     break
-                mid = math.sqrt(lo * hi)
-                p = run_point(name, spec, mid, True)
-                pts.append(p)
-                lo, hi = (mid, hi) if p["outcome"] == "trains" else (lo, mid)
+                run_round(engine, list(mids.items()), [])
+                for n, mid in mids.items():
+                    tried[n].append((mid, True))
+
+        for name in names:
+            pts = []
+            for lr, refined in tried[name]:
+                rows = rows_of[(name, _lr_key(lr))]
+                for r in rows:
+                    seed_rows.append({"config": name, "lr": float(lr), "refined": refined, **r})
+                pts.append(summarize_point(name, lr, rows, options.criterion, options.level, refined))
+            point_rows.extend(pts)
+            lo, hi = max_lr_of(pts)
             row = {"config": name, "max_lr_measured": lo, "max_lr_bad": hi,
                    "censored": bool(math.isfinite(lo) and not math.isfinite(hi)),
                    "first_diverged_lr": min((p["lr"] for p in pts if p["outcome"] == "diverged"), default=float("nan")),
                    "n_refined": sum(p["refined"] for p in pts)}
             if options.predict:
-                settings = {"batch": options.sharpness_batch, "warmup_steps": options.warmup_steps,
-                            "iters": options.lanczos_iters}
-                pcache = out / "points" / f"{_file_name(name)}_sharpness.json" if out is not None else None
-                pred = None
-                if pcache is not None and resume and pcache.is_file():
-                    import json
-
-                    saved = json.loads(pcache.read_text())
-                    pred = saved["prediction"] if saved.get("settings") == settings else None
-                if pred is None:
-                    if predictor is None:
-                        from propagate.sharpness import network_sharpness
-
-                        pred = network_sharpness(spec, dataset, options.train_options(lrs[0]), **settings)
-                    else:
-                        pred = predictor(spec, options.train_options(lrs[0]), dataset)
-                    if pcache is not None:
-                        atomic_write_json(pcache, {"config": name, "settings": settings, "prediction": pred})
+                pred = preds[name]
                 # JSON (a resumed run) has null for NaN and "inf" for infinity
                 num = {k: float("nan") if pred.get(k) is None else float(pred[k])
                        for k in ("max_lr_predicted", "sharpness", "precond_sharpness", "threshold_constant",
@@ -382,6 +515,7 @@ def trainability(
         meta = run_metadata(seed=options.seeds[0], kind="trainability", options=options.to_dict(), lrs=lrs,
                             configs={n: s.to_dict() for n, s in configs},
                             dataset={"name": dataset.name, "n_train": dataset.n_train, "n_test": dataset.n_test},
+                            engine=("dask" if on_dask else "in process"),
                             definitions={"trains": f"no seed diverged and the lower 95% t bound of final "
                                                    f"{options.criterion} > {options.level}",
                                          "diverged": "at least one seed's training loss was inf/NaN"})

@@ -291,3 +291,43 @@ def test_report_section_end_to_end_on_tiny_networks(tmp_path):
     assert len(pts) == 4 and set(pts["outcome"]) <= {"trains", "fails", "diverged"}
     assert (pts[pts.lr == 1e12]["outcome"] == "diverged").all()  # steps of ~lr per weight overflow float32
     assert "**snn**" in md and "**relu**" in md
+
+
+def test_grid_on_a_local_dask_cluster_equals_in_process(tmp_path):
+    """The grid (with a refinement round and the predictions) on 2 Dask workers gives the in-process tables
+    bit for bit: each point is trained with its own seeds, so where and in which order it ran does not matter."""
+    from dataclasses import replace
+
+    from propagate.data import load_dataset
+
+    full = load_dataset("mnist-5k")
+    ds = replace(full, x_train=full.x_train[:1024], y_train=full.y_train[:1024], x_test=full.x_test[:128],
+                 y_test=full.y_test[:128])
+    configs = [(n, NetworkSpec.stack(2, 8, input_dim=784, first_width=8, activation=a, init="lecun_normal",
+                                     out_features=10, name=n)) for n, a in (("selu8", "selu"), ("tanh8", "tanh"))]
+    opts = TrainabilityOptions(seeds=(0, 1, 2), epochs=2, level=0.15, criterion="train_eval_acc", refine=1,
+                               sharpness_batch=64, lanczos_iters=5, warmup_steps=2, probe_size=32, threads=1)
+    lrs = [1e-3, 1e-1]
+    here = trainability(configs, lrs, ds, opts, out_dir=tmp_path / "here")
+    messages = []
+    there = trainability(configs, lrs, ds, opts, out_dir=tmp_path / "dask", workers=2, progress=messages.append)
+    assert there.meta["engine"] == "dask" and here.meta["engine"] == "in process"
+    pd.testing.assert_frame_equal(there.points, here.points)
+    pd.testing.assert_frame_equal(there.configs, here.configs)
+    # both train at 1e-3 and not at 1e-1 (train_eval_acc 0.43 vs 0.21 and 0.42 +- 0.18), so the refinement
+    # round ran one bisection point per configuration, on the cluster
+    assert there.points["refined"].sum() == len(configs) and len(there.points) == len(configs) * (len(lrs) + 1)
+    assert any("predicted largest lr" in m for m in messages)
+    # every point was saved by the calling process, so a rerun (here: in process) trains nothing
+    again = trainability(configs, lrs, ds, opts, out_dir=tmp_path / "dask",
+                         trainer=lambda *a: pytest.fail("a saved point was trained again"))
+    pd.testing.assert_frame_equal(again.points, here.points)
+
+
+def test_cli_workers_and_scheduler_exclude_each_other(tmp_path, capsys):
+    from propagate.cli import main
+
+    rc = main(["trainability", "--presets", "relu", "--workers", "2", "--scheduler", "tcp://127.0.0.1:1",
+               "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--workers applies to the local cluster" in err and len(err.strip().splitlines()) == 1

@@ -35,13 +35,18 @@ Hessian on a fixed batch (Lanczos), preconditioned by the optimizer's P after a
 few warm-up steps for rmsprop/adam (P^-1 H); c = 2 for GD and RMSprop, 2 + 2
 momentum for SGD with momentum, 38 for Adam (Cohen et al. 2021, 2022).
 
-Runs in this process, one point after another; each finished point is saved
-in DIR/points/ at once, so an interrupted run resumes where it stopped.
+Runs in this process, one point after another, or on Dask with --workers N (a
+local cluster) or --scheduler ADDRESS (a running cluster): every grid point and
+prediction at once, then one bisection step of every configuration per --refine
+round. Either way each finished point is saved in DIR/points/ at once, so an
+interrupted run resumes where it stopped, and the tables do not depend on where
+points ran.
 
 examples:
   propagate trainability --presets selu-lecun-normal,relu --lr 1e-4,1e-3 --seeds 2 --epochs 1 \\
       --dataset mnist-5k --out runs/trainability
   propagate trainability --presets relu-bn --lr 1e-5:1e-2:7 --refine 3 --out runs/t-bn
+  propagate trainability --presets relu,relu-bn,selu-lecun-normal --workers 2 --out runs/t-dask
   propagate trainability --activation tanh --init glorot_normal --depth 10 --width 128 --out runs/t-tanh
 """
 
@@ -95,7 +100,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--sharpness-batch", type=positive_int, default=512,
                    help="training images in the Hessian's fixed batch (default 512)")
     t.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    t.add_argument("--threads", type=positive_int, help="torch CPU threads (default: one per core)")
+    t.add_argument("--threads", type=positive_int,
+                   help="torch CPU threads per run (default: one per core in process, 1 on Dask workers)")
+    e = parser.add_argument_group("where the grid runs (default: in this process, one point after another)")
+    e.add_argument("--workers", type=positive_int, metavar="N",
+                   help="on a local Dask cluster of N single-threaded worker processes (N = cores is a good choice)")
+    e.add_argument("--scheduler", metavar="ADDRESS",
+                   help="on an existing Dask cluster, e.g. tcp://127.0.0.1:8786 (see the README: SLURM, by hand)")
     d = parser.add_argument_group("data and output")
     d.add_argument("--dataset", choices=["mnist", "mnist-5k", "fashion-mnist", "auto"], default="auto",
                    help="default auto: full MNIST if present or downloadable, else the embedded mnist-5k")
@@ -158,6 +169,10 @@ def run(args) -> int:
 
     configs, lrs, options = setup(args)
     check_device(args.device)
+    if args.workers is not None and args.scheduler:
+        from propagate.errors import UserError
+
+        raise UserError("--workers applies to the local cluster; drop it with --scheduler")
 
     from tabulate import tabulate
 
@@ -172,7 +187,8 @@ def run(args) -> int:
                            notify=lambda m: print(f"propagate: {m}", file=sys.stderr))
     say(f"{len(configs)} configuration(s) x {len(lrs)} learning rates x {args.seeds} seeds, {args.epochs} epoch(s) "
         f"on {dataset.name} ({dataset.n_train} train / {dataset.n_test} test images)")
-    res = trainability(configs, lrs, dataset, options, progress=say, out_dir=args.out, resume=args.resume)
+    res = trainability(configs, lrs, dataset, options, progress=say, out_dir=args.out, resume=args.resume,
+                       workers=args.workers, scheduler=args.scheduler)
     cols = ["config", "max_lr_measured", "max_lr_bad", "max_lr_predicted", "ratio", "first_diverged_lr"]
     print(tabulate(res.configs[[c for c in cols if c in res.configs.columns]], headers="keys", showindex=False,
                    floatfmt=".3g"))
