@@ -9,7 +9,10 @@ Prints, measured in this one run:
   torch imported once before the warm timing; the start-up figure includes
   both);
 - the sweep on 2 workers: the speed-up over the loop (goal >= 1.8x for points
-  of a few seconds each; needs 2 idle cores).
+  of a few seconds each; needs 2 idle cores);
+- for comparison, 1 and 2 workers started with Dask's default worker settings
+  (which :func:`propagate.cluster.dask_client` changes; see
+  ``propagate.cluster.WORKER_CONFIG``).
 
 Points are ``simulate`` runs (tanh, 40 layers x 512 units, 2000 samples, 2 networks:
 a few seconds each on one core), differing in their seed. Results go to
@@ -54,22 +57,29 @@ def plain_loop(plan) -> float:
     return time.perf_counter() - t0
 
 
-def sweep_on(plan, warm, workers: int) -> tuple[float, float]:
+def sweep_on(plan, warm, workers: int, tuned: bool = True) -> tuple[float, float]:
     """(start-up seconds, sweep seconds on warm workers) on a fresh LocalCluster of ``workers``.
+
+    ``tuned``: start the workers as :func:`propagate.cluster.dask_client` does (its ``WORKER_CONFIG``);
+    ``False``: with Dask's defaults (``MALLOC_TRIM_THRESHOLD_=65536``, the statistical profiler on).
 
     ``warm``: a one-point plan run on every worker first (imports and first-call caches), as the loop's warm-up.
     """
     import logging
 
+    import dask
     import pyarrow.parquet  # noqa: F401 - the driver's Parquet writer, loaded outside the timing as for the loop
     from distributed import Client, LocalCluster
+
+    from propagate.cluster import WORKER_CONFIG, ONE_THREAD_ENV
 
     from propagate.sweep import compute_point, run_sweep
 
     t0 = time.perf_counter()
-    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=":0", silence_logs=logging.CRITICAL, env=env) as cluster, Client(cluster) as c:
+    with dask.config.set(WORKER_CONFIG if tuned else {}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=":0", silence_logs=logging.CRITICAL, env=dict(ONE_THREAD_ENV))
+    with cluster, Client(cluster) as c:
         p = warm.points[0]
         c.run(compute_point, warm.lens, list(p.argv), p.dataset, 1)  # on every worker: imports, first-call caches
         startup = time.perf_counter() - t0
@@ -101,6 +111,10 @@ def main() -> None:
     s2, w2 = sweep_on(plan, warm, 2)
     print(f"sweep, 2 workers (warm):         {w2:8.2f} s  = speed-up {loop / w2:.2f}x over the loop (goal >= 1.8x)")
     print(f"sweep, 2 workers, with start-up: {s2 + w2:8.2f} s  = speed-up {loop / (s2 + w2):.2f}x (start-up {s2:.2f} s)")
+    _, d1 = sweep_on(plan, warm, 1, tuned=False)
+    _, d2 = sweep_on(plan, warm, 2, tuned=False)
+    print(f"for comparison, with Dask's default worker settings: 1 worker {d1:.2f} s = {d1 / loop:.3f}x the loop, "
+          f"2 workers {d2:.2f} s = speed-up {loop / d2:.2f}x")
 
 
 if __name__ == "__main__":

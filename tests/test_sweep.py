@@ -368,3 +368,22 @@ def test_scheduler_and_worker_started_by_hand(tmp_path, capsys):
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def _worker_settings():
+    import os
+
+    import dask
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), dask.config.get("distributed.worker.profile.enabled"), \
+        os.environ.get("OMP_NUM_THREADS")
+
+
+def test_local_cluster_workers_keep_allocator_defaults_and_no_profiler(monkeypatch):
+    """Dask's default MALLOC_TRIM_THRESHOLD_ (every tensor a fresh mmap) and 10 ms stack sampling cost a
+    sweep 27% and 20% of its time (benchmarks/bench_sweep.py); the local cluster starts its workers without."""
+    from propagate.cluster import dask_client
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    with dask_client(workers=1) as c:
+        assert set(c.run(_worker_settings).values()) == {(None, False, "1")}
