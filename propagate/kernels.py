@@ -28,7 +28,9 @@ Why each one is faster than the autograd of the plain expression:
   correction, so torch's fused single-pass Adam kernel computes it exactly
   when given ``beta1 = 0`` and a step count so large that ``beta2^t`` is 0
   (both bias corrections are then exactly 1): ``v`` comes out bit-identical to
-  torch's RMSprop and ``p`` within one float32 rounding.
+  torch's RMSprop and ``p`` within one float32 rounding. Adam's first moment
+  is then ``g`` itself, so the gradient's buffer is passed as it (no scratch
+  buffer: one stream of parameter-sized memory fewer per step).
 
 :func:`activation` maps an :class:`propagate.activations.Activation` to the
 fastest torch callable for it, resolved once per activation (the registry's
@@ -208,7 +210,7 @@ def _rmsprop_class():
                 with torch.enable_grad():
                     loss = closure()
             for group in self.param_groups:
-                params, grads, firsts, squares, steps = [], [], [], [], []
+                params, grads, squares, counts = [], [], [], []
                 for p in group["params"]:
                     if p.grad is None:
                         continue
@@ -216,19 +218,25 @@ def _rmsprop_class():
                     if len(st) == 0:
                         st["step"] = torch.tensor(0.0)
                         st["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    if "fused_scratch" not in st:  # Adam's first moment: with beta1 = 0 it is just g
-                        st["fused_scratch"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["step"] += 1
                     params.append(p)
                     grads.append(p.grad)
-                    firsts.append(st["fused_scratch"])
                     squares.append(st["square_avg"])
-                    steps.append(torch.tensor(self._NEVER, dtype=torch.float32))
+                    counts.append(st["step"])
                 if params:
-                    torch._fused_adam_(params, grads, firsts, squares, [], steps, lr=float(group["lr"]), beta1=0.0,
-                                       beta2=float(group["alpha"]), weight_decay=0.0, eps=float(group["eps"]),
-                                       amsgrad=False, maximize=False)
+                    torch._foreach_add_(counts, 1.0)  # torch's RMSprop step counts (its state_dict), in one call
+                    # Adam's first moment with beta1 = 0 is g itself: the gradient's own buffer serves as it
+                    # (the kernel writes g back unchanged), so no scratch buffer is read or written
+                    torch._fused_adam_(params, grads, grads, squares, [], self._never(len(params)),
+                                       lr=float(group["lr"]), beta1=0.0, beta2=float(group["alpha"]),
+                                       weight_decay=0.0, eps=float(group["eps"]), amsgrad=False, maximize=False)
             return loss
+
+        def _never(self, n: int) -> list:
+            """``n`` step-count tensors of :attr:`_NEVER` (made once; the kernel only reads them)."""
+            cache = self.__dict__.setdefault("_never_steps", [])
+            while len(cache) < n:
+                cache.append(torch.tensor(self._NEVER, dtype=torch.float32))
+            return cache[:n]
 
     return FusedRMSprop
 
