@@ -37,11 +37,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{PROG}: error: {message}\n")
 
 
+class _TopHelp(argparse.HelpFormatter):
+    """The top-level help: every command name and its one-line summary on one line.
+
+    argparse measures the command names one indentation level shallower than it
+    prints them, so the longest name (``self-normalize``) ran into its summary
+    and was wrapped; the names are measured here at the depth they are printed.
+    """
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=24, width=130)
+
+    def add_argument(self, action):
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            for name in action.choices:
+                self._action_max_length = max(self._action_max_length, len(name) + self._current_indent + 4)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
-        # wide enough that every command's one-line summary stays on one line
-        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=24, width=130),
+        formatter_class=_TopHelp,
         description="Statistics of signal propagation in deep neural networks.",
         epilog="Run 'propagate COMMAND --help' for a command's options.",
     )

@@ -21,15 +21,19 @@ def test_help_lists_every_command_without_heavy_imports():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out
-    # every command is listed, with its one-line summary, in the order of COMMAND_MODULES
-    listing = " ".join(out.split())  # a long name puts its summary on the next line
-    positions = []
+    # every command is listed on one line with its one-line summary, in the order of COMMAND_MODULES,
+    # the summaries in one column
+    lines = out.splitlines()
+    positions, columns = [], set()
     for mod in COMMAND_MODULES:
         cmd = __import__(f"propagate.commands.{mod}", fromlist=["NAME"])
-        entry = f" {cmd.NAME} {' '.join(cmd.HELP.split())}"
-        assert entry in listing, entry
-        positions.append(listing.index(entry))
-    assert positions == sorted(positions)
+        hits = [i for i, line in enumerate(lines) if line.split()[:1] == [cmd.NAME]]
+        assert len(hits) == 1, cmd.NAME
+        line = lines[hits[0]]
+        assert " ".join(line.split()[1:]) == " ".join(cmd.HELP.split()), line
+        positions.append(hits[0])
+        columns.add(line.index(cmd.HELP.split()[0], len(line) - len(line.lstrip()) + len(cmd.NAME)))
+    assert positions == sorted(positions) and len(columns) == 1
 
 
 def test_python_dash_m_and_unknown_command():

@@ -8,7 +8,7 @@ import sys
 from propagate.commands._args import output_dir, positive_int
 
 NAME = "sweep"
-HELP = "run a grid of theory/simulate/train/trainability points on Dask (here or on a cluster), resumable, into Parquet"
+HELP = "a grid of theory/simulate/train/trainability runs on Dask (here or on a cluster), resumable, into Parquet"
 DESCRIPTION = """\
 Run every point of a sweep file on Dask and gather the results into
 OUT/results.parquet (one row per point and layer for theory and simulate, per
