@@ -331,3 +331,25 @@ def test_cli_workers_and_scheduler_exclude_each_other(tmp_path, capsys):
                "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "--workers applies to the local cluster" in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_section_states_the_subset_a_finished_grid_trained_on(tmp_path):
+    """A full report trains its map on a subset of a large training split (--trainability-subset): the section
+    says so, with both sizes, instead of presenting the map as trained on every image."""
+    from dataclasses import replace
+
+    from propagate.report.section_trainability import section
+
+    full = FakeDataset()
+    sub = replace(full, x_train=full.x_train[:6], y_train=full.y_train[:6])
+    edges = {"a": (3e-4, 3e-3)}
+    trainability([("a", _spec("a"))], [1e-4, 1e-3], sub, TrainabilityOptions(seeds=(0, 1, 2), epochs=1),
+                 trainer=fake_trainer(edges), predictor=fake_predictor, out_dir=tmp_path / "grid")
+    snn = NetworkSpec.stack(2, 8, input_dim=784, first_width=8, activation="selu", init="lecun_normal",
+                            out_features=10)
+    settings = dict(specs={"snn": snn}, dyn_presets=("snn",), dyn_lrs=(1e-3,), dyn_steps=1, n_train=10, n_test=10)
+    md = section(tmp_path / "page", {"quick": False, "seed": 0, "dataset_obj": full,
+                                     "trainability_dir": tmp_path / "grid", "trainability_settings": settings})
+    assert "the first 6 of the 10 training images of fake (a stated subset" in md
+    table = pd.read_csv(tmp_path / "page" / "data" / "trainability_points.csv")
+    assert list(table["outcome"]) == ["trains", "fails"]

@@ -263,7 +263,8 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
                          f"(a stated subset: the whole grid on all images would take hours on the build machine; "
                          f"test accuracy on all {used.get('n_test', '?'):,} test images)")
         else:
-            data_note = f"{used.get('name', '?')} ({n_used} training images)"
+            data_note = (f"{used.get('name', '?')} ({n_used} training images), from "
+                         f"`{meta.get('command', 'propagate trainability')}`")
     else:
         opts = TrainabilityOptions(seeds=tuple(seed + s for s in S["seeds"]), epochs=S["epochs"], level=S["level"],
                                    sharpness_batch=S["sharpness_batch"], lanczos_iters=S["lanczos_iters"],
