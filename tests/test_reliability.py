@@ -269,6 +269,8 @@ BAD = [
     ("trainability-out-file", "trainability --out {T}/afile.txt"),
     ("trainability-device", "trainability --device tpu"),
     ("trainability-level", "trainability --level 1"),
+    ("trainability-workers-0", "trainability --presets relu --workers 0"),
+    ("trainability-workers-and-scheduler", "trainability --presets relu --workers 2 --scheduler tcp://127.0.0.1:1"),
     # --- sweep (parse time)
     ("sweep-no-file", "sweep --out x"),
     ("sweep-workers-0", "sweep f.toml --out x --workers 0"),
