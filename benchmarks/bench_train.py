@@ -23,7 +23,10 @@ busy machine affects them alike):
    vanishes into the subnormal range (ReLU + N(0, 0.02), no BN).
 
 With ``--reproduce DIR`` it also times a 5-seed ``reproduce`` (all presets,
-3 epochs, lr 1e-3) on mnist-5k into DIR against 5 single-seed reproductions.
+3 epochs, lr 1e-3) on mnist-5k into DIR against 5 single-seed reproductions;
+with ``--profile``, where each network's step spends its time (torch.profiler,
+self CPU time grouped into matmuls, optimizer, BatchNorm, activation, bias
+gradients and everything else).
 
 Use ``--threads 1`` for ratios that do not depend on the machine's core count;
 time on an idle machine (the ratios compare parts of one process, but a busy
@@ -31,7 +34,7 @@ machine still adds noise). On a busy machine, ``--clock cpu --threads 1``
 times with the process's CPU time instead of the wall clock, which leaves out
 the time other processes hold the core (not their effect on the caches).
 
-    python benchmarks/bench_train.py [--steps 60] [--threads 1] [--seeds 8] [--clock cpu] [--reproduce /tmp/reproduce-5k]
+    python benchmarks/bench_train.py [--steps 60] [--threads 1] [--seeds 8] [--clock cpu] [--reproduce /tmp/reproduce-5k] [--profile]
 """
 
 from __future__ import annotations
@@ -116,6 +119,58 @@ def step_seconds(spec: NetworkSpec, steps: int, batch: int, threads: int, seeds:
     return statistics.median(np.diff(t)) if len(t) > 2 else float("nan")
 
 
+#: Kinds of op in the profile table, by torch op name (anything else is "other": autograd and Python overhead,
+#: copies, small reductions, the loss).
+PROFILE_KINDS = {
+    "matmul": ("aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm"),
+    "optimizer": ("aten::_fused_adam_", "aten::_foreach_add_", "Optimizer.step", "Optimizer.zero_grad"),
+    "batchnorm": ("aten::native_batch_norm", "aten::native_batch_norm_backward", "aten::_batch_norm_impl_index",
+                  "aten::batch_norm", "NativeBatchNormBackward0", "aten::_native_batch_norm_legit",
+                  "aten::_native_batch_norm_legit_functional"),
+    "activation": ("aten::relu", "aten::clamp_min", "aten::threshold_backward", "aten::selu", "aten::elu",
+                   "aten::elu_backward", "ReluBackward0", "Selu", "SeluBackward"),
+    "bias grad": ("aten::sum",),
+}
+
+
+def profile_step(spec: NetworkSpec, steps: int, batch: int, threads: int, seeds: int = 1) -> tuple[float, dict]:
+    """(ms per step under the profiler, share of self CPU time per :data:`PROFILE_KINDS`) over an epoch's steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ds = random_dataset(steps * batch)
+    opts = TrainOptions(epochs=2, batch_size=batch, probe_size=8, train_eval_size=8, threads=threads, seeds=seeds)
+    state: dict = {}
+
+    def hook(info):  # profile the steps of the second epoch (after its first), and nothing else
+        if info["epoch"] != 2 or "t1" in state:
+            return
+        if "prof" not in state:
+            state["prof"] = profile(activities=[ProfilerActivity.CPU])
+            state["prof"].__enter__()
+            state["t0"], state["n0"] = clock(), info["batch"]
+        elif info["batch"] == steps - 1:
+            state["prof"].__exit__(None, None, None)
+            state["t1"], state["n"] = clock(), info["batch"] - state["n0"]
+
+    train(spec, opts, ds, on_step=hook)
+    prof, n = state["prof"], state["n"]
+    ms = (state["t1"] - state["t0"]) * 1e3 / n
+    by_kind: dict = {}
+    others: list = []
+    total = 0.0
+    for ev in prof.key_averages():
+        t = ev.self_cpu_time_total
+        total += t
+        kind = next((k for k, names in PROFILE_KINDS.items() if any(ev.key.startswith(nm) for nm in names)), "other")
+        by_kind[kind] = by_kind.get(kind, 0.0) + t
+        if kind == "other":
+            others.append((t, ev.key, ev.count))
+    shares = {k: v / total for k, v in by_kind.items()} if total else {}
+    shares["top other"] = ", ".join(f"{key} {t / total:.0%} ({count / n:.0f}/step)"
+                                    for t, key, count in sorted(others, reverse=True)[:4]) if total else ""
+    return ms, shares
+
+
 def peak_rss_of_ensemble(seeds: int, threads: int) -> tuple[float, float]:
     """(peak RSS in bytes of a fresh process training ``seeds`` seeds of the seed network, the guard's estimate)."""
     code = (
@@ -157,6 +212,7 @@ def main() -> None:
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="wall time (default) or process CPU time (for a busy machine, with --threads 1)")
     ap.add_argument("--reproduce", metavar="DIR", help="also time a 5-seed reproduce on mnist-5k into DIR")
+    ap.add_argument("--profile", action="store_true", help="also profile a step of each network (torch.profiler)")
     args = ap.parse_args()
     global clock
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -216,6 +272,18 @@ def main() -> None:
     print()
     print(f"4. subnormals (relu/normal:0.02, no BN; {share:.1%} of pre-activations subnormal at init): "
           f"step {on * 1e3:.1f} ms with flush-denormal, {off * 1e3:.1f} ms without -> {off / on:.2f}x")
+
+    if args.profile:
+        print()
+        print("6. where a step's time goes (torch.profiler, self CPU time by kind of op; the profiler itself adds "
+              "time per op, so compare shares, not totals)")
+        kinds = list(PROFILE_KINDS) + ["other"]
+        print(f"{'network':<26} {'ms/step':>8} " + " ".join(f"{k:>10}" for k in kinds))
+        for label, spec in CONFIGS + [(f"selu/lecun_normal x {S} seeds", CONFIGS[2][1])]:
+            seeds = S if "seeds" in label else 1
+            ms, shares = profile_step(spec, max(10, args.steps // 3), args.batch, args.threads, seeds)
+            print(f"{label:<26} {ms:>8.1f} " + " ".join(f"{shares.get(k, 0.0):>9.0%} " for k in kinds))
+            print(f"{'':<26} other: {shares.get('top other', '')}")
 
     if args.reproduce:
         t0 = time.perf_counter()
