@@ -69,6 +69,32 @@ def _numbers(result):
     return result.history.drop(columns=["seconds"]), result.layers
 
 
+def _straight_and_resumed(spec, opts, ds, tmp_path):
+    """The same run twice: straight through, and interrupted after seed 1's first epoch, then resumed.
+
+    Asserts both end with the same history, layers and weights (bit for bit); returns ``(straight, resumed)``.
+    """
+    straight = train(spec, opts, ds, run_dir=tmp_path / "straight")
+
+    def interrupt(row):
+        if row["epoch"] == 1 and row["seed"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, opts, ds, run_dir=tmp_path / "resumed", callback=interrupt)
+    # the interruption came after every seed's epoch 1 was saved
+    assert len(pd.read_csv(tmp_path / "resumed" / "history.csv")) == opts.seeds
+    resumed = train(spec, opts, ds, run_dir=tmp_path / "resumed")
+    assert resumed.status == "finished"
+    hs, ls = _numbers(straight)
+    hr, lr = _numbers(resumed)
+    pd.testing.assert_frame_equal(hs, hr)
+    pd.testing.assert_frame_equal(ls, lr)
+    for (k, v), (_, w) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(v, w), k
+    return straight, resumed
+
+
 def _ops(model, kind):
     return [m for m in model.layers if type(m.op).__name__ == kind]
 
@@ -290,21 +316,7 @@ def test_resume_with_dropout_equals_uninterrupted(mnist5k, tmp_path):
     ds = _subset(mnist5k, 256, 64)
     spec = _small_spec(dropout=0.2)
     opts = TrainOptions(epochs=2, probe_size=16, batch_size=64, threads=1, seeds=2)
-    straight = train(spec, opts, ds, run_dir=tmp_path / "straight")
-
-    def interrupt(row):
-        if row["epoch"] == 1 and row["seed"] == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(spec, opts, ds, run_dir=tmp_path / "resumed", callback=interrupt)
-    resumed = train(spec, opts, ds, run_dir=tmp_path / "resumed")
-    hs, ls = _numbers(straight)
-    hr, lr = _numbers(resumed)
-    pd.testing.assert_frame_equal(hs, hr)
-    pd.testing.assert_frame_equal(ls, lr)
-    for (k, v), (_, w) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
-        assert torch.equal(v, w), k
+    _straight_and_resumed(spec, opts, ds, tmp_path)
 
 
 def test_ensemble_files_per_seed_and_t_intervals(mnist5k, tmp_path):
@@ -338,24 +350,8 @@ def test_resume_per_seed_equals_uninterrupted(mnist5k, tmp_path):
     spec = NetworkSpec.stack(3, 32, first_width=32, activation="selu", init="lecun_normal", batchnorm=True,
                              out_features=10)
     opts = TrainOptions(epochs=2, probe_size=32, batch_size=64, threads=1, seeds=2)
-    straight = train(spec, opts, ds, run_dir=tmp_path / "straight")
-
     # a run interrupted after epoch 1 was saved resumes every seed to the same numbers
-    def interrupt(row):
-        if row["epoch"] == 1 and row["seed"] == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(spec, opts, ds, run_dir=tmp_path / "resumed", callback=interrupt)
-    assert len(pd.read_csv(tmp_path / "resumed" / "history.csv")) == 2  # both seeds, epoch 1
-    resumed = train(spec, opts, ds, run_dir=tmp_path / "resumed")
-    assert resumed.status == "finished"
-    hs, ls = _numbers(straight)
-    hr, lr = _numbers(resumed)
-    pd.testing.assert_frame_equal(hs, hr)
-    pd.testing.assert_frame_equal(ls, lr)
-    for (k, v), (_, w) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
-        assert torch.equal(v, w), k
+    _, resumed = _straight_and_resumed(spec, opts, ds, tmp_path)
 
     # a finished run is not trained again
     again = train(spec, opts, ds, run_dir=tmp_path / "resumed")
