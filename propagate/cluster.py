@@ -1,8 +1,10 @@
 """The Dask cluster a grid of runs goes to: a local one (one single-threaded worker process per core) or an existing one.
 
-:func:`dask_client` is shared by :func:`propagate.sweep.run_sweep` (any grid of
-command runs) and :func:`propagate.trainability.trainability` (its grid of
-learning rates): the same three ways to name where work runs, in one place.
+:func:`dask_client` is what :class:`propagate.runner.OnDask` runs on (every
+sweep and trainability grid), and :func:`check_where` is the one check of the
+``--workers``/``--scheduler`` arguments (and ``client=``) that every command
+and library function taking them calls, before any work: the same three ways
+to name where work runs, in one place.
 
 - ``client``: an existing ``distributed.Client`` (used as is, not closed);
 - ``scheduler``: the address of a running scheduler (``tcp://host:8786``; a
@@ -23,7 +25,7 @@ from typing import Any, Iterator
 
 from propagate.errors import UserError
 
-__all__ = ["cores", "dask_client", "ONE_THREAD_ENV", "WORKER_CONFIG"]
+__all__ = ["cores", "check_where", "dask_client", "ONE_THREAD_ENV", "WORKER_CONFIG"]
 
 #: Environment of a local worker process: one thread for OpenMP, MKL and OpenBLAS.
 ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
@@ -52,6 +54,22 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def check_where(workers: int | None = None, scheduler: str | None = None, client=None) -> None:
+    """Refuse (:class:`UserError`, one line) a contradictory or impossible choice of where work runs.
+
+    ``workers`` (processes of a local cluster) goes with neither a
+    ``scheduler`` address nor a ``client``, and must be a whole number >= 1;
+    ``scheduler`` and ``client`` exclude each other. ``None`` everywhere is the
+    caller's default (in process, or a local cluster of :func:`cores` workers).
+    """
+    if workers is not None and (scheduler or client is not None):
+        raise UserError("--workers applies to the local cluster; drop it with --scheduler")
+    if scheduler and client is not None:
+        raise UserError("give a scheduler address or a client, not both")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise UserError(f"workers must be a whole number >= 1, got {workers!r}")
+
+
 @contextlib.contextmanager
 def dask_client(workers: int | None = None, scheduler: str | None = None, client=None) -> Iterator[Any]:
     """A ``distributed.Client`` for the block: ``client`` as is, one connected to ``scheduler``, or a new local cluster.
@@ -60,6 +78,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, client
     the end of the block; an unreachable ``scheduler`` raises
     :class:`propagate.errors.UserError` with one line.
     """
+    check_where(workers, scheduler, client)
     if client is not None:
         yield client
         return

@@ -22,18 +22,22 @@ Each point becomes the command line it stands for and is parsed by the
 command's own argparse parser, so names, value checks and defaults are exactly
 the command's. Every point is checked before any work starts.
 
-Execution: :func:`run_sweep` sends the points that have no result yet to a
-Dask ``distributed`` cluster: by default a ``LocalCluster`` on 127.0.0.1 with
-one single-threaded worker process per core, or an existing cluster
-(``scheduler="tcp://host:8786"``, or a ``distributed.Client``). Torch runs
-with one thread per task unless the point sets ``threads``.
+Execution: :func:`run_sweep` hands the points that have no result yet to
+:mod:`propagate.runner` on Dask (:class:`propagate.runner.OnDask`): by default
+a ``LocalCluster`` on 127.0.0.1 with one single-threaded worker process per
+core, or an existing cluster (``scheduler="tcp://host:8786"``, or a
+``distributed.Client``). Torch runs with one thread per task unless the point
+sets ``threads``.
 
-Results: ``OUT/points/<key>.json`` per point, written atomically, where
-``<key>`` is a SHA-256 of the point's full parsed configuration (every option
-of the command, defaults included), the lens, the package version and the
-identity of the dataset it reads (name, file sizes and SHA-256). A rerun skips
-points whose file exists; a point that fails leaves ``<key>.failed.json``
-(its error and traceback) and is tried again by the next run. At the end all
+Results: ``OUT/points/<key>.json`` per point (a :class:`propagate.runner.PointStore`;
+the point's tables under ``value``, where it ran under ``meta``), written
+atomically, where ``<key>`` (:func:`propagate.runner.point_key`) is a SHA-256
+of the point's full parsed configuration (every option of the command,
+defaults included), the lens, the package version and the identity of the
+dataset it reads (name, file sizes and SHA-256). A rerun skips points whose
+file exists (files written before the runner, with the tables at their top,
+are read as well); a point that fails leaves ``<key>.failed.json`` (its error
+and traceback) and is tried again by the next run. At the end all
 results are gathered into ``OUT/results.parquet``: one row per (point, layer)
 (theory, simulate), (point, seed, epoch) (train) or (point, configuration,
 learning rate) (trainability; ``configs.parquet`` and ``seeds.parquet``
@@ -50,23 +54,31 @@ The module sits beside the CLI: it reads the commands' parsers
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
+import importlib
 import io
 import itertools
 import json
 import math
 import os
 import re
-import sys
 import time
-import traceback
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from propagate.cluster import dask_client
+from propagate.cluster import check_where
+from propagate.commands import theory as theory_command
+from propagate.commands import train as train_command
+from propagate.commands import trainability as trainability_command
+from propagate.commands.simulate import build_spec as simulate_build_spec
 from propagate.errors import UserError
+from propagate.io import atomic_write_bytes, atomic_write_json, run_metadata
+from propagate.runfolder import claim
+from propagate.runner import OnDask, PointStore, ProgressBar, call, point_key, run_points
+from propagate.runner import Point as RunnerPoint
+from propagate.trainability import trainability as trainability_of
 
 __all__ = [
     "Lens",
@@ -78,6 +90,9 @@ __all__ = [
     "plan_from_dict",
     "expand_range",
     "compute_point",
+    "point_value",
+    "runner_point",
+    "point_store",
     "run_point",
     "run_sweep",
     "gather",
@@ -88,10 +103,9 @@ __all__ = [
 
 
 def _theory_compute(args, threads: int | None, dataset: str | None):
-    from propagate.commands.theory import build
     from propagate.theory import analyze
 
-    spec, sw2, sb2 = build(args)
+    spec, sw2, sb2 = theory_command.build(args)
     res = analyze(spec.activation, sw2, sb2, spec.depth, spec=spec, input_corr=args.input_corr)
     table = res.table.copy()
     # the fixed-point scalars on every row, so a map of chi_1 or xi_c is one groupby away
@@ -102,23 +116,13 @@ def _theory_compute(args, threads: int | None, dataset: str | None):
 
 
 def _theory_check(args) -> None:
-    from propagate.commands.theory import build
-
-    build(args)
-
-
-def _simulate_spec(args):
-    from propagate.commands.simulate import build_spec
-
-    return build_spec(args)
+    theory_command.build(args)
 
 
 def _simulate_compute(args, threads: int | None, dataset: str | None):
-    import warnings
-
     from propagate.simulate import simulate
 
-    spec = _simulate_spec(args)
+    spec = simulate_build_spec(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # divergence is a result here (column `diverged`), not a warning
         res = simulate(spec, samples=args.samples, seeds=args.seeds, seed=args.seed, dtype=args.dtype,
@@ -136,25 +140,16 @@ def _simulate_dataset(args) -> tuple[str, str | None] | None:
     return (args.input, None) if args.input != "gaussian" else None
 
 
-def _train_spec_and_options(args):
-    """The (preset, spec, options) of ``propagate train``'s flags, by the command's own rules."""
-    from propagate.commands.train import spec_and_options
-
-    return spec_and_options(args)
-
-
 def _train_check(args) -> None:
-    from propagate.commands.train import check_training_size
-
-    _, spec, options = _train_spec_and_options(args)
-    check_training_size(spec, options)
+    _, spec, options = train_command.spec_and_options(args)
+    train_command.check_training_size(spec, options)
 
 
 def _train_compute(args, threads: int | None, dataset: str | None):
     from propagate.data import load_dataset, validate_dataset
     from propagate.train import train
 
-    preset, spec, options = _train_spec_and_options(args)
+    preset, spec, options = train_command.spec_and_options(args)
     if options.threads is None:
         options = options.with_(threads=threads)
     data = load_dataset(dataset or args.dataset, args.data_dir, progress=False, download=False)
@@ -171,22 +166,17 @@ def _train_dataset(args) -> tuple[str, str | None] | None:
 
 def _trainability_setup(args):
     """The (configs, lrs, options) of ``propagate trainability``'s flags, by the command's own rules."""
-    from propagate.commands.trainability import setup
-
-    return setup(args)
+    return trainability_command.setup(args)
 
 
 def _trainability_compute(args, threads: int | None, dataset: str | None):
-    from dataclasses import replace
-
     from propagate.data import load_dataset
-    from propagate.trainability import trainability
 
     configs, lrs, options = _trainability_setup(args)
     if options.threads is None:
         options = replace(options, threads=threads)
     data = load_dataset(dataset or args.dataset, args.data_dir, progress=False, download=False)
-    res = trainability(configs, lrs, data, options)
+    res = trainability_of(configs, lrs, data, options)
     return {"results": res.points, "configs": res.configs, "seeds": res.seeds}, {"dataset": data.name}
 
 
@@ -222,7 +212,7 @@ class Lens:
 LENSES: dict[str, Lens] = {
     "theory": Lens("theory", "theory", _theory_compute, _theory_check,
                    frozenset({"rows", "json", "csv"})),
-    "simulate": Lens("simulate", "simulate", _simulate_compute, lambda a: _simulate_spec(a),
+    "simulate": Lens("simulate", "simulate", _simulate_compute, simulate_build_spec,
                      frozenset({"csv", "json", "plot", "quiet", "jacobian"}), dataset=_simulate_dataset),
     "train": Lens("train", "train", _train_compute, _train_check,
                   frozenset({"list_presets", "out", "resume", "no_progress"}), rows="seed and epoch", dataset=_train_dataset),
@@ -248,8 +238,6 @@ class _RaisingParser:
     """A command's argparse parser whose errors raise :class:`UserError` instead of exiting."""
 
     def __init__(self, lens: Lens):
-        import importlib
-
         class Parser(argparse.ArgumentParser):
             def error(self, message):  # noqa: D401 - argparse API
                 raise UserError(message)
@@ -528,36 +516,44 @@ def _dataset_identity(name: str, data_dir) -> dict:
 
 
 def _point_key(lens: str, options: dict, dataset: dict | None) -> str:
-    from propagate import __version__
-
-    blob = json.dumps({"lens": lens, "options": options, "propagate": __version__, "dataset": dataset},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+    # the key of sweeps made before propagate.runner existed: their folders resume
+    return point_key({"lens": lens, "options": options}, dataset)
 
 
 # ----------------------------------------------------------------------------- running one point
 
 
+def _lens_tables(lens: str, argv, dataset: str | None, threads: int) -> tuple[dict, dict]:
+    """``({table name: DataFrame}, what the lens reports)`` of one point; raises if the point fails."""
+    ln = _lens(lens)
+    args = _RaisingParser(ln).parse(list(argv))
+    return ln.compute(args, getattr(args, "threads", None) or threads, dataset)
+
+
+def point_value(lens: str, argv, dataset: str | None = None, threads: int = 1) -> dict:
+    """What a worker sends back for one point: ``{"tables": {name: [row dicts]}, "info": {...}}`` (JSON-ready).
+
+    The function a sweep's :class:`propagate.runner.Point` runs; raises if the
+    point fails (the runner records the error). ``threads``: torch's thread
+    count when the point does not set one.
+    """
+    tables, info = _lens_tables(lens, argv, dataset, threads)
+    return {"tables": {name: _records(df) for name, df in tables.items()}, "info": info}
+
+
 def compute_point(lens: str, argv, dataset: str | None = None, threads: int = 1) -> dict:
-    """Run one point (on a worker or in-process); never raises for a failing point.
+    """Run one point in this process; never raises for a failing point.
 
     Returns ``{"status": "ok", "tables": {name: DataFrame}, "meta": {...}}`` or
     ``{"status": "failed", "error": "Type: message", "traceback": text}``;
     ``meta`` holds the host, process id, seconds and what the lens reports.
     ``threads`` is torch's thread count when the point does not set one.
     """
-    import platform
-
-    t0 = time.perf_counter()
-    where = {"host": platform.node(), "pid": os.getpid()}
-    try:
-        ln = _lens(lens)
-        args = _RaisingParser(ln).parse(list(argv))
-        tables, meta = ln.compute(args, getattr(args, "threads", None) or threads, dataset)
-    except Exception as exc:  # a failing point is a result of the sweep, recorded and reported
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
-                "traceback": traceback.format_exc(), "meta": {**where, "seconds": time.perf_counter() - t0}}
-    return {"status": "ok", "tables": tables, "meta": {**meta, **where, "seconds": time.perf_counter() - t0}}
+    env = call(_lens_tables, (lens, list(argv), dataset, threads))
+    if not env["ok"]:
+        return {"status": "failed", "error": env["error"], "traceback": env["traceback"], "meta": env["meta"]}
+    tables, info = env["value"]
+    return {"status": "ok", "tables": tables, "meta": {**info, **env["meta"]}}
 
 
 def run_point(plan: SweepPlan, point: Point | int, threads: int = 1) -> dict:
@@ -567,6 +563,13 @@ def run_point(plan: SweepPlan, point: Point | int, threads: int = 1) -> dict:
     if res["status"] != "ok":
         raise RuntimeError(f"point {p.index} ({p.label()}) failed: {res['error']}")
     return res["tables"]
+
+
+def runner_point(plan: SweepPlan, point: Point) -> RunnerPoint:
+    """The sweep point as a :class:`propagate.runner.Point` (one thread for torch unless the point sets one)."""
+    meta = {"lens": plan.lens, "index": point.index, "fields": point.fields, "argv": list(point.argv),
+            "options": point.options, "dataset": point.dataset}
+    return RunnerPoint(point.key, point_value, (plan.lens, list(point.argv), point.dataset, 1), meta=meta)
 
 
 # ----------------------------------------------------------------------------- running a sweep
@@ -591,12 +594,9 @@ class SweepResult:
     seconds: float = 0.0
 
 
-def _point_file(out: Path, key: str) -> Path:
-    return out / "points" / f"{key}.json"
-
-
-def _failed_file(out: Path, key: str) -> Path:
-    return out / "points" / f"{key}.failed.json"
+def point_store(out: str | os.PathLike) -> PointStore:
+    """The store of a sweep folder's finished points (``OUT/points/KEY.json``)."""
+    return PointStore(Path(out) / "points")
 
 
 def _claim(out: Path):
@@ -605,8 +605,6 @@ def _claim(out: Path):
     The identity is only the kind: points are content-addressed, so sweeps that
     share points can share a folder (an extended grid reuses what is done).
     """
-    from propagate.runfolder import claim
-
     return claim(out, {"kind": "sweep"}, option="--out", hint="choose another --out")
 
 
@@ -630,18 +628,14 @@ def run_sweep(
         client: an existing ``distributed.Client`` instead (it is not closed).
         progress: a tqdm bar of points done on stderr.
         callback: ``callback(point, record)`` after each point's file is written
-            (``record["status"]`` is ``"ok"`` or ``"failed"``).
+            (``record["status"]`` is ``"ok"`` or ``"failed"``; the record as
+            :meth:`propagate.runner.Result.record` writes it).
 
     No cluster is started when every point is already done. Scripts that call
     this with the default cluster need the usual ``if __name__ == "__main__":``
     guard (Dask starts worker processes by spawning).
     """
-    from propagate.io import atomic_write_json, run_metadata
-
-    if workers is not None and (scheduler or client is not None):
-        raise UserError("--workers applies to the local cluster; drop it with --scheduler")
-    if workers is not None and workers < 1:
-        raise UserError(f"workers must be >= 1, got {workers}")
+    check_where(workers, scheduler, client)
     if not isinstance(plan, SweepPlan):
         plan = load_plan(plan)
     out = Path(out)
@@ -649,21 +643,38 @@ def run_sweep(
     with _claim(out):
         before = _gathered(out)
         atomic_write_json(out / "sweep.json", run_metadata(sweep=plan.to_dict()))
-        todo = [p for p in plan.points if not _point_file(out, p.key).exists()]
+        store = point_store(out)
+        todo = [p for p in plan.points if not store.has(p.key)]
         result = SweepResult(out=out, points=len(plan.points), computed=0, skipped=len(plan.points) - len(todo))
         if todo:
-            _execute(plan, todo, out, result, workers, scheduler, client, progress, callback)
+            with OnDask(workers, scheduler, client, label="sweep") as engine:
+                _compute(plan, todo, store, engine, result, progress, callback)
         # results.parquet is rewritten unless it already holds exactly these points (a rerun with nothing to do)
-        now = _fingerprint(plan, out)
+        now = _fingerprint(plan, store)
         result.results = gather(plan, out, write=now != before or not (out / "results.parquet").exists())
         atomic_write_json(out / "sweep.json", run_metadata(sweep=plan.to_dict(), gathered=now))
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def _fingerprint(plan: SweepPlan, out: Path) -> str:
+def _compute(plan: SweepPlan, todo: list, store: PointStore, engine, result: SweepResult, progress: bool,
+             callback) -> None:
+    """Compute the points ``todo`` on ``engine`` into ``store``, counting them in ``result``."""
+    by_key = {p.key: p for p in todo}
+    with ProgressBar(len(plan.points), len(plan.points) - len(todo), enabled=progress) as bar:
+        for res in run_points([runner_point(plan, p) for p in todo], store=store, engine=engine, progress=bar):
+            point = by_key[res.point.key]
+            if res.ok:
+                result.computed += 1
+            else:
+                result.failed.append((point, res.error))
+            if callback is not None:
+                callback(point, res.record())
+
+
+def _fingerprint(plan: SweepPlan, store: PointStore) -> str:
     """A hash of what ``results.parquet`` holds for ``plan``: its finished points and their swept fields."""
-    done = [(p.index, p.key, p.fields) for p in plan.points if _point_file(out, p.key).exists()]
+    done = [(p.index, p.key, p.fields) for p in plan.points if store.has(p.key)]
     return hashlib.sha256(json.dumps([plan.swept, done], default=str).encode()).hexdigest()
 
 
@@ -673,62 +684,6 @@ def _gathered(out: Path) -> str | None:
             return json.load(fh).get("gathered")
     except (OSError, ValueError, AttributeError):
         return None
-
-
-def _execute(plan, todo, out, result, workers, scheduler, client, progress, callback) -> None:
-    from tqdm import tqdm
-
-    from propagate import __version__
-    from propagate.io import atomic_write_json
-
-    def record(point, rec):
-        meta = {"lens": plan.lens, "key": point.key, "index": point.index, "fields": point.fields,
-                "argv": list(point.argv), "options": point.options, "dataset": point.dataset,
-                "propagate": __version__, **rec.get("meta", {})}
-        if rec["status"] == "ok":
-            tables = {name: _records(df) for name, df in rec["tables"].items()}
-            atomic_write_json(_point_file(out, point.key), {"status": "ok", "meta": meta, "tables": tables})
-            with contextlib.suppress(FileNotFoundError):
-                _failed_file(out, point.key).unlink()
-            result.computed += 1
-        else:
-            atomic_write_json(_failed_file(out, point.key), {"status": "failed", "meta": meta,
-                                                             "error": rec["error"], "traceback": rec.get("traceback")})
-            result.failed.append((point, rec["error"]))
-        if callback is not None:
-            callback(point, rec)
-
-    from distributed import as_completed
-
-    futures = {}
-    with dask_client(workers, scheduler, client) as c:
-        bar = tqdm(total=len(plan.points), initial=len(plan.points) - len(todo), desc="points", unit="pt",
-                   file=sys.stderr, disable=not progress, dynamic_ncols=True)
-        try:
-            # a fresh Dask key per run: a key cancelled by an interrupted run may still be being
-            # forgotten by the scheduler when the rerun submits it, and would come back cancelled
-            run_token = os.urandom(4).hex()
-            for p in todo:
-                fut = c.submit(compute_point, plan.lens, list(p.argv), p.dataset, 1,
-                               key=f"propagate-sweep-{p.key}-{run_token}", pure=False)
-                futures[fut] = p
-            for fut in as_completed(list(futures)):
-                p = futures[fut]
-                try:
-                    rec = fut.result()
-                except Exception as exc:  # lost beyond Dask's retries (KilledWorker), or not deliverable
-                    rec = {"status": "failed", "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
-                           "traceback": traceback.format_exc()}
-                record(p, rec)
-                fut.release()
-                bar.update(1)
-                if result.failed:
-                    bar.set_postfix(failed=len(result.failed))
-        finally:
-            for fut in futures:  # on an interruption, leave no work queued on a shared cluster
-                with contextlib.suppress(Exception):
-                    fut.cancel()
-            bar.close()
 
 
 def _records(df) -> list:
@@ -741,6 +696,11 @@ def _records(df) -> list:
     return rows
 
 
+def _point_tables(record: dict) -> dict:
+    """``{table name: rows}`` of a point's record (a record of a sweep made before the runner has them at its top)."""
+    return record["value"]["tables"] if "value" in record else record["tables"]
+
+
 def gather(plan: SweepPlan, out: str | os.PathLike, *, write: bool = True) -> Path | None:
     """Collect the finished points' files of ``plan`` into ``out/results.parquet`` (and ``NAME.parquet``).
 
@@ -751,21 +711,18 @@ def gather(plan: SweepPlan, out: str | os.PathLike, *, write: bool = True) -> Pa
     """
     import pandas as pd
 
-    from propagate.io import atomic_write_bytes
-
     out = Path(out)
     main = out / "results.parquet"
     if not write and main.exists():
         return main
     frames: dict[str, list] = {}
     swept = plan.swept
+    store = point_store(out)
     for p in plan.points:
-        path = _point_file(out, p.key)
-        if not path.exists():
+        rec = store.record(p.key)
+        if rec is None:
             continue
-        with open(path) as fh:
-            rec = json.load(fh)
-        for name, rows in rec["tables"].items():
+        for name, rows in _point_tables(rec).items():
             df = pd.DataFrame(rows)
             df = df.rename(columns={c: f"lens_{c}" for c in df.columns if c in swept or c in ("point", "key")})
             n = len(df)
@@ -774,16 +731,18 @@ def gather(plan: SweepPlan, out: str | os.PathLike, *, write: bool = True) -> Pa
     if "results" not in frames:
         return None
     for name, parts in frames.items():
-        df = pd.concat(parts, ignore_index=True)
-        for f in swept:  # a lens column that only repeats a swept field (e.g. activation) is dropped
-            lc = f"lens_{f}"
-            if lc in df.columns and all(a == b for a, b in zip(df[lc].tolist(), df[f].tolist())):
-                df = df.drop(columns=lc)
-        for col in df.columns:
-            if df[col].dtype == object and len({type(v) for v in df[col].dropna()}) > 1:
-                df[col] = df[col].astype(str)  # Parquet columns hold one type (e.g. an init swept over 1 and "he_normal")
-        path = main if name == "results" else out / f"{name}.parquet"
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False, engine="pyarrow")
-        atomic_write_bytes(path, buf.getvalue())
+        _write_parquet(pd.concat(parts, ignore_index=True), swept, main if name == "results" else out / f"{name}.parquet")
     return main
+
+
+def _write_parquet(df, swept: list, path: Path) -> None:
+    for f in swept:  # a lens column that only repeats a swept field (e.g. activation) is dropped
+        lc = f"lens_{f}"
+        if lc in df.columns and all(a == b for a, b in zip(df[lc].tolist(), df[f].tolist())):
+            df = df.drop(columns=lc)
+    for col in df.columns:
+        if df[col].dtype == object and len({type(v) for v in df[col].dropna()}) > 1:
+            df[col] = df[col].astype(str)  # Parquet columns hold one type (e.g. an init swept over 1 and "he_normal")
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False, engine="pyarrow")
+    atomic_write_bytes(path, buf.getvalue())

@@ -47,12 +47,19 @@ weight's norm.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 from propagate.errors import UserError
+from propagate.io import run_metadata, write_table
+from propagate.runfolder import claim
+from propagate.runner import Point as RunnerPoint
+from propagate.runner import PointStore, Result, Shared, choose_engine, point_key, run_points
+from propagate.sharpness import network_sharpness
 
 __all__ = [
     "DEFAULT_LRS",
@@ -245,65 +252,233 @@ def _lr_key(lr: float) -> str:
 
 def _file_name(config: str) -> str:
     # custom labels look like "relu/glorot_uniform+BN": keep them readable but path-safe
-    import re
-
     return re.sub(r"[^A-Za-z0-9._+-]", "_", config)
 
 
 def _point_task(trainer, spec, train_options, seeds, dataset) -> list[dict]:
-    """One (configuration, lr) ensemble: the per-seed final numbers (a Dask task, or called in process)."""
-    return [dict(r) for r in trainer(spec, train_options, seeds, dataset)]
+    """One (configuration, lr) ensemble: the per-seed final numbers (a runner point: on Dask or in process)."""
+    return [dict(r) for r in (trainer or train_ensemble)(spec, train_options, seeds, dataset)]
 
 
 def _predict_task(predictor, spec, train_options, dataset, settings: dict) -> dict:
-    """One configuration's sharpness prediction (a Dask task, or called in process)."""
+    """One configuration's sharpness prediction (a runner point: on Dask or in process)."""
     if predictor is None:
-        from propagate.sharpness import network_sharpness
-
         return dict(network_sharpness(spec, dataset, train_options, **settings))
     return dict(predictor(spec, train_options, dataset))
 
 
-class _InProcess:
-    """Runs a round's tasks here, one after another, in the order given."""
-
-    def run(self, tasks):
-        for key, fn, args in tasks:
-            yield key, fn(*args)
+#: Options that change no number of a point (they are in neither its key nor the folder's identity).
+_NOT_IN_KEY = ("device", "threads")
 
 
-class _OnDask:
-    """Runs a round's tasks on a Dask cluster (the dataset is sent to every worker once); yields them as they finish."""
+@dataclass
+class _Plan:
+    """What one :func:`trainability` call runs: the checked configurations, grid and options."""
 
-    def __init__(self, client, dataset):
-        self.client = client
-        self.dataset = dataset
-        self._data = None
+    specs: dict
+    names: list
+    lrs: list
+    options: TrainabilityOptions
+    dataset: object
+    trainer: Callable | None
+    predictor: Callable | None
+    settings: dict  # the sharpness prediction's
+    data_id: dict | None  # the dataset's identity, in every point's key when points are stored
 
-    def run(self, tasks):
-        import os
+    def train_key(self, lr: float) -> dict:
+        return {k: v for k, v in self.options.train_options(lr).to_dict().items() if k not in _NOT_IN_KEY}
 
-        from distributed import as_completed
 
-        if not tasks:
+def _plan(configs, lrs, dataset, options: TrainabilityOptions, trainer, predictor, *, on_dask: bool,
+          stored: bool) -> _Plan:
+    """Check the arguments of :func:`trainability` (UserError, before any work) and fix what it runs."""
+    lrs = sorted({float(lr) for lr in lrs})
+    if not lrs or any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
+        raise UserError(f"learning rates must be finite and > 0, got {lrs}")
+    if not configs:
+        raise UserError("no configurations to run")
+    names = [n for n, _ in configs]
+    if len(set(names)) != len(names):
+        raise UserError(f"configuration names must differ, got {names}")
+    if dataset is None:
+        raise UserError("trainability needs a dataset (see propagate.data.load_dataset)")
+    if on_dask and options.threads is None:
+        options = replace(options, threads=1)  # one thread per worker process (and the same numbers in process)
+    settings = {"batch": options.sharpness_batch, "warmup_steps": options.warmup_steps,
+                "iters": options.lanczos_iters}
+    data_id = None
+    if stored:
+        from propagate.data import dataset_identity
+
+        data_id = dataset_identity(dataset)
+    return _Plan(dict(configs), names, lrs, options, dataset, trainer, predictor, settings, data_id)
+
+
+def _folder_identity(plan: _Plan) -> dict:
+    """What a trainability folder records (:func:`propagate.runfolder.claim`): options that change results, data."""
+    free = ("refine", "predict", "sharpness_batch", "warmup_steps", "lanczos_iters") + _NOT_IN_KEY
+    return {"kind": "trainability", "options": {k: v for k, v in plan.options.to_dict().items() if k not in free},
+            "dataset": plan.data_id}
+
+
+def _json_value(obj):
+    """``obj`` as it reads back from a JSON file (tuples become lists), to compare with what a file holds."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+class _Grid:
+    """The rounds of one :func:`trainability` call on the runner: the points trained so far and the predictions.
+
+    ``rows[(config, lr key)]``: per-seed rows of a finished point; ``preds[config]``:
+    its sharpness prediction; ``tried[config]``: ``(lr, refined)`` in the order tried.
+    """
+
+    def __init__(self, plan: _Plan, engine, store: PointStore | None, resume: bool, progress):
+        self.plan, self.engine, self.store, self.resume, self.progress = plan, engine, store, resume, progress
+        self.rows: dict[tuple[str, str], list[dict]] = {}
+        self.preds: dict[str, dict] = {}
+        self.tried = {n: [(lr, False) for lr in plan.lrs] for n in plan.names}
+
+    def point(self, name: str, lr: float) -> RunnerPoint:
+        p = self.plan
+        config = {"kind": "trainability point", "spec": p.specs[name].to_dict(), "train": p.train_key(lr),
+                  "seeds": list(p.options.seeds)}
+        return RunnerPoint(point_key(config, p.data_id), _point_task,
+                           (p.trainer, p.specs[name], p.options.train_options(lr), p.options.seeds, Shared("dataset")),
+                           shared={"dataset": p.dataset}, meta={"kind": "point", "config": name, "lr": lr})
+
+    def prediction(self, name: str) -> RunnerPoint:
+        p = self.plan
+        config = {"kind": "trainability sharpness", "spec": p.specs[name].to_dict(), "train": p.train_key(p.lrs[0]),
+                  "settings": p.settings}
+        return RunnerPoint(point_key(config, p.data_id), _predict_task,
+                           (p.predictor, p.specs[name], p.options.train_options(p.lrs[0]), Shared("dataset"),
+                            p.settings),
+                           shared={"dataset": p.dataset}, meta={"kind": "predict", "config": name})
+
+    def run_round(self, points: list[tuple[str, float]], predict: list[str]) -> None:
+        """Train ``points`` and compute the ``predict`` configurations' predictions (stored ones are read back)."""
+        todo = [self.point(n, lr) for n, lr in points] + [self.prediction(n) for n in predict]
+        if self.store is not None and self.resume:
+            for rp in todo:
+                self._adopt_legacy(rp)
+        with contextlib.closing(run_points(todo, store=self.store, engine=self.engine, reuse=self.resume)) as results:
+            by_key = {r.point.key: r for r in results}
+        for rp in todo:  # points of equal keys (configurations of the same network) share one result
+            res = by_key[rp.key]
+            res.raise_for_failure()
+            self._take(rp, res.value, announce=not res.cached)
+
+    def _take(self, rp: RunnerPoint, value, announce: bool) -> None:
+        name, opts = rp.meta["config"], self.plan.options
+        if rp.meta["kind"] == "point":
+            lr = rp.meta["lr"]
+            self.rows[(name, _lr_key(lr))] = value
+            if announce and self.progress is not None:
+                s = summarize_point(name, lr, value, opts.criterion, opts.level)
+                self.progress(f"{name} lr {lr:.3g}: {s['outcome']} ({opts.criterion} "
+                              f"{s[opts.criterion + '_mean']:.3f}, {s['n_diverged']}/{s['n_seeds']} diverged)")
+        else:
+            self.preds[name] = value
+            if announce and self.progress is not None:
+                v = value.get("max_lr_predicted")
+                self.progress(f"{name}: predicted largest lr {float('nan') if v is None else float(v):.3g}")
+
+    def _adopt_legacy(self, rp: RunnerPoint) -> None:
+        """Take over a point file of a folder written before the runner (named by configuration and lr), if it fits."""
+        if self.store.has(rp.key):
             return
-        if self._data is None:
-            self._data = self.client.scatter(self.dataset, broadcast=True, hash=False)
-        token = os.urandom(4).hex()
-        futures = {}
-        for i, (key, fn, args) in enumerate(tasks):
-            args = tuple(self._data if a is self.dataset else a for a in args)
-            futures[self.client.submit(fn, *args, key=f"propagate-trainability-{token}-{i}", pure=False)] = key
-        try:
-            for fut in as_completed(list(futures)):
-                yield futures[fut], fut.result()
-                fut.release()
-        finally:
-            for fut in futures:  # an interruption leaves no work queued on a shared cluster
-                try:
-                    fut.cancel()
-                except Exception:  # noqa: BLE001 - the cluster may be gone already
-                    pass
+        name = rp.meta["config"]
+        if rp.meta["kind"] == "point":
+            legacy = self.store.folder / f"{_file_name(name)}_lr{_lr_key(rp.meta['lr'])}.json"
+            fits, field_ = (lambda d: d.get("spec") == _json_value(self.plan.specs[name].to_dict())), "seeds"
+        else:
+            legacy = self.store.folder / f"{_file_name(name)}_sharpness.json"
+            fits, field_ = (lambda d: d.get("settings") == self.plan.settings), "prediction"
+        if legacy.is_file():
+            saved = json.loads(legacy.read_text())
+            if fits(saved):
+                self.store.save(Result(rp, True, saved[field_], meta={"from": legacy.name}))
+
+    def bracket(self, name: str) -> tuple[float, float]:
+        opts = self.plan.options
+        pts = [summarize_point(name, lr, self.rows[(name, _lr_key(lr))], opts.criterion, opts.level)
+               for lr, _ in self.tried[name]]
+        return max_lr_of(pts)
+
+    def refine(self, steps: int) -> None:
+        """``steps`` rounds of one bisection step (geometric midpoint) of every configuration with a bracket."""
+        for _ in range(steps):
+            mids = {}
+            for n in self.plan.names:
+                lo, hi = self.bracket(n)
+                if math.isfinite(lo) and math.isfinite(hi):
+                    mids[n] = math.sqrt(lo * hi)
+            if not mids:
+                break
+            self.run_round(list(mids.items()), [])
+            for n, mid in mids.items():
+                self.tried[n].append((mid, True))
+
+
+def _config_row(name: str, pts: list[dict], pred: dict | None) -> dict:
+    """One configuration's row of the ``configs`` table (module docstring) from its point rows and prediction."""
+    lo, hi = max_lr_of(pts)
+    row = {"config": name, "max_lr_measured": lo, "max_lr_bad": hi,
+           "censored": bool(math.isfinite(lo) and not math.isfinite(hi)),
+           "first_diverged_lr": min((p["lr"] for p in pts if p["outcome"] == "diverged"), default=float("nan")),
+           "n_refined": sum(p["refined"] for p in pts)}
+    if pred is not None:
+        # JSON (a resumed run) has null for NaN and "inf" for infinity
+        num = {k: float("nan") if pred.get(k) is None else float(pred[k])
+               for k in ("max_lr_predicted", "sharpness", "precond_sharpness", "threshold_constant", "warmup_steps")}
+        row["max_lr_predicted"] = num["max_lr_predicted"]
+        s = num["sharpness"]
+        row["max_lr_predicted_gd"] = 2.0 / s if s > 0 else float("nan")
+        for k in ("sharpness", "precond_sharpness", "threshold_constant", "warmup_steps"):
+            row[k] = num[k]
+    else:
+        row["max_lr_predicted"] = float("nan")
+    mp = row["max_lr_predicted"]
+    row["ratio"] = lo / mp if (math.isfinite(lo) and mp and math.isfinite(mp) and mp > 0) else float("nan")
+    gd = row.get("max_lr_predicted_gd", float("nan"))
+    row["ratio_gd"] = lo / gd if (math.isfinite(lo) and math.isfinite(gd) and gd > 0) else float("nan")
+    return row
+
+
+def _tables(grid: _Grid):
+    """``(points, configs, seeds)`` DataFrames of a finished grid."""
+    import pandas as pd
+
+    opts = grid.plan.options
+    seed_rows, point_rows, config_rows = [], [], []
+    for name in grid.plan.names:
+        pts = []
+        for lr, refined in grid.tried[name]:
+            rows = grid.rows[(name, _lr_key(lr))]
+            seed_rows += [{"config": name, "lr": float(lr), "refined": refined, **r} for r in rows]
+            pts.append(summarize_point(name, lr, rows, opts.criterion, opts.level, refined))
+        point_rows.extend(pts)
+        config_rows.append(_config_row(name, pts, grid.preds[name] if opts.predict else None))
+    points = pd.DataFrame(point_rows).sort_values(["config", "lr"], kind="stable").reset_index(drop=True)
+    return points, pd.DataFrame(config_rows), pd.DataFrame(seed_rows)
+
+
+def _metadata(plan: _Plan, configs, engine: str) -> dict:
+    opts, ds = plan.options, plan.dataset
+    return run_metadata(seed=opts.seeds[0], kind="trainability", options=opts.to_dict(), lrs=plan.lrs,
+                        configs={n: s.to_dict() for n, s in configs},
+                        dataset={"name": ds.name, "n_train": ds.n_train, "n_test": ds.n_test}, engine=engine,
+                        definitions={"trains": f"no seed diverged and the lower 95% t bound of final "
+                                               f"{opts.criterion} > {opts.level}",
+                                     "diverged": "at least one seed's training loss was inf/NaN"})
+
+
+def _write_tables(out: Path, points, configs, seeds, meta: dict) -> None:
+    for df, name in ((points, "points"), (configs, "configs")):
+        write_table(df, out / f"{name}.csv", meta)
+        write_table(df, out / f"{name}.json", meta)
+    write_table(seeds, out / "seeds.csv", meta)
 
 
 def trainability(
@@ -327,207 +502,48 @@ def trainability(
     :func:`train_ensemble`; ``predictor(spec, train_options, dataset) -> dict``
     (with at least ``max_lr_predicted``) defaults to
     :func:`propagate.sharpness.network_sharpness`. ``progress(message)`` is
-    called after every point. With ``out_dir`` each finished point is saved in
-    ``out_dir/points/`` at once (so an interrupted run resumes where it
-    stopped, ``resume``), and ``points.csv``, ``configs.csv`` (and ``.json``)
-    and ``seeds.csv`` are written at the end.
+    called after every point computed. With ``out_dir`` each finished point is
+    saved in ``out_dir/points/`` at once (a :class:`propagate.runner.PointStore`,
+    keyed by the network, training options, seeds, package version and
+    dataset; not by the trainer or the thread count), so an interrupted run
+    resumes where it stopped (``resume``; the point files of folders written
+    before the runner, named ``<config>_lr<lr>.json``, are taken over when
+    their network matches), and ``points.csv``, ``configs.csv`` (and
+    ``.json``) and ``seeds.csv`` are written at the end.
 
-    Where the points run: in this process, one after another (the default), or
-    on Dask (:func:`propagate.cluster.dask_client`) when ``workers`` (a local
-    cluster of that many single-threaded worker processes), ``scheduler`` (the
-    address of a running cluster) or ``client`` is given. On Dask the grid
-    runs in rounds: every grid point and every prediction at once, then one
-    bisection step of every configuration at once per refinement round; points
-    are saved as they finish, in this process. Each point is trained with its
-    own seeds, so the tables do not depend on where or in which order points
-    ran (on Dask, torch uses ``options.threads`` threads per task, default 1;
-    the same number of threads in process gives the same numbers bit for bit).
-    ``trainer`` and ``predictor`` must then be importable functions (Dask
-    pickles them by reference).
+    Where the points run (:mod:`propagate.runner`): in this process, one after
+    another (the default), or on Dask when ``workers`` (a local cluster of that
+    many single-threaded worker processes), ``scheduler`` (the address of a
+    running cluster) or ``client`` is given (the dataset is sent to each worker
+    once). The grid runs in rounds: every grid point and every prediction at
+    once, then one bisection step of every configuration at once per
+    refinement round; points are saved as they finish, in this process. Each
+    point is trained with its own seeds, so the tables do not depend on where
+    or in which order points ran (on Dask, torch uses ``options.threads``
+    threads per task, default 1; the same number of threads in process gives
+    the same numbers bit for bit). ``trainer`` and ``predictor`` must then be
+    importable functions (Dask pickles them by reference). A point that fails
+    raises its error (it is recorded in ``points/KEY.failed.json`` too).
     """
-    import json
-
-    import pandas as pd
-
-    from propagate.io import atomic_write_json, run_metadata, write_table
-
-    options = options or TrainabilityOptions()
-    lrs = sorted({float(lr) for lr in lrs})
-    if not lrs or any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
-        raise UserError(f"learning rates must be finite and > 0, got {lrs}")
-    if not configs:
-        raise UserError("no configurations to run")
-    names = [n for n, _ in configs]
-    if len(set(names)) != len(names):
-        raise UserError(f"configuration names must differ, got {names}")
-    on_dask = workers is not None or bool(scheduler) or client is not None
-    if workers is not None and (scheduler or client is not None):
-        raise UserError("--workers applies to the local cluster; drop it with --scheduler")
-    if workers is not None and workers < 1:
-        raise UserError(f"workers must be >= 1, got {workers}")
-    trainer = trainer or train_ensemble
-    if dataset is None:
-        raise UserError("trainability needs a dataset (see propagate.data.load_dataset)")
-    if on_dask and options.threads is None:
-        from dataclasses import replace
-
-        options = replace(options, threads=1)
+    engine = choose_engine(workers, scheduler, client, label="trainability")
+    plan = _plan(configs, lrs, dataset, options or TrainabilityOptions(), trainer, predictor,
+                 on_dask=engine.name == "dask", stored=out_dir is not None)
     out = Path(out_dir) if out_dir is not None else None
-    lock = None
-    if out is not None:
-        from propagate.data import dataset_identity
-        from propagate.runfolder import claim
-
-        ident = {"kind": "trainability", "options": {k: v for k, v in options.to_dict().items()
-                                                      if k not in ("refine", "device", "threads", "predict",
-                                                                   "sharpness_batch", "warmup_steps",
-                                                                   "lanczos_iters")},
-                 "dataset": dataset_identity(dataset)}
-        lock = claim(out, ident, resume=resume, option="--out")
-
-    specs = dict(configs)
-    settings = {"batch": options.sharpness_batch, "warmup_steps": options.warmup_steps,
-                "iters": options.lanczos_iters}
-    rows_of: dict[tuple[str, str], list[dict]] = {}  # (config, lr key) -> per-seed rows
-    preds: dict[str, dict] = {}
-
-    def point_cache(name, lr):
-        return out / "points" / f"{_file_name(name)}_lr{_lr_key(lr)}.json" if out is not None else None
-
-    def pred_cache(name):
-        return out / "points" / f"{_file_name(name)}_sharpness.json" if out is not None else None
-
-    def cached_point(name, lr):
-        cache = point_cache(name, lr)
-        if cache is not None and resume and cache.is_file():
-            return json.loads(cache.read_text())["seeds"]
-        return None
-
-    def cached_pred(name):
-        cache = pred_cache(name)
-        if cache is not None and resume and cache.is_file():
-            saved = json.loads(cache.read_text())
-            return saved["prediction"] if saved.get("settings") == settings else None
-        return None
-
-    def run_round(engine, points: list[tuple[str, float]], predict: list[str]) -> None:
-        """Train ``points`` and compute the ``predict`` configurations' predictions not already known."""
-        tasks = []
-        for name, lr in points:
-            rows = cached_point(name, lr)
-            if rows is not None:
-                rows_of[(name, _lr_key(lr))] = rows
-            else:
-                tasks.append((("point", name, lr), _point_task,
-                              (trainer, specs[name], options.train_options(lr), options.seeds, dataset)))
-        for name in predict:
-            pred = cached_pred(name)
-            if pred is not None:
-                preds[name] = pred
-            else:
-                tasks.append((("predict", name, None), _predict_task,
-                              (predictor, specs[name], options.train_options(lrs[0]), dataset, settings)))
-        for (kind, name, lr), value in engine.run(tasks):
-            if kind == "point":
-                rows_of[(name, _lr_key(lr))] = value
-                if out is not None:
-                    atomic_write_json(point_cache(name, lr), {"config": name, "lr": lr, "spec": specs[name].to_dict(),
-                                                              "seeds": value})
-                if progress is not None:
-                    p = summarize_point(name, lr, value, options.criterion, options.level)
-                    progress(f"{name} lr {lr:.3g}: {p['outcome']} ({options.criterion} "
-                             f"{p[options.criterion + '_mean']:.3f}, {p['n_diverged']}/{p['n_seeds']} diverged)")
-            else:
-                preds[name] = value
-                if out is not None:
-                    atomic_write_json(pred_cache(name), {"config": name, "settings": settings, "prediction": value})
-                if progress is not None:
-                    v = value.get("max_lr_predicted")
-                    progress(f"{name}: predicted largest lr {float('nan') if v is None else float(v):.3g}")
-
-    seed_rows: list[dict] = []
-    point_rows: list[dict] = []
-    config_rows: list[dict] = []
-    try:
-        with contextlib.ExitStack() as stack:
-            if on_dask:
-                from propagate.cluster import dask_client
-
-                engine = _OnDask(stack.enter_context(dask_client(workers, scheduler, client)), dataset)
-            else:
-                engine = _InProcess()
-            # round 0: the grid (and the predictions); then one bisection step of every configuration per round
-            run_round(engine, [(n, lr) for n in names for lr in lrs], names if options.predict else [])
-            tried = {n: [(lr, False) for lr in lrs] for n in names}
-
-            def bracket(name):
-                pts = [summarize_point(name, lr, rows_of[(name, _lr_key(lr))], options.criterion, options.level)
-                       for lr, _ in tried[name]]
-                return max_lr_of(pts)
-
-            for _ in range(options.refine):
-                mids = {}
-                for n in names:
-                    lo, hi = bracket(n)
-                    if math.isfinite(lo) and math.isfinite(hi):
-                        mids[n] = math.sqrt(lo * hi)
-                if not mids:
-                    break
-                run_round(engine, list(mids.items()), [])
-                for n, mid in mids.items():
-                    tried[n].append((mid, True))
-
-        for name in names:
-            pts = []
-            for lr, refined in tried[name]:
-                rows = rows_of[(name, _lr_key(lr))]
-                for r in rows:
-                    seed_rows.append({"config": name, "lr": float(lr), "refined": refined, **r})
-                pts.append(summarize_point(name, lr, rows, options.criterion, options.level, refined))
-            point_rows.extend(pts)
-            lo, hi = max_lr_of(pts)
-            row = {"config": name, "max_lr_measured": lo, "max_lr_bad": hi,
-                   "censored": bool(math.isfinite(lo) and not math.isfinite(hi)),
-                   "first_diverged_lr": min((p["lr"] for p in pts if p["outcome"] == "diverged"), default=float("nan")),
-                   "n_refined": sum(p["refined"] for p in pts)}
-            if options.predict:
-                pred = preds[name]
-                # JSON (a resumed run) has null for NaN and "inf" for infinity
-                num = {k: float("nan") if pred.get(k) is None else float(pred[k])
-                       for k in ("max_lr_predicted", "sharpness", "precond_sharpness", "threshold_constant",
-                                 "warmup_steps")}
-                row["max_lr_predicted"] = num["max_lr_predicted"]
-                s = num["sharpness"]
-                row["max_lr_predicted_gd"] = 2.0 / s if s > 0 else float("nan")
-                for k in ("sharpness", "precond_sharpness", "threshold_constant", "warmup_steps"):
-                    row[k] = num[k]
-            else:
-                row["max_lr_predicted"] = float("nan")
-            mp = row["max_lr_predicted"]
-            row["ratio"] = lo / mp if (math.isfinite(lo) and mp and math.isfinite(mp) and mp > 0) else float("nan")
-            gd = row.get("max_lr_predicted_gd", float("nan"))
-            row["ratio_gd"] = lo / gd if (math.isfinite(lo) and math.isfinite(gd) and gd > 0) else float("nan")
-            config_rows.append(row)
-
-        points = pd.DataFrame(point_rows).sort_values(["config", "lr"], kind="stable").reset_index(drop=True)
-        configs_df = pd.DataFrame(config_rows)
-        seeds_df = pd.DataFrame(seed_rows)
-        meta = run_metadata(seed=options.seeds[0], kind="trainability", options=options.to_dict(), lrs=lrs,
-                            configs={n: s.to_dict() for n, s in configs},
-                            dataset={"name": dataset.name, "n_train": dataset.n_train, "n_test": dataset.n_test},
-                            engine=("dask" if on_dask else "in process"),
-                            definitions={"trains": f"no seed diverged and the lower 95% t bound of final "
-                                                   f"{options.criterion} > {options.level}",
-                                         "diverged": "at least one seed's training loss was inf/NaN"})
+    with contextlib.ExitStack() as stack:
+        store = None
         if out is not None:
-            write_table(points, out / "points.csv", meta)
-            write_table(points, out / "points.json", meta)
-            write_table(configs_df, out / "configs.csv", meta)
-            write_table(configs_df, out / "configs.json", meta)
-            write_table(seeds_df, out / "seeds.csv", meta)
-    finally:
-        if lock is not None:
-            lock.release()
+            stack.enter_context(claim(out, _folder_identity(plan), resume=resume, option="--out"))
+            store = PointStore(out / "points")
+        with engine:
+            grid = _Grid(plan, engine, store, resume, progress)
+            # round 0: the grid (and the predictions); then one bisection step of every configuration per round
+            grid.run_round([(n, lr) for n in plan.names for lr in plan.lrs],
+                           plan.names if plan.options.predict else [])
+            grid.refine(plan.options.refine)
+        points, configs_df, seeds_df = _tables(grid)
+        meta = _metadata(plan, configs, engine.name)
+        if out is not None:
+            _write_tables(out, points, configs_df, seeds_df, meta)
     return TrainabilityResult(points=points, configs=configs_df, seeds=seeds_df, meta=meta)
 
 

@@ -387,3 +387,25 @@ def test_local_cluster_workers_keep_allocator_defaults_and_no_profiler(monkeypat
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     with dask_client(workers=1) as c:
         assert set(c.run(_worker_settings).values()) == {(None, False, "1")}
+
+
+def test_folder_of_a_sweep_before_the_runner_resumes(tmp_path):
+    """Point files written before propagate.runner (tables at the top of the record) count as done and are gathered."""
+    from propagate.runfolder import claim
+    from propagate.sweep import point_value
+
+    plan = _plan({"sigma_w2": [1.0, 2.0]}, fixed={"depth": 2, "activation": "relu", "sigma_b2": 0.0}, lens="theory")
+    with claim(tmp_path, {"kind": "sweep"}):
+        pass
+    (tmp_path / "points").mkdir()
+    for p in plan.points:
+        value = point_value(plan.lens, p.argv)
+        (tmp_path / "points" / f"{p.key}.json").write_text(json.dumps(
+            {"status": "ok", "meta": {"lens": "theory", "key": p.key, "index": p.index}, "tables": value["tables"]}))
+    res = run_sweep(plan, tmp_path, workers=1, progress=False)  # nothing to compute: no cluster either
+    assert (res.computed, res.skipped, res.failed) == (0, 2, [])
+    df = pd.read_parquet(tmp_path / "results.parquet")
+    for p in plan.points:
+        _assert_rows_equal(df[df["point"] == p.index], run_point(plan, p)["results"])
+    # ReLU without bias: chi_1 = sigma_w2 / 2
+    assert sorted(df.groupby("sigma_w2")["chi_1"].first().tolist()) == pytest.approx([0.5, 1.0], rel=1e-12)

@@ -353,3 +353,36 @@ def test_report_section_states_the_subset_a_finished_grid_trained_on(tmp_path):
     assert "the first 6 of the 10 training images of fake (a stated subset" in md
     table = pd.read_csv(tmp_path / "page" / "data" / "trainability_points.csv")
     assert list(table["outcome"]) == ["trains", "fails"]
+
+
+def test_folder_of_a_grid_before_the_runner_resumes(tmp_path):
+    """A folder written before propagate.runner names its point files by configuration and lr: they are taken
+    over when the network they record is the one asked for, and trained again when it is not."""
+    import json
+
+    from propagate.data import dataset_identity
+    from propagate.runfolder import claim
+
+    ds, opts = FakeDataset(), TrainabilityOptions(seeds=(0, 1), epochs=1)
+    old = {k: v for k, v in opts.to_dict().items() if k not in ("refine", "device", "threads", "predict",
+                                                                 "sharpness_batch", "warmup_steps", "lanczos_iters")}
+    with claim(tmp_path, {"kind": "trainability", "options": old, "dataset": dataset_identity(ds)}):
+        pass
+    edges = {"a": (3e-4, 3e-3), "b": (3e-4, 3e-3)}
+    other = _spec("b").with_(activation="tanh")  # not the network config "b" is now
+    points = tmp_path / "points"
+    points.mkdir()
+    for name, spec in (("a", _spec("a")), ("b", other)):
+        for lr in (1e-4, 1e-3):
+            rows = fake_trainer(edges)(_spec(name), opts.train_options(lr), opts.seeds, ds)
+            (points / f"{name}_lr{lr:.6g}.json").write_text(json.dumps({"config": name, "lr": lr, "spec": spec.to_dict(),
+                                                                       "seeds": rows}))
+        settings = {"batch": opts.sharpness_batch, "warmup_steps": opts.warmup_steps, "iters": opts.lanczos_iters}
+        (points / f"{name}_sharpness.json").write_text(json.dumps({"config": name, "settings": settings,
+                                                                  "prediction": fake_predictor(spec, opts, ds)}))
+    calls = []
+    res = trainability([("a", _spec("a")), ("b", _spec("b"))], [1e-4, 1e-3], ds, opts, out_dir=tmp_path,
+                       trainer=fake_trainer(edges, calls), predictor=fake_predictor)
+    assert sorted(calls) == [("b", 1e-4), ("b", 1e-3)]
+    assert list(res.points["outcome"]) == ["trains", "fails", "trains", "fails"]
+    assert list(res.configs["max_lr_predicted"]) == [1e-4, 1e-4]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from propagate.cluster import check_where
 from propagate.commands._args import output_dir, positive_int
+from propagate.sweep import LENSES, load_plan, point_store, run_sweep
 
 NAME = "sweep"
 HELP = "a grid of theory/simulate/train/trainability runs on Dask (here or on a cluster), resumable, into Parquet"
@@ -60,26 +63,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE.toml", help="the sweep file")
     parser.add_argument("--out", required=True, type=output_dir, metavar="DIR",
                         help="the sweep folder (results, per-point files)")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=positive_int, metavar="N",
-                       help="worker processes of the local cluster (default: one per core)")
-    where.add_argument("--scheduler", metavar="ADDRESS",
-                       help="use an existing Dask cluster, e.g. tcp://127.0.0.1:8786")
+    parser.add_argument("--workers", type=positive_int, metavar="N",
+                        help="worker processes of the local cluster (default: one per core)")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="use an existing Dask cluster, e.g. tcp://127.0.0.1:8786 (not with --workers)")
     parser.add_argument("--dry-run", action="store_true", help="list the points and which are done; compute nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from propagate.sweep import load_plan, run_sweep
-
+    check_where(args.workers, args.scheduler)
     plan = load_plan(args.file)
     out = Path(args.out)
     if args.dry_run:
         done = 0
+        store = point_store(out)
         for p in plan.points:
-            finished = (out / "points" / f"{p.key}.json").exists()
+            finished = store.has(p.key)
             done += finished
             print(f"{p.index:5d}  {p.key}  {'done' if finished else 'todo'}  {p.label()}")
         print(f"sweep: {len(plan.points)} points of lens {plan.lens}, {done} done, {len(plan.points) - done} to compute")
@@ -89,8 +89,6 @@ def run(args) -> int:
         print(f"propagate: point {point.index} ({point.label()}) failed: {error}", file=sys.stderr)
     if len(res.failed) > 10:
         print(f"propagate: ... and {len(res.failed) - 10} more (see {out / 'points'}/*.failed.json)", file=sys.stderr)
-    from propagate.sweep import LENSES
-
     rows = f"one row per point and {LENSES[plan.lens].rows}"
     where = f"results in {res.results} ({rows})" if res.results else "no results yet"
     line = (f"sweep: {res.points} points: {res.computed} computed, {res.skipped} already done, "

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
-from propagate.commands._args import device, nonneg_int, output_dir, positive_int, probability
+from propagate.cluster import check_where
+from propagate.commands._args import check_device, device, nonneg_int, output_dir, positive_int, probability
 from propagate.commands._spec_args import add_spec_arguments, spec_from_args
+from propagate.errors import UserError
+from propagate.trainability import DEFAULT_LRS, TrainabilityOptions, trainability
 
 NAME = "trainability"
 HELP = "train presets over a log grid of learning rates (seed ensembles): largest lr that trains, vs sharpness"
@@ -125,7 +129,6 @@ _SPEC_FLAGS = ("activation", "init", "depth", "width", "first_width", "input_dim
 
 def configs_from_args(args) -> list:
     """``[(name, NetworkSpec), ...]`` of the parsed flags: the presets, then the custom network (if any flag is set)."""
-    from propagate.errors import UserError
     from propagate.presets import get_preset
     from propagate.spec import SEED_CLASSES, NetworkSpec
 
@@ -148,9 +151,6 @@ def configs_from_args(args) -> list:
 
 def setup(args) -> tuple:
     """``(configs, lrs, TrainabilityOptions)`` of the parsed flags (for ``run`` and sweeps); UserError on bad input."""
-    from propagate.errors import UserError
-    from propagate.trainability import DEFAULT_LRS, TrainabilityOptions
-
     configs = configs_from_args(args)
     options = TrainabilityOptions(
         seeds=tuple(range(args.seed, args.seed + args.seeds)), epochs=args.epochs, optimizer=args.optimizer,
@@ -163,21 +163,13 @@ def setup(args) -> tuple:
 
 
 def run(args) -> int:
-    import sys
-
-    from propagate.commands._args import check_device
-
     configs, lrs, options = setup(args)
     check_device(args.device)
-    if args.workers is not None and args.scheduler:
-        from propagate.errors import UserError
-
-        raise UserError("--workers applies to the local cluster; drop it with --scheduler")
+    check_where(args.workers, args.scheduler)
 
     from tabulate import tabulate
 
     from propagate.data import load_dataset
-    from propagate.trainability import trainability
 
     def say(msg):
         if not args.no_progress:
