@@ -60,11 +60,14 @@ partial epoch is recorded with ``diverged=True``; the other seeds go on.
 
 Resumable runs: with ``run_dir``, after every epoch the metrics, the layer
 statistics and a checkpoint (each seed's weights, optimizer state and status)
-are written atomically; a later call with ``resume=True`` continues every seed
-from its last finished epoch and gives the same numbers as an uninterrupted
-run, because each epoch's shuffle and dropout stream depend only on
-``(seed, epoch)`` (no random state needs saving; tested with dropout). Asking for more seeds than a folder holds trains the new
-seeds from scratch (a separate ensemble) and keeps the old ones.
+are written atomically (:class:`propagate.runstore.RunStore` keeps every
+seed's progress and writes the folder); a later call with ``resume=True``
+continues every seed from its last finished epoch and gives the same numbers
+as an uninterrupted run, because each epoch's shuffle and dropout stream
+depend only on ``(seed, epoch)`` (no random state needs saving; tested with
+dropout). Asking for more seeds than a folder holds trains the new seeds from
+scratch (a separate ensemble) and keeps the old ones. The lecture demo's runs
+(every preset at every learning rate) are :mod:`propagate.reproduce`.
 
 Memory: before any work, an ensemble whose estimated working set
 (:func:`estimate_memory`) exceeds the device's limit is refused with one line.
@@ -73,17 +76,19 @@ Memory: before any work, an ensemble whose estimated working set
 from __future__ import annotations
 
 import contextlib
-import io
+import importlib
 import math
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from propagate.errors import UserError
+from propagate.limits import MEMORY_SHARE, format_bytes, memory_limit, training_bytes
 from propagate.presets import PRESETS, Preset, get_preset, list_presets
+from propagate.runstore import (HISTORY_COLUMNS, METRICS, RunStore, load_seed_states, restore_seed, run_identity,
+                                seed_state, summarize_history)
 
 __all__ = [
     "TrainOptions",
@@ -94,8 +99,8 @@ __all__ = [
     "check_memory",
     "seed_list",
     "summarize_history",
-    "reproduce",
-    "summary_markdown",
+    "run_identity",
+    "resolve_device",
     "format_epoch_line",
     "get_preset",
     "list_presets",
@@ -103,22 +108,10 @@ __all__ = [
     "PRESETS",
     "OPTIMIZERS",
     "METRICS",
+    "HISTORY_COLUMNS",
 ]
 
 OPTIMIZERS = ("rmsprop", "sgd", "adam")
-
-#: The per-seed metrics of an epoch (columns of ``history``), summarized over seeds in ``summary``.
-METRICS = ("loss", "acc", "val_loss", "val_acc", "train_eval_acc")
-
-# Files of a run folder.
-HISTORY_FILE, LAYERS_FILE, SPEC_FILE, CHECKPOINT_FILE = "history.csv", "layers.csv", "spec.json", "checkpoint.pt"
-SUMMARY_FILE = "summary.csv"
-
-# Options that may differ between an interrupted run and its resumption (seeds: resumption is per seed).
-_RESUME_FREE = {"epochs", "device", "threads", "seed", "seeds"}
-
-#: Columns of ``history``, in order.
-HISTORY_COLUMNS = ["seed", "epoch", *METRICS, "seconds", "diverged"]
 
 
 @dataclass(frozen=True)
@@ -287,7 +280,8 @@ def _shuffle_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 0x5EED) % (2**63 - 1)
 
 
-def _resolve_device(name: str):
+def resolve_device(name: str):
+    """The torch device of ``name`` (``cpu``, ``cuda``, ``cuda:N`` or ``auto``); UserError if it is unusable."""
     import torch
 
     if name == "auto":
@@ -388,8 +382,6 @@ def estimate_memory(spec, options: TrainOptions, n_seeds: int | None = None, n_t
     seed network, 2,048 images, peak RSS 0.56 / 1.04 / 1.71 GiB for 1 / 4 / 8
     seeds; this estimate 0.60 / 1.20 / 1.99 GiB.
     """
-    from propagate.limits import training_bytes
-
     S = options.seeds if n_seeds is None else int(n_seeds)
     widths = list(spec.widths) + ([spec.out_features] if spec.out_features else [])
     n_params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
@@ -410,8 +402,6 @@ def _device_memory(device) -> tuple[int | None, str]:
         except (RuntimeError, AttributeError):
             return None, "the GPU"
         return int(total * 0.9), f"{0.9:.0%} of the GPU's"
-    from propagate.limits import MEMORY_SHARE, memory_limit
-
     return memory_limit(), f"{MEMORY_SHARE:.0%} of this machine's"
 
 
@@ -419,23 +409,15 @@ def check_memory(spec, options: TrainOptions, n_seeds: int, n_train: int, n_test
     """Refuse (:class:`UserError`, one line with the estimate) an ensemble that would not fit; return the estimate."""
     import torch
 
-    from propagate.limits import format_bytes
-
     device = device if device is not None else torch.device("cpu")
     need = estimate_memory(spec, options, n_seeds, n_train, n_test)
     limit, what = _device_memory(device)
     if limit is not None and need > limit:
-        total = limit / (0.9 if device.type == "cuda" else _memory_share())
+        total = limit / (0.9 if device.type == "cuda" else MEMORY_SHARE)
         raise UserError(f"training {n_seeds} seed{'s' if n_seeds != 1 else ''} of this network needs about "
                         f"{format_bytes(need)} of memory, more than {what} {format_bytes(total)}; "
                         f"use fewer --seeds (or train them in several runs)")
     return need
-
-
-def _memory_share() -> float:
-    from propagate.limits import MEMORY_SHARE
-
-    return MEMORY_SHARE
 
 
 # ----------------------------------------------------------------- layer stats
@@ -536,161 +518,6 @@ def _dataset_tensors(dataset, device):
     return t(xtr), t(ytr), t(xte), t(yte)
 
 
-def _config_of(spec, options: TrainOptions) -> dict:
-    opts = {k: v for k, v in options.to_dict().items() if k not in _RESUME_FREE}
-    return {"spec": spec.to_dict(), "options": opts}
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    import torch
-
-    from propagate.io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _load_checkpoint(path: Path) -> dict | None:
-    import torch
-
-    if not path.is_file():
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a damaged checkpoint is a user-visible problem, not a crash
-        raise UserError(f"cannot read checkpoint {path}: {exc.__class__.__name__}; delete it or use --no-resume") from None
-    if not isinstance(ckpt, dict) or "seeds" not in ckpt:
-        raise UserError(f"{path} is a checkpoint of an older propagate (one seed, no per-seed state); "
-                        f"delete it or use --no-resume")
-    return ckpt
-
-
-# Per-seed state of a batched model and its optimizer: every parameter, buffer and
-# elementwise optimizer state is stacked along a leading seed dimension, so seed i
-# is the slice [i]; scalars (Adam's step count) are shared by the group.
-
-
-def _seed_state(model, opt, i: int, to_cpu: bool = True) -> dict:
-    """Copies of seed ``i``'s weights, buffers and optimizer state (on the CPU for checkpoints)."""
-
-    def copy(t):
-        t = t.detach()
-        return t.to("cpu", copy=True) if to_cpu else t.clone()
-
-    params = list(model.parameters())
-    opt_state = {}
-    for j, p in enumerate(params):
-        st = opt.state.get(p, {})
-        opt_state[j] = {k: (copy(v[i]) if hasattr(v, "shape") and v.shape == p.shape else
-                            (copy(v) if hasattr(v, "detach") else v)) for k, v in st.items()}
-    return {"model": {k: copy(v[i]) for k, v in model.state_dict().items() if v.dim() > 0},
-            "optimizer": opt_state}
-
-
-def _load_seed_states(model, opt, states: list[dict]) -> None:
-    import torch
-
-    sd = model.state_dict()
-    for k, v in sd.items():
-        if v.dim() > 0:
-            v.copy_(torch.stack([st["model"][k] for st in states]))
-    params = list(model.parameters())
-    for j, p in enumerate(params):
-        per = [st["optimizer"].get(j, {}) for st in states]
-        if not per[0]:
-            continue
-        opt.state[p] = {k: (torch.stack([q[k] for q in per]).to(p.device) if hasattr(v, "shape") and v.dim() > 0
-                            else (v.clone() if hasattr(v, "clone") else v)) for k, v in per[0].items()}
-
-
-def _restore_seed(model, opt, i: int, st: dict) -> None:
-    """Put seed ``i``'s saved state back (a diverged seed stays as it was before its failing batch)."""
-    import torch
-
-    with torch.no_grad():
-        for k, v in model.state_dict().items():
-            if v.dim() > 0:
-                v[i].copy_(st["model"][k])
-        for j, p in enumerate(model.parameters()):
-            for k, v in st["optimizer"].get(j, {}).items():
-                cur = opt.state.get(p, {}).get(k)
-                if cur is not None and hasattr(cur, "shape") and cur.shape == p.shape:
-                    cur[i].copy_(v)
-
-
-def run_identity(spec, options: TrainOptions, dataset) -> dict:
-    """What a training run folder records and a resumption must match (see :mod:`propagate.runfolder`):
-    the spec, the options that change results, and the dataset's identity (checksum of the arrays used)."""
-    from propagate.data import dataset_identity
-
-    return {"kind": "train", "config": _config_of(spec, options), "dataset": dataset_identity(dataset)}
-
-
-def _claim_run_dir(run_dir, config: dict, dataset, resume: bool):
-    """Lock ``run_dir`` and check it holds this configuration and data (None without a run folder)."""
-    if run_dir is None:
-        return None
-    from propagate.data import dataset_identity
-    from propagate.runfolder import claim
-
-    return claim(run_dir, {"kind": "train", "config": config, "dataset": dataset_identity(dataset)},
-                 resume=resume, discard=(CHECKPOINT_FILE,))
-
-
-def reproduce_identity(dataset) -> dict:
-    """What a reproduction folder records: its data (each run's settings are checked by :func:`train`)."""
-    from propagate.data import dataset_identity
-
-    return {"kind": "reproduce", "dataset": dataset_identity(dataset)}
-
-
-def _claim_reproduce_dir(out: Path, dataset, resume: bool):
-    """Lock a reproduction folder and check its data (:func:`reproduce_identity`)."""
-    from propagate.runfolder import claim
-
-    return claim(out, reproduce_identity(dataset), resume=resume)
-
-
-def _frames(spec, history_rows, layer_rows):
-    import pandas as pd
-
-    from propagate.stats import layer_table
-
-    history = pd.DataFrame(history_rows, columns=HISTORY_COLUMNS)
-    history = history.sort_values(["seed", "epoch"], kind="stable").reset_index(drop=True)
-    layers = layer_table(layer_rows, source="training", config=spec.label())
-    if len(layers):
-        layers = layers.sort_values(["seed", "epoch"], kind="stable").reset_index(drop=True)
-    return history, layers
-
-
-def summarize_history(history):
-    """Per epoch: mean and 95% Student t interval over seeds of each of :data:`METRICS`, and ``n_seeds``.
-
-    Columns ``epoch``, ``<metric>_mean``, ``<metric>_ci_low``, ``<metric>_ci_high``
-    (:func:`propagate.confidence.summarize_seeds`; no interval with one seed;
-    a diverged seed's NaN loss is left out of the loss's mean) and ``n_seeds``
-    (seeds with a row for that epoch; a diverged seed has none after its
-    divergence).
-    """
-    from propagate.confidence import summarize_seeds
-
-    return summarize_seeds(history, keys=["epoch"], metrics=list(METRICS)).sort_values("epoch").reset_index(drop=True)
-
-
-def _write_run_files(run_dir: Path, spec, history, layers, meta) -> None:
-    from propagate.io import atomic_write_json, write_table
-
-    write_table(history, run_dir / HISTORY_FILE, meta)
-    write_table(layers, run_dir / LAYERS_FILE, meta)
-    write_table(summarize_history(history), run_dir / SUMMARY_FILE, meta)
-    atomic_write_json(run_dir / SPEC_FILE, {"spec": spec.to_dict(), "options": meta["options"],
-                                            "preset": meta.get("preset"), "status": meta["status"],
-                                            "epochs_done": meta["epochs_done"], "seeds": meta["seeds"],
-                                            "seed_status": meta["seed_status"]})
-
-
 @dataclass
 class _Run:
     """What one call of :func:`train` works with (the data on the device, the fixed batches, the options)."""
@@ -711,6 +538,17 @@ class _Run:
     keep_state: bool = False
 
 
+def _make_run(spec, options: TrainOptions, dataset, device, label: str, progress: bool, on_step,
+              keep_state: bool) -> _Run:
+    """The data on ``device``, the probe batch (first ``probe_size`` training images) and the evaluation prefix."""
+    xtr, ytr, xte, yte = _dataset_tensors(dataset, device)
+    n = len(ytr)
+    probe_n = min(options.probe_size, n)
+    return _Run(spec, options, device, xtr, ytr, xte, yte, (xtr[:probe_n], ytr[:probe_n]),
+                n if options.train_eval_size == 0 else min(options.train_eval_size, n),
+                ("train", "eval") if spec.batchnorm else ("eval",), label, progress, on_step, keep_state)
+
+
 def _probe_rows(run: _Run, model, epoch: int) -> list[dict]:
     rows = []
     for mode in run.modes:
@@ -718,36 +556,117 @@ def _probe_rows(run: _Run, model, epoch: int) -> list[dict]:
     return rows
 
 
-def _train_epoch(run: _Run, model, opt, epoch: int, active: list[bool]) -> tuple[dict, list[int]]:
-    """One epoch of the batched model; returns per-seed running ``loss``/``acc``, seconds, and the seeds that diverged.
-
-    ``active[i]`` is False for a seed that diverged before (its state is restored
-    after every step, so it stays as it was); a seed whose batch loss is
-    non-finite becomes inactive from that batch on, as a single run stops.
-    """
+def _epoch_order(seeds: list[int], n: int, epoch: int, device):
+    """``[S, n]``: each seed's own shuffle of the training split for ``epoch`` (from ``(seed, epoch)`` alone)."""
     import torch
-    import torch.nn.functional as F
-    from tqdm import tqdm
 
-    from propagate.layers import seed_dropout
-
-    opts, dev = run.options, run.device
-    seeds = list(model.seeds)
-    S, n, bs = len(seeds), len(run.ytr), opts.batch_size
     orders = []
     for s in seeds:
         gen = torch.Generator()
         gen.manual_seed(_shuffle_seed(s, epoch))
         orders.append(torch.randperm(n, generator=gen))
-    order = torch.stack(orders).to(dev)  # [S, n]: each seed's own shuffle
+    return torch.stack(orders).to(device)
+
+
+class _Tally:
+    """One epoch's per-seed running loss and accuracy, and the seeds that stopped (diverged) with their state.
+
+    ``active[i]`` is False for a seed that diverged, now or before: its state
+    is saved before its failing batch (:func:`propagate.runstore.seed_state`)
+    and put back after every step, so it stays as a single run would stop.
+    """
+
+    def __init__(self, model, opt, active: list[bool], device):
+        import torch
+
+        S = len(active)
+        self.model, self.opt, self.active, self.device = model, opt, active, device
+        self.saved = {i: seed_state(model, opt, i, to_cpu=False) for i in range(S) if not active[i]}
+        self.mask = torch.tensor(active, device=device)
+        self.loss_sum, self.seen = [0.0] * S, [0] * S
+        self.correct = torch.zeros(S, dtype=torch.int64, device=device)
+        self.newly: list[int] = []
+
+    def diverge(self, lv: list[float], batch: int) -> None:
+        """Stop every active seed whose batch loss ``lv[i]`` is not finite (before the step changes it)."""
+        import torch
+
+        changed = False
+        for i, v in enumerate(lv):
+            if self.active[i] and not math.isfinite(v):
+                changed = True
+                self.active[i] = False
+                self.newly.append(i)
+                self.loss_sum[i], self.seen[i] = float("nan"), self.seen[i] + batch
+                self.saved[i] = seed_state(self.model, self.opt, i, to_cpu=False)  # what it keeps
+        if changed:
+            self.mask = torch.tensor(self.active, device=self.device)
+
+    def restore(self) -> None:
+        for i, st in self.saved.items():
+            restore_seed(self.model, self.opt, i, st)
+
+    def add(self, lv: list[float], hits, batch: int) -> None:
+        self.correct += hits * self.mask
+        for i, v in enumerate(lv):
+            if self.active[i]:
+                self.loss_sum[i] += v * batch
+                self.seen[i] += batch
+
+    def running_loss(self) -> float:
+        live = [i for i, a in enumerate(self.active) if a]
+        return sum(self.loss_sum[i] / self.seen[i] for i in live) / len(live)
+
+    def summary(self, seconds: float) -> dict:
+        hits = self.correct.tolist()
+        S = len(self.seen)
+        return {"loss": [self.loss_sum[i] / self.seen[i] if self.seen[i] else float("nan") for i in range(S)],
+                "acc": [hits[i] / self.seen[i] if self.seen[i] else float("nan") for i in range(S)],
+                "seconds": seconds}
+
+
+def _step(run: _Run, model, opt, idx, tally: _Tally):
+    """One optimizer step on the batch ``idx`` ``[S, B]`` of every seed; ``(losses, hits)``, or ``None`` once no seed is left."""
+    import torch
+    import torch.nn.functional as F
+
+    S, B = idx.shape
+    xb, yb = run.xtr[idx], run.ytr[idx]  # [S, B, in], [S, B]
+    out = model(xb)
+    per_seed = F.cross_entropy(out.reshape(S * B, -1), yb.reshape(-1), reduction="none").view(S, B).mean(1)
+    lv = per_seed.detach().double().tolist()  # the step's one synchronization
+    tally.diverge(lv, B)
+    if not any(tally.active):
+        return None
+    hits = (out.detach().argmax(-1) == yb).sum(1)
+    opt.zero_grad(set_to_none=True)
+    # sum over seeds of each seed's mean loss: seed i's gradient is its single run's
+    loss = torch.where(tally.mask, per_seed, torch.zeros_like(per_seed)).sum()
+    loss.backward()
+    opt.step()
+    tally.restore()
+    tally.add(lv, hits, B)
+    return lv, hits
+
+
+def _train_epoch(run: _Run, model, opt, epoch: int, active: list[bool]) -> tuple[dict, list[int]]:
+    """One epoch of the batched model; returns per-seed running ``loss``/``acc``, seconds, and the seeds that diverged.
+
+    ``active[i]`` is False for a seed that diverged before (it stays as it
+    was); a seed whose batch loss is non-finite becomes inactive from that
+    batch on, as a single run stops (see :class:`_Tally`).
+    """
+    from tqdm import tqdm
+
+    from propagate.layers import seed_dropout
+
+    opts = run.options
+    seeds = list(model.seeds)
+    n, bs = len(run.ytr), opts.batch_size
+    order = _epoch_order(seeds, n, epoch, run.device)
     # each seed's dropout stream from (seed, epoch) alone, so a resumed run draws an uninterrupted one's masks
     seed_dropout(model, epoch)
-    saved = {i: _seed_state(model, opt, i, to_cpu=False) for i in range(S) if not active[i]}
-    act_mask = torch.tensor(active, device=dev)
-    loss_sum = [0.0] * S
-    correct = torch.zeros(S, dtype=torch.int64, device=dev)
-    seen = [0] * S
-    newly: list[int] = []
+    tally = _Tally(model, opt, active, run.device)
     nb = (n + bs - 1) // bs
     model.train()
     t0 = time.perf_counter()
@@ -756,59 +675,25 @@ def _train_epoch(run: _Run, model, opt, epoch: int, active: list[bool]) -> tuple
     with bar:
         for b in range(nb):
             idx = order[:, b * bs : (b + 1) * bs]
-            B = idx.shape[1]
-            if run.spec.batchnorm and B < 2:
+            if run.spec.batchnorm and idx.shape[1] < 2:
                 continue  # BN cannot normalize a batch of one
-            xb, yb = run.xtr[idx], run.ytr[idx]  # [S, B, in], [S, B]
-            out = model(xb)
-            per_seed = F.cross_entropy(out.reshape(S * B, -1), yb.reshape(-1), reduction="none").view(S, B).mean(1)
-            lv = per_seed.detach().double().tolist()  # the step's one synchronization
-            changed = False
-            for i in range(S):
-                if active[i] and not math.isfinite(lv[i]):
-                    changed = True
-                    active[i] = False
-                    newly.append(i)
-                    loss_sum[i], seen[i] = float("nan"), seen[i] + B
-                    saved[i] = _seed_state(model, opt, i, to_cpu=False)  # before this batch's step: what it keeps
-            if changed:
-                if not any(active):
-                    break
-                act_mask = torch.tensor(active, device=dev)
-            hits = (out.detach().argmax(-1) == yb).sum(1)
-            opt.zero_grad(set_to_none=True)
-            # sum over seeds of each seed's mean loss: seed i's gradient is its single run's
-            loss = torch.where(act_mask, per_seed, torch.zeros_like(per_seed)).sum()
-            loss.backward()
-            opt.step()
-            for i, st in saved.items():
-                _restore_seed(model, opt, i, st)
-            correct += hits * act_mask
-            for i in range(S):
-                if active[i]:
-                    loss_sum[i] += lv[i] * B
-                    seen[i] += B
+            step = _step(run, model, opt, idx, tally)
+            if step is None:
+                break
             if run.on_step is not None:
-                run.on_step({"epoch": epoch, "batch": b, "seeds": seeds, "loss": lv,
-                             "acc": (hits.double() / B).tolist(), "active": list(active), "model": model})
+                run.on_step({"epoch": epoch, "batch": b, "seeds": seeds, "loss": step[0],
+                             "acc": (step[1].double() / idx.shape[1]).tolist(), "active": list(active),
+                             "model": model})
             bar.update(1)
             if b % 20 == 0 and any(active):
-                live = [i for i in range(S) if active[i]]
-                bar.set_postfix(loss=f"{sum(loss_sum[i] / seen[i] for i in live) / len(live):.4f}", refresh=False)
+                bar.set_postfix(loss=f"{tally.running_loss():.4f}", refresh=False)
     seconds = time.perf_counter() - t0
-    for i, st in saved.items():
-        _restore_seed(model, opt, i, st)
-    hits = correct.tolist()
-    return ({"loss": [loss_sum[i] / seen[i] if seen[i] else float("nan") for i in range(S)],
-             "acc": [hits[i] / seen[i] if seen[i] else float("nan") for i in range(S)],
-             "seconds": seconds}, newly)
+    tally.restore()
+    return tally.summary(seconds), tally.newly
 
 
-def _train_group(run: _Run, seeds: list[int], store: dict, start_epoch: int, after_epoch: Callable[[], None],
-                 callback) -> Any:
+def _train_group(run: _Run, seeds: list[int], store: RunStore, start_epoch: int, callback) -> Any:
     """Train the seeds ``seeds`` (all at ``start_epoch - 1`` finished epochs) as one batched model."""
-    import torch
-
     from propagate.spec import build_model
 
     opts = run.options
@@ -816,13 +701,10 @@ def _train_group(run: _Run, seeds: list[int], store: dict, start_epoch: int, aft
     opt = _make_optimizer(model.parameters(), opts)
     if start_epoch > 1:
         # dropout needs no saved random state: _train_epoch restarts each seed's stream from (seed, epoch)
-        _load_seed_states(model, opt, [store[s]["state"] for s in seeds])
+        load_seed_states(model, opt, [store.seeds[s]["state"] for s in seeds])
     else:
-        for s in seeds:
-            store[s] = {"status": "partial", "epoch": 0, "history": [], "layers": []}
-        for r in _probe_rows(run, model, 0):
-            store[r["seed"]]["layers"].append(r)
-    active = [store[s]["status"] != "diverged" for s in seeds]
+        store.begin(seeds, _probe_rows(run, model, 0))
+    active = [store.seeds[s]["status"] != "diverged" for s in seeds]
     for epoch in range(start_epoch, opts.epochs + 1):
         if not any(active):
             break
@@ -838,20 +720,25 @@ def _train_group(run: _Run, seeds: list[int], store: dict, start_epoch: int, aft
             row = {"seed": s, "epoch": epoch, "loss": ep["loss"][i], "acc": ep["acc"][i], "val_loss": val_loss[i],
                    "val_acc": val_acc[i], "train_eval_acc": tr_acc[i], "seconds": ep["seconds"],
                    "diverged": i in newly}
-            st = store[s]
-            st["history"].append(row)
-            st["layers"] += [r for r in probe if r["seed"] == s]
-            st["epoch"] = epoch
-            st["status"] = "diverged" if i in newly else ("finished" if epoch == opts.epochs else "partial")
-            if run.keep_state:  # for the checkpoint only
-                st["state"] = _seed_state(model, opt, i)
+            store.end_epoch(s, row, [r for r in probe if r["seed"] == s], i in newly,
+                            seed_state(model, opt, i) if run.keep_state else None)  # the state: for the checkpoint
             rows.append(row)
-        after_epoch()
+        store.save()
         if callback is not None:
             for row in rows:
                 callback({**row, "epochs": opts.epochs, "n_seeds": len(seeds)})
     model.eval()
     return model
+
+
+def _ensemble_options(options: TrainOptions, seeds) -> tuple[TrainOptions, list[int]]:
+    """``options`` with ``seed``/``seeds`` set from :func:`train`'s ``seeds`` argument, and the seed list."""
+    wanted = seed_list(options.seed, options.seeds if seeds is None else seeds)
+    if seeds is not None and not isinstance(seeds, int):
+        options = options.with_(seed=wanted[0], seeds=len(wanted))
+    elif seeds is not None:
+        options = options.with_(seeds=len(wanted))
+    return options, wanted
 
 
 def train(
@@ -883,7 +770,8 @@ def train(
 
     With ``run_dir``, ``history.csv``, ``layers.csv``, ``summary.csv`` (each with
     a ``.meta.json``), ``spec.json`` and ``checkpoint.pt`` are written there
-    atomically after every epoch; with ``resume`` an existing checkpoint of the
+    atomically after every epoch (:class:`propagate.runstore.RunStore`); with
+    ``resume`` an existing checkpoint of the
     same configuration is continued per seed (a finished or diverged seed is
     returned as is, or trained further when ``options.epochs`` is larger; a seed
     the folder lacks is trained from scratch). The folder's files cover every
@@ -891,244 +779,42 @@ def train(
     configuration raises :class:`UserError`. An ensemble that would not fit in
     memory is refused before any work (:func:`check_memory`).
     """
-    import torch
-
-    from propagate.io import run_metadata
-
     if dataset is None:
         raise UserError("train needs a dataset (see propagate.data.load_dataset)")
-    options = options or TrainOptions()
-    wanted = seed_list(options.seed, options.seeds if seeds is None else seeds)
-    if seeds is not None and not isinstance(seeds, int):
-        options = options.with_(seed=wanted[0], seeds=len(wanted))
-    elif seeds is not None:
-        options = options.with_(seeds=len(wanted))
-    device = _resolve_device(options.device)
-    run_dir = Path(run_dir) if run_dir is not None else None
+    options, wanted = _ensemble_options(options or TrainOptions(), seeds)
+    device = resolve_device(options.device)
     label = name or spec.label()
-    config = _config_of(spec, options)
-    n = int(dataset.n_train)
-    if n == 0:
+    if int(dataset.n_train) == 0:
         raise UserError(f"dataset {dataset.name!r} has no training images")
-    check_memory(spec, options, len(wanted), n, int(dataset.n_test), device)
+    check_memory(spec, options, len(wanted), int(dataset.n_train), int(dataset.n_test), device)
     # One writer per run folder, and no resumption with other settings or data (propagate.runfolder);
     # the lock is held until this function returns.
-    folder_lock = _claim_run_dir(run_dir, config, dataset, resume)  # noqa: F841
-
-    store: dict[int, dict] = {}
-    ckpt = _load_checkpoint(run_dir / CHECKPOINT_FILE) if (run_dir and resume) else None
-    if ckpt is not None:
-        if ckpt["config"] != config:
-            raise UserError(f"{run_dir} holds a run with different settings; use another output folder or --no-resume")
-        store = {int(k): v for k, v in ckpt["seeds"].items()}
-
-    with _torch_settings(options, device):
-        xtr, ytr, xte, yte = _dataset_tensors(dataset, device)
-        probe_n = min(options.probe_size, n)
-        run = _Run(spec, options, device, xtr, ytr, xte, yte, (xtr[:probe_n], ytr[:probe_n]),
-                   n if options.train_eval_size == 0 else min(options.train_eval_size, n),
-                   ("train", "eval") if spec.batchnorm else ("eval",), label, progress, on_step,
-                   keep_state=run_dir is not None)
-
-        def seed_status() -> dict:
-            return {s: store[s]["status"] if s in store else "partial" for s in wanted}
-
-        def overall(st: dict) -> str:
-            vals = list(st.values())
-            if "partial" in vals:
-                return "partial"
-            return "diverged" if all(v == "diverged" for v in vals) else "finished"
-
-        def meta_now() -> dict:
-            known = sorted(store)
-            st = {s: store[s]["status"] for s in known}
-            live = [store[s]["epoch"] for s in known if store[s]["status"] != "diverged"]
-            done = min(live) if live else max((store[s]["epoch"] for s in known), default=0)
-            return run_metadata(
-                seed=options.seed, kind="training", run=label, preset=preset.name if preset else None,
-                reported=preset.reported if preset else None, spec=spec.to_dict(), options=options.to_dict(),
-                dataset={"name": dataset.name, "n_train": n, "n_test": len(yte), "source": getattr(dataset, "source", "")},
-                device=str(device), status=overall(st), epochs_done=done, seeds=known, seed_status=st,
-            )
-
-        def after_epoch() -> None:
-            if run_dir is None:
-                return
-            known = sorted(store)
-            history, layers = _frames(spec, [r for s in known for r in store[s]["history"]],
-                                      [r for s in known for r in store[s]["layers"]])
-            _write_run_files(run_dir, spec, history, layers, meta_now())
-            # The checkpoint goes last: it is what a resumption trusts.
-            _save_checkpoint(run_dir / CHECKPOINT_FILE, {"config": config, "seeds": store})
-
-        # Seeds at the same point train together; a resumption that adds seeds trains them as a second group.
-        groups: dict[int, list[int]] = {}
-        for s in wanted:
-            st = store.get(s)
-            if st is not None and st["status"] == "finished" and st["epoch"] < options.epochs:
-                st["status"] = "partial"
-            start = 1 if st is None else st["epoch"] + 1
-            groups.setdefault(start, []).append(s)
+    with RunStore(spec, options, dataset, folder=run_dir, resume=resume, label=label, preset=preset,
+                  device=device) as store, _torch_settings(options, device):
+        run = _make_run(spec, options, dataset, device, label, progress, on_step, keep_state=store.keeps_state)
+        on_epoch = None if callback is None else (lambda row: callback({**row, "run": name}))
         model = None
-        for start in sorted(groups, reverse=True):
-            model = _train_group(run, groups[start], store, start, after_epoch, (
-                None if callback is None else lambda row: callback({**row, "run": name})))
-        status_by_seed = seed_status()
-        history, layers = _frames(spec, [r for s in wanted for r in store[s]["history"]],
-                                  [r for s in wanted for r in store[s]["layers"]])
-        meta = meta_now()
-        meta.update(status=overall(status_by_seed), seeds=wanted, seed_status=status_by_seed)
+        # Seeds at the same point train together; a resumption that adds seeds trains them as a second group.
+        for start, group in sorted(store.groups(wanted).items(), reverse=True):
+            model = _train_group(run, group, store, start, on_epoch)
+        status = store.status(wanted)
+        history, layers = store.frames(wanted)
+        meta = {**store.meta(), "status": store.overall(status), "seeds": wanted, "seed_status": status}
     return TrainResult(spec=spec, options=options, history=history, layers=layers, meta=meta,
-                       status=overall(status_by_seed), seeds=wanted, seed_status=status_by_seed,
+                       status=store.overall(status), seeds=wanted, seed_status=status,
                        summary=summarize_history(history), model=model)
 
 
-# ------------------------------------------------------------------ reproduce
+# The lecture demo's runs moved to propagate.reproduce; report/* still imports these names from here.
+_MOVED_TO_REPRODUCE = ("reproduce", "reproduce_identity", "run_name", "summary_markdown")
 
 
-def _lr_tag(lr: float) -> str:
-    return f"lr{lr:g}"
+def __getattr__(name: str):
+    """``propagate.train.reproduce`` and friends, kept importable for one release (use :mod:`propagate.reproduce`).
 
-
-def run_name(preset: str, lr: float) -> str:
-    """Folder name of one ``reproduce`` run, e.g. ``relu-bn_lr0.001``."""
-    return f"{preset}_{_lr_tag(lr)}"
-
-
-def _summary_row(preset: Preset, lr: float, result: TrainResult, epochs: int) -> dict:
-    """One row per run: per epoch and metric the mean over seeds and its 95% t interval, next to the seed's numbers."""
-    h, summ = result.history, result.summary
-    row: dict[str, Any] = {"preset": preset.name, "seed_run": preset.seed_run, "lr": lr, "status": result.status,
-                           "n_seeds": len(result.seeds), "diverged_seeds": len(result.diverged_seeds),
-                           "epochs_done": int(h["epoch"].max()) if len(h) else 0}
-    rep = preset.reported or {}
-    for e in range(1, epochs + 1):
-        sel = summ[summ["epoch"] == e]
-        for key in ("acc", "val_acc", "train_eval_acc"):
-            for part in ("mean", "ci_low", "ci_high"):
-                row[f"{key}_{e}_{part}"] = float(sel[f"{key}_{part}"].iloc[0]) if len(sel) else float("nan")
-        for key in ("acc", "val_acc"):
-            vals = rep.get(key, [])
-            row[f"seed_{key}_{e}"] = vals[e - 1] if e <= len(vals) else float("nan")
-    last = summ.iloc[-1] if len(summ) else None
-    for key in ("loss", "val_loss"):
-        for part in ("mean", "ci_low", "ci_high"):
-            row[f"{key}_{part}"] = float(last[f"{key}_{part}"]) if last is not None else float("nan")
-    row["seed_loss"] = rep.get("loss", float("nan"))
-    row["seed_val_loss"] = rep.get("val_loss", float("nan"))
-    row["seconds"] = float(h.groupby("epoch")["seconds"].first().sum()) if len(h) else 0.0
-    return row
-
-
-def _fmt(x, digits=4):
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def _fmt_ci(r, key: str) -> str:
-    """``mean`` or ``mean [low, high]`` (95% t interval over seeds) of column family ``key``."""
-    mean, lo, hi = r[f"{key}_mean"], r[f"{key}_ci_low"], r[f"{key}_ci_high"]
-    if lo != lo or hi != hi:
-        return _fmt(mean)
-    return f"{_fmt(mean, 3)} [{_fmt(lo, 3)}, {_fmt(hi, 3)}]"
-
-
-def summary_markdown(summary, epochs: int) -> str:
-    """A markdown table: per run and epoch, measured train acc / val acc (mean over seeds, 95% t interval) and the seed's."""
-    head = ["run", "lr", "seeds", "status"]
-    for e in range(1, epochs + 1):
-        head += [f"ep{e} acc / val (measured)", f"ep{e} acc / val (seed)"]
-    head += ["final loss / val (measured)", "final loss / val (seed)", "train acc, eval-mode BN", "seconds"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for _, r in summary.iterrows():
-        name = r["preset"] + (f" (seed run {int(r['seed_run'])})" if r["seed_run"] == r["seed_run"] and r["seed_run"] is not None else "")
-        status = r["status"] + (f" ({int(r['diverged_seeds'])} diverged)" if r.get("diverged_seeds", 0) else "")
-        cells = [name, f"{r['lr']:g}", str(int(r["n_seeds"])), status]
-        for e in range(1, epochs + 1):
-            cells.append(f"{_fmt_ci(r, f'acc_{e}')} / {_fmt_ci(r, f'val_acc_{e}')}")
-            seed = r[f"seed_acc_{e}"]
-            cells.append("-" if seed != seed else f"{_fmt(seed)} / {_fmt(r[f'seed_val_acc_{e}'])}")
-        cells.append(f"{_fmt_ci(r, 'loss')} / {_fmt_ci(r, 'val_loss')}")
-        cells.append("-" if r["seed_loss"] != r["seed_loss"] else f"{_fmt(r['seed_loss'])} / {_fmt(r['seed_val_loss'])}")
-        last = r["epochs_done"]
-        cells.append(_fmt_ci(r, f"train_eval_acc_{last}") if last else "-")
-        cells.append(f"{r['seconds']:.1f}")
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def reproduce(
-    presets=None,
-    lrs=(1e-3,),
-    dataset="auto",
-    out_dir: str | os.PathLike = "results/reproduce",
-    resume: bool = True,
-    epochs: int = 3,
-    seed: int = 0,
-    *,
-    seeds: int = 1,
-    data_dir=None,
-    device: str = "cpu",
-    threads: int | None = None,
-    probe_size: int = 512,
-    progress: bool = False,
-    callback: Callable[[dict], None] | None = None,
-    notify: Callable[[str], None] | None = None,
-):
-    """Run every preset at every learning rate, ``seeds`` seeds each, into ``out_dir``; return the summary DataFrame.
-
-    ``presets``: names (default all, :func:`list_presets`); ``lrs``: learning
-    rates (the seed's 1e-3 by default); ``dataset``: a name for
-    :func:`propagate.data.load_dataset` or a loaded Dataset; ``seeds``: seeds
-    ``seed .. seed + seeds - 1``, trained together as one ensemble per run.
-    Each run writes ``out_dir/<preset>_lr<lr>/`` (see :func:`train`);
-    ``summary.csv`` (per run: each metric's mean over seeds with its 95% Student
-    t interval, ``<metric>_<epoch>_mean``/``_ci_low``/``_ci_high``, ``n_seeds``)
-    and ``summary.md`` (the same next to the seed's reported accuracies) are
-    rewritten after every run, so an interrupted reproduction keeps every
-    finished epoch and resumes where it stopped (``resume``).
+    Loaded by name with importlib: :mod:`propagate.reproduce` imports this
+    module, so an import statement here would be an import cycle.
     """
-    import pandas as pd
-
-    from propagate.io import atomic_write_text, run_metadata, write_table
-
-    names = list_presets() if presets is None else [get_preset(p).name for p in presets]
-    if not names:
-        raise UserError("no presets to run")
-    lrs = [float(lr) for lr in lrs]
-    if not lrs or any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
-        raise UserError(f"learning rates must be > 0, got {lrs}")
-    base = TrainOptions(epochs=epochs, seed=seed, seeds=seeds, device=device, threads=threads, probe_size=probe_size)
-    if isinstance(dataset, str):
-        from propagate.data import load_dataset
-
-        dataset = load_dataset(dataset, data_dir, progress=progress, notify=notify)
-    check_memory(get_preset(names[0]).spec(), base, seeds, dataset.n_train, dataset.n_test, _resolve_device(device))
-    out = Path(out_dir)
-    folder_lock = _claim_reproduce_dir(out, dataset, resume)  # noqa: F841 - held until the last run is written
-    rows = []
-    summary = pd.DataFrame()
-    for lr in lrs:
-        for pname in names:
-            preset = get_preset(pname)
-            rname = run_name(pname, lr)
-            res = train(preset.spec(), base.with_(lr=lr), dataset, progress=progress, callback=callback,
-                        run_dir=out / rname, resume=resume, name=rname, preset=preset)
-            rows.append(_summary_row(preset, lr, res, epochs))
-            summary = pd.DataFrame(rows)
-            meta = run_metadata(seed=seed, kind="reproduce", presets=names, lrs=lrs, epochs=epochs, seeds=base.seed_list,
-                                dataset={"name": dataset.name, "n_train": dataset.n_train, "n_test": dataset.n_test})
-            write_table(summary, out / "summary.csv", meta)
-            atomic_write_text(out / "summary.md", _summary_header(dataset, epochs, base.seed_list) + summary_markdown(summary, epochs))
-    return summary
-
-
-def _summary_header(dataset, epochs: int, seeds: list[int]) -> str:
-    which = f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds ({seeds[0]}..{seeds[-1]})"
-    return (
-        f"# Reproduction of the seed's MNIST runs\n\n"
-        f"Dataset: {dataset.name} ({dataset.n_train} train / {dataset.n_test} test images); {epochs} epochs; "
-        f"{which}. The seed trained on the full MNIST (60,000 / 10,000).\n"
-        f"`acc` is Keras' running training accuracy (train-mode BN), `val` the test accuracy "
-        f"(eval-mode BN); 'train acc, eval-mode BN' is the training accuracy after the last epoch in eval mode. "
-        f"With several seeds a cell is the mean over seeds and its 95% Student t interval [low, high].\n\n"
-    )
+    if name in _MOVED_TO_REPRODUCE:
+        return getattr(importlib.import_module("propagate.reproduce"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

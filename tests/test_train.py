@@ -18,8 +18,8 @@ from propagate.errors import UserError
 from propagate.presets import PRESETS, get_preset, list_presets
 from propagate.spec import NetworkSpec, build_model
 from propagate.stats import COLUMNS
-from propagate.train import (TrainOptions, _make_optimizer, check_memory, estimate_memory, probe_layer_stats,
-                             reproduce, train)
+from propagate.reproduce import reproduce
+from propagate.train import TrainOptions, _make_optimizer, check_memory, estimate_memory, probe_layer_stats, train
 
 # The seed's five runs as ``shared/reference/seed-experiments.md`` states them (titles' intent),
 # plus the two recipes it left out: (activation, kernel init, BN).
@@ -367,6 +367,43 @@ def test_resume_per_seed_equals_uninterrupted(mnist5k, tmp_path):
 
     with pytest.raises(UserError, match="lr|different settings"):
         train(spec, opts.with_(lr=1e-2), ds, run_dir=tmp_path / "resumed")
+
+
+def test_run_store_keeps_what_a_resumption_needs(mnist5k, tmp_path):
+    """The run folder's records read back by RunStore: per-seed progress and state, lock and identity."""
+    from propagate.runfolder import FolderBusy, IdentityMismatch
+    from propagate.runstore import CHECKPOINT_FILE, RunStore
+
+    ds = _subset(mnist5k, 128, 32)
+    spec = _small_spec()
+    opts = TrainOptions(epochs=1, probe_size=16, batch_size=64, threads=1, seeds=2)
+    res = train(spec, opts, ds, run_dir=tmp_path / "run")
+    more = opts.with_(epochs=2)
+    with RunStore(spec, more, ds, folder=tmp_path / "run") as store:
+        assert store.keeps_state and sorted(store.seeds) == [0, 1]
+        assert store.status() == {0: "finished", 1: "finished"}
+        # two more epochs asked for: seeds 0 and 1 go on from epoch 2 together, the new seed 2 starts at epoch 1
+        assert store.groups([0, 1, 2]) == {2: [0, 1], 1: [2]}
+        assert store.status([0, 1, 2]) == {0: "partial", 1: "partial", 2: "partial"}
+        assert store.overall({0: "diverged", 1: "finished"}) == "finished"
+        assert store.overall({0: "diverged", 1: "diverged"}) == "diverged"
+        # each seed's saved weights are its slice of the trained ensemble
+        for k, v in res.model.state_dict().items():
+            if v.dim() > 0:
+                for i in (0, 1):
+                    assert torch.equal(store.seeds[i]["state"]["model"][k], v[i]), k
+        history, layers = store.frames()
+        pd.testing.assert_frame_equal(history, res.history)
+        assert len(layers) == len(res.layers)
+        with pytest.raises(FolderBusy):  # one writer at a time
+            RunStore(spec, more, ds, folder=tmp_path / "run")
+    with pytest.raises(IdentityMismatch, match="lr"):
+        RunStore(spec, opts.with_(lr=1e-2), ds, folder=tmp_path / "run")
+    with RunStore(spec, opts, ds, folder=tmp_path / "run", resume=False) as fresh:  # starting over
+        assert fresh.seeds == {} and not (tmp_path / "run" / CHECKPOINT_FILE).exists()
+    memory = RunStore(spec, opts, ds)
+    memory.save()  # without a folder nothing is written
+    assert not memory.keeps_state and memory.meta()["status"] == "partial" and memory.meta()["epochs_done"] == 0
 
 
 def test_divergence_is_a_result(mnist5k):

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 
 from propagate.commands._args import (check_device, device, name_list, nonneg_int, output_dir, positive_float_list,
                                       positive_int, threads)
+from propagate.commands.train import check_training_size
+from propagate.runfolder import check_folder
 
 NAME = "reproduce"
 HELP = "run all training presets (the seed's five MNIST runs + SNN and He recipes) and compare with the seed"
@@ -47,21 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import sys
-    import time
-
-    from propagate.train import format_epoch_line, reproduce, summary_markdown
-
-    from propagate.presets import get_preset
+    from propagate.presets import get_preset, list_presets
+    from propagate.reproduce import reproduce, summary_markdown
+    from propagate.train import TrainOptions, format_epoch_line
 
     presets = [get_preset(p).name for p in args.presets] if args.presets is not None else None
     check_device(args.device)
-    from propagate.runfolder import check_folder
-
     check_folder(args.out, resume=args.resume)  # in use by another process, or not a run folder: refuse now
-    from propagate.commands.train import check_training_size
-    from propagate.presets import list_presets
-    from propagate.train import TrainOptions
 
     # every preset is the seed's network: one size check, before any data is loaded
     check_training_size(get_preset((presets or list_presets())[0]).spec(),

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from propagate.commands._args import (check_device, depth, device, nonneg_int, output_dir, positive_float,
                                       positive_int, probability, threads, width)
 from propagate.commands._spec_args import add_spec_arguments, spec_from_args
+from propagate.limits import require_memory
+from propagate.runfolder import check_folder
+from propagate.runstore import run_identity
 
 NAME = "train"
 HELP = "train a preset (the seed's runs) or a custom deep MLP on MNIST, recording per-layer statistics"
@@ -89,7 +93,6 @@ _MAX_IMAGES = 70_000
 
 def check_training_size(spec, options) -> None:
     """Refuse (UserError, with the estimate) a network or ensemble whose training would not fit in memory."""
-    from propagate.limits import require_memory
     from propagate.train import estimate_memory
 
     # every seed of an ensemble has its own weights, optimizer state and activations; the images are shared
@@ -126,8 +129,6 @@ def _summary_cells(summary) -> list[dict]:
 
 
 def run(args) -> int:
-    import sys
-
     if args.list_presets:
         _print_presets()
         return 0
@@ -144,9 +145,6 @@ def run(args) -> int:
                            notify=lambda m: print(f"propagate: {m}", file=sys.stderr))
     validate_dataset(dataset, input_dim=spec.widths[0])
     if args.out:  # refusals (busy, other settings or data, not a run folder) come before the banner
-        from propagate.runfolder import check_folder
-        from propagate.train import run_identity
-
         check_folder(args.out, run_identity(spec, options, dataset), resume=args.resume)
     name = preset.name if preset else spec.label()
     print(f"{name}: {spec.depth} hidden layers {spec.widths[1]}->{spec.widths[-1]}, {spec.activation}/{spec.init}"

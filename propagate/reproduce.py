@@ -1,0 +1,183 @@
+"""The lecture demo's runs: every preset at every learning rate, a seed ensemble each, next to the seed's numbers.
+
+:func:`reproduce` trains each preset (:mod:`propagate.presets`: the seed's five
+MNIST runs and the recipes it left out) at each learning rate with
+:func:`propagate.train.train`, one run folder per run (``<preset>_lr<lr>/``,
+see :mod:`propagate.runstore`), and keeps ``summary.csv`` and ``summary.md``
+(per run and epoch, the mean over seeds of each metric with its 95% Student t
+interval, next to what the seed reported) up to date after every run, so an
+interrupted reproduction resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from propagate.errors import UserError
+from propagate.io import atomic_write_text, run_metadata, write_table
+from propagate.presets import Preset, get_preset, list_presets
+from propagate.runfolder import claim
+from propagate.train import TrainOptions, TrainResult, check_memory, resolve_device, train
+
+__all__ = ["reproduce", "reproduce_identity", "run_name", "summary_markdown"]
+
+
+def reproduce_identity(dataset) -> dict:
+    """What a reproduction folder records: its data (each run's settings are checked by :func:`train`)."""
+    from propagate.data import dataset_identity
+
+    return {"kind": "reproduce", "dataset": dataset_identity(dataset)}
+
+
+def _claim_reproduce_dir(out: Path, dataset, resume: bool):
+    """Lock a reproduction folder and check its data (:func:`reproduce_identity`)."""
+    return claim(out, reproduce_identity(dataset), resume=resume)
+
+
+def _lr_tag(lr: float) -> str:
+    return f"lr{lr:g}"
+
+
+def run_name(preset: str, lr: float) -> str:
+    """Folder name of one ``reproduce`` run, e.g. ``relu-bn_lr0.001``."""
+    return f"{preset}_{_lr_tag(lr)}"
+
+
+def _summary_row(preset: Preset, lr: float, result: TrainResult, epochs: int) -> dict:
+    """One row per run: per epoch and metric the mean over seeds and its 95% t interval, next to the seed's numbers."""
+    h, summ = result.history, result.summary
+    row: dict[str, Any] = {"preset": preset.name, "seed_run": preset.seed_run, "lr": lr, "status": result.status,
+                           "n_seeds": len(result.seeds), "diverged_seeds": len(result.diverged_seeds),
+                           "epochs_done": int(h["epoch"].max()) if len(h) else 0}
+    rep = preset.reported or {}
+    for e in range(1, epochs + 1):
+        sel = summ[summ["epoch"] == e]
+        for key in ("acc", "val_acc", "train_eval_acc"):
+            for part in ("mean", "ci_low", "ci_high"):
+                row[f"{key}_{e}_{part}"] = float(sel[f"{key}_{part}"].iloc[0]) if len(sel) else float("nan")
+        for key in ("acc", "val_acc"):
+            vals = rep.get(key, [])
+            row[f"seed_{key}_{e}"] = vals[e - 1] if e <= len(vals) else float("nan")
+    last = summ.iloc[-1] if len(summ) else None
+    for key in ("loss", "val_loss"):
+        for part in ("mean", "ci_low", "ci_high"):
+            row[f"{key}_{part}"] = float(last[f"{key}_{part}"]) if last is not None else float("nan")
+    row["seed_loss"] = rep.get("loss", float("nan"))
+    row["seed_val_loss"] = rep.get("val_loss", float("nan"))
+    row["seconds"] = float(h.groupby("epoch")["seconds"].first().sum()) if len(h) else 0.0
+    return row
+
+
+def _fmt(x, digits=4):
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _fmt_ci(r, key: str) -> str:
+    """``mean`` or ``mean [low, high]`` (95% t interval over seeds) of column family ``key``."""
+    mean, lo, hi = r[f"{key}_mean"], r[f"{key}_ci_low"], r[f"{key}_ci_high"]
+    if lo != lo or hi != hi:
+        return _fmt(mean)
+    return f"{_fmt(mean, 3)} [{_fmt(lo, 3)}, {_fmt(hi, 3)}]"
+
+
+def summary_markdown(summary, epochs: int) -> str:
+    """A markdown table: per run and epoch, measured train acc / val acc (mean over seeds, 95% t interval) and the seed's."""
+    head = ["run", "lr", "seeds", "status"]
+    for e in range(1, epochs + 1):
+        head += [f"ep{e} acc / val (measured)", f"ep{e} acc / val (seed)"]
+    head += ["final loss / val (measured)", "final loss / val (seed)", "train acc, eval-mode BN", "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in summary.iterrows():
+        name = r["preset"] + (f" (seed run {int(r['seed_run'])})" if r["seed_run"] == r["seed_run"] and r["seed_run"] is not None else "")
+        status = r["status"] + (f" ({int(r['diverged_seeds'])} diverged)" if r.get("diverged_seeds", 0) else "")
+        cells = [name, f"{r['lr']:g}", str(int(r["n_seeds"])), status]
+        for e in range(1, epochs + 1):
+            cells.append(f"{_fmt_ci(r, f'acc_{e}')} / {_fmt_ci(r, f'val_acc_{e}')}")
+            seed = r[f"seed_acc_{e}"]
+            cells.append("-" if seed != seed else f"{_fmt(seed)} / {_fmt(r[f'seed_val_acc_{e}'])}")
+        cells.append(f"{_fmt_ci(r, 'loss')} / {_fmt_ci(r, 'val_loss')}")
+        cells.append("-" if r["seed_loss"] != r["seed_loss"] else f"{_fmt(r['seed_loss'])} / {_fmt(r['seed_val_loss'])}")
+        last = r["epochs_done"]
+        cells.append(_fmt_ci(r, f"train_eval_acc_{last}") if last else "-")
+        cells.append(f"{r['seconds']:.1f}")
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def reproduce(
+    presets=None,
+    lrs=(1e-3,),
+    dataset="auto",
+    out_dir: str | os.PathLike = "results/reproduce",
+    resume: bool = True,
+    epochs: int = 3,
+    seed: int = 0,
+    *,
+    seeds: int = 1,
+    data_dir=None,
+    device: str = "cpu",
+    threads: int | None = None,
+    probe_size: int = 512,
+    progress: bool = False,
+    callback: Callable[[dict], None] | None = None,
+    notify: Callable[[str], None] | None = None,
+):
+    """Run every preset at every learning rate, ``seeds`` seeds each, into ``out_dir``; return the summary DataFrame.
+
+    ``presets``: names (default all, :func:`list_presets`); ``lrs``: learning
+    rates (the seed's 1e-3 by default); ``dataset``: a name for
+    :func:`propagate.data.load_dataset` or a loaded Dataset; ``seeds``: seeds
+    ``seed .. seed + seeds - 1``, trained together as one ensemble per run.
+    Each run writes ``out_dir/<preset>_lr<lr>/`` (see :func:`train`);
+    ``summary.csv`` (per run: each metric's mean over seeds with its 95% Student
+    t interval, ``<metric>_<epoch>_mean``/``_ci_low``/``_ci_high``, ``n_seeds``)
+    and ``summary.md`` (the same next to the seed's reported accuracies) are
+    rewritten after every run, so an interrupted reproduction keeps every
+    finished epoch and resumes where it stopped (``resume``).
+    """
+    import pandas as pd
+
+    names = list_presets() if presets is None else [get_preset(p).name for p in presets]
+    if not names:
+        raise UserError("no presets to run")
+    lrs = [float(lr) for lr in lrs]
+    if not lrs or any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
+        raise UserError(f"learning rates must be > 0, got {lrs}")
+    base = TrainOptions(epochs=epochs, seed=seed, seeds=seeds, device=device, threads=threads, probe_size=probe_size)
+    if isinstance(dataset, str):
+        from propagate.data import load_dataset
+
+        dataset = load_dataset(dataset, data_dir, progress=progress, notify=notify)
+    check_memory(get_preset(names[0]).spec(), base, seeds, dataset.n_train, dataset.n_test, resolve_device(device))
+    out = Path(out_dir)
+    folder_lock = _claim_reproduce_dir(out, dataset, resume)  # noqa: F841 - held until the last run is written
+    rows = []
+    summary = pd.DataFrame()
+    for lr in lrs:
+        for pname in names:
+            preset = get_preset(pname)
+            rname = run_name(pname, lr)
+            res = train(preset.spec(), base.with_(lr=lr), dataset, progress=progress, callback=callback,
+                        run_dir=out / rname, resume=resume, name=rname, preset=preset)
+            rows.append(_summary_row(preset, lr, res, epochs))
+            summary = pd.DataFrame(rows)
+            meta = run_metadata(seed=seed, kind="reproduce", presets=names, lrs=lrs, epochs=epochs, seeds=base.seed_list,
+                                dataset={"name": dataset.name, "n_train": dataset.n_train, "n_test": dataset.n_test})
+            write_table(summary, out / "summary.csv", meta)
+            atomic_write_text(out / "summary.md", _summary_header(dataset, epochs, base.seed_list) + summary_markdown(summary, epochs))
+    return summary
+
+
+def _summary_header(dataset, epochs: int, seeds: list[int]) -> str:
+    which = f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds ({seeds[0]}..{seeds[-1]})"
+    return (
+        f"# Reproduction of the seed's MNIST runs\n\n"
+        f"Dataset: {dataset.name} ({dataset.n_train} train / {dataset.n_test} test images); {epochs} epochs; "
+        f"{which}. The seed trained on the full MNIST (60,000 / 10,000).\n"
+        f"`acc` is Keras' running training accuracy (train-mode BN), `val` the test accuracy "
+        f"(eval-mode BN); 'train acc, eval-mode BN' is the training accuracy after the last epoch in eval mode. "
+        f"With several seeds a cell is the mean over seeds and its 95% Student t interval [low, high].\n\n"
+    )

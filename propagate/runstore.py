@@ -1,0 +1,317 @@
+"""A training run's records: every seed's progress, its tables and, with a run folder, its files and checkpoint.
+
+:class:`RunStore` is what :func:`propagate.train.train` keeps between epochs
+and writes after each one; the training loop itself lives in
+:mod:`propagate.train`.
+
+Files of a run folder (``train --out``, each run of ``reproduce``), all
+written atomically after every epoch:
+
+- ``history.csv``: one row per seed and finished (or diverged) epoch, columns
+  :data:`HISTORY_COLUMNS` (the metrics are defined in :mod:`propagate.train`);
+- ``layers.csv``: the per-layer statistics of the probe batch (the
+  :mod:`propagate.stats` table, a ``seed``, ``epoch`` and ``mode`` column);
+- ``summary.csv``: per epoch, each metric's mean over seeds with its 95%
+  Student t interval (:func:`summarize_history`); each table has a
+  ``.meta.json`` beside it (command, seed, versions, dataset, per-seed status);
+- ``spec.json``: the network, the options, the preset and the status;
+- ``checkpoint.pt``: per seed its status, epochs done, rows and state (weights,
+  BN buffers, optimizer state), written last because a resumption trusts it;
+- ``identity.json`` and ``.lock`` (:mod:`propagate.runfolder`): one writer at
+  a time, and no resumption with other settings (:func:`run_config`) or data.
+
+Per-seed state: a batched model stacks every parameter, buffer and
+elementwise optimizer state along a leading seed dimension, so seed ``i`` is
+the slice ``[i]`` (scalars such as Adam's step count are shared by the group).
+:func:`seed_state` copies one seed's slice out, :func:`load_seed_states`
+stacks saved seeds into a fresh model, :func:`restore_seed` puts one back
+(a diverged seed stays as it was before its failing batch).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+from propagate.errors import UserError
+from propagate.io import atomic_write_bytes, atomic_write_json, run_metadata, write_table
+from propagate.runfolder import claim
+from propagate.stats import layer_table
+
+__all__ = [
+    "METRICS",
+    "HISTORY_COLUMNS",
+    "HISTORY_FILE",
+    "LAYERS_FILE",
+    "SUMMARY_FILE",
+    "SPEC_FILE",
+    "CHECKPOINT_FILE",
+    "RESUME_FREE",
+    "run_config",
+    "run_identity",
+    "summarize_history",
+    "seed_state",
+    "load_seed_states",
+    "restore_seed",
+    "RunStore",
+]
+
+#: The per-seed metrics of an epoch (columns of ``history``), summarized over seeds in ``summary``.
+METRICS = ("loss", "acc", "val_loss", "val_acc", "train_eval_acc")
+
+#: Columns of ``history``, in order.
+HISTORY_COLUMNS = ["seed", "epoch", *METRICS, "seconds", "diverged"]
+
+HISTORY_FILE, LAYERS_FILE, SPEC_FILE, CHECKPOINT_FILE = "history.csv", "layers.csv", "spec.json", "checkpoint.pt"
+SUMMARY_FILE = "summary.csv"
+
+#: Options that may differ between an interrupted run and its resumption (seeds: resumption is per seed).
+RESUME_FREE = frozenset({"epochs", "device", "threads", "seed", "seeds"})
+
+
+def run_config(spec, options) -> dict:
+    """The settings a resumption must match: the spec and every option that changes results."""
+    opts = {k: v for k, v in options.to_dict().items() if k not in RESUME_FREE}
+    return {"spec": spec.to_dict(), "options": opts}
+
+
+def run_identity(spec, options, dataset) -> dict:
+    """What a training run folder records and a resumption must match (see :mod:`propagate.runfolder`):
+    the spec, the options that change results, and the dataset's identity (checksum of the arrays used)."""
+    from propagate.data import dataset_identity
+
+    return {"kind": "train", "config": run_config(spec, options), "dataset": dataset_identity(dataset)}
+
+
+def summarize_history(history):
+    """Per epoch: mean and 95% Student t interval over seeds of each of :data:`METRICS`, and ``n_seeds``.
+
+    Columns ``epoch``, ``<metric>_mean``, ``<metric>_ci_low``, ``<metric>_ci_high``
+    (:func:`propagate.confidence.summarize_seeds`; no interval with one seed;
+    a diverged seed's NaN loss is left out of the loss's mean) and ``n_seeds``
+    (seeds with a row for that epoch; a diverged seed has none after its
+    divergence).
+    """
+    from propagate.confidence import summarize_seeds
+
+    return summarize_seeds(history, keys=["epoch"], metrics=list(METRICS)).sort_values("epoch").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------- per-seed state
+
+
+def seed_state(model, opt, i: int, to_cpu: bool = True) -> dict:
+    """Copies of seed ``i``'s weights, buffers and optimizer state (on the CPU for checkpoints)."""
+
+    def copy(t):
+        t = t.detach()
+        return t.to("cpu", copy=True) if to_cpu else t.clone()
+
+    params = list(model.parameters())
+    opt_state = {}
+    for j, p in enumerate(params):
+        st = opt.state.get(p, {})
+        opt_state[j] = {k: (copy(v[i]) if hasattr(v, "shape") and v.shape == p.shape else
+                            (copy(v) if hasattr(v, "detach") else v)) for k, v in st.items()}
+    return {"model": {k: copy(v[i]) for k, v in model.state_dict().items() if v.dim() > 0},
+            "optimizer": opt_state}
+
+
+def load_seed_states(model, opt, states: list[dict]) -> None:
+    """Stack the saved states of a group's seeds (in ``model.seeds`` order) into ``model`` and ``opt``."""
+    import torch
+
+    sd = model.state_dict()
+    for k, v in sd.items():
+        if v.dim() > 0:
+            v.copy_(torch.stack([st["model"][k] for st in states]))
+    params = list(model.parameters())
+    for j, p in enumerate(params):
+        per = [st["optimizer"].get(j, {}) for st in states]
+        if not per[0]:
+            continue
+        opt.state[p] = {k: (torch.stack([q[k] for q in per]).to(p.device) if hasattr(v, "shape") and v.dim() > 0
+                            else (v.clone() if hasattr(v, "clone") else v)) for k, v in per[0].items()}
+
+
+def restore_seed(model, opt, i: int, st: dict) -> None:
+    """Put seed ``i``'s saved state back (a diverged seed stays as it was before its failing batch)."""
+    import torch
+
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if v.dim() > 0:
+                v[i].copy_(st["model"][k])
+        for j, p in enumerate(model.parameters()):
+            for k, v in st["optimizer"].get(j, {}).items():
+                cur = opt.state.get(p, {}).get(k)
+                if cur is not None and hasattr(cur, "shape") and cur.shape == p.shape:
+                    cur[i].copy_(v)
+
+
+# ----------------------------------------------------------------- the store
+
+
+class RunStore:
+    """Every seed's progress of one training run and, with ``folder``, the run folder it is written to.
+
+    ``seeds[s]``: ``status`` (``"partial"``, ``"finished"`` or ``"diverged"``),
+    ``epoch`` (epochs done), ``history`` and ``layers`` (its rows) and, with a
+    folder, ``state`` (:func:`seed_state` after its last epoch, for the
+    checkpoint). Opening a folder locks it and checks its identity
+    (:func:`propagate.runfolder.claim`; ``resume=False`` discards the
+    checkpoint); with ``resume`` the checkpoint's seeds are loaded. The lock is
+    held until :meth:`close` (or the end of a ``with`` block).
+    """
+
+    def __init__(self, spec, options, dataset, *, folder: str | os.PathLike | None = None, resume: bool = True,
+                 label: str = "", preset=None, device: Any = "cpu"):
+        self.spec, self.options, self.dataset = spec, options, dataset
+        self.label, self.preset, self.device = label, preset, str(device)
+        self.folder = Path(folder) if folder is not None else None
+        self.config = run_config(spec, options)
+        self.seeds: dict[int, dict] = {}
+        self._lock = None
+        if self.folder is not None:
+            self._lock = claim(self.folder, run_identity(spec, options, dataset), resume=resume,
+                               discard=(CHECKPOINT_FILE,))
+            try:
+                if resume:
+                    self.seeds = self._load_checkpoint()
+            except BaseException:
+                self.close()
+                raise
+
+    @property
+    def keeps_state(self) -> bool:
+        """Whether each seed's weights and optimizer state are kept (for the checkpoint of a run folder)."""
+        return self.folder is not None
+
+    def _load_checkpoint(self) -> dict[int, dict]:
+        import torch
+
+        path = self.folder / CHECKPOINT_FILE
+        if not path.is_file():
+            return {}
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # a damaged checkpoint is a user-visible problem, not a crash
+            raise UserError(f"cannot read checkpoint {path}: {exc.__class__.__name__}; delete it or use "
+                            "--no-resume") from None
+        if not isinstance(ckpt, dict) or "seeds" not in ckpt:
+            raise UserError(f"{path} is a checkpoint of an older propagate (one seed, no per-seed state); "
+                            f"delete it or use --no-resume")
+        if ckpt["config"] != self.config:
+            raise UserError(f"{self.folder} holds a run with different settings; use another output folder or "
+                            "--no-resume")
+        return {int(k): v for k, v in ckpt["seeds"].items()}
+
+    # -- progress
+
+    def groups(self, wanted: list[int]) -> dict[int, list[int]]:
+        """The seeds of ``wanted`` by the epoch they start from (seeds at the same point train together).
+
+        A finished seed asked for more epochs than it has becomes partial again;
+        a seed the store lacks starts at epoch 1.
+        """
+        groups: dict[int, list[int]] = {}
+        for s in wanted:
+            st = self.seeds.get(s)
+            if st is not None and st["status"] == "finished" and st["epoch"] < self.options.epochs:
+                st["status"] = "partial"
+            groups.setdefault(1 if st is None else st["epoch"] + 1, []).append(s)
+        return groups
+
+    def begin(self, seeds: list[int], layer_rows: list[dict]) -> None:
+        """Start ``seeds`` from scratch with their layer statistics at initialization (rows with a ``seed``)."""
+        for s in seeds:
+            self.seeds[s] = {"status": "partial", "epoch": 0, "history": [], "layers": []}
+        for r in layer_rows:
+            self.seeds[r["seed"]]["layers"].append(r)
+
+    def end_epoch(self, seed: int, row: dict, layer_rows: list[dict], diverged: bool, state: dict | None) -> None:
+        """Record seed ``seed``'s epoch ``row["epoch"]``: its history row, layer rows, status and (optionally) state."""
+        st = self.seeds[seed]
+        st["history"].append(row)
+        st["layers"] += layer_rows
+        st["epoch"] = row["epoch"]
+        st["status"] = "diverged" if diverged else ("finished" if row["epoch"] == self.options.epochs else "partial")
+        if state is not None:
+            st["state"] = state
+
+    def status(self, seeds: list[int] | None = None) -> dict[int, str]:
+        """Per seed (default: every seed the store holds) its status; a seed not started yet is ``"partial"``."""
+        seeds = sorted(self.seeds) if seeds is None else seeds
+        return {s: self.seeds[s]["status"] if s in self.seeds else "partial" for s in seeds}
+
+    @staticmethod
+    def overall(status: dict[int, str]) -> str:
+        """``"partial"`` if any seed is (or there is none), ``"diverged"`` if every seed diverged, else ``"finished"``."""
+        vals = list(status.values())
+        if "partial" in vals or not vals:
+            return "partial"
+        return "diverged" if all(v == "diverged" for v in vals) else "finished"
+
+    # -- tables and files
+
+    def meta(self) -> dict:
+        """The run's metadata (``.meta.json`` of its tables) over every seed the store holds."""
+        known = sorted(self.seeds)
+        st = self.status(known)
+        live = [self.seeds[s]["epoch"] for s in known if self.seeds[s]["status"] != "diverged"]
+        done = min(live) if live else max((self.seeds[s]["epoch"] for s in known), default=0)
+        ds, preset = self.dataset, self.preset
+        return run_metadata(
+            seed=self.options.seed, kind="training", run=self.label, preset=preset.name if preset else None,
+            reported=preset.reported if preset else None, spec=self.spec.to_dict(), options=self.options.to_dict(),
+            dataset={"name": ds.name, "n_train": int(ds.n_train), "n_test": int(ds.n_test),
+                     "source": getattr(ds, "source", "")},
+            device=self.device, status=self.overall(st), epochs_done=done, seeds=known, seed_status=st,
+        )
+
+    def frames(self, seeds: list[int] | None = None):
+        """``(history, layers)`` DataFrames of ``seeds`` (default: all the store holds), sorted by seed and epoch."""
+        import pandas as pd
+
+        seeds = sorted(self.seeds) if seeds is None else seeds
+        history = pd.DataFrame([r for s in seeds for r in self.seeds[s]["history"]], columns=HISTORY_COLUMNS)
+        history = history.sort_values(["seed", "epoch"], kind="stable").reset_index(drop=True)
+        layers = layer_table([r for s in seeds for r in self.seeds[s]["layers"]], source="training",
+                             config=self.spec.label())
+        if len(layers):
+            layers = layers.sort_values(["seed", "epoch"], kind="stable").reset_index(drop=True)
+        return history, layers
+
+    def save(self) -> None:
+        """Write the run folder's tables, ``spec.json`` and, last, the checkpoint (nothing without a folder)."""
+        if self.folder is None:
+            return
+        import torch
+
+        history, layers = self.frames()
+        meta = self.meta()
+        write_table(history, self.folder / HISTORY_FILE, meta)
+        write_table(layers, self.folder / LAYERS_FILE, meta)
+        write_table(summarize_history(history), self.folder / SUMMARY_FILE, meta)
+        atomic_write_json(self.folder / SPEC_FILE, {
+            "spec": self.spec.to_dict(), "options": meta["options"], "preset": meta.get("preset"),
+            "status": meta["status"], "epochs_done": meta["epochs_done"], "seeds": meta["seeds"],
+            "seed_status": meta["seed_status"]})
+        # The checkpoint goes last: it is what a resumption trusts.
+        buf = io.BytesIO()
+        torch.save({"config": self.config, "seeds": self.seeds}, buf)
+        atomic_write_bytes(self.folder / CHECKPOINT_FILE, buf.getvalue())
+
+    def close(self) -> None:
+        """Release the run folder's lock."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
