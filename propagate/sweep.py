@@ -54,6 +54,7 @@ The module sits beside the CLI: it reads the commands' parsers
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib
 import io
@@ -661,8 +662,10 @@ def _compute(plan: SweepPlan, todo: list, store: PointStore, engine, result: Swe
              callback) -> None:
     """Compute the points ``todo`` on ``engine`` into ``store``, counting them in ``result``."""
     by_key = {p.key: p for p in todo}
-    with ProgressBar(len(plan.points), len(plan.points) - len(todo), enabled=progress) as bar:
-        for res in run_points([runner_point(plan, p) for p in todo], store=store, engine=engine, progress=bar):
+    points = [runner_point(plan, p) for p in todo]
+    with ProgressBar(len(plan.points), len(plan.points) - len(todo), enabled=progress) as bar, \
+            contextlib.closing(run_points(points, store=store, engine=engine, progress=bar)) as results:
+        for res in results:
             point = by_key[res.point.key]
             if res.ok:
                 result.computed += 1

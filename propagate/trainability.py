@@ -362,12 +362,14 @@ class _Grid:
         if self.store is not None and self.resume:
             for rp in todo:
                 self._adopt_legacy(rp)
+        by_key: dict[str, list[RunnerPoint]] = {}  # configurations of the same network share one result
+        for rp in todo:
+            by_key.setdefault(rp.key, []).append(rp)
         with contextlib.closing(run_points(todo, store=self.store, engine=self.engine, reuse=self.resume)) as results:
-            by_key = {r.point.key: r for r in results}
-        for rp in todo:  # points of equal keys (configurations of the same network) share one result
-            res = by_key[rp.key]
-            res.raise_for_failure()
-            self._take(rp, res.value, announce=not res.cached)
+            for res in results:  # as they finish
+                res.raise_for_failure()
+                for rp in by_key[res.point.key]:
+                    self._take(rp, res.value, announce=not res.cached)
 
     def _take(self, rp: RunnerPoint, value, announce: bool) -> None:
         name, opts = rp.meta["config"], self.plan.options

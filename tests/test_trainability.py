@@ -386,3 +386,12 @@ def test_folder_of_a_grid_before_the_runner_resumes(tmp_path):
     assert sorted(calls) == [("b", 1e-4), ("b", 1e-3)]
     assert list(res.points["outcome"]) == ["trains", "fails", "trains", "fails"]
     assert list(res.configs["max_lr_predicted"]) == [1e-4, 1e-4]
+
+
+def test_each_point_is_reported_as_it_finishes():
+    """Progress comes after every point, not after its round: message k while k points have been trained."""
+    calls, seen = [], []
+    trainability([("a", _spec("a"))], [1e-5, 1e-4, 1e-3], FakeDataset(), TrainabilityOptions(seeds=(0, 1), predict=False),
+                 trainer=fake_trainer({"a": (3e-4, 3e-3)}, calls), progress=lambda m: seen.append((len(calls), m)))
+    assert [n for n, _ in seen] == [1, 2, 3]
+    assert seen[0][1].startswith("a lr 1e-05: trains") and seen[2][1].startswith("a lr 0.001: fails")
