@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from propagate.io import read_table, write_table
-from propagate.report.style import save_figure, styled
 from propagate.templates import render
 from propagate.trainability import TrainabilityOptions, first_epoch_dynamics, trainability
 
@@ -249,26 +248,27 @@ def figure_dynamics(dyn, lrs, *, title: str = "", axes=None):
 # the figures as the section saves them
 
 
-@styled
 def plot_trainability_map(points, configs, *, criterion: str = "acc", level: float | None = None, title: str = ""):
     """The trainability map as a figure of its own (:func:`figure_trainability_map`, sized to the grid)."""
-    import matplotlib.pyplot as plt
+    from propagate.report.style import plt, report_style
 
     names = list(dict.fromkeys(configs["config"]))
     lrs = sorted(points["lr"].unique())
-    fig, ax = plt.subplots(figsize=(1.25 * len(lrs) + 4.5, 0.8 * len(names) + 2.2), constrained_layout=True)
-    figure_trainability_map(points, configs, criterion=criterion, ax=ax, level=level)
-    ax.set_title(title)
+    with report_style():
+        fig, ax = plt.subplots(figsize=(1.25 * len(lrs) + 4.5, 0.8 * len(names) + 2.2), constrained_layout=True)
+        figure_trainability_map(points, configs, criterion=criterion, ax=ax, level=level)
+        ax.set_title(title)
     return fig
 
 
-@styled
 def plot_dynamics(dyn, preset: str, lrs):
     """The first-epoch figure of one configuration of ``dyn`` (:func:`figure_dynamics`, one panel per lr in ``lrs``)."""
-    import matplotlib.pyplot as plt
+    from propagate.report.style import plt, report_style
 
-    fig, axes = plt.subplots(1, len(lrs), figsize=(4.0 * len(lrs) + 1, 4.3), squeeze=False, constrained_layout=True)
-    figure_dynamics(dyn[dyn["config"] == preset], lrs, title=preset, axes=axes[0])
+    with report_style():
+        fig, axes = plt.subplots(1, len(lrs), figsize=(4.0 * len(lrs) + 1, 4.3), squeeze=False,
+                                 constrained_layout=True)
+        figure_dynamics(dyn[dyn["config"] == preset], lrs, title=preset, axes=axes[0])
     return fig
 
 
@@ -547,6 +547,8 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     write_table(grid.configs, out_dir / "data" / "trainability_configs.csv")
     dyn = compute_dynamics(S, sub, seed, say)
     write_table(dyn, out_dir / "data" / "trainability_dynamics.csv")
+    from propagate.report.style import save_figure
+
     title = f"Where each configuration trains ({grid.n_seeds} seeds, {grid.epochs} epoch(s))"
     save_figure(plot_trainability_map(grid.points, grid.configs, criterion=grid.criterion, level=grid.level,
                                       title=title), out_dir / "figures" / "trainability_map.png")
