@@ -206,3 +206,146 @@ def test_cli_section_names_are_the_report_sections():
     from propagate.report import SECTIONS
 
     assert SECTION_NAMES == SECTIONS
+
+
+# ----------------------------------------------------------------------------- section templates
+
+
+def test_quick_page_has_no_unfilled_slot(quick_report):
+    """Every section's template (and the page's) is filled: no ``<<slot>>`` reaches the README."""
+    from propagate.report import SECTIONS
+
+    text = (quick_report / "README.md").read_text()
+    assert "<<" not in text and ">>" not in text
+    for number, name in enumerate(SECTIONS, start=7):
+        assert f"\n## {number}. " in text, name
+
+
+def test_every_section_has_its_template():
+    from propagate.report import SECTIONS
+    from propagate.templates import load
+
+    for name in SECTIONS:
+        text = load(f"section_{name}.md")
+        assert text.startswith("## ") and "<<" in text, name
+
+
+def test_residual_template_from_constructed_summary():
+    from propagate.report.section_residual import VARIANTS, section_markdown
+
+    summary = {name: {"forward_flags": 0, "grad_flags": i, "rate": 0.5 + i, "var_last": 1.234e-30 * (i + 1),
+                      "theory_var_last": 1.2e-30, "grad_first": 2.0, "theory_grad_first": 0.25, "signal_first": 1.95}
+               for i, (name, _) in enumerate(VARIANTS)}
+    text = section_markdown(summary, {"depth": 200, "width": 128, "seeds": 4, "samples": 64})
+    assert "<<" not in text and text.startswith("## Residual blocks and LayerNorm")
+    assert "200 hidden layers of 128 ReLU units with glorot_uniform weights (4 random networks,\n64 Gaussian" in text
+    assert "shrinks by 0.5 per layer" in text and "changes by 1.5 per layer" in text  # 3 significant digits
+    assert "stays at\n  3.7e-30 (theory 1.2e-30)" in text and "(2 layers flagged)." in text
+
+
+def test_spectrum_template_from_constructed_tables():
+    import pandas as pd
+
+    from propagate.report.section_spectrum import section_markdown
+
+    spread = pd.DataFrame([{"activation": "relu", "weights": "gaussian", "width": 32, "layer": layer,
+                            "theory_var_log_norm": 0.1 * layer, "var_log_norm": 0.11 * layer, "var_log_norm_se": 0.01,
+                            "theory_var_log_grad": 0.2 * layer, "var_log_grad": 0.21, "var_log_grad_se": 0.02}
+                           for layer in (1, 2, 3)])
+    moments = pd.DataFrame([{"activation": "relu", "weights": "gaussian", "m1": 1.0, "m1_mc": 0.98, "m1_mc_se": 0.01,
+                             "m2": 3.0, "m2_mc": 2.9, "m2_mc_se": 0.2, "atom": 0.5}])
+    text = section_markdown(spread, moments, 3, 40, 8, 128, 4)
+    assert "<<" not in text and "Last layer (depth 3, 40 networks)" in text
+    assert "| relu | gaussian | 32 | 0.3 | 0.33 ± 0.01 | 0.2 | 0.21 ± 0.02 |" in text  # layer 3 norm, layer 1 grad
+    assert "| relu | gaussian | 1 | 0.98 ± 0.01 | 3 | 2.9 ± 0.2 | 2 | 0.5 |" in text  # m2/m1^2 - 1 = 2
+    assert "depth 8, width 128: free probability vs 4 sampled networks" in text
+
+
+def test_sweep_template_counts_the_points_on_the_theory_side():
+    import numpy as np
+    import pandas as pd
+
+    from propagate.report.section_sweep import compare_with_theory, section_markdown
+
+    # theory chi_1 = sigma_w2 (critical at 1); measured: the same except one point just across the line
+    sw2s, sb2s = np.array([0.5, 1.0, 1.5, 2.0]), np.array([0.0])
+    summary = pd.DataFrame({"sigma_w2": sw2s, "sigma_b2": 0.0, "chi_1_theory": sw2s,
+                            "chi_1_measured": [0.55, 1.0, 0.9, 2.2], "corr_last": 0.5})
+    line = pd.DataFrame({"sigma_b2": [0.0, 0.5], "sigma_w2": [1.0, 1.0]})
+    c = compare_with_theory(summary, line, sw2s)
+    # sign(ln) agrees at 0.5, 1.0 (both 0) and 2.0; 1.5 is 0.5 from the line, within one step (0.5)
+    assert (c["agree"], c["measured"], c["near"], c["step"]) == (3, 4, [True], 0.5)
+    assert c["far_points"] == 3 and c["median_error"] == pytest.approx(0.1)  # 0.55/0.5, 0.9/1.5, 2.2/2.0
+    text = section_markdown(summary, line, (sw2s, sb2s, 16, 96, 128, 2), seed=0)
+    assert "<<" not in text and text.startswith("## A sweep over the weight and bias variance")
+    assert "at 3 of 4 grid points; the 1 others are all within one grid step (0.5 in $\\sigma_w^2$) of the line." in text
+    assert "differs from the theory's by 10.0% (median over 3 points" in text
+    assert "4 grid points ($\\sigma_w^2$ from 0.5 to 2," in text and "start at correlation 0.5; seed 0)" in text
+
+
+def test_trainability_template_from_constructed_tables():
+    import pandas as pd
+
+    from propagate.report.section_trainability import TrainabilityGrid, section_markdown
+    from propagate.spec import NetworkSpec
+
+    points = pd.DataFrame([{"config": "a", "lr": lr, "refined": False, "outcome": o, "acc_mean": m,
+                            "acc_ci_low": m - 0.1, "acc_ci_high": m + 0.1}
+                           for lr, o, m in ((1e-4, "fails", 0.2), (1e-3, "trains", 0.8), (1e-2, "diverged", 0.1))])
+    configs = pd.DataFrame([{"config": "a", "max_lr_measured": 1e-3, "max_lr_bad": 1e-2, "max_lr_predicted": 2e-4,
+                             "ratio": 5.0, "warmup_steps": 10, "max_lr_predicted_gd": 3e-3, "ratio_gd": 1 / 3}])
+    grid = TrainabilityGrid(points, configs, "acc", 0.3, 3, 2, "NOTE")
+    spec = NetworkSpec.stack(2, 8, input_dim=8, first_width=None, activation="selu", init="lecun_normal")
+    dyn = pd.DataFrame([{"config": "a", "lr": 1e-4, "step": s, "layer": l, "pre_var": 1.0 + s, "update_ratio": 0.01,
+                         "diverged": False, "weight_grad_norm": 1e-9 * 8} for s in (0, 1) for l in (1, 2)])
+    S = {"dyn_presets": ("a",), "dyn_lrs": (1e-4,), "specs": {"a": spec}}
+    text = section_markdown(grid, dyn, S)
+    assert "<<" not in text and "ensemble of 3 seeds for 2 epoch(s) on NOTE" in text and "exceeds 0.3;" in text
+    assert ("- **a** trains up to lr 0.001 (not at 0.01); predicted from its preconditioned sharpness: 0.0002 "
+            "(measured / predicted = 5). At the seed's lr 1e-3: trains, final acc 0.800 [0.700, 0.900].") in text
+    assert "a: trains at 1e-3 (acc 0.800 [0.700, 0.900]), fails at 1e-4; diverged at 1e-2 (best 0.200" in text
+    assert "is 5 times the predicted one. The prediction" in text and "after 10 warm-up" in text
+    assert "It errs low here" in text and "a: 0.003. Measured / $2/\\lambda_1(H)$: a: 0.333." in text
+    assert "a: lr 0.0001: last-layer variance 1 at step 0, 2 at step 1" in text
+    # rms gradient entry: 8e-9 / sqrt(fan_in * fan_out = 64) = 1e-9 < 1e-8: far below RMSprop's epsilon
+    assert "minibatch gradient is 1e-09 (median over layers), far below" in text
+
+
+def test_selfnorm_template_from_constructed_tables():
+    import pandas as pd
+
+    from propagate.report.section_selfnorm import section_markdown
+
+    configs = [{"name": n, "activation": a, "how": "H"} for n, a in (("A", "selu"), ("B", "gelu"))]
+    sim = [{"name": "A", "deep_var": 0.98, "deep_theory_var": 1.0, "var_error": 0.123, "corr_last": 0.1,
+            "theory_corr_last": 0.0, "corr_error": 0.1, "flagged": 0}]
+    finals = pd.DataFrame([{"lr": 1e-4, "config": n, "seed": s, "val_acc": v}
+                           for n, vals in (("A", (0.5, 0.6)), ("B", (0.1, 0.1))) for s, v in enumerate(vals)])
+    summary = pd.DataFrame([{"lr": 1e-4, "config": "A", "n_seeds": 2, "diverged_seeds": 0,
+                             **{f"{m}_{k}": v for m in ("val_acc", "train_eval_acc", "val_loss", "loss")
+                                for k, v in (("mean", 0.55), ("ci_low", float("nan")), ("ci_high", float("nan")))}}])
+    S = {"seeds": 2, "width": 64, "samples": 200, "depth": 50, "epochs": 2, "lrs": (1e-4,), "train_seeds": 2}
+    text = section_markdown(S, 3, configs, sim, {"SELU": 0.7826, "self-normalized GELU": 0.7757}, "D", configs,
+                            summary, finals, 0.1)
+    assert "<<" not in text and "| B | `gelu` | H |" in text and "| A | 0.98 | 1 | 0.12 | 0.100 | 0.000 | 0.100 | 0 |" in text
+    assert "mean Var(h) beyond layer 25" in text and "corr at layer 50" in text and "(per-layer factors 0.783 and 0.776)" in text
+    assert "on D, at learning rate(s) 0.0001" in text and "(seeds 3 to 4, shared" in text
+    assert "| A | 0.0001 | 2 | 0.550 (no interval) |" in text
+    assert "B does not (interval at or below 0.100)" in text  # two seeds at exactly chance
+
+
+def test_report_and_selfnorm_functions_are_short():
+    """No function in propagate/report, selfnorm, gaussian or transforms is over 80 lines (the project's rule)."""
+    import ast
+    from pathlib import Path
+
+    import propagate
+
+    root = Path(propagate.__file__).resolve().parent
+    files = sorted((root / "report").glob("*.py")) + [root / f for f in ("selfnorm.py", "gaussian.py", "transforms.py")]
+    long = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert len(files) >= 15 and not long, long

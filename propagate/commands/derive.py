@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from propagate.commands._args import output_file
+from propagate.io import atomic_write_text
 
 NAME = "derive"
 HELP = "print a derivation as markdown with LaTeX (e.g. derivations/selu.md)"
@@ -33,8 +34,6 @@ def run(args: argparse.Namespace) -> int:
     module, function = TOPICS[args.topic]
     text = getattr(importlib.import_module(module), function)()
     if args.output:
-        from propagate.io import atomic_write_text
-
         atomic_write_text(args.output, text)
     else:
         print(text, end="")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from propagate.commands._args import check_device, device, name_list, nonneg_int, output_dir, positive_float_list, positive_int
+from propagate.report import SECTIONS, ReportOptions, build_report, check_report_folders
 
 NAME = "report"
 HELP = "write the figure report (SELU, per-layer theory vs simulation, phase diagram, training) to reports/"
@@ -21,8 +23,8 @@ examples:
 """
 
 
-#: Kept in step with ``propagate.report.SECTIONS`` (a test checks); not imported, so --help stays fast.
-SECTION_NAMES = ("residual", "spectrum", "selfnorm", "trainability", "sweep")
+#: The report's extra sections, in page order (``propagate.report`` imports only the standard library at start-up).
+SECTION_NAMES = SECTIONS
 
 
 def _sections(text: str) -> tuple[str, ...]:
@@ -66,10 +68,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import sys
-
-    from propagate.report import ReportOptions, build_report, check_report_folders
-
     kw = {}
     if args.lr:
         kw["lrs"] = tuple(args.lr)

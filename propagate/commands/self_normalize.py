@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from propagate.commands._args import finite_float, int_in, positive_float
+from propagate.io import to_json
 
 NAME = "self-normalize"
 HELP = "SELU's derivation for any activation: gamma*(phi(a x + b) + d) with (mean, var) an attracting fixed point"
@@ -106,19 +107,18 @@ def _latex(res) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from propagate import selfnorm
-    from propagate.io import to_json
+    from propagate.selfnorm import attraction_check, self_normalize
 
     fixed = {k: getattr(args, k) for k in ("a", "b", "d") if getattr(args, k) is not None}
-    res = selfnorm.self_normalize(args.activation, family=args.family, mean=args.mean, var=args.var,
-                                  digits=args.digits, solve=args.solve, fixed=fixed)
+    res = self_normalize(args.activation, family=args.family, mean=args.mean, var=args.var,
+                         digits=args.digits, solve=args.solve, fixed=fixed)
     if args.activation_only:
         print(res.recommended.activation)
         return 0
     if args.latex:
         print(_latex(res), end="")
         return 0
-    check = selfnorm.attraction_check(res.recommended.activation, args.mean, args.var)
+    check = attraction_check(res.recommended.activation, args.mean, args.var)
     if args.json:
         out = res.to_dict()
         out["iteration"] = {"steps": check["steps"], "distance": repr(check["distance"]), "rate": repr(check["rate"]),

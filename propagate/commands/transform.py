@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from propagate.commands._args import int_in, positive_float
+from propagate.io import to_json
 
 NAME = "transform"
 HELP = "Deep Kernel Shaping / Tailored Activation Transformation of an activation for a given depth"
@@ -60,13 +61,12 @@ def _text(res) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from propagate import selfnorm
-    from propagate.io import to_json
+    from propagate.transforms import dks_transform, tat_transform
 
     if args.method == "dks":
-        res = selfnorm.dks_transform(args.activation, args.depth, zeta=args.zeta, digits=args.digits)
+        res = dks_transform(args.activation, args.depth, zeta=args.zeta, digits=args.digits)
     else:
-        res = selfnorm.tat_transform(args.activation, args.depth, eta=args.eta, tau=args.tau, digits=args.digits)
+        res = tat_transform(args.activation, args.depth, eta=args.eta, tau=args.tau, digits=args.digits)
     if args.activation_only:
         print(res.activation)
     elif args.json:

@@ -14,11 +14,28 @@ report does not lose finished epochs either.
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
+
+from propagate.errors import UserError
+from propagate.io import (
+    atomic_directory,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_dir,
+    check_replaceable_dir,
+    run_metadata,
+    write_table,
+)
+from propagate.limits import format_bytes, memory_limit, require_memory, simulation_bytes
+from propagate.runfolder import FolderBusy, IdentityMismatch, check_folder
+from propagate.selu import derivation_markdown as selu_derivation_markdown
+from propagate.trainability import TrainabilityOptions, trainability
 
 __all__ = ["ReportOptions", "build_report", "check_report_folders", "work_dir_of", "SECTIONS"]
 
@@ -85,8 +102,6 @@ def _subset(dataset, n):
 
 def _is_report_folder(path: Path) -> bool:
     """A report folder written before :data:`propagate.io.FOLDER_MARKER` existed: README.md and report.json."""
-    import json
-
     try:
         data = json.loads((path / "report.json").read_text())
     except (OSError, ValueError):
@@ -108,9 +123,6 @@ def check_report_folders(out_dir: str | Path, options: ReportOptions | None = No
     ``out_dir`` may be new, empty, or a folder a previous report made; a file,
     a link or a folder of the user's is left alone (:class:`UserError`).
     """
-    from propagate.io import check_output_dir, check_replaceable_dir
-    from propagate.runfolder import check_folder
-
     check_replaceable_dir(out_dir, "--out", adopt=_is_report_folder)
     _check_simulation_size((options or ReportOptions()).effective())
     _check_training_size((options or ReportOptions()).effective())
@@ -121,8 +133,6 @@ def check_report_folders(out_dir: str | Path, options: ReportOptions | None = No
 
 def _check_simulation_size(opts: ReportOptions) -> None:
     """Refuse --samples/--seeds whose simulation of the seed's network would not fit in memory."""
-    from propagate.limits import require_memory, simulation_bytes
-
     widths = [784, 512] + [256] * 50  # the seed's network, simulated by compute.simulate_configs
     require_memory(simulation_bytes(widths, opts.sim_samples, opts.sim_seeds),
                    f"simulating {opts.sim_seeds} networks x {opts.sim_samples} inputs", "use fewer --seeds or --samples")
@@ -130,8 +140,6 @@ def _check_simulation_size(opts: ReportOptions) -> None:
 
 def _check_training_size(opts: ReportOptions) -> None:
     """Refuse a --seeds whose ensemble of the seed's network would not fit in memory (before loading data)."""
-    from propagate.limits import format_bytes, memory_limit
-    from propagate.errors import UserError
     from propagate.presets import get_preset
     from propagate.train import TrainOptions, estimate_memory
 
@@ -168,8 +176,6 @@ class _Run:
         self.say(f"report: {name} done ({self.timings[name]:.1f}s)")
 
     def table(self, df, name: str) -> None:
-        from propagate.io import write_table
-
         write_table(df, self.data / name, self.meta)
 
     def figure(self, fig, name: str) -> None:
@@ -180,33 +186,33 @@ class _Run:
 
 def _selu_part(run: _Run) -> dict:
     """1. SELU: the solved constants, moment-map trajectories and the derivation."""
-    from propagate.io import atomic_write_json, atomic_write_text
-    from propagate.report import compute, figures
-    from propagate.selu import derivation_markdown
+    from propagate.report.compute import selu_summary, selu_trajectories
+    from propagate.report.figures import plot_selu_flow
 
-    selu = compute.selu_summary()
-    traj = compute.selu_trajectories()
+    selu = selu_summary()
+    traj = selu_trajectories()
     run.table(traj, "selu_trajectories.csv")
     atomic_write_json(run.data / "selu_solution.json", selu)
-    atomic_write_text(run.folder / "selu_derivation.md", derivation_markdown())
-    run.figure(figures.plot_selu_flow(traj, box=(-0.1, 0.1, 0.8, 1.5)), "selu_flow.png")
+    atomic_write_text(run.folder / "selu_derivation.md", selu_derivation_markdown())
+    run.figure(plot_selu_flow(traj, box=(-0.1, 0.1, 0.8, 1.5)), "selu_flow.png")
     run.step("SELU fixed point")
     return selu
 
 
 def _simulation_part(run: _Run, dataset, x_train):
     """2-3. Simulation and theory of the seed's network on real inputs; returns (sims, inputs description)."""
-    from propagate.report import compute, figures
+    from propagate.report.compute import simulate_configs
+    from propagate.report.figures import plot_grad_norms, plot_layer_moments
 
     opts = run.opts
     n_sim = min(opts.sim_samples, len(x_train))
-    sims = compute.simulate_configs(x_train[:n_sim], samples=n_sim, seeds=opts.sim_seeds, seed=opts.seed,
-                                    progress=run.progress)
+    sims = simulate_configs(x_train[:n_sim], samples=n_sim, seeds=opts.sim_seeds, seed=opts.seed,
+                            progress=run.progress)
     run.table(sims.sim, "simulation_layers.csv")
     run.table(sims.theory, "theory_layers.csv")
     inputs_desc = f"{n_sim} {dataset.name} training images ([0, 1] pixels)"
-    run.figure(figures.plot_layer_moments(sims.sim, sims.theory), "layer_moments.png")
-    run.figure(figures.plot_grad_norms(sims.sim, sims.theory), "grad_norms.png")
+    run.figure(plot_layer_moments(sims.sim, sims.theory), "layer_moments.png")
+    run.figure(plot_grad_norms(sims.sim, sims.theory), "grad_norms.png")
     run.step("simulation")
     return sims, inputs_desc
 
@@ -215,27 +221,25 @@ def _phase_part(run: _Run) -> dict:
     """4. Phase diagrams of tanh and SELU with their critical lines and the initializers' marks."""
     import numpy as np
 
-    from propagate.report import compute, figures
+    from propagate.report.compute import init_marks, phase_grid
+    from propagate.report.figures import plot_phase_diagram
 
     grids, lines = {}, {}
     sw = np.linspace(0.1, 4.0, 14 if run.opts.quick else 40)
     sb = np.linspace(0.0, 0.5, 8 if run.opts.quick else 26)
     for act in ("tanh", "selu"):
-        grids[act], lines[act] = compute.phase_grid(act, sw, sb)
+        grids[act], lines[act] = phase_grid(act, sw, sb)
         run.table(grids[act], f"phase_{act}.csv")
         run.table(lines[act], f"critical_line_{act}.csv")
-    marks = compute.init_marks(256, 256)
+    marks = init_marks(256, 256)
     run.table(marks, "init_sigma_w2.csv")
-    run.figure(figures.plot_phase_diagram(grids, lines, marks), "phase_diagram.png")
+    run.figure(plot_phase_diagram(grids, lines, marks), "phase_diagram.png")
     run.step("phase diagram")
     return lines
 
 
 def _work_dir_refusal(exc) -> Exception:
     """The report has no --no-resume: name the option it has."""
-    from propagate.errors import UserError
-    from propagate.runfolder import FolderBusy
-
     if isinstance(exc, FolderBusy):
         return UserError(f"{exc.folder} is in use by {exc.holder}; wait for it to finish or use another --work-dir")
     return UserError(f"{exc.detail}; use another --work-dir, or delete {exc.folder} to train again")
@@ -243,7 +247,6 @@ def _work_dir_refusal(exc) -> Exception:
 
 def _check_work_dir_data(work: Path, train_ds) -> None:
     """Refuse, before any computation, a work folder holding runs on other data (e.g. another --train-subset)."""
-    from propagate.runfolder import FolderBusy, IdentityMismatch, check_folder
     from propagate.train import reproduce_identity
 
     try:
@@ -254,7 +257,6 @@ def _check_work_dir_data(work: Path, train_ds) -> None:
 
 def _train_in_work_dir(run: _Run, train_ds, work: Path):
     """Train every preset into the resumable work folder, with the report's options in the messages."""
-    from propagate.runfolder import FolderBusy, IdentityMismatch
     from propagate.train import reproduce
 
     opts = run.opts
@@ -268,26 +270,27 @@ def _train_in_work_dir(run: _Run, train_ds, work: Path):
 
 def _training_part(run: _Run, dataset, work: Path):
     """5. Training: every preset at every learning rate (a seed ensemble each), curves and per-layer drift."""
-    from propagate.report import compute, figures_training
+    from propagate.report.compute import collect_training, drift_runs, reported_table
+    from propagate.report.figures_training import plot_layer_drift_bands, plot_training_bands
 
     opts = run.opts
     train_ds = _subset(dataset, opts.train_subset)
     summary = _train_in_work_dir(run, train_ds, work)
-    history, layers = compute.collect_training(work, summary)
+    history, layers = collect_training(work, summary)
     run.table(summary, "training_summary.csv")
     run.table(history, "training_history.csv")
     run.table(layers, "training_layers.csv")
-    reported = compute.reported_table(summary)
+    reported = reported_table(summary)
     for lr in opts.lrs:
         h = history[history["lr"] == lr]
-        run.figure(figures_training.plot_training_bands(
+        run.figure(plot_training_bands(
             h, reported, title=f"Training the 52-layer network, RMSprop lr {lr:g}: mean of {opts.seeds} seeds, "
                                "band 95% t interval (dashed: with batch normalization; squares: the seed's numbers)"),
                    f"training_curves_lr{lr:g}.png")
-    drift_runs = compute.drift_runs(summary, opts.lrs)
-    run.figure(figures_training.plot_layer_drift_bands(layers, drift_runs), "training_layer_drift.png")
+    drift = drift_runs(summary, opts.lrs)
+    run.figure(plot_layer_drift_bands(layers, drift), "training_layer_drift.png")
     run.step("training")
-    return train_ds, summary, history, layers, drift_runs
+    return train_ds, summary, history, layers, drift
 
 
 def _trainability_dir(run: _Run, dataset, work: Path) -> Path | None:
@@ -295,8 +298,6 @@ def _trainability_dir(run: _Run, dataset, work: Path) -> Path | None:
     if run.opts.quick:
         return None
     from propagate.presets import get_preset
-    from propagate.runfolder import FolderBusy, IdentityMismatch
-    from propagate.trainability import TrainabilityOptions, trainability
 
     opts = run.opts
     configs = [(name, get_preset(name).spec()) for name in TRAINABILITY_PRESETS]
@@ -313,8 +314,6 @@ def _trainability_dir(run: _Run, dataset, work: Path) -> Path | None:
 
 def _sections_part(run: _Run, dataset, train_ds, work: Path) -> str:
     """7-: the extra sections (:data:`SECTIONS`), each writing its own data and figures; their markdown, numbered."""
-    import importlib
-
     opts = run.opts
     ctx = {"quick": opts.quick, "seed": opts.seed, "dataset": dataset.name, "dataset_obj": train_ds,
            "train_seeds": opts.seeds}
@@ -341,14 +340,13 @@ def _number_heading(text: str, number: int) -> str:
 
 def _page_part(run: _Run, dataset, selu, sims, inputs_desc, lines, training, sections_md: str = "") -> None:
     """6. Findings from the numbers, then README.md and report.json."""
-    from propagate.io import atomic_write_json, atomic_write_text
-    from propagate.report import findings, page
+    from propagate.report.findings import collect_facts
+    from propagate.report.page import render
 
-    train_ds, summary, history, layers, drift_runs = training
-    facts = findings.collect_facts(selu, sims, summary, history, layers, lines, run.opts)
+    train_ds, summary, history, layers, drift = training
+    facts = collect_facts(selu, sims, summary, history, layers, lines, run.opts)
     elapsed = time.perf_counter() - run.t_start
-    text = page.render(run.opts, dataset, facts, summary, run.timings, elapsed, inputs_desc, train_ds, drift_runs,
-                       sections_md)
+    text = render(run.opts, dataset, facts, summary, run.timings, elapsed, inputs_desc, train_ds, drift, sections_md)
     atomic_write_text(run.folder / "README.md", text)
     atomic_write_json(run.folder / "report.json", {"meta": run.meta, "timings_s": run.timings, "elapsed_s": elapsed,
                                                    "facts": facts})
@@ -367,7 +365,6 @@ def build_report(out_dir: str | Path, options: ReportOptions | None = None, *, p
 
     matplotlib.use("Agg")  # a report is files; never needs (or opens) a display
     from propagate.data import load_dataset
-    from propagate.io import atomic_directory, run_metadata
 
     opts = (options or ReportOptions()).effective()
     check_report_folders(out_dir, opts)

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from propagate.inits import get_init, list_inits
+from propagate.io import read_table
+from propagate.selu import solve_selu, stability_box
+from propagate.stats import config_columns
 
 __all__ = [
     "SIM_CONFIGS",
@@ -34,8 +40,6 @@ SIM_CONFIGS = [
 
 def selu_summary(digits: int = 30) -> dict:
     """SELU's solved constants, Jacobian and stability box as plain numbers (strings at full precision)."""
-    from propagate.selu import solve_selu, stability_box
-
     sol = solve_selu(0, 1, digits=digits)
     d = sol.to_dict()
     box = stability_box(sol.lambda_, sol.alpha)
@@ -92,8 +96,6 @@ def phase_grid(activation: str, sigma_w2=None, sigma_b2=None):
 def init_marks(fan_in: int = 256, fan_out: int = 256):
     """``sigma_w^2`` of every named init for a ``fan_out x fan_in`` layer."""
     import pandas as pd
-
-    from propagate.inits import get_init, list_inits
 
     rows = [{"init": n, "sigma_w2": get_init(n).sigma_w2(fan_in, fan_out)} for n in list_inits() if ":" not in n]
     df = pd.DataFrame(rows)
@@ -162,13 +164,9 @@ def collect_training(work_dir, summary):
     display) and the configuration columns of :data:`propagate.stats.CONFIG_COLUMNS`
     (``activation``, ``init``, ``normalization``, ``residual``: what figures read).
     """
-    from pathlib import Path
-
     import pandas as pd
 
-    from propagate.io import read_table
     from propagate.presets import get_preset
-    from propagate.stats import config_columns
     from propagate.train import run_name
 
     hist, lay = [], []

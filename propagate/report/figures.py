@@ -10,24 +10,9 @@ or the small tables documented in each docstring) and returns a
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-import functools
-
-from propagate.report.style import colour, config_fields, config_title, line_style, plt, report_style
-
-
-def _styled(fn):
-    """Draw the figure under the report's matplotlib settings (the caller's are restored after)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with report_style():
-            return fn(*args, **kwargs)
-
-    return wrapper
+from propagate.report.style import colour, config_fields, config_title, plt, styled
 
 __all__ = [
     "plot_selu_flow",
@@ -49,7 +34,7 @@ def _by_bn(table):
             [c for c in configs if c[1]["normalization"] == "batchnorm"])
 
 
-@_styled
+@styled
 def plot_selu_flow(trajectories, fixed_point=(0.0, 1.0), box=None, title=None):
     """The SELU moment map iterated from a grid of starting points.
 
@@ -117,7 +102,7 @@ def _layer_panels(sim, theory, column, se_column, axes, log, ylabel):
             ax.set_yscale("log")
 
 
-@_styled
+@styled
 def plot_layer_moments(sim, theory=None, title=None):
     """Variance (log scale) and mean of pre-activations per layer, without and with BN.
 
@@ -151,7 +136,7 @@ def _shared_legend(fig, axes):
     fig.legend([h for _, h in items], [l for l, _ in items], loc="center right", title="activation / init", frameon=False)
 
 
-@_styled
+@styled
 def plot_grad_norms(sim, theory=None, title=None):
     """Gradient norm per layer (log scale) for a random linear readout, without and with BN."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=False)
@@ -162,7 +147,7 @@ def plot_grad_norms(sim, theory=None, title=None):
     return fig
 
 
-@_styled
+@styled
 def plot_phase_diagram(grids, lines, marks, title=None):
     """``chi_1`` over (``sigma_w^2``, ``sigma_b^2``) per activation, critical line, named inits.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from propagate.confidence import format_number
+from propagate.templates import render as render_template
 
 
 def markdown_table(header, rows) -> str:
@@ -98,8 +99,6 @@ def render(opts, dataset, facts, summary, timings, elapsed, inputs_desc, train_d
     run labels of the drift figure; ``sections``: the markdown of the extra
     sections (``propagate.report.SECTIONS``), placed after the findings.
     """
-    from propagate.templates import render as render_template
-
     values = {**_header_values(opts, dataset, summary, timings, elapsed), **_verdict_values(facts),
               **_selu_values(facts), **_simulation_values(opts, facts, inputs_desc),
               **_training_values(opts, dataset, summary, train_ds, drift_runs),

@@ -3,16 +3,21 @@
 :func:`section` simulates three ReLU/glorot_uniform networks of 200 hidden
 layers (plain, ``--residual 0.5``, ``--layernorm``), lays the mean-field theory
 over the simulation, writes the per-layer tables to ``data/`` and the figure
-``figures/residual_layernorm.png`` (and ``.svg``), and returns the markdown.
-:func:`plot_residual_layernorm` draws the figure from the tables (usable in a
-notebook).
+``figures/residual_layernorm.png`` (and ``.svg``), and returns the markdown
+(``propagate/templates/section_residual.md``, filled by :func:`section_markdown`
+from :func:`residual_summary`). :func:`plot_residual_layernorm` draws the
+figure from the tables (usable in a notebook).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["section", "compute_residual_tables", "plot_residual_layernorm", "VARIANTS"]
+from propagate.io import write_table
+from propagate.templates import render
+
+__all__ = ["section", "compute_residual_tables", "residual_summary", "section_markdown", "plot_residual_layernorm",
+           "VARIANTS"]
 
 #: (name, spec changes) of the three networks compared.
 VARIANTS = (("plain", {}), ("residual 0.5", {"residual": 0.5}), ("layernorm", {"layernorm": True}))
@@ -92,7 +97,9 @@ def plot_residual_layernorm(table, per_seed, title=None, width=None):
     return fig
 
 
-def _summary(table) -> dict:
+def residual_summary(table) -> dict:
+    """Per variant: layers flagged (forward statistics, gradient), theory's per-layer variance factor over the
+    first 10 layers, and the first and last layers' simulated and predicted variance and gradient norm."""
     out = {}
     for name, _ in VARIANTS:
         t = table[(table["variant"] == name) & (table["layer"] >= 1)].set_index("layer")
@@ -108,9 +115,22 @@ def _summary(table) -> dict:
     return out
 
 
+def section_markdown(summary: dict, sizes: dict) -> str:
+    """The section's markdown: ``templates/section_residual.md`` filled from :func:`residual_summary` and the sizes
+    (``depth``, ``width``, ``seeds``, ``samples``)."""
+    values = {"depth": sizes["depth"], "width": sizes["width"], "seeds": sizes["seeds"], "samples": sizes["samples"]}
+    keys = {"plain": ("rate", "theory_var_last", "var_last"),
+            "residual": ("rate", "forward_flags", "theory_grad_first", "signal_first", "grad_first", "grad_flags"),
+            "layernorm": ("var_last", "theory_var_last", "forward_flags", "grad_flags")}
+    for prefix, variant in (("plain", "plain"), ("residual", "residual 0.5"), ("layernorm", "layernorm")):
+        for k in keys[prefix]:
+            v = summary[variant][k]
+            values[f"{prefix}_{k}"] = v if k.endswith("flags") else f"{v:.3g}"
+    return render("section_residual.md", values)
+
+
 def section(out_dir: Path, ctx: dict, progress=None) -> str:
     """Compute, write data and figure, and return the markdown of the residual/LayerNorm section."""
-    from propagate.io import write_table
     from propagate.report.style import save_figure
 
     out_dir = Path(out_dir)
@@ -123,36 +143,5 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     write_table(table, out_dir / "data" / "residual_layernorm.csv", meta)
     write_table(per_seed, out_dir / "data" / "residual_layernorm_per_seed.csv", meta)
-    fig = plot_residual_layernorm(table, per_seed)
-    save_figure(fig, out_dir / "figures" / "residual_layernorm")
-    s = _summary(table)
-    p, r, ln = s["plain"], s["residual 0.5"], s["layernorm"]
-    n, depth = kw["width"], kw["depth"]
-    return f"""## Residual blocks and LayerNorm: the same deep ReLU network, kept alive
-
-![variance and gradient norm per layer](figures/residual_layernorm.png)
-
-{depth} hidden layers of {n} ReLU units with glorot_uniform weights ({kw['seeds']} random networks,
-{kw['samples']} Gaussian inputs each; bands: smallest to largest network, dashed: mean-field theory).
-
-- **Plain**: the pre-activation variance shrinks by {p['rate']:.3g} per layer in theory
-  (sigma_w^2 / 2 = 1/2 for glorot at equal widths), so after {depth} layers it is
-  {p['theory_var_last']:.3g} (simulated {p['var_last']:.3g}: float32 still holds it, its moments are
-  summed in float64 when the squares underflow).
-- **Residual, R = 0.5** (`x' = sqrt(1 - R^2) x + R relu(W x)`): the variance no longer halves; it
-  changes by {r['rate']:.3g} per layer, because ReLU's positive mean accumulates in the stream
-  (the cross term `2 sqrt(1-R^2) R E[x] E[relu(h)]`). Theory and simulation agree on every forward
-  statistic ({r['forward_flags']} layers flagged). The gradient needs one more term: mean-field theory
-  treats the backward weights as independent of the forward ones (dotted line, {r['theory_grad_first']:.3g}
-  at the first layer), which drops the direction the forward pass singles out. Along `h^l` itself
-  `dy/dh^l . h^l` is the readout's response to scaling `h^l`; pushed forward through the later layers
-  (the ops' tangent maps) it is `1/sqrt(n)` of the gradient at the readout but grows with the residual
-  stream's mean. With it (dashed) theory gives {r['signal_first']:.3g} at the first layer, the simulation
-  {r['grad_first']:.3g} ({r['grad_flags']} layers flagged beyond 4 standard errors plus the finite-width
-  allowance).
-- **LayerNorm** before each hidden layer after the first: the variance stays at
-  {ln['var_last']:.3g} (theory {ln['theory_var_last']:.3g}); forward statistics agree
-  ({ln['forward_flags']} layers flagged). The gradient grows backwards by the factor
-  `sigma_w^2 E[phi'^2] / Var_units(x)` per layer, which theory tracks
-  ({ln['grad_flags']} layers flagged).
-"""
+    save_figure(plot_residual_layernorm(table, per_seed), out_dir / "figures" / "residual_layernorm")
+    return section_markdown(residual_summary(table), kw)

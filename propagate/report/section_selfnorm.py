@@ -18,11 +18,21 @@ each sentence comparing networks is decided from those intervals by
 
 from __future__ import annotations
 
+from dataclasses import replace
+from itertools import combinations
 from pathlib import Path
 
-__all__ = ["section", "configurations", "compute_simulation", "compute_training", "final_per_seed",
-           "summarize_training", "chance_accuracy", "training_verdicts", "training_comparisons",
-           "plot_selfnorm_simulation", "plot_selfnorm_training", "selfnorm_j22", "SETTINGS_FULL", "SETTINGS_QUICK"]
+import numpy as np
+
+from propagate.confidence import format_number, paired_difference, summarize_seeds, t_interval
+from propagate.errors import UserError
+from propagate.io import write_table
+from propagate.templates import render
+
+__all__ = ["section", "configurations", "training_configurations", "compute_simulation", "compute_training",
+           "final_per_seed", "summarize_training", "chance_accuracy", "training_verdicts", "training_comparisons",
+           "simulation_summary", "section_markdown", "plot_selfnorm_simulation", "plot_selfnorm_training",
+           "selfnorm_j22", "SETTINGS_FULL", "SETTINGS_QUICK"]
 
 #: lr 1e-3 is the seed's step size; at it RMSprop knocks even SELU's 52-layer network off its fixed point
 #: (reports/mnist-5k), so 1e-4 is trained as well.
@@ -43,10 +53,11 @@ def configurations(depth: int = 50, digits: int = 16) -> list[dict]:
     ``depth`` is the number of nonlinear layers TAT shapes the correlation map
     for (C_f(0) = 0.9 at that depth).
     """
-    from propagate import selfnorm
+    from propagate.selfnorm import self_normalize
+    from propagate.transforms import tat_transform
 
-    sn = selfnorm.self_normalize("gelu", digits=digits).recommended
-    tat = selfnorm.tat_transform("leaky_relu", depth, eta=0.9, digits=digits)
+    sn = self_normalize("gelu", digits=digits).recommended
+    tat = tat_transform("leaky_relu", depth, eta=0.9, digits=digits)
     return [
         {"name": "SELU", "activation": "selu", "how": "Klambauer et al. 2017"},
         {"name": "self-normalized GELU", "activation": sn.activation,
@@ -123,8 +134,6 @@ def final_per_seed(history):
 
 def chance_accuracy(y) -> float:
     """Accuracy of the best constant prediction on labels ``y``: the commonest class's frequency (fraction)."""
-    import numpy as np
-
     counts = np.bincount(np.asarray(y).astype(int).ravel())
     return float(counts.max() / counts.sum())
 
@@ -137,8 +146,6 @@ def training_verdicts(finals, chance: float) -> dict:
     ``"unresolved"``: it contains it, or there is no interval (one seed).
     Returns ``{(lr, config): (verdict, Interval)}``.
     """
-    from propagate.confidence import t_interval
-
     out = {}
     for (lr, name), t in finals.groupby(["lr", "config"], sort=False):
         iv = t_interval(t["val_acc"].to_numpy(float))
@@ -161,10 +168,6 @@ def training_comparisons(finals, names, metric: str = "val_acc") -> list[dict]:
     ``diff.mean >= 0`` (``a`` is the one ahead on average); ``a`` beats ``b``
     when ``diff`` excludes 0 (:meth:`propagate.confidence.Interval.excludes`).
     """
-    from itertools import combinations
-
-    from propagate.confidence import paired_difference
-
     rows = []
     for lr, t in finals.groupby("lr", sort=False):
         by = {n: t[t["config"] == n].set_index("seed")[metric].astype(float) for n in names}
@@ -179,8 +182,6 @@ def training_comparisons(finals, names, metric: str = "val_acc") -> list[dict]:
 
 def summarize_training(finals, chance: float):
     """Per (lr, config): mean, 95% t interval and ``n_seeds`` of each final metric, ``diverged_seeds`` and ``verdict``."""
-    from propagate.confidence import summarize_seeds
-
     summ = summarize_seeds(finals, keys=["lr", "config"], metrics=list(_FINAL_METRICS))
     div = finals.groupby(["lr", "config"], sort=False)["diverged"].sum()
     verdicts = training_verdicts(finals, chance)
@@ -228,11 +229,8 @@ def plot_selfnorm_training(history, chance: float | None = None):
     training images (``train_eval_acc``), training loss the running mean over
     the epoch's batches (nats per sample).
     """
-    import numpy as np
-
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    from propagate.confidence import summarize_seeds
     from propagate.report.style import plt, report_style
 
     metrics = (("val_acc", "validation accuracy (fraction)"), ("train_eval_acc", "training accuracy (fraction)"),
@@ -281,14 +279,12 @@ def plot_selfnorm_training(history, chance: float | None = None):
 
 def selfnorm_j22(activation: str) -> float:
     """``d nu~ / d nu`` at the recommended (0, 1) solution: the per-layer shrink factor of a variance error."""
-    from propagate import selfnorm
+    from propagate.selfnorm import self_normalize
 
-    return float(selfnorm.self_normalize(activation, digits=16).recommended.jacobian[1][1])
+    return float(self_normalize(activation, digits=16).recommended.jacobian[1][1])
 
 
 def _subset(dataset, n_train, n_test):
-    from dataclasses import replace
-
     if n_train is None:
         return dataset
     return replace(dataset, name=f"{dataset.name}[:{n_train}]", x_train=dataset.x_train[:n_train],
@@ -300,44 +296,142 @@ def _names(names) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def _verdict_parts(verdicts: dict, names, lr, chance: float, n_seeds: int) -> list[str]:
+    """The clauses "X trains", "Y does not", "for Z the interval contains chance" at one learning rate."""
+    v = {n: verdicts[(float(lr), n)] for n in names if (float(lr), n) in verdicts}
+    groups = {k: [n for n in names if n in v and v[n][0] == k] for k in ("trains", "does not train", "unresolved")}
+    parts = []
+    if groups["trains"]:
+        parts.append(f"{_names(groups['trains'])} train{'s' if len(groups['trains']) == 1 else ''} (interval of "
+                     f"final validation accuracy above {format_number(chance)})")
+    if groups["does not train"]:
+        parts.append(f"{_names(groups['does not train'])} do{'es' if len(groups['does not train']) == 1 else ''} not "
+                     f"(interval at or below {format_number(chance)})")
+    if groups["unresolved"]:
+        parts.append(f"for {_names(groups['unresolved'])} the interval contains {format_number(chance)} or "
+                     f"there is none, so {n_seeds} seed{'s do' if n_seeds != 1 else ' does'} not decide")
+    return parts
+
+
+def _comparison_text(pairs: list, lr, n_seeds: int) -> str:
+    """Which networks beat which at one learning rate (paired intervals excluding 0), or that none is resolved."""
+    at = [p for p in pairs if p["lr"] == float(lr)]
+    wins = [p for p in at if p["diff"].excludes(0.0)]
+    if wins:
+        s = " Paired over the same seeds, " + "; ".join(
+            f"{p['a']} beats {p['b']} by {format_number(p['diff'].mean)} "
+            f"[{format_number(p['diff'].low)}, {format_number(p['diff'].high)}]" for p in wins) + \
+            " in final validation accuracy (95% t interval of the per-seed difference)"
+        rest = len(at) - len(wins)
+        return s + (f"; the other {rest} pair(s) are not resolved (interval contains 0)." if rest else ".")
+    if at and n_seeds >= 2:
+        return " No pair is resolved: every paired difference's 95% interval of final validation accuracy contains 0."
+    return ""
+
+
 def _training_prose(finals, names, lrs, chance: float, n_seeds: int) -> str:
     """The sentences about training, every claim decided from the seeds' intervals (none typed in)."""
-    from propagate.confidence import format_number
-
     verdicts = training_verdicts(finals, chance)
     pairs = training_comparisons(finals, names)
     out = []
     if n_seeds < 2:
         out.append("One seed per network: no interval, so no network is said to train or to beat another.")
     for lr in lrs:
-        v = {n: verdicts[(float(lr), n)] for n in names if (float(lr), n) in verdicts}
-        groups = {k: [n for n in names if n in v and v[n][0] == k] for k in ("trains", "does not train", "unresolved")}
-        parts = []
-        if groups["trains"]:
-            parts.append(f"{_names(groups['trains'])} train{'s' if len(groups['trains']) == 1 else ''} (interval of "
-                         f"final validation accuracy above {format_number(chance)})")
-        if groups["does not train"]:
-            parts.append(f"{_names(groups['does not train'])} do{'es' if len(groups['does not train']) == 1 else ''} not "
-                         f"(interval at or below {format_number(chance)})")
-        if groups["unresolved"]:
-            parts.append(f"for {_names(groups['unresolved'])} the interval contains {format_number(chance)} or "
-                         f"there is none, so {n_seeds} seed{'s do' if n_seeds != 1 else ' does'} not decide")
+        parts = _verdict_parts(verdicts, names, lr, chance, n_seeds)
         s = (f"At lr {lr:g}, against {format_number(chance)}, the validation accuracy of always predicting the "
              f"commonest class, over N = {n_seeds} seed{'s' * (n_seeds != 1)}: " + "; ".join(parts) + ".")
-        at = [p for p in pairs if p["lr"] == float(lr)]
-        wins = [p for p in at if p["diff"].excludes(0.0)]
-        if wins:
-            s += " Paired over the same seeds, " + "; ".join(
-                f"{p['a']} beats {p['b']} by {format_number(p['diff'].mean)} "
-                f"[{format_number(p['diff'].low)}, {format_number(p['diff'].high)}]" for p in wins) + \
-                " in final validation accuracy (95% t interval of the per-seed difference)"
-            rest = len(at) - len(wins)
-            s += (f"; the other {rest} pair(s) are not resolved (interval contains 0)." if rest else ".")
-        elif at and n_seeds >= 2:
-            s += (" No pair is resolved: every paired difference's 95% interval of final validation accuracy "
-                  "contains 0.")
-        out.append(s)
+        out.append(s + _comparison_text(pairs, lr, n_seeds))
     return "\n\n".join(out)
+
+
+def simulation_summary(table, configs, depth: int) -> list[dict]:
+    """Per network: mean simulated and theoretical Var(h) beyond layer ``depth // 2``, the largest relative
+    variance error, correlation at the last layer (simulated, theory), the largest correlation error, and
+    the layers flagged (``disagree``)."""
+    out = []
+    for c in configs:
+        t = table[(table["config"] == c["name"]) & (table["layer"] >= 1)]
+        deep = t[t["layer"] > depth // 2]
+        out.append({"name": c["name"], "deep_var": float(deep["pre_var"].mean()),
+                    "deep_theory_var": float(deep["theory_pre_var"].mean()),
+                    "var_error": float(np.nanmax(np.abs(t["pre_var"] / t["theory_pre_var"] - 1))),
+                    "corr_last": float(t["corr"].iloc[-1]), "theory_corr_last": float(t["theory_corr"].iloc[-1]),
+                    "corr_error": float(np.nanmax(np.abs(t["corr"] - t["theory_corr"]))),
+                    "flagged": int(t["disagree"].sum()) if "disagree" in t.columns else 0})
+    return out
+
+
+def training_configurations(configs, depth: int | None = None) -> list[dict]:
+    """``configs`` for the seed's network: TAT's leaky ReLU solved again for its depth (default its 51 hidden layers)."""
+    from propagate.spec import SEED_DEPTH
+    from propagate.transforms import tat_transform
+
+    out = [dict(c) for c in configs]
+    tat = tat_transform("leaky_relu", SEED_DEPTH if depth is None else depth, eta=0.9, digits=16)
+    out[2]["activation"] = tat.activation
+    return out
+
+
+def _ci(r, m: str) -> str:
+    mean, lo, hi = (float(r[f"{m}_{k}"]) for k in ("mean", "ci_low", "ci_high"))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{format_number(mean)} (no interval)"
+    return f"{format_number(mean)} [{format_number(lo)}, {format_number(hi)}]"
+
+
+def _training_rows(summary, lrs, train_configs) -> list[str]:
+    rows = []
+    for lr in lrs:
+        for c in train_configs:
+            r = summary[(summary["lr"] == lr) & (summary["config"] == c["name"])]
+            if not r.empty:
+                r = r.iloc[0]
+                rows.append(f"| {c['name']} | {lr:g} | {int(r['n_seeds'])} | {_ci(r, 'val_acc')} | "
+                            f"{_ci(r, 'train_eval_acc')} | {_ci(r, 'val_loss')} | {_ci(r, 'loss')} | "
+                            f"{int(r['diverged_seeds'])} |")
+    return rows
+
+
+def section_markdown(S: dict, seed: int, configs, sim: list[dict], j22: dict, data_name: str, train_configs,
+                     summary, finals, chance: float) -> str:
+    """The section's markdown: ``templates/section_selfnorm.md`` filled from the tables (``S``: the settings)."""
+    n_seeds = S["train_seeds"]
+    return render("section_selfnorm.md", {
+        "config_rows": "\n".join(f"| {c['name']} | `{c['activation']}` | {c['how']} |" for c in configs),
+        "sim_seeds": S["seeds"], "width": S["width"], "samples": S["samples"], "half_depth": S["depth"] // 2,
+        "depth": S["depth"],
+        "simulation_rows": "\n".join(
+            f"| {r['name']} | {r['deep_var']:.3g} | {r['deep_theory_var']:.3g} | {r['var_error']:.2f} | "
+            f"{r['corr_last']:.3f} | {r['theory_corr_last']:.3f} | {r['corr_error']:.3f} | {r['flagged']} |" for r in sim),
+        "j22_selu": f"{float(j22['SELU']):.3f}", "j22_gelu": f"{float(j22['self-normalized GELU']):.3f}",
+        "epochs": S["epochs"], "dataset": data_name, "lrs": ", ".join(f"{lr:g}" for lr in S["lrs"]),
+        "n_seeds": n_seeds, "first_seed": seed, "last_seed": seed + n_seeds - 1,
+        "training_rows": "\n".join(_training_rows(summary, S["lrs"], train_configs)),
+        "training_prose": _training_prose(finals, [c["name"] for c in train_configs], S["lrs"], chance, n_seeds),
+    })
+
+
+def _train_seeds(ctx: dict, S: dict) -> int:
+    """``ctx["train_seeds"]`` (default: the settings'), refused unless a whole number >= 1."""
+    n_seeds = ctx.get("train_seeds")
+    if n_seeds is None:
+        n_seeds = S["train_seeds"]
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, (int, np.integer)) or n_seeds < 1:
+        raise UserError(f"train seeds must be a whole number >= 1, got {n_seeds!r}")
+    return int(n_seeds)
+
+
+def _write_tables(out_dir: Path, S: dict, seed: int, configs, train_configs, data_name: str, table, history,
+                  summary, chance: float) -> None:
+    (out_dir / "data").mkdir(parents=True, exist_ok=True)
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    meta = {"settings": S, "seed": seed, "configs": configs}
+    write_table(table, out_dir / "data" / "selfnorm_simulation.csv", meta)
+    train_meta = {**meta, "dataset": data_name, "train_configs": train_configs,
+                  "seeds": list(range(seed, seed + S["train_seeds"])), "level": 0.95, "interval": "Student t over seeds"}
+    write_table(history, out_dir / "data" / "selfnorm_training.csv", train_meta)
+    write_table(summary, out_dir / "data" / "selfnorm_training_summary.csv",
+                {**train_meta, "chance_acc": chance, "final": "each seed's last epoch"})
 
 
 def section(out_dir: Path, ctx: dict, progress=None) -> str:
@@ -354,22 +448,10 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     ``data/selfnorm_training_summary.csv`` (per lr and network: final metrics'
     mean, 95% t interval, ``n_seeds``, ``diverged_seeds``, ``verdict``).
     """
-    import numpy as np
-
-    from propagate.confidence import format_number
-    from propagate.errors import UserError
-    from propagate.io import write_table
-    from propagate.report.style import save_figure
-
     out_dir = Path(out_dir)
     S = dict(SETTINGS_QUICK if ctx.get("quick") else SETTINGS_FULL)
     seed = int(ctx.get("seed", 0))
-    n_seeds = ctx.get("train_seeds")
-    if n_seeds is None:
-        n_seeds = S["train_seeds"]
-    if isinstance(n_seeds, bool) or not isinstance(n_seeds, (int, np.integer)) or n_seeds < 1:
-        raise UserError(f"train seeds must be a whole number >= 1, got {n_seeds!r}")
-    S["train_seeds"] = n_seeds = int(n_seeds)
+    S["train_seeds"] = _train_seeds(ctx, S)
     say = progress if callable(progress) else None
     dataset = ctx.get("dataset_obj")
     if dataset is None:
@@ -377,96 +459,20 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
 
         dataset = load_dataset(ctx.get("dataset", "mnist-5k"))
     configs = configurations(S["depth"])
-    _J22 = {"SELU": selfnorm_j22("elu"), "self-normalized GELU": selfnorm_j22("gelu")}
+    j22 = {"SELU": selfnorm_j22("elu"), "self-normalized GELU": selfnorm_j22("gelu")}
     table, per_seed = compute_simulation(configs, depth=S["depth"], width=S["width"], seeds=S["seeds"],
                                          samples=S["samples"], seed=seed, progress=say)
     data_sub = _subset(dataset, S["n_train"], S["n_test"])
-    # the seed's network has 51 hidden layers; TAT is solved for the depth it is used at
-    train_configs = [dict(c) for c in configs]
-    from propagate import selfnorm
-    from propagate.spec import SEED_DEPTH
-
-    tat = selfnorm.tat_transform("leaky_relu", SEED_DEPTH, eta=0.9, digits=16)
-    train_configs[2]["activation"] = tat.activation
-    history = compute_training(train_configs, data_sub, epochs=S["epochs"], seed=seed, lrs=S["lrs"], seeds=n_seeds,
-                               progress=say)
+    train_configs = training_configurations(configs)
+    history = compute_training(train_configs, data_sub, epochs=S["epochs"], seed=seed, lrs=S["lrs"],
+                               seeds=S["train_seeds"], progress=say)
     chance = chance_accuracy(data_sub.y_test)
     finals = final_per_seed(history)
     summary = summarize_training(finals, chance)
+    _write_tables(out_dir, S, seed, configs, train_configs, data_sub.name, table, history, summary, chance)
+    from propagate.report.style import save_figure
 
-    (out_dir / "data").mkdir(parents=True, exist_ok=True)
-    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
-    meta = {"settings": S, "seed": seed, "configs": configs}
-    write_table(table, out_dir / "data" / "selfnorm_simulation.csv", meta)
-    train_meta = {**meta, "dataset": data_sub.name, "train_configs": train_configs,
-                  "seeds": list(range(seed, seed + n_seeds)), "level": 0.95, "interval": "Student t over seeds"}
-    write_table(history, out_dir / "data" / "selfnorm_training.csv", train_meta)
-    write_table(summary, out_dir / "data" / "selfnorm_training_summary.csv",
-                {**train_meta, "chance_acc": chance, "final": "each seed's last epoch"})
     save_figure(plot_selfnorm_simulation(table, per_seed), out_dir / "figures" / "selfnorm_depth50")
     save_figure(plot_selfnorm_training(history, chance), out_dir / "figures" / "selfnorm_training")
-
-    lines = [
-        "## Self-normalizing any activation, and kernel shaping",
-        "",
-        "`propagate self-normalize` generalizes SELU's derivation (see `derivations/self-normalize.md`): for "
-        "`gamma * (phi(a x + b) + d)` it solves the mean and variance conditions and picks the input shift at which the "
-        "fixed point (0, 1) attracts fastest; `propagate transform --method tat` gives TAT's leaky ReLU (Zhang et al. 2022).",
-        "",
-        "| network | activation string | how |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {c['name']} | `{c['activation']}` | {c['how']} |" for c in configs]
-    lines += ["", f"![variance and correlation per layer](figures/selfnorm_depth50.png)", ""]
-    rows = []
-    for c in configs:
-        t = table[(table["config"] == c["name"]) & (table["layer"] >= 1)]
-        deep = t[t["layer"] > S["depth"] // 2]
-        worst = float(np.nanmax(np.abs(t["pre_var"] / t["theory_pre_var"] - 1)))
-        dc = float(np.nanmax(np.abs(t["corr"] - t["theory_corr"])))
-        flagged = int(t["disagree"].sum()) if "disagree" in t.columns else 0
-        rows.append(f"| {c['name']} | {float(deep['pre_var'].mean()):.3g} | {float(deep['theory_pre_var'].mean()):.3g} | "
-                    f"{worst:.2f} | {float(t['corr'].iloc[-1]):.3f} | {float(t['theory_corr'].iloc[-1]):.3f} | {dc:.3f} | {flagged} |")
-    lines += [
-        f"Simulation: {S['seeds']} networks of width {S['width']}, {S['samples']} Gaussian inputs. Flagged layers differ from "
-        "theory by more than 4 standard errors plus the finite-width allowance.",
-        "",
-        f"| network | mean Var(h) beyond layer {S['depth'] // 2} | theory | largest relative Var error | corr at layer "
-        f"{S['depth']} | theory | largest corr error | flagged layers |",
-        "|---|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-        "TAT's leaky ReLU has a marginal length map (slope 1 at q = 1), so a finite network's variance wanders "
-        "around the prediction instead of returning to it; SELU's and the self-normalized GELU's maps contract "
-        f"(per-layer factors {float(_J22['SELU']):.3f} and {float(_J22['self-normalized GELU']):.3f}).",
-        "",
-        f"Training: the seed's network (784-512-50x256-10, LeCun normal, no BN), RMSprop, batch 128, "
-        f"{S['epochs']} epoch(s), on {data_sub.name}, at learning rate(s) "
-        f"{', '.join(f'{lr:g}' for lr in S['lrs'])} (1e-3 is the seed's), N = {n_seeds} seed(s) per network and "
-        f"learning rate (seeds {seed} to {seed + n_seeds - 1}, shared by all networks: same initial-weight stream and "
-        "shuffles). TAT is solved for its 51 hidden layers here. Numbers are the mean over the seeds with its 95% "
-        "Student t interval in brackets; training accuracy is the final weights' accuracy on the training images.",
-        "",
-        "![training](figures/selfnorm_training.png)",
-        "",
-        "| network | lr | N seeds | final validation accuracy | final training accuracy | final validation loss | "
-        "final training loss | diverged seeds |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-
-    def ci(r, m):
-        mean, lo, hi = (float(r[f"{m}_{k}"]) for k in ("mean", "ci_low", "ci_high"))
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            return f"{format_number(mean)} (no interval)"
-        return f"{format_number(mean)} [{format_number(lo)}, {format_number(hi)}]"
-
-    for lr in S["lrs"]:
-        for c in train_configs:
-            r = summary[(summary["lr"] == lr) & (summary["config"] == c["name"])]
-            if not r.empty:
-                r = r.iloc[0]
-                lines.append(f"| {c['name']} | {lr:g} | {int(r['n_seeds'])} | {ci(r, 'val_acc')} | "
-                             f"{ci(r, 'train_eval_acc')} | {ci(r, 'val_loss')} | {ci(r, 'loss')} | "
-                             f"{int(r['diverged_seeds'])} |")
-    lines += ["", _training_prose(finals, [c["name"] for c in train_configs], S["lrs"], chance, n_seeds)]
-    return "\n".join(lines) + "\n"
+    return section_markdown(S, seed, configs, simulation_summary(table, configs, S["depth"]), j22, data_sub.name,
+                            train_configs, summary, finals, chance)

@@ -12,6 +12,10 @@ fixed point (0, 1)), each with Gaussian and orthogonal weights of the same
 - :func:`spectrum_figure`: the density of the squared singular values of the
   input-output Jacobian from free probability (:mod:`propagate.spectrum`),
   per decade of ``s^2``, over histograms of sampled networks' values.
+
+The tables come from :func:`compute_spread` and :func:`compute_spectrum`; the
+prose is ``propagate/templates/section_spectrum.md``, filled by
+:func:`section_markdown`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["section", "CONFIGS", "spread_figure", "spectrum_figure", "spectrum_figure_png", "section_specs"]
+from propagate.io import atomic_write_bytes
+from propagate.templates import render
+
+__all__ = ["section", "CONFIGS", "spread_figure", "spectrum_figure", "spectrum_figure_png", "section_specs",
+           "compute_spread", "compute_spectrum", "section_markdown"]
 
 #: (activation, sigma_w2, sigma_b2, label of the operating point).
 CONFIGS = (
@@ -179,33 +187,24 @@ def spectrum_figure_png(spec_res, s2, *, title: str = "") -> bytes:
 # the section
 
 
-def section(out_dir: Path, ctx: dict, progress=None) -> str:
-    """Compute, write CSVs and figures, return the markdown of the section."""
+def compute_spread(widths, depth: int, networks: int, inputs: int, seed: int = 0, progress=None):
+    """Spread across networks of every configuration x weights x width: ``(results, table)``.
+
+    ``results[(activation, weights, width)] = (theory, measured)`` (the
+    :func:`spread_figure` input); ``table`` one row per configuration and
+    layer with the theory's and the simulation's ``var_log_norm`` /
+    ``var_log_grad`` (and standard errors) side by side.
+    """
     import pandas as pd
 
     from propagate.finite_width import predict_spread, sample_spread
-    from propagate.io import atomic_write_bytes
-    from propagate.report.style import report_style, save_figure
-    from propagate.spectrum import jacobian_spectrum, sample_jacobian_spectrum, summarize_singular_values
 
-    out_dir = Path(out_dir)
-    (out_dir / "data").mkdir(parents=True, exist_ok=True)
-    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
-    quick = bool(ctx.get("quick", False))
-    seed = int(ctx.get("seed", 0))
-    widths, depth, networks, inputs = SPREAD_QUICK if quick else SPREAD_FULL
-    sdepth, swidth, snets = SPECTRUM_QUICK if quick else SPECTRUM_FULL
-
-    def say(msg):
-        if progress is not None:
-            progress(msg)
-
-    # --- spread across networks
     results, rows = {}, []
     for act, *_ in CONFIGS:
         for wt in WEIGHTS:
             for n in widths:
-                say(f"spread: {act} {wt} width {n}")
+                if progress is not None:
+                    progress(f"spread: {act} {wt} width {n}")
                 spec = section_specs(act, wt, n, depth)
                 th = predict_spread(spec)
                 ms = sample_spread(spec, networks=networks, inputs=inputs, seed=seed)
@@ -216,100 +215,101 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
                                  "var_log_norm": m["var_log_norm"], "var_log_norm_se": m["var_log_norm_se"],
                                  "var_log_grad": m["var_log_grad"], "var_log_grad_se": m["var_log_grad_se"],
                                  "method": t["method"]})
-    spread = pd.DataFrame(rows)
-    atomic_write_bytes(out_dir / "data" / "spread.csv", spread.to_csv(index=False, float_format="%.6g").encode())
-    with report_style():
-        fig = spread_figure(results, title=f"spread across {networks} networks, one fixed input, depth {depth}")
-        save_figure(fig, out_dir / "figures" / "spread.png")
+    return results, pd.DataFrame(rows)
 
-    # --- Jacobian spectrum
-    panels, mrows = [], []
+
+def compute_spectrum(depth: int, width: int, networks: int, points: int, seed: int = 0, progress=None):
+    """Predicted and sampled Jacobian spectra of every configuration x weights: ``(panels, moments, densities)``.
+
+    ``panels``: the :func:`spectrum_figure` input; ``moments``: one row per
+    configuration with the predicted moments ``m1..m4``, the sampled ones
+    (``_mc``, ``_mc_se``), the atom at zero and the density's mass;
+    ``densities[(activation, weights)]``: the predicted density on its grid (``x``, ``density``).
+    """
+    import pandas as pd
+
+    from propagate.spectrum import jacobian_spectrum, sample_jacobian_spectrum, summarize_singular_values
+
+    panels, mrows, densities = [], [], {}
     colours = {"gaussian": "#1f77b4", "orthogonal": "#d62728"}
     for act, _, _, point in CONFIGS:
         curves = []
         for wt in WEIGHTS:
-            say(f"spectrum: {act} {wt}")
-            spec = section_specs(act, wt, swidth, sdepth)
-            res = jacobian_spectrum(spec, points=DENSITY_POINTS[0] if quick else DENSITY_POINTS[1])
-            s2 = sample_jacobian_spectrum(spec, networks=snets, inputs=1, seed=seed)
+            if progress is not None:
+                progress(f"spectrum: {act} {wt}")
+            spec = section_specs(act, wt, width, depth)
+            res = jacobian_spectrum(spec, points=points)
+            s2 = sample_jacobian_spectrum(spec, networks=networks, inputs=1, seed=seed)
             mc = summarize_singular_values(s2)
             curves.append((wt, res, s2, colours[wt]))
-            rec = {"activation": act, "weights": wt, "depth": sdepth, "width": swidth}
+            rec = {"activation": act, "weights": wt, "depth": depth, "width": width}
             for k in range(1, 5):
                 rec[f"m{k}"] = res.moments[f"m{k}"]
                 rec[f"m{k}_mc"] = mc["moments"][f"m{k}"]
                 rec[f"m{k}_mc_se"] = mc["moments_se"][f"m{k}"]
             rec["atom"], rec["zero_frac_mc"], rec["mass"] = res.atom, mc["zero_frac"], res.total_mass()
             mrows.append(rec)
-            dens = pd.DataFrame({"x": res.x, "density": res.density})
-            atomic_write_bytes(out_dir / "data" / f"spectrum_{act}_{wt}.csv", dens.to_csv(index=False, float_format="%.8g").encode())
+            densities[(act, wt)] = pd.DataFrame({"x": res.x, "density": res.density})
         panels.append((f"{act} ({point})", curves))
-    moments = pd.DataFrame(mrows)
-    atomic_write_bytes(out_dir / "data" / "spectrum_moments.csv", moments.to_csv(index=False, float_format="%.8g").encode())
+    return panels, pd.DataFrame(mrows), densities
+
+
+def _write_csv(df, path: Path, float_format: str) -> None:
+    atomic_write_bytes(path, df.to_csv(index=False, float_format=float_format).encode())
+
+
+def section(out_dir: Path, ctx: dict, progress=None) -> str:
+    """Compute, write CSVs and figures, return the markdown of the section."""
+    from propagate.report.style import report_style, save_figure
+
+    out_dir = Path(out_dir)
+    (out_dir / "data").mkdir(parents=True, exist_ok=True)
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    quick = bool(ctx.get("quick", False))
+    seed = int(ctx.get("seed", 0))
+    widths, depth, networks, inputs = SPREAD_QUICK if quick else SPREAD_FULL
+    sdepth, swidth, snets = SPECTRUM_QUICK if quick else SPECTRUM_FULL
+
+    results, spread = compute_spread(widths, depth, networks, inputs, seed, progress)
+    _write_csv(spread, out_dir / "data" / "spread.csv", "%.6g")
+    with report_style():
+        fig = spread_figure(results, title=f"spread across {networks} networks, one fixed input, depth {depth}")
+        save_figure(fig, out_dir / "figures" / "spread.png")
+
+    points = DENSITY_POINTS[0] if quick else DENSITY_POINTS[1]
+    panels, moments, densities = compute_spectrum(sdepth, swidth, snets, points, seed, progress)
+    for (act, wt), dens in densities.items():
+        _write_csv(dens, out_dir / "data" / f"spectrum_{act}_{wt}.csv", "%.8g")
+    _write_csv(moments, out_dir / "data" / "spectrum_moments.csv", "%.8g")
     with report_style():
         fig = spectrum_figure(panels, title=f"input-output Jacobian, depth {sdepth}, width {swidth}")
         save_figure(fig, out_dir / "figures" / "spectrum.png")
-    return _markdown(spread, moments, widths, depth, networks, sdepth, swidth, snets)
+    return section_markdown(spread, moments, depth, networks, sdepth, swidth, snets)
 
 
-def _markdown(spread, moments, widths, depth, networks, sdepth, swidth, snets) -> str:
-    last = spread[spread["layer"] == depth]
-    lines = [
-        "## Beyond the mean: spread across networks and the Jacobian's spectrum",
-        "",
-        "Mean-field theory predicts the average over infinitely wide networks. At finite width two networks differ: "
-        "for one fixed input, the log squared norm of layer l's pre-activations and of the gradient "
-        "spread out from network to network, and the spread grows with depth over width. "
-        "For ReLU without bias the norm's variance is exact at every width: with Gaussian weights "
-        "a sum of independent log chi-square terms with Binomial(n, 1/2) degrees of freedom, about 5/n per layer "
-        "(Hanin & Nica 2019's 5 beta, beta = sum 1/n_l); with orthogonal weights log Beta terms, about 3/n per layer. "
-        "For tanh and SELU it is the first-order (delta-method) recursion of the log length, the log-space form of "
-        "the 1/width moment recursion (Roberts, Yaida & Hanin's four-point vertex). Gradients: the same per-layer "
-        "terms summed from the top, up to O(1/n^2) per layer.",
-        "",
-        f"![spread across networks](figures/spread.png)",
-        "",
-        f"Last layer (depth {depth}, {networks} networks): theory vs simulation (± SE).",
-        "",
-        "| activation | weights | width | Var ln‖z‖² theory | simulated | Var ln‖g¹‖² theory | simulated |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    first = spread[spread["layer"] == 1]
+def _spread_rows(spread, depth: int) -> list[str]:
+    """The last layer's norm spread and the first layer's gradient spread, theory and simulation, per configuration."""
+    last, first = spread[spread["layer"] == depth], spread[spread["layer"] == 1]
+    rows = []
     for _, r in last.iterrows():
-        g1 = first[(first["activation"] == r["activation"]) & (first["weights"] == r["weights"]) & (first["width"] == r["width"])].iloc[0]
-        lines.append(f"| {r['activation']} | {r['weights']} | {int(r['width'])} | {r['theory_var_log_norm']:.3g} | "
-                     f"{r['var_log_norm']:.3g} ± {r['var_log_norm_se']:.2g} | {g1['theory_var_log_grad']:.3g} | "
-                     f"{g1['var_log_grad']:.3g} ± {g1['var_log_grad_se']:.2g} |")
-    lines += [
-        "",
-        "Orthogonal weights remove the chi-square fluctuation of ||W x||: for ReLU the spread drops from about 5/n to "
-        "3/n per layer; for tanh and SELU, whose length map pulls q back to its fixed point, the spread of the norm "
-        "saturates with depth and orthogonal weights shrink it by almost an order of magnitude.",
-        "",
-        "The singular values of the input-output Jacobian decide how well conditioned the gradients are (dynamical isometry, "
-        "Pennington, Schoenholz & Ganguli 2017, 2018). Free probability multiplies the S-transforms of W W^T and of "
-        "D² = phi'(z)² layer by layer; the density of the squared singular values follows from the Stieltjes transform.",
-        "",
-        f"![Jacobian spectrum](figures/spectrum.png)",
-        "",
-        f"Moments m_k = (1/N) tr (J J^T)^k, depth {sdepth}, width {swidth}: free probability vs {snets} sampled networks.",
-        "",
-        "| activation | weights | m1 | m1 simulated ± SE | m2 | m2 simulated ± SE | m2/m1² − 1 | mass at 0 |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for _, r in moments.iterrows():
-        lines.append(f"| {r['activation']} | {r['weights']} | {r['m1']:.4g} | {r['m1_mc']:.4g} ± {r['m1_mc_se']:.2g} | "
-                     f"{r['m2']:.4g} | {r['m2_mc']:.4g} ± {r['m2_mc_se']:.2g} | {r['m2'] / r['m1'] ** 2 - 1:.3g} | "
-                     f"{r['atom']:.2g} |")
-    lines += [
-        "",
-        "The simulated moments scatter more than the spectra suggest: at finite width each network's normalized "
-        "trace fluctuates like the log-normal spread above (Gaussian weights: several tens of per cent at depth over "
-        "width 1/16), and m2 is dominated by the few largest singular values.",
-        "",
-        "ReLU can never be isometric: half its derivatives are zero, so half the singular values are 0 whatever the "
-        "weights. Orthogonal weights narrow tanh's spectrum at criticality far more than Gaussian ones "
-        "(the relative variance grows with depth as the sum of mu2/mu1² − 1 + s_W, s_W = 1 for Gaussian, 0 for orthogonal).",
-        "",
-    ]
-    return "\n".join(lines)
+        g1 = first[(first["activation"] == r["activation"]) & (first["weights"] == r["weights"])
+                   & (first["width"] == r["width"])].iloc[0]
+        rows.append(f"| {r['activation']} | {r['weights']} | {int(r['width'])} | {r['theory_var_log_norm']:.3g} | "
+                    f"{r['var_log_norm']:.3g} ± {r['var_log_norm_se']:.2g} | {g1['theory_var_log_grad']:.3g} | "
+                    f"{g1['var_log_grad']:.3g} ± {g1['var_log_grad_se']:.2g} |")
+    return rows
+
+
+def _moment_rows(moments) -> list[str]:
+    return [f"| {r['activation']} | {r['weights']} | {r['m1']:.4g} | {r['m1_mc']:.4g} ± {r['m1_mc_se']:.2g} | "
+            f"{r['m2']:.4g} | {r['m2_mc']:.4g} ± {r['m2_mc_se']:.2g} | {r['m2'] / r['m1'] ** 2 - 1:.3g} | "
+            f"{r['atom']:.2g} |" for _, r in moments.iterrows()]
+
+
+def section_markdown(spread, moments, depth: int, networks: int, sdepth: int, swidth: int, snets: int) -> str:
+    """The section's markdown: ``templates/section_spectrum.md`` filled from the spread and moment tables."""
+    return render("section_spectrum.md", {
+        "depth": depth, "networks": networks, "spread_rows": "\n".join(_spread_rows(spread, depth)),
+        "spectrum_depth": sdepth, "spectrum_width": swidth, "spectrum_networks": snets,
+        "moment_rows": "\n".join(_moment_rows(moments)),
+    })

@@ -27,7 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["section", "sweep_summary", "figure_sweep_map", "measured_chi_1", "GRID_FULL", "GRID_QUICK"]
+from propagate.io import write_table
+from propagate.templates import render
+
+__all__ = ["section", "sweep_summary", "compute_sweep", "compare_with_theory", "section_markdown", "figure_sweep_map",
+           "plot_sweep_phase", "measured_chi_1", "GRID_FULL", "GRID_QUICK"]
 
 #: (sigma_w2 values, sigma_b2 values, depth, width, samples, seeds) of the section.
 GRID_FULL = (np.linspace(0.5, 3.5, 13), np.linspace(0.0, 0.5, 6), 30, 256, 256, 2)
@@ -144,29 +148,71 @@ def _simulate_grid(sw2s, sb2s, depth, width, samples, seeds, seed, activation, p
     return pd.concat(frames, ignore_index=True)
 
 
-def section(out_dir: Path, ctx: dict, progress=None) -> str:
-    """Compute the (sigma_w2, sigma_b2) sweep of tanh networks, write data and figure, return the markdown.
-
-    ``ctx``: ``quick`` (a 7 x 3 grid of 16-layer networks instead of 13 x 6
-    of 30 layers) and ``seed``. ``progress``: ``True`` for a bar on stderr, or
-    ``callable(message)`` (a line about every quarter of the grid, like the other sections).
-    """
-    import matplotlib.pyplot as plt
-
-    from propagate.io import write_table
-    from propagate.report.style import report_style, save_figure
+def compute_sweep(sw2s, sb2s, depth: int, width: int, samples: int, seeds: int, seed: int = 0,
+                  activation: str = "tanh", progress=None):
+    """The grid's summary (:func:`sweep_summary` with theory's ``chi_1_theory``) and theory's critical line."""
     from propagate.theory import chi_1, critical_line
 
-    out_dir = Path(out_dir)
-    activation = "tanh"
-    sw2s, sb2s, depth, width, samples, seeds = GRID_QUICK if ctx.get("quick") else GRID_FULL
-    seed = int(ctx.get("seed", 0))
     rows = _simulate_grid(sw2s, sb2s, depth, width, samples, seeds, seed, activation, progress)
     summary = sweep_summary(rows)
     summary["chi_1_theory"] = [chi_1(activation, a, b) for a, b in zip(summary["sigma_w2"], summary["sigma_b2"])]
-    line = critical_line(activation, sb2s)
-    write_table(summary, out_dir / "data" / "sweep_phase.csv")
-    write_table(line, out_dir / "data" / "sweep_critical_line.csv")
+    return summary, critical_line(activation, sb2s)
+
+
+def compare_with_theory(summary, line, sw2s) -> dict:
+    """Is the measured growth on the theory's side of the critical line? Counts, and how far off it is.
+
+    ``agree`` of ``measured`` grid points have ``ln chi_1`` of the theory's
+    sign; ``near`` says for each other point whether it lies within one grid
+    ``step`` in ``sigma_w^2`` of the line. ``median_error``: the median
+    relative error of the measured factor where ``|ln chi_1| > 0.2``
+    (``far_points`` of them); ``ratio_min``/``ratio_max``: measured / theory over the grid.
+    """
+    m = summary.dropna(subset=["chi_1_measured"])
+    same = (np.sign(np.log(m["chi_1_measured"])) == np.sign(np.log(m["chi_1_theory"])))
+    off = m[~same]
+    step = float(np.diff(sw2s).mean()) if len(sw2s) > 1 else 0.0
+    near = [abs(r.sigma_w2 - float(np.interp(r.sigma_b2, line["sigma_b2"], line["sigma_w2"]))) <= step
+            for r in off.itertuples()]
+    ratio = (m["chi_1_measured"] / m["chi_1_theory"])
+    far = m[np.abs(np.log(m["chi_1_theory"])) > 0.2]
+    err = float(np.median(np.abs(far["chi_1_measured"] / far["chi_1_theory"] - 1))) if len(far) else math.nan
+    return {"agree": int(same.sum()), "measured": len(m), "near": near, "step": step, "median_error": err,
+            "far_points": len(far), "ratio_min": ratio.min(), "ratio_max": ratio.max()}
+
+
+def _verdict(c: dict) -> str:
+    near = c["near"]
+    verdict = (f"The measured per-layer gradient factor lies on the theory's side of the critical line at "
+               f"{c['agree']} of {c['measured']} grid points")
+    if near:
+        verdict += (f"; the {len(near)} others are {'all ' if all(near) else ''}within one grid step "
+                    f"({c['step']:.2g} in $\\sigma_w^2$) of the line" if all(near) else
+                    f"; {sum(near)} of the {len(near)} others are within one grid step of the line")
+    return verdict + "."
+
+
+def section_markdown(summary, line, grid, seed: int, activation: str = "tanh") -> str:
+    """The section's markdown: ``templates/section_sweep.md`` filled from the summary, the critical line and the grid
+    (``(sigma_w2 values, sigma_b2 values, depth, width, samples, seeds)``, as :data:`GRID_FULL`)."""
+    sw2s, sb2s, depth, width, samples, seeds = grid
+    c = compare_with_theory(summary, line, sw2s)
+    return render("section_sweep.md", {
+        "points": len(summary), "sw2_first": f"{sw2s[0]:g}", "sw2_last": f"{sw2s[-1]:g}", "sb2_first": f"{sb2s[0]:g}",
+        "sb2_last": f"{sb2s[-1]:g}", "seeds": seeds, "activation": activation, "depth": depth, "width": width,
+        "samples": samples, "input_mean": f"{INPUT_MEAN:g}", "input_var": f"{INPUT_VAR:g}",
+        "input_corr": f"{INPUT_MEAN**2 / (INPUT_MEAN**2 + INPUT_VAR):g}", "seed": seed, "verdict": _verdict(c),
+        "median_error": f"{100 * c['median_error']:.1f}", "far_points": c["far_points"],
+        "ratio_min": f"{c['ratio_min']:.3g}", "ratio_max": f"{c['ratio_max']:.3g}",
+    })
+
+
+def plot_sweep_phase(summary, depth: int, activation: str = "tanh"):
+    """The section's figure: measured gradient growth (log2 chi_1) and last-layer correlation, critical line on both.
+
+    ``summary``: one row per grid point with ``chi_1_measured`` and ``corr_last`` (:func:`compute_sweep`).
+    """
+    from propagate.report.style import plt, report_style
 
     with report_style():
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
@@ -177,44 +223,24 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
                          label=f"correlation of two inputs at layer {depth} (0.5 at the input)")
         axes[1].set_title("input correlation at the last layer")
         axes[0].legend(loc="upper left", fontsize=7, facecolor="0.8", framealpha=0.9)  # grey: the white line shows
-        save_figure(fig, out_dir / "figures" / "sweep_phase.png")
+    return fig
 
-    # verdicts from the numbers: is the measured growth on the theory's side of the line?
-    m = summary.dropna(subset=["chi_1_measured"])
-    same = (np.sign(np.log(m["chi_1_measured"])) == np.sign(np.log(m["chi_1_theory"])))
-    off = m[~same]
-    step = float(np.diff(sw2s).mean()) if len(sw2s) > 1 else 0.0
-    near = [abs(r.sigma_w2 - float(np.interp(r.sigma_b2, line["sigma_b2"], line["sigma_w2"]))) <= step
-            for r in off.itertuples()]
-    ratio = (m["chi_1_measured"] / m["chi_1_theory"])
-    far = m[np.abs(np.log(m["chi_1_theory"])) > 0.2]
-    err = float(np.median(np.abs(far["chi_1_measured"] / far["chi_1_theory"] - 1))) if len(far) else math.nan
-    verdict = (f"The measured per-layer gradient factor lies on the theory's side of the critical line at "
-               f"{int(same.sum())} of {len(m)} grid points")
-    if len(off):
-        verdict += (f"; the {len(off)} others are {'all ' if all(near) else ''}within one grid step "
-                    f"({step:.2g} in $\\sigma_w^2$) of the line" if all(near) else
-                    f"; {sum(near)} of the {len(off)} others are within one grid step of the line")
-    verdict += "."
-    return "\n".join([
-        "## A sweep over the weight and bias variance",
-        "",
-        f"{len(summary)} grid points ($\\sigma_w^2$ from {sw2s[0]:g} to {sw2s[-1]:g}, $\\sigma_b^2$ from {sb2s[0]:g} "
-        f"to {sb2s[-1]:g}), each {seeds} random {activation} networks of {depth} layers x {width} units on "
-        f"{samples} Gaussian inputs (per-feature mean {INPUT_MEAN:g}, variance {INPUT_VAR:g}: two inputs start at "
-        f"correlation {INPUT_MEAN**2 / (INPUT_MEAN**2 + INPUT_VAR):g}; seed {seed}). Left: the measured factor by which each layer multiplies the "
-        "squared gradient norm (mean-field theory's $\\chi_1$); right: the correlation of two inputs "
-        "at the last layer. The black line is the theory's edge of chaos ($\\chi_1 = 1$); the white dashed line "
-        "is where the measured factor crosses 1. The same map comes from `propagate sweep` (lens `simulate`, "
-        "fields `init = [\"normal:S\", ...]` and `sigma_b2`) with "
-        "`propagate.report.section_sweep.figure_sweep_map`.",
-        "",
-        "![gradient growth and correlation over the (sigma_w2, sigma_b2) grid](figures/sweep_phase.png)",
-        "",
-        verdict + f" Away from the line ($|\\ln \\chi_1| > 0.2$) the measured factor differs from the theory's by "
-        f"{100 * err:.1f}% (median over {len(far)} points; finite width and {seeds} networks). "
-        f"Measured / theory ranges from {ratio.min():.3g} to {ratio.max():.3g} over the grid.",
-        "",
-        "Data: `data/sweep_phase.csv` (one row per grid point), `data/sweep_critical_line.csv`.",
-        "",
-    ])
+
+def section(out_dir: Path, ctx: dict, progress=None) -> str:
+    """Compute the (sigma_w2, sigma_b2) sweep of tanh networks, write data and figure, return the markdown.
+
+    ``ctx``: ``quick`` (a 7 x 3 grid of 16-layer networks instead of 13 x 6
+    of 30 layers) and ``seed``. ``progress``: ``True`` for a bar on stderr, or
+    ``callable(message)`` (a line about every quarter of the grid, like the other sections).
+    """
+    from propagate.report.style import save_figure
+
+    out_dir = Path(out_dir)
+    grid = GRID_QUICK if ctx.get("quick") else GRID_FULL
+    sw2s, sb2s, depth, width, samples, seeds = grid
+    seed = int(ctx.get("seed", 0))
+    summary, line = compute_sweep(sw2s, sb2s, depth, width, samples, seeds, seed, "tanh", progress)
+    write_table(summary, out_dir / "data" / "sweep_phase.csv")
+    write_table(line, out_dir / "data" / "sweep_critical_line.csv")
+    save_figure(plot_sweep_phase(summary, depth), out_dir / "figures" / "sweep_phase.png")
+    return section_markdown(summary, line, grid, seed)
