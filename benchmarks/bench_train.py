@@ -52,7 +52,8 @@ import torch
 from propagate import kernels
 from propagate.data import Dataset
 from propagate.spec import NetworkSpec
-from propagate.train import TrainOptions, estimate_memory, reproduce, train
+from propagate.reproduce import reproduce
+from propagate.train import TrainOptions, estimate_memory, train
 
 MNIST_EPOCH = 60_000
 

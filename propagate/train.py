@@ -76,7 +76,6 @@ Memory: before any work, an ensemble whose estimated working set
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 import os
 import sys
@@ -803,18 +802,3 @@ def train(
     return TrainResult(spec=spec, options=options, history=history, layers=layers, meta=meta,
                        status=store.overall(status), seeds=wanted, seed_status=status,
                        summary=summarize_history(history), model=model)
-
-
-# The lecture demo's runs moved to propagate.reproduce; report/* still imports these names from here.
-_MOVED_TO_REPRODUCE = ("reproduce", "reproduce_identity", "run_name", "summary_markdown")
-
-
-def __getattr__(name: str):
-    """``propagate.train.reproduce`` and friends, kept importable for one release (use :mod:`propagate.reproduce`).
-
-    Loaded by name with importlib: :mod:`propagate.reproduce` imports this
-    module, so an import statement here would be an import cycle.
-    """
-    if name in _MOVED_TO_REPRODUCE:
-        return getattr(importlib.import_module("propagate.reproduce"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

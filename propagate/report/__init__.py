@@ -247,7 +247,7 @@ def _work_dir_refusal(exc) -> Exception:
 
 def _check_work_dir_data(work: Path, train_ds) -> None:
     """Refuse, before any computation, a work folder holding runs on other data (e.g. another --train-subset)."""
-    from propagate.train import reproduce_identity
+    from propagate.reproduce import reproduce_identity
 
     try:
         check_folder(work, reproduce_identity(train_ds), option="--work-dir")
@@ -257,7 +257,7 @@ def _check_work_dir_data(work: Path, train_ds) -> None:
 
 def _train_in_work_dir(run: _Run, train_ds, work: Path):
     """Train every preset into the resumable work folder, with the report's options in the messages."""
-    from propagate.train import reproduce
+    from propagate.reproduce import reproduce
 
     opts = run.opts
     try:

@@ -167,7 +167,7 @@ def collect_training(work_dir, summary):
     import pandas as pd
 
     from propagate.presets import get_preset
-    from propagate.train import run_name
+    from propagate.reproduce import run_name
 
     hist, lay = [], []
     for _, r in summary.iterrows():

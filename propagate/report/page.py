@@ -73,7 +73,7 @@ def _simulation_values(opts, facts, inputs_desc) -> dict:
 
 def _training_values(opts, dataset, summary, train_ds, drift_runs) -> dict:
     """Section 5: the training setup, curves per learning rate, the summary table, the drifting runs."""
-    from propagate.train import summary_markdown
+    from propagate.reproduce import summary_markdown
 
     return {
         "epochs": opts.epochs,
