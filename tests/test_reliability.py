@@ -561,7 +561,7 @@ def test_a_folder_that_is_not_a_run_folder_is_never_written(tmp_path):
     for resume in (True, False):
         with pytest.raises(IdentityMismatch, match="no propagate run recorded"):
             claim(tmp_path, {"kind": "train"}, resume=resume)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "paper.tex"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["paper.tex"]  # not even a lock is left
 
 
 # ------------------------------------------------------------------ numerics and JSON
