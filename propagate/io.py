@@ -375,7 +375,8 @@ def atomic_directory(path: str | os.PathLike, *, adopt=None) -> Iterator[Path]:
         atomic_write_json(tmp / FOLDER_MARKER, {"note": _MARKER_NOTE, "files": []})
         yield tmp
         # the marker lists what was built, so a file added later is known to be the user's
-        atomic_write_json(tmp / FOLDER_MARKER, {"note": _MARKER_NOTE, "files": _files_below(tmp)})
+        built = [f for f in _files_below(tmp) if f != FOLDER_MARKER]
+        atomic_write_json(tmp / FOLDER_MARKER, {"note": _MARKER_NOTE, "files": built})
         check_replaceable_dir(path, adopt=adopt)  # something may have appeared there meanwhile
         old = None
         if path.exists():

@@ -191,7 +191,7 @@ def check_grid(sizes, what: str = "the grid", limit: int = MAX_GRID_POINTS) -> i
     total = math.prod(sizes)
     if total > limit:
         axes = " x ".join(str(s) for s in sizes)
-        raise UserError(f"{what} has {axes} = {total:.3g} points, more than the limit of {limit}")
+        raise UserError(f"{what} has {axes} = {total} points, more than the limit of {limit}")
     return total
 
 

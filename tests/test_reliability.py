@@ -980,3 +980,232 @@ def test_device_check_names_the_device_and_the_gpus_there(monkeypatch):
     with pytest.raises(UserError, match=r"--device cuda:7 requested but torch sees 1 CUDA GPU \(cuda:0\.\.cuda:0\)"):
         check_device("cuda:7")
     check_device("cuda:0"), check_device("cuda"), check_device("cpu"), check_device("auto")
+
+
+# ------------------------------------------------------------------ issue 23: the shared mechanisms
+
+
+def test_output_path_check_guards_every_os_error(tmp_path):
+    from propagate.errors import UserError
+    from propagate.io import check_output_path
+
+    long = "y" * 300
+    for bad, expected in ((tmp_path / f"{long}.csv", "304 bytes long"), (tmp_path / long / "x.csv", "300 bytes long"),
+                          (tmp_path / "a\nb.csv", r"control character '\\n'"), ("", "empty string"),
+                          ("x" * 5000, "more than the limit of 4096")):
+        with pytest.raises(UserError, match=expected) as info:
+            check_output_path(bad, "--csv")
+        assert "\n" not in str(info.value) and str(info.value).startswith("--csv ")
+    with pytest.raises(UserError, match=r"'.*' is a folder"):  # the path quoted by repr
+        check_output_path(tmp_path, "--csv")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="exists and is not a folder"):
+        check_output_path(tmp_path / "f", "--out", kind="dir")
+    with pytest.raises(UserError, match="is not a folder"):  # a missing parent under a file cannot be made
+        check_output_path(tmp_path / "f" / "x.csv")
+    assert check_output_path(tmp_path / "new" / "x.csv") == tmp_path / "new" / "x.csv"  # the writer makes 'new'
+    assert not (tmp_path / "new").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_a_rebuild_never_deletes_a_file_the_user_added(tmp_path):
+    from propagate.errors import UserError
+    from propagate.io import FOLDER_MARKER, atomic_directory
+
+    out = tmp_path / "report"
+    with atomic_directory(out) as tmp:
+        (tmp / "README.md").write_text("1")
+        (tmp / "fig").mkdir()
+        (tmp / "fig" / "a.png").write_text("png")
+    assert json.loads((out / FOLDER_MARKER).read_text())["files"] == ["README.md", "fig/a.png"]
+    with atomic_directory(out) as tmp:  # a rebuild replaces what it built
+        (tmp / "README.md").write_text("2")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"holds 1 file propagate did not write \('notes.txt'\)"):
+        with atomic_directory(out) as tmp:
+            (tmp / "README.md").write_text("3")
+    assert (out / "notes.txt").read_text() == "mine" and (out / "README.md").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary folder left
+
+
+def _digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_run_folder_check_is_pure_and_claim_records_kind_lock_identity(tmp_path):
+    from propagate.runfolder import (IDENTITY_FILE, LOCK_FILE, MARKER_FILE, check_run_folder, claim_folder,
+                                     read_identity)
+
+    out = tmp_path / "deep" / "run"
+    state = check_run_folder(out, "train", {"kind": "train", "lr": 1e-3})
+    assert not state.exists and not (tmp_path / "deep").exists()  # nothing made by a check
+    with claim_folder(out, "train", {"kind": "train", "lr": 1e-3}) as lock:
+        assert lock.held
+        assert sorted(p.name for p in out.iterdir()) == sorted([LOCK_FILE, MARKER_FILE, IDENTITY_FILE])
+        info = json.loads((out / LOCK_FILE).read_text())
+        assert info["propagate"] == "run folder lock" and info["pid"] == os.getpid()
+        assert json.loads((out / MARKER_FILE).read_text())["kind"] == "train"
+    assert read_identity(out) == {"kind": "train", "lr": 0.001}
+    state = check_run_folder(out, "train", {"kind": "train", "lr": 1e-3})
+    assert state.exists and state.ours and state.kind == "train"
+    claim_folder(out, "train", {"kind": "train", "lr": 1e-3}).release()  # resumed
+
+
+def test_run_folder_refusals_leave_everything_as_it_was(tmp_path):
+    from propagate.runfolder import FolderBusy, IdentityMismatch, check_run_folder, claim, claim_folder, lock_folder
+    from propagate.errors import UserError
+
+    # a user's own .lock (in an otherwise empty folder): never overwritten, by any entry point
+    lockdir = tmp_path / "lockdir"
+    lockdir.mkdir()
+    (lockdir / ".lock").write_text("mine\n")
+    for attempt in (lambda: claim_folder(lockdir, "train", {"kind": "train"}), lambda: lock_folder(lockdir),
+                    lambda: claim(lockdir, {"kind": "sweep"}), lambda: check_run_folder(lockdir, "sweep")):
+        with pytest.raises(IdentityMismatch, match="holds a .lock file that propagate did not write"):
+            attempt()
+    assert _digest(lockdir) == {".lock": b"mine\n"}
+    # a user's identity.json: refused with and without resume
+    iddir = tmp_path / "iddir"
+    iddir.mkdir()
+    (iddir / "identity.json").write_text('{"identity": 1}')
+    for resume in (True, False):
+        with pytest.raises(UserError, match="was not written by propagate"):
+            claim_folder(iddir, "train", {"kind": "train"}, resume=resume)
+    assert _digest(iddir) == {"identity.json": b'{"identity": 1}'}
+    # a run of another kind: refused before anything is written, --no-resume included
+    sweep = tmp_path / "sweep"
+    claim_folder(sweep, "sweep", {"kind": "sweep"}).release()
+    (sweep / "points").mkdir()
+    (sweep / "points" / "p.json").write_text("{}")
+    before = _digest(sweep)
+    with pytest.raises(IdentityMismatch, match="holds a sweep run, not a train run") as info:
+        claim(sweep, {"kind": "train", "config": {}}, resume=False)
+    assert info.value.field == "kind" and "--no-resume" not in str(info.value)
+    assert _digest(sweep) == before
+    # a refused claim of a new folder leaves no folder and no lock behind
+    new = tmp_path / "new" / "run"
+    with lock_folder(tmp_path / "busy") as held:
+        assert held.held
+        with pytest.raises(FolderBusy):
+            check_run_folder(tmp_path / "busy", None)
+    with pytest.raises(ValueError, match="unknown run folder kind"):
+        claim_folder(new, "weird")
+    assert not (tmp_path / "new").exists()
+
+
+def test_legacy_run_folders_are_still_ours(tmp_path):
+    """Folders written before the marker (identity.json and a lock with pid/host/since) resume and get a marker."""
+    from propagate.runfolder import MARKER_FILE, claim
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "identity.json").write_text(json.dumps({"identity": {"kind": "train", "x": 1},
+                                                   "note": "what this run folder holds; ..."}))
+    (old / ".lock").write_text(json.dumps({"pid": 1, "host": "h", "since": "2024", "command": "propagate train"}))
+    (old / "history.csv").write_text("epoch\n1\n")
+    claim(old, {"kind": "train", "x": 1}).release()
+    assert json.loads((old / MARKER_FILE).read_text())["kind"] == "train"
+    assert (old / "history.csv").read_text() == "epoch\n1\n"
+
+
+def test_seed_grid_worker_refine_timeout_rules():
+    import argparse
+
+    from propagate import limits
+    from propagate.commands import _args
+    from propagate.errors import UserError
+
+    assert _args.seed("0") == 0 and _args.seed(str(2**63 - 1)) == 2**63 - 1
+    for bad in ("-1", str(2**63), str(2**64), "1.5", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _args.seed(bad)
+    with pytest.raises(UserError, match=r"seeds 9223372036854775806\.\.9223372036854775808"):
+        limits.check_seeds(2**63 - 2, 3)
+    assert limits.check_grid([10, 10]) == 100
+    with pytest.raises(UserError, match="10000000 points"):
+        limits.check_grid([1000, 100, 100], "the sweep grid")
+    with pytest.raises(UserError, match="10000000000 points is more than the limit"):
+        limits.linear_range(0, 1, 10**10)  # refused before anything is built
+    assert limits.linear_range(0.0, 1.0, 3) == [0.0, 0.5, 1.0]
+    assert _args.workers("1") == 1
+    with pytest.raises(argparse.ArgumentTypeError, match="at most"):
+        _args.workers(str(limits.max_workers() + 1))
+    assert _args.refine_steps("20") == 20
+    with pytest.raises(argparse.ArgumentTypeError, match="limit is 20"):
+        _args.refine_steps("21")
+    assert _args.timeout_seconds("30") == 30.0
+    for bad in ("0", "1e308", "1e-320", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _args.timeout_seconds(bad)
+
+
+def test_scheduler_address_and_data_dir_types(tmp_path):
+    import argparse
+
+    from propagate.commands import _args
+
+    for good in ("tcp://127.0.0.1:8786", "10.0.0.5:8786", "tls://scheduler.example.org:8786", "tcp://[::1]:8786"):
+        assert _args.scheduler_address(good) == good
+    for bad in ("", " ", "not an address", "http://127.0.0.1:1", "tcp://host", "tcp://host:0", "tcp://:8786",
+                "tcp://host:99999", "inproc://x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _args.scheduler_address(bad)
+    assert _args.data_dir(str(tmp_path)) == str(tmp_path)
+    for bad in ("", str(tmp_path / "nosuch"), "a\nb"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _args.data_dir(bad)
+
+
+def test_warnings_become_one_line_after_the_output_and_vanish_after_an_error(monkeypatch, capsys):
+    import warnings
+
+    from propagate.commands import theory
+
+    def noisy_run(args):
+        import numpy as np
+
+        np.float64(1e308) * 10  # RuntimeWarning: overflow
+        warnings.warn("a torch-like notice\nwith a second line", UserWarning)
+        print("result")
+        return 0
+
+    monkeypatch.setattr(theory, "run", noisy_run)
+    assert main(["theory", "--sigma-w2", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "result\n"
+    assert err.splitlines() == ["propagate: warning: overflow encountered in scalar multiply (test_reliability.py:"
+                                + err.splitlines()[0].rsplit(":", 1)[1], "propagate: warning: a torch-like notice "
+                                "with a second line"]
+
+    def noisy_failure(args):
+        import numpy as np
+
+        from propagate.errors import UserError
+
+        np.log(np.float64(0.0))  # RuntimeWarning: divide by zero
+        raise UserError("bad\ninput")
+
+    monkeypatch.setattr(theory, "run", noisy_failure)
+    assert main(["theory", "--sigma-w2", "1"]) == 2
+    assert capsys.readouterr().err == "propagate: error: bad input\n"
+
+
+def test_subnormal_numbers_are_refused_everywhere(capsys):
+    for argv in (["theory", "--sigma-w2", "1e-320"], ["critical", "--sigma-b2", "5e-324"],
+                 ["solve-selu", "--mean", "-1e-310"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "smallest normal float64" in capsys.readouterr().err
+
+
+def test_solve_selu_variance_range_is_the_librarys():
+    from propagate import selu
+    from propagate.commands import solve_selu
+    from propagate.errors import UserError
+
+    assert solve_selu.VAR_RANGE == selu.VAR_RANGE
+    for var in (1e-13, 1e13, 1e308):
+        with pytest.raises(UserError, match="the variance must be from 1e-12 to 1e"):
+            selu.solve_selu(0, var, digits=10)
+    # at the small end the answer keeps its digits: lambda - 1 = 0.0856137... * sqrt(var) to leading order
+    small = selu.solve_selu(0, 1e-12, digits=15)
+    assert float(small.lambda_ - 1) == pytest.approx(8.5613691709511621673e-8, rel=1e-12)
