@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args._argv = tuple(argv)  # which options were given (commands refuse ones that would have no effect)
     from propagate.io import set_command
 
     set_command([PROG, *argv])

@@ -478,6 +478,17 @@ ISSUE_23 = [
     ("i23-data-fetch-mirror-empty", "data fetch mnist --mirror ''"),
     ("i23-data-fetch-mirror-text", "data fetch mnist --mirror 'not a url'"),
     ("i23-report-user-file", "report --quick --out {T}/reportdir"),
+    # options that would be ignored without a word
+    ("i23-selu-grid-alone", "solve-selu --grid 5"),
+    ("i23-selu-range-alone", "solve-selu --nu-range 0.9,1.1"),
+    ("i23-selu-samples-alone", "solve-selu --samples 100"),
+    ("i23-selu-seed-alone", "solve-selu --seed=3"),
+    ("i23-selu-latex-check", "solve-selu --latex --check"),
+    ("i23-selu-latex-dropout", "solve-selu --latex --dropout 0.1"),
+    ("i23-spectrum-networks-alone", "spectrum --sigma-w2 1 --networks 3"),
+    ("i23-spectrum-seed-alone", "spectrum --sigma-w2 1 --seed 3"),
+    ("i23-theory-rows-json", "theory --sigma-w2 1 --json --rows 3"),
+    ("i23-theory-rows-csv-stdout", "theory --sigma-w2 1 --csv - --rows 3"),
 ]
 #: Repeated, unknown or out-of-range activation parameters, in every command that takes an activation.
 ACTIVATION_PARAMS = {"gelu-gamma-twice": "gelu@gamma=1,gamma=2", "leaky-slope-twice": "leaky_relu:0.1,slope=0.3",
@@ -515,6 +526,8 @@ ROUND_2 = [
     ("r2-selfnorm-var-tiny", "self-normalize --activation gelu --var 1e-300"),
     ("r2-trainability-scheduler-text", "trainability --presets relu --dataset mnist-5k --scheduler 'not an address'"),
     ("r2-sweep-scheduler-http", "sweep {T}/sweep.toml --out {T}/newsweep --scheduler http://127.0.0.1:1"),
+    # layers.py (pull_back divides by q^2): a signal that vanishes below 1e-154 is a ZeroDivisionError
+    ("r2-theory-sw2-1e-300", "theory --sigma-w2 1e-300 --depth 3"),
 ]
 BAD = [(n, r) for n, r in BAD if not (n.startswith("dir-trainability") and ("-out-" in n or n.endswith("sweep")))]
 

@@ -340,3 +340,30 @@ def data_dir(text: str) -> str:
     except OSError as exc:
         raise UserError(f"cannot use {text!r}: {exc.strerror or exc}") from None
     return str(p)
+
+
+# ------------------------------------------------------------- options that do not apply
+
+
+def given(args, option: str) -> bool:
+    """Whether the command line named ``option`` (``--grid 5`` or ``--grid=5``).
+
+    The CLI keeps its argument list on ``args`` (``_argv``); a namespace built
+    in Python has none, and nothing counts as given.
+    """
+    return any(tok == option or tok.startswith(option + "=") for tok in getattr(args, "_argv", None) or ())
+
+
+def refuse_unused(args, needs) -> None:
+    """Refuse an option given where it has no effect, naming what it needs.
+
+    ``needs`` maps an option to ``(what it goes with, in words; whether that is
+    there)``, e.g. ``{"--grid": ("--stability", args.stability)}``: ``--grid 5``
+    without ``--stability`` would otherwise be ignored without a word.
+    """
+    from propagate.errors import UserError
+
+    for option, (partner, present) in needs.items():
+        if not present and given(args, option):
+            fix = f"add {partner} or drop {option}" if partner.startswith("--") else f"drop {option}"
+            raise UserError(f"{option} has no effect without {partner}; {fix}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from propagate.commands._args import finite_float, float_list, positive_float, positive_int, probability, seed
+from propagate.commands._args import (finite_float, float_list, positive_float, positive_int, probability,
+                                      refuse_unused, seed)
 
 NAME = "solve-selu"
 HELP = "derive SELU's lambda and alpha for a fixed point (mean, var), with Jacobian and checks"
@@ -219,9 +220,27 @@ def _json(sol, dropout, stability, check) -> str:
     return to_json(out)
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse options that would be ignored: box and grid without --stability, sampling without --check, and
+    anything beyond the equations with --latex."""
+    stability = ("--stability", args.stability)
+    check = ("--check", args.check)
+    refuse_unused(args, {"--mu-range": stability, "--omega-range": stability, "--nu-range": stability,
+                         "--tau-range": stability, "--grid": stability, "--samples": check, "--seed": check})
+    if args.latex:
+        extra = [flag for flag, on in (("--stability", args.stability), ("--check", args.check),
+                                       ("--dropout", args.dropout is not None)) if on]
+        if extra:
+            from propagate.errors import UserError
+
+            raise UserError(f"--latex prints the equations of lambda, alpha and the Jacobian only; drop {extra[0]} "
+                            f"(or use --json, which includes it)")
+
+
 def run(args: argparse.Namespace) -> int:
     from propagate import selu
 
+    check_options(args)
     sol = selu.solve_selu(mean=args.mean, var=args.var, digits=args.digits)
     dropout = stability = check = None
     if args.dropout is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from propagate.commands._args import density_points, png_file, positive_float, positive_int, seed
+from propagate.commands._args import density_points, png_file, positive_float, positive_int, refuse_unused, seed
 from propagate.commands._spec_args import add_spec_arguments, spec_from_args
 
 NAME = "spectrum"
@@ -61,6 +61,8 @@ def build(args):
 
     if args.orthogonal and args.sigma_w2 is None:
         raise UserError("--orthogonal goes with --sigma-w2 (or use --init orthogonal:S)")
+    sampled = ("--check or --plot", bool(args.check or args.plot))
+    refuse_unused(args, {"--networks": sampled, "--inputs": sampled, "--seed": sampled})
     for flag in ("first_width", "input_dim"):
         if getattr(args, flag, None) not in (None, args.width):
             raise UserError(f"spectrum uses square layers: drop --{flag.replace('_', '-')} (the input dimension is --width)")
