@@ -11,7 +11,10 @@ Names follow the ML literature; parameters go after a colon::
 
 ``BASE@gamma=G,a=A,b=B,d=D`` is ``phi_hat(x) = G * (phi(A x + B) + D)`` for any
 ``BASE`` above (its own parameters after a colon as usual); omitted ones default
-to ``gamma = 1, a = 1, b = 0, d = 0``. ``propagate self-normalize`` and
+to ``gamma = 1, a = 1, b = 0, d = 0``. Each parameter may be given once, and
+must lie in its range (:data:`PARAMETER_RANGES`: ``|slope| <= 1e6``,
+``0 <= alpha <= 1e6``, ``1e-6 <= lambda <= 1e6``, ``1e-6 <= |gamma|, |a| <= 1e6``,
+``|b|, |d| <= 1e6``); anything else is refused when the name is read. ``propagate self-normalize`` and
 ``propagate transform`` print such strings; theory, simulate and train accept them.
 
 Closed-form Gaussian moments ``E[phi(h)]``, ``E[phi(h)^2]`` and ``E[phi'(h)^2]``
@@ -443,6 +446,66 @@ def _torch_fn(name):
 _USER: dict[str, Activation] = {}
 
 
+#: Valid range of each parameter: ``(low, high, magnitude)``; with ``magnitude`` the bounds apply to ``|value|``.
+#: One rule behind the numbers: scale parameters lie within 1e-6..1e6 (or are 0 where 0 is meaningful), so
+#: their squares and the moments they scale stay far inside float64; outside it the activation is, to the
+#: precision of the theory, another one (linear, zero or a step), and the user means that one.
+PARAMETER_RANGES: dict[str, dict[str, tuple[float, float, bool]]] = {
+    "leaky_relu": {"slope": (0.0, 1e6, True)},
+    "elu": {"alpha": (0.0, 1e6, False)},
+    "selu": {"lambda": (1e-6, 1e6, False), "alpha": (0.0, 1e6, False)},
+    "@": {"gamma": (1e-6, 1e6, True), "a": (1e-6, 1e6, True), "b": (0.0, 1e6, True), "d": (0.0, 1e6, True)},
+}
+
+
+def _range_text(low: float, high: float, magnitude: bool) -> str:
+    if magnitude:
+        return f"|value| <= {high:g}" if low == 0 else f"{low:g} <= |value| <= {high:g}"
+    return f"{low:g} <= value <= {high:g}"
+
+
+def _parse_params(text: str, where: str, rest: str, names: list[str], positional: bool,
+                  ranges: Mapping[str, tuple[float, float, bool]]) -> dict[str, float]:
+    """``k=v,k=v`` (or, with ``positional``, bare values in the order of ``names``) as floats, each checked.
+
+    Refused (:class:`UserError` naming ``text``): an unknown key, a key given
+    twice (``gamma=1,gamma=2``, ``0.1,slope=0.3``: the last would silently win),
+    a value that is not a finite number, and a value outside its ``ranges``
+    entry (from :data:`PARAMETER_RANGES`; the range is in the message).
+    """
+    params: dict[str, float] = {}
+    items = [item for item in rest.split(",") if item.strip()]
+    for i, item in enumerate(items):
+        key, eq, val = item.partition("=")
+        if not eq:
+            if not names:
+                raise UserError(f"activation {text!r}: {where} takes no parameters")
+            if not positional or i >= len(names):
+                raise UserError(f"activation {text!r}: {where} takes parameters {names} as key=value, "
+                                f"got {item.strip()!r}")
+            key, val = names[i], item
+        key = key.strip().lower()
+        if key not in names:
+            raise UserError(f"activation {text!r}: {where} has no parameter {key!r}; it takes {names or 'none'}")
+        if key in params:
+            raise UserError(f"activation {text!r} gives {key} twice; give each parameter once")
+        try:
+            value = float(val)
+        except ValueError:
+            raise UserError(f"activation parameter {key}={val.strip()!r} is not a number") from None
+        if not math.isfinite(value):
+            raise UserError(f"activation parameter {key}={val.strip()!r} is not finite")
+        low, high, magnitude = ranges.get(key, (0.0, math.inf, True))
+        size = abs(value) if magnitude else value
+        if 0 < abs(value) < 1e-300:
+            raise UserError(f"activation {text!r}: {key} = {val.strip()} is subnormal (below 1e-300); use 0")
+        if not low <= size <= high:
+            raise UserError(f"activation {text!r}: {key} = {val.strip()} is outside its range "
+                            f"{_range_text(low, high, magnitude).replace('value', key)}")
+        params[key] = value
+    return params
+
+
 def _parse(text: str) -> tuple[str, dict[str, float]]:
     name, _, rest = text.strip().partition(":")
     name = _ALIASES.get(name.strip().lower(), name.strip().lower())
@@ -450,22 +513,7 @@ def _parse(text: str) -> tuple[str, dict[str, float]]:
     if rest.strip():
         if name not in _FAMILIES:
             raise UserError(f"unknown activation {name!r}; known: {', '.join(list_activations())}")
-        defaults = _FAMILIES[name][1]
-        for i, item in enumerate(rest.split(",")):
-            key, eq, val = item.partition("=")
-            if not eq:
-                if i >= len(defaults):
-                    raise UserError(f"activation {name!r} takes parameters {list(defaults) or 'none'}, got {text!r}")
-                key, val = list(defaults)[i], item
-            key = key.strip()
-            if key not in defaults:
-                raise UserError(f"activation {name!r} has no parameter {key!r}; it takes {list(defaults) or 'none'}")
-            try:
-                params[key] = float(val)
-            except ValueError:
-                raise UserError(f"activation parameter {key}={val!r} is not a number") from None
-            if not math.isfinite(params[key]):
-                raise UserError(f"activation parameter {key}={val!r} is not finite")
+        params = _parse_params(text, name, rest, list(_FAMILIES[name][1]), True, PARAMETER_RANGES.get(name, {}))
     return name, params
 
 
@@ -563,18 +611,7 @@ def _parse_transformed(text: str) -> Activation:
     base, _, rest = text.strip().partition("@")
     if "@" in rest:
         raise UserError(f"activation {text!r}: one '@' at most (BASE@gamma=G,a=A,b=B,d=D)")
-    vals: dict[str, float] = {}
-    for item in rest.split(","):
-        if not item.strip():
-            continue
-        key, eq, val = item.partition("=")
-        key = key.strip().lower()
-        if not eq or key not in _TRANSFORM_DEFAULTS:
-            raise UserError(f"activation {text!r}: after '@' give gamma=, a=, b=, d= (e.g. gelu@gamma=1.2,b=0.5,d=-0.3)")
-        try:
-            vals[key] = float(val)
-        except ValueError:
-            raise UserError(f"activation parameter {key}={val!r} is not a number") from None
+    vals = _parse_params(text, "the transform", rest, list(_TRANSFORM_DEFAULTS), False, PARAMETER_RANGES["@"])
     return transformed_activation(base, **vals)
 
 

@@ -6,6 +6,12 @@ modules import only the standard library at module level, so ``propagate --help`
 answers at once; the library (torch, sympy, matplotlib) is imported inside ``run``.
 
 Errors a user can cause end in one line ``propagate: error: ...`` and exit 2.
+Python warnings raised while a command runs (numpy's ``overflow encountered``,
+torch's and Dask's notices) never reach the terminal raw: they are collected
+and, if the command succeeds, printed after its output as one line each,
+``propagate: warning: ...`` (each distinct message once, at most
+:data:`MAX_WARNINGS`); after an error the error line alone is printed. Warnings
+the user configured (``python -W``, ``PYTHONWARNINGS``) are left to Python.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import sys
 from propagate.commands import COMMAND_MODULES
 
 PROG = "propagate"
+#: Most distinct warnings printed after a command (the rest are counted in one more line).
+MAX_WARNINGS = 5
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args._argv = tuple(argv)  # which options were given (commands refuse ones that would have no effect)
     from propagate.io import set_command
 
     set_command([PROG, *argv])
@@ -102,17 +111,50 @@ def main(argv: list[str] | None = None) -> int:
 
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
+    caught: list = []
     try:
-        return int(args._run(args) or 0)
+        rc = int(_run_collecting_warnings(args, caught) or 0)
+        _print_warnings(caught)
+        return rc
     except UserError as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid input"
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(str(exc)) or 'invalid input'}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `propagate theory | head`
         return 0
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: its lines joined by spaces (a message is never cut short, nor split)."""
+    return " ".join(line.strip() for line in str(text).strip().splitlines() if line.strip())
+
+
+def _run_collecting_warnings(args, caught: list):
+    """Run the command with Python's warnings appended to ``caught`` instead of printed (see the module docstring)."""
+    import warnings
+
+    if sys.warnoptions:  # the user chose how warnings are shown
+        return args._run(args)
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("default")  # each distinct warning once per place, as Python shows them
+        try:
+            return args._run(args)
+        finally:
+            caught.extend(recorded)
+
+
+def _print_warnings(caught: list) -> None:
+    """Each distinct warning once, as ``propagate: warning: MESSAGE (file:line)``, after the command's output."""
+    seen: dict = {}
+    for w in caught:
+        seen.setdefault((w.category.__name__, one_line(str(w.message))), w)
+    for (category, message), w in list(seen.items())[:MAX_WARNINGS]:
+        where = f" ({w.filename.rsplit('/', 1)[-1]}:{w.lineno})" if category == "RuntimeWarning" else ""
+        print(f"{PROG}: warning: {message}{where}", file=sys.stderr)
+    if len(seen) > MAX_WARNINGS:
+        print(f"{PROG}: warning: and {len(seen) - MAX_WARNINGS} more", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

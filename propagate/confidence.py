@@ -18,6 +18,29 @@ suggest. "A beats B" means that interval lies above 0.
 With one seed there is no spread to estimate: the interval is ``(nan, nan)``
 and :func:`Interval.describe` says "1 seed: no interval". Missing values
 (``NaN``) are left out and ``n`` counts only the values used.
+
+**Bounded quantities stay in their range.** A plain t interval of five
+accuracies near 1 can reach above 1 (``0.94 +- 0.09``), one of two losses below
+0. So every quantity has a *kind* (:func:`kind_of`, by name, in one place):
+
+- ``"proportion"`` (accuracies, fractions: ``acc``, ``val_acc``, ``dead_frac``,
+  ...): values in [0, 1]; the t interval is built on the logit scale,
+- ``"positive"`` (losses, variances, norms, learning rates, times): values
+  >= 0; the t interval is built on the log scale,
+- ``"difference"`` (paired differences of proportions): values in [-1, 1];
+  built on the atanh (Fisher z) scale,
+- ``"real"``: anything else; the plain t interval above.
+
+On a scale ``g`` the interval is the delta method's: ``g(mean) +- t * (s /
+sqrt(n)) * g'(mean)``, mapped back by ``g^-1``. It always lies inside the
+range (``(0, 1)``, ``(0, inf)``, ``(-1, 1)``) and always contains the mean of
+the values, which stays the reported point estimate; for a narrow spread it
+equals the plain interval to first order. The edges need no clipping: a mean
+of exactly 0 or 1 (or -1) has all its values there, so ``s = 0`` and the
+interval is the point itself (never ``logit(1)``), as for all-equal values
+anywhere. A value outside its kind's range (an accuracy of 1.2, a negative
+loss) is a bug upstream and raises ``ValueError``. ``inf`` (a diverged loss)
+gives a mean of ``inf`` and no interval.
 """
 
 from __future__ import annotations
@@ -30,8 +53,12 @@ import numpy as np
 
 __all__ = [
     "LEVEL",
+    "KINDS",
     "Interval",
     "t_interval",
+    "interval",
+    "interval_of",
+    "kind_of",
     "paired_difference",
     "summarize_seeds",
     "format_number",
@@ -64,6 +91,7 @@ class Interval:
     n: int
     std: float = math.nan
     level: float = LEVEL
+    kind: str = "real"
 
     @property
     def has_interval(self) -> bool:
@@ -80,8 +108,9 @@ class Interval:
             return "n/a (no seeds)"
         if not self.has_interval:
             return f"{m} (1 seed: no interval)" if self.n == 1 else f"{m} (N = {self.n}: no interval)"
-        return (f"{m} ({100 * self.level:g}% t interval {format_number(self.low, digits)} to "
-                f"{format_number(self.high, digits)}, N = {self.n} seeds)")
+        scale = {"proportion": " (logit scale)", "positive": " (log scale)", "difference": " (atanh scale)"}
+        return (f"{m} ({100 * self.level:g}% t interval{scale.get(self.kind, '')} {format_number(self.low, digits)} "
+                f"to {format_number(self.high, digits)}, N = {self.n} seeds)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,11 +132,84 @@ def t_interval(values: Iterable[float], level: float = LEVEL) -> Interval:
     if n == 0:
         return Interval(math.nan, math.nan, math.nan, 0, math.nan, level)
     mean = float(v.mean())
-    if n == 1:
-        return Interval(mean, math.nan, math.nan, 1, math.nan, level)
+    if n == 1 or not np.all(np.isfinite(v)):  # one value, or an infinite one (a diverged run): no spread to measure
+        return Interval(mean, math.nan, math.nan, n, math.nan, level)
     std = float(v.std(ddof=1))
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n, std, level)
+
+
+#: The kinds of quantity (see the module docstring): the range of their values and their scale.
+KINDS = {"real": (-math.inf, math.inf), "proportion": (0.0, 1.0), "positive": (0.0, math.inf),
+         "difference": (-1.0, 1.0)}
+
+# Name parts that say what a metric is (split at '_', '-', ' ' and '.'); the first match wins in the order below.
+_PROPORTION_WORDS = {"acc", "accuracy", "frac", "fraction", "share", "dead", "prob", "probability", "proportion"}
+_POSITIVE_WORDS = {"loss", "var", "variance", "std", "sd", "norm", "lr", "seconds", "time", "sharpness",
+                   "lambda", "q", "m1", "m2", "m3", "m4", "width", "depth"}
+
+
+def kind_of(name: str) -> str:
+    """The kind of the metric called ``name``: ``"proportion"``, ``"positive"`` or ``"real"``.
+
+    Decided by the words of the name (``val_acc`` -> proportion, ``val_loss``,
+    ``pre_var``, ``grad_norm``, ``max_lr`` -> positive, ``post_mean`` ->
+    real); a name that is both (``acc_var``) is positive: its words name a
+    variance of something. The one place where a metric's scale is chosen.
+    """
+    import re
+
+    words = set(re.split(r"[_\-\s.]+", str(name).lower()))
+    if words & _POSITIVE_WORDS:
+        return "positive"
+    if words & _PROPORTION_WORDS:
+        return "proportion"
+    return "real"
+
+
+def _scale(kind: str):
+    """``(g, g', g^-1)`` of a kind's scale (``None`` for the plain t interval)."""
+    if kind == "proportion":
+        return (lambda m: math.log(m / (1 - m)), lambda m: 1.0 / (m * (1 - m)),
+                lambda u: 1.0 / (1.0 + math.exp(-u)) if u >= 0 else math.exp(u) / (1.0 + math.exp(u)))
+    if kind == "positive":
+        return math.log, lambda m: 1.0 / m, lambda u: math.exp(min(u, 709.0))
+    if kind == "difference":
+        return math.atanh, lambda m: 1.0 / ((1 - m) * (1 + m)), math.tanh
+    return None
+
+
+def interval(values: Iterable[float], kind: str = "real", level: float = LEVEL) -> Interval:
+    """t interval of the mean of ``values`` on the scale of ``kind`` (one of :data:`KINDS`).
+
+    ``"real"`` is :func:`t_interval`; the others are built on their scale by the
+    delta method and stay inside their range (module docstring). ``ValueError``
+    for an unknown kind or a value outside the kind's range.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r} (one of {', '.join(KINDS)})")
+    plain = t_interval(values, level)
+    if kind == "real" or plain.n == 0:
+        return Interval(plain.mean, plain.low, plain.high, plain.n, plain.std, level, kind)
+    lo, hi = KINDS[kind]
+    v = _clean(values)
+    if np.any((v < lo) | (v > hi)):
+        bad = v[(v < lo) | (v > hi)][0]
+        raise ValueError(f"a {kind} must lie in [{lo:g}, {hi:g}], got {bad!r}")
+    m = plain.mean
+    if plain.n < 2 or not math.isfinite(m) or not math.isfinite(plain.std):
+        return Interval(m, math.nan, math.nan, plain.n, plain.std, level, kind)
+    if plain.std == 0 or m in (lo, hi):  # every value equal (at an edge they must be): the point itself
+        return Interval(m, m, m, plain.n, plain.std, level, kind)
+    g, dg, inverse = _scale(kind)
+    half = (plain.high - m) * dg(m)  # t * s / sqrt(n), times g'(mean)
+    centre = g(m)
+    return Interval(m, inverse(centre - half), inverse(centre + half), plain.n, plain.std, level, kind)
+
+
+def interval_of(name: str, values: Iterable[float], level: float = LEVEL) -> Interval:
+    """:func:`interval` of the metric ``name`` on its scale (:func:`kind_of`)."""
+    return interval(values, kind_of(name), level)
 
 
 def _by_seed(x) -> dict:
@@ -118,20 +220,23 @@ def _by_seed(x) -> dict:
     raise TypeError("paired values must be a mapping or Series from seed to value")
 
 
-def paired_difference(a, b, level: float = LEVEL) -> Interval:
+def paired_difference(a, b, level: float = LEVEL, kind: str = "real") -> Interval:
     """t interval of the mean of ``a[seed] - b[seed]`` over the seeds both have.
 
     ``a`` and ``b`` map seed -> value (dicts or pandas Series indexed by seed);
     only seeds present (and not NaN) in both are paired, so ``n`` is the
-    number of pairs.
+    number of pairs. ``kind`` is that of ``a`` and ``b``: for ``"proportion"``
+    the differences lie in [-1, 1] and their interval is built on the atanh
+    scale (kind ``"difference"``); otherwise it is the plain t interval.
     """
     da, db = _by_seed(a), _by_seed(b)
     common = [s for s in da if s in db]
-    return t_interval([da[s] - db[s] for s in common], level)
+    diffs = [da[s] - db[s] for s in common]
+    return interval(diffs, "difference" if kind == "proportion" else "real", level)
 
 
 def summarize_seeds(table, keys: Sequence[str], metrics: Sequence[str] | None = None, *, seed_column: str = "seed",
-                    level: float = LEVEL):
+                    level: float = LEVEL, kinds: str | Mapping[str, str] | None = None):
     """Per-seed rows -> one row per ``keys`` group with ``<metric>_mean``,
     ``<metric>_ci_low``, ``<metric>_ci_high`` and ``n_seeds``.
 
@@ -139,7 +244,10 @@ def summarize_seeds(table, keys: Sequence[str], metrics: Sequence[str] | None = 
     every numeric column that is neither a key nor the seed column.
     ``n_seeds`` counts the distinct seeds of the group; a metric missing (NaN)
     in some seeds is averaged over the others. With one seed the interval
-    columns are NaN.
+    columns are NaN. ``kinds``: ``"auto"`` builds each metric's interval on
+    the scale of its name (:func:`kind_of`: accuracies stay in [0, 1], losses
+    positive), a mapping gives kinds by metric (others by name), ``None`` (the
+    default, for now) the plain t interval for every metric.
     """
     import pandas as pd
 
@@ -155,9 +263,19 @@ def summarize_seeds(table, keys: Sequence[str], metrics: Sequence[str] | None = 
         group = group if isinstance(group, tuple) else (group,)
         row = dict(zip(keys, group))
         for m in metrics:
-            iv = t_interval(t[m].to_numpy(float), level)
+            iv = interval(t[m].to_numpy(float), _kind_for(m, kinds), level)
             row[f"{m}_mean"], row[f"{m}_ci_low"], row[f"{m}_ci_high"] = iv.mean, iv.low, iv.high
         row["n_seeds"] = int(t[seed_column].nunique())
         rows.append(row)
     cols = keys + [f"{m}_{s}" for m in metrics for s in ("mean", "ci_low", "ci_high")] + ["n_seeds"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _kind_for(metric: str, kinds) -> str:
+    if kinds is None:
+        return "real"
+    if isinstance(kinds, Mapping):
+        return kinds.get(metric, kind_of(metric))
+    if kinds == "auto":
+        return kind_of(metric)
+    raise ValueError(f"kinds must be None, 'auto' or a mapping, got {kinds!r}")

@@ -174,9 +174,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise UserError(f"no such file: {path}") from None
+        raise UserError(f"no such file: {str(path)!r}") from None
     except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
     return parse_idx(data, name=str(path))
 
 
@@ -426,7 +426,7 @@ def download_file(
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create {dest_dir}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot create {str(dest_dir)!r}: {exc.strerror or exc}") from None
     target = dest_dir / filename
     algorithm = _algorithm(checksum) if checksum else "sha256"
     failures: list[str] = []
@@ -435,7 +435,7 @@ def download_file(
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=dest_dir)
         except OSError as exc:
-            raise UserError(f"cannot write to {dest_dir}: {exc.strerror or exc}") from None
+            raise UserError(f"cannot write to {str(dest_dir)!r}: {exc.strerror or exc}") from None
         try:
             digest = hashlib.new(algorithm)
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
@@ -749,7 +749,9 @@ def load_dataset(
     ``data_dir`` is the folder holding the four IDX files (default: system
     folders, then the cache ``data_home()/<name>``). Missing files are downloaded
     when ``download`` (see :func:`fetch_dataset`); otherwise :class:`UserError`
-    says how to get them. ``auto`` is :func:`default_dataset`.
+    says how to get them, before any download notice. ``auto`` is :func:`default_dataset`.
+    A command with a ``--data-dir`` option passes ``download=data_dir is None``:
+    the folder a user names is read, never downloaded into (``data fetch`` does that).
     """
     key = canonical_name(name)
     if key == "auto":
@@ -760,9 +762,10 @@ def load_dataset(
     remote = _REMOTES[key]
     located = _locate(remote, data_dir)
     if located is None:
-        where = " or ".join(str(p) for p in _search_dirs(remote, data_dir))
+        where = " or ".join(repr(str(p)) for p in _search_dirs(remote, data_dir))
         if not download:
-            raise UserError(f"{key} not found in {where}; run 'propagate data fetch {key}' to download it")
+            there = f" --data-dir {str(Path(data_dir).expanduser())!r}" if data_dir is not None else ""
+            raise UserError(f"{key} not found in {where}; run 'propagate data fetch {key}{there}' to download it")
         fetch_dataset(key, data_dir, mirrors=mirrors, checksums=checksums, timeout=timeout,
                       progress=progress, notify=notify)
         located = _locate(remote, data_dir)

@@ -78,11 +78,11 @@ def _nearest_existing(path: Path) -> Path:
 def _probe_writable(folder: Path, path: Path, label: str) -> None:
     """Create and remove a temporary file in ``folder``: the only sure test of writability (root, ACLs, /proc)."""
     if not folder.is_dir():
-        raise _user_error(f"{label}{path}: {folder} is not a folder")
+        raise _user_error(f"{label}{_q(path)}: {_q(folder)} is not a folder")
     try:
         fd, tmp = tempfile.mkstemp(prefix=".propagate-probe.", dir=folder)
     except OSError as exc:
-        raise _user_error(f"{label}cannot write {path}: {_why(exc)} in {folder}") from None
+        raise _user_error(f"{label}cannot write {_q(path)}: {_why(exc)} in {_q(folder)}") from None
     os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(tmp)
@@ -92,39 +92,103 @@ def _label(option: str | None) -> str:
     return f"{option} " if option else ""
 
 
+def _q(path) -> str:
+    """A path for a message: quoted by ``repr``, so a newline or other control character in it stays on one line."""
+    return repr(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else repr(path)
+
+
+#: Longest path (bytes) and file name (bytes) assumed where the OS does not say (Linux: PATH_MAX, NAME_MAX).
+PATH_MAX, NAME_MAX = 4096, 255
+
+
+def _name_max(path: Path) -> int:
+    try:
+        return int(os.pathconf(_nearest_existing(path.parent), "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return NAME_MAX
+
+
+def check_path_text(path: str | os.PathLike, option: str | None = None, what: str = "file") -> Path:
+    """The text of a path the user typed, as a Path (``~`` expanded), or :class:`~propagate.errors.UserError`.
+
+    Refused, before anything looks at the file system: an empty name, a control
+    character (a newline, a tab, ...: it would split messages and is almost
+    always a quoting mistake), a path longer than :data:`PATH_MAX` bytes and a
+    file or folder name longer than the file system allows (usually 255 bytes).
+    ``what`` (``"file"`` or ``"folder"``) is for the message.
+    """
+    label = _label(option)
+    if not isinstance(path, (str, os.PathLike)):
+        raise _user_error(f"{label}needs a {what} name, got {path!r}")
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if not text.strip():
+        raise _user_error(f"{label}needs a {what} name, got an empty string")
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise _user_error(f"{label}{_q(text)} contains the control character {bad!r}; give a {what} name without one")
+    size = len(os.fsencode(text))
+    if size > PATH_MAX:
+        raise _user_error(f"{label}the path is {size} bytes long, more than the limit of {PATH_MAX}: {_q(text[:60] + '...')}")
+    p = Path(text).expanduser()
+    longest = max(p.parts, key=lambda part: len(os.fsencode(part)), default="")
+    limit = _name_max(p)
+    if len(os.fsencode(longest)) > limit:
+        raise _user_error(f"{label}the name {_q(longest[:40] + '...')} is {len(os.fsencode(longest))} bytes long, "
+                          f"more than this file system's limit of {limit}")
+    return p
+
+
+def check_output_path(path: str | os.PathLike, option: str | None = None, *, kind: str = "file") -> Path:
+    """The one check of an output path a user gives: return it as a Path, or raise one-line :class:`UserError`.
+
+    ``kind="file"``: a file to be written atomically; ``kind="dir"``: a folder to
+    write into (created with its parents when missing). Refused, naming
+    ``option`` (``--csv``, ``--out``) and quoting the path with ``repr``:
+    everything :func:`check_path_text` refuses; for a file, an existing folder
+    (or a name ending in ``/``), something that is not a regular file (a
+    device, a pipe); for a folder, an existing non-folder; and a place where
+    nothing can be created (the nearest existing ancestor must be a folder we
+    can write into: tested by creating and removing a temporary file). A
+    missing parent folder is fine when it can be created (the writers make it).
+    Any error the operating system gives while looking is reported the same way.
+    """
+    if kind not in ("file", "dir"):
+        raise ValueError(f"kind must be 'file' or 'dir', got {kind!r}")
+    label = _label(option)
+    p = check_path_text(path, option, "file" if kind == "file" else "folder")
+    text = os.fspath(path)
+    try:
+        if kind == "file":
+            if p.is_dir() or str(text).endswith(os.sep) or p.name in ("", ".", ".."):
+                raise _user_error(f"{label}{_q(text)} is a folder; give a file name")
+            if os.path.lexists(p) and not p.is_file():
+                raise _user_error(f"{label}{_q(text)} exists and is not a regular file")
+            _probe_writable(_nearest_existing(p.parent), p, label)
+        else:
+            if os.path.lexists(p) and not p.is_dir():
+                raise _user_error(f"{label}{_q(text)} exists and is not a folder")
+            _probe_writable(_nearest_existing(p), p, label)
+    except OSError as exc:
+        raise _user_error(f"{label}cannot use {_q(text)}: {_why(exc)}") from None
+    return p
+
+
 def check_output_file(path: str | os.PathLike, option: str | None = None) -> Path:
     """Check that a file can be written at ``path`` (atomically), before any work; return it as a Path.
 
-    Refuses (:class:`~propagate.errors.UserError`, naming ``option`` such as
-    ``--csv``) an empty name, a folder, something that is not a regular file
-    (a device, a pipe), and a place where the file cannot be created: its
-    nearest existing ancestor must be a folder we can write into (missing
-    parent folders are created by the writer).
+    :func:`check_output_path` with ``kind="file"``.
     """
-    label = _label(option)
-    text = os.fspath(path)
-    if not str(text).strip():
-        raise _user_error(f"{label}needs a file name, got an empty string")
-    p = Path(text).expanduser()
-    if p.is_dir() or str(text).endswith(os.sep) or p.name in ("", ".", ".."):
-        raise _user_error(f"{label}{text} is a folder; give a file name")
-    if os.path.lexists(p) and not p.is_file():
-        raise _user_error(f"{label}{text} exists and is not a regular file")
-    _probe_writable(_nearest_existing(p.parent), p, label)
-    return p
+    return check_output_path(path, option, kind="file")
 
 
 def check_output_dir(path: str | os.PathLike, option: str | None = None) -> Path:
-    """Check that ``path`` is (or can be made) a folder we can write into; return it as a Path."""
-    label = _label(option)
-    text = os.fspath(path)
-    if not str(text).strip():
-        raise _user_error(f"{label}needs a folder name, got an empty string")
-    p = Path(text).expanduser()
-    if os.path.lexists(p) and not p.is_dir():
-        raise _user_error(f"{label}{text} exists and is not a folder")
-    _probe_writable(_nearest_existing(p), p, label)
-    return p
+    """Check that ``path`` is (or can be made) a folder we can write into; return it as a Path.
+
+    :func:`check_output_path` with ``kind="dir"``.
+    """
+    return check_output_path(path, option, kind="dir")
 
 
 def _folder_is_ours(path: Path, adopt=None) -> bool:
@@ -133,24 +197,60 @@ def _folder_is_ours(path: Path, adopt=None) -> bool:
     return bool(adopt is not None and adopt(path))
 
 
+def _manifest(folder: Path) -> set[str] | None:
+    """The files (paths relative to ``folder``) its :data:`FOLDER_MARKER` lists as propagate's, or ``None``.
+
+    Markers written before the list existed (plain text) give ``None``: nothing
+    can be told apart there, and such a folder is replaced as before.
+    """
+    try:
+        data = json.loads((folder / FOLDER_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    files = data.get("files") if isinstance(data, dict) else None
+    return set(files) if isinstance(files, list) else None
+
+
+def _files_below(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir() or p.is_symlink())
+
+
+def _user_added(folder: Path) -> list[str]:
+    """Files in a folder propagate made that its marker does not list: the user put them there."""
+    listed = _manifest(folder)
+    if listed is None:
+        return []
+    return [f for f in _files_below(folder) if f not in listed and f != FOLDER_MARKER]
+
+
 def check_replaceable_dir(path: str | os.PathLike, option: str | None = None, *, adopt=None) -> Path:
     """Check that ``path`` may be replaced as a whole by a folder ``propagate`` builds; return it (absolute).
 
     Allowed: nothing there yet, an empty folder, or a folder holding
-    :data:`FOLDER_MARKER` (one ``propagate`` made). ``adopt(path) -> bool`` may
-    accept folders made before the marker existed. Anything else (a file, a
-    link, a folder of the user's) is refused, so nothing a user put there is lost.
+    :data:`FOLDER_MARKER` (one ``propagate`` made) and no file the marker does
+    not list (a file the user added since is refused by name, so it is never
+    deleted by a rebuild). ``adopt(path) -> bool`` may accept folders made
+    before the marker existed. Anything else (a file, a link, a folder of the
+    user's) is refused, so nothing a user put there is lost.
     """
     label = _label(option)
     p = check_output_dir(path, option)
     p = Path(os.path.abspath(p))  # '.' and '..' resolved without following links
     if p.parent == p:
-        raise _user_error(f"{label}{path}: cannot replace the root folder")
+        raise _user_error(f"{label}{_q(path)}: cannot replace the root folder")
     if os.path.islink(p):
-        raise _user_error(f"{label}{path} is a symbolic link; give the real folder or a new name")
-    if p.is_dir() and any(p.iterdir()) and not _folder_is_ours(p, adopt):
-        raise _user_error(f"{label}{path} is a folder that propagate did not make (no {FOLDER_MARKER} inside); "
-                          f"choose a new or empty folder, or move its contents away")
+        raise _user_error(f"{label}{_q(path)} is a symbolic link; give the real folder or a new name")
+    try:
+        if p.is_dir() and any(p.iterdir()) and not _folder_is_ours(p, adopt):
+            raise _user_error(f"{label}{_q(path)} is a folder that propagate did not make (no {FOLDER_MARKER} "
+                              f"inside); choose a new or empty folder, or move its contents away")
+        added = _user_added(p) if p.is_dir() else []
+    except OSError as exc:
+        raise _user_error(f"{label}cannot use {_q(path)}: {_why(exc)}") from None
+    if added:
+        raise _user_error(f"{label}{_q(path)} holds {len(added)} file{'s' * (len(added) > 1)} propagate did not "
+                          f"write ({', '.join(map(repr, added[:3]))}{', ...' if len(added) > 3 else ''}); a rebuild "
+                          f"replaces the folder as a whole: move them away or choose another folder")
     return p
 
 
@@ -164,17 +264,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        raise _user_error(f"cannot write {path}: it is a folder")
+        raise _user_error(f"cannot write {_q(path)}: it is a folder")
     if os.path.lexists(path) and not path.is_file():
-        raise _user_error(f"cannot write {path}: it exists and is not a regular file")
+        raise _user_error(f"cannot write {_q(path)}: it exists and is not a regular file")
     base = _nearest_existing(path.parent)
     if not base.is_dir():
-        raise _user_error(f"cannot write {path}: {base} is not a folder")
+        raise _user_error(f"cannot write {_q(path)}: {_q(base)} is not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise _user_error(f"cannot write {path}: {_why(exc)}") from None
+        raise _user_error(f"cannot write {_q(path)}: {_why(exc)}") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
@@ -186,7 +286,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise _user_error(f"cannot write {path}: {_why(exc)}") from None
+            raise _user_error(f"cannot write {_q(path)}: {_why(exc)}") from None
         raise
     return path
 
@@ -246,12 +346,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, to_json(obj))
 
 
+_MARKER_NOTE = ("made by propagate; this folder is replaced as a whole when rebuilt, "
+                "unless it holds a file not listed here")
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, *, adopt=None) -> Iterator[Path]:
     """Build a folder in a temporary sibling and swap it into place at the end.
 
     Yields the temporary folder to write into; it already holds
-    :data:`FOLDER_MARKER`, so a later run may replace the result. On success the
+    :data:`FOLDER_MARKER`, which at the end lists every file built (JSON
+    ``{"note": ..., "files": [...]}``), so a later run may replace the result
+    but refuses to while the folder holds a file the user added. On success the
     previous folder at ``path`` (if any) is replaced as a whole; on an exception
     or interruption the previous folder is left untouched and the temporary one
     removed. Only a folder that propagate made may be replaced
@@ -263,11 +369,14 @@ def atomic_directory(path: str | os.PathLike, *, adopt=None) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     except OSError as exc:
-        raise _user_error(f"cannot create {path}: {_why(exc)}") from None
+        raise _user_error(f"cannot create {_q(path)}: {_why(exc)}") from None
     try:
         os.chmod(tmp, 0o777 & ~_umask())
-        atomic_write_text(tmp / FOLDER_MARKER, "made by propagate; this folder is replaced as a whole when rebuilt\n")
+        atomic_write_json(tmp / FOLDER_MARKER, {"note": _MARKER_NOTE, "files": []})
         yield tmp
+        # the marker lists what was built, so a file added later is known to be the user's
+        built = [f for f in _files_below(tmp) if f != FOLDER_MARKER]
+        atomic_write_json(tmp / FOLDER_MARKER, {"note": _MARKER_NOTE, "files": built})
         check_replaceable_dir(path, adopt=adopt)  # something may have appeared there meanwhile
         old = None
         if path.exists():

@@ -17,7 +17,10 @@ import os
 
 from propagate.errors import UserError
 
-__all__ = ["MEMORY_SHARE", "MAX_DEPTH", "MAX_WIDTH", "check_depth", "physical_memory", "memory_limit", "format_bytes", "require_memory", "require_work"]
+__all__ = ["MEMORY_SHARE", "MAX_DEPTH", "MAX_WIDTH", "MAX_SEED", "MAX_LIST", "MAX_GRID_POINTS", "MAX_REFINE_STEPS",
+           "MAX_TIMEOUT_S", "MAX_DENSITY_POINTS", "check_depth", "check_seeds", "linear_range", "check_grid",
+           "check_refine", "max_workers", "check_workers", "check_timeout", "physical_memory", "memory_limit",
+           "format_bytes", "require_memory", "require_work"]
 
 #: Share of physical memory one run may plan to use (the rest: the OS, other processes, estimate error).
 MEMORY_SHARE = 0.5
@@ -125,3 +128,115 @@ def simulation_bytes(widths, samples: int, seeds: int, item: int = 4, grad_sampl
     fans = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
     return int(item * seeds * (samples * (widths[0] + 2 * max(widths[1:])) + fans
                                + min(samples, grad_samples) * sum(widths[1:])))
+
+
+# ------------------------------------------------------------------ seeds, grids, workers, time
+# One rule per kind of size, so every command (and the sweep file, the trainability grid) refuses the
+# same things with the same numbers. The CLI's argument types in ``propagate.commands._args`` call these.
+
+#: Largest seed. Seeds go into int64 table columns (pandas, Parquet) and ``torch.manual_seed`` (which takes
+#: [-2^63, 2^64)); numpy's ``SeedSequence`` takes any integer >= 0. So every seed of a run, the first and
+#: ``first + count - 1`` of an ensemble, must satisfy 0 <= seed <= 2^63 - 1.
+MAX_SEED = 2**63 - 1
+
+
+def check_seeds(first: int, count: int = 1, option: str = "--seed") -> None:
+    """Refuse a seed, or an ensemble ``first .. first + count - 1``, outside ``0 .. MAX_SEED``."""
+    first, count = int(first), int(count)
+    if first < 0:
+        raise UserError(f"{option} must be >= 0, got {first}")
+    if count < 1:
+        raise UserError(f"the number of seeds must be >= 1, got {count}")
+    if first + count - 1 > MAX_SEED:
+        what = f"seed {first}" if count == 1 else f"seeds {first}..{first + count - 1}"
+        raise UserError(f"{option}: {what} beyond the largest seed 2^63 - 1 = {MAX_SEED} "
+                        f"(seeds are stored as signed 64-bit integers)")
+
+
+#: Most values one list or range may hold: a range is expanded into a list before any work, so this bounds
+#: its memory (about 32 bytes a value) and every command bounds the work further.
+MAX_LIST = 100_000
+
+
+def linear_range(start: float, stop: float, count: int, what: str = "a range") -> list[float]:
+    """``count`` evenly spaced values from ``start`` to ``stop`` (both included), refused above :data:`MAX_LIST`.
+
+    The count is checked before anything is built, so ``0:1:10000000000`` ends in one line, not in swap.
+    """
+    count = int(count)
+    if count < 1:
+        raise UserError(f"{what} needs at least 1 point, got {count}")
+    if count > MAX_LIST:
+        raise UserError(f"{what} of {count} points is more than the limit of {MAX_LIST}")
+    if count == 1:
+        return [float(start)]
+    return [start + (stop - start) * i / (count - 1) for i in range(count)]
+
+
+#: Most points of a grid (the product of its axes: a sweep, a trainability grid). Each point is at least one
+#: command run and one result file (1-4 KB): 10^5 points are ~10^5 files and hours of work even at 0.1 s each.
+MAX_GRID_POINTS = 100_000
+
+
+def check_grid(sizes, what: str = "the grid", limit: int = MAX_GRID_POINTS) -> int:
+    """The number of points of a grid with axes of ``sizes`` (an int or a sequence); refused above ``limit``.
+
+    Computed on Python integers (no overflow), before any point is built.
+    """
+    import math
+
+    sizes = [int(sizes)] if isinstance(sizes, int) else [int(s) for s in sizes]
+    if any(s < 0 for s in sizes):
+        raise UserError(f"{what} has an axis of negative size")
+    total = math.prod(sizes)
+    if total > limit:
+        axes = " x ".join(str(s) for s in sizes)
+        raise UserError(f"{what} has {axes} = {total} points, more than the limit of {limit}")
+    return total
+
+
+#: Most bisection steps of a refinement (trainability's largest trainable learning rate). Each step halves
+#: an interval of log(lr) that starts at the grid spacing (ln 10 ~ 2.3), so 20 steps resolve lr to 2e-6
+#: relative, far below the seed-to-seed spread; every step is a full ensemble training.
+MAX_REFINE_STEPS = 20
+
+
+def check_refine(steps: int, option: str = "--refine") -> None:
+    """Refuse more than :data:`MAX_REFINE_STEPS` bisection steps."""
+    if int(steps) < 0:
+        raise UserError(f"{option} must be >= 0, got {steps}")
+    if int(steps) > MAX_REFINE_STEPS:
+        raise UserError(f"{option} {steps}: the interval would be 2^-{steps} of the grid spacing; the limit is "
+                        f"{MAX_REFINE_STEPS} steps (2e-6 relative in lr, far below the spread over seeds)")
+
+
+def max_workers() -> int:
+    """Most local worker processes: one per core (more only contend for the cores and each holds ~0.2 GB)."""
+    return max(1, os.cpu_count() or 1)
+
+
+def check_workers(n: int, option: str = "--workers") -> None:
+    """Refuse fewer than 1 or more than :func:`max_workers` local worker processes."""
+    n, most = int(n), max_workers()
+    if n < 1:
+        raise UserError(f"{option} must be >= 1, got {n}")
+    if n > most:
+        raise UserError(f"{option} {n}: this machine has {most} core{'s' * (most > 1)}, so at most {most} local "
+                        f"workers; for more, start a Dask scheduler and workers yourself and pass --scheduler")
+
+
+#: Longest network timeout (seconds): a day. Longer is no timeout at all, and the OS's socket timeout
+#: overflows beyond about 9e15 s; shorter than a millisecond can never be met.
+MAX_TIMEOUT_S = 86_400.0
+MIN_TIMEOUT_S = 1e-3
+
+
+def check_timeout(seconds: float, option: str = "--timeout") -> None:
+    """Refuse a timeout outside [:data:`MIN_TIMEOUT_S`, :data:`MAX_TIMEOUT_S`] seconds (NaN included)."""
+    if not MIN_TIMEOUT_S <= seconds <= MAX_TIMEOUT_S:
+        raise UserError(f"{option} must be from {MIN_TIMEOUT_S:g} to {MAX_TIMEOUT_S:g} seconds (a day), got {seconds:g}")
+
+
+#: Most points of a spectral density (``spectrum --points``): each is a polynomial root, about 3-4 ms
+#: (measured), so 10^4 points is under a minute.
+MAX_DENSITY_POINTS = 10_000

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 from propagate.errors import UserError
@@ -68,6 +69,10 @@ THEOREM1_BOX = {"mu": (-0.1, 0.1), "omega": (-0.1, 0.1), "nu": (0.8, 1.5), "tau"
 #: Extra decimal digits carried while solving, dropped when results are reported.
 _GUARD_DIGITS = 15
 MAX_DIGITS = 2000
+#: Fixed-point variances :func:`solve_selu` answers for. Below 1e-12 the moment integrals cancel to a
+#: share of ``var`` that needs more working digits than the guard carries; above 1e12 sympy's exact
+#: elimination meets ``exp(var/2)`` factors beyond its numeric checks (1e15 finds no root, 1e308 overflows).
+VAR_RANGE = (1e-12, 1e12)
 
 
 # --------------------------------------------------------------------------- #
@@ -443,8 +448,8 @@ def _validate(mean, var, digits) -> None:
     for name, v in (("mean", mean), ("var", var)):
         if not isinstance(v, (int, float)) or not math.isfinite(v):
             raise UserError(f"{name} must be a finite number, got {v!r}")
-    if var <= 0:
-        raise UserError(f"the variance must be > 0, got {var}")
+    if not VAR_RANGE[0] <= var <= VAR_RANGE[1]:
+        raise UserError(f"the variance must be from {VAR_RANGE[0]:g} to {VAR_RANGE[1]:g}, got {var:g}")
 
 
 def solve_selu(mean=0, var=1, digits=30) -> SeluSolution:
@@ -462,7 +467,8 @@ def solve_selu(mean=0, var=1, digits=30) -> SeluSolution:
     _validate(mean, var, digits)
     lam_expr, alpha_expr = closed_forms(mean, var)
     g, jac_mn, jac_la = _mp_functions()
-    with mp.workdps(digits + _GUARD_DIGITS):
+    # a small variance cancels about log10(1/var) digits in the moments: carry them too
+    with mp.workdps(digits + _GUARD_DIGITS + max(0, math.ceil(-math.log10(var)))):
         mu, nu = mp.mpf(repr(float(mean))), mp.mpf(repr(float(var)))
         _, lam0, alpha0 = _numeric_root(mean, var)
         start = (lam0, alpha0)

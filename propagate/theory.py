@@ -376,43 +376,60 @@ def _check_bounded_overflow(act, sw2: float, sb2: float) -> float:
     return cap
 
 
+def _homogeneous_fixed_point(act, sw2: float, sb2: float, q0: float) -> float:
+    """``q*`` of a positively homogeneous activation (relu, leaky relu, linear), exactly.
+
+    Its length map is the line ``q -> s q + sigma_b^2`` with slope ``s = sigma_w^2 E[phi(z)^2]``,
+    so ``q* = sigma_b^2 / (1 - s)`` for ``s < 1``; for ``s = 1`` every ``q`` is a fixed point
+    when ``sigma_b^2 = 0`` (``q0`` is returned) and none is finite otherwise (``q`` grows by
+    ``sigma_b^2`` a layer); for ``s > 1`` none is finite (``q = 0`` stays 0 without bias).
+    A slope within 4 ulps of 1 counts as 1: that is how ``sigma_w^2 = 2 / (1 + slope^2)`` rounds.
+    """
+    s = sw2 * _moments(act, 1.0)[1]
+    if abs(s - 1.0) <= 4 * np.finfo(float).eps:
+        return q0 if sb2 == 0 else math.inf
+    if s < 1:
+        q = sb2 / (1.0 - s)
+        return q if q <= OVERFLOW_Q else math.inf
+    return 0.0 if (sb2 == 0 and q0 == 0) else math.inf
+
+
 def fixed_point_q(activation, sigma_w2: float, sigma_b2: float, q0: float = 1.0, *, tol: float = 1e-13, max_iter: int = 400) -> float:
     """The fixed point ``q*`` reached by iterating the length map from ``q0``.
 
     Returns ``math.inf`` when ``q`` grows without bound (e.g. relu with
-    ``sigma_w^2 > 2``) and ``0.0`` when it decays to zero (e.g. relu with
-    ``sigma_w^2 < 2``, ``sigma_b^2 = 0``). Iterates while that converges and
-    then brackets the fixed point in the direction of travel and solves it with
-    Brent's method (the length map is increasing in ``q`` for the usual
-    activations, so iteration from ``q0`` ends at the nearest fixed point that way).
+    ``sigma_w^2 > 2``, or ``= 2`` with ``sigma_b^2 > 0``: there is no finite
+    fixed point, whatever float64 rounding of ``q + sigma_b^2`` suggests) and
+    ``0.0`` when it decays to zero (e.g. relu with ``sigma_w^2 < 2``,
+    ``sigma_b^2 = 0``). Positively homogeneous activations use the exact line
+    (:func:`_homogeneous_fixed_point`). Others iterate while that converges (a
+    step below ``tol`` relative that is also shorter than the step before) and
+    then bracket the fixed point in the direction of travel (a sign change of
+    ``L(q) - q`` that is not a tie of rounding) and solve it with Brent's
+    method (the length map is increasing in ``q`` for the usual activations,
+    so iteration from ``q0`` ends at the nearest fixed point that way).
     """
     act = get_activation(activation)
     sw2, sb2 = _check_var("sigma_w2", sigma_w2), _check_var("sigma_b2", sigma_b2)
     q = _check_var("q0", q0)
+    if act.family in _HOMOGENEOUS:
+        return _homogeneous_fixed_point(act, sw2, sb2, q)
     cap = _check_bounded_overflow(act, sw2, sb2)
 
     def L(x):  # quadrature may round E[phi^2] above sup phi^2; the bound is exact
         return min(sw2 * _moments(act, x)[1] + sb2, cap)
 
+    step = math.inf
     for _ in range(40):
         qn = L(q)
         if not math.isfinite(qn) or qn > OVERFLOW_Q:
             return math.inf
-        if abs(qn - q) <= tol * max(q, 1e-300) or qn == q:
+        if qn == q or (abs(qn - q) <= tol * max(q, 1e-300) and abs(qn - q) < step):
             return qn
-        q = qn
+        step, q = abs(qn - q), qn
     g = lambda x: L(x) - x  # noqa: E731
-    if L(q) > q:  # increasing: find an upper bracket
-        hi = q
-        for _ in range(2000):
-            hi *= 2.0
-            if hi > OVERFLOW_Q or g(hi) <= 0:
-                break
-        if hi > OVERFLOW_Q and math.isfinite(cap):
-            hi = cap  # L(cap) <= cap: the bound is an upper bracket
-        if hi > OVERFLOW_Q:
-            return math.inf
-        return float(optimize.brentq(g, q, hi, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=max_iter))
+    if L(q) > q:
+        return _bracket_up(g, q, cap, max_iter)
     lo = q
     for _ in range(2000):
         lo *= 0.5
@@ -421,6 +438,30 @@ def fixed_point_q(activation, sigma_w2: float, sigma_b2: float, q0: float = 1.0,
     if lo < 1e-300:
         return 0.0
     return float(optimize.brentq(g, lo, q, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=max_iter))
+
+
+def _bracket_up(g, q: float, cap: float, max_iter: int) -> float:
+    """The fixed point above ``q`` where ``g = L - id`` turns negative; ``inf`` if it does not below :data:`OVERFLOW_Q`.
+
+    ``g(x) == 0`` at a doubling point counts as a root only when ``g`` is negative
+    beyond it (``g(2x) < 0``): where ``sigma_b^2`` is below the rounding of ``q``,
+    ``L(x) - x`` is 0 for every large ``x`` and there is no fixed point at all.
+    """
+    hi = q
+    for _ in range(2000):
+        hi *= 2.0
+        if hi > OVERFLOW_Q:
+            break
+        gh = g(hi)
+        if gh < 0 or (gh == 0 and g(2.0 * hi) < 0):
+            break
+    if hi > OVERFLOW_Q and math.isfinite(cap):
+        hi = cap  # L(cap) <= cap: the bound is an upper bracket
+    if hi > OVERFLOW_Q:
+        return math.inf
+    if g(hi) == 0:
+        return float(hi)
+    return float(optimize.brentq(g, q, hi, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=max_iter))
 
 
 def _q_at(act, sw2: float, sb2: float, q: float | None) -> float:
@@ -573,6 +614,17 @@ def _phase_of(x1: float, tol: float = CRITICAL_TOL) -> str:
 _HOMOGENEOUS = ("relu", "leaky_relu", "linear")
 
 
+def _check_critical_sigma_b2(act: Activation, sigma_b2: float) -> float:
+    """``sigma_b2`` as a float if :func:`critical_sigma_w2` answers for it, else UserError with the range."""
+    sb2 = _check_var("sigma_b2", sigma_b2)
+    limit = MAX_CRITICAL_SIGMA_B2 if all(map(math.isfinite, act.bounds)) else MAX_CRITICAL_SIGMA_B2_UNBOUNDED
+    if sb2 > limit and act.family not in _HOMOGENEOUS:
+        raise UserError(f"sigma_b2 = {sb2:g} is beyond {limit:g}, the largest bias variance whose critical point "
+                        f"float64 resolves for the {'bounded' if limit == MAX_CRITICAL_SIGMA_B2 else 'unbounded'} "
+                        f"{act.name}")
+    return sb2
+
+
 def critical_sigma_w2(activation, sigma_b2: float = 0.0) -> tuple[float, float]:
     """``(sigma_w^2, q*)`` on the edge of chaos (``chi_1 = 1``) for a bias variance ``sigma_b^2``.
 
@@ -586,10 +638,13 @@ def critical_sigma_w2(activation, sigma_b2: float = 0.0) -> tuple[float, float]:
     At ``sigma_b^2 = 0`` with ``phi(0) = 0`` (tanh, erf, elu, selu, gelu, ...)
     the critical point is ``q* = 0`` with ``sigma_w^2 = 1 / lim_{q->0} E[phi'^2]``
     (``1/phi'(0)^2``; the mean of the squared one-sided slopes at a kink).
-    Returns ``(nan, nan)`` when no critical point exists.
+    Returns ``(nan, nan)`` when no critical point exists. Answers for every
+    ``0 <= sigma_b^2 <= MAX_CRITICAL_SIGMA_B2`` (1e250) for a bounded activation,
+    ``<= MAX_CRITICAL_SIGMA_B2_UNBOUNDED`` (1e6) for an unbounded one; larger is
+    refused (UserError) rather than answered "none".
     """
     act = get_activation(activation)
-    sb2 = _check_var("sigma_b2", sigma_b2)
+    sb2 = _check_critical_sigma_b2(act, sigma_b2)
     if act.family in _HOMOGENEOUS:
         sw2 = 1.0 / grad_moment(act, 1.0)
         return sw2, (1.0 if sb2 == 0 else math.inf)
@@ -605,20 +660,52 @@ def critical_sigma_w2(activation, sigma_b2: float = 0.0) -> tuple[float, float]:
     lo = 1e-12
     if h(lo) > 0:
         return math.nan, math.nan
-    hi = 1.0
-    while h(hi) <= 0:
-        hi *= 2.0
-        if hi > 1e12:
-            return math.nan, math.nan
-    # the smallest root: scan geometrically below hi for the first sign change
-    grid = np.geomspace(lo, hi, 48)
+    hi = _critical_upper_bracket(h, max(1.0, sb2))
+    if hi is None:
+        return math.nan, math.nan
+    # the smallest root: scan geometrically below hi for the first sign change that float64 resolves
+    grid = np.geomspace(lo, hi, 48 + 4 * int(math.log10(hi / lo) // 12))
     vals = [h(x) for x in grid]
     for i in range(len(grid) - 1):
-        if vals[i] <= 0 < vals[i + 1]:
+        if vals[i] <= 0 < vals[i + 1] and vals[i + 1] > _RESOLVED * grid[i + 1]:
             lo, hi = grid[i], grid[i + 1]
             break
     qs = float(optimize.brentq(h, lo, hi, xtol=1e-300, rtol=1e-15))
     return 1.0 / grad_moment(act, qs), qs
+
+
+#: Largest bias variance :func:`critical_sigma_w2` answers for with a bounded activation (tanh, erf,
+#: sigmoid): there ``q* - E[phi^2]/E[phi'^2]`` has no cancellation (the ratio grows like sqrt(q*)), and
+#: ``q* >= sigma_b^2`` must stay far below :data:`propagate.layers.OVERFLOW_Q`.
+MAX_CRITICAL_SIGMA_B2 = 1e250
+#: The same for an unbounded activation (gelu, silu, softplus, elu, selu, ...): ``E[phi^2]/E[phi'^2]``
+#: approaches ``q`` itself, and the difference that decides the critical point falls below float64's
+#: resolution (:data:`_RESOLVED` of ``q``) for larger bias variances (elu: near sigma_b2 = 1e9).
+MAX_CRITICAL_SIGMA_B2_UNBOUNDED = 1e6
+#: A value of ``h(q) = q - E[phi^2]/E[phi'^2] - sigma_b^2`` counts as a sign only above this share of ``q``:
+#: the quadrature is good to about 1e-12 relative, so a smaller ``h`` is rounding, not a crossing.
+_RESOLVED = 1e-9
+
+
+def _critical_upper_bracket(h, start: float) -> float | None:
+    """A ``q >= start`` with ``h(q)`` resolved positive (doubling), or ``None`` where none is found.
+
+    ``q*`` exceeds ``sigma_b^2`` (the fixed-point condition adds ``sigma_w^2 E[phi^2] >= 0``),
+    so the search starts there: for tanh at ``sigma_b^2 = 1e50``, ``q*`` is about ``1e50``. It
+    stops (no critical point) below :data:`OVERFLOW_Q` or where ``h`` is no longer resolved (three
+    doublings in a row within :data:`_RESOLVED` of ``q``: softplus, whose ``h`` stays negative
+    like ``-sqrt(q)``, would otherwise show a rounding "root" near ``q = 3e24``).
+    """
+    hi, unresolved = start, 0
+    while hi <= OVERFLOW_Q / 1e40:
+        v = h(hi)
+        if v > _RESOLVED * hi:
+            return hi
+        unresolved = unresolved + 1 if v >= -_RESOLVED * hi else 0
+        if unresolved >= 3:
+            return None
+        hi *= 2.0
+    return None
 
 
 def critical_line(activation, sigma_b2_values: Iterable[float]):
@@ -626,6 +713,7 @@ def critical_line(activation, sigma_b2_values: Iterable[float]):
     import pandas as pd
 
     act = get_activation(activation)
+    sigma_b2_values = [_check_critical_sigma_b2(act, v) for v in sigma_b2_values]  # every value before any work
     rows = []
     for sb2 in sigma_b2_values:
         sw2, qs = critical_sigma_w2(act, sb2)

@@ -146,3 +146,36 @@ def test_register_a_user_activation_and_use_it():
     finally:
         unregister_activation("absval")
     assert "absval" not in list_activations()
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("gelu@gamma=1,gamma=2", "gives gamma twice"),
+    ("leaky_relu:0.1,slope=0.3", "gives slope twice"),
+    ("selu:alpha=1,lambda=1,alpha=2", "gives alpha twice"),
+    ("leaky_relu:0.1,0.2", "takes parameters \\['slope'\\] as key=value"),
+    ("leaky_relu:1e200", r"slope = 1e200 is outside its range \|slope\| <= 1e\+06"),
+    ("selu:lambda=0", r"lambda = 0 is outside its range 1e-06 <= lambda <= 1e\+06"),
+    ("elu:alpha=-1", r"alpha = -1 is outside its range 0 <= alpha <= 1e\+06"),
+    ("gelu@gamma=0", r"gamma = 0 is outside its range 1e-06 <= \|gamma\| <= 1e\+06"),
+    ("gelu@b=-2e6", r"b = -2e6 is outside its range \|b\| <= 1e\+06"),
+    ("leaky_relu:1e-310", "subnormal"),
+    ("tanh:1", "tanh takes no parameters"),
+    ("gelu@c=1", "the transform has no parameter 'c'"),
+])
+def test_parameters_are_given_once_and_within_their_range(name, expected):
+    """The last of two values used to win silently; edge values crashed later (leaky_relu:1e200 overflowed slope^2)."""
+    with pytest.raises(UserError, match=expected):
+        get_activation(name)
+
+
+def test_parameters_at_the_edges_of_their_ranges_work():
+    from propagate.theory import critical_sigma_w2
+
+    assert get_activation("leaky_relu:-1e6").params == {"slope": -1e6}
+    assert get_activation("LEAKY_RELU:SLOPE=0.5").params == {"slope": 0.5}  # keys are case-insensitive
+    # critical sigma_w2 of leaky relu: 1 / E[phi'^2] = 2 / (1 + slope^2), exact at the edge of the range
+    assert critical_sigma_w2("leaky_relu:1e6", 0.0)[0] == pytest.approx(2 / (1 + 1e12), rel=1e-12)
+    sw2, _ = critical_sigma_w2("selu:lambda=1e-6", 0.0)  # lambda^2 E[phi'^2] at q -> 0 is lambda^2 (1 + alpha^2) / 2
+    a = get_activation("selu").params["alpha"]
+    assert sw2 == pytest.approx(2 / (1e-12 * (1 + a * a)), rel=1e-6)
+    assert get_activation("gelu@gamma=1e-6,a=1e6,b=-1e6,d=1e6").params["gamma"] == 1e-6

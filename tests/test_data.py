@@ -161,6 +161,17 @@ def test_missing_without_download_says_how_to_fetch(tmp_path):
         load_dataset("mnist", data_dir=tmp_path / "empty", download=False)
 
 
+def test_a_named_data_folder_without_the_files_is_refused_before_any_notice(tmp_path):
+    """A command's --data-dir is read, not downloaded into: the refusal names the folder (repr) and the fetch command."""
+    notes = []
+    empty = tmp_path / "my data"
+    empty.mkdir()
+    with pytest.raises(UserError) as info:
+        load_dataset("mnist", data_dir=empty, download=False, notify=notes.append)
+    msg = str(info.value)
+    assert notes == [] and f"{str(empty)!r}" in msg and f"propagate data fetch mnist --data-dir {str(empty)!r}" in msg
+
+
 # ------------------------------------------------------------ loopback server
 
 

@@ -170,6 +170,43 @@ def test_fixed_points_and_no_finite_fixed_point():
     assert r.phase == "chaotic"
 
 
+def test_no_finite_fixed_point_is_reported_as_none():
+    """q -> s q + sigma_b^2 with slope s = 1 and sigma_b^2 > 0 grows forever; float64's q + 0.1 == q near 1e15
+    once made that look like a fixed point (q* = 1.4e15, fixed_point True)."""
+    for act, sw2 in (("linear", 1.0), ("relu", 2.0), ("leaky_relu:0.2", 2 / 1.04)):
+        assert fixed_point_q(act, sw2, 0.1) == math.inf
+        r = analyze(act, sw2, 0.1, depth=3)
+        assert r.q_star == math.inf and not r.fixed_point and r.phase == "critical"
+        assert fixed_point_q(act, sw2, 0.0) == 1.0  # without bias every q is fixed: the start
+    assert fixed_point_q("linear", 1.0, 1e-20) == math.inf  # the step is below the rounding of q = 1
+    # just below the critical slope the line's fixed point is finite and exact: 0.1 / (1 - 0.999)
+    assert fixed_point_q("relu", 1.998, 0.1) == pytest.approx(100.0, rel=1e-12)
+    # asymptotically linear activations: elu at sigma_w2 = 2 grows like q + 1.1; gelu has a finite q*
+    assert fixed_point_q("elu", 2.0, 0.1) == math.inf
+    q = fixed_point_q("gelu", 2.0, 0.1)
+    assert math.isfinite(q) and length_map("gelu", 2.0, 0.1, q) == pytest.approx(q, rel=1e-12)
+
+
+def test_critical_point_found_over_the_whole_bias_range():
+    """tanh at sigma_b2 = 1e50: q* ~ sigma_b2, sigma_w2 = 1 / E[tanh'(sqrt(q*) z)^2] ~ sqrt(q*) / 0.532 (was nan)."""
+    for sb2 in (1e3, 1e50, 1e250):
+        sw2, qs = critical_sigma_w2("tanh", sb2)
+        assert math.isfinite(sw2) and qs >= sb2
+        assert chi_1("tanh", sw2, sb2, q=qs) == pytest.approx(1.0, abs=1e-10)
+        assert length_map("tanh", sw2, sb2, qs) == pytest.approx(qs, rel=1e-12)
+        # large q: E[tanh'(h)^2] ~ (2/3) * 2 / sqrt(2 pi q) (the integral of sech^4 is 4/3)
+        assert sw2 == pytest.approx(math.sqrt(2 * math.pi * qs) * 3 / 4, rel=1e-3 if sb2 > 1e3 else 0.05)
+    sw2, qs = critical_sigma_w2("elu", 1e6)  # unbounded: the largest bias answered, q* ~ 6e12
+    assert length_map("elu", sw2, 1e6, qs) == pytest.approx(qs, rel=1e-9)
+    # softplus has none (h(q) ~ -sqrt(q)); float64's rounding near q = 3e24 is not taken for one
+    assert all(math.isnan(v) for v in critical_sigma_w2("softplus", 0.0))
+    for act, sb2 in (("tanh", 1e251), ("gelu", 1e7)):
+        with pytest.raises(UserError, match="largest bias variance"):
+            critical_sigma_w2(act, sb2)
+    with pytest.raises(UserError, match="beyond 1e\\+06"):  # the whole list is checked before any point
+        critical_line("elu", [0.0, 1.0, 1e7])
+
+
 def test_depth_scales_match_their_formulas():
     # erf is smooth: chi_q = sigma_w2 E[phi'^2 + phi phi''] with erf'' = -2 h erf'
     sw2, sb2 = 1.6, 0.2

@@ -17,14 +17,24 @@ import math
 import os
 import re
 
+from propagate import limits
+
+
+#: Smallest positive normal float64. A nonzero number below it in magnitude (subnormal, e.g. 1e-320) keeps
+#: fewer than 16 significant digits and turns into 0 or inf at the first division or squaring; it is refused.
+SMALLEST_NORMAL = 2.2250738585072014e-308
+
 
 def _number(text: str, kind=float):
     try:
         value = kind(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if isinstance(value, float) and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    if isinstance(value, float) and 0 < abs(value) < SMALLEST_NORMAL:
+        raise argparse.ArgumentTypeError(f"{text} is below the smallest normal float64 {SMALLEST_NORMAL:.3g} in "
+                                         f"magnitude (a subnormal loses its digits); use 0 or a larger value")
     return value
 
 
@@ -75,7 +85,7 @@ def nonneg_int(text: str) -> int:
 
 
 #: Most values a list or range may hold (a range is expanded at parse time); commands bound the work further.
-MAX_LIST = 100_000
+MAX_LIST = limits.MAX_LIST
 
 
 def float_list(text: str) -> list[float]:
@@ -84,11 +94,7 @@ def float_list(text: str) -> list[float]:
     if text.count(":") == 2:
         a, b, n = text.split(":")
         start, stop, count = _number(a), _number(b), positive_int(n)
-        if count > MAX_LIST:
-            raise argparse.ArgumentTypeError(f"a range of {count} points is more than the limit of {MAX_LIST}")
-        if count == 1:
-            return [start]
-        return [start + (stop - start) * i / (count - 1) for i in range(count)]
+        return _from_user_error(limits.linear_range)(start, stop, count, "a range")
     items = [t for t in text.split(",") if t.strip()]
     if not items:
         raise argparse.ArgumentTypeError(f"empty list: {text!r}")
@@ -118,11 +124,11 @@ def _from_user_error(fn):
     """Turn the library's UserError into argparse's error (so the message names the option)."""
 
     @functools.wraps(fn)
-    def wrapper(text: str):
+    def wrapper(*args, **kwargs):
         from propagate.errors import UserError
 
         try:
-            return fn(text)
+            return fn(*args, **kwargs)
         except UserError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -247,3 +253,117 @@ def threads(text: str) -> int:
     if v > MAX_THREADS:
         raise argparse.ArgumentTypeError(f"must be <= {MAX_THREADS} (this machine has {os.cpu_count()} cores), got {text}")
     return v
+
+
+# ------------------------------------------------------------- seeds, workers, refinement, time, addresses
+
+
+def seed(text: str) -> int:
+    """A random seed, 0 to 2^63 - 1 (:data:`propagate.limits.MAX_SEED`: seeds are stored as signed 64-bit
+    integers). An ensemble's last seed ``seed + seeds - 1`` is checked by :func:`propagate.limits.check_seeds`."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    _from_user_error(limits.check_seeds)(v, 1, "seed")
+    return v
+
+
+def workers(text: str) -> int:
+    """Local Dask worker processes: 1 to one per core (:func:`propagate.limits.max_workers`)."""
+    v = positive_int(text)
+    _from_user_error(limits.check_workers)(v, "--workers")
+    return v
+
+
+def refine_steps(text: str) -> int:
+    """Bisection steps of a refinement: 0 to :data:`propagate.limits.MAX_REFINE_STEPS`."""
+    v = nonneg_int(text)
+    _from_user_error(limits.check_refine)(v, "--refine")
+    return v
+
+
+def timeout_seconds(text: str) -> float:
+    """A network timeout in seconds, 0.001 to 86400 (:func:`propagate.limits.check_timeout`)."""
+    v = _number(text)
+    _from_user_error(limits.check_timeout)(v, "--timeout")
+    return v
+
+
+def density_points(text: str) -> int:
+    """Points of a spectral density, 1 to :data:`propagate.limits.MAX_DENSITY_POINTS`."""
+    return int_in(1, limits.MAX_DENSITY_POINTS, "about 4 ms a point")(text)
+
+
+#: Protocols a Dask scheduler address may name (``distributed.comm``); without one, ``tcp`` is meant.
+SCHEDULER_PROTOCOLS = ("tcp", "tls", "ucx", "ws", "wss")
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)$")
+
+
+def scheduler_address(text: str) -> str:
+    """The address of a running Dask scheduler: ``[PROTOCOL://]HOST:PORT`` (``tcp://10.0.0.5:8786``).
+
+    Checked here, so that an empty string does not silently start a local
+    cluster and a malformed one (``not an address``, ``http://...``) ends in
+    one line instead of Dask's ``ValueError``; whether a scheduler answers
+    there is found when the command connects.
+    """
+    t = text.strip()
+    if not t:
+        raise argparse.ArgumentTypeError("needs a scheduler address such as tcp://HOST:8786, got an empty string")
+    protocol, sep, rest = t.partition("://")
+    if not sep:
+        protocol, rest = "tcp", t
+    if protocol.lower() not in SCHEDULER_PROTOCOLS:
+        raise argparse.ArgumentTypeError(f"{text!r}: a Dask scheduler speaks {', '.join(SCHEDULER_PROTOCOLS)}, "
+                                         f"not {protocol!r}; give tcp://HOST:PORT")
+    host, colon, port = rest.rpartition(":")
+    if not colon or not _HOST.match(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a scheduler address; give [PROTOCOL://]HOST:PORT, "
+                                         f"e.g. tcp://127.0.0.1:8786")
+    return t
+
+
+@_from_user_error
+def data_dir(text: str) -> str:
+    """A folder that holds a dataset's files (it must exist: a command reads from it and downloads nothing into it)."""
+    from propagate.errors import UserError
+    from propagate.io import check_path_text
+
+    p = check_path_text(text, None, "folder")
+    try:
+        if not p.exists():
+            raise UserError(f"{text!r} does not exist; give the folder that holds the dataset's files "
+                            f"(propagate data fetch NAME --data-dir DIR downloads them there)")
+        if not p.is_dir():
+            raise UserError(f"{text!r} is not a folder")
+    except OSError as exc:
+        raise UserError(f"cannot use {text!r}: {exc.strerror or exc}") from None
+    return str(p)
+
+
+# ------------------------------------------------------------- options that do not apply
+
+
+def given(args, option: str) -> bool:
+    """Whether the command line named ``option`` (``--grid 5`` or ``--grid=5``).
+
+    The CLI keeps its argument list on ``args`` (``_argv``); a namespace built
+    in Python has none, and nothing counts as given.
+    """
+    return any(tok == option or tok.startswith(option + "=") for tok in getattr(args, "_argv", None) or ())
+
+
+def refuse_unused(args, needs) -> None:
+    """Refuse an option given where it has no effect, naming what it needs.
+
+    ``needs`` maps an option to ``(what it goes with, in words; whether that is
+    there)``, e.g. ``{"--grid": ("--stability", args.stability)}``: ``--grid 5``
+    without ``--stability`` would otherwise be ignored without a word.
+    """
+    from propagate.errors import UserError
+
+    for option, (partner, present) in needs.items():
+        if not present and given(args, option):
+            fix = f"add {partner} or drop {option}" if partner.startswith("--") else f"drop {option}"
+            raise UserError(f"{option} has no effect without {partner}; {fix}")

@@ -28,7 +28,11 @@ A list (0,0.05,0.1) or a range START:STOP:N traces the critical line.
 
 For relu-like (positively homogeneous) activations chi_1 does not depend on q:
 the critical sigma_w2 is 1/E[phi'^2] (relu: 2), with q* = inf for sigma_b2 > 0.
-"nan" means no critical point exists (e.g. softplus).
+"nan" means no critical point exists (e.g. softplus). Bias variances up to
+1e250 are answered for bounded activations (tanh, erf, sigmoid: q* is about
+sigma_b2 there), up to 1e6 for unbounded ones (gelu, elu, selu, silu, ...:
+beyond, the condition that fixes q* cancels below float64's precision);
+larger ones are refused.
 
 examples:
   propagate critical --activation tanh --sigma-b2 0.05

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from propagate.commands._args import output_dir, positive_float
+from propagate.commands._args import data_dir, output_dir, timeout_seconds
 
 NAME = "data"
 HELP = "show where MNIST-like datasets are and download them"
@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "class, and whether its files match their published checksums. "
                                       "Downloads nothing.")
     info.add_argument("name", metavar="NAME", help=_NAMES)
-    info.add_argument("--data-dir", metavar="DIR", help="folder holding the IDX files (default: cache folder)")
+    info.add_argument("--data-dir", metavar="DIR", type=data_dir,
+                      help="folder holding the IDX files (an existing folder; default: cache folder)")
     info.add_argument("--json", action="store_true", help="print the information as JSON")
     info.add_argument("--no-verify", action="store_true", help="skip computing checksums")
     info.set_defaults(_data_run=_run_info)
@@ -52,11 +53,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fetch.add_argument("name", metavar="NAME", help="mnist or fashion-mnist (mnist-5k needs no download)")
     fetch.add_argument("--data-dir", metavar="DIR", type=output_dir,
                        help="folder to put the files in (default: cache folder)")
-    fetch.add_argument("--mirror", metavar="URL", action="append",
+    fetch.add_argument("--mirror", metavar="URL", action="append", type=_mirror,
                        help="base URL to try instead of the built-in mirrors (repeatable, tried in order)")
-    fetch.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
-                       help="network timeout in seconds per connection (default 30)")
+    fetch.add_argument("--timeout", type=timeout_seconds, default=30.0, metavar="S",
+                       help="network timeout in seconds per connection, 0.001 to 86400 (default 30)")
     fetch.set_defaults(_data_run=_run_fetch)
+
+
+def _mirror(text: str) -> str:
+    """A mirror's base URL: http(s), ftp or file, with a place after the scheme and no spaces or control characters."""
+    scheme, sep, rest = text.strip().partition("://")
+    if not sep or scheme.lower() not in ("http", "https", "ftp", "file") or not rest.strip("/"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a mirror URL; give http(s)://HOST/PATH (or file:///PATH)")
+    if any(c.isspace() or ord(c) < 32 for c in text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r}: a URL has no spaces or control characters")
+    return text.strip()
 
 
 def run(args: argparse.Namespace) -> int:

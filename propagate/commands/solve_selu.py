@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from propagate.commands._args import finite_float, float_list, nonneg_int, positive_float, positive_int, probability
+from propagate.commands._args import (finite_float, float_list, positive_float, positive_int, probability,
+                                      refuse_unused, seed)
 
 NAME = "solve-selu"
 HELP = "derive SELU's lambda and alpha for a fixed point (mean, var), with Jacobian and checks"
@@ -35,6 +36,18 @@ def _positive_range(text: str) -> tuple[float, float]:
     if lo <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
     return lo, hi
+
+
+#: selu.VAR_RANGE, repeated so that --help needs no sympy (a test keeps them equal).
+VAR_RANGE = (1e-12, 1e12)
+
+
+def _variance(text: str) -> float:
+    """The fixed point's variance, within :data:`VAR_RANGE` (where the solution is accurate to --digits)."""
+    value = positive_float(text)
+    if not VAR_RANGE[0] <= value <= VAR_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"must be from {VAR_RANGE[0]:g} to {VAR_RANGE[1]:g}, got {text}")
+    return value
 
 
 def _digits(text: str) -> int:
@@ -74,7 +87,8 @@ def _samples(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mean", type=finite_float, default=0.0, help="fixed-point mean mu* (default 0)")
-    parser.add_argument("--var", type=positive_float, default=1.0, help="fixed-point variance nu* > 0 (default 1)")
+    parser.add_argument("--var", type=_variance, default=1.0,
+                        help=f"fixed-point variance nu*, {VAR_RANGE[0]:g} to {VAR_RANGE[1]:g} (default 1)")
     parser.add_argument("--digits", type=_digits, default=30, help="significant digits, 1-2000 (default 30)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print every number as a string at full precision")
@@ -89,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     st.add_argument("--grid", type=_grid, default=11, help="grid points per axis before refinement (default 11)")
     mc = parser.add_argument_group("Monte Carlo check")
     mc.add_argument("--check", action="store_true", help="push samples of N(0, var) through the solved SELU")
-    mc.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
+    mc.add_argument("--seed", type=seed, default=0, help="random seed, 0 to 2^63 - 1 (default 0)")
     mc.add_argument("--samples", type=_samples, default=1_000_000, help="number of samples (default 10^6)")
 
 
@@ -206,9 +220,27 @@ def _json(sol, dropout, stability, check) -> str:
     return to_json(out)
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse options that would be ignored: box and grid without --stability, sampling without --check, and
+    anything beyond the equations with --latex."""
+    stability = ("--stability", args.stability)
+    check = ("--check", args.check)
+    refuse_unused(args, {"--mu-range": stability, "--omega-range": stability, "--nu-range": stability,
+                         "--tau-range": stability, "--grid": stability, "--samples": check, "--seed": check})
+    if args.latex:
+        extra = [flag for flag, on in (("--stability", args.stability), ("--check", args.check),
+                                       ("--dropout", args.dropout is not None)) if on]
+        if extra:
+            from propagate.errors import UserError
+
+            raise UserError(f"--latex prints the equations of lambda, alpha and the Jacobian only; drop {extra[0]} "
+                            f"(or use --json, which includes it)")
+
+
 def run(args: argparse.Namespace) -> int:
     from propagate import selu
 
+    check_options(args)
     sol = selu.solve_selu(mean=args.mean, var=args.var, digits=args.digits)
     dropout = stability = check = None
     if args.dropout is not None:

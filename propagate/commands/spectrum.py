@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from propagate.commands._args import nonneg_int, png_file, positive_float, positive_int
+from propagate.commands._args import density_points, png_file, positive_float, positive_int, refuse_unused, seed
 from propagate.commands._spec_args import add_spec_arguments, spec_from_args
 
 NAME = "spectrum"
@@ -43,12 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     w.add_argument("--init", metavar="NAME", help="initializer (he_normal, lecun_normal, orthogonal, orthogonal:S, normal:S, ...)")
     add_spec_arguments(parser, activation="relu", init=None, depth=10, init_flag=False)
     parser.add_argument("--orthogonal", action="store_true", help="with --sigma-w2: orthogonal weights scaled to sigma_w^2")
-    parser.add_argument("--points", type=positive_int, default=300, metavar="N", help="density grid points (default 300)")
+    parser.add_argument("--points", type=density_points, default=300, metavar="N",
+                        help="density grid points, at most 10000 (default 300)")
     g = parser.add_argument_group("Monte Carlo (--check, --plot)")
     g.add_argument("--check", action="store_true", help="also measure the moments on sampled networks")
     g.add_argument("--networks", type=positive_int, default=4, metavar="S", help="sampled networks (default 4)")
     g.add_argument("--inputs", type=positive_int, default=2, metavar="K", help="inputs (Jacobians) per network (default 2)")
-    g.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
+    g.add_argument("--seed", type=seed, default=0, help="random seed, 0 to 2^63 - 1 (default 0)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print moments and density as JSON")
     out.add_argument("--plot", type=png_file, metavar="FILE.png", help="density over a histogram of simulated squared singular values")
@@ -60,6 +61,8 @@ def build(args):
 
     if args.orthogonal and args.sigma_w2 is None:
         raise UserError("--orthogonal goes with --sigma-w2 (or use --init orthogonal:S)")
+    sampled = ("--check or --plot", bool(args.check or args.plot))
+    refuse_unused(args, {"--networks": sampled, "--inputs": sampled, "--seed": sampled})
     for flag in ("first_width", "input_dim"):
         if getattr(args, flag, None) not in (None, args.width):
             raise UserError(f"spectrum uses square layers: drop --{flag.replace('_', '-')} (the input dimension is --width)")
@@ -70,17 +73,49 @@ def build(args):
             args.sigma_b2 = 0.0
     else:
         init = args.init
-    return spec_from_args(args, widths=(n,) * (args.depth + 1), init=init)
+    spec = spec_from_args(args, widths=(n,) * (args.depth + 1), init=init)
+    check_scale(spec)
+    return spec
+
+
+#: The density is solved for J J^T itself, whose scale is about prod_l sigma_w2_l: where the weight variances
+#: (summed over layers in decades) move it by more than 1e30 the solver loses the grid (relu at depth 60,
+#: sigma_w2 = 10, measured: no density points) or the mean-field q underflows; so that is refused.
+MAX_SCALE_DECADES = 30
+SIGMA_W2_RANGE = (1e-3, 1e3)
+#: Largest bias variance (and input variance): beyond it saturating activations (tanh, sigmoid) put the
+#: squared derivatives' distribution near 0, where the S-transform solver divides by zero (tanh at 1e100).
+MAX_SIGMA_B2 = 10.0
+
+
+def check_scale(spec) -> None:
+    """Refuse a spec whose per-layer sigma_w2 leave :data:`SIGMA_W2_RANGE` or move J J^T by > 1e30 in total,
+    or whose bias or input variance exceeds :data:`MAX_SIGMA_B2`."""
+    import math
+
+    from propagate.errors import UserError
+
+    for name, value in (("--sigma-b2", max(spec.sigma_b2())), ("--input-var", spec.input_var)):
+        if value > MAX_SIGMA_B2:
+            raise UserError(f"spectrum answers for {name} up to {MAX_SIGMA_B2:g}, got {value:g}")
+    sw2 = [float(v) for v in spec.sigma_w2()]
+    low, high = SIGMA_W2_RANGE
+    if any(not low <= v <= high for v in sw2):
+        bad = next(v for v in sw2 if not low <= v <= high)
+        raise UserError(f"spectrum answers for sigma_w2 from {low:g} to {high:g} per layer, got {bad:g}")
+    decades = sum(abs(math.log10(v)) for v in sw2)
+    if decades > MAX_SCALE_DECADES:
+        raise UserError(f"the weight variances scale J J^T by about 1e{decades:.0f} over {spec.depth} layers "
+                        f"(sum of |log10 sigma_w2|); spectrum answers up to 1e{MAX_SCALE_DECADES}: use fewer "
+                        f"layers or sigma_w2 nearer 1")
 
 
 def run(args: argparse.Namespace) -> int:
     from propagate.errors import UserError
 
-    from propagate.limits import require_memory, require_work
+    from propagate.limits import require_memory
 
     spec = build(args)
-    # the density is solved point by point (a polynomial root each): bounded by work, like other list sizes
-    require_work(args.points, 100_000, f"--points {args.points}", "density points", "use fewer --points")
     if args.check or args.plot:
         n = spec.widths[0]
         if args.depth * n ** 3 * args.networks * args.inputs > 2e12:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from propagate.commands._args import finite_float, output_file_or_stdout, positive_float, positive_int
+from propagate.commands._args import finite_float, output_file_or_stdout, positive_float, positive_int, refuse_unused
 from propagate.commands._spec_args import add_spec_arguments, spec_from_args
 
 NAME = "theory"
@@ -56,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build(args):
     """The (spec, sigma_w2, sigma_b2) the arguments describe."""
+    refuse_unused(args, {"--rows": ("a printed table (--json and --csv - print none)", not args.json and args.csv != "-")})
     if args.sigma_w2 is not None:
         n = args.width or 256
         sb2 = 0.0 if args.sigma_b2 is None else args.sigma_b2
