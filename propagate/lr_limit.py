@@ -149,11 +149,11 @@ def transient_beta(train_options) -> float:
     return float(train_options.momentum)
 
 
-def lookahead_steps(train_options, steps_per_epoch: int, warmup: int = 0) -> int:
-    """``K``: ``ceil(1 / (1 - beta))`` of :func:`transient_beta`, at least :data:`MIN_STEPS`, at most one epoch, plus ``warmup``."""
+def lookahead_steps(train_options, steps_per_epoch: int) -> int:
+    """``K``: ``ceil(1 / (1 - beta))`` of :func:`transient_beta`, at least :data:`MIN_STEPS`, at most one epoch, plus the warmup steps."""
     beta = transient_beta(train_options)
     k = max(MIN_STEPS, math.ceil(1.0 / (1.0 - beta) - 1e-9))
-    return int(min(k, max(1, steps_per_epoch)) + max(0, int(warmup)))
+    return int(min(k, max(1, steps_per_epoch)) + train_options.warmup)
 
 
 def limit_from_curve(lrs: Sequence[float], ratios: Sequence[float]) -> dict:
@@ -196,16 +196,17 @@ class _Members:
 
     Member ``m`` starts from seed ``seeds[m]``'s initial weights, sees that
     seed's epoch-1 shuffle (as training does), and its update at step ``t`` is
-    scaled by ``lrs[m] * warmup_factor(t)``.
+    scaled by ``lrs[m]`` times the warmup factor of ``train_options`` (its ``lr_at`` at unit rate).
     """
 
-    def __init__(self, spec, data, train_options, seeds, lrs, *, warmup=0, loss_scale=1.0):
+    def __init__(self, spec, data, train_options, seeds, lrs, *, loss_scale=1.0):
         import torch
 
         from propagate.spec import build_model
         from propagate.train import _make_optimizer
 
-        self.data, self.opts, self.warmup, self.loss_scale = data, train_options, int(warmup), float(loss_scale)
+        self.data, self.opts, self.loss_scale = data, train_options, float(loss_scale)
+        self.unit = train_options.with_(lr=1.0)  # its lr_at(t) is the warmup factor of step t
         self.seeds, self.lrs = list(seeds), [float(l) for l in lrs]
         self.model = build_model(spec, seeds=self.seeds, device=data.device)
         self.opt = _make_optimizer(self.model.parameters(), train_options.with_(lr=1.0))
@@ -232,7 +233,7 @@ class _Members:
         before = [p.detach().clone() for p in params]
         self.opt.step()
         self.t += 1
-        factor = min(1.0, self.t / self.warmup) if self.warmup else 1.0
+        factor = self.unit.lr_at(self.t)
         with torch.no_grad():
             for p, b in zip(params, before):
                 s = (self.scale * factor).view(-1, *([1] * (p.dim() - 1)))
@@ -246,7 +247,7 @@ class _Data:
     def __init__(self, dataset, probe_size, device):
         import torch
 
-        from propagate.train import _shuffle_seed
+        from propagate.train import shuffle_seed
 
         x, y = dataset.arrays("train")
         self.device = device
@@ -255,7 +256,7 @@ class _Data:
         self.n = len(self.y)
         p = min(int(probe_size), self.n)
         self.px, self.py = self.x[:p], self.y[:p]
-        self._shuffle_seed = _shuffle_seed
+        self._shuffle_seed = shuffle_seed
 
     def order(self, seed):
         import torch
@@ -362,13 +363,13 @@ def _below_eps_share(run, S: int) -> list[float]:
     return (small / max(total, 1)).tolist()
 
 
-def _lookahead(spec, data, train_options, members, steps, warmup, options, progress) -> list[dict]:
+def _lookahead(spec, data, train_options, members, steps, options, progress) -> list[dict]:
     """Run ``members`` (``(seed, lr)`` pairs) for ``steps`` steps in batched chunks; one curve row per member."""
     rows = []
     chunk = options.max_members or _member_budget(spec, train_options)
     for i in range(0, len(members), chunk):
         part = members[i : i + chunk]
-        run = _Members(spec, data, train_options, [s for s, _ in part], [l for _, l in part], warmup=warmup,
+        run = _Members(spec, data, train_options, [s for s, _ in part], [l for _, l in part],
                        loss_scale=options.loss_scale)
         loss0 = run.probe_loss().tolist()
         for _ in range(steps):
@@ -416,35 +417,33 @@ def _summary(per_seed, seeds, steps, member_steps, steps_per_epoch) -> dict:
             "epoch_member_steps": int(len(seeds) * steps_per_epoch)}
 
 
-def predict_max_lr(spec, dataset, train_options=None, *, seeds: Sequence[int] = (0, 1, 2), warmup: int = 0,
+def predict_max_lr(spec, dataset, train_options=None, *, seeds: Sequence[int] = (0, 1, 2),
                    options: LookaheadOptions | None = None,
                    progress: Callable[[str], None] | None = None) -> LrLimitResult:
     """The largest learning rate at which ``train_options``' optimizer trains ``spec`` on ``dataset``, predicted at init.
 
     ``train_options``: a :class:`propagate.train.TrainOptions` (optimizer, its
     ``rho``/``eps``/``momentum``, batch size, device, threads; its ``lr`` is
-    ignored); ``seeds``: the networks (seed ``k``'s initial weights and epoch-1
-    shuffle, as :func:`propagate.train.train` draws them); ``warmup``: linear
-    warmup steps (step ``t`` uses ``lr * min(1, t / warmup)``). The search and
+    ignored; its ``warmup`` is applied as training applies it); ``seeds``: the
+    networks (seed ``k``'s initial weights and epoch-1 shuffle, as
+    :func:`propagate.train.train` draws them). The search and
     the criterion are in the module docstring. Learning rates are step sizes
     (dimensionless multipliers of the optimizer's direction).
     """
     import pandas as pd
 
-    from propagate.train import TrainOptions, _resolve_device, _torch_settings
+    from propagate.train import TrainOptions, _torch_settings, resolve_device
 
     train_options = train_options or TrainOptions()
     options = options or LookaheadOptions()
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise UserError(f"seeds must be distinct whole numbers >= 0, got {seeds}")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise UserError(f"warmup must be a whole number of steps >= 0, got {warmup!r}")
-    dev = _resolve_device(train_options.device)
+    dev = resolve_device(train_options.device)
     with _torch_settings(train_options, dev):
         data = _Data(dataset, options.probe_size, dev)
         steps_per_epoch = math.ceil(data.n / train_options.batch_size)
-        steps = options.steps or lookahead_steps(train_options, steps_per_epoch, warmup)
+        steps = options.steps or lookahead_steps(train_options, steps_per_epoch)
         curve, scale = _one_step(spec, data, train_options, seeds, options)
         grids = {}
         for s in seeds:
@@ -455,7 +454,7 @@ def predict_max_lr(spec, dataset, train_options=None, *, seeds: Sequence[int] = 
         for _ in range(options.extensions + 1):
             if not todo:
                 break
-            curve += _lookahead(spec, data, train_options, todo, steps, warmup, options, progress)
+            curve += _lookahead(spec, data, train_options, todo, steps, options, progress)
             member_steps += len(todo) * steps
             todo = _extend(seeds, curve, grids, options.per_decade)
     rows = []
@@ -464,12 +463,12 @@ def predict_max_lr(spec, dataset, train_options=None, *, seeds: Sequence[int] = 
         res = limit_from_curve([r["lr"] for r in pts], [r["ratio"] for r in pts])
         note = ""
         if res["criterion"].startswith("no-progress"):
-            note = "no learning rate made measurable progress in the lookahead; the limit is where the loss stops falling"
+            note = "no learning rate made measurable progress in the lookahead; the limit is where the loss after the lookahead rises above its start"
         if scale[s][1] > 0.5:
             note = (note + "; " if note else "") + (
                 f"{scale[s][1]:.0%} of the gradients sit below eps at init: those steps are lr g / eps, not sign steps")
         rows.append({"seed": s, **res, "max_lr_one_step": scale[s][0], "below_eps_share": scale[s][1],
-                     "steps": steps, "warmup": warmup, "note": note})
+                     "steps": steps, "warmup": train_options.warmup, "note": note})
     per_seed = pd.DataFrame(rows)
     curve_df = pd.DataFrame(curve).sort_values(["stage", "seed", "lr"], kind="stable").reset_index(drop=True)
     summary = _summary(per_seed, seeds, steps, member_steps, steps_per_epoch)

@@ -62,7 +62,7 @@ def test_lookahead_steps_cover_the_optimizers_transient():
     assert lookahead_steps(TrainOptions(rho=0.99), 32) == 32  # at most one epoch
     assert lookahead_steps(TrainOptions(optimizer="adam"), 469) == 10
     assert lookahead_steps(TrainOptions(optimizer="sgd", momentum=0.0), 469) == 10
-    assert lookahead_steps(TrainOptions(rho=0.9), 469, warmup=20) == 30
+    assert lookahead_steps(TrainOptions(rho=0.9, warmup=20), 469) == 30
 
 
 @pytest.mark.parametrize("optimizer", ["rmsprop", "adam", "sgd"])
@@ -73,10 +73,11 @@ def test_unit_rate_step_scaled_per_member_equals_the_optimizer_at_that_rate(opti
     from propagate.train import _make_optimizer
 
     ds, spec = _blobs(), _spec(depth=4, width=16)
-    opts = TrainOptions(optimizer=optimizer, batch_size=32, momentum=0.9 if optimizer == "sgd" else 0.0, threads=1)
+    opts = TrainOptions(optimizer=optimizer, batch_size=32, momentum=0.9 if optimizer == "sgd" else 0.0, threads=1,
+                        warmup=3)
     data = _Data(ds, 64, torch.device("cpu"))
     lrs = [3e-4, 2e-2]
-    run = _Members(spec, data, opts, [5, 5], lrs, warmup=3)
+    run = _Members(spec, data, opts, [5, 5], lrs)
     for _ in range(4):
         run.step()
     for m, lr in enumerate(lrs):
