@@ -68,3 +68,18 @@ def test_scaling_grid_tables_and_exponents(tmp_path):
     rho = t.loc[Cell(256, 50, 128, 0.99).name, "max_lr_measured"] / base["max_lr_measured"]
     assert rho == pytest.approx(math.sqrt(0.01 / 0.1), rel=0.02)
     assert (tmp_path / "cells.csv").is_file() and (tmp_path / "fits.csv.meta.json").is_file()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--configs", "nope"], "--configs takes distinct names"),
+    (["--configs", "relu-he-normal,relu-he-normal"], "--configs takes distinct names"),
+    (["--axes", "width,heads"], "--axes takes distinct names"),
+    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "scheduler"),
+])
+def test_cli_refuses_bad_grids_in_one_line(argv, words, capsys, tmp_path):
+    from propagate.cli import main
+
+    assert main(["scaling", *argv, "--out", str(tmp_path / "s"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("propagate: error:") and words in err[0]
+    assert not (tmp_path / "s").exists()
