@@ -139,6 +139,9 @@ class TrainOptions:
         rho: RMSprop's decay of the squared-gradient average (torch ``alpha``).
         eps: optimizer epsilon (added outside the square root).
         momentum: SGD momentum.
+        warmup: linear warmup over this many optimizer steps: step ``t``
+            (1-based, counted from the start of training) uses
+            ``lr * min(1, t / warmup)``; 0 = none.
         deterministic: ask torch for deterministic algorithms (CPU).
         flush_denormal: flush subnormal floats to zero while training: vanishing
             signals in deep ReLU stacks otherwise make CPU float32 math crawl.
@@ -157,6 +160,7 @@ class TrainOptions:
     rho: float = 0.9
     eps: float = 1e-7
     momentum: float = 0.0
+    warmup: int = 0
     deterministic: bool = True
     flush_denormal: bool = True
 
@@ -187,6 +191,12 @@ class TrainOptions:
             raise UserError(f"eps must be > 0, got {self.eps}")
         if not 0 <= self.momentum < 1:
             raise UserError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise UserError(f"warmup must be a whole number of steps >= 0, got {self.warmup!r}")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (1-based, from the start of training): linear warmup, then ``lr``."""
+        return self.lr * min(1.0, step / self.warmup) if self.warmup else self.lr
 
     @property
     def seed_list(self) -> list[int]:
@@ -274,7 +284,8 @@ def format_epoch_line(row: dict) -> str:
     return f"{row['run']}: {line}" if row.get("run") else line
 
 
-def _shuffle_seed(seed: int, epoch: int) -> int:
+def shuffle_seed(seed: int, epoch: int) -> int:
+    """The torch seed of seed ``seed``'s shuffle of the training split in epoch ``epoch`` (1-based)."""
     # Depends only on (seed, epoch), so a resumed run shuffles like an uninterrupted one.
     return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 0x5EED) % (2**63 - 1)
 
@@ -562,7 +573,7 @@ def _epoch_order(seeds: list[int], n: int, epoch: int, device):
     orders = []
     for s in seeds:
         gen = torch.Generator()
-        gen.manual_seed(_shuffle_seed(s, epoch))
+        gen.manual_seed(shuffle_seed(s, epoch))
         orders.append(torch.randperm(n, generator=gen))
     return torch.stack(orders).to(device)
 
@@ -676,6 +687,9 @@ def _train_epoch(run: _Run, model, opt, epoch: int, active: list[bool]) -> tuple
             idx = order[:, b * bs : (b + 1) * bs]
             if run.spec.batchnorm and idx.shape[1] < 2:
                 continue  # BN cannot normalize a batch of one
+            if opts.warmup:
+                for group in opt.param_groups:
+                    group["lr"] = opts.lr_at((epoch - 1) * nb + b + 1)
             step = _step(run, model, opt, idx, tally)
             if step is None:
                 break

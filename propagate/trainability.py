@@ -25,11 +25,29 @@ log-spaced grid, each (configuration, lr) as an ensemble of seeds, and reports:
   the top of the grid: the measurement is then only a lower bound,
   ``censored=True``). With ``refine=K``, ``K`` bisection steps in log space
   (geometric midpoints) between those two narrow the bracket by ``2^K`` in
-  log lr. Next to it ``max_lr_predicted`` from the sharpness at
-  initialization (:func:`propagate.sharpness.network_sharpness`; for RMSprop
-  ``2 / lambda_1(P^{-1} H)``, Cohen et al. 2022) and ``ratio`` =
-  measured / predicted; also plain gradient descent's ``2 / lambda_1(H)``
-  (``max_lr_predicted_gd``) and ``ratio_gd`` = measured / that.
+  log lr.
+
+- next to it, per configuration, ``max_lr_predicted``: the largest stable
+  learning rate predicted at initialization from the optimizer's own first
+  steps (:func:`propagate.lr_limit.predict_max_lr`: a ``K``-step lookahead of
+  the real update rule at many learning rates; the geometric mean over the
+  seeds with ``max_lr_predicted_ci_low``/``_ci_high``, its 95% interval), and
+  ``ratio`` = measured / predicted. Beside it, as secondary columns, the
+  curvature bounds at initialization (:func:`propagate.sharpness.network_sharpness`):
+  ``max_lr_sharpness`` = ``2 / lambda_1(P^{-1} H)`` (RMSprop/Adam with their
+  preconditioner frozen, Cohen et al. 2022) and ``max_lr_sharpness_gd`` =
+  ``2 / lambda_1(H)`` (plain gradient descent), with ``ratio_sharpness`` and
+  ``ratio_gd``. They miss for adaptive optimizers because the preconditioner
+  is not frozen during the first ``1/(1 - rho)`` steps (RMSprop's first step
+  is ``lr / sqrt(1 - rho)`` times the gradient's sign, whatever its size), and
+  ``2 / lambda_1(H)`` moves with the loss's scale while those steps do not
+  (:mod:`propagate.lr_limit` and ``derivations/trainability.md``).
+
+A configuration is ``(name, spec)`` or ``(name, spec, overrides)``, the
+overrides a dict of :class:`propagate.train.TrainOptions` fields for that
+configuration alone (``batch_size``, ``rho``, ``warmup``, ...), so one grid can
+vary the training as well as the network (the scaling grid of
+:mod:`propagate.scaling` does).
 
 The trainer is injectable (``trainer=``): a function
 ``trainer(spec, options, seeds, dataset) -> list of per-seed dicts`` (keys as
@@ -56,6 +74,7 @@ from typing import Callable, Sequence
 
 from propagate.errors import UserError
 from propagate.io import run_metadata, write_table
+from propagate.lr_limit import LookaheadOptions, predict_max_lr
 from propagate.runfolder import claim
 from propagate.runner import Point as RunnerPoint
 from propagate.runner import PointStore, Result, Shared, choose_engine, point_key, run_points
@@ -111,22 +130,29 @@ class TrainabilityOptions:
 
     ``seeds``: seeds of each ensemble (default 0, 1, 2); ``epochs``: epochs per
     run; ``optimizer``, ``batch_size``: as :class:`propagate.train.TrainOptions`
-    (its other settings are the seed's defaults). ``criterion``/``level``: a
-    (configuration, lr) *trains* when the lower 95% bound of ``criterion``
-    (final-epoch training accuracy) exceeds ``level``. ``refine``: bisection
-    steps per configuration. ``predict``: compute the sharpness prediction;
-    ``sharpness_batch``, ``warmup_steps``, ``lanczos_iters``: its settings
-    (:func:`propagate.sharpness.network_sharpness`).
+    (its other settings are the lecture demo's defaults); ``rho``: RMSprop's
+    decay; ``warmup``: linear warmup steps of training (and of the prediction).
+    ``criterion``/``level``: a (configuration, lr) *trains* when the lower 95%
+    bound of ``criterion`` (final-epoch training accuracy) exceeds ``level``.
+    ``refine``: bisection steps per configuration. ``predict``: compute the
+    lookahead prediction (:func:`propagate.lr_limit.predict_max_lr`,
+    ``lookahead_per_decade`` learning rates per decade); ``sharpness``: also the
+    curvature bounds, with ``sharpness_batch``, ``warmup_steps``,
+    ``lanczos_iters`` their settings (:func:`propagate.sharpness.network_sharpness`).
     """
 
     seeds: tuple[int, ...] = (0, 1, 2)
     epochs: int = 3
     optimizer: str = "rmsprop"
     batch_size: int = 128
+    rho: float = 0.9
+    warmup: int = 0
     criterion: str = "acc"
     level: float = 0.5
     refine: int = 0
     predict: bool = True
+    lookahead_per_decade: int = 4
+    sharpness: bool = True
     sharpness_batch: int = 512
     warmup_steps: int = 10
     lanczos_iters: int = 20
@@ -151,13 +177,14 @@ class TrainabilityOptions:
             if not isinstance(v, int) or v < 1:
                 raise UserError(f"{name.replace('_', ' ')} must be a whole number >= 1, got {v!r}")
 
-    def train_options(self, lr: float):
-        """The :class:`propagate.train.TrainOptions` of one run at ``lr`` (seed set per run)."""
+    def train_options(self, lr: float, overrides: dict | None = None):
+        """The :class:`propagate.train.TrainOptions` of one run at ``lr`` (seed set per run), with a configuration's ``overrides``."""
         from propagate.train import TrainOptions
 
-        return TrainOptions(optimizer=self.optimizer, lr=float(lr), epochs=self.epochs, batch_size=self.batch_size,
-                            seed=self.seeds[0], device=self.device, threads=self.threads,
-                            probe_size=self.probe_size)
+        base = dict(optimizer=self.optimizer, lr=float(lr), epochs=self.epochs, batch_size=self.batch_size,
+                    rho=self.rho, warmup=self.warmup, seed=self.seeds[0], device=self.device, threads=self.threads,
+                    probe_size=self.probe_size)
+        return TrainOptions(**{**base, **(overrides or {})})
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -168,12 +195,16 @@ class TrainabilityOptions:
 @dataclass
 class TrainabilityResult:
     """``points``: one row per (config, lr) (see the module docstring); ``configs``: one row per
-    configuration; ``seeds``: one row per (config, lr, seed) with the raw final numbers."""
+    configuration; ``seeds``: one row per (config, lr, seed) with the raw final numbers;
+    ``predictions``: one row per (config, seed) of the lookahead prediction; ``lookahead``: its
+    loss curves, one row per (config, seed, stage, lr) (:func:`propagate.lr_limit.predict_max_lr`)."""
 
     points: object
     configs: object
     seeds: object
     meta: dict = field(default_factory=dict)
+    predictions: object = None
+    lookahead: object = None
 
 
 # ------------------------------------------------------------------ one point
@@ -261,10 +292,25 @@ def _point_task(trainer, spec, train_options, seeds, dataset) -> list[dict]:
 
 
 def _predict_task(predictor, spec, train_options, dataset, settings: dict) -> dict:
-    """One configuration's sharpness prediction (a runner point: on Dask or in process)."""
-    if predictor is None:
-        return dict(network_sharpness(spec, dataset, train_options, **settings))
-    return dict(predictor(spec, train_options, dataset))
+    """One configuration's predictions (a runner point: on Dask or in process).
+
+    The default: the lookahead (:func:`propagate.lr_limit.predict_max_lr`, its
+    summary, per-seed rows and curve) and, when ``settings["sharpness"]``, the
+    curvature bounds (:func:`propagate.sharpness.network_sharpness`) under
+    ``sharpness``.
+    """
+    if predictor is not None:
+        return dict(predictor(spec, train_options, dataset))
+    look = predict_max_lr(spec, dataset, train_options, seeds=settings["seeds"],
+                          options=LookaheadOptions(per_decade=settings["per_decade"],
+                                                   probe_size=settings["probe_size"]))
+    out = {**look.summary, "per_seed": look.per_seed.to_dict(orient="records"),
+           "curve": look.curve.to_dict(orient="records")}
+    if settings["sharpness"]:
+        sharp = network_sharpness(spec, dataset, train_options, batch=settings["batch"],
+                                  warmup_steps=settings["warmup_steps"], iters=settings["iters"])
+        out["sharpness"] = dict(sharp)
+    return out
 
 
 #: Options that change no number of a point (they are in neither its key nor the folder's identity).
@@ -276,6 +322,7 @@ class _Plan:
     """What one :func:`trainability` call runs: the checked configurations, grid and options."""
 
     specs: dict
+    overrides: dict  # per configuration: TrainOptions fields of its own
     names: list
     lrs: list
     options: TrainabilityOptions
@@ -285,8 +332,11 @@ class _Plan:
     settings: dict  # the sharpness prediction's
     data_id: dict | None  # the dataset's identity, in every point's key when points are stored
 
-    def train_key(self, lr: float) -> dict:
-        return {k: v for k, v in self.options.train_options(lr).to_dict().items() if k not in _NOT_IN_KEY}
+    def train_options(self, name: str, lr: float):
+        return self.options.train_options(lr, self.overrides[name])
+
+    def train_key(self, name: str, lr: float) -> dict:
+        return {k: v for k, v in self.train_options(name, lr).to_dict().items() if k not in _NOT_IN_KEY}
 
 
 def _plan(configs, lrs, dataset, options: TrainabilityOptions, trainer, predictor, *, on_dask: bool,
@@ -297,28 +347,41 @@ def _plan(configs, lrs, dataset, options: TrainabilityOptions, trainer, predicto
         raise UserError(f"learning rates must be finite and > 0, got {lrs}")
     if not configs:
         raise UserError("no configurations to run")
-    names = [n for n, _ in configs]
+    configs = [tuple(c) if len(c) == 3 else (c[0], c[1], {}) for c in configs]
+    names = [n for n, _, _ in configs]
     if len(set(names)) != len(names):
         raise UserError(f"configuration names must differ, got {names}")
     if dataset is None:
         raise UserError("trainability needs a dataset (see propagate.data.load_dataset)")
     if on_dask and options.threads is None:
         options = replace(options, threads=1)  # one thread per worker process (and the same numbers in process)
+    overrides = {n: dict(o or {}) for n, _, o in configs}
+    for n, o in overrides.items():
+        options.train_options(lrs[0], o)  # a bad override fails here, before any work (UserError or TypeError)
     settings = {"batch": options.sharpness_batch, "warmup_steps": options.warmup_steps,
-                "iters": options.lanczos_iters}
+                "iters": options.lanczos_iters, "sharpness": options.sharpness, "seeds": list(options.seeds),
+                "per_decade": options.lookahead_per_decade, "probe_size": options.probe_size}
     data_id = None
     if stored:
         from propagate.data import dataset_identity
 
         data_id = dataset_identity(dataset)
-    return _Plan(dict(configs), names, lrs, options, dataset, trainer, predictor, settings, data_id)
+    return _Plan({n: spec for n, spec, _ in configs}, overrides, names, lrs, options, dataset, trainer, predictor,
+                 settings, data_id)
+
+
+#: Options added after folders were first written: in a folder's identity only when not at their default, so
+#: older folders still resume (every point's key holds them anyway).
+_LATER = {"rho": 0.9, "warmup": 0}
 
 
 def _folder_identity(plan: _Plan) -> dict:
     """What a trainability folder records (:func:`propagate.runfolder.claim`): options that change results, data."""
-    free = ("refine", "predict", "sharpness_batch", "warmup_steps", "lanczos_iters") + _NOT_IN_KEY
-    return {"kind": "trainability", "options": {k: v for k, v in plan.options.to_dict().items() if k not in free},
-            "dataset": plan.data_id}
+    free = ("refine", "predict", "sharpness", "lookahead_per_decade", "sharpness_batch", "warmup_steps",
+            "lanczos_iters") + _NOT_IN_KEY
+    options = {k: v for k, v in plan.options.to_dict().items()
+               if k not in free and not (k in _LATER and v == _LATER[k])}
+    return {"kind": "trainability", "options": options, "dataset": plan.data_id}
 
 
 def _json_value(obj):
@@ -341,18 +404,18 @@ class _Grid:
 
     def point(self, name: str, lr: float) -> RunnerPoint:
         p = self.plan
-        config = {"kind": "trainability point", "spec": p.specs[name].to_dict(), "train": p.train_key(lr),
+        config = {"kind": "trainability point", "spec": p.specs[name].to_dict(), "train": p.train_key(name, lr),
                   "seeds": list(p.options.seeds)}
         return RunnerPoint(point_key(config, p.data_id), _point_task,
-                           (p.trainer, p.specs[name], p.options.train_options(lr), p.options.seeds, Shared("dataset")),
+                           (p.trainer, p.specs[name], p.train_options(name, lr), p.options.seeds, Shared("dataset")),
                            shared={"dataset": p.dataset}, meta={"kind": "point", "config": name, "lr": lr})
 
     def prediction(self, name: str) -> RunnerPoint:
         p = self.plan
-        config = {"kind": "trainability sharpness", "spec": p.specs[name].to_dict(), "train": p.train_key(p.lrs[0]),
-                  "settings": p.settings}
+        config = {"kind": "trainability prediction", "spec": p.specs[name].to_dict(),
+                  "train": p.train_key(name, p.lrs[0]), "settings": p.settings}
         return RunnerPoint(point_key(config, p.data_id), _predict_task,
-                           (p.predictor, p.specs[name], p.options.train_options(p.lrs[0]), Shared("dataset"),
+                           (p.predictor, p.specs[name], p.train_options(name, p.lrs[0]), Shared("dataset"),
                             p.settings),
                            shared={"dataset": p.dataset}, meta={"kind": "predict", "config": name})
 
@@ -387,20 +450,19 @@ class _Grid:
                 self.progress(f"{name}: predicted largest lr {float('nan') if v is None else float(v):.3g}")
 
     def _adopt_legacy(self, rp: RunnerPoint) -> None:
-        """Take over a point file of a folder written before the runner (named by configuration and lr), if it fits."""
-        if self.store.has(rp.key):
+        """Take over a point file of a folder written before the runner (named by configuration and lr), if it fits.
+
+        Predictions are not taken over: the old files hold only the curvature
+        bounds, not the lookahead that is the prediction now.
+        """
+        if rp.meta["kind"] != "point" or self.store.has(rp.key):
             return
         name = rp.meta["config"]
-        if rp.meta["kind"] == "point":
-            legacy = self.store.folder / f"{_file_name(name)}_lr{_lr_key(rp.meta['lr'])}.json"
-            fits, field_ = (lambda d: d.get("spec") == _json_value(self.plan.specs[name].to_dict())), "seeds"
-        else:
-            legacy = self.store.folder / f"{_file_name(name)}_sharpness.json"
-            fits, field_ = (lambda d: d.get("settings") == self.plan.settings), "prediction"
+        legacy = self.store.folder / f"{_file_name(name)}_lr{_lr_key(rp.meta['lr'])}.json"
         if legacy.is_file():
             saved = json.loads(legacy.read_text())
-            if fits(saved):
-                self.store.save(Result(rp, True, saved[field_], meta={"from": legacy.name}))
+            if saved.get("spec") == _json_value(self.plan.specs[name].to_dict()):
+                self.store.save(Result(rp, True, saved["seeds"], meta={"from": legacy.name}))
 
     def bracket(self, name: str) -> tuple[float, float]:
         opts = self.plan.options
@@ -423,37 +485,60 @@ class _Grid:
                 self.tried[n].append((mid, True))
 
 
-def _config_row(name: str, pts: list[dict], pred: dict | None) -> dict:
-    """One configuration's row of the ``configs`` table (module docstring) from its point rows and prediction."""
-    lo, hi = max_lr_of(pts)
-    row = {"config": name, "max_lr_measured": lo, "max_lr_bad": hi,
-           "censored": bool(math.isfinite(lo) and not math.isfinite(hi)),
-           "first_diverged_lr": min((p["lr"] for p in pts if p["outcome"] == "diverged"), default=float("nan")),
-           "n_refined": sum(p["refined"] for p in pts)}
-    if pred is not None:
-        # JSON (a resumed run) has null for NaN and "inf" for infinity
-        num = {k: float("nan") if pred.get(k) is None else float(pred[k])
-               for k in ("max_lr_predicted", "sharpness", "precond_sharpness", "threshold_constant", "warmup_steps")}
-        row["max_lr_predicted"] = num["max_lr_predicted"]
-        s = num["sharpness"]
-        row["max_lr_predicted_gd"] = 2.0 / s if s > 0 else float("nan")
-        for k in ("sharpness", "precond_sharpness", "threshold_constant", "warmup_steps"):
-            row[k] = num[k]
-    else:
-        row["max_lr_predicted"] = float("nan")
-    mp = row["max_lr_predicted"]
-    row["ratio"] = lo / mp if (math.isfinite(lo) and mp and math.isfinite(mp) and mp > 0) else float("nan")
-    gd = row.get("max_lr_predicted_gd", float("nan"))
-    row["ratio_gd"] = lo / gd if (math.isfinite(lo) and math.isfinite(gd) and gd > 0) else float("nan")
+def _num(d: dict, key: str) -> float:
+    """A number of a prediction dict (JSON: null for NaN, "inf" for infinity)."""
+    v = d.get(key)
+    return float("nan") if v is None else float(v)
+
+
+def _ratio(measured: float, predicted: float) -> float:
+    ok = math.isfinite(measured) and math.isfinite(predicted) and predicted > 0
+    return measured / predicted if ok else float("nan")
+
+
+def _prediction_columns(pred: dict | None) -> dict:
+    """The prediction columns of a ``configs`` row: the lookahead's, then the curvature bounds' (secondary)."""
+    nan = float("nan")
+    if pred is None:
+        return {"max_lr_predicted": nan}
+    row = {k: _num(pred, k) for k in ("max_lr_predicted", "max_lr_predicted_ci_low", "max_lr_predicted_ci_high")}
+    per_seed = pred.get("per_seed") or []
+    row["criterion"] = "; ".join(sorted({r.get("criterion", "") for r in per_seed} - {""}))
+    row["prediction_note"] = "; ".join(sorted({r.get("note", "") for r in per_seed} - {""}))
+    sharp = pred.get("sharpness")
+    if sharp:
+        s = _num(sharp, "sharpness")
+        row.update(max_lr_sharpness=_num(sharp, "max_lr_predicted"), max_lr_sharpness_gd=2.0 / s if s > 0 else nan,
+                   sharpness=s, precond_sharpness=_num(sharp, "precond_sharpness"),
+                   threshold_constant=_num(sharp, "threshold_constant"))
     return row
 
 
-def _tables(grid: _Grid):
-    """``(points, configs, seeds)`` DataFrames of a finished grid."""
+def _config_row(name: str, pts: list[dict], pred: dict | None) -> dict:
+    """One configuration's row of the ``configs`` table (module docstring) from its point rows and predictions."""
+    lo, hi = max_lr_of(pts) if pts else (float("nan"), float("nan"))
+    row = {"config": name, "max_lr_measured": lo, "max_lr_bad": hi,
+           "censored": bool(math.isfinite(lo) and not math.isfinite(hi)),
+           "first_diverged_lr": min((p["lr"] for p in pts if p["outcome"] == "diverged"), default=float("nan")),
+           "n_refined": sum(p["refined"] for p in pts), **_prediction_columns(pred)}
+    row["ratio"] = _ratio(lo, row["max_lr_predicted"])
+    if "max_lr_sharpness" in row:
+        row["ratio_sharpness"] = _ratio(lo, row["max_lr_sharpness"])
+        row["ratio_gd"] = _ratio(lo, row["max_lr_sharpness_gd"])
+    return row
+
+
+def _frame(rows: list[dict], sort: list[str]):
     import pandas as pd
 
+    df = pd.DataFrame(rows)
+    return df.sort_values(sort, kind="stable").reset_index(drop=True) if len(df) else df
+
+
+def _tables(grid: _Grid) -> dict:
+    """The DataFrames of a finished grid: ``points``, ``configs``, ``seeds``, ``predictions``, ``lookahead``."""
     opts = grid.plan.options
-    seed_rows, point_rows, config_rows = [], [], []
+    seed_rows, point_rows, config_rows, pred_rows, curve_rows = [], [], [], [], []
     for name in grid.plan.names:
         pts = []
         for lr, refined in grid.tried[name]:
@@ -461,26 +546,32 @@ def _tables(grid: _Grid):
             seed_rows += [{"config": name, "lr": float(lr), "refined": refined, **r} for r in rows]
             pts.append(summarize_point(name, lr, rows, opts.criterion, opts.level, refined))
         point_rows.extend(pts)
-        config_rows.append(_config_row(name, pts, grid.preds[name] if opts.predict else None))
-    points = pd.DataFrame(point_rows).sort_values(["config", "lr"], kind="stable").reset_index(drop=True)
-    return points, pd.DataFrame(config_rows), pd.DataFrame(seed_rows)
+        pred = grid.preds.get(name) if opts.predict else None
+        config_rows.append(_config_row(name, pts, pred))
+        pred_rows += [{"config": name, **r} for r in (pred or {}).get("per_seed", [])]
+        curve_rows += [{"config": name, **r} for r in (pred or {}).get("curve", [])]
+    return {"points": _frame(point_rows, ["config", "lr"]), "configs": _frame(config_rows, []),
+            "seeds": _frame(seed_rows, []), "predictions": _frame(pred_rows, []), "lookahead": _frame(curve_rows, [])}
 
 
 def _metadata(plan: _Plan, configs, engine: str) -> dict:
     opts, ds = plan.options, plan.dataset
     return run_metadata(seed=opts.seeds[0], kind="trainability", options=opts.to_dict(), lrs=plan.lrs,
-                        configs={n: s.to_dict() for n, s in configs},
+                        configs={n: s.to_dict() for n, s in plan.specs.items()},
+                        overrides={n: o for n, o in plan.overrides.items() if o},
                         dataset={"name": ds.name, "n_train": ds.n_train, "n_test": ds.n_test}, engine=engine,
                         definitions={"trains": f"no seed diverged and the lower 95% t bound of final "
                                                f"{opts.criterion} > {opts.level}",
                                      "diverged": "at least one seed's training loss was inf/NaN"})
 
 
-def _write_tables(out: Path, points, configs, seeds, meta: dict) -> None:
-    for df, name in ((points, "points"), (configs, "configs")):
-        write_table(df, out / f"{name}.csv", meta)
-        write_table(df, out / f"{name}.json", meta)
-    write_table(seeds, out / "seeds.csv", meta)
+def _write_tables(out: Path, tables: dict, meta: dict) -> None:
+    for name in ("points", "configs"):
+        write_table(tables[name], out / f"{name}.csv", meta)
+        write_table(tables[name], out / f"{name}.json", meta)
+    for name in ("seeds", "predictions", "lookahead"):
+        if len(tables[name]):
+            write_table(tables[name], out / f"{name}.csv", meta)
 
 
 def trainability(
@@ -497,6 +588,7 @@ def trainability(
     workers: int | None = None,
     scheduler: str | None = None,
     client=None,
+    predict_only: bool = False,
 ) -> TrainabilityResult:
     """Train each ``(name, spec)`` of ``configs`` at each learning rate; the trainability tables.
 
@@ -526,9 +618,15 @@ def trainability(
     the same numbers bit for bit). ``trainer`` and ``predictor`` must then be
     importable functions (Dask pickles them by reference). A point that fails
     raises its error (it is recorded in ``points/KEY.failed.json`` too).
+
+    ``predict_only``: compute the predictions and train nothing (the
+    ``points`` and ``seeds`` tables are empty, the measured columns NaN).
     """
     engine = choose_engine(workers, scheduler, client, label="trainability")
-    plan = _plan(configs, lrs, dataset, options or TrainabilityOptions(), trainer, predictor,
+    options = options or TrainabilityOptions()
+    if predict_only:
+        options = replace(options, predict=True)
+    plan = _plan(configs, lrs, dataset, options, trainer, predictor,
                  on_dask=engine.name == "dask", stored=out_dir is not None)
     out = Path(out_dir) if out_dir is not None else None
     with contextlib.ExitStack() as stack:
@@ -538,15 +636,17 @@ def trainability(
             store = PointStore(out / "points")
         with engine:
             grid = _Grid(plan, engine, store, resume, progress)
+            if predict_only:
+                grid.tried = {n: [] for n in plan.names}
             # round 0: the grid (and the predictions); then one bisection step of every configuration per round
-            grid.run_round([(n, lr) for n in plan.names for lr in plan.lrs],
+            grid.run_round([(n, lr) for n in plan.names for lr, _ in grid.tried[n]],
                            plan.names if plan.options.predict else [])
-            grid.refine(plan.options.refine)
-        points, configs_df, seeds_df = _tables(grid)
+            grid.refine(0 if predict_only else plan.options.refine)
+        tables = _tables(grid)
         meta = _metadata(plan, configs, engine.name)
         if out is not None:
-            _write_tables(out, points, configs_df, seeds_df, meta)
-    return TrainabilityResult(points=points, configs=configs_df, seeds=seeds_df, meta=meta)
+            _write_tables(out, tables, meta)
+    return TrainabilityResult(meta=meta, **tables)
 
 
 # ------------------------------------------------------------ first epoch

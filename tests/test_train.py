@@ -214,6 +214,33 @@ def test_short_run_learns_and_is_deterministic(mnist5k):
     assert c.history["loss"].iloc[0] != a.history["loss"].iloc[0]
 
 
+def test_warmup_scales_each_step_linearly(mnist5k):
+    """Linear warmup: step t uses lr * min(1, t / W). RMSprop's first step is a sign step of lr_1 / sqrt(1 - rho),
+    so with W = 4 the first update of every weight is a quarter of the one without warmup; W = 1 changes nothing."""
+    ds = _subset(mnist5k, 256, 64)
+    spec = _small_spec(activation="selu", init="lecun_normal")
+    w0 = build_model(spec, seed=0).layers[0].weight.detach().clone()
+
+    def first_update(warmup):
+        seen = {}
+
+        def grab(info):
+            if info["batch"] == 0:
+                seen["w"] = info["model"].layers[0].weight.detach().clone()
+        train(spec, TrainOptions(epochs=1, lr=1e-3, warmup=warmup, probe_size=32, threads=1), ds, on_step=grab)
+        return (seen["w"] - w0).abs().flatten()
+
+    plain, warm = first_update(0), first_update(4)
+    sign_step = 1e-3 / math.sqrt(1 - 0.9)
+    assert plain.median().item() == pytest.approx(sign_step, rel=0.01)
+    assert warm.median().item() == pytest.approx(sign_step / 4, rel=0.01)
+    assert TrainOptions(lr=1e-3, warmup=4).lr_at(2) == pytest.approx(5e-4)
+    assert TrainOptions(lr=1e-3, warmup=4).lr_at(9) == 1e-3
+    a = train(spec, TrainOptions(epochs=1, warmup=1, probe_size=32, threads=1), ds)
+    b = train(spec, TrainOptions(epochs=1, warmup=0, probe_size=32, threads=1), ds)
+    pd.testing.assert_frame_equal(_numbers(a)[0], _numbers(b)[0])
+
+
 def _per_step(tag, store):
     def record(info):
         for s, loss, acc in zip(info["seeds"], info["loss"], info["acc"]):

@@ -51,7 +51,10 @@ def fake_trainer(edges, calls=None, noise=0.01):
 
 
 def fake_predictor(spec, options, dataset):
-    return {"max_lr_predicted": 1e-4, "sharpness": 2e4, "precond_sharpness": 2e4, "threshold_constant": 2.0}
+    return {"max_lr_predicted": 1e-4, "max_lr_predicted_ci_low": 8e-5, "max_lr_predicted_ci_high": 1.25e-4,
+            "per_seed": [{"seed": 0, "max_lr_predicted": 1e-4, "criterion": "half-progress", "note": ""}],
+            "sharpness": {"max_lr_predicted": 1e-4, "sharpness": 2e4, "precond_sharpness": 2e4,
+                          "threshold_constant": 2.0}}
 
 
 def test_default_grid_and_log_ranges():
@@ -364,8 +367,11 @@ def test_folder_of_a_grid_before_the_runner_resumes(tmp_path):
     from propagate.runfolder import claim
 
     ds, opts = FakeDataset(), TrainabilityOptions(seeds=(0, 1), epochs=1)
+    # the options an old folder recorded: not the settings that change no point, nor those added since
     old = {k: v for k, v in opts.to_dict().items() if k not in ("refine", "device", "threads", "predict",
-                                                                 "sharpness_batch", "warmup_steps", "lanczos_iters")}
+                                                                 "sharpness_batch", "warmup_steps", "lanczos_iters",
+                                                                 "rho", "warmup", "sharpness",
+                                                                 "lookahead_per_decade")}
     with claim(tmp_path, {"kind": "trainability", "options": old, "dataset": dataset_identity(ds)}):
         pass
     edges = {"a": (3e-4, 3e-3), "b": (3e-4, 3e-3)}

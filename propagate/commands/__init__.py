@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "train",
     "reproduce",
     "trainability",
+    "scaling",
     "report",
     "sweep",
 ]

@@ -20,6 +20,7 @@ examples:
 TOPICS = {
     "selu": ("propagate.selu", "derivation_markdown"),
     "self-normalize": ("propagate.selfnorm", "derivation_markdown"),
+    "trainability": ("propagate.sign_steps", "derivation_markdown"),
 }
 
 

@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--lr", type=positive_float, help="learning rate (default 1e-3)")
     o.add_argument("--epochs", type=positive_int, help="default 3")
     o.add_argument("--batch-size", type=positive_int, help="default 128")
+    o.add_argument("--rho", type=float, help="RMSprop's decay of the squared-gradient average (default 0.9)")
+    o.add_argument("--warmup", type=nonneg_int, metavar="STEPS",
+                   help="linear warmup: step t uses lr * min(1, t / STEPS) (default 0: none)")
     o.add_argument("--seed", type=nonneg_int, default=0, help="weights, shuffles and dropout (default 0)")
     o.add_argument("--seeds", type=positive_int, default=1,
                    help="train N networks (seeds --seed .. --seed+N-1) together as one batched ensemble; "
@@ -82,7 +85,8 @@ def spec_and_options(args):
         "residual", "dropout", "alpha_dropout"))
     spec = spec_from_args(args, base=base, out_features=SEED_CLASSES) if custom else base
     opts = {k: v for k, v in (("optimizer", args.optimizer), ("lr", args.lr), ("epochs", args.epochs),
-                              ("batch_size", args.batch_size), ("threads", args.threads)) if v is not None}
+                              ("batch_size", args.batch_size), ("rho", args.rho), ("warmup", args.warmup),
+                              ("threads", args.threads)) if v is not None}
     options = TrainOptions(seed=args.seed, seeds=args.seeds, device=args.device, probe_size=args.probe_size, **opts)
     return preset, spec, options
 

@@ -13,7 +13,7 @@ from propagate.errors import UserError
 from propagate.trainability import DEFAULT_LRS, TrainabilityOptions, trainability
 
 NAME = "trainability"
-HELP = "train presets over a log grid of learning rates (seed ensembles): largest lr that trains, vs sharpness"
+HELP = "train presets over a log grid of learning rates (seed ensembles): largest lr that trains, vs predicted"
 DESCRIPTION = """\
 Train each configuration (presets, or one custom network) at every learning rate
 of a log-spaced grid, each (configuration, lr) as an ensemble of --seeds seeds,
@@ -23,9 +23,11 @@ and write:
                            val_acc, train_eval_acc as _mean/_ci_low/_ci_high (95%
                            Student t interval over seeds), n_diverged, outcome
   DIR/configs.csv (.json)  one row per config: max_lr_measured, max_lr_bad,
-                           max_lr_predicted (from the sharpness at initialization),
-                           ratio = measured / predicted, sharpness
+                           max_lr_predicted (the optimizer's own first steps) with
+                           its 95% interval, ratio = measured / predicted, and the
+                           curvature bounds max_lr_sharpness, max_lr_sharpness_gd
   DIR/seeds.csv            the per-seed final numbers
+  DIR/predictions.csv      the per-seed predictions; DIR/lookahead.csv their curves
 
 Outcome of a (config, lr): 'diverged' if any seed's training loss became inf/NaN;
 'trains' if the lower 95% bound of the final training accuracy (--criterion,
@@ -34,10 +36,19 @@ default acc: Keras' running training accuracy of the last epoch) is above --leve
 the largest lr that trains; --refine K bisects K times in log lr between it and
 the next lr that does not train.
 
-max_lr_predicted = c / lambda_1: lambda_1 the largest eigenvalue of the loss
-Hessian on a fixed batch (Lanczos), preconditioned by the optimizer's P after a
-few warm-up steps for rmsprop/adam (P^-1 H); c = 2 for GD and RMSprop, 2 + 2
-momentum for SGD with momentum, 38 for Adam (Cohen et al. 2021, 2022).
+max_lr_predicted: the optimizer's actual update rule (state, eps, bias
+corrections, batch size, warmup) runs for K steps on each seed's network at many
+learning rates at once (K = 1/(1 - rho) for RMSprop, at least 10, at most an
+epoch); the limit is where the loss after K steps stops improving by at least
+half the best improvement (see propagate.lr_limit and derivations/trainability.md).
+--predict-only prints it (and the curvature bounds) without training.
+
+The curvature bounds (secondary, --no-sharpness skips them): c / lambda_1, with
+lambda_1 the largest eigenvalue of the loss Hessian on a fixed batch (Lanczos),
+preconditioned by the optimizer's P after a few warm-up steps for rmsprop/adam
+(P^-1 H); c = 2 for GD and RMSprop, 2 + 2 momentum for SGD with momentum, 38 for
+Adam (Cohen et al. 2021, 2022). They miss RMSprop's first steps, which are sign
+steps of lr / sqrt(1 - rho) whatever the gradient's size.
 
 Runs in this process, one point after another, or on Dask with --workers N (a
 local cluster) or --scheduler ADDRESS (a running cluster): every grid point and
@@ -52,6 +63,7 @@ examples:
   propagate trainability --presets relu-bn --lr 1e-5:1e-2:7 --refine 3 --out runs/t-bn
   propagate trainability --presets relu,relu-bn,selu-lecun-normal --workers 2 --out runs/t-dask
   propagate trainability --activation tanh --init glorot_normal --depth 10 --width 128 --out runs/t-tanh
+  propagate trainability --presets selu-lecun-normal,selu-bn-lecun-uniform --dataset mnist-5k --predict-only
 """
 
 
@@ -95,12 +107,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--optimizer", choices=["rmsprop", "sgd", "adam"], default="rmsprop",
                    help="default rmsprop (the seed's: rho 0.9, eps 1e-7)")
     t.add_argument("--batch-size", type=positive_int, default=128, help="default 128")
+    t.add_argument("--rho", type=float, default=0.9, help="RMSprop's decay of the squared-gradient average (default 0.9)")
+    t.add_argument("--warmup", type=nonneg_int, default=0, metavar="STEPS",
+                   help="linear warmup over STEPS optimizer steps, in training and in the prediction (default 0)")
     t.add_argument("--criterion", choices=["acc", "train_eval_acc", "val_acc"], default="acc",
                    help="the final accuracy that decides 'trains' (default acc)")
     t.add_argument("--level", type=probability, default=0.5,
                    help="'trains' when the lower 95%% bound of the criterion exceeds this (default 0.5)")
     t.add_argument("--refine", type=nonneg_int, default=0, help="bisection steps in log lr per config (default 0)")
-    t.add_argument("--no-predict", action="store_true", help="skip the sharpness prediction")
+    t.add_argument("--predict-only", action="store_true", help="predict the largest lr of each config; train nothing")
+    t.add_argument("--no-predict", action="store_true", help="skip the predictions")
+    t.add_argument("--no-sharpness", action="store_true", help="skip the curvature bounds (the secondary prediction)")
     t.add_argument("--sharpness-batch", type=positive_int, default=512,
                    help="training images in the Hessian's fixed batch (default 512)")
     t.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
@@ -154,8 +171,13 @@ def setup(args) -> tuple:
     configs = configs_from_args(args)
     options = TrainabilityOptions(
         seeds=tuple(range(args.seed, args.seed + args.seeds)), epochs=args.epochs, optimizer=args.optimizer,
-        batch_size=args.batch_size, criterion=args.criterion, level=args.level, refine=args.refine,
-        predict=not args.no_predict, sharpness_batch=args.sharpness_batch, device=args.device, threads=args.threads)
+        batch_size=args.batch_size, rho=args.rho, warmup=args.warmup, criterion=args.criterion, level=args.level,
+        refine=args.refine, predict=not args.no_predict or args.predict_only, sharpness=not args.no_sharpness,
+        sharpness_batch=args.sharpness_batch, device=args.device, threads=args.threads)
+    if args.predict_only and args.no_predict:
+        raise UserError("--predict-only and --no-predict contradict each other")
+    if not 0 <= args.rho < 1:
+        raise UserError(f"--rho must be in [0, 1), got {args.rho}")
     lrs = args.lr or list(DEFAULT_LRS)
     if len(set(lrs)) != len(lrs):
         raise UserError("--lr lists a learning rate twice")
@@ -177,12 +199,21 @@ def run(args) -> int:
 
     dataset = load_dataset(args.dataset, args.data_dir, progress=not args.no_progress,
                            notify=lambda m: print(f"propagate: {m}", file=sys.stderr))
-    say(f"{len(configs)} configuration(s) x {len(lrs)} learning rates x {args.seeds} seeds, {args.epochs} epoch(s) "
-        f"on {dataset.name} ({dataset.n_train} train / {dataset.n_test} test images)")
+    if args.predict_only:
+        say(f"{len(configs)} configuration(s), predictions from {args.seeds} seeds on {dataset.name}")
+    else:
+        say(f"{len(configs)} configuration(s) x {len(lrs)} learning rates x {args.seeds} seeds, {args.epochs} "
+            f"epoch(s) on {dataset.name} ({dataset.n_train} train / {dataset.n_test} test images)")
     res = trainability(configs, lrs, dataset, options, progress=say, out_dir=args.out, resume=args.resume,
-                       workers=args.workers, scheduler=args.scheduler)
-    cols = ["config", "max_lr_measured", "max_lr_bad", "max_lr_predicted", "ratio", "first_diverged_lr"]
+                       workers=args.workers, scheduler=args.scheduler, predict_only=args.predict_only)
+    cols = ["config", "max_lr_measured", "max_lr_bad", "max_lr_predicted", "max_lr_predicted_ci_low",
+            "max_lr_predicted_ci_high", "ratio", "max_lr_sharpness", "max_lr_sharpness_gd", "first_diverged_lr"]
+    if args.predict_only:
+        cols = [c for c in cols if "measured" not in c and c not in ("max_lr_bad", "ratio", "first_diverged_lr")]
     print(tabulate(res.configs[[c for c in cols if c in res.configs.columns]], headers="keys", showindex=False,
                    floatfmt=".3g"))
-    print(f"tables in {args.out}: points.csv, configs.csv, seeds.csv", file=sys.stderr)
+    for note in sorted({n for n in res.configs.get("prediction_note", []) if isinstance(n, str) and n}):
+        print(f"note: {note}", file=sys.stderr)
+    print(f"tables in {args.out}: configs.csv, predictions.csv, lookahead.csv"
+          + ("" if args.predict_only else ", points.csv, seeds.csv"), file=sys.stderr)
     return 0

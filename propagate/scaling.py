@@ -1,0 +1,251 @@
+"""The scaling law of the largest stable learning rate: measured and predicted over width, depth, batch size and rho.
+
+One factor at a time around a base cell (width 256, depth 50, batch 128,
+RMSprop rho 0.9), for four configurations of plain stacks
+``784 -> depth x Dense(width) -> 10`` (every hidden layer ``width`` wide, so
+width is one number): SELU/lecun_normal, SELU+BN/lecun_uniform (BN on the input
+of hidden layers 2..depth and of the readout, the lecture demo's placement),
+tanh/glorot_uniform and ReLU/he_normal. Every (configuration, cell) is one
+configuration of :func:`propagate.trainability.trainability` (with the cell's
+batch size and rho as its training overrides), so the whole grid runs as one set
+of points on the runner (in process or on Dask) and resumes:
+
+- measured: ``max_lr_measured``, the largest learning rate whose seed ensemble
+  *trains* (the lower 95% bound of the running training accuracy of its epoch
+  above ``level``) on a log grid, bisected ``refine`` times towards the
+  smallest rate above it that does not;
+- predicted: ``max_lr_predicted`` of :func:`propagate.lr_limit.predict_max_lr`
+  (the optimizer's own first steps), per seed and their geometric mean with its
+  95% interval;
+- ``ratio`` = measured / predicted and ``within_2x`` = ``0.5 <= ratio <= 2``.
+
+:func:`fit_exponents` fits ``ln lr* = a + b ln x`` along the width and depth
+axes (ordinary least squares, Student t 95% interval of ``b``), measured and
+predicted, beside the sign-step picture's exponents
+(:data:`SIGN_STEP_EXPONENTS`; ``derivations/trainability.md``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+from propagate.errors import UserError
+
+__all__ = [
+    "AXES",
+    "BASE",
+    "CONFIGS",
+    "SIGN_STEP_EXPONENTS",
+    "Cell",
+    "ScalingOptions",
+    "ScalingResult",
+    "cells",
+    "cell_spec",
+    "fit_exponent",
+    "fit_exponents",
+    "scaling_grid",
+]
+
+#: The four configurations: (activation, initializer, BatchNorm).
+CONFIGS = {
+    "selu-lecun-normal": ("selu", "lecun_normal", False),
+    "selu-bn-lecun-uniform": ("selu", "lecun_uniform", True),
+    "tanh-glorot-uniform": ("tanh", "glorot_uniform", False),
+    "relu-he-normal": ("relu", "he_normal", False),
+}
+#: The base cell and the values each axis takes (one factor at a time).
+BASE = {"width": 256, "depth": 50, "batch_size": 128, "rho": 0.9}
+AXES = {"width": (64, 128, 256, 512, 1024), "depth": (6, 12, 25, 50), "batch_size": (32, 128, 512),
+        "rho": (0.9, 0.99)}
+#: d ln lr* / d ln x of the sign-step picture: coherent sign steps (a rank-one step aligned with the inputs, adding
+#: up over layers) and incoherent ones (random signs), the two ends it allows (derivations/trainability.md).
+SIGN_STEP_EXPONENTS = {"width": {"coherent": -1.0, "incoherent": -0.5},
+                       "depth": {"coherent": -1.0, "incoherent": -0.5}}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the scaling grid: the network's width and depth and the training's batch size and rho."""
+
+    width: int
+    depth: int
+    batch_size: int
+    rho: float
+
+    @property
+    def name(self) -> str:
+        return f"n{self.width}-L{self.depth}-B{self.batch_size}-rho{self.rho:g}"
+
+    def axes(self) -> list[str]:
+        """The axes this cell lies on (the base cell lies on all of them)."""
+        return [a for a in AXES if all(getattr(self, b) == BASE[b] for b in BASE if b != a)]
+
+
+def cells(axes: dict | None = None, base: dict | None = None) -> list[Cell]:
+    """The grid's cells, one factor at a time around ``base``, each once (the base first)."""
+    axes, base = axes or AXES, base or BASE
+    out = [Cell(**base)]
+    for axis, values in axes.items():
+        for v in values:
+            c = Cell(**{**base, axis: v})
+            if c not in out:
+                out.append(c)
+    return out
+
+
+def cell_spec(config: str, cell: Cell):
+    """The :class:`~propagate.spec.NetworkSpec` of ``config`` at ``cell``: 784 -> depth x Dense(width) -> 10."""
+    from propagate.spec import NetworkSpec
+
+    if config not in CONFIGS:
+        raise UserError(f"unknown scaling configuration {config!r}; use one of {', '.join(CONFIGS)}")
+    act, init, bn = CONFIGS[config]
+    return NetworkSpec.stack(cell.depth, cell.width, input_dim=784, first_width=None, activation=act, init=init,
+                             batchnorm=bn, out_features=10)
+
+
+@dataclass(frozen=True)
+class ScalingOptions:
+    """How the grid measures: ``seeds`` per ensemble, ``epochs`` per run, ``criterion``/``level`` of *trains*,
+    the learning rates ``lrs`` tried at every cell and ``refine`` bisection steps (see the module docstring)."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int = 1
+    criterion: str = "acc"
+    level: float = 0.3
+    lrs: tuple[float, ...] = tuple(10 ** (-6 + 0.5 * i) for i in range(10))
+    refine: int = 2
+    threads: int | None = None
+
+    def trainability_options(self):
+        from propagate.trainability import TrainabilityOptions
+
+        return TrainabilityOptions(seeds=self.seeds, epochs=self.epochs, criterion=self.criterion, level=self.level,
+                                   refine=self.refine, predict=True, sharpness=False, threads=self.threads)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["seeds"], d["lrs"] = list(self.seeds), list(self.lrs)
+        return d
+
+
+@dataclass
+class ScalingResult:
+    """``cells``: one row per (configuration, cell); ``fits``: one row per (configuration, axis, source);
+    ``trainability``: the :class:`propagate.trainability.TrainabilityResult` underneath."""
+
+    cells: object
+    fits: object
+    trainability: object
+    meta: dict = field(default_factory=dict)
+
+
+def fit_exponent(x: Sequence[float], y: Sequence[float]) -> dict:
+    """OLS slope of ``ln y`` on ``ln x`` with its 95% Student t interval (``n - 2`` degrees of freedom)."""
+    import numpy as np
+    from scipy import stats
+
+    pts = [(math.log(a), math.log(b)) for a, b in zip(x, y) if a > 0 and b > 0 and math.isfinite(b)]
+    n = len(pts)
+    if n < 2 or len({p[0] for p in pts}) < 2:
+        return {"slope": math.nan, "slope_ci_low": math.nan, "slope_ci_high": math.nan, "n_points": n}
+    lx, ly = np.array(pts).T
+    res = stats.linregress(lx, ly)
+    if n == 2:
+        return {"slope": float(res.slope), "slope_ci_low": math.nan, "slope_ci_high": math.nan, "n_points": n}
+    half = float(stats.t.ppf(0.975, n - 2)) * float(res.stderr)
+    return {"slope": float(res.slope), "slope_ci_low": float(res.slope) - half,
+            "slope_ci_high": float(res.slope) + half, "n_points": n}
+
+
+def _cell_rows(configs, grid_cells, result) -> list[dict]:
+    """One row per (configuration, cell) from the trainability tables."""
+    cfg = result.configs.set_index("config")
+    rows = []
+    for config in configs:
+        for cell in grid_cells:
+            r = cfg.loc[f"{config}@{cell.name}"]
+            ratio = float(r["ratio"])
+            rows.append({"config": config, "cell": cell.name, "axes": ",".join(cell.axes()), **asdict(cell),
+                         "max_lr_measured": float(r["max_lr_measured"]), "max_lr_bad": float(r["max_lr_bad"]),
+                         "censored": bool(r["censored"]), "max_lr_predicted": float(r["max_lr_predicted"]),
+                         "max_lr_predicted_ci_low": float(r["max_lr_predicted_ci_low"]),
+                         "max_lr_predicted_ci_high": float(r["max_lr_predicted_ci_high"]), "ratio": ratio,
+                         "within_2x": bool(0.5 <= ratio <= 2.0) if math.isfinite(ratio) else None})
+    return rows
+
+
+def fit_exponents(cell_table, predictions=None) -> object:
+    """Per configuration and axis (width, depth): the measured and the predicted exponent, and the sign-step ones.
+
+    ``predictions`` (the trainability ``predictions`` table, per seed) makes the
+    predicted fit use every seed's value; without it, the per-cell geometric means.
+    """
+    import pandas as pd
+
+    rows = []
+    for config, d in cell_table.groupby("config", sort=False):
+        for axis in ("width", "depth"):
+            on = d[d["axes"].str.split(",").apply(lambda a, axis=axis: axis in a)]
+            meas = fit_exponent(on[axis], on["max_lr_measured"])
+            rows.append({"config": config, "axis": axis, "source": "measured", **meas})
+            if predictions is not None and len(predictions):
+                per = predictions[predictions["config"].isin([f"{config}@{c}" for c in on["cell"]])]
+                xs = [int(on.set_index("cell").loc[c.split("@", 1)[1], axis]) for c in per["config"]]
+                pred = fit_exponent(xs, per["max_lr_predicted"])
+            else:
+                pred = fit_exponent(on[axis], on["max_lr_predicted"])
+            rows.append({"config": config, "axis": axis, "source": "predicted", **pred})
+            for kind, b in SIGN_STEP_EXPONENTS[axis].items():
+                rows.append({"config": config, "axis": axis, "source": f"sign-step ({kind})", "slope": b,
+                             "slope_ci_low": math.nan, "slope_ci_high": math.nan, "n_points": 0})
+    return pd.DataFrame(rows)
+
+
+def scaling_grid(dataset, configs: Sequence[str] = tuple(CONFIGS), *, axes: dict | None = None,
+                 options: ScalingOptions | None = None, out_dir=None, resume: bool = True,
+                 workers: int | None = None, scheduler: str | None = None, client=None,
+                 progress: Callable[[str], None] | None = None, trainer: Callable | None = None,
+                 predictor: Callable | None = None) -> ScalingResult:
+    """Measure and predict the largest stable learning rate at every cell of the grid (module docstring).
+
+    ``out_dir`` holds the trainability folder (every point resumable) and,
+    at the end, ``cells.csv`` and ``fits.csv`` with their ``.meta.json``.
+    ``workers``/``scheduler``/``client``: where the points run
+    (:func:`propagate.trainability.trainability`); ``trainer``/``predictor``:
+    injectable as there (tests).
+    """
+    from pathlib import Path
+
+    from propagate.io import run_metadata, write_table
+    from propagate.trainability import trainability
+
+    options = options or ScalingOptions()
+    for c in configs:
+        if c not in CONFIGS:
+            raise UserError(f"unknown scaling configuration {c!r}; use one of {', '.join(CONFIGS)}")
+    grid_cells = cells(axes)
+    entries = [(f"{c}@{cell.name}", cell_spec(c, cell), {"batch_size": cell.batch_size, "rho": cell.rho})
+               for c in configs for cell in grid_cells]
+    res = trainability(entries, options.lrs, dataset, options.trainability_options(), progress=progress,
+                       out_dir=Path(out_dir) / "trainability" if out_dir is not None else None, resume=resume,
+                       workers=workers, scheduler=scheduler, client=client, trainer=trainer, predictor=predictor)
+    table = _frame(_cell_rows(configs, grid_cells, res))
+    fits = fit_exponents(table, res.predictions)
+    within = table["within_2x"].dropna()
+    meta = run_metadata(seed=options.seeds[0], kind="scaling", options=options.to_dict(), axes=axes or AXES,
+                        base=BASE, configs={c: CONFIGS[c] for c in configs},
+                        dataset={"name": dataset.name, "n_train": dataset.n_train, "n_test": dataset.n_test},
+                        cells_with_measured_limit=int(len(within)), cells_within_2x=int(within.sum()))
+    if out_dir is not None:
+        write_table(table, Path(out_dir) / "cells.csv", meta)
+        write_table(fits, Path(out_dir) / "fits.csv", meta)
+    return ScalingResult(cells=table, fits=fits, trainability=res, meta=meta)
+
+
+def _frame(rows):
+    import pandas as pd
+
+    return pd.DataFrame(rows)

@@ -1,0 +1,85 @@
+"""The scaling grid of the largest stable learning rate (propagate.scaling)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from propagate.scaling import AXES, BASE, Cell, ScalingOptions, cell_spec, cells, fit_exponent, scaling_grid
+
+
+def test_cells_one_factor_at_a_time():
+    grid = cells()
+    assert grid[0] == Cell(**BASE)
+    assert len(grid) == len(set(grid)) == 1 + sum(len(v) - 1 for v in AXES.values())
+    assert set(grid[0].axes()) == set(AXES)
+    assert Cell(64, 50, 128, 0.9).axes() == ["width"]
+    spec = cell_spec("selu-bn-lecun-uniform", Cell(64, 6, 32, 0.99))
+    assert spec.widths == (784,) + (64,) * 6 and spec.batchnorm and spec.out_features == 10
+
+
+def test_fit_exponent_recovers_a_power_law():
+    x = np.array([64, 128, 256, 512, 1024])
+    exact = fit_exponent(x, 3e-2 / x)
+    assert exact["slope"] == pytest.approx(-1.0, abs=1e-12) and exact["n_points"] == 5
+    rng = np.random.default_rng(0)
+    noisy = fit_exponent(x, 3e-2 * x ** -0.5 * np.exp(rng.normal(0, 0.1, size=5)))
+    assert noisy["slope_ci_low"] < -0.5 < noisy["slope_ci_high"]
+    # the interval is the t interval of the OLS slope: half width t_{0.975,3} * stderr
+    from scipy import stats
+    r = stats.linregress(np.log(x), np.log(3e-2 * x ** -0.5 * np.exp(np.random.default_rng(0).normal(0, 0.1, 5))))
+    assert noisy["slope_ci_high"] - noisy["slope"] == pytest.approx(stats.t.ppf(0.975, 3) * r.stderr)
+    assert math.isnan(fit_exponent([1, 2], [1.0, math.nan])["slope"])
+
+
+def _trainer(spec, options, seeds, dataset):
+    # trains below lr* = 0.5 / (width * depth) * sqrt(1 - rho) / 0.316 (the sign-step law), fails above
+    width, depth = spec.widths[1], spec.depth
+    limit = 0.5 / (width * depth) * math.sqrt(1 - options.rho) / math.sqrt(0.1)
+    ok = options.lr <= limit
+    return [{"seed": s, "diverged": False, "epochs_done": 1, "loss": 1.0, "acc": 0.9 if ok else 0.1,
+             "val_loss": 1.0, "val_acc": 0.5, "train_eval_acc": 0.5} for s in seeds]
+
+
+def _predictor(spec, options, dataset):
+    width, depth = spec.widths[1], spec.depth
+    v = 0.4 / (width * depth)
+    return {"max_lr_predicted": v, "max_lr_predicted_ci_low": v / 1.1, "max_lr_predicted_ci_high": v * 1.1,
+            "per_seed": [{"seed": s, "max_lr_predicted": v * (1 + 0.01 * s)} for s in (0, 1, 2)]}
+
+
+def test_scaling_grid_tables_and_exponents(tmp_path):
+    from propagate.data import Dataset
+
+    z = np.zeros((10, 784), np.float32)
+    ds = Dataset("fake", z, np.zeros(10, np.int64), z, np.zeros(10, np.int64), "test")
+    axes = {"width": (64, 256), "depth": (6, 50), "rho": (0.9, 0.99)}
+    opts = ScalingOptions(seeds=(0, 1), lrs=tuple(10 ** (-7 + 0.5 * i) for i in range(10)), refine=8)
+    res = scaling_grid(ds, ["selu-lecun-normal"], axes=axes, options=opts, out_dir=tmp_path, trainer=_trainer,
+                       predictor=_predictor)
+    t = res.cells.set_index("cell")
+    assert len(t) == 4  # base, width 64, depth 6, rho 0.99
+    base = t.loc[Cell(**BASE).name]
+    assert base["max_lr_measured"] <= 0.5 / (256 * 50) < base["max_lr_bad"]
+    assert base["ratio"] == pytest.approx(1.25, rel=0.01) and base["within_2x"]
+    f = res.fits.set_index(["axis", "source"])
+    assert f.loc[("width", "measured"), "slope"] == pytest.approx(-1.0, abs=0.02)
+    assert f.loc[("depth", "predicted"), "slope"] == pytest.approx(-1.0, abs=0.02)
+    rho = t.loc[Cell(256, 50, 128, 0.99).name, "max_lr_measured"] / base["max_lr_measured"]
+    assert rho == pytest.approx(math.sqrt(0.01 / 0.1), rel=0.02)
+    assert (tmp_path / "cells.csv").is_file() and (tmp_path / "fits.csv.meta.json").is_file()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--configs", "nope"], "--configs takes distinct names"),
+    (["--configs", "relu-he-normal,relu-he-normal"], "--configs takes distinct names"),
+    (["--axes", "width,heads"], "--axes takes distinct names"),
+    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "scheduler"),
+])
+def test_cli_refuses_bad_grids_in_one_line(argv, words, capsys, tmp_path):
+    from propagate.cli import main
+
+    assert main(["scaling", *argv, "--out", str(tmp_path / "s"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("propagate: error:") and words in err[0]
+    assert not (tmp_path / "s").exists()
