@@ -5,7 +5,8 @@ the output variance ``out_var`` and the gradient norm ``grad_norm``, both on
 log scales, each with a band of +-2 standard errors across networks, and the
 theory's ``theory_out_var`` / ``theory_grad_norm`` as black markers where the
 theory reaches. Weight layers (``Linear``, convolutions) are drawn as filled
-dots so the stack's structure reads at a glance. Uses matplotlib's Agg backend.
+dots so the stack's structure reads at a glance. A bare ``Figure`` (no pyplot): it
+renders to PNG anywhere and leaves the caller's matplotlib backend alone.
 """
 
 from __future__ import annotations
@@ -40,17 +41,14 @@ def _panel(ax, df, col, theory_col, ylabel):
 
 def plot_inspect(table, title: str | None = None):
     """Output variance and gradient norm per module call (module docstring); returns the matplotlib Figure."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend (a notebook's inline one) is left alone
 
     df = table.sort_values("index")
     n = len(df)
     fig = Figure(figsize=(max(8.0, min(20.0, 0.16 * n + 4)), 7.0), layout="constrained")
     ax_var, ax_grad = fig.subplots(2, 1, sharex=True)
-    _panel(ax_var, df, "out_var", "theory_out_var", "output variance Var(out) (pooled)")
-    _panel(ax_grad, df, "grad_norm", "theory_grad_norm", "gradient norm ||d y / d out|| (RMS over inputs)")
+    _panel(ax_var, df, "out_var", "theory_out_var", "Var(output), pooled")
+    _panel(ax_grad, df, "grad_norm", "theory_grad_norm", "||dy / d output||, RMS")
     step = max(1, int(np.ceil(n / MAX_TICK_LABELS)))
     ticks = df["index"].to_numpy()[::step]
     names = [(m or "(model)") if len(str(m)) <= 24 else "…" + str(m)[-23:] for m in df["module"].to_numpy()[::step]]

@@ -15,7 +15,8 @@ Columns (one row per leaf-module call):
 - A *unit* is a feature of ``Linear`` (the last dimension) and a channel of
   ``Conv1d/2d/3d`` (dimension 1); other modules count units the way the
   nearest weight layer before them does (a ReLU after a Conv2d counts
-  channels). ``positions`` is the number of entries per unit and sample.
+  channels; before any weight layer, dimension 1). ``positions`` is the
+  number of entries per unit and sample.
 - ``out_mean``, ``out_var``, ``out_q``: mean, pooled variance (not a standard
   deviation) and second moment of the output, pooled over units, positions
   and inputs, exactly as :func:`propagate.simulate.simulate` pools ``pre_*``
@@ -118,7 +119,7 @@ class _Recorder:
         self.last_out = model_input
         self.output = None
         self.reaches_output = False
-        self.unit_dim = -1
+        self.unit_dim = 1  # channels (PyTorch's layout) until a Linear layer says features are last
 
     def attach(self):
         for name, m in self.leaves:

@@ -142,7 +142,7 @@ def input_moments(x) -> dict:
 
 
 def _mlp_theory(table, trace, k, chain_stop):
-    cov = mlp_coverage(trace.modules[:k], trace.names[:k])
+    cov = mlp_coverage(trace.modules[:k], trace.names[:k], trace.training[:k])
     stop = cov.stop or chain_stop
     if cov.fields is None:
         return _empty(table), None, None, "no theory: " + (stop or NO_LAYER)

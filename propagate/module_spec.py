@@ -100,11 +100,11 @@ def _kind(m) -> str | None:
     return None
 
 
-def _norm_problem(m) -> str | None:
+def _norm_problem(m, training: bool) -> str | None:
     """Why a normalization module is outside the theory (eval-mode BN, affine away from identity), or None."""
     import torch
 
-    if _kind(m) == "batchnorm" and not m.training and m.track_running_stats:
+    if _kind(m) == "batchnorm" and not training and m.track_running_stats:
         return "BatchNorm1d in eval mode (the theory models train-mode batch statistics)"
     w = getattr(m, "weight", None)
     b = getattr(m, "bias", None)
@@ -115,9 +115,9 @@ def _norm_problem(m) -> str | None:
     return None
 
 
-def _drop_rate(m) -> tuple[str, float]:
+def _drop_rate(m, training: bool) -> tuple[str, float]:
     """``(kind, rate)`` of a dropout module; eval mode (or p = 0) is the identity: ``("none", 0)``."""
-    if not m.training or m.p == 0:
+    if not training or m.p == 0:
         return "none", 0.0
     return _kind(m), float(m.p)
 
@@ -147,8 +147,8 @@ NO_LAYER = "no hidden layer (Linear + activation) to describe"
 class _Parse:
     """The state of :func:`mlp_coverage` walking the modules (one hidden layer per :meth:`layer`)."""
 
-    def __init__(self, mods, names):
-        self.mods, self.names = mods, names
+    def __init__(self, mods, names, training):
+        self.mods, self.names, self.training = mods, names, training
         self.layers: list[dict] = []
         self.readout: dict | None = None
         self.act = self.norm = self.drop = None
@@ -189,8 +189,9 @@ class _Parse:
         if prev is not None and d.in_features != mods[prev["dense"]].out_features:
             return parts["dense"], "its input width does not match the previous Linear layer's output"
         norm = _kind(mods[parts["norm"]]) if "norm" in parts else "none"
-        if "norm" in parts and _norm_problem(mods[parts["norm"]]):
-            return parts["norm"], _norm_problem(mods[parts["norm"]])
+        why = _norm_problem(mods[parts["norm"]], self.training[parts["norm"]]) if "norm" in parts else None
+        if why:
+            return parts["norm"], why
         if self.norm is not None and norm != self.norm:
             return parts.get("norm", parts["dense"]), f"normalization {norm}, unlike the earlier layers' {self.norm}"
         if parts.get("readout"):
@@ -198,7 +199,7 @@ class _Parse:
         act = activation_of(mods[parts["act"]])
         if self.act is not None and act != self.act:
             return parts["act"], f"activation {act}, unlike the first layer's {self.act} (a spec has one activation)"
-        drop = _drop_rate(mods[parts["drop"]]) if "drop" in parts else ("none", 0.0)
+        drop = self.drop_of(parts)
         if self.drop is not None and drop != self.drop:
             return parts.get("drop", parts["act"]), "dropout differs from the first layer's (a spec has one rate)"
         return -1, ""
@@ -211,20 +212,26 @@ class _Parse:
             self.readout = parts
             return
         self.act = activation_of(self.mods[parts["act"]])
-        self.drop = _drop_rate(self.mods[parts["drop"]]) if "drop" in parts else ("none", 0.0)
+        self.drop = self.drop_of(parts)
         self.layers.append(parts)
 
+    def drop_of(self, parts) -> tuple[str, float]:
+        i = parts.get("drop")
+        return _drop_rate(self.mods[i], self.training[i]) if i is not None else ("none", 0.0)
 
-def mlp_coverage(modules, names=None) -> MlpCoverage:
+
+def mlp_coverage(modules, names=None, training=None) -> MlpCoverage:
     """How much of ``modules`` (in execution order) a :class:`~propagate.spec.NetworkSpec` describes.
 
     Walks the layout of the module docstring one hidden layer at a time and
     stops at the first module that breaks it (with the reason); the layers
-    before it are covered. ``names`` (qualified names) only label the reason.
+    before it are covered. ``names`` (qualified names) only label the reason;
+    ``training`` (per module) is the mode each ran in (default: its mode now).
     """
     mods = list(modules)
     names = list(names) if names is not None else [""] * len(mods)
-    p = _Parse(mods, names)
+    training = list(training) if training is not None else [m.training for m in mods]
+    p = _Parse(mods, names, training)
     i, stop = 0, ""
     while i < len(mods):
         parts, j, why = p.layer(i)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,6 +220,15 @@ def test_mlp_theory_columns_and_readout_row():
     last_act, readout = t.iloc[-2], t.iloc[-1]
     assert readout["theory_out_var"] == pytest.approx(readout["sigma_w2"] * last_act["theory_out_q"], rel=1e-9)
     assert readout["theory_grad_norm"] == 1.0
+
+
+def test_theory_reads_the_mode_the_model_ran_in():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.BatchNorm1d(32), nn.Linear(32, 32), nn.ReLU()).eval()
+    x = torch.randn(64, 10)
+    assert "covers every module" in inspect(model, x, mode="train").theory_note
+    assert not model.training  # restored
+    assert "2 (BatchNorm1d): BatchNorm1d in eval mode" in inspect(model, x).theory_note
 
 
 def _cnn_factory(layers, channels, padding, sw2=2.0, sb2=0.05, act=nn.Tanh):
@@ -446,21 +456,11 @@ def _cli(argv, capsys):
     return code, out.out, out.err
 
 
+#: The lecture demo's network as an nn.Sequential (784 -> 512 -> 50 x 256 -> 10, SELU, Var(w) = 1/fan_in)
+DEMO_MLP = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_layerstats.py"
+
 MLP_FILE = '''
 import torch.nn as nn
-
-
-def build():
-    widths = [784, 512] + [256] * 50
-    layers = []
-    for a, b in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(a, b), nn.SELU()]
-    layers.append(nn.Linear(256, 10))
-    for m in layers:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=m.in_features ** -0.5)
-            nn.init.zeros_(m.bias)
-    return nn.Sequential(*layers)
 
 
 def small():
@@ -497,15 +497,15 @@ def test_cli_bad_targets_are_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_done_when_selu_mlp_on_mnist5k(tmp_path, capsys, monkeypatch):
-    """The issue's command, as written: 52 SELU layers with Var(w) = 1/fan_in, 4 networks on mnist-5k."""
+    """The issue's `inspect mlp.py:build --dataset mnist-5k --networks 4 --csv m.csv`, mlp.py being the benchmark's
+    demo network: 52 SELU layers with Var(w) = 1/fan_in."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "mlp.py").write_text(MLP_FILE)
-    code, out, err = _cli(["inspect", "mlp.py:build", "--dataset", "mnist-5k", "--networks", "4", "--csv", "m.csv",
-                           "--quiet"], capsys)
+    code, out, err = _cli(["inspect", f"{DEMO_MLP}:demo_mlp", "--dataset", "mnist-5k", "--networks", "4", "--csv",
+                           "m.csv", "--quiet"], capsys)
     assert code == 0, err
     t = propagate.io.read_table(tmp_path / "m.csv")
     meta = json.loads((tmp_path / "m.csv.meta.json").read_text())
-    assert meta["dataset"]["name"] == "mnist-5k" and meta["networks"] == 4 and "mlp.py:build" in meta["command"]
+    assert meta["dataset"]["name"] == "mnist-5k" and meta["networks"] == 4 and "demo_mlp" in meta["command"]
     lin = t[t["type"] == "Linear"]
     assert len(t) == 103 and len(lin) == 52 and lin["theory_out_var"].notna().all()
     deep = lin.iloc[30:51]  # hidden layers 31..51: SELU has pulled the variance to its fixed point 1
