@@ -323,22 +323,20 @@ def _model_device(model):
 def _network(model, n: int, seed: int, reinit: str | None, device):
     """Network ``n``: the factory called (or the model copied and redrawn) under torch seed ``seed + n``.
 
-    Returns ``(module, owned)``; ``owned`` is False when it is the user's own model object.
+    A model object is used as it is (no copy) unless it must be redrawn or moved to another device.
     """
     import torch
 
     torch.manual_seed(seed + n)
     if _is_factory(model):
-        net, owned = build_model_from(model), True
+        net = build_model_from(model)
     elif reinit is not None or (device is not None and torch.device(device) != _model_device(model)):
-        net, owned = copy.deepcopy(model), True
+        net = copy.deepcopy(model)
     else:
-        return model, False
+        return model
     if reinit is not None:
         reinit_model(net, reinit)
-    if device is not None:
-        net = net.to(device)
-    return net, owned
+    return net.to(device) if device is not None else net
 
 
 # ----------------------------------------------------------------------------
@@ -547,12 +545,12 @@ def inspect(model, inputs, *, loss: Callable | None = None, targets=None, networ
         # factories, redraws and dropout use the global generators: fork every device's (CUDA's too, when present)
         with torch.random.fork_rng(devices=None if torch.cuda.is_available() else []):
             # network 0 first: a bad model or input fails with one line before any progress bar
-            net, _ = _network(model, 0, int(seed), reinit, device)
+            net = _network(model, 0, int(seed), reinit, device)
             rows, trace, en = _inspect_one(net, inputs, loss, targets, mode, seed, 0, True)
             per, energy = [rows], [en]
             for n in tqdm(range(1, networks), desc="networks", file=sys.stderr, disable=not progress or networks < 3,
                           leave=False):
-                net, _ = _network(model, n, int(seed), reinit, device)
+                net = _network(model, n, int(seed), reinit, device)
                 rows, _, en = _inspect_one(net, inputs, loss, targets, mode, seed, n, False)
                 _check_same_structure(rows, per[0])
                 per.append(rows)

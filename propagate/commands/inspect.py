@@ -133,7 +133,7 @@ def run(args) -> int:
               f"network{'s' * (m['networks'] > 1)}, {m['device']}, {m['seconds']:.2f} s")
         print(format_table(table))
         print(res.theory_note)
-        if res.spec is not None or "theory_out_var" in table.columns and table["theory_out_var"].notna().any():
+        if table["tap"].ne("").any():
             if not bool(table["judged"].any()):
                 print("(one network: no standard error, so agreement with theory is not judged; use --networks 2+)")
             else:
