@@ -117,6 +117,7 @@ class _Recorder:
         self.outs: dict[int, tuple] = {}  # row -> (output [B, n] copy, activation name, unit dim, units)
         self.grads: dict[int, Any] = {}  # row -> gradient [B, n] copy
         self.last_out = model_input
+        self.first_input = None  # what the first leaf module received (the theory starts from its statistics)
         self.output = None
         self.reaches_output = False
         self.unit_dim = 1  # channels (PyTorch's layout) until a Linear layer says features are last
@@ -138,6 +139,8 @@ class _Recorder:
         row = {"index": i, "module": name, "type": type(module).__name__, "call": self.calls.get(id(module), 0)}
         self.calls[id(module)] = row["call"] + 1
         self.chain.append(bool(args) and args[0] is self.last_out)
+        if i == 0 and args and isinstance(args[0], torch.Tensor):
+            self.first_input = args[0].detach().clone()
         self.modules.append(module)
         ws = weight_stats(module)
         if ws is not None:
@@ -582,7 +585,8 @@ def _inspect_one(net, inputs, loss, targets, mode, seed, n, keep_trace):
             from propagate.model_theory import Trace
 
             trace = Trace(modules=list(rec.modules), names=[r["module"] for r in rec.rows], chain=list(rec.chain),
-                          inputs=x.detach(), reaches_output=rec.reaches_output,
+                          inputs=rec.first_input if rec.first_input is not None else x.detach(),
+                          reaches_output=rec.reaches_output,
                           readout=loss is None and grad, training=[m.training for m in rec.modules])
     rows = rec.table_rows()
     for r in rows:

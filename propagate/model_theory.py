@@ -1,9 +1,9 @@
 """Mean-field theory beside :func:`propagate.inspect`'s measured table, where the theory reaches.
 
-:func:`attach_theory` walks the model's leaf-module calls in execution order
-while each module's input is the previous one's output (a functional
-operation or a branch between them stops the walk) and reads one of two
-layouts:
+:func:`attach_theory` walks the model's leaf-module calls in execution order,
+starting from the statistics of what the first module received, while each
+module's input is the previous one's output (a functional operation or a
+branch between them stops the walk), and reads one of two layouts:
 
 - **MLP-like** (the first module is ``Linear``): the layout a
   :class:`~propagate.spec.NetworkSpec` compiles to
@@ -72,8 +72,9 @@ class Trace:
     """What the hooks of network 0 saw, for the theory (:func:`propagate.model_stats.inspect` fills it).
 
     ``modules``/``names``/``training``: per row (call order); ``chain[i]``: row
-    ``i``'s input is row ``i - 1``'s output (row 0: the model input);
-    ``inputs``: the input batch; ``reaches_output``: the last row's output is
+    ``i``'s input is row ``i - 1``'s output; ``inputs``: what the first module
+    received (the model's input, after any operation the model's ``forward``
+    applies before it, such as a flatten); ``reaches_output``: the last row's output is
     the model's output; ``readout``: the gradient is the random readout's;
     ``energy``: per network ``{row: per-tap weight energy}`` of convolutions.
     """
@@ -101,8 +102,6 @@ def attach_theory(table, trace: Trace):
     chain_stop = _where(trace, k, "its input is not the previous module's output (a functional operation or a "
                                   "branch between them)") if k < n else ""
     first = trace.modules[0] if n else None
-    if n and not trace.chain[0]:
-        return _empty(table), None, None, "no theory: " + _where(trace, 0, "its input is not the model's input")
     if isinstance(first, nn.Linear):
         return _mlp_theory(table, trace, k, chain_stop)
     if isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):

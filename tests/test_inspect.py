@@ -222,6 +222,22 @@ def test_mlp_theory_columns_and_readout_row():
     assert readout["theory_grad_norm"] == 1.0
 
 
+def test_theory_starts_from_what_the_first_module_receives():
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _mlp([48, 32, 32], act=nn.Tanh)
+
+        def forward(self, x):
+            return self.net(2.0 * x.flatten(1))  # a functional step before the first module
+
+    torch.manual_seed(0)
+    res = inspect(Flat(), torch.randn(64, 3, 4, 4))
+    assert "covers every module" in res.theory_note
+    row = res.table.iloc[0]  # q of the first Linear: sigma_w2 x E[(2x)^2] (4 x the Gaussian inputs' 1)
+    assert row["theory_out_var"] == pytest.approx(row["sigma_w2"] * 4.0, rel=0.05)
+
+
 def test_theory_reads_the_mode_the_model_ran_in():
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.BatchNorm1d(32), nn.Linear(32, 32), nn.ReLU()).eval()
