@@ -36,6 +36,9 @@ _LAZY = {
     "get_preset": "propagate.presets",
     "list_presets": "propagate.presets",
     "build_report": "propagate.report",
+    "inspect": "propagate.model_stats",
+    "InspectResult": "propagate.model_stats",
+    "LayerStats": "propagate.model_stats",
     "ReportOptions": "propagate.report",
 }
 

@@ -22,7 +22,16 @@ Names and semantics follow Keras (so the seed experiments translate one to one):
 ``normal:S``        N(0, S / fan_in), i.e. sigma_w^2 = S
 ``uniform:S``       uniform with Var = S / fan_in
 ``orthogonal:S``    Haar orthogonal times sqrt(S) (gain^2 = S; square layers: sigma_w^2 = S)
+``delta_orthogonal``  convolutions: Haar orthogonal ``(C_out, C_in)`` matrix at the
+                    kernel's spatial centre, zeros elsewhere (Xiao et al. 2018,
+                    Algorithm 2); a dense layer (kernel 1) gets ``orthogonal``;
+                    ``delta_orthogonal:S`` scales by sqrt(S)
 ==================  =====================================================
+
+Convolution kernels (:meth:`Init.sample_kernel`) follow PyTorch's and Keras'
+fans: ``fan_in = C_in x kernel area`` (per group), ``fan_out = C_out x kernel
+area``; ``sigma_w^2 = fan_in * Var(w)`` as for dense layers (Xiao et al. 2018:
+for the variance map a convolution is a dense layer with that fan-in).
 
 Keras' "normal" variance-scaling initializers draw from a normal truncated at
 two standard deviations and divide the scale by 0.8796256610342398 (the std of
@@ -61,7 +70,7 @@ class Init:
 
     def weight_var(self, fan_in: int, fan_out: int) -> float:
         """Var(w) of one weight in a ``fan_out x fan_in`` matrix."""
-        if self.distribution == "orthogonal":
+        if self.distribution in ("orthogonal", "delta_orthogonal"):
             # rows (fan_out <= fan_in) or columns are orthonormal: sum of squares = min(fan_in, fan_out)
             return self.scale * min(fan_in, fan_out) / (fan_in * fan_out)
         if self.mode == "fixed":
@@ -96,9 +105,46 @@ class Init:
             lo = 0.5 * math.erfc(math.sqrt(2.0))  # Phi(-2)
             u = torch.empty(shape, dtype=torch.float64, device=device).uniform_(lo, 1.0 - lo, generator=generator)
             return u.mul_(2.0).sub_(1.0).erfinv_().mul_(math.sqrt(2.0) * std).to(dtype)
-        if self.distribution == "orthogonal":
+        if self.distribution in ("orthogonal", "delta_orthogonal"):  # a dense layer is a 1-tap kernel
             return self._orthogonal(fan_out, fan_in, batch, generator, dtype, device)
         raise AssertionError(self.distribution)  # pragma: no cover
+
+    def kernel_weight_var(self, c_out: int, c_in: int, kernel_size) -> float:
+        """Mean square of one weight of a ``(c_out, c_in, *kernel_size)`` convolution kernel (``c_in`` per group)."""
+        area = math.prod(int(k) for k in kernel_size)
+        if self.distribution == "delta_orthogonal":
+            # only the centre tap is nonzero: a (c_out, c_in) orthogonal matrix times sqrt(scale)
+            return self.scale * min(c_in, c_out) / (c_out * c_in * area)
+        if self.distribution == "orthogonal":  # the (c_out, c_in x area) matrix is orthogonal
+            return self.weight_var(c_in * area, c_out)
+        return self.weight_var(c_in * area, c_out * area)
+
+    def kernel_sigma_w2(self, c_out: int, c_in: int, kernel_size) -> float:
+        """``sigma_w^2 = fan_in * Var(w)`` of a convolution, ``fan_in = c_in x kernel area``."""
+        return c_in * math.prod(int(k) for k in kernel_size) * self.kernel_weight_var(c_out, c_in, kernel_size)
+
+    def sample_kernel(self, c_out: int, c_in: int, kernel_size, *, generator=None, dtype=None, device=None):
+        """A convolution kernel ``(c_out, c_in, *kernel_size)`` (``c_in`` per group), fans as in the module docstring.
+
+        ``orthogonal`` makes the ``(c_out, c_in x area)`` matrix (semi-)orthogonal;
+        ``delta_orthogonal`` needs odd kernel sizes (a centre tap).
+        """
+        import torch
+
+        kernel_size = tuple(int(k) for k in kernel_size)
+        area = math.prod(kernel_size)
+        if self.distribution == "delta_orthogonal":
+            if any(k % 2 == 0 for k in kernel_size):
+                raise UserError(f"delta_orthogonal needs odd kernel sizes (a centre tap), got {kernel_size}")
+            w = torch.zeros((c_out, c_in, *kernel_size), dtype=dtype or torch.float32, device=device)
+            w[(slice(None), slice(None), *(k // 2 for k in kernel_size))] = self._orthogonal(
+                c_out, c_in, (), generator, w.dtype, device)
+            return w
+        w = self.sample(c_out, c_in * area, generator=generator, dtype=dtype, device=device)
+        if self.mode in ("fan_out", "fan_avg") and self.distribution != "orthogonal":
+            # sample() counted c_out rows as fan_out; a kernel's fan_out is c_out x area
+            w = w * math.sqrt(self.weight_var(c_in * area, c_out * area) / self.weight_var(c_in * area, c_out))
+        return w.reshape(c_out, c_in, *kernel_size)
 
     def _orthogonal(self, fan_out, fan_in, batch, generator, dtype, device):
         import torch
@@ -139,6 +185,7 @@ _NAMED = {
     "random_normal": Init("random_normal", "normal", 0.05**2, "fixed"),
     "orthogonal": Init("orthogonal", "orthogonal", 1.0, "fixed"),
     "torch_default": Init("torch_default", "uniform", 1.0 / 3.0, "fan_in", torch_bias=True),
+    "delta_orthogonal": Init("delta_orthogonal", "delta_orthogonal", 1.0, "fixed"),
 }
 
 _ALIASES = {"xavier_uniform": "glorot_uniform", "xavier_normal": "glorot_normal", "kaiming_uniform": "he_uniform", "kaiming_normal": "he_normal"}
@@ -163,18 +210,18 @@ def get_init(name: str | Init) -> Init:
         if not math.isfinite(s) or s <= 0:
             raise UserError(f"malformed init {name!r}: SIGMA_W2 must be a positive number")
         return Init(f"{head}:{s:g}", head, s, "fan_in")
-    if sep and head == "orthogonal":
+    if sep and head in ("orthogonal", "delta_orthogonal"):
         # orthogonal:S = Haar orthogonal times sqrt(S) (gain^2 = S): sigma_w^2 = S for square layers (ReLU: S = 2)
         try:
             s = float(arg)
         except ValueError:
-            raise UserError(f"malformed init {name!r}: expected orthogonal:GAIN2 with a number, e.g. orthogonal:2") from None
+            raise UserError(f"malformed init {name!r}: expected {head}:GAIN2 with a number, e.g. {head}:2") from None
         if not math.isfinite(s) or s <= 0:
             raise UserError(f"malformed init {name!r}: GAIN2 must be a positive number")
-        return Init(f"orthogonal:{s:g}", "orthogonal", s, "fixed")
+        return Init(f"{head}:{s:g}", head, s, "fixed")
     raise UserError(f"unknown init {name!r}; known: {', '.join(list_inits())}")
 
 
 def list_inits() -> list[str]:
     """Names of the known initializers (``normal:S`` and ``uniform:S`` take a sigma_w^2)."""
-    return [*_NAMED, "normal:S", "uniform:S", "orthogonal:S"]
+    return [*_NAMED, "normal:S", "uniform:S", "orthogonal:S", "delta_orthogonal:S"]

@@ -79,6 +79,11 @@ class NetworkSpec:
             hidden layers whose input and output widths match; 0 = no residual.
         layernorm: LayerNorm (per sample over units, affine at identity) where
             BatchNorm goes (inputs of layers 2..depth and of the readout).
+        layer_sigma_w2, layer_sigma_b2: per-hidden-layer ``sigma_w^2`` and
+            ``sigma_b^2`` (``depth`` values each) that replace the initializer's
+            in :meth:`sigma_w2` / :meth:`sigma_b2`, hence in the theory (e.g.
+            the measured values of an existing model, :meth:`from_module`).
+            Simulation and training still draw weights from ``init``.
     """
 
     widths: tuple[int, ...]
@@ -95,10 +100,15 @@ class NetworkSpec:
     bn_eps: float = 1e-3
     residual: float = 0.0
     layernorm: bool = False
+    layer_sigma_w2: tuple[float, ...] | None = None
+    layer_sigma_b2: tuple[float, ...] | None = None
     name: str = field(default="", compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        for f in ("layer_sigma_w2", "layer_sigma_b2"):
+            if getattr(self, f) is not None:
+                object.__setattr__(self, f, tuple(float(v) for v in getattr(self, f)))
         self.validate()
 
     # -- construction -------------------------------------------------------
@@ -133,6 +143,24 @@ class NetworkSpec:
             **kw,
         )
 
+    @classmethod
+    def from_module(cls, model) -> "NetworkSpec":
+        """The spec of a sequential MLP-like torch model, with its weights' actual per-layer variances.
+
+        Reads the model's leaf modules in registration order: ``Linear`` layers,
+        one activation of the registry as modules (``nn.ReLU``, ``nn.SELU``,
+        ``nn.Tanh``, ...), optional ``Dropout``/``AlphaDropout`` after each
+        activation, optional ``BatchNorm1d``/``LayerNorm`` (affine at identity)
+        before layers 2.. and the readout (the seed's placement), and an optional
+        readout ``Linear`` last. ``layer_sigma_w2`` is ``fan_in`` times each
+        layer's mean squared weight, ``layer_sigma_b2`` its mean squared bias
+        (:mod:`propagate.module_spec`). Raises :class:`UserError` naming the
+        first module the spec cannot represent.
+        """
+        from propagate.module_spec import spec_fields
+
+        return cls(**spec_fields(model))
+
     def with_(self, **changes) -> "NetworkSpec":
         """A copy with some fields changed."""
         return replace(self, **changes)
@@ -161,11 +189,15 @@ class NetworkSpec:
 
     def sigma_w2(self) -> list[float]:
         """Effective ``sigma_w^2 = fan_in Var(w)`` of every hidden weight layer."""
+        if self.layer_sigma_w2 is not None:
+            return list(self.layer_sigma_w2)
         init = self.initializer
         return [init.sigma_w2(fi, fo) for fi, fo in self.fans()]
 
     def sigma_b2(self) -> list[float]:
         """Bias variance of every hidden layer."""
+        if self.layer_sigma_b2 is not None:
+            return list(self.layer_sigma_b2)
         if self.bias_var is not None:
             return [float(self.bias_var)] * self.depth
         init = self.initializer
@@ -186,6 +218,8 @@ class NetworkSpec:
             s += "+LN"
         if self.residual:
             s += f"+res{self.residual:g}"
+        if self.layer_sigma_w2 is not None or self.layer_sigma_b2 is not None:
+            s += "+per_layer_sigma"
         return s
 
     def compile(self, *, readout: bool = False) -> list:
@@ -230,6 +264,10 @@ class NetworkSpec:
             raise UserError(f"input mean must be finite, got {self.input_mean}")
         if self.out_features is not None and self.out_features < 1:
             raise UserError(f"readout width must be >= 1, got {self.out_features}")
+        for name in ("layer_sigma_w2", "layer_sigma_b2"):
+            vals = getattr(self, name)
+            if vals is not None and (len(vals) != self.depth or not all(math.isfinite(v) and v >= 0 for v in vals)):
+                raise UserError(f"{name} needs {self.depth} finite values >= 0 (one per hidden layer), got {list(vals)[:8]}")
 
 
 def build_model(spec: NetworkSpec, seed: int | None = 0, *, seeds=None, dtype=None, device=None):

@@ -329,6 +329,17 @@ def _layer_moments(act: Activation, q: float, c: float) -> tuple[float, float, f
     return m1, m2, g2, pab
 
 
+def layer_expectations(activation, q: float, c: float) -> tuple[float, float, float, float]:
+    """``(E[phi], E[phi^2], E[phi'^2], E[phi(u_a) phi(u_b)])`` for ``h ~ N(0, q)`` and a pair with correlation ``c``.
+
+    The four Gaussian expectations of one activation layer that
+    :func:`predict_layers` uses (``q`` a second moment, not a standard
+    deviation), for callers that fold their own layers (the position-resolved
+    CNN map of :mod:`propagate.model_theory`).
+    """
+    return _layer_moments(get_activation(activation), float(q), float(c))
+
+
 def _check_var(name: str, value: float) -> float:
     value = float(value)
     if not math.isfinite(value) or value < 0:

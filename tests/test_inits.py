@@ -104,3 +104,48 @@ def test_unknown_init_lists_known():
     for n in ["glorot_uniform", "lecun_normal", "torch_default", "normal:S"]:
         assert n in str(e.value)
     assert "orthogonal" in list_inits()
+
+
+# ----------------------------------------------------------------------------- convolution kernels
+
+
+@pytest.mark.parametrize("c_out,c_in,gain2", [(16, 16, 1.0), (8, 24, 2.0), (24, 8, 1.0)])
+def test_delta_orthogonal_is_orthogonal_at_the_centre_and_zero_elsewhere(c_out, c_in, gain2):
+    """Xiao et al. 2018, Algorithm 2: an orthogonal (c_out, c_in) matrix at the centre tap of the kernel."""
+    init = get_init(f"delta_orthogonal:{gain2}" if gain2 != 1 else "delta_orthogonal")
+    w = init.sample_kernel(c_out, c_in, (3, 5), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert w.shape == (c_out, c_in, 3, 5)
+    centre = w[:, :, 1, 2]
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1, 2] = False
+    assert bool((w[:, :, mask] == 0).all())
+    small = min(c_out, c_in)
+    gram = centre @ centre.T if c_out <= c_in else centre.T @ centre  # orthonormal rows, or columns
+    torch.testing.assert_close(gram, gain2 * torch.eye(small, dtype=torch.float64), atol=1e-12, rtol=0)
+    # sigma_w^2 = fan_in Var(w), fan_in = c_in x 15: gain^2 min(c_in, c_out) / c_out, exactly as sampled
+    fan_in = c_in * 15
+    assert init.kernel_sigma_w2(c_out, c_in, (3, 5)) == pytest.approx(gain2 * small / c_out, rel=1e-14)
+    assert fan_in * float((w * w).mean()) == pytest.approx(init.kernel_sigma_w2(c_out, c_in, (3, 5)), rel=1e-12)
+
+
+def test_delta_orthogonal_needs_a_centre_and_is_orthogonal_on_dense_layers():
+    with pytest.raises(UserError, match="odd kernel sizes"):
+        get_init("delta_orthogonal").sample_kernel(4, 4, (2, 3))
+    w = get_init("delta_orthogonal").sample(6, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    torch.testing.assert_close(w @ w.T, torch.eye(6, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert "delta_orthogonal:S" in list_inits()
+
+
+@pytest.mark.parametrize("name", ["lecun_normal", "glorot_uniform", "he_uniform", "orthogonal"])
+def test_kernel_variance_uses_the_convolution_fans(name):
+    init = get_init(name)
+    c_out, c_in, k = 48, 32, (3, 3)
+    w = init.sample_kernel(c_out, c_in, k, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    var = init.kernel_weight_var(c_out, c_in, k)
+    x = w.flatten()
+    m2, m4 = float((x * x).mean()), float((x**4).mean())
+    assert abs(m2 - var) < 4 * math.sqrt((m4 - m2 * m2) / x.numel()) + 1e-12 * var
+    # Keras' conv fans: fan_in = c_in x 9, fan_out = c_out x 9 (glorot: Var = 2 / (fan_in + fan_out))
+    if name == "glorot_uniform":
+        assert var == pytest.approx(2 / (9 * (c_in + c_out)))
+    assert init.kernel_sigma_w2(c_out, c_in, k) == pytest.approx(c_in * 9 * var)

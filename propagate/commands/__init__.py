@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "critical",
     "gain",
     "simulate",
+    "inspect",
     "spectrum",
     "data",
     "train",
