@@ -78,9 +78,10 @@ class Cell:
     def name(self) -> str:
         return f"n{self.width}-L{self.depth}-B{self.batch_size}-rho{self.rho:g}"
 
-    def axes(self) -> list[str]:
-        """The axes this cell lies on (the base cell lies on all of them)."""
-        return [a for a in AXES if all(getattr(self, b) == BASE[b] for b in BASE if b != a)]
+    def axes(self, base: dict | None = None, axes: dict | None = None) -> list[str]:
+        """The axes of ``axes`` (default :data:`AXES`) this cell lies on around ``base`` (default :data:`BASE`)."""
+        base, axes = base or BASE, axes or AXES
+        return [a for a in axes if all(getattr(self, b) == base[b] for b in base if b != a)]
 
 
 def cells(axes: dict | None = None, base: dict | None = None) -> list[Cell]:
@@ -160,7 +161,7 @@ def fit_exponent(x: Sequence[float], y: Sequence[float]) -> dict:
             "slope_ci_high": float(res.slope) + half, "n_points": n}
 
 
-def _cell_rows(configs, grid_cells, result) -> list[dict]:
+def _cell_rows(configs, grid_cells, result, base, axes) -> list[dict]:
     """One row per (configuration, cell) from the trainability tables."""
     cfg = result.configs.set_index("config")
     rows = []
@@ -168,12 +169,14 @@ def _cell_rows(configs, grid_cells, result) -> list[dict]:
         for cell in grid_cells:
             r = cfg.loc[f"{config}@{cell.name}"]
             ratio = float(r["ratio"])
-            rows.append({"config": config, "cell": cell.name, "axes": ",".join(cell.axes()), **asdict(cell),
+            rows.append({"config": config, "cell": cell.name, "axes": ",".join(cell.axes(base, axes)), **asdict(cell),
                          "max_lr_measured": float(r["max_lr_measured"]), "max_lr_bad": float(r["max_lr_bad"]),
                          "censored": bool(r["censored"]), "max_lr_predicted": float(r["max_lr_predicted"]),
                          "max_lr_predicted_ci_low": float(r["max_lr_predicted_ci_low"]),
                          "max_lr_predicted_ci_high": float(r["max_lr_predicted_ci_high"]), "ratio": ratio,
-                         "within_2x": bool(0.5 <= ratio <= 2.0) if math.isfinite(ratio) else None})
+                         "within_2x": bool(0.5 <= ratio <= 2.0) if math.isfinite(ratio) else None,
+                         "criterion": r.get("criterion", ""), "steps": r.get("prediction_steps", math.nan),
+                         "prediction_note": r.get("prediction_note", "")})
     return rows
 
 
@@ -205,7 +208,7 @@ def fit_exponents(cell_table, predictions=None) -> object:
 
 
 def scaling_grid(dataset, configs: Sequence[str] = tuple(CONFIGS), *, axes: dict | None = None,
-                 options: ScalingOptions | None = None, out_dir=None, resume: bool = True,
+                 base: dict | None = None, options: ScalingOptions | None = None, out_dir=None, resume: bool = True,
                  workers: int | None = None, scheduler: str | None = None, client=None,
                  progress: Callable[[str], None] | None = None, trainer: Callable | None = None,
                  predictor: Callable | None = None) -> ScalingResult:
@@ -226,17 +229,17 @@ def scaling_grid(dataset, configs: Sequence[str] = tuple(CONFIGS), *, axes: dict
     for c in configs:
         if c not in CONFIGS:
             raise UserError(f"unknown scaling configuration {c!r}; use one of {', '.join(CONFIGS)}")
-    grid_cells = cells(axes)
+    grid_cells = cells(axes, base)
     entries = [(f"{c}@{cell.name}", cell_spec(c, cell), {"batch_size": cell.batch_size, "rho": cell.rho})
                for c in configs for cell in grid_cells]
     res = trainability(entries, options.lrs, dataset, options.trainability_options(), progress=progress,
                        out_dir=Path(out_dir) / "trainability" if out_dir is not None else None, resume=resume,
                        workers=workers, scheduler=scheduler, client=client, trainer=trainer, predictor=predictor)
-    table = _frame(_cell_rows(configs, grid_cells, res))
+    table = _frame(_cell_rows(configs, grid_cells, res, base, axes))
     fits = fit_exponents(table, res.predictions)
     within = table["within_2x"].dropna()
     meta = run_metadata(seed=options.seeds[0], kind="scaling", options=options.to_dict(), axes=axes or AXES,
-                        base=BASE, configs={c: CONFIGS[c] for c in configs},
+                        base=base or BASE, configs={c: CONFIGS[c] for c in configs},
                         dataset={"name": dataset.name, "n_train": dataset.n_train, "n_test": dataset.n_test},
                         cells_with_measured_limit=int(len(within)), cells_within_2x=int(within.sum()))
     if out_dir is not None:

@@ -502,6 +502,7 @@ def _prediction_columns(pred: dict | None) -> dict:
     if pred is None:
         return {"max_lr_predicted": nan}
     row = {k: _num(pred, k) for k in ("max_lr_predicted", "max_lr_predicted_ci_low", "max_lr_predicted_ci_high")}
+    row["prediction_steps"] = _num(pred, "steps")
     per_seed = pred.get("per_seed") or []
     row["criterion"] = "; ".join(sorted({r.get("criterion", "") for r in per_seed} - {""}))
     row["prediction_note"] = "; ".join(sorted({r.get("note", "") for r in per_seed} - {""}))

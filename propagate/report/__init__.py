@@ -41,7 +41,7 @@ __all__ = ["ReportOptions", "build_report", "check_report_folders", "work_dir_of
 
 #: The sections after the seed's story, in page order: name -> module ``propagate.report.section_<name>``,
 #: each with ``section(out_dir, ctx, progress) -> markdown`` (it writes its own data and figures).
-SECTIONS = ("residual", "spectrum", "selfnorm", "trainability", "sweep")
+SECTIONS = ("residual", "spectrum", "selfnorm", "trainability", "scaling", "sweep")
 #: Presets and learning rates of the full report's trainability map (``propagate trainability`` in the work folder).
 TRAINABILITY_PRESETS = ("selu-lecun-normal", "selu-bn-lecun-uniform", "relu", "relu-bn")
 TRAINABILITY_LRS = (1e-5, 10**-4.5, 1e-4, 10**-3.5, 1e-3, 10**-2.5, 1e-2)
@@ -299,8 +299,11 @@ def _trainability_dir(run: _Run, dataset, work: Path) -> Path | None:
         return None
     from propagate.presets import get_preset
 
+    from propagate.report.section_trainability import SETTINGS_FULL, configs_with_warmup
+
     opts = run.opts
-    configs = [(name, get_preset(name).spec()) for name in TRAINABILITY_PRESETS]
+    configs = configs_with_warmup([(name, get_preset(name).spec()) for name in TRAINABILITY_PRESETS],
+                                  SETTINGS_FULL["warmup_presets"], SETTINGS_FULL["warmup"])
     topts = TrainabilityOptions(seeds=tuple(opts.seed + k for k in range(3)), epochs=opts.epochs, refine=2,
                                 device=opts.device)
     folder = work / "trainability"
@@ -316,7 +319,7 @@ def _sections_part(run: _Run, dataset, train_ds, work: Path) -> str:
     """7-: the extra sections (:data:`SECTIONS`), each writing its own data and figures; their markdown, numbered."""
     opts = run.opts
     ctx = {"quick": opts.quick, "seed": opts.seed, "dataset": dataset.name, "dataset_obj": train_ds,
-           "train_seeds": opts.seeds}
+           "train_seeds": opts.seeds, "work_dir": None if opts.quick else str(work)}
     parts = []
     for number, name in enumerate(opts.sections, start=7):
         module = importlib.import_module(f"propagate.report.section_{name}")

@@ -1,0 +1,224 @@
+"""Report section: the scaling law of the largest stable learning rate, measured against predicted.
+
+Data: :func:`propagate.scaling.scaling_grid` (one factor at a time around a
+base cell: width, depth, batch size, RMSprop's rho; four configurations),
+computed resumably in the report's work folder (``ctx["work_dir"]``), or read
+from a finished ``propagate scaling --out DIR`` folder (``ctx["scaling_dir"]``).
+
+Figure: :func:`figure_scaling` (one panel per axis, log-log: measured largest
+learning rate that trains, with its bracket, and the prediction from the
+optimizer's first steps with its 95% band; fitted exponents in the legend),
+drawn by :func:`plot_scaling`. Prose: ``templates/section_scaling.md``, filled
+by :func:`section_markdown` from the tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from propagate.io import write_table
+from propagate.scaling import AXES, BASE, CONFIGS, ScalingOptions, scaling_grid
+from propagate.templates import render
+
+__all__ = ["SETTINGS_FULL", "SETTINGS_QUICK", "figure_scaling", "plot_scaling", "miss_lines", "fit_lines",
+           "section_markdown", "section"]
+
+SETTINGS_FULL = dict(configs=tuple(CONFIGS), axes=AXES, base=BASE, seeds=(0, 1, 2), epochs=1, level=0.3,
+                     lrs=ScalingOptions().lrs, refine=2, n_train=None)
+SETTINGS_QUICK = dict(configs=("selu-lecun-normal",), axes={"width": (32, 64), "depth": (4, 8)},
+                      base={"width": 64, "depth": 8, "batch_size": 128, "rho": 0.9}, seeds=(0, 1), epochs=1,
+                      level=0.2, lrs=(1e-4, 1e-3, 1e-2), refine=0, n_train=1024)
+
+_AXIS_LABEL = {"width": "width n (units per hidden layer)", "depth": "depth L (hidden layers)",
+               "batch_size": "batch size B", "rho": "1 - rho (RMSprop's decay; 0.1 is the demo's rho 0.9)"}
+
+
+def _on_axis(cells, axis):
+    return cells[cells["axes"].str.split(",").apply(lambda a: axis in a)].sort_values(axis)
+
+
+def _fit_label(fits, config, axis) -> str:
+    if fits is None or axis not in ("width", "depth"):
+        return ""
+    f = fits[(fits["config"] == config) & (fits["axis"] == axis)].set_index("source")
+    parts = []
+    for src, short in (("measured", "meas."), ("predicted", "pred.")):
+        if src in f.index and np.isfinite(f.loc[src, "slope"]):
+            parts.append(f"{short} {f.loc[src, 'slope']:+.2f}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def figure_scaling(cells, fits=None, axes=None):
+    """One panel per axis of ``cells`` (:attr:`propagate.scaling.ScalingResult.cells`): largest lr against the axis.
+
+    Per configuration (one colour): the measured largest learning rate that
+    trains (filled circle; a bar up to the smallest rate above it that does
+    not; open when the grid's top still trains) and the predicted one (line,
+    with its 95% interval over seeds as a band). Log-log except for rho;
+    legend entries carry the fitted exponents ``d ln lr* / d ln x``.
+    """
+    import matplotlib.pyplot as plt
+
+    names = [a for a in AXES if a in set(",".join(cells["axes"]).split(","))]
+    if axes is None:
+        _, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.0), squeeze=False, constrained_layout=True)
+        axes = axes[0]
+    colours = dict(zip(dict.fromkeys(cells["config"]), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for ax, axis in zip(axes, names):
+        for config, colour in colours.items():
+            d = _on_axis(cells[cells["config"] == config], axis)
+            x = d[axis].to_numpy(float)
+            if axis == "rho":
+                x = 1.0 - x
+            pred, lo, hi = (d[c].to_numpy(float) for c in ("max_lr_predicted", "max_lr_predicted_ci_low",
+                                                            "max_lr_predicted_ci_high"))
+            ax.plot(x, pred, "-", color=colour, lw=1.4, label=f"{config}{_fit_label(fits, config, axis)}")
+            ax.fill_between(x, np.where(np.isfinite(lo), lo, pred), np.where(np.isfinite(hi), hi, pred),
+                            color=colour, alpha=0.15, lw=0)
+            m, bad = d["max_lr_measured"].to_numpy(float), d["max_lr_bad"].to_numpy(float)
+            ok = np.isfinite(m)
+            cens = d["censored"].to_numpy(bool)
+            ax.errorbar(x[ok], m[ok], yerr=[np.zeros(ok.sum()), np.where(np.isfinite(bad[ok]), bad[ok] - m[ok], 0)],
+                        fmt="none", ecolor=colour, elinewidth=1, capsize=2)
+            ax.plot(x[ok & ~cens], m[ok & ~cens], "o", color=colour, ms=5)
+            ax.plot(x[ok & cens], m[ok & cens], "o", mfc="none", mec=colour, ms=5)
+        ax.set_yscale("log")
+        ax.set_xscale("log", base=10 if axis == "rho" else 2)
+        ax.set_xlabel(_AXIS_LABEL[axis])
+        ax.set_ylabel("largest learning rate that trains")
+        ax.legend(fontsize=6.5, loc="best")
+    return axes
+
+
+def plot_scaling(cells, fits, title: str = ""):
+    """:func:`figure_scaling` as a figure of its own."""
+    from propagate.report.style import plt, report_style
+
+    n = len([a for a in AXES if a in set(",".join(cells["axes"]).split(","))])
+    with report_style():
+        fig, axes = plt.subplots(1, n, figsize=(4.3 * n, 4.3), squeeze=False, constrained_layout=True)
+        figure_scaling(cells, fits, axes=axes[0])
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _ratio_text(r) -> str:
+    return "no measured limit" if not np.isfinite(r) else f"{r:.2f}"
+
+
+def miss_lines(cells) -> list[str]:
+    """Each cell whose measured / predicted ratio is outside [0.5, 2], with what the tables say about why."""
+    lines = []
+    for _, c in cells.iterrows():
+        r = c["ratio"]
+        if not np.isfinite(r) or 0.5 <= r <= 2:
+            continue
+        why = []
+        if c.get("censored"):
+            why.append("the grid's largest learning rate still trains, so the measured value is only a lower bound")
+        crit = str(c.get("criterion") or "")
+        if crit.startswith("no-progress"):
+            why.append("the lookahead saw no learning rate make progress and fell back to the edge of stability")
+        if r > 2:
+            why.append("training recovers from first steps that the lookahead calls too large (the loss after "
+                       f"{int(c.get('steps', 0)) or 'K'} steps has not yet come back down)")
+        else:
+            why.append("the first steps are stable but one epoch at that rate does not reach the accuracy level "
+                       "(too slow or pushed off its statistics later than the lookahead looks)")
+        lines.append(f"- {c['config']} at {c['cell']}: measured / predicted = {r:.2f}; " + "; ".join(why) + ".")
+    return lines
+
+
+def fit_lines(fits) -> list[str]:
+    """One bullet per configuration and axis: the measured and predicted exponents with their 95% intervals."""
+    out = []
+    for (config, axis), f in fits.groupby(["config", "axis"], sort=False):
+        f = f.set_index("source")
+        parts = []
+        for src in ("measured", "predicted"):
+            if src not in f.index:
+                continue
+            s = f.loc[src]
+            if not np.isfinite(s["slope"]):
+                parts.append(f"{src}: not enough points")
+                continue
+            ci = (f" [{s['slope_ci_low']:.2f}, {s['slope_ci_high']:.2f}]" if np.isfinite(s["slope_ci_low"]) else "")
+            parts.append(f"{src} {s['slope']:.2f}{ci} ({int(s['n_points'])} points)")
+        out.append(f"- {config}, d ln lr* / d ln {'n' if axis == 'width' else 'L'}: " + "; ".join(parts))
+    return out
+
+
+def _axis_ratio(cells, axis, values) -> str:
+    """Measured and predicted ``lr*(second) / lr*(first)`` along ``axis`` (rho, batch size), per configuration."""
+    out = []
+    for config, d in cells.groupby("config", sort=False):
+        d = _on_axis(d, axis).set_index(axis)
+        if not all(v in d.index for v in values):
+            continue
+        a, b = d.loc[values[0]], d.loc[values[-1]]
+        meas = b["max_lr_measured"] / a["max_lr_measured"]
+        pred = b["max_lr_predicted"] / a["max_lr_predicted"]
+        out.append(f"{config}: measured {_ratio_text(meas)}, predicted {_ratio_text(pred)}")
+    return "; ".join(out) if out else "not measured"
+
+
+def section_markdown(cells, fits, S: dict, data_note: str) -> str:
+    within = cells["within_2x"].dropna().astype(bool)
+    misses = miss_lines(cells)
+    axes = S["axes"]
+    return render("section_scaling.md", {
+        "configs": ", ".join(S["configs"]), "base": ", ".join(f"{k} {v:g}" for k, v in S["base"].items()),
+        "axes": "; ".join(f"{k} {', '.join(f'{v:g}' for v in vals)}" for k, vals in axes.items()),
+        "n_seeds": len(S["seeds"]), "epochs": S["epochs"], "level": f"{S['level']:g}", "data_note": data_note,
+        "refine": S["refine"], "n_cells": len(within), "n_within": int(within.sum()),
+        "share_within": f"{within.mean():.0%}" if len(within) else "n/a",
+        "n_unmeasured": int(cells["ratio"].isna().sum()),
+        "misses": "\n".join(misses) if misses else "No cell with a measured limit misses by more than 2x.",
+        "fits": "\n".join(fit_lines(fits)),
+        "rho": _axis_ratio(cells, "rho", axes.get("rho", ())) if "rho" in axes else "not measured",
+        "batch": _axis_ratio(cells, "batch_size", axes.get("batch_size", ())) if "batch_size" in axes
+        else "not measured",
+    })
+
+
+def _settings(ctx: dict) -> dict:
+    S = dict(SETTINGS_QUICK if ctx.get("quick") else SETTINGS_FULL)
+    S.update(ctx.get("scaling_settings") or {})
+    return S
+
+
+def _compute(S: dict, dataset, ctx: dict, progress):
+    if S["n_train"] is not None and S["n_train"] < dataset.n_train:
+        dataset = replace(dataset, name=f"{dataset.name}[:{S['n_train']}]", x_train=dataset.x_train[:S["n_train"]],
+                          y_train=dataset.y_train[:S["n_train"]])
+    opts = ScalingOptions(seeds=tuple(int(ctx.get("seed", 0)) + s for s in S["seeds"]), epochs=S["epochs"],
+                          level=S["level"], lrs=tuple(S["lrs"]), refine=S["refine"], threads=1)
+    folder = ctx.get("scaling_dir") or (Path(ctx["work_dir"]) / "scaling" if ctx.get("work_dir") else None)
+    res = scaling_grid(dataset, S["configs"], axes=S["axes"], base=S["base"], options=opts, out_dir=folder,
+                       progress=progress)
+    note = f"{dataset.name} ({dataset.n_train:,} training images)"
+    return res.cells, res.fits, note
+
+
+def section(out_dir: Path, ctx: dict, progress=None) -> str:
+    """The scaling grid's tables, figure and text (module docstring); ``ctx`` as the other sections'."""
+    out_dir = Path(out_dir)
+    S = _settings(ctx)
+    say = progress if callable(progress) else (lambda m: None)
+    dataset = ctx.get("dataset_obj")
+    if dataset is None:
+        from propagate.data import load_dataset
+
+        dataset = load_dataset(ctx.get("dataset", "mnist-5k"))
+    cells, fits, note = _compute(S, dataset, ctx, say)
+    write_table(cells, out_dir / "data" / "scaling_cells.csv")
+    write_table(fits, out_dir / "data" / "scaling_fits.csv")
+    from propagate.report.style import save_figure
+
+    save_figure(plot_scaling(cells, fits, title="Largest learning rate that trains: measured (dots) and "
+                                                "predicted from the first steps (lines, 95% band)"),
+                out_dir / "figures" / "scaling.png")
+    return section_markdown(cells, fits, S, note)
