@@ -299,6 +299,14 @@ BAD = [
     ("sweep-workers-0", "sweep f.toml --out x --workers 0"),
     ("sweep-out-proc", "sweep f.toml --out /proc/x"),
     ("sweep-out-is-file", "sweep f.toml --out {T}/afile.txt"),
+    # --- scaling (parse time, then the grid's names before any data is loaded)
+    ("scaling-config-unknown", "scaling --configs nope --out x"),
+    ("scaling-config-twice", "scaling --configs relu-he-normal,relu-he-normal --out x"),
+    ("scaling-axis-unknown", "scaling --axes width,heads --out x"),
+    ("scaling-seeds-0", "scaling --seeds 0 --out x"),
+    ("scaling-level-1", "scaling --level 1.5 --out x"),
+    ("scaling-out-proc", "scaling --out /proc/x"),
+    ("scaling-workers-and-scheduler", "scaling --workers 2 --scheduler tcp://127.0.0.1:1 --out x"),
     # --- inspect: inputs and options (parse time), then the TARGET and the model (before any work)
     ("inspect-no-input", "inspect torch.nn:Identity"),
     ("inspect-two-inputs", "inspect torch.nn:Identity --dataset mnist-5k --input-shape 3"),
