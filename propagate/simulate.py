@@ -33,16 +33,19 @@ What is measured at hidden layer ``l`` (``h^l = W^l x^{l-1} + b^l``,
   networks of ``ln ||h^l||^2`` and ``ln ||grad_h^l||^2`` per sample (the first
   ``min(samples, grad_samples)``), the part linear in the input's
   ``ln ||x^0||^2`` regressed out, averaged over samples
-  (:func:`propagate.finite_width.measured_spread`); ``theory_var_log_*`` from
-  :func:`propagate.finite_width.predict_spread` where it covers the spec
-  (with ``seeds >= 3``).
+  (:func:`propagate.finite_width.measured_spread`), with ``seeds >= 3``;
+  ``theory_var_log_*`` from :func:`propagate.finite_width.predict_spread`,
+  empty (NaN) where it does not cover the spec, the reason in
+  ``result.theory_notes``.
 - ``jacobian=True``: singular values of the input-output Jacobian
   ``d x^depth / d x^0`` of network 0 at a few inputs (``result.jacobian``).
 
 The networks are the spec's layer operations (:mod:`propagate.layers`: each
 op's batched forward pass and hand-written vector-Jacobian product), run by
-:func:`propagate.layers.forward_ops` and measured at every layer by
-:func:`propagate.stats.measure`. LayerNorm normalizes each sample over its
+:func:`propagate.layers.forward_ops` on a :class:`propagate.batched.Run`
+(network ``s`` draws from its own stream :func:`seed_stream`) and measured at
+every layer by :func:`propagate.stats.measure` (a tap on the run, beside the
+:class:`propagate.batched.LogNorms` tap of the spread). LayerNorm normalizes each sample over its
 units; a residual block adds ``sqrt(1 - R^2) x`` to ``R`` times its branch.
 BatchNormalization (seed placement, see :mod:`propagate.spec`) uses train-mode
 batch statistics over the ``samples`` inputs of each network (biased variance,

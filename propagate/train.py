@@ -84,12 +84,15 @@ from typing import Any, Callable, Sequence
 
 from propagate.errors import UserError
 from propagate.presets import PRESETS, Preset, get_preset, list_presets
+from propagate.stats import measure
+from propagate.torch_settings import torch_settings
 
 __all__ = [
     "TrainOptions",
     "TrainResult",
     "train",
     "probe_layer_stats",
+    "probe_modes",
     "estimate_memory",
     "check_memory",
     "seed_list",
@@ -303,45 +306,13 @@ def _resolve_device(name: str):
 
 @contextlib.contextmanager
 def _torch_settings(options: TrainOptions, device):
-    """Threads, determinism and subnormal flushing for the run; restored afterwards."""
+    """:func:`propagate.torch_settings.torch_settings` of ``options`` for the run, and the global random state kept."""
     import torch
 
-    old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
-    det_mod = getattr(torch.utils, "deterministic", None)
-    old_fill = getattr(det_mod, "fill_uninitialized_memory", None)
-    torch.set_num_threads(options.threads or os.cpu_count() or 1)
-    if options.deterministic and device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-        if old_fill is not None:
-            # deterministic mode otherwise NaN-fills every new tensor (a debugging aid that costs a pass over
-            # memory per allocation); every tensor here is written before it is read
-            det_mod.fill_uninitialized_memory = False
-    # torch has no getter for the flush-denormal flag; its default is off, so we restore off.
-    flushed = options.flush_denormal and torch.set_flush_denormal(True)
-    try:
+    with torch_settings(threads=options.threads or os.cpu_count() or 1, flush_denormal=bool(options.flush_denormal),
+                        deterministic=bool(options.deterministic and device.type == "cpu")):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             yield
-    finally:
-        if flushed:
-            torch.set_flush_denormal(False)
-        torch.use_deterministic_algorithms(old_det)
-        if old_fill is not None:
-            det_mod.fill_uninitialized_memory = old_fill
-        torch.set_num_threads(old_threads)
-
-
-def _make_optimizer(params, options: TrainOptions):
-    """The optimizer of ``options`` over (stacked) ``params``: elementwise rules, so per seed exactly the single run's."""
-    import torch
-
-    if options.optimizer == "rmsprop":
-        from propagate.kernels import rmsprop
-
-        return rmsprop(params, lr=options.lr, rho=options.rho, eps=options.eps)  # one fused pass on CPU
-    if options.optimizer == "adam":
-        return torch.optim.Adam(params, lr=options.lr, betas=(0.9, 0.999), eps=options.eps)
-    return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum)
 
 
 @contextlib.contextmanager
@@ -441,6 +412,22 @@ def _memory_share() -> float:
 # ----------------------------------------------------------------- layer stats
 
 
+def probe_modes(spec) -> tuple[str, ...]:
+    """The modes a probe batch measures ``spec``'s network in (training's rule; :func:`propagate.trainability.first_epoch_dynamics` records the first).
+
+    Eval mode always: the network as it predicts (BatchNorm's running
+    statistics, no dropout noise on the measurement, each sample alone). Train
+    mode too, and first, when an op couples the samples of a batch (BatchNorm,
+    :func:`propagate.layers.batch_coupled`): the statistics training itself
+    sees, which eval mode's running averages lag behind (at initialization they
+    are 0 and 1). LayerNorm acts on each sample alone and computes the same in
+    both modes, and dropout is only noise on the measurement, so neither decides.
+    """
+    from propagate.layers import batch_coupled
+
+    return ("train", "eval") if batch_coupled(spec.compile()) else ("eval",)
+
+
 def probe_layer_stats(model, x, y, mode: str = "eval") -> list[dict]:
     """Per-seed, per-layer statistics of the batched ``model`` on the batch ``(x, y)``, as :mod:`propagate.stats` rows.
 
@@ -457,8 +444,6 @@ def probe_layer_stats(model, x, y, mode: str = "eval") -> list[dict]:
     """
     import torch
     import torch.nn.functional as F
-
-    from propagate.stats import measure
 
     act = model.spec.act
     seeds = list(model.seeds)
@@ -813,7 +798,9 @@ def _train_group(run: _Run, seeds: list[int], store: dict, start_epoch: int, aft
 
     opts = run.options
     model = build_model(run.spec, seeds=seeds, device=run.device)
-    opt = _make_optimizer(model.parameters(), opts)
+    from propagate.optim import make_optimizer
+
+    opt = make_optimizer(model.parameters(), opts)
     if start_epoch > 1:
         # dropout needs no saved random state: _train_epoch restarts each seed's stream from (seed, epoch)
         _load_seed_states(model, opt, [store[s]["state"] for s in seeds])
@@ -927,7 +914,7 @@ def train(
         probe_n = min(options.probe_size, n)
         run = _Run(spec, options, device, xtr, ytr, xte, yte, (xtr[:probe_n], ytr[:probe_n]),
                    n if options.train_eval_size == 0 else min(options.train_eval_size, n),
-                   ("train", "eval") if spec.batchnorm else ("eval",), label, progress, on_step,
+                   probe_modes(spec), label, progress, on_step,
                    keep_state=run_dir is not None)
 
         def seed_status() -> dict:
