@@ -213,6 +213,36 @@ def _is_exact_relu(spec) -> bool:
             and all(s == 0 for s in spec.sigma_b2()))
 
 
+def _all_layer_terms(spec, pre_q, orth: bool, exact: bool):
+    """Every layer's slopes ``a, c, b`` and noise terms ``var_eps, var_eta, cov, var_chi`` (arrays, layer k at k-1)."""
+    D, widths, act = spec.depth, spec.widths, spec.act
+    sw2, sb2 = spec.sigma_w2(), spec.sigma_b2()
+    a, c, b = np.ones(D), np.ones(D), np.zeros(D)
+    v_eps, v_eta, cov, v_chi = np.zeros(D), np.zeros(D), np.zeros(D), np.zeros(D)
+    for k in range(1, D + 1):
+        n = widths[k]
+        q = pre_q[k - 1]
+        if exact:
+            v = relu_layer_variance(n)
+            if orth:
+                # z = W x is uniform on a sphere: the active units carry a Beta(K/2, (n-K)/2) share of ||z||^2
+                v_eps[k - 1] = v - chi2_log_variance(n)
+                v_eta[k - 1] = v if k == D else v - chi2_log_variance(n)  # the readout r is Gaussian
+                v_chi[k - 1] = 0.0
+            else:
+                v_eps[k - 1] = v_eta[k - 1] = v
+                v_chi[k - 1] = chi2_log_variance(n)
+            continue  # a = c = 1, b = 0: the covariance never enters
+        if not (np.isfinite(q) and q > 0):
+            a[k - 1:] = c[k - 1:] = v_eps[k - 1:] = v_eta[k - 1:] = v_chi[k - 1:] = math.nan
+            break
+        nxt_orth = orth and k < D  # the readout r is Gaussian
+        t = _layer_terms(act, q, sw2[k - 1], sb2[k - 1], n, orth, nxt_orth)
+        a[k - 1], c[k - 1], b[k - 1] = t["a"], t["c"], t["b"]
+        v_eps[k - 1], v_eta[k - 1], cov[k - 1], v_chi[k - 1] = t["var_eps"], t["var_eta"], t["cov"], t["var_chi"]
+    return a, c, b, v_eps, v_eta, cov, v_chi
+
+
 def predict_spread(spec, *, input_q: float | None = None, table=None):
     """Predicted ``var_log_norm`` and ``var_log_grad`` of every layer of ``spec`` (natural-log variances).
 
@@ -238,36 +268,10 @@ def predict_spread(spec, *, input_q: float | None = None, table=None):
     orth = spec.initializer.distribution == "orthogonal"
     if table is None:
         table = predict_layers(spec, input_q=input_q)
-    D = spec.depth
-    widths = spec.widths
+    D, widths = spec.depth, spec.widths
     pre_q = table.set_index("layer")["pre_q"].reindex(range(1, D + 1)).to_numpy(dtype=float)
-    sw2, sb2 = spec.sigma_w2(), spec.sigma_b2()
     exact = _is_exact_relu(spec)
-    act = spec.act
-    # per-layer slopes and noise (layer index k = 1..D stored at k-1)
-    a, c, b = np.ones(D), np.ones(D), np.zeros(D)
-    v_eps, v_eta, cov, v_chi = np.zeros(D), np.zeros(D), np.zeros(D), np.zeros(D)
-    for k in range(1, D + 1):
-        n = widths[k]
-        q = pre_q[k - 1]
-        if exact:
-            v = relu_layer_variance(n)
-            if orth:
-                # z = W x is uniform on a sphere: the active units carry a Beta(K/2, (n-K)/2) share of ||z||^2
-                v_eps[k - 1] = v - chi2_log_variance(n)
-                v_eta[k - 1] = v if k == D else v - chi2_log_variance(n)  # the readout r is Gaussian
-                v_chi[k - 1] = 0.0
-            else:
-                v_eps[k - 1] = v_eta[k - 1] = v
-                v_chi[k - 1] = chi2_log_variance(n)
-            continue  # a = c = 1, b = 0: the covariance never enters
-        if not (np.isfinite(q) and q > 0):
-            a[k - 1:] = c[k - 1:] = v_eps[k - 1:] = v_eta[k - 1:] = v_chi[k - 1:] = math.nan
-            break
-        nxt_orth = orth and k < D  # the readout r is Gaussian
-        t = _layer_terms(act, q, sw2[k - 1], sb2[k - 1], n, orth, nxt_orth)
-        a[k - 1], c[k - 1], b[k - 1] = t["a"], t["c"], t["b"]
-        v_eps[k - 1], v_eta[k - 1], cov[k - 1], v_chi[k - 1] = t["var_eps"], t["var_eta"], t["cov"], t["var_chi"]
+    a, c, b, v_eps, v_eta, cov, v_chi = _all_layer_terms(spec, pre_q, orth, exact)
 
     # E[k-1, j-1]: coefficient of eps_j in d ln Q_k (d ln Q_1 = 0 for a fixed input)
     E = np.zeros((D, D))

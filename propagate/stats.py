@@ -77,9 +77,8 @@ CONFIG_COLUMNS = ["activation", "init", "normalization", "residual"]
 
 def config_columns(spec) -> dict:
     """The :data:`CONFIG_COLUMNS` values of a spec: ``normalization`` is ``none``, ``batchnorm`` or ``layernorm``."""
-    norm = "layernorm" if getattr(spec, "layernorm", False) else ("batchnorm" if spec.batchnorm else "none")
-    return {"activation": spec.activation, "init": spec.init, "normalization": norm,
-            "residual": float(getattr(spec, "residual", 0.0))}
+    norm = "layernorm" if spec.layernorm else ("batchnorm" if spec.batchnorm else "none")
+    return {"activation": spec.activation, "init": spec.init, "normalization": norm, "residual": float(spec.residual)}
 
 
 def layer_table(rows, source: str | None = None, config: str | None = None, spec=None):

@@ -7,6 +7,7 @@ import sys
 
 from propagate.commands._args import finite_float, nonneg_int, output_file_or_stdout, positive_float, positive_int
 from propagate.commands._spec_args import add_spec_arguments, spec_from_args
+from propagate.errors import UserError
 from propagate.io import run_metadata, to_json, write_table
 
 NAME = "theory"
@@ -95,8 +96,6 @@ def run(args: argparse.Namespace) -> int:
 
     spec, sw2, sb2 = build(args)
     if args.networks is not None and not args.finite_width:
-        from propagate.errors import UserError
-
         raise UserError("--networks samples the finite-width spread: add --finite-width")
     res = analyze(spec.activation, sw2, sb2, spec.depth, spec=spec, input_corr=args.input_corr)
     note, sampled, sample_note = None, False, ""
