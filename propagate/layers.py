@@ -625,35 +625,27 @@ def _seed_masks(mod, x, keep: float):
     return mask if dev == x.device else mask.to(x.device)
 
 
-@dataclass(frozen=True)
-class Dropout(Op):
-    """Inverted dropout at rate ``p``: ``x m / (1 - p)``, ``m ~ Bernoulli(1 - p)``.
+class _MaskedAffine(Op):
+    """The dropouts' simulation and training faces: ``y = A m x + C (m - 1) + B``, ``m ~ Bernoulli(1 - p)`` per unit.
 
-    Mean field: mean and cross moment unchanged (independent masks), second
-    moment ``/ (1 - p)``; gradient factor ``1 / (1 - p)``.
+    A subclass gives ``p``, :meth:`affine` ``(A, C, B)`` and the torch function
+    for a module without per-seed generators (``fallback``).
     """
 
-    layer: int
     p: float
-
-    what = "dropout"
     stochastic = True
+    fallback = "dropout"
 
-    def moments(self, st, expect, rows):
-        if st.diverged:
-            return st, math.nan
-        k = 1.0 - self.p
-        return Moments(st.mean, st.q / k, st.qab), -math.log(k)
-
-    def tangent(self, tan, step, texpect):
-        a, c, t = tan
-        k = 1.0 - self.p
-        return a, c / k, t / k
+    def affine(self) -> tuple[float, float, float]:
+        raise NotImplementedError
 
     def forward(self, x, run):
+        A, C, B = self.affine()
         mask = run.masks(x.shape[2], 1.0 - self.p)
-        mask.mul_(1.0 / (1.0 - self.p))
-        x.mul_(mask)
+        shift = (mask - 1.0).mul_(C).add_(B) if (C or B) else None
+        x.mul_(mask.mul_(A))  # m is 0 or 1: x (m A) is (x m) A exactly
+        if shift is not None:
+            x.add_(shift)
         return x, {"s_mask": mask[:, : run.G].clone()}
 
     def vjp(self, g, cache):
@@ -666,12 +658,45 @@ class Dropout(Op):
         if mask is None:  # a module without per-seed generators: torch's global stream, shared by all seeds
             import torch.nn.functional as F
 
-            return F.dropout(x, self.p, True)
-        return x * mask.mul_(1.0 / (1.0 - self.p))
+            return getattr(F, self.fallback)(x, self.p, True)
+        A, C, B = self.affine()
+        if C or B:
+            shift = (mask - 1.0).mul_(C).add_(B)
+            return x * mask.mul_(A) + shift
+        return x * mask.mul_(A)
 
 
 @dataclass(frozen=True)
-class AlphaDropout(Op):
+class Dropout(_MaskedAffine):
+    """Inverted dropout at rate ``p``: ``x m / (1 - p)``, ``m ~ Bernoulli(1 - p)``.
+
+    Mean field: mean and cross moment unchanged (independent masks), second
+    moment ``/ (1 - p)``; gradient factor ``1 / (1 - p)``.
+    """
+
+    layer: int
+    p: float
+
+    what = "dropout"
+
+    def affine(self):
+        return 1.0 / (1.0 - self.p), 0.0, 0.0
+
+    def moments(self, st, expect, rows):
+        if st.diverged:
+            return st, math.nan
+        k = 1.0 - self.p
+        return Moments(st.mean, st.q / k, st.qab), -math.log(k)
+
+    def tangent(self, tan, step, texpect):
+        a, c, t = tan
+        k = 1.0 - self.p
+        return a, c / k, t / k
+
+
+
+@dataclass(frozen=True)
+class AlphaDropout(_MaskedAffine):
     """torch's alpha dropout at rate ``p``: ``a (x m + alpha' (1 - m)) + b`` (constants: :func:`alpha_dropout_affine`).
 
     Mean field, ``keep = 1 - p``: ``E[x~] = a (keep mu + p alpha') + b``,
@@ -685,7 +710,12 @@ class AlphaDropout(Op):
     p: float
 
     what = "alpha dropout"
-    stochastic = True
+    fallback = "alpha_dropout"
+
+    def affine(self):
+        # a (x m + alpha' (1 - m)) + b = a m x + (-alpha' a) (m - 1) + b
+        a, b, ap = alpha_dropout_affine(self.p)
+        return a, -ap * a, b
 
     def moments(self, st, expect, rows):
         if st.diverged:
@@ -704,30 +734,6 @@ class AlphaDropout(Op):
         k = 1.0 - self.p
         return A * k * a, A * A * k * c + A * b * k * a, A * A * k * t
 
-    def forward(self, x, run):
-        p = self.p
-        a, b, ap = alpha_dropout_affine(p)
-        mask = run.masks(x.shape[2], 1.0 - p)
-        # a (x m + alpha' (1 - m)) + b, written as x m a + ((m - 1) (-alpha') a + b) in place
-        shift = (mask - 1.0).mul_(-ap * a).add_(b)
-        x.mul_(mask).mul_(a).add_(shift)
-        return x, {"s_mask": mask[:, : run.G] * a}
-
-    def vjp(self, g, cache):
-        return g * cache["s_mask"]
-
-    def torch_forward(self, mod, x, rec):
-        if not mod.training or self.p == 0.0:
-            return x
-        mask = _seed_masks(mod, x, 1.0 - self.p)
-        if mask is None:  # a module without per-seed generators: torch's global stream, shared by all seeds
-            import torch.nn.functional as F
-
-            return F.alpha_dropout(x, self.p, True)
-        a, b, ap = alpha_dropout_affine(self.p)
-        # a (x m + alpha' (1 - m)) + b = x (a m) + ((m - 1) (-alpha' a) + b)
-        shift = (mask - 1.0).mul_(-ap * a).add_(b)
-        return x * mask.mul_(a) + shift
 
 
 # ---------------------------------------------------------------------------- residual
