@@ -5,9 +5,10 @@ networks, ``B`` samples, ``N`` units), and are drop-ins for the plain torch
 expression they name, with the same numbers (``tests/test_kernels.py`` checks
 values and gradients against torch autograd in float64, and the optimizer
 against torch's RMSprop). They exist for speed only; the layer ops
-(:mod:`propagate.layers`) call them from their torch forward, and
-:func:`propagate.train.train` uses :func:`rmsprop`. :func:`disabled` switches
-them all back to the plain expressions (benchmarks compare both in one process).
+(:mod:`propagate.layers`) call them from their torch forward, and training
+builds :func:`rmsprop` through :func:`propagate.optim.make_optimizer`.
+:func:`disabled` switches them all back to the plain expressions (benchmarks
+compare both in one process).
 
 Why each one is faster than the autograd of the plain expression:
 
