@@ -217,7 +217,7 @@ class Op:
         return lg + step.log_factor
 
     def signal_back(self, step: Step, v, texpect, out: dict):
-        """The functional ``v`` at this op's input (:func:`signal_gradients`); a "pre" tap records ``out[layer]``."""
+        """The functional ``v`` at this op's input (:func:`signal_gradients`); Dense records ``out[layer]`` there."""
         return self.pull_back(v, step, texpect)
 
     # simulation -----------------------------------------------------------
