@@ -44,6 +44,8 @@ __all__ = [
     "list_activations",
     "register_activation",
     "selu_constants",
+    "torch_forms",
+    "TorchForms",
     "transformed_activation",
 ]
 
@@ -210,7 +212,7 @@ def _linear(name):
         params={},
         numpy=lambda x: x,
         grad=lambda x: np.ones_like(x),
-        torch=lambda x: x,
+        torch=_TableForward("linear"),
         moments=lambda m, v: (m, v + m * m),
         grad_moment=lambda m, v: 1.0,
         torch_gain=("linear", None),
@@ -219,14 +221,13 @@ def _linear(name):
 
 @_family("relu", doc="max(h, 0)")
 def _relu(name):
-    import_torch = _torch_fn("relu")
     return Activation(
         name=name,
         family="relu",
         params={},
         numpy=lambda x: np.maximum(x, 0.0),
         grad=lambda x: (x > 0).astype(float),
-        torch=import_torch,
+        torch=_TableForward("relu"),
         moments=_relu_moments,
         grad_moment=lambda m, v: float(_ndtr(m / math.sqrt(v))) if v > 0 else float(m > 0),
         kinks=(0.0,),
@@ -246,18 +247,13 @@ def _leaky_relu(name, slope):
         p = float(_ndtr(m / math.sqrt(v))) if v > 0 else float(m > 0)
         return p + slope * slope * (1 - p)
 
-    def torch_fn(x):
-        import torch.nn.functional as F
-
-        return F.leaky_relu(x, slope)
-
     return Activation(
         name=name,
         family="leaky_relu",
         params={"slope": slope},
         numpy=lambda x: np.where(x > 0, x, slope * x),
         grad=lambda x: np.where(x > 0, 1.0, slope),
-        torch=torch_fn,
+        torch=_TableForward("leaky_relu", slope=slope),
         moments=moments,
         grad_moment=grad_moment,
         kinks=(0.0,),
@@ -271,14 +267,6 @@ def _elu_like(name, family, lam, alpha, gain):
 
     def grad_fn(x):
         return lam * np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0.0)))
-
-    def torch_fn(x):
-        import torch
-        import torch.nn.functional as F
-
-        if family == "selu" and (lam, alpha) == selu_constants():
-            return torch.selu(x)
-        return lam * F.elu(x, alpha)
 
     def moments(m, v):
         a, b, _ = _elu_core(m, v, alpha)
@@ -294,7 +282,7 @@ def _elu_like(name, family, lam, alpha, gain):
         params=params,
         numpy=numpy_fn,
         grad=grad_fn,
-        torch=torch_fn,
+        torch=_TableForward(family, **{"lambda": lam, "alpha": alpha}),
         moments=moments,
         grad_moment=grad_moment,
         kinks=(0.0,),
@@ -324,7 +312,7 @@ def _tanh(name):
         params={},
         numpy=np.tanh,
         grad=lambda x: 1.0 - np.tanh(x) ** 2,
-        torch=_torch_fn("tanh"),
+        torch=_TableForward("tanh"),
         bounds=(-1.0, 1.0),
         torch_gain=("tanh", None),
     )
@@ -338,7 +326,7 @@ def _sigmoid(name):
         params={},
         numpy=special.expit,
         grad=lambda x: special.expit(x) * (1 - special.expit(x)),
-        torch=_torch_fn("sigmoid"),
+        torch=_TableForward("sigmoid"),
         bounds=(0.0, 1.0),
         torch_gain=("sigmoid", None),
     )
@@ -363,7 +351,7 @@ def _erf(name):
         params={},
         numpy=special.erf,
         grad=lambda x: 2 / math.sqrt(math.pi) * np.exp(-np.square(x)),
-        torch=_torch_fn("erf"),
+        torch=_TableForward("erf"),
         moments=moments,
         grad_moment=grad_moment,
         bounds=(-1.0, 1.0),
@@ -372,47 +360,32 @@ def _erf(name):
 
 @_family("softplus", doc="log(1 + e^h)")
 def _softplus(name):
-    def torch_fn(x):
-        import torch.nn.functional as F
-
-        return F.softplus(x)
-
     return Activation(
         name=name,
         family="softplus",
         params={},
         numpy=lambda x: np.logaddexp(0.0, x),
         grad=special.expit,
-        torch=torch_fn,
+        torch=_TableForward("softplus"),
         bounds=(0.0, math.inf),
     )
 
 
 @_family("gelu", doc="h * Phi(h), the exact (erf) form")
 def _gelu(name):
-    def torch_fn(x):
-        import torch.nn.functional as F
-
-        return F.gelu(x)
-
     return Activation(
         name=name,
         family="gelu",
         params={},
         numpy=lambda x: x * special.ndtr(x),
         grad=lambda x: special.ndtr(x) + x * _pdf(x),
-        torch=torch_fn,
+        torch=_TableForward("gelu"),
         bounds=(-0.17, math.inf),
     )
 
 
 @_family("silu", doc="h * sigmoid(h), also called swish")
 def _silu(name):
-    def torch_fn(x):
-        import torch.nn.functional as F
-
-        return F.silu(x)
-
     def grad(x):
         s = special.expit(x)
         return s * (1 + x * (1 - s))
@@ -423,7 +396,7 @@ def _silu(name):
         params={},
         numpy=lambda x: x * special.expit(x),
         grad=grad,
-        torch=torch_fn,
+        torch=_TableForward("silu"),
         bounds=(-0.28, math.inf),
     )
 
@@ -431,13 +404,82 @@ def _silu(name):
 _ALIASES = {"swish": "silu", "identity": "linear", "lrelu": "leaky_relu"}
 
 
-def _torch_fn(name):
-    def fn(x):
+# ----------------------------------------------------------------------------
+# torch forms: the one mapping from an activation to torch
+
+
+@dataclass(frozen=True)
+class TorchForms:
+    """An activation's torch callables: ``forward(h)`` (a new tensor, autograd-safe) and ``inplace(h)`` (into ``h``).
+
+    :meth:`derivative` is ``phi'(h)`` from autograd of ``forward``, so every
+    activation's derivative comes from the same form its values do. The
+    simulator applies ``inplace`` (no allocation per layer), training the
+    forward (or :mod:`propagate.kernels`' fused SELU, which computes the same
+    values).
+    """
+
+    forward: Callable
+    inplace: Callable
+
+    def derivative(self, h):
+        """``phi'(h)`` elementwise, a new tensor (autograd of :attr:`forward`; zero where it is constant)."""
         import torch
 
-        return getattr(torch, name)(x)
+        with torch.enable_grad():
+            hh = h.detach().clone().requires_grad_(True)
+            (d,) = torch.autograd.grad(self.forward(hh).sum(), hh, allow_unused=True)
+        return torch.zeros_like(hh) if d is None else d.detach()
 
-    return fn
+
+def _torch_table(family: str, p: dict) -> tuple[Callable, Callable]:
+    """``(forward, inplace)`` of a built-in family with parameters ``p``: native torch functions wherever they exist."""
+    import torch
+    import torch.nn.functional as F
+
+    if family == "linear":
+        return (lambda h: h), (lambda h: h)
+    if family in ("relu", "tanh", "sigmoid", "erf"):
+        return getattr(torch, family), getattr(torch, family + "_")
+    if family == "leaky_relu":
+        s = p["slope"]
+        return (lambda h: F.leaky_relu(h, s)), (lambda h: F.leaky_relu_(h, s))
+    if family in ("selu", "elu"):
+        lam, alpha = p["lambda"], p["alpha"]
+        if family == "selu" and (lam, alpha) == selu_constants():
+            return torch.selu, torch.selu_
+        return (lambda h: lam * F.elu(h, alpha)), (lambda h: F.elu_(h, alpha).mul_(lam))
+    fn = getattr(F, family)  # softplus, gelu, silu
+    return fn, (lambda h: h.copy_(fn(h)))
+
+
+@functools.lru_cache(maxsize=None)
+def _table_forms(family: str, params: tuple) -> TorchForms:
+    return TorchForms(*_torch_table(family, dict(params)))
+
+
+class _TableForward:
+    """The ``torch`` field of a built-in family: its table forward (torch is imported on the first call)."""
+
+    def __init__(self, family: str, **params):
+        self.key = (family, tuple(params.items()))
+
+    def __call__(self, x):
+        return _table_forms(*self.key).forward(x)
+
+
+def torch_forms(act: "str | Activation") -> TorchForms:
+    """The torch forms of ``act``: the table's for built-in families, else built from its ``torch`` function.
+
+    Raises :class:`UserError` for an activation without a torch form.
+    """
+    act = get_activation(act)
+    if isinstance(act.torch, _TableForward):
+        return _table_forms(*act.torch.key)
+    if act.torch is None:
+        raise UserError(f"activation {act.name!r} has no torch form; register one with torch=...")
+    fn = act.torch
+    return TorchForms(fn, lambda h: h.copy_(fn(h)))
 
 
 # ----------------------------------------------------------------------------

@@ -70,8 +70,10 @@ exactly and ``W x`` is uniform on a sphere, so the active units carry a
 term; the gradient likewise, but for the Gaussian readout's top layer (``V(n)``).
 
 Coverage. Any activation the theory integrates, Gaussian or orthogonal
-weights, biases; plain dense stacks only (BatchNorm, LayerNorm, residual
-blocks and dropout raise :class:`UserError`). Weights drawn
+weights, biases; plain dense stacks only (what the ops say of themselves,
+:func:`spread_gap`; :func:`predict_spread` raises :class:`UserError` for
+BatchNorm, LayerNorm, residual blocks and dropout, and the sampled side,
+:func:`sample_spread`, answers for every network). Weights drawn
 from another distribution (uniform, truncated normal) change each layer's
 variance at ``O(1/n^2)`` only (their fourth cumulant enters divided by the
 fan-in), so the same prediction holds at leading order. Orthogonal weights
@@ -94,10 +96,15 @@ from functools import lru_cache
 
 import numpy as np
 
+from propagate.activations import torch_forms
+from propagate.batched import LogNorms, Run, SharedDraws
 from propagate.errors import UserError
+from propagate.layers import FINITE_WIDTH, batch_coupled, forward_ops, theory_gap, vjp_ops
+from propagate.limits import require_memory
 
-__all__ = ["predict_spread", "check_spec", "sample_spread", "spread_columns", "relu_layer_variance", "chi2_log_variance", "measured_spread", "HANIN_NICA_CONSTANT",
-           "SPREAD_COLUMNS"]
+__all__ = ["predict_spread", "check_spec", "spread_gap", "sample_spread", "spread_table", "spread_columns",
+           "relu_layer_variance", "chi2_log_variance", "measured_spread", "HANIN_NICA_CONSTANT", "SPREAD_COLUMNS",
+           "COUPLED_BATCH"]
 
 #: Leading-order constant of ReLU/He networks: ``Var ln ||J u||^2 ~ 5 beta``, ``beta = sum_l 1/n_l``
 #: (Hanin & Nica 2019: ``ln ||J u||`` is asymptotically ``N(-5 beta/4, 5 beta/4)``).
@@ -138,23 +145,16 @@ def relu_layer_variance(n: int) -> float:
 # prediction
 
 
+def spread_gap(spec) -> str | None:
+    """Why :func:`predict_spread` does not cover ``spec`` (what its ops say, :func:`propagate.layers.theory_gap`), or None."""
+    return theory_gap(spec.compile(), FINITE_WIDTH)
+
+
 def check_spec(spec) -> None:
     """Raise :class:`UserError` unless :func:`predict_spread` covers ``spec`` (cheap; call before other work)."""
-    _check_spec(spec)
-
-
-def _check_spec(spec):
-    if (spec.batchnorm or spec.dropout or spec.alpha_dropout or getattr(spec, "layernorm", False)
-            or getattr(spec, "residual", 0.0)):
-        raise UserError("the finite-width spread is predicted for plain dense stacks only "
-                        "(no batchnorm, layernorm, residual or dropout)")
-    init = spec.initializer
-    if init.distribution == "orthogonal":
-        bad = [(a, b) for a, b in spec.fans() if a != b]
-        if bad:
-            raise UserError(f"finite-width spread with orthogonal weights needs square layers; got fan_in x fan_out "
-                            f"{bad[0][0]} x {bad[0][1]} (use a uniform width equal to the input dimension)")
-    return init.distribution == "orthogonal"
+    gap = spread_gap(spec)
+    if gap:
+        raise UserError(gap)
 
 
 def _layer_terms(act, q: float, sw2: float, sb2: float, n: int, orthogonal: bool, next_orthogonal: bool):
@@ -213,37 +213,10 @@ def _is_exact_relu(spec) -> bool:
             and all(s == 0 for s in spec.sigma_b2()))
 
 
-def predict_spread(spec, *, input_q: float | None = None, table=None):
-    """Predicted ``var_log_norm`` and ``var_log_grad`` of every layer of ``spec`` (natural-log variances).
-
-    Args:
-        spec: a :class:`~propagate.spec.NetworkSpec` without batchnorm or dropout.
-        input_q: the fixed input's per-feature second moment ``||x||^2 / n_0``
-            (default: ``spec.input_mean^2 + spec.input_var``).
-        table: the mean-field table of ``spec`` (:func:`propagate.theory.predict_layers`),
-            if already computed, for its per-layer ``pre_q``.
-
-    Returns:
-        a DataFrame with ``layer`` (0 = input), ``width``, ``var_log_norm``,
-        ``var_log_grad``, ``beta`` (``sum_{k<=l} 1/n_k``) and ``method``:
-        ``"exact"`` (ReLU, Gaussian or orthogonal weights, no bias: exact norm
-        variance, see module docstring) or ``"delta"`` (first order in log space). Row 0 has
-        ``var_log_norm = 0`` (the input is fixed) and no gradient.
-    """
-    import pandas as pd
-
-    from propagate.theory import predict_layers
-
-    orth = _check_spec(spec)
-    if table is None:
-        table = predict_layers(spec, input_q=input_q)
-    D = spec.depth
-    widths = spec.widths
-    pre_q = table.set_index("layer")["pre_q"].reindex(range(1, D + 1)).to_numpy(dtype=float)
+def _all_layer_terms(spec, pre_q, orth: bool, exact: bool):
+    """Every layer's slopes ``a, c, b`` and noise terms ``var_eps, var_eta, cov, var_chi`` (arrays, layer k at k-1)."""
+    D, widths, act = spec.depth, spec.widths, spec.act
     sw2, sb2 = spec.sigma_w2(), spec.sigma_b2()
-    exact = _is_exact_relu(spec)
-    act = spec.act
-    # per-layer slopes and noise (layer index k = 1..D stored at k-1)
     a, c, b = np.ones(D), np.ones(D), np.zeros(D)
     v_eps, v_eta, cov, v_chi = np.zeros(D), np.zeros(D), np.zeros(D), np.zeros(D)
     for k in range(1, D + 1):
@@ -267,6 +240,38 @@ def predict_spread(spec, *, input_q: float | None = None, table=None):
         t = _layer_terms(act, q, sw2[k - 1], sb2[k - 1], n, orth, nxt_orth)
         a[k - 1], c[k - 1], b[k - 1] = t["a"], t["c"], t["b"]
         v_eps[k - 1], v_eta[k - 1], cov[k - 1], v_chi[k - 1] = t["var_eps"], t["var_eta"], t["cov"], t["var_chi"]
+    return a, c, b, v_eps, v_eta, cov, v_chi
+
+
+def predict_spread(spec, *, input_q: float | None = None, table=None):
+    """Predicted ``var_log_norm`` and ``var_log_grad`` of every layer of ``spec`` (natural-log variances).
+
+    Args:
+        spec: a :class:`~propagate.spec.NetworkSpec` the theory covers (:func:`spread_gap`).
+        input_q: the fixed input's per-feature second moment ``||x||^2 / n_0``
+            (default: ``spec.input_mean^2 + spec.input_var``).
+        table: the mean-field table of ``spec`` (:func:`propagate.theory.predict_layers`),
+            if already computed, for its per-layer ``pre_q``.
+
+    Returns:
+        a DataFrame with ``layer`` (0 = input), ``width``, ``var_log_norm``,
+        ``var_log_grad``, ``beta`` (``sum_{k<=l} 1/n_k``) and ``method``:
+        ``"exact"`` (ReLU, Gaussian or orthogonal weights, no bias: exact norm
+        variance, see module docstring) or ``"delta"`` (first order in log space). Row 0 has
+        ``var_log_norm = 0`` (the input is fixed) and no gradient.
+    """
+    import pandas as pd
+
+    from propagate.theory import predict_layers
+
+    check_spec(spec)
+    orth = spec.initializer.distribution == "orthogonal"
+    if table is None:
+        table = predict_layers(spec, input_q=input_q)
+    D, widths = spec.depth, spec.widths
+    pre_q = table.set_index("layer")["pre_q"].reindex(range(1, D + 1)).to_numpy(dtype=float)
+    exact = _is_exact_relu(spec)
+    a, c, b, v_eps, v_eta, cov, v_chi = _all_layer_terms(spec, pre_q, orth, exact)
 
     # E[k-1, j-1]: coefficient of eps_j in d ln Q_k (d ln Q_1 = 0 for a fixed input)
     E = np.zeros((D, D))
@@ -341,62 +346,90 @@ def measured_spread(values, covariate=None) -> tuple[float, float]:
     return float(d.mean()), float(d.std(ddof=1) / math.sqrt(S))
 
 
-def sample_spread(spec, *, networks: int = 128, inputs: int = 4, seed: int = 0, input_q: float | None = None):
+_SAMPLED_COLUMNS = ("var_log_norm", "var_log_norm_se", "var_log_grad", "var_log_grad_se", "mean_log_norm",
+                    "mean_log_norm_se", "mean_log_grad", "mean_log_grad_se")
+
+#: Inputs per network in the forward pass of :func:`sample_spread` when the network has an op whose output
+#: depends on its batch (BatchNorm): the normalization's batch.
+COUPLED_BATCH = 128
+
+
+def sample_spread(spec, *, networks: int = 128, inputs: int = 4, seed: int = 0, input_q: float | None = None,
+                  batch: int | None = None):
     """Measured ``var_log_norm`` and ``var_log_grad`` (with ``*_se``) of ``networks`` sampled networks of ``spec``.
 
-    A light Monte Carlo for figures and tests: ``inputs`` fixed inputs of norm
-    ``sqrt(n_0 input_q)`` (random directions, the same for every network, so no
-    input-norm correction is needed), float64, the readout ``r ~ N(0, I)`` per
-    network; the variance across networks is :func:`measured_spread`. Returns a
-    DataFrame like :func:`predict_spread`'s (``layer`` 0 included, NaN there).
+    A light Monte Carlo for figures and tests, for any network (its layer ops,
+    run by :class:`propagate.batched.Run`): ``batch`` fixed inputs of norm
+    ``sqrt(n_0 input_q)`` (random directions, the same for every network, so
+    no input-norm correction is needed), float64, the readout ``r ~ N(0, I)``
+    per network; the spread is measured at the first ``inputs`` of them and the
+    variance across networks is :func:`measured_spread`. ``mean_log_norm`` and
+    ``mean_log_grad`` (with ``*_se`` across networks) are the means of
+    ``ln ||z^l||^2`` and ``ln ||g^l||^2``. ``batch`` defaults to
+    ``inputs``, or :data:`COUPLED_BATCH` for a network with BatchNorm (its
+    statistics over the batch, held fixed in the backward pass, as the
+    simulator does). Dropout masks are drawn per network, so they are part of
+    the spread. All networks' weights come from one generator seeded by
+    ``seed``, a layer at a time. Returns a DataFrame like
+    :func:`predict_spread`'s (``layer`` 0 included, NaN there).
     """
     import pandas as pd
-    import torch
 
-    _check_spec(spec)
+    ops = spec.compile()
     if networks < 3 or inputs < 1:
         raise UserError("sample_spread needs networks >= 3 and inputs >= 1")
-    act, init = spec.act, spec.initializer
-    if act.torch is None:
-        raise UserError(f"activation {act.name!r} has no torch form")
+    B = _forward_batch(ops, inputs, batch)
+    torch_forms(spec.act)  # UserError for an activation without a torch form
+    # float64: every layer's weights are kept for the backward pass, plus a few [networks, B, width] buffers
+    require_memory(8 * networks * (sum(a * b for a, b in spec.fans()) + 4 * B * max(spec.widths)),
+                   f"sampling the spread of {networks} networks", "sample fewer networks or a narrower network")
     q0 = (spec.input_mean**2 + spec.input_var) if input_q is None else float(input_q)
-    dt = torch.float64
-    g0 = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 2**31]).generate_state(1)[0]))
-    x = torch.randn(inputs, spec.input_dim, dtype=dt, generator=g0)
-    x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True) * math.sqrt(spec.input_dim * q0)
-    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 0]).generate_state(1)[0]))
-    x = x.expand(networks, inputs, spec.input_dim).clone()
-    bias_var = spec.bias_var
-    log_norm, weights, derivs = [], [], []
-    for fi, fo in spec.fans():
-        W = init.sample(fo, fi, batch=(networks,), generator=gen, dtype=dt)
-        b = init.sample_bias(fo, fi, batch=(networks,), generator=gen, dtype=dt, bias_var=bias_var)
-        z = torch.matmul(x, W.transpose(1, 2)) + b.unsqueeze(1)
-        log_norm.append(torch.log(torch.linalg.vector_norm(z, dim=2) ** 2).numpy())
-        with torch.enable_grad():
-            zz = z.detach().clone().requires_grad_(True)
-            y = act.torch(zz)
-            (d,) = torch.autograd.grad(y.sum(), zz)
-        weights.append(W.to(torch.float32))  # kept for the backward pass; float32 halves the memory
-        derivs.append(d.detach())
-        x = y.detach()
-    r = torch.randn(networks, spec.widths[-1], dtype=dt, generator=gen)
-    g = derivs[-1] * (r / math.sqrt(spec.widths[-1])).unsqueeze(1)
-    D = spec.depth
-    log_grad = [None] * D
-    for l in range(D - 1, -1, -1):
-        log_grad[l] = torch.log(torch.linalg.vector_norm(g, dim=2) ** 2).numpy()
-        if l == 0:
-            break
-        g = torch.matmul(g, weights[l].to(dt)) * derivs[l - 1]
-    rows = [{"layer": 0, "width": spec.widths[0], "var_log_norm": math.nan, "var_log_norm_se": math.nan,
-             "var_log_grad": math.nan, "var_log_grad_se": math.nan}]
-    for l in range(1, D + 1):
-        vn, sn = measured_spread(log_norm[l - 1])
-        vg, sg = measured_spread(log_grad[l - 1])
+    norms = _sampled_log_norms(spec, ops, networks, inputs, B, q0, seed)
+    rows = [{"layer": 0, "width": spec.widths[0], **dict.fromkeys(_SAMPLED_COLUMNS, math.nan)}]
+    for l in range(1, spec.depth + 1):
+        vn, sn = measured_spread(norms.norms[l])
+        vg, sg = measured_spread(norms.grads[l])
+        mn, mns = _mean_across_networks(norms.norms[l])
+        mg, mgs = _mean_across_networks(norms.grads[l])
         rows.append({"layer": l, "width": spec.widths[l], "var_log_norm": vn, "var_log_norm_se": sn,
-                     "var_log_grad": vg, "var_log_grad_se": sg})
+                     "var_log_grad": vg, "var_log_grad_se": sg, "mean_log_norm": mn, "mean_log_norm_se": mns,
+                     "mean_log_grad": mg, "mean_log_grad_se": mgs})
     return pd.DataFrame(rows)
+
+
+def _mean_across_networks(values) -> tuple[float, float]:
+    """Mean of ``(S, J)`` log norms and its standard error across networks (a dead network, -inf, dropped)."""
+    y = np.asarray(values, dtype=np.float64)
+    y = y[np.all(np.isfinite(y), axis=1)].mean(axis=1)
+    if len(y) < 2:
+        return math.nan, math.nan
+    return float(y.mean()), float(y.std(ddof=1) / math.sqrt(len(y)))
+
+
+def _forward_batch(ops, inputs: int, batch: int | None) -> int:
+    if batch is None:
+        return max(inputs, COUPLED_BATCH) if batch_coupled(ops) else inputs
+    if batch < inputs:
+        raise UserError(f"batch ({batch}) must be at least inputs ({inputs})")
+    return int(batch)
+
+
+def _sampled_log_norms(spec, ops, networks: int, inputs: int, B: int, q0: float, seed: int) -> LogNorms:
+    """The :class:`LogNorms` tap of one run of ``networks`` networks over ``B`` fixed inputs (the first ``inputs`` kept)."""
+    import torch
+
+    dt, d, n = torch.float64, spec.input_dim, spec.widths[-1]
+    g0 = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 2**31]).generate_state(1)[0]))
+    x = torch.randn(B, d, dtype=dt, generator=g0)
+    x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True) * math.sqrt(d * q0)
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 0]).generate_state(1)[0]))
+    norms = LogNorms()
+    run = Run(networks, B, inputs, max(spec.widths[1:]), dt, "cpu", SharedDraws(gen, networks), taps=(norms,))
+    with torch.no_grad():
+        _, tape = forward_ops(ops, x.expand(networks, B, d).clone(), run)
+        r = torch.randn(networks, n, dtype=dt, generator=gen)
+        vjp_ops(tape, (r / math.sqrt(n)).unsqueeze(1).expand(networks, inputs, n), run.record, stop_at_first=True)
+    return norms
 
 
 def spread_columns(table, log_norms: dict, log_grads: dict, log_inputs=None, *, spec=None, input_q: float | None = None):
@@ -408,11 +441,14 @@ def spread_columns(table, log_norms: dict, log_grads: dict, log_inputs=None, *, 
         log_grads: ``{layer: (S, J) array}``, ``ln ||g^l||^2`` likewise.
         log_inputs: ``(S, J)`` array of the inputs' ``ln ||x^0||^2``, regressed out
             (:func:`measured_spread`), or ``None``.
-        spec, input_q: when given and :func:`predict_spread` covers ``spec``,
-            ``theory_var_log_norm`` and ``theory_var_log_grad`` are added too.
+        spec, input_q: when given, ``theory_var_log_norm`` and
+            ``theory_var_log_grad`` are added too: :func:`predict_spread`'s,
+            or NaN where it does not cover ``spec``.
 
     Adds ``var_log_norm``, ``var_log_norm_se``, ``var_log_grad``, ``var_log_grad_se``
-    (natural-log variances of squared norms; NaN where not measured).
+    (natural-log variances of squared norms; NaN where not measured). Returns
+    ``(table, note)``: ``note`` says why the theory columns are empty (None
+    when they are filled or not asked for).
     """
     out = table.copy()
     for col, data in (("var_log_norm", log_norms), ("var_log_grad", log_grads)):
@@ -430,12 +466,62 @@ def spread_columns(table, log_norms: dict, log_grads: dict, log_inputs=None, *, 
             ses.append(s)
         out[col] = vals
         out[col + "_se"] = ses
-    if spec is not None:
-        try:
-            th = predict_spread(spec, input_q=input_q).set_index("layer")
-        except UserError:
-            th = None  # not covered (batchnorm, dropout, non-square orthogonal ...): no theory columns
-        if th is not None:
-            for col in SPREAD_COLUMNS:
-                out["theory_" + col] = out["layer"].map(th[col]).astype(float)
-    return out
+    if spec is None:
+        return out, None
+    th, note = _predicted(spec, input_q=input_q)
+    for col in SPREAD_COLUMNS:
+        out["theory_" + col] = out["layer"].map(th[col]).astype(float) if th is not None else math.nan
+    return out, note
+
+
+def _predicted(spec, *, input_q=None, table=None):
+    """``(predict_spread indexed by layer, None)``, or ``(None, why not)``."""
+    gap = spread_gap(spec)
+    if gap:
+        return None, gap
+    try:
+        return predict_spread(spec, input_q=input_q, table=table).set_index("layer"), None
+    except UserError as exc:  # e.g. an activation the theory cannot integrate
+        return None, str(exc)
+
+
+#: Inputs per network of :func:`spread_table`'s sampled side.
+SPREAD_TABLE_INPUTS = 4
+#: Networks of :func:`spread_table`'s sampled side where the theory does not cover the spec.
+SPREAD_TABLE_NETWORKS = 32
+
+
+def spread_table(spec, *, table=None, input_q: float | None = None, networks: int | None = None, seed: int = 0):
+    """The finite-width spread of every layer: predicted where the theory covers ``spec``, sampled where it does not.
+
+    Args:
+        spec: any :class:`~propagate.spec.NetworkSpec`.
+        table: its mean-field table (:func:`propagate.theory.predict_layers`), if computed.
+        input_q: the fixed input's per-feature second moment (default from ``spec``).
+        networks: sample this many networks (:func:`sample_spread`, seed
+            ``seed``, :data:`SPREAD_TABLE_INPUTS` inputs each) even where the
+            theory covers ``spec``; default: sample
+            :data:`SPREAD_TABLE_NETWORKS` networks only where it does not.
+
+    Returns:
+        ``(DataFrame, note)``: columns ``layer``, ``var_log_norm`` and
+        ``var_log_grad`` (predicted, NaN where the theory does not reach), and
+        when sampled ``sampled_var_log_norm``, ``sampled_var_log_norm_se``,
+        ``sampled_var_log_grad``, ``sampled_var_log_grad_se``; ``note`` says why
+        the predicted columns are empty (None when they are filled).
+    """
+    import pandas as pd
+
+    th, note = _predicted(spec, input_q=input_q, table=table)
+    out = pd.DataFrame({"layer": range(spec.depth + 1)})
+    for col in SPREAD_COLUMNS:
+        out[col] = out["layer"].map(th[col]).astype(float) if th is not None else math.nan
+    if networks is None and note is not None:
+        networks = SPREAD_TABLE_NETWORKS
+    if networks is not None:
+        ms = sample_spread(spec, networks=networks, inputs=SPREAD_TABLE_INPUTS, seed=seed, input_q=input_q)
+        ms = ms.set_index("layer")
+        for col in SPREAD_COLUMNS:
+            for c in (col, col + "_se"):
+                out["sampled_" + c] = out["layer"].map(ms[c]).astype(float)
+    return out, note

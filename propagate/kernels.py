@@ -5,9 +5,10 @@ networks, ``B`` samples, ``N`` units), and are drop-ins for the plain torch
 expression they name, with the same numbers (``tests/test_kernels.py`` checks
 values and gradients against torch autograd in float64, and the optimizer
 against torch's RMSprop). They exist for speed only; the layer ops
-(:mod:`propagate.layers`) call them from their torch forward, and
-:func:`propagate.train.train` uses :func:`rmsprop`. :func:`disabled` switches
-them all back to the plain expressions (benchmarks compare both in one process).
+(:mod:`propagate.layers`) call them from their torch forward, and training
+builds :func:`rmsprop` through :func:`propagate.optim.make_optimizer`.
+:func:`disabled` switches them all back to the plain expressions (benchmarks
+compare both in one process).
 
 Why each one is faster than the autograd of the plain expression:
 
@@ -33,8 +34,8 @@ Why each one is faster than the autograd of the plain expression:
   buffer: one stream of parameter-sized memory fewer per step).
 
 :func:`activation` maps an :class:`propagate.activations.Activation` to the
-fastest torch callable for it, resolved once per activation (the registry's
-generic torch forms re-check their constants on every call).
+fastest torch callable for it: the fused SELU, else its forward in
+:func:`propagate.activations.torch_forms` (the one activation-to-torch table).
 
 BatchNorm has no kernel here: torch's own (on the ``[B, S N]`` view the layer
 op uses, each seed's units separate channels) was as fast as a fused one in
@@ -48,16 +49,12 @@ from __future__ import annotations
 import contextlib
 import functools
 
+from propagate.activations import get_activation, selu_constants, torch_forms
+
 __all__ = ["ENABLED", "disabled", "dense", "selu", "activation", "rmsprop", "SELU_LAMBDA", "SELU_ALPHA"]
 
 
-def _selu_constants() -> tuple[float, float]:
-    from propagate.activations import selu_constants
-
-    return selu_constants()
-
-
-SELU_LAMBDA, SELU_ALPHA = _selu_constants()
+SELU_LAMBDA, SELU_ALPHA = selu_constants()
 
 
 @functools.lru_cache(maxsize=None)
@@ -137,44 +134,36 @@ def selu(x):
     return torch.selu(x)
 
 
-@functools.lru_cache(maxsize=None)
-def _fast_activation(name: str):
-    """A fused or native torch function for the built-in activations that have one, else None (cached by name)."""
-    import torch
-
-    from propagate.activations import get_activation
-
-    act = get_activation(name)
+def _resolve(act):
     p = dict(act.params)
     if act.family == "selu" and (p.get("lambda"), p.get("alpha")) == (SELU_LAMBDA, SELU_ALPHA):
         return selu  # (checks ENABLED itself)
-    if act.family == "relu":
-        return torch.relu
-    if act.family == "tanh":
-        return torch.tanh
-    return None
+    return torch_forms(act).forward
 
 
-_FAST_FAMILIES = ("selu", "relu", "tanh")
+@functools.lru_cache(maxsize=None)
+def _builtin_activation(name: str):
+    """:func:`activation` of a built-in family's name, resolved once (a built-in name cannot be re-registered)."""
+    return _resolve(get_activation(name))
+
+
+_CACHED_FAMILIES = ("selu", "relu", "tanh")
 
 
 def activation(act):
     """The fastest torch callable for ``act`` (an Activation or a name).
 
-    SELU with the solved constants, ReLU and tanh map to :func:`selu`,
-    ``torch.relu`` and ``torch.tanh`` (resolved once per name); anything else
-    to the activation's own torch form, looked up on every call so a
-    re-registered user activation is honoured.
+    SELU with the solved constants maps to :func:`selu` (the fused kernel);
+    every other activation to its forward in
+    :func:`propagate.activations.torch_forms` (ReLU is ``torch.relu``, tanh
+    ``torch.tanh``). SELU, ReLU and tanh are resolved once per name; any other
+    name is looked up on every call, so a re-registered user activation is
+    honoured.
     """
-    from propagate.activations import get_activation
-
     name = act if isinstance(act, str) else act.name
-    base = name.split(":", 1)[0].strip().lower()
-    if base in _FAST_FAMILIES:
-        fn = _fast_activation(name)
-        if fn is not None:
-            return fn
-    return (get_activation(name) if isinstance(act, str) else act).torch
+    if name.split(":", 1)[0].strip().lower() in _CACHED_FAMILIES:
+        return _builtin_activation(name)
+    return _resolve(get_activation(act))
 
 
 @functools.lru_cache(maxsize=None)

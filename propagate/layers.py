@@ -9,29 +9,43 @@ ordered list of operations, in the seed's placement (see :mod:`propagate.spec`):
                     and the layer's input and output widths match
     readout:        [BatchNorm | LayerNorm], Dense        (training only)
 
-Each operation carries, side by side, what every lens needs of it (after the
-lesson of neural-tangents' ``stax``: one description gives both the finite
-network and its infinite-width statistics):
+Each operation declares on :class:`Op`, side by side, what every lens needs of
+it (after the lesson of neural-tangents' ``stax``: one description gives both
+the finite network and its infinite-width statistics):
 
-- ``moments(state, expect) -> (state', log_factor)``: its mean-field map on the
-  :class:`Moments` of one unit (mean, second moment ``q``, cross moment ``qab``
-  of two inputs) and the log of its factor on the squared gradient norm
-  (``E ||dy/d input||^2 = factor * E ||dy/d output||^2``, summed over units);
-- ``forward(x, run) -> (y, cache)`` and ``vjp(g, cache) -> g_in``: its
-  forward pass batched over independent networks, ``x`` of shape
-  ``[S, B, N]`` (``S`` networks, ``B`` samples, ``N`` units), weights
-  ``[S, N_out, N_in]``, and its hand-written backward pass (vector-Jacobian
-  product) for the simulator;
-- ``tangent(tan, state, ...)``: how it maps a tangent (a small change
-  ``delta`` of its input: ``(E[delta], E[x delta], E[delta^2])``), for the
-  gradient's signal-direction term (:func:`signal_gradients`);
-- ``torch_forward(module, x, rec)`` with ``torch_state(...)``: the same
-  operation as a torch training module, batched over seeds (``[S, B, N]``).
+- theory: ``moments(state, expect, rows) -> (state', log_factor)``, its
+  mean-field map on the :class:`Moments` of one unit (mean, second moment
+  ``q``, cross moment ``qab`` of two inputs) and the log of its factor on the
+  squared gradient norm (``E ||dy/d input||^2 = factor * E ||dy/d output||^2``,
+  summed over units); ``tangent(tan, step, texpect)``, how it maps a tangent
+  (a small change ``delta`` of its input: ``(E[delta], E[x delta], E[delta^2])``),
+  and ``pull_back(v, step, texpect)``, the transpose of that map on the
+  quadratic functionals :func:`signal_gradients` walks back;
+- simulation: ``forward(x, run) -> (y, cache)`` batched over independent
+  networks, ``x`` of shape ``[S, B, N]`` (``S`` networks, ``B`` samples,
+  ``N`` units), and ``vjp(g, cache) -> g_in``, its hand-written backward pass
+  (vector-Jacobian product); per-sample cache entries are named ``s_*``;
+- training: ``torch_state(S, draws, dtype) -> (parameters, buffers)`` and
+  ``torch_forward(module, x, rec)``, the same operation as a torch module
+  batched over seeds;
+- what it is: ``theory_gap(theory)`` (what a theory does not cover of it,
+  None where it does; :func:`theory_gap` of a network asks every op),
+  ``has_weights`` (:meth:`Dense.draw` is the one weight sampler),
+  ``stochastic`` (draws masks) and ``batch_coupled`` (a sample's output
+  depends on the rest of its batch: BatchNorm).
 
-:func:`fold_moments`/:func:`moment_gradients` (theory),
-:func:`forward_ops`/:func:`vjp_ops` (simulation) and :func:`build_network`
-(training) are short loops over the list. Adding a layer kind means one class
-here and one line in :func:`compile_spec`.
+The walks themselves are methods too, so the lens loops never ask which op
+they hold: ``fold`` (a :class:`Step` of the theory's trace), ``grad_back`` and
+``signal_back`` (the two backward theory walks) and ``backward`` (a vjp with
+the gradient taps). A leaf op inherits them; the composite :class:`Residual`
+(neural-tangents' ``serial(FanOut(2), parallel(Identity, serial(branch)),
+FanInSum)``, with the weights ``sqrt(1 - R^2)`` and ``R`` on the two paths)
+overrides them to walk its branch.
+
+:func:`fold_moments`/:func:`moment_gradients`/:func:`signal_gradients`
+(theory), :func:`forward_ops`/:func:`vjp_ops` (simulation) and
+:func:`build_network` (training) are short loops over the list. Adding a layer
+kind means one class here and one line in :func:`compile_spec`.
 
 Torch is imported only inside the functions that need it, so the theory
 (``propagate theory``) never loads it.
@@ -40,15 +54,21 @@ Torch is imported only inside the functions that need it, so the theory
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+import numpy as np
 
 from propagate.activations import Activation as ActivationFn
-from propagate.activations import get_activation, selu_constants
+from propagate.activations import get_activation, selu_constants, torch_forms
 from propagate.inits import get_init
+from propagate.kernels import activation as torch_activation
+from propagate.kernels import dense as torch_dense
 
 __all__ = [
     "Moments",
+    "Step",
+    "Op",
     "Dense",
     "BatchNorm",
     "LayerNorm",
@@ -57,6 +77,12 @@ __all__ = [
     "AlphaDropout",
     "Residual",
     "compile_spec",
+    "walk",
+    "theory_gap",
+    "batch_coupled",
+    "MEAN_FIELD",
+    "FINITE_WIDTH",
+    "FREE_PROBABILITY",
     "fold_moments",
     "moment_gradients",
     "forward_ops",
@@ -70,6 +96,13 @@ __all__ = [
 
 #: Values of q beyond this count as overflow (the theory's row is flagged ``diverged``).
 OVERFLOW_Q = 1e300
+
+#: The theories an op may be covered by (:meth:`Op.theory_gap`), and how a reason names them.
+MEAN_FIELD, FINITE_WIDTH, FREE_PROBABILITY = "mean_field", "finite_width", "free_probability"
+THEORY_NAMES = {MEAN_FIELD: "mean-field theory",
+                FINITE_WIDTH: "the finite-width spread theory (propagate.finite_width)",
+                FREE_PROBABILITY: "the free-probability Jacobian spectrum (propagate.spectrum)"}
+_PLAIN = frozenset({MEAN_FIELD, FINITE_WIDTH, FREE_PROBABILITY})
 
 
 def alpha_dropout_affine(rate: float) -> tuple[float, float, float]:
@@ -112,24 +145,95 @@ class Moments:
     diverged: bool = False
 
 
+@dataclass(frozen=True)
+class Step:
+    """One op's entry in a :func:`fold_moments` trace: what the backward theory walks need of it.
+
+    ``st``: the op's input state; ``log_factor``: the log of its factor on the
+    squared gradient norm; for a composite, ``branch`` (its branch's trace)
+    and ``branch_out`` (the branch output's state).
+    """
+
+    op: "Op"
+    st: Moments
+    log_factor: float
+    branch: tuple = ()
+    branch_out: Moments | None = None
+
+
 class Op:
-    """Base of the layer operations (see the module docstring for the three faces)."""
+    """Base of the layer operations: the interface every lens reads (module docstring).
+
+    A leaf op implements ``moments``, ``tangent``, ``forward``, ``vjp`` and
+    ``torch_forward`` (and ``torch_state`` if it has parameters) and sets the
+    class attributes below; the walks (``fold``, ``grad_back``,
+    ``signal_back``, ``backward``) and ``pull_back`` have generic forms here.
+    """
 
     #: hidden layer index (1..depth), ``depth + 1`` for the readout
     layer: int
     #: what the lenses record after this op: "pre" (pre-activation), "post" (activation output) or None
     tap: str | None = None
+    #: the theories that cover this op (:data:`MEAN_FIELD`, :data:`FINITE_WIDTH`, :data:`FREE_PROBABILITY`)
+    theories: frozenset = frozenset({MEAN_FIELD})
+    #: how a reason names this op ("BatchNorm", "a residual block", ...)
+    what: str = "this layer"
+    #: draws weights (:meth:`Dense.draw`, the one weight sampler of every lens)
+    has_weights: bool = False
+    #: draws random masks (training: the per-seed dropout streams; simulation: the run's random source)
+    stochastic: bool = False
+    #: a sample's output depends on the other samples of its batch (probes run the network in train mode)
+    batch_coupled: bool = False
+
+    def theory_gap(self, theory: str) -> str | None:
+        """What ``theory`` does not cover of this op (a phrase for a reason), or None where it covers it."""
+        return None if theory in self.theories else self.what
+
+    def children(self) -> Sequence["Op"]:
+        return ()
 
     # theory ----------------------------------------------------------------
     def moments(self, st: Moments, expect, rows: dict) -> tuple[Moments, float]:
+        """``(state after this op, log of its factor on the squared gradient norm)``; taps fill ``rows``."""
         raise NotImplementedError
+
+    def tangent(self, tan: tuple, step: Step, texpect) -> tuple:
+        """The tangent ``(E[delta], E[x delta], E[delta^2])`` after this op, from the one before it."""
+        raise NotImplementedError
+
+    def pull_back(self, v, step: Step, texpect) -> tuple:
+        """:func:`_pull_back` of :meth:`tangent` (ops with a written-out form override it)."""
+        return _pull_back(v, lambda tan: self.tangent(tan, step, texpect))
+
+    def fold(self, st: Moments, expect, rows: dict) -> tuple[Moments, Step]:
+        """:meth:`moments` and this op's :class:`Step` of the trace (a composite folds its branch)."""
+        out, log_factor = self.moments(st, expect, rows)
+        return out, Step(self, st, log_factor)
+
+    def grad_back(self, step: Step, lg: float, out: dict) -> float:
+        """``log E||dy/d input||^2`` from ``lg`` at the output; a "pre" tap records ``out[layer]``."""
+        if self.tap == "pre":
+            out[self.layer] = lg
+        return lg + step.log_factor
+
+    def signal_back(self, step: Step, v, texpect, out: dict):
+        """The functional ``v`` at this op's input (:func:`signal_gradients`); Dense records ``out[layer]`` there."""
+        return self.pull_back(v, step, texpect)
 
     # simulation -----------------------------------------------------------
     def forward(self, x, run):
+        """``(y, cache)``: the op on ``x`` ``[S, B, N]`` for the ``S`` networks of ``run`` (may work in place)."""
         raise NotImplementedError
 
     def vjp(self, g, cache):
+        """The gradient at the op's input from ``g`` at its output (leading dims of ``g`` broadcast)."""
         raise NotImplementedError
+
+    def backward(self, g, cache, record=None):
+        """:meth:`vjp` with the gradient taps: ``record(op, g)`` at a "pre" tap first."""
+        if record is not None and self.tap == "pre":
+            record(self, g)
+        return self.vjp(g, cache)
 
     # training -------------------------------------------------------------
     def torch_state(self, S: int, draws, dtype) -> tuple[dict, dict]:
@@ -137,10 +241,8 @@ class Op:
         return {}, {}
 
     def torch_forward(self, mod, x, rec):
+        """The op on ``x`` ``[S, B, N]`` in training (``mod``: its module; ``rec``: records of pre/post taps)."""
         raise NotImplementedError
-
-    def children(self) -> Sequence["Op"]:
-        return ()
 
 
 def _row(rows: dict, layer: int) -> dict:
@@ -172,6 +274,19 @@ class Dense(Op):
     sigma_b2: float
     tap: str | None = "pre"
 
+    theories = _PLAIN
+    what = "a dense layer"
+    has_weights = True
+
+    def theory_gap(self, theory):
+        if self.n_in != self.n_out:
+            if theory == FREE_PROBABILITY:
+                return f"a non-square layer ({self.n_in} -> {self.n_out}; use a uniform width equal to the input dimension)"
+            if theory == FINITE_WIDTH and get_init(self.init).distribution == "orthogonal":
+                return (f"orthogonal weights on a non-square layer ({self.n_in} -> {self.n_out}; "
+                        f"use a uniform width equal to the input dimension)")
+        return super().theory_gap(theory)
+
     def moments(self, st, expect, rows):
         row = _row(rows, self.layer) if self.tap else {}
         row.update(width=self.n_out, sigma_w2=self.sigma_w2, sigma_b2=self.sigma_b2)
@@ -186,43 +301,52 @@ class Dense(Op):
         row.update(pre_mean=0.0, pre_var=q, pre_q=q, corr=qab / q if q > 0 else 1.0, diverged=False)
         return Moments(0.0, q, qab), _log(self.sigma_w2)
 
-    def tangent(self, tan, st, f, texpect):
+    def tangent(self, tan, step, texpect):
         a, c, t = tan
         return 0.0, self.sigma_w2 * c, self.sigma_w2 * t
 
-    def pull_back(self, v, st, f, texpect):
+    def pull_back(self, v, step, texpect):
         """:func:`_pull_back` of :meth:`tangent`, written out (the signal pass calls it once per layer)."""
         w = self.sigma_w2
         return 0.0, 0.0, v[2] * w * w, v[3] * w
+
+    def signal_back(self, step, v, texpect, out):
+        if self.tap == "pre":
+            qh = self.sigma_w2 * step.st.q + self.sigma_b2
+            out[self.layer] = v[2] * qh * qh + v[3] * qh  # z at the start: delta = h (a = 0, c = t = q_h)
+        return self.pull_back(v, step, texpect)
 
     @property
     def has_bias(self) -> bool:
         bv = self.bias_var
         return (bv is not None and bv > 0) or (bv is None and get_init(self.init).torch_bias)
 
-    def draw(self, generator, dtype):
-        """One network's ``(W, b)`` from ``generator``: weight first, then bias (the order training relies on)."""
+    def draw(self, generator, dtype, batch: tuple = ()):
+        """``(W, b)`` from ``generator``, shapes ``(*batch, n_out, n_in)`` and ``(*batch, n_out)``: the one weight sampler.
+
+        Weight first, then bias (the order training relies on); without a bias
+        ``b`` is zeros and draws nothing. ``batch=(S,)`` draws ``S`` networks'
+        weights at once, then their biases.
+        """
         init = get_init(self.init)
-        w = init.sample(self.n_out, self.n_in, generator=generator, dtype=dtype)
-        b = init.sample_bias(self.n_out, self.n_in, generator=generator, dtype=dtype, bias_var=self.bias_var)
+        w = init.sample(self.n_out, self.n_in, batch=batch, generator=generator, dtype=dtype)
+        b = init.sample_bias(self.n_out, self.n_in, batch=batch, generator=generator, dtype=dtype, bias_var=self.bias_var)
         return w, b
 
     def forward(self, x, run):
         import torch
 
-        init = get_init(self.init)
-        W = torch.stack([init.sample(self.n_out, self.n_in, generator=g, dtype=run.dtype) for g in run.gens])
-        W = W.to(run.device)
+        W, b = run.weights(self)
         h = run.dense_buffer(self.n_out)
         torch.bmm(x, W.transpose(1, 2), out=h)
         if self.has_bias:
-            b = torch.stack([init.sample_bias(self.n_out, self.n_in, generator=g, dtype=run.dtype, bias_var=self.bias_var)
-                             for g in run.gens]).to(run.device)
             h.add_(b.unsqueeze(1))
-        return h, {"W": W}
+        return h, {"W": W, "b": b}
 
     def vjp(self, g, cache):
-        return g @ cache["W"]  # bmm for matching batches; broadcasts over Jacobian rows
+        W = cache["W"]
+        # one network's Jacobian rows ([rows, K, n]): one matmul with its W, not W broadcast over the rows
+        return g @ (W[0] if W.shape[0] == 1 and g.shape[0] != 1 else W)
 
     def torch_state(self, S, draws, dtype):
         import torch
@@ -231,10 +355,8 @@ class Dense(Op):
         return {"weight": torch.stack(ws), "bias": torch.stack(bs)}, {}
 
     def torch_forward(self, mod, x, rec):
-        from propagate.kernels import dense
-
         # x W^T + b per seed; the kernel's backward writes the weight gradient contiguously (no extra copy)
-        h = dense(x, mod.weight, mod.bias)
+        h = torch_dense(x, mod.weight, mod.bias)
         if rec is not None and self.tap:
             rec["pre"].append(h)
         return h
@@ -263,15 +385,19 @@ class BatchNorm(Op):
     momentum: float
     inplace: bool = True
 
+    what = "BatchNorm"
+    batch_coupled = True
+
     def moments(self, st, expect, rows):
         if st.diverged:
             return st, math.nan
         vw = max(st.q - st.qab, 0.0)
         return Moments(0.0, vw / (vw + self.eps), 0.0), -math.log(vw + self.eps)
 
-    def tangent(self, tan, st, f, texpect):
+    def tangent(self, tan, step, texpect):
         # per-sample Jacobian (statistics fixed): delta / sigma; the output is (x - mu_unit) / sigma
         a, c, t = tan
+        st = step.st
         vw = max(st.q - st.qab, 0.0)
         s2 = vw + self.eps
         v = st.q - st.mean**2
@@ -334,6 +460,8 @@ class LayerNorm(Op):
     eps: float
     inplace: bool = True
 
+    what = "LayerNorm"
+
     def moments(self, st, expect, rows):
         if st.diverged:
             return st, math.nan
@@ -341,9 +469,10 @@ class LayerNorm(Op):
         d = v + self.eps
         return Moments(0.0, v / d, (st.qab - st.mean * st.mean) / d), -math.log(d)
 
-    def tangent(self, tan, st, f, texpect):
+    def tangent(self, tan, step, texpect):
         # exact per-sample Jacobian: removes the unit-mean and the signal directions, divides by sigma
         a, c, t = tan
+        st = step.st
         v = max(st.q - st.mean**2, 0.0)
         resid = t - a * a - ((c - st.mean * a) ** 2 / v if v > 0 else 0.0)
         return 0.0, 0.0, resid / (v + self.eps)
@@ -393,6 +522,9 @@ class Activation(Op):
     name: str
     tap: str | None = "post"
 
+    theories = _PLAIN
+    what = "an activation"
+
     @property
     def act(self) -> ActivationFn:
         return get_activation(self.name)
@@ -408,19 +540,19 @@ class Activation(Op):
         row.update(post_mean=m1, post_var=m2 - m1 * m1, post_q=m2, diverged=bad)
         return Moments(m1, m2, pab, bad), (math.nan if bad else _log(g2))
 
-    def tangent(self, tan, st, f, texpect):
+    def tangent(self, tan, step, texpect):
         # delta_h = beta h + (independent part), beta = E[h delta] / q (jointly Gaussian)
         a, c, t = tan
-        q = st.q
+        q = step.st.q
         if not q > 0:
             return 0.0, 0.0, 0.0
         e1, e2, e3, g2 = texpect(self.act, q)
         beta = c / q
         return beta * e1, beta * e2, beta * beta * (e3 - q * g2) + t * g2
 
-    def pull_back(self, v, st, f, texpect):
+    def pull_back(self, v, step, texpect):
         """:func:`_pull_back` of :meth:`tangent`, written out (``a`` does not enter; ``c`` enters through beta)."""
-        q = st.q
+        q = step.st.q
         if not q > 0:
             return 0.0, 0.0, 0.0, 0.0
         e1, e2, e3, g2 = texpect(self.act, q)
@@ -428,8 +560,9 @@ class Activation(Op):
         return 0.0, 0.0, v[0] * a2 * a2 + v[1] * a2 * c2 + v[2] * c2 * c2 + v[3] * t2, v[3] * g2
 
     def forward(self, x, run):
-        d = _derivative(self.act, x[:, : run.G])
-        return _inplace_activation(self.act)(x), {"s_d": d}
+        forms = torch_forms(self.act)
+        d = forms.derivative(x[:, : run.G])
+        return forms.inplace(x), {"s_d": d}
 
     def vjp(self, g, cache):
         return g * cache["s_d"]
@@ -438,61 +571,14 @@ class Activation(Op):
         return {}, {}
 
     def torch_forward(self, mod, x, rec):
-        from propagate.kernels import activation
-
         # the fastest torch form, resolved once per name (propagate.kernels: SELU's fused backward)
-        y = activation(self.name)(x)
+        y = torch_activation(self.name)(x)
         if rec is not None:
             rec["post"].append(y)
         return y
 
 
-def _inplace_activation(act: ActivationFn):
-    """A function applying ``act`` to a tensor in place (saves an allocation per layer in the simulator)."""
-    import torch
-    import torch.nn.functional as F
-
-    from propagate.errors import UserError
-
-    fam, p = act.family, dict(act.params)
-    if fam == "linear":
-        return lambda h: h
-    if fam == "relu":
-        return torch.relu_
-    if fam == "leaky_relu":
-        return lambda h: F.leaky_relu_(h, p["slope"])
-    if fam == "selu":
-        if (p["lambda"], p["alpha"]) == selu_constants():
-            return torch.selu_
-        return lambda h: F.elu_(h, p["alpha"]).mul_(p["lambda"])
-    if fam == "elu":
-        return lambda h: F.elu_(h, p["alpha"])
-    if fam in ("tanh", "sigmoid", "erf"):
-        return lambda h: getattr(h, fam + "_")()
-    if act.torch is None:
-        raise UserError(f"activation {act.name!r} has no torch form; register one with torch=...")
-    return lambda h: h.copy_(act.torch(h))
-
-
-def _derivative(act: ActivationFn, h):
-    """``phi'(h)`` elementwise (autograd on the activation's torch form; ``h`` is the small gradient slice)."""
-    import torch
-
-    with torch.enable_grad():
-        hh = h.detach().clone().requires_grad_(True)
-        y = act.torch(hh)
-        (d,) = torch.autograd.grad(y.sum(), hh, allow_unused=True)
-    return torch.zeros_like(hh) if d is None else d.detach()
-
-
 # ---------------------------------------------------------------------------- dropout
-
-
-def _masks(run, n, keep):
-    import torch
-
-    return torch.stack([torch.empty((run.N, n), dtype=run.dtype).bernoulli_(keep, generator=g)
-                        for g in run.gens]).to(run.device)
 
 
 def dropout_seed(seed: int, epoch: int = 0) -> int:
@@ -539,32 +625,27 @@ def _seed_masks(mod, x, keep: float):
     return mask if dev == x.device else mask.to(x.device)
 
 
-@dataclass(frozen=True)
-class Dropout(Op):
-    """Inverted dropout at rate ``p``: ``x m / (1 - p)``, ``m ~ Bernoulli(1 - p)``.
+class _MaskedAffine(Op):
+    """The dropouts' simulation and training faces: ``y = A m x + C (m - 1) + B``, ``m ~ Bernoulli(1 - p)`` per unit.
 
-    Mean field: mean and cross moment unchanged (independent masks), second
-    moment ``/ (1 - p)``; gradient factor ``1 / (1 - p)``.
+    A subclass gives ``p``, :meth:`affine` ``(A, C, B)`` and the torch function
+    for a module without per-seed generators (``fallback``).
     """
 
-    layer: int
     p: float
+    stochastic = True
+    fallback = "dropout"
 
-    def moments(self, st, expect, rows):
-        if st.diverged:
-            return st, math.nan
-        k = 1.0 - self.p
-        return Moments(st.mean, st.q / k, st.qab), -math.log(k)
-
-    def tangent(self, tan, st, f, texpect):
-        a, c, t = tan
-        k = 1.0 - self.p
-        return a, c / k, t / k
+    def affine(self) -> tuple[float, float, float]:
+        raise NotImplementedError
 
     def forward(self, x, run):
-        mask = _masks(run, x.shape[2], 1.0 - self.p)
-        mask.mul_(1.0 / (1.0 - self.p))
-        x.mul_(mask)
+        A, C, B = self.affine()
+        mask = run.masks(x.shape[2], 1.0 - self.p)
+        shift = (mask - 1.0).mul_(C).add_(B) if (C or B) else None
+        x.mul_(mask.mul_(A))  # m is 0 or 1: x (m A) is (x m) A exactly
+        if shift is not None:
+            x.add_(shift)
         return x, {"s_mask": mask[:, : run.G].clone()}
 
     def vjp(self, g, cache):
@@ -577,12 +658,45 @@ class Dropout(Op):
         if mask is None:  # a module without per-seed generators: torch's global stream, shared by all seeds
             import torch.nn.functional as F
 
-            return F.dropout(x, self.p, True)
-        return x * mask.mul_(1.0 / (1.0 - self.p))
+            return getattr(F, self.fallback)(x, self.p, True)
+        A, C, B = self.affine()
+        if C or B:
+            shift = (mask - 1.0).mul_(C).add_(B)
+            return x * mask.mul_(A) + shift
+        return x * mask.mul_(A)
 
 
 @dataclass(frozen=True)
-class AlphaDropout(Op):
+class Dropout(_MaskedAffine):
+    """Inverted dropout at rate ``p``: ``x m / (1 - p)``, ``m ~ Bernoulli(1 - p)``.
+
+    Mean field: mean and cross moment unchanged (independent masks), second
+    moment ``/ (1 - p)``; gradient factor ``1 / (1 - p)``.
+    """
+
+    layer: int
+    p: float
+
+    what = "dropout"
+
+    def affine(self):
+        return 1.0 / (1.0 - self.p), 0.0, 0.0
+
+    def moments(self, st, expect, rows):
+        if st.diverged:
+            return st, math.nan
+        k = 1.0 - self.p
+        return Moments(st.mean, st.q / k, st.qab), -math.log(k)
+
+    def tangent(self, tan, step, texpect):
+        a, c, t = tan
+        k = 1.0 - self.p
+        return a, c / k, t / k
+
+
+
+@dataclass(frozen=True)
+class AlphaDropout(_MaskedAffine):
     """torch's alpha dropout at rate ``p``: ``a (x m + alpha' (1 - m)) + b`` (constants: :func:`alpha_dropout_affine`).
 
     Mean field, ``keep = 1 - p``: ``E[x~] = a (keep mu + p alpha') + b``,
@@ -595,6 +709,14 @@ class AlphaDropout(Op):
     layer: int
     p: float
 
+    what = "alpha dropout"
+    fallback = "alpha_dropout"
+
+    def affine(self):
+        # a (x m + alpha' (1 - m)) + b = a m x + (-alpha' a) (m - 1) + b
+        a, b, ap = alpha_dropout_affine(self.p)
+        return a, -ap * a, b
+
     def moments(self, st, expect, rows):
         if st.diverged:
             return st, math.nan
@@ -606,36 +728,12 @@ class AlphaDropout(Op):
         qab = a**2 * cross + 2 * a * b * s1 + b**2
         return Moments(a * s1 + b, q, qab), math.log(a**2 * keep)
 
-    def tangent(self, tan, st, f, texpect):
+    def tangent(self, tan, step, texpect):
         a, c, t = tan
         A, b, _ = alpha_dropout_affine(self.p)
         k = 1.0 - self.p
         return A * k * a, A * A * k * c + A * b * k * a, A * A * k * t
 
-    def forward(self, x, run):
-        p = self.p
-        a, b, ap = alpha_dropout_affine(p)
-        mask = _masks(run, x.shape[2], 1.0 - p)
-        # a (x m + alpha' (1 - m)) + b, written as x m a + ((m - 1) (-alpha') a + b) in place
-        shift = (mask - 1.0).mul_(-ap * a).add_(b)
-        x.mul_(mask).mul_(a).add_(shift)
-        return x, {"s_mask": mask[:, : run.G] * a}
-
-    def vjp(self, g, cache):
-        return g * cache["s_mask"]
-
-    def torch_forward(self, mod, x, rec):
-        if not mod.training or self.p == 0.0:
-            return x
-        mask = _seed_masks(mod, x, 1.0 - self.p)
-        if mask is None:  # a module without per-seed generators: torch's global stream, shared by all seeds
-            import torch.nn.functional as F
-
-            return F.alpha_dropout(x, self.p, True)
-        a, b, ap = alpha_dropout_affine(self.p)
-        # a (x m + alpha' (1 - m)) + b = x (a m) + ((m - 1) (-alpha' a) + b)
-        shift = (mask - 1.0).mul_(-ap * a).add_(b)
-        return x * mask.mul_(a) + shift
 
 
 # ---------------------------------------------------------------------------- residual
@@ -661,11 +759,18 @@ class Residual(Op):
     forward ones). With a growing stream mean it misses the component of the
     gradient along the signal itself, which the later layers amplify; see
     :func:`signal_gradients` (``grad_norm_signal`` in the theory's table).
+
+    A composite (neural-tangents' ``serial(FanOut(2), parallel(Identity,
+    serial(branch)), FanInSum)`` with weights ``s, R``): its trace :class:`Step`
+    holds the branch's trace, and its walks (``fold``, ``grad_back``,
+    ``signal_back``, ``backward``) run the module's loops over the branch.
     """
 
     layer: int
     R: float
     branch: tuple
+
+    what = "a residual block"
 
     @property
     def skip(self) -> float:
@@ -674,20 +779,31 @@ class Residual(Op):
     def children(self):
         return self.branch
 
-    def moments(self, st, expect, rows):
+    # theory
+    def fold(self, st, expect, rows):
         bst, trace = fold_moments(self.branch, st, expect, rows)
-        if bst.diverged or st.diverged:
-            return replace(bst, diverged=True), ("residual", self, trace, bst)
         s, R = self.skip, self.R
+        log_factor = float(np.logaddexp(2 * _log(s), 2 * _log(R) + sum(t.log_factor for t in trace)))
+        step = Step(self, st, log_factor, tuple(trace), bst)
+        if bst.diverged or st.diverged:
+            return replace(bst, diverged=True), step
         cross = 2 * s * R * st.mean * bst.mean
         out = Moments(s * st.mean + R * bst.mean, s * s * st.q + R * R * bst.q + cross,
                       s * s * st.qab + R * R * bst.qab + cross)
         if not math.isfinite(out.q) or out.q > OVERFLOW_Q:
             out = replace(out, diverged=True)
-        return out, ("residual", self, trace, bst)
+        return out, step
 
-    def tangent(self, tan, st, f, texpect):
-        return self.combine(tan, fold_tangent(f[2], tan, texpect), st, f[3])
+    def moments(self, st, expect, rows):
+        out, step = self.fold(st, expect, rows)
+        return out, step.log_factor
+
+    def grad_back(self, step, lg, out):
+        lb = moment_gradients(step.branch, lg + 2 * _log(self.R), out)
+        return float(np.logaddexp(lg + 2 * _log(self.skip), lb))
+
+    def tangent(self, tan, step, texpect):
+        return self.combine(tan, fold_tangent(step.branch, tan, texpect), step.st, step.branch_out)
 
     def combine(self, tan, tan_b, st, bst):
         """Tangent of ``s x + R branch(x)`` from the stream's and the branch's (``E[x delta_b] = E[x] E[delta_b]``)."""
@@ -696,6 +812,13 @@ class Residual(Op):
         return (s * a + R * ab, s * s * c + s * R * (st.mean * ab + bst.mean * a) + R * R * cb,
                 s * s * t + R * R * tb + 2 * s * R * a * ab)
 
+    def signal_back(self, step, v, texpect, out):
+        # a start inside the branch: the stream's tangent is zero
+        vb = _pull_back(v, lambda tb: self.combine((0.0, 0.0, 0.0), tb, step.st, step.branch_out))
+        signal_gradients(step.branch, texpect, out, vb)
+        return self.pull_back(v, step, texpect)
+
+    # simulation
     def forward(self, x, run):
         y, tape = forward_ops(self.branch, x, run)
         if run.stopped:
@@ -703,10 +826,14 @@ class Residual(Op):
         y.mul_(self.R).add_(x, alpha=self.skip)  # in the branch's buffer: no copy of the stream
         return y, {"tape": tape}
 
-    def vjp(self, g, cache):
-        gb = vjp_ops(cache["tape"], g * self.R, cache.get("record"))
+    def backward(self, g, cache, record=None):
+        gb = vjp_ops(cache["tape"], g * self.R, record)
         return gb.add_(g, alpha=self.skip) if gb.shape == g.shape else gb + self.skip * g
 
+    def vjp(self, g, cache):
+        return self.backward(g, cache)
+
+    # training
     def torch_forward(self, mod, x, rec):
         y = x
         for m in mod.branch:
@@ -720,8 +847,7 @@ class Residual(Op):
 def compile_spec(spec, *, readout: bool = False) -> list[Op]:
     """The ordered layer operations of ``spec`` (module docstring); ``readout=True`` appends the readout's."""
     sw2s, sb2s = spec.sigma_w2(), spec.sigma_b2()
-    residual = float(getattr(spec, "residual", 0.0) or 0.0)
-    layernorm = bool(getattr(spec, "layernorm", False))
+    residual, layernorm = float(spec.residual), bool(spec.layernorm)
     ops: list[Op] = []
     for l in range(1, spec.depth + 1):
         n_in, n_out = spec.widths[l - 1], spec.widths[l]
@@ -760,44 +886,55 @@ def walk(ops: Sequence[Op]):
         yield from walk(op.children())
 
 
+def theory_gap(ops: Sequence[Op], theory: str) -> str | None:
+    """Why ``theory`` does not cover the network of ``ops`` (a sentence), or None where it does.
+
+    The one place that decides what a theory covers: every op says what of it
+    a theory leaves out (:meth:`Op.theory_gap`), and the phrases are joined.
+    """
+    gaps: list[str] = []
+    for op in walk(ops):
+        gap = op.theory_gap(theory)
+        if gap and gap not in gaps:
+            gaps.append(gap)
+    if not gaps:
+        return None
+    return f"{THEORY_NAMES[theory]} does not cover {', '.join(gaps)}"
+
+
+def batch_coupled(ops: Sequence[Op]) -> bool:
+    """Whether a sample's output depends on the other samples of its batch (an op such as BatchNorm)."""
+    return any(op.batch_coupled for op in walk(ops))
+
+
 # ---------------------------------------------------------------------------- theory loops
 
 
 def fold_moments(ops: Sequence[Op], st: Moments, expect: Callable, rows: dict) -> tuple[Moments, list]:
-    """Push the moment state through ``ops``; taps fill ``rows[layer]``. Returns the state and a trace for the gradients.
+    """Push the moment state through ``ops``; taps fill ``rows[layer]``. Returns the state and the trace of :class:`Step`.
 
     ``expect(act, q, c) -> (E[phi], E[phi^2], E[phi'^2], E[phi(u_a) phi(u_b)])``
     for ``h ~ N(0, q)`` with pair correlation ``c`` (the theory's quadrature).
     """
     trace = []
     for op in ops:
-        st_in = st
-        st, f = op.moments(st, expect, rows)
-        trace.append((op, f, st_in))
+        st, step = op.fold(st, expect, rows)
+        trace.append(step)
     return st, trace
 
 
 def moment_gradients(trace: list, log_g_out: float, out: dict) -> float:
     """Walk a :func:`fold_moments` trace backwards from ``log E||dy/dx_out||^2``; ``out[layer]`` = log squared gradient norm at ``h^layer``."""
-    import numpy as np
-
     lg = log_g_out
-    for op, f, _ in reversed(trace):
-        if isinstance(f, tuple):  # residual: ("residual", op, branch trace)
-            res = f[1]
-            lb = moment_gradients(f[2], lg + 2 * _log(res.R), out)
-            lg = float(np.logaddexp(lg + 2 * _log(res.skip), lb))
-            continue
-        if op.tap == "pre":
-            out[op.layer] = lg
-        lg = lg + f
+    for step in reversed(trace):
+        lg = step.op.grad_back(step, lg, out)
     return lg
 
 
 def fold_tangent(trace: list, tan, texpect) -> tuple:
     """Push a tangent ``(E[delta], E[x delta], E[delta^2])`` through the ops of a :func:`fold_moments` trace."""
-    for op, f, st in trace:
-        tan = op.tangent(tan, st, f, texpect)
+    for step in trace:
+        tan = step.op.tangent(tan, step, texpect)
     return tan
 
 
@@ -830,28 +967,13 @@ def signal_gradients(trace: list, texpect, out: dict, v=None) -> None:
     ``tangent``) and ``E[dy^2] = E[delta_depth^2]``. Its share of the squared
     norm is ``out[layer] / (n_l q_l)``, of order ``1/n`` unless the remaining
     layers amplify it (a residual stream whose mean grows). Walked backwards
-    with 4x4 matrices on ``z = (a^2, a c, c^2, t)``, in O(depth).
+    with 4x4 matrices on ``z = (a^2, a c, c^2, t)`` (each op's ``signal_back``), in O(depth).
     """
-    import numpy as np
-
     v = np.array([0.0, 0.0, 0.0, 1.0]) if v is None else v  # functional: E[delta^2] at the trace's end
-    for op, f, st in reversed(trace):
-        if st.diverged:
+    for step in reversed(trace):
+        if step.st.diverged:
             return
-        if isinstance(op, Residual):
-            # a start inside the branch: the stream's tangent is zero
-            vb = _pull_back(v, lambda tb, op=op, st=st, f=f: op.combine((0.0, 0.0, 0.0), tb, st, f[3]))
-            signal_gradients(f[2], texpect, out, vb)
-            v = _pull_back(v, lambda tan, op=op, st=st, f=f: op.tangent(tan, st, f, texpect))
-            continue
-        if isinstance(op, Dense) and op.tap == "pre":
-            qh = op.sigma_w2 * st.q + op.sigma_b2
-            out[op.layer] = v[2] * qh * qh + v[3] * qh  # z at the start: delta = h (a = 0, c = t = q_h)
-        fast = getattr(op, "pull_back", None)
-        if fast is not None:
-            v = fast(v, st, f, texpect)
-        else:
-            v = _pull_back(v, lambda tan, op=op, st=st, f=f: op.tangent(tan, st, f, texpect))
+        v = step.op.signal_back(step, v, texpect, out)
 
 
 # ---------------------------------------------------------------------------- simulation loops
@@ -880,15 +1002,10 @@ def vjp_ops(tape, g, record=None, stop_at_first: bool = False):
     input gradient is not needed; saves the widest matmul).
     """
     for op, cache in reversed(tape):
-        if isinstance(op, Residual):
-            cache["record"] = record
-            g = op.vjp(g, cache)
-            continue
-        if op.tap == "pre" and record is not None:
+        if stop_at_first and record is not None and op.tap == "pre" and op.layer == 1:
             record(op, g)
-            if stop_at_first and op.layer == 1:
-                return None
-        g = op.vjp(g, cache)
+            return None
+        g = op.backward(g, cache, record)
     return g
 
 
@@ -960,12 +1077,12 @@ def build_network(spec, seeds: Sequence[int], *, dtype=None, device=None):
     dtype = dtype or torch.float32
     OpModule, Network = _module_class()
     ops = compile_spec(spec, readout=True)
-    dense = [op for op in walk(ops) if isinstance(op, Dense)]
-    draws: dict[Dense, list] = {op: [] for op in dense}
+    weighted = [op for op in walk(ops) if op.has_weights]
+    draws: dict[Op, list] = {op: [] for op in weighted}
     for k in seeds:
         gen = torch.Generator(device="cpu")
         gen.manual_seed(int(k))
-        for op in dense:  # hidden layers in order, weight then bias, readout last
+        for op in weighted:  # hidden layers in order, weight then bias, readout last
             draws[op].append(op.draw(gen, dtype))
 
     def make(op):
@@ -979,6 +1096,6 @@ def build_network(spec, seeds: Sequence[int], *, dtype=None, device=None):
     net.dropout_generators = [torch.Generator(device=device if device is not None else "cpu") for _ in seeds]
     seed_dropout(net, 0)
     for m in net.modules():
-        if isinstance(getattr(m, "op", None), (Dropout, AlphaDropout)):
+        if isinstance(m, OpModule) and m.op.stochastic:
             m.dropout_generators = net.dropout_generators
     return net.to(device) if device is not None else net

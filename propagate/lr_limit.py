@@ -202,14 +202,14 @@ class _Members:
     def __init__(self, spec, data, train_options, seeds, lrs, *, loss_scale=1.0):
         import torch
 
+        from propagate.optim import make_optimizer
         from propagate.spec import build_model
-        from propagate.train import _make_optimizer
 
         self.data, self.opts, self.loss_scale = data, train_options, float(loss_scale)
         self.unit = train_options.with_(lr=1.0)  # its lr_at(t) is the warmup factor of step t
         self.seeds, self.lrs = list(seeds), [float(l) for l in lrs]
         self.model = build_model(spec, seeds=self.seeds, device=data.device)
-        self.opt = _make_optimizer(self.model.parameters(), train_options.with_(lr=1.0))
+        self.opt = make_optimizer(self.model.parameters(), train_options.with_(lr=1.0))
         self.scale = torch.tensor(self.lrs, dtype=torch.float32, device=data.device)
         self.order = torch.stack([data.order(s) for s in self.seeds])
         self.t = 0
@@ -432,7 +432,7 @@ def predict_max_lr(spec, dataset, train_options=None, *, seeds: Sequence[int] = 
     """
     import pandas as pd
 
-    from propagate.train import TrainOptions, _torch_settings, resolve_device
+    from propagate.train import TrainOptions, resolve_device, training_settings
 
     train_options = train_options or TrainOptions()
     options = options or LookaheadOptions()
@@ -440,7 +440,7 @@ def predict_max_lr(spec, dataset, train_options=None, *, seeds: Sequence[int] = 
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise UserError(f"seeds must be distinct whole numbers >= 0, got {seeds}")
     dev = resolve_device(train_options.device)
-    with _torch_settings(train_options, dev):
+    with training_settings(train_options, dev):
         data = _Data(dataset, options.probe_size, dev)
         steps_per_epoch = math.ceil(data.n / train_options.batch_size)
         steps = options.steps or lookahead_steps(train_options, steps_per_epoch)

@@ -235,6 +235,24 @@ def adam_preconditioner(grads: Sequence[Sequence], *, beta2: float = 0.999, eps:
 # ------------------------------------------------------------------ networks
 
 
+def _warmup_gradients(logits, params, xtr, ytr, batch_size: int, steps: int, seed: int) -> list:
+    """The gradients of ``steps`` minibatches of ``batch_size`` (a shuffle from ``seed``) at the fixed weights."""
+    import torch
+    import torch.nn.functional as F
+
+    order = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(seed))
+    out = []
+    for k in range(steps):
+        start = (k * batch_size) % len(ytr)
+        idx = order[start : start + batch_size]
+        if len(idx) < 2:
+            idx = order[:batch_size]
+        with torch.enable_grad():
+            loss = F.cross_entropy(logits(torch.from_numpy(xtr[idx.numpy()])), torch.from_numpy(ytr[idx.numpy()]))
+            out.append([g.detach() for g in torch.autograd.grad(loss, params)])
+    return out
+
+
 def network_sharpness(spec, dataset, options=None, *, batch: int = 512, warmup_steps: int = 10, iters: int = 20,
                       tol: float = 1e-3, seed: int | None = None) -> dict:
     """Sharpness of ``spec``'s network at initialization and the predicted largest stable learning rate.
@@ -295,17 +313,7 @@ def network_sharpness(spec, dataset, options=None, *, batch: int = 512, warmup_s
            "n_params": sum(p.numel() for p in params), "batch": n, "warmup_steps": 0}
     used = h.value
     if opt in ("rmsprop", "adam"):
-        steps = []
-        bs = options.batch_size
-        gen = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(ytr), generator=gen)
-        for k in range(max(1, int(warmup_steps))):
-            idx = order[(k * bs) % len(ytr) : (k * bs) % len(ytr) + bs]
-            if len(idx) < 2:
-                idx = order[:bs]
-            with torch.enable_grad():
-                loss = F.cross_entropy(logits(torch.from_numpy(xtr[idx.numpy()])), torch.from_numpy(ytr[idx.numpy()]))
-                steps.append([g.detach() for g in torch.autograd.grad(loss, params)])
+        steps = _warmup_gradients(logits, params, xtr, ytr, options.batch_size, max(1, int(warmup_steps)), seed)
         if opt == "rmsprop":
             P = rmsprop_preconditioner(steps, rho=options.rho, eps=options.eps)
         else:

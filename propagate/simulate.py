@@ -33,16 +33,19 @@ What is measured at hidden layer ``l`` (``h^l = W^l x^{l-1} + b^l``,
   networks of ``ln ||h^l||^2`` and ``ln ||grad_h^l||^2`` per sample (the first
   ``min(samples, grad_samples)``), the part linear in the input's
   ``ln ||x^0||^2`` regressed out, averaged over samples
-  (:func:`propagate.finite_width.measured_spread`); ``theory_var_log_*`` from
-  :func:`propagate.finite_width.predict_spread` where it covers the spec
-  (with ``seeds >= 3``).
+  (:func:`propagate.finite_width.measured_spread`), with ``seeds >= 3``;
+  ``theory_var_log_*`` from :func:`propagate.finite_width.predict_spread`,
+  empty (NaN) where it does not cover the spec, the reason in
+  ``result.theory_notes``.
 - ``jacobian=True``: singular values of the input-output Jacobian
   ``d x^depth / d x^0`` of network 0 at a few inputs (``result.jacobian``).
 
 The networks are the spec's layer operations (:mod:`propagate.layers`: each
 op's batched forward pass and hand-written vector-Jacobian product), run by
-:func:`propagate.layers.forward_ops` and measured at every layer by
-:func:`propagate.stats.measure`. LayerNorm normalizes each sample over its
+:func:`propagate.layers.forward_ops` on a :class:`propagate.batched.Run`
+(network ``s`` draws from its own stream :func:`seed_stream`) and measured at
+every layer by :func:`propagate.stats.measure` (a tap on the run, beside the
+:class:`propagate.batched.LogNorms` tap of the spread). LayerNorm normalizes each sample over its
 units; a residual block adds ``sqrt(1 - R^2) x`` to ``R`` times its branch.
 BatchNormalization (seed placement, see :mod:`propagate.spec`) uses train-mode
 batch statistics over the ``samples`` inputs of each network (biased variance,
@@ -59,7 +62,6 @@ CPU arithmetic very slow; by default they are flushed to zero during the run
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
@@ -69,11 +71,16 @@ from typing import Any
 
 import numpy as np
 
+from propagate.batched import LogNorms, PerNetworkDraws, Run, jacobians, log_sq_norms
+from propagate.activations import torch_forms
 from propagate.errors import UserError
+from propagate.finite_width import spread_columns
 from propagate.layers import forward_ops, vjp_ops
 from propagate.spec import NetworkSpec
+from propagate.spectrum import summarize_singular_values
 from propagate.stats import (CORR_SAMPLES, SAT_SAMPLES, aggregate, compare_with_theory, finite_width_allowance,
                              layer_table, measure)
+from propagate.torch_settings import torch_settings
 
 __all__ = ["simulate", "SimulationResult", "DivergenceWarning", "compare_with_theory", "finite_width_allowance", "DATASET_INPUTS", "seed_stream"]
 
@@ -103,6 +110,9 @@ class SimulationResult:
         meta: run parameters, input statistics, timing.
         theory: the theory's table for the same spec, or ``None``.
         jacobian: ``None`` or a dict of singular-value statistics.
+        theory_notes: why theory columns are empty, by column group
+            (``{"theory_var_log_norm, theory_var_log_grad": reason}`` where the
+            finite-width theory does not cover the spec).
     """
 
     spec: NetworkSpec
@@ -114,6 +124,7 @@ class SimulationResult:
     theory: Any = None
     jacobian: dict | None = None
     warnings: list = field(default_factory=list)
+    theory_notes: dict = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------
@@ -134,18 +145,6 @@ def _generators(seed: int, count: int):
     import torch
 
     return [torch.Generator(device="cpu").manual_seed(seed_stream(seed, s)) for s in range(count)]
-
-
-# ----------------------------------------------------------------------------
-# subnormals
-
-
-def _flush_is_on() -> bool:
-    """Whether float32 subnormals are currently flushed to zero (probed, torch has no getter)."""
-    import torch
-
-    tiny = torch.tensor([1.1754944e-38], dtype=torch.float32)
-    return bool((tiny * 0.5).item() == 0.0)
 
 
 # ----------------------------------------------------------------------------
@@ -267,43 +266,48 @@ def simulate(
 
     dt, dev = _check_arguments(spec, samples, seeds, grad_samples, jacobian_inputs, dtype, device, threads)
     t0 = time.perf_counter()
-    with _torch_settings(threads, flush_denormal) as settings:
+    with torch_settings(threads=threads, flush_denormal=bool(flush_denormal)) as settings:
         with torch.no_grad():
             gens = _generators(int(seed), int(seeds))  # one stream per network: inputs, then weights, masks
             x0, desc, in_stats = _prepare_inputs(spec, input, samples, gens, int(seed), dt, dev, int(grad_samples),
                                                  progress)
-            run = _run_networks(spec, x0, gens, dt, dev, int(grad_samples), progress,
-                                int(jacobian_inputs) if jacobian else 0)
+            sampled = _run_networks(spec, x0, gens, dt, dev, int(grad_samples), progress,
+                                    int(jacobian_inputs) if jacobian else 0)
     elapsed = time.perf_counter() - t0
+    extras = {"samples": int(sampled.N), "input": desc, "input_stats": in_stats, "grad_samples": int(sampled.G),
+              "seeds": seeds, "seed": seed, "dtype": dt, "device": dev, "seconds": elapsed,
+              "threads": int(threads) if threads is not None else settings["threads_before"],
+              "flush": (flush_denormal, settings["flush_active"])}
+    return _result(spec, sampled, extras, theory)
 
-    per_seed = _per_seed_table(spec, run)
+
+def _result(spec, sampled, extras, theory) -> SimulationResult:
+    """The :class:`SimulationResult` of a finished run: tables, divergence, metadata, theory alongside."""
+    per_seed = _per_seed_table(spec, sampled)
     table = aggregate(per_seed, config=spec.label(), spec=spec)
-    diverged_at = run.diverged_at
-    flushed = _flush_summary(per_seed, dt, flush_denormal, settings["flush_active"], dev)
+    diverged_at = sampled.diverged_at
+    flushed = _flush_summary(per_seed, extras["dtype"], *extras["flush"], extras["device"])
     warn = []
     if diverged_at is not None:
         msg = f"signal diverged (inf/NaN) at layer {diverged_at}; table stops there"
         warn.append(msg)
-        warnings.warn(msg, DivergenceWarning, stacklevel=2)
-    extras = {"samples": int(run.N), "input": desc, "input_stats": in_stats, "grad_samples": int(run.G)}
-    meta = _meta(spec, extras, seeds, seed, dt, dev, diverged_at, flushed, elapsed,
-                 int(threads) if threads is not None else settings["threads_before"])
-    theory_df = None
-    if theory:
-        theory_df = _theory_table(spec, in_stats)
-        if theory_df is not None:
-            table = compare_with_theory(table, theory_df, spec)
+        warnings.warn(msg, DivergenceWarning, stacklevel=3)
+    meta = _meta(spec, extras, diverged_at, flushed)
+    theory_df = _theory_table(spec, extras["input_stats"]) if theory else None
+    if theory_df is not None:
+        table = compare_with_theory(table, theory_df, spec)
     meta["theory"] = theory_df is not None
-    if run.log_norms and run.S >= 3:  # a variance across networks and its standard error need 3 networks
-        from propagate.finite_width import spread_columns
-
+    notes = {}
+    if sampled.norms.norms and sampled.S >= 3:  # a variance across networks and its standard error need 3 networks
         # spread across networks of ln||z^l||^2 and ln||g^l||^2 (input-norm effect regressed out), theory alongside
-        table = spread_columns(table, run.log_norms, run.log_grads, run.log_inputs, spec=spec if theory else None,
-                               input_q=in_stats["input_q"])
-    if run.jacobian is not None:
-        meta["jacobian"] = run.jacobian
+        table, note = spread_columns(table, sampled.norms.norms, sampled.norms.grads, sampled.log_inputs,
+                                     spec=spec if theory else None, input_q=extras["input_stats"]["input_q"])
+        if note:
+            notes["theory_var_log_norm, theory_var_log_grad"] = note
+    if sampled.jacobian is not None:
+        meta["jacobian"] = sampled.jacobian
     return SimulationResult(spec=spec, table=table, per_seed=per_seed, diverged_at=diverged_at, flushed=flushed,
-                            meta=meta, theory=theory_df, jacobian=run.jacobian, warnings=warn)
+                            meta=meta, theory=theory_df, jacobian=sampled.jacobian, warnings=warn, theory_notes=notes)
 
 
 def _check_arguments(spec, samples, seeds, grad_samples, jacobian_inputs, dtype, device, threads):
@@ -326,31 +330,10 @@ def _check_arguments(spec, samples, seeds, grad_samples, jacobian_inputs, dtype,
             raise UserError("device cuda requested but CUDA is not available (use --device cpu)")
     elif dev != "cpu":
         raise UserError(f"device must be cpu or cuda, got {device!r}")
-    if spec.act.torch is None:
-        raise UserError(f"activation {spec.act.name!r} has no torch form; register one with torch=...")
+    torch_forms(spec.act)  # UserError for an activation without a torch form
     if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
         raise UserError(f"threads must be a whole number >= 1, got {threads!r}")
     return dt, dev
-
-
-@contextlib.contextmanager
-def _torch_settings(threads, flush_denormal):
-    """Thread count and subnormal flushing for the run, restored after."""
-    import torch
-
-    state = {"threads_before": torch.get_num_threads(), "flush_active": False}
-    flush_before = _flush_is_on()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    if flush_denormal:
-        state["flush_active"] = bool(torch.set_flush_denormal(True))
-    else:
-        torch.set_flush_denormal(False)
-    try:
-        yield state
-    finally:
-        torch.set_flush_denormal(flush_before)
-        torch.set_num_threads(state["threads_before"])
 
 
 def _prepare_inputs(spec, input, samples, gens, seed, dt, dev, grad_samples, progress):
@@ -376,16 +359,17 @@ def _flush_summary(per_seed, dt, requested, active, dev) -> dict:
     }
 
 
-def _meta(spec, extras, seeds, seed, dt, dev, diverged_at, flushed, elapsed, threads) -> dict:
+def _meta(spec, extras, diverged_at, flushed) -> dict:
+    seeds, seed = int(extras["seeds"]), int(extras["seed"])
     return {
         "spec": spec.to_dict(),
         "config": spec.label(),
         "samples": extras["samples"],
-        "seeds": int(seeds),
-        "seed": int(seed),
-        "network_seeds": [seed_stream(seed, s) for s in range(int(seeds))],
-        "dtype": str(dt).replace("torch.", ""),
-        "device": dev,
+        "seeds": seeds,
+        "seed": seed,
+        "network_seeds": [seed_stream(seed, s) for s in range(seeds)],
+        "dtype": str(extras["dtype"]).replace("torch.", ""),
+        "device": extras["device"],
         "input": extras["input"],
         "input_stats": extras["input_stats"],
         "grad_samples": extras["grad_samples"],
@@ -394,8 +378,8 @@ def _meta(spec, extras, seeds, seed, dt, dev, diverged_at, flushed, elapsed, thr
         "readout_simulated": False,
         "diverged_at": diverged_at,
         "flush_denormal": flushed,
-        "seconds": round(elapsed, 4),
-        "threads": threads,
+        "seconds": round(extras["seconds"], 4),
+        "threads": extras["threads"],
     }
 
 
@@ -403,122 +387,73 @@ def _meta(spec, extras, seeds, seed, dt, dev, diverged_at, flushed, elapsed, thr
 # the run: the spec's layer ops, batched over networks
 
 
-class _Run:
-    """What the layer ops see while the simulator runs them (:func:`propagate.layers.forward_ops`).
+class _Measure:
+    """Tap: :func:`propagate.stats.measure` of every network at every layer; stops the run at the first inf/NaN."""
 
-    Holds the networks' random streams, two ping-pong buffers for the Dense
-    outputs (a layer's input stays intact while its output is written), a
-    scratch buffer for normalizations that must not overwrite a residual
-    stream, and the per-layer statistics measured at each tap.
-    """
-
-    exact_bn = False  # BatchNorm backward with statistics held fixed (per-sample gradients)
-
-    def __init__(self, spec, gens, dtype, device, N, G, progress):
-        import torch
+    def __init__(self, act, depth, progress):
         from tqdm import tqdm
 
-        self.spec, self.gens, self.dtype, self.device, self.N, self.G = spec, gens, dtype, device, N, G
-        self.act = spec.act
-        self.S = len(gens)
-        self._size = self.S * N * max(spec.widths[1:])
-        self._bufs = [torch.empty(self._size, dtype=dtype, device=device) for _ in range(min(2, spec.depth))]
-        self._next = 0
-        self._scratch = None
+        self.act = act
         self.rows: list[dict] = []
         self.grads: dict = {}
         self.diverged_at = None
-        self.stopped = False
-        self.jacobian = None
-        # ln ||.||^2 per network and sample of each layer's pre-activation and gradient (finite-width spread)
-        self.log_norms: dict = {}
-        self.log_grads: dict = {}
-        self.log_inputs = None
         self._ok_pre = True
-        self._bar = tqdm(total=spec.depth, desc="layers", file=sys.stderr, disable=not progress, leave=False)
+        self.bar = tqdm(total=depth, desc="layers", file=sys.stderr, disable=not progress, leave=False)
 
-    def dense_buffer(self, n):
-        buf = self._bufs[self._next % len(self._bufs)]
-        self._next += 1
-        return buf[: self.S * self.N * n].view(self.S, self.N, n)
-
-    def scratch(self, n):
-        import torch
-
-        if self._scratch is None:
-            self._scratch = torch.empty(self._size, dtype=self.dtype, device=self.device)
-        return self._scratch[: self.S * self.N * n].view(self.S, self.N, n)
-
-    def tap(self, op, x):
-        """Measure a "pre" (Dense output) or "post" (activation output) tap; stop at the first inf/NaN."""
+    def forward(self, op, x, run):
+        """A "pre" (Dense output) or "post" (activation output) tap."""
         if op.tap == "pre":
             stats, self._ok_pre = measure(pre=x)
             self.rows.append(stats)
-            self.log_norms[op.layer] = _log_sq_norms(x[:, : self.G])
             return
         stats, ok_post = measure(post=x, act=self.act)
         self.rows[-1].update(stats)
-        self._bar.update(1)
+        self.bar.update(1)
         if not (self._ok_pre and ok_post):
             self.diverged_at = op.layer
-            self.stopped = True
+            run.stopped = True
 
-    def record_grad(self, op, g):
+    def gradient(self, op, g, run):
         self.grads[op.layer] = measure(grad=g)[0]["grad_norm"]
-        self.log_grads[op.layer] = _log_sq_norms(g)
 
 
-def _run_networks(spec, x0, gens, dt, dev, grad_samples, progress, jacobian_inputs=0):
+@dataclass
+class _Sampled:
+    """What :func:`_run_networks` measured: per-layer statistics, log norms, the Jacobian summary."""
+
+    S: int
+    N: int
+    G: int
+    rows: list
+    grads: dict
+    diverged_at: int | None
+    norms: LogNorms
+    log_inputs: Any
+    jacobian: dict | None
+
+
+def _run_networks(spec, x0, gens, dt, dev, grad_samples, progress, jacobian_inputs=0) -> _Sampled:
     """Forward the spec's ops over all networks (measuring each layer), then backpropagate the readout's gradient."""
     import torch
 
-    N = x0.shape[1]
-    run = _Run(spec, gens, dt, dev, N, min(N, grad_samples), progress)
+    S, N = len(gens), x0.shape[1]
+    stats, norms = _Measure(spec.act, spec.depth, progress), LogNorms()
+    run = Run(S, N, min(N, grad_samples), max(spec.widths[1:]), dt, dev, PerNetworkDraws(gens), taps=(stats, norms))
     # readout vector of the gradient probe, drawn first so it doesn't depend on depth
     r = torch.stack([torch.randn(spec.widths[-1], dtype=dt, generator=g) for g in gens]).to(dev)
-    run.rows.append(measure(inputs=x0)[0])
-    run.log_inputs = _log_sq_norms(x0[:, : run.G])
+    stats.rows.append(measure(inputs=x0)[0])
+    log_inputs = log_sq_norms(x0[:, : run.G])
     _, tape = forward_ops(spec.compile(), x0, run)
-    run._bar.close()
-    if run.diverged_at is None:
+    stats.bar.close()
+    jac = None
+    if stats.diverged_at is None:
         # y = r . x^depth / sqrt(n_depth) for every sample: dy/dx^depth = r / sqrt(n_depth)
-        g = (r / math.sqrt(spec.widths[-1])).unsqueeze(1).expand(run.S, run.G, -1)
-        vjp_ops(tape, g, run.record_grad, stop_at_first=True)
+        g = (r / math.sqrt(spec.widths[-1])).unsqueeze(1).expand(S, run.G, -1)
+        vjp_ops(tape, g, run.record, stop_at_first=True)
         if jacobian_inputs:
-            run.jacobian = _jacobian_summary(_jacobian(tape, min(jacobian_inputs, run.G), spec.widths[-1], dt, dev))
-    return run
-
-
-def _jacobian(tape, k, n_out, dt, dev):
-    """``d x^depth / d x^0`` of network 0 at its first ``k`` inputs, ``(k, n_out, n_in)``: one vjp per output unit."""
-    import torch
-
-    g = torch.eye(n_out, dtype=dt, device=dev).unsqueeze(1).expand(n_out, k, n_out)
-    rows = vjp_ops(_network0(tape, k), g)
-    return rows.permute(1, 0, 2)
-
-
-def _log_sq_norms(t):
-    """``ln ||t[s, j]||^2`` over the last axis, float64 numpy ``(S, J)`` (for the finite-width spread)."""
-    import torch
-
-    return torch.log(torch.linalg.vector_norm(t, dim=-1, dtype=torch.float64) ** 2).cpu().numpy()
-
-
-def _network0(tape, k):
-    """The tape of network 0 at its first ``k`` samples (per-sample caches are the ``s_*`` entries)."""
-    out = []
-    for op, cache in tape:
-        c = {}
-        for key, v in cache.items():
-            if key == "tape":
-                c[key] = _network0(v, k)
-            elif v is None or not hasattr(v, "shape"):
-                c[key] = v
-            else:
-                c[key] = v[:1, :k] if key.startswith("s_") else v[:1]
-        out.append((op, c))
-    return out
+            J = jacobians(tape, run, min(jacobian_inputs, run.G), spec.widths[-1], networks=[0])[0]
+            jac = _jacobian_summary(J)
+    return _Sampled(S, N, run.G, stats.rows, stats.grads, stats.diverged_at, norms, log_inputs, jac)
 
 
 def _check_memory(spec, N, S, dt, dev, grad_samples):
@@ -546,8 +481,6 @@ def _check_memory(spec, N, S, dt, dev, grad_samples):
 def _jacobian_summary(J) -> dict:
     """Singular-value statistics of a batch of Jacobians ``(k, n_out, n_in)`` (float64 SVD)."""
     import torch
-
-    from propagate.spectrum import summarize_singular_values
 
     s = torch.linalg.svdvals(J.double().cpu()).numpy()  # (k, min(n_out, n_in)), descending
     smax, smin = s[:, 0], s[:, -1]

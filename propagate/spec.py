@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field, replace
 from propagate.activations import Activation, get_activation
 from propagate.errors import UserError
 from propagate.inits import Init, get_init
-from propagate.layers import compile_spec
+from propagate.layers import build_network, compile_spec
 
 __all__ = ["NetworkSpec", "build_model", "compile_spec", "SEED_INPUT", "SEED_FIRST", "SEED_WIDTH", "SEED_DEPTH"]
 
@@ -277,8 +277,6 @@ def build_model(spec: NetworkSpec, seed: int | None = 0, *, seeds=None, dtype=No
     leading dimension); without it ``seeds = [seed]``. ``seed=None`` draws a
     fresh random seed. Weights follow ``spec.init``, biases ``spec.bias_var``.
     """
-    from propagate.layers import build_network
-
     if seeds is None:
         if seed is None:
             import random

@@ -32,8 +32,12 @@ transform ``G(x) = (psi(1/x) + 1) / x``, ``p(x) = -Im G(x + i0) / pi``, with
 An activation whose derivative vanishes on a set of probability ``p0``
 (ReLU: ``1/2``) puts an atom of mass ``max_l p0_l`` at zero.
 
-:func:`jacobian_squared_singular_values` is the Monte Carlo side: exact
-Jacobians of sampled networks, batched over networks and inputs.
+:func:`sample_jacobian_spectrum` is the Monte Carlo side, for any network:
+exact Jacobians of sampled networks (their layer ops run by
+:class:`propagate.batched.Run`, one vector-Jacobian product per output unit).
+What the theory covers, the ops say (:func:`propagate.layers.theory_gap`);
+:func:`analyze_spectrum` (``propagate spectrum``) samples a network the theory
+does not reach and says why its predicted columns are empty.
 """
 
 from __future__ import annotations
@@ -43,10 +47,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from propagate.activations import torch_forms
+from propagate.batched import Run, SharedDraws, jacobians
 from propagate.errors import UserError
+from propagate.layers import FREE_PROBABILITY, batch_coupled, forward_ops, theory_gap
 
 __all__ = ["jacobian_moments", "jacobian_density", "JacobianSpectrum", "jacobian_spectrum", "layer_laws",
-           "jacobian_squared_singular_values", "sample_jacobian_spectrum", "summarize_singular_values"]
+           "sample_jacobian_spectrum", "summarize_singular_values", "analyze_spectrum", "SpectrumAnalysis",
+           "COUPLED_BATCH"]
 
 _ATOMS = 256  # equal-probability atoms approximating the law of phi'(z)^2 for the density
 
@@ -81,21 +89,17 @@ def _d2_law(act, q: float, kmax: int):
 
 
 def layer_laws(spec, *, input_q: float | None = None, kmax: int = 8) -> list[LayerLaw]:
-    """Per-layer laws of ``spec`` (square layers; Gaussian-like or orthogonal weights; no BN or dropout).
+    """Per-layer laws of ``spec`` (square layers; Gaussian-like or orthogonal weights; plain dense stacks).
 
     Weights that are not orthogonal (normal, truncated normal, uniform) have
-    the Marchenko-Pastur law at large width (universality).
+    the Marchenko-Pastur law at large width (universality). A spec the theory
+    does not cover (:func:`propagate.layers.theory_gap`) is a :class:`UserError`.
     """
     from propagate.theory import predict_layers
 
-    if (spec.batchnorm or spec.dropout or spec.alpha_dropout or getattr(spec, "layernorm", False)
-            or getattr(spec, "residual", 0.0)):
-        raise UserError("the Jacobian spectrum is predicted for plain dense stacks only "
-                        "(no batchnorm, layernorm, residual or dropout)")
-    bad = [(a, b) for a, b in spec.fans() if a != b]
-    if bad:
-        raise UserError(f"the Jacobian spectrum needs square layers (uniform width = input dimension); "
-                        f"got {bad[0][0]} -> {bad[0][1]}")
+    gap = theory_gap(spec.compile(), FREE_PROBABILITY)
+    if gap:
+        raise UserError(gap)
     table = predict_layers(spec, input_q=input_q)
     pre_q = table.set_index("layer")["pre_q"]
     orth = spec.initializer.distribution == "orthogonal"
@@ -453,8 +457,8 @@ def jacobian_spectrum(spec, *, input_q: float | None = None, kmax: int = 4, poin
     """Moments and density of ``J J^T`` for ``spec`` (square layers), from free probability.
 
     Args:
-        spec: a :class:`~propagate.spec.NetworkSpec` with uniform width equal
-            to its input dimension, no batchnorm or dropout.
+        spec: a :class:`~propagate.spec.NetworkSpec` the theory covers: a plain
+            dense stack with uniform width equal to its input dimension.
         input_q: second moment per input feature (default ``input_mean^2 + input_var``);
             sets the mean-field ``q_l`` at which each ``D_l^2`` is taken.
         kmax: number of moments returned.
@@ -472,78 +476,43 @@ def jacobian_spectrum(spec, *, input_q: float | None = None, kmax: int = 4, poin
 # Monte Carlo
 
 
-def jacobian_squared_singular_values(weights, derivs, *, scales=None):
-    """Squared singular values of ``J = D_L W_L (S_L) ... D_1 W_1`` for a batch of networks and inputs.
-
-    Args:
-        weights: list of ``L`` tensors ``(S, n_l, n_{l-1})`` (``S`` networks).
-        derivs: list of ``L`` tensors ``(S, K, n_l)``: ``phi'(z^l)`` at ``K``
-            inputs per network (any extra factor such as a dropout mask included).
-        scales: optional list of ``L`` tensors ``(S, 1, n_{l-1})`` or ``None``
-            entries: per-unit factors applied to layer ``l``'s input (BatchNorm's
-            ``1/sqrt(var + eps)`` with batch statistics held fixed).
-
-    Returns:
-        a float64 numpy array ``(S, K, min(n_L, n_0))``, descending per row.
-
-    The Jacobians are accumulated from the input side in float64, ``K`` at a
-    time per network (``S K n_l n_{l-1}`` memory), one batched matmul per layer;
-    the smallest singular values are exact to about ``1e-16 s_max``.
-    """
-    import torch
-
-    L = len(weights)
-    S, K = derivs[0].shape[0], derivs[0].shape[1]
-    J = None
-    for l in range(L):
-        W = weights[l].to(torch.float64)
-        if scales is not None and scales[l] is not None:
-            W = W * scales[l].to(torch.float64)
-        d = derivs[l].to(torch.float64)  # (S, K, n_l)
-        if J is None:
-            J = d.unsqueeze(-1) * W.unsqueeze(1)  # (S, K, n_1, n_0)
-        else:
-            J = torch.matmul(W.unsqueeze(1), J)  # (S, 1, n_l, n_{l-1}) @ (S, K, n_{l-1}, n_0)
-            J.mul_(d.unsqueeze(-1))
-    s = torch.linalg.svdvals(J.reshape(S * K, J.shape[-2], J.shape[-1]))
-    return (s**2).reshape(S, K, -1).cpu().numpy()
+#: Inputs per network in the forward pass of :func:`sample_jacobian_spectrum` when the network has an op whose
+#: output depends on its batch (BatchNorm): the normalization's batch.
+COUPLED_BATCH = 128
 
 
-def sample_jacobian_spectrum(spec, *, networks: int = 4, inputs: int = 1, seed: int = 0):
-    """Squared singular values of the input-output Jacobian of sampled networks, shape ``(networks, inputs, n)``.
+def sample_jacobian_spectrum(spec, *, networks: int = 4, inputs: int = 1, seed: int = 0, batch: int | None = None):
+    """Squared singular values of the input-output Jacobian of sampled networks, shape ``(networks, inputs, n_in)``.
 
-    Inputs are Gaussian ``N(spec.input_mean, spec.input_var)`` per feature; the
+    Any network (its layer ops, run by :class:`propagate.batched.Run`, float64):
+    inputs are Gaussian ``N(spec.input_mean, spec.input_var)`` per feature;
     all networks are drawn in one batch from one generator seeded by ``seed``.
-    Bias variance as in ``spec``; no batchnorm or dropout.
+    The forward pass sees ``batch`` inputs per network (default ``inputs``, or
+    :data:`COUPLED_BATCH` for a network with BatchNorm, whose statistics over
+    that batch are held fixed: the per-sample Jacobian); the Jacobians are
+    taken at the first ``inputs`` (:func:`propagate.batched.jacobians`, one
+    vector-Jacobian product per output unit). Dropout masks are part of the
+    sampled network. Values are descending per row (``min(n_out, n_in)`` of them).
     """
     import torch
 
-    if (spec.batchnorm or spec.dropout or spec.alpha_dropout or getattr(spec, "layernorm", False)
-            or getattr(spec, "residual", 0.0)):
-        raise UserError("sample_jacobian_spectrum covers plain dense stacks only (no batchnorm, layernorm, residual or dropout)")
+    ops = spec.compile()
     if networks < 1 or inputs < 1:
         raise UserError("networks and inputs must be >= 1")
-    init, act = spec.initializer, spec.act
-    if act.torch is None:
-        raise UserError(f"activation {act.name!r} has no torch form")
+    B = batch if batch is not None else (max(inputs, COUPLED_BATCH) if batch_coupled(ops) else inputs)
+    if B < inputs:
+        raise UserError(f"batch ({B}) must be at least inputs ({inputs})")
+    torch_forms(spec.act)  # UserError for an activation without a torch form
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))
     dt = torch.float64
-    x = torch.randn(networks, inputs, spec.input_dim, dtype=dt, generator=gen)
+    x = torch.randn(networks, B, spec.input_dim, dtype=dt, generator=gen)
     x = x * math.sqrt(spec.input_var) + spec.input_mean
-    weights, derivs = [], []
-    bias_var = spec.bias_var
-    for fi, fo in spec.fans():
-        W = init.sample(fo, fi, batch=(networks,), generator=gen, dtype=dt)
-        b = init.sample_bias(fo, fi, batch=(networks,), generator=gen, dtype=dt, bias_var=bias_var)
-        z = torch.matmul(x, W.transpose(1, 2)) + b.unsqueeze(1)
-        with torch.enable_grad():
-            zz = z.detach().clone().requires_grad_(True)
-            y = act.torch(zz)
-            (d,) = torch.autograd.grad(y.sum(), zz)
-        weights.append(W)
-        derivs.append(d.detach())
-        x = y.detach()
-    return jacobian_squared_singular_values(weights, derivs)
+    run = Run(networks, B, inputs, max(spec.widths[1:]), dt, "cpu", SharedDraws(gen, networks))
+    with torch.no_grad():
+        _, tape = forward_ops(ops, x, run)
+        J = jacobians(tape, run, inputs, spec.widths[-1], networks=range(networks))
+    s = torch.linalg.svdvals(J.reshape(networks * inputs, J.shape[-2], J.shape[-1]))
+    return (s**2).reshape(networks, inputs, -1).cpu().numpy()
 
 
 def summarize_singular_values(s2, *, zero_tol: float | None = None) -> dict:
@@ -574,3 +543,46 @@ def summarize_singular_values(s2, *, zero_tol: float | None = None) -> dict:
         "jacobians": int(a.shape[0]),
         "size": int(a.shape[1]),
     }
+
+
+@dataclass
+class SpectrumAnalysis:
+    """What :func:`analyze_spectrum` returns.
+
+    ``theory``: the free-probability :class:`JacobianSpectrum`, or None where
+    the theory does not reach the network (``theory_note`` says why);
+    ``samples``: squared singular values of sampled networks
+    (:func:`sample_jacobian_spectrum`) and ``monte_carlo`` their
+    :func:`summarize_singular_values`, or None when not sampled.
+    """
+
+    theory: JacobianSpectrum | None
+    theory_note: str | None
+    samples: np.ndarray | None = None
+    monte_carlo: dict | None = None
+
+
+def analyze_spectrum(spec, *, points: int = 300, check: bool = False, networks: int = 4, inputs: int = 2,
+                     seed: int = 0) -> SpectrumAnalysis:
+    """The Jacobian spectrum of ``spec``: predicted where free probability covers it, and sampled with ``check``.
+
+    Where the theory does not reach ``spec`` (BatchNorm, LayerNorm, residual
+    blocks, dropout; a mean-field signal that vanishes or diverges), the
+    result's ``theory`` is None and ``theory_note`` says why; without
+    ``check`` there is then nothing to show, a :class:`UserError`.
+    """
+    gap = theory_gap(spec.compile(), FREE_PROBABILITY)
+    if gap and not check:
+        raise UserError(f"{gap}; sample its spectrum instead (propagate spectrum --check)")
+    theory, note = None, gap
+    if gap is None:
+        try:
+            theory = jacobian_spectrum(spec, points=points)
+        except UserError as exc:
+            if not check:
+                raise
+            note = str(exc)
+    if not check:
+        return SpectrumAnalysis(theory, note)
+    s2 = sample_jacobian_spectrum(spec, networks=networks, inputs=inputs, seed=seed)
+    return SpectrumAnalysis(theory, note, s2, summarize_singular_values(s2))

@@ -77,9 +77,8 @@ CONFIG_COLUMNS = ["activation", "init", "normalization", "residual"]
 
 def config_columns(spec) -> dict:
     """The :data:`CONFIG_COLUMNS` values of a spec: ``normalization`` is ``none``, ``batchnorm`` or ``layernorm``."""
-    norm = "layernorm" if getattr(spec, "layernorm", False) else ("batchnorm" if spec.batchnorm else "none")
-    return {"activation": spec.activation, "init": spec.init, "normalization": norm,
-            "residual": float(getattr(spec, "residual", 0.0))}
+    norm = "layernorm" if spec.layernorm else ("batchnorm" if spec.batchnorm else "none")
+    return {"activation": spec.activation, "init": spec.init, "normalization": norm, "residual": float(spec.residual)}
 
 
 def layer_table(rows, source: str | None = None, config: str | None = None, spec=None):
@@ -149,29 +148,21 @@ def measure(*, pre=None, post=None, grad=None, inputs=None, act=None, sample_se:
     """
     out: dict = {}
     finite = True
-    if inputs is not None:
-        m, q, ok = _moments(inputs)
-        out.update(post_mean=m, post_q=q, post_var=q - m * m, corr=_pair_corr(inputs))
+    for prefix, t, pairs in (("post", inputs, True), ("pre", pre, True), ("post", post, False)):
+        if t is None:
+            continue
+        m, q, ok = _moments(t)
+        out.update({f"{prefix}_mean": m, f"{prefix}_q": q, f"{prefix}_var": q - m * m})
         finite &= ok
+        if pairs:  # the pair correlation of the network input (row 0) or of the pre-activations
+            out["corr"] = _pair_corr(t)
         if sample_se:
-            out.update(_moment_se("post", inputs, m))
-            out["corr_se"] = _pair_corr_se(inputs)
-    if pre is not None:
-        m, q, ok = _moments(pre)
-        out.update(pre_mean=m, pre_q=q, pre_var=q - m * m, corr=_pair_corr(pre))
-        finite &= ok
-        if sample_se:
-            out.update(_moment_se("pre", pre, m))
-            out["corr_se"] = _pair_corr_se(pre)
-    if post is not None:
-        m, q, ok = _moments(post)
-        out.update(post_mean=m, post_q=q, post_var=q - m * m)
-        finite &= ok
-        if act is not None:
+            out.update(_moment_se(prefix, t, m))
+            if pairs:
+                out["corr_se"] = _pair_corr_se(t)
+        if t is post and act is not None:
             out["dead_frac"] = _dead(post)
             out["saturated_frac"] = _saturated(post, act, q)
-        if sample_se:
-            out.update(_moment_se("post", post, m))
     if grad is not None:
         import torch
 

@@ -46,6 +46,8 @@ from scipy import optimize, special
 from propagate.activations import Activation, get_activation, selu_constants
 from propagate.errors import UserError
 from propagate.layers import OVERFLOW_Q, Moments, fold_moments, moment_gradients, signal_gradients
+from propagate.limits import check_depth
+from propagate.stats import layer_table
 
 __all__ = [
     "gaussian_expectation",
@@ -795,8 +797,6 @@ def predict_layers(spec, *, input_q: float | None = None, input_mean: float | No
     Overflow (``q > 1e300``), inf or NaN marks the row and all later rows
     ``diverged`` (their values inf/NaN, ``grad_norm`` NaN); it does not raise.
     """
-    from propagate.stats import layer_table
-
     state, row0 = _input_state(spec, input_q, input_mean, input_corr)
     rows: dict = {0: row0}
     with np.errstate(all="ignore"):
@@ -939,8 +939,6 @@ def analyze(activation, sigma_w2: float, sigma_b2: float = 0.0, depth: int = 50,
     if spec is None:
         if not isinstance(depth, int) or depth < 1:
             raise UserError(f"depth must be a whole number >= 1, got {depth!r}")
-        from propagate.limits import check_depth
-
         check_depth(depth)  # before a widths tuple of that length is built
         spec = NetworkSpec(widths=(width,) * (depth + 1), activation=activation if isinstance(activation, str) else act.name,
                            init=f"normal:{sw2!r}", bias_var=sb2)

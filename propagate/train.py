@@ -88,12 +88,19 @@ from propagate.limits import MEMORY_SHARE, format_bytes, memory_limit, training_
 from propagate.presets import PRESETS, Preset, get_preset, list_presets
 from propagate.runstore import (HISTORY_COLUMNS, METRICS, RunStore, load_seed_states, restore_seed, run_identity,
                                 seed_state, summarize_history)
+from propagate.stats import measure
+from propagate.optim import make_optimizer
+from propagate.torch_settings import torch_settings
 
 __all__ = [
     "TrainOptions",
     "TrainResult",
     "train",
     "probe_layer_stats",
+    "probe_modes",
+    "training_settings",
+    "shuffle_seed",
+    "resolve_device",
     "estimate_memory",
     "check_memory",
     "seed_list",
@@ -306,46 +313,14 @@ def resolve_device(name: str):
 
 
 @contextlib.contextmanager
-def _torch_settings(options: TrainOptions, device):
-    """Threads, determinism and subnormal flushing for the run; restored afterwards."""
+def training_settings(options: TrainOptions, device):
+    """:func:`propagate.torch_settings.torch_settings` of ``options`` for the run, and the global random state kept."""
     import torch
 
-    old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
-    det_mod = getattr(torch.utils, "deterministic", None)
-    old_fill = getattr(det_mod, "fill_uninitialized_memory", None)
-    torch.set_num_threads(options.threads or os.cpu_count() or 1)
-    if options.deterministic and device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-        if old_fill is not None:
-            # deterministic mode otherwise NaN-fills every new tensor (a debugging aid that costs a pass over
-            # memory per allocation); every tensor here is written before it is read
-            det_mod.fill_uninitialized_memory = False
-    # torch has no getter for the flush-denormal flag; its default is off, so we restore off.
-    flushed = options.flush_denormal and torch.set_flush_denormal(True)
-    try:
+    with torch_settings(threads=options.threads or os.cpu_count() or 1, flush_denormal=bool(options.flush_denormal),
+                        deterministic=bool(options.deterministic and device.type == "cpu")):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             yield
-    finally:
-        if flushed:
-            torch.set_flush_denormal(False)
-        torch.use_deterministic_algorithms(old_det)
-        if old_fill is not None:
-            det_mod.fill_uninitialized_memory = old_fill
-        torch.set_num_threads(old_threads)
-
-
-def _make_optimizer(params, options: TrainOptions):
-    """The optimizer of ``options`` over (stacked) ``params``: elementwise rules, so per seed exactly the single run's."""
-    import torch
-
-    if options.optimizer == "rmsprop":
-        from propagate.kernels import rmsprop
-
-        return rmsprop(params, lr=options.lr, rho=options.rho, eps=options.eps)  # one fused pass on CPU
-    if options.optimizer == "adam":
-        return torch.optim.Adam(params, lr=options.lr, betas=(0.9, 0.999), eps=options.eps)
-    return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum)
 
 
 @contextlib.contextmanager
@@ -433,6 +408,22 @@ def check_memory(spec, options: TrainOptions, n_seeds: int, n_train: int, n_test
 # ----------------------------------------------------------------- layer stats
 
 
+def probe_modes(spec) -> tuple[str, ...]:
+    """The modes a probe batch measures ``spec``'s network in (training's rule; :func:`propagate.trainability.first_epoch_dynamics` records the first).
+
+    Eval mode always: the network as it predicts (BatchNorm's running
+    statistics, no dropout noise on the measurement, each sample alone). Train
+    mode too, and first, when an op couples the samples of a batch (BatchNorm,
+    :func:`propagate.layers.batch_coupled`): the statistics training itself
+    sees, which eval mode's running averages lag behind (at initialization they
+    are 0 and 1). LayerNorm acts on each sample alone and computes the same in
+    both modes, and dropout is only noise on the measurement, so neither decides.
+    """
+    from propagate.layers import batch_coupled
+
+    return ("train", "eval") if batch_coupled(spec.compile()) else ("eval",)
+
+
 def probe_layer_stats(model, x, y, mode: str = "eval") -> list[dict]:
     """Per-seed, per-layer statistics of the batched ``model`` on the batch ``(x, y)``, as :mod:`propagate.stats` rows.
 
@@ -449,8 +440,6 @@ def probe_layer_stats(model, x, y, mode: str = "eval") -> list[dict]:
     """
     import torch
     import torch.nn.functional as F
-
-    from propagate.stats import measure
 
     act = model.spec.act
     seeds = list(model.seeds)
@@ -556,7 +545,7 @@ def _make_run(spec, options: TrainOptions, dataset, device, label: str, progress
     probe_n = min(options.probe_size, n)
     return _Run(spec, options, device, xtr, ytr, xte, yte, (xtr[:probe_n], ytr[:probe_n]),
                 n if options.train_eval_size == 0 else min(options.train_eval_size, n),
-                ("train", "eval") if spec.batchnorm else ("eval",), label, progress, on_step, keep_state)
+                probe_modes(spec), label, progress, on_step, keep_state)
 
 
 def _probe_rows(run: _Run, model, epoch: int) -> list[dict]:
@@ -711,7 +700,7 @@ def _train_group(run: _Run, seeds: list[int], store: RunStore, start_epoch: int,
 
     opts = run.options
     model = build_model(run.spec, seeds=seeds, device=run.device)
-    opt = _make_optimizer(model.parameters(), opts)
+    opt = make_optimizer(model.parameters(), opts)
     if start_epoch > 1:
         # dropout needs no saved random state: _train_epoch restarts each seed's stream from (seed, epoch)
         load_seed_states(model, opt, [store.seeds[s]["state"] for s in seeds])
@@ -803,7 +792,7 @@ def train(
     # One writer per run folder, and no resumption with other settings or data (propagate.runfolder);
     # the lock is held until this function returns.
     with RunStore(spec, options, dataset, folder=run_dir, resume=resume, label=label, preset=preset,
-                  device=device) as store, _torch_settings(options, device):
+                  device=device) as store, training_settings(options, device):
         run = _make_run(spec, options, dataset, device, label, progress, on_step, keep_state=store.keeps_state)
         on_epoch = None if callback is None else (lambda row: callback({**row, "run": name}))
         model = None

@@ -79,6 +79,7 @@ from propagate.runfolder import claim
 from propagate.runner import Point as RunnerPoint
 from propagate.runner import PointStore, Result, Shared, choose_engine, point_key, run_points
 from propagate.sharpness import network_sharpness
+from propagate.train import probe_layer_stats, probe_modes
 
 __all__ = [
     "DEFAULT_LRS",
@@ -653,70 +654,41 @@ def trainability(
 # ------------------------------------------------------------ first epoch
 
 
-def _make_optimizer(params, options):
-    # The same optimizers and settings as propagate.train (the seed's Keras defaults).
-    import torch
-
-    if options.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=options.lr, alpha=options.rho, eps=options.eps)
-    if options.optimizer == "adam":
-        return torch.optim.Adam(params, lr=options.lr, betas=(0.9, 0.999), eps=options.eps)
-    return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum)
-
-
-def _logits_and_pre(model, x):
-    """Logits ``[B, C]`` and the recorded pre-activations ``[h^1..h^depth]`` of a one-seed model.
-
-    Accepts both training-model interfaces: ``(logits, [h, ...])`` (each
-    ``[B, N]``) and the ensemble one, ``(logits [S, B, C], {"pre": [[S, B, N],
-    ...]})`` with S = 1; the ``h`` are returned as recorded (gradients are
-    taken with respect to them, so they must be the tensors on the loss's path).
-    """
-    out, rec = model(x, record=True)
-    pre = rec["pre"] if isinstance(rec, dict) else rec
-    return (out[0] if out.dim() == 3 else out), pre
-
-
 def _hidden_weights(model) -> list:
     """The weight matrix of every hidden Dense layer, in layer order (readout excluded)."""
-    if hasattr(model, "linears"):
-        return [lin.weight for lin in model.linears]
-    from propagate.layers import Dense
-
-    return [m.weight for m in model.modules() if isinstance(getattr(m, "op", None), Dense) and m.op.tap]
+    return [m.weight for m in model.modules() if getattr(m, "op", None) is not None and m.op.has_weights and m.op.tap]
 
 
-def _probe(model, x, y) -> list[dict]:
-    """Per hidden layer: pre-activation variance and mean (pooled over samples and units) and the
-    RMS over samples of the L2 norm of d loss(sample) / d h^l (per-sample cross-entropy, nats)."""
+def _probe(model, x, y, mode: str) -> list[dict]:
+    """Per hidden layer ``pre_var``, ``pre_mean`` and ``grad_norm`` of a one-seed model on ``(x, y)``: the
+    training probe's (:func:`propagate.train.probe_layer_stats`, :func:`propagate.stats.measure`)."""
+    return [{"layer": r["layer"], "pre_var": r["pre_var"], "pre_mean": r["pre_mean"], "grad_norm": r["grad_norm"]}
+            for r in probe_layer_stats(model, x, y, mode) if r["layer"] > 0]
+
+
+def _update_norms(weights, before) -> dict:
+    """``grad``: each weight's gradient's Frobenius norm; ``ratio``: ``||W - W_before||_F / ||W_before||_F``."""
     import torch
-    import torch.nn.functional as F
 
-    with torch.enable_grad(), torch.random.fork_rng():
-        out, pre = _logits_and_pre(model, x)
-        grads = torch.autograd.grad(F.cross_entropy(out, y, reduction="sum"), pre, allow_unused=True)
-    rows = []
-    for i, (h, g) in enumerate(zip(pre, grads)):
-        hd = h.detach().double().reshape(-1, h.shape[-1])  # [S = 1, B, N] or [B, N] -> samples x units
-        if g is not None:
-            gd = g.detach().double().reshape(-1, g.shape[-1])
-            gn = float(torch.sqrt((gd**2).sum(1).mean()))
-        else:
-            gn = float("nan")
-        rows.append({"layer": i + 1, "pre_var": float(hd.var(unbiased=False)), "pre_mean": float(hd.mean()),
-                     "grad_norm": gn})
-    return rows
+    with torch.no_grad():
+        return {"grad": [float(w.grad.norm()) for w in weights],
+                "ratio": [float((w - b).norm() / b.norm()) if float(b.norm()) > 0 else float("nan")
+                          for w, b in zip(weights, before)]}
 
 
-def first_epoch_dynamics(spec, options, dataset, *, probe_size: int = 256, max_steps: int | None = None):
+def first_epoch_dynamics(spec, options, dataset, *, probe_size: int = 256, max_steps: int | None = None,
+                         on_step: Callable[[dict], None] | None = None):
     """Per-layer statistics at log-spaced steps of the first epoch (one seed, ``options.seed``).
 
-    ``options``: :class:`propagate.train.TrainOptions` (lr, optimizer, batch).
+    ``options``: :class:`propagate.train.TrainOptions` (lr, optimizer, batch);
+    the optimizer is training's own (:func:`propagate.optim.make_optimizer`).
     The minibatches are a shuffle of the training split drawn from
     ``options.seed`` (this loop's own, not :func:`propagate.train.train`'s).
     Step ``s`` means "after ``s`` updates". At each recorded step, on a fixed
-    probe batch (the first ``probe_size`` training images; the model in train
-    mode if it has BN, else eval mode): ``pre_var``, ``pre_mean`` (a variance
+    probe batch (the first ``probe_size`` training images), training's probe
+    (:func:`propagate.train.probe_layer_stats`) in the first of training's
+    probe modes (:func:`propagate.train.probe_modes`: train mode with
+    BatchNorm, else eval mode): ``pre_var``, ``pre_mean`` (a variance
     and mean pooled over samples and units of ``h^l``), ``grad_norm`` (RMS
     over samples of the L2 norm of d loss(sample) / d h^l), ``weight_norm``
     (Frobenius norm of W^l); and, for the
@@ -725,44 +697,41 @@ def first_epoch_dynamics(spec, options, dataset, *, probe_size: int = 256, max_s
     (``||W_s - W_{s-1}||_F / ||W_{s-1}||_F``). ``loss``: that minibatch's
     loss (nats). Stops at the first non-finite loss (``diverged=True`` on the
     rows of that step). Returns a DataFrame, one row per (step, layer),
-    ``layer`` = 1..depth.
+    ``layer`` = 1..depth. ``on_step(info)`` (tests, diagnostics) gets
+    ``{"step", "loss", "model"}`` after every update.
     """
     import pandas as pd
     import torch
     import torch.nn.functional as F
 
+    from propagate.optim import make_optimizer
     from propagate.spec import build_model
 
     xtr, ytr = dataset.arrays("train")
-    x = torch.from_numpy(xtr)
-    y = torch.from_numpy(ytr)
-    n = len(y)
-    norm = spec.batchnorm or getattr(spec, "layernorm", False)
-    nb = n // options.batch_size if spec.batchnorm else -(-n // options.batch_size)  # BN needs no batch of one
-    if max_steps is not None:
-        nb = min(nb, int(max_steps))
+    x, y = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    n, mode = len(y), probe_modes(spec)[0]
+    # a batch-coupled op (BatchNorm) cannot normalize a batch of one: the last, partial batch is dropped
+    nb = n // options.batch_size if mode == "train" else -(-n // options.batch_size)
+    nb = nb if max_steps is None else min(nb, int(max_steps))
     record = set(log_steps(nb))
     rows: list[dict] = []
     with torch.random.fork_rng():
         torch.manual_seed(options.seed)
         model = build_model(spec, seed=options.seed)
-        opt = _make_optimizer(model.parameters(), options)
+        opt = make_optimizer(model.parameters(), options)
         xp, yp = x[:probe_size], y[:probe_size]
-        gen = torch.Generator().manual_seed(options.seed + 7919)
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(options.seed + 7919))
         weights = _hidden_weights(model)
         nan = [float("nan")] * len(weights)
         state = {"grad": nan, "ratio": nan, "loss": float("nan"), "diverged": False}
 
         def snapshot(step):
-            model.train(bool(norm))
-            for r in _probe(model, xp, yp):
+            for r in _probe(model, xp, yp, mode):
                 i = r["layer"] - 1
                 rows.append({"step": step, **r, "weight_norm": float(weights[i].detach().norm()),
                              "weight_grad_norm": state["grad"][i],
                              "update_ratio": state["ratio"][i], "loss": state["loss"],
                              "diverged": state["diverged"]})
-            model.train()
 
         snapshot(0)
         for step in range(1, nb + 1):
@@ -779,11 +748,10 @@ def first_epoch_dynamics(spec, options, dataset, *, probe_size: int = 256, max_s
             loss.backward()
             opt.step()
             if before is not None:
-                with torch.no_grad():
-                    state["grad"] = [float(w.grad.norm()) for w in weights]
-                    state["ratio"] = [float((w - b).norm() / b.norm()) if float(b.norm()) > 0 else float("nan")
-                                      for w, b in zip(weights, before)]
+                state.update(_update_norms(weights, before))
                 snapshot(step)
+            if on_step is not None:
+                on_step({"step": step, "loss": state["loss"], "model": model})
     cols = ["step", "layer", "pre_var", "pre_mean", "grad_norm", "weight_norm", "weight_grad_norm", "update_ratio",
             "loss", "diverged"]
     return pd.DataFrame(rows, columns=cols)

@@ -1,12 +1,16 @@
-"""Fused training kernels: values and gradients equal torch autograd of the plain expressions (float64)."""
+"""Fused training kernels: values and gradients equal torch autograd of the plain expressions (float64); the one
+activation-to-torch table they and the simulator use."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from propagate import kernels
-from propagate.activations import get_activation, selu_constants
+from propagate.activations import get_activation, selu_constants, torch_forms
+from propagate.errors import UserError
 
 
 def _leaves(*shapes, seed=0):
@@ -96,3 +100,46 @@ def test_fused_rmsprop_is_torch_rmsprop():
     torch.testing.assert_close(w.detach().double(), w0[0].double() - 0.01 * gd / ((0.1 * gd**2).sqrt() + 1e-7),
                                rtol=1e-6, atol=1e-7)
     assert isinstance(opt, torch.optim.RMSprop)
+
+
+@pytest.mark.parametrize("name", ["linear", "relu", "leaky_relu:0.2", "elu:alpha=0.5", "selu", "selu:lambda=1.05,alpha=1.6",
+                                  "tanh", "sigmoid", "erf", "softplus", "gelu", "silu", "gelu@gamma=1.2,b=0.5,d=-0.3"])
+def test_one_torch_table_gives_forward_in_place_and_derivative(name):
+    """activations.torch_forms: the forward is the activation's numpy form, the in-place form writes the same
+    numbers into its input, the derivative is its numpy derivative; Activation.torch and the training kernel are
+    the same forward."""
+    act = get_activation(name)
+    forms = torch_forms(act)
+    x = torch.linspace(-4, 4, 801, dtype=torch.float64)
+    x = x[x.abs() > 1e-3]  # away from the kinks at 0, where the one-sided derivatives differ
+    y = forms.forward(x)
+    np.testing.assert_allclose(y.numpy(), act.numpy(x.numpy()), rtol=1e-12, atol=1e-14)
+    z = x.clone()
+    assert forms.inplace(z) is z and torch.equal(z, y)
+    np.testing.assert_allclose(forms.derivative(x).numpy(), act.grad(x.numpy()), rtol=1e-9, atol=1e-12)
+    assert torch.equal(act.torch(x), y)
+    assert torch.equal(kernels.activation(name)(x), y)
+
+
+def test_torch_forms_are_native_where_torch_has_them_and_a_user_form_otherwise():
+    from propagate.activations import register_activation, unregister_activation
+
+    assert torch_forms("relu").forward is torch.relu and torch_forms("relu").inplace is torch.relu_
+    assert torch_forms("selu").forward is torch.selu and torch_forms("tanh").inplace is torch.tanh_
+    act = register_activation("cube_test", lambda v: v**3, torch=lambda t: t**3, grad=lambda v: 3 * v**2)
+    try:
+        forms = torch_forms("cube_test")
+        x = torch.linspace(-2, 2, 9, dtype=torch.float64)
+        z = x.clone()
+        forms.inplace(z)
+        assert torch.equal(z, x**3)
+        torch.testing.assert_close(forms.derivative(x), 3 * x**2)
+        assert act.torch is forms.forward
+    finally:
+        unregister_activation("cube_test")
+    no_torch = register_activation("numpy_only_test", lambda v: v)
+    try:
+        with pytest.raises(UserError, match="has no torch form"):
+            torch_forms(no_torch)
+    finally:
+        unregister_activation("numpy_only_test")

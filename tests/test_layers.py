@@ -1,9 +1,11 @@
-"""Layer operations: every backward pass against torch autograd (float64), the torch modules against the
-simulator's forward, the one alpha-dropout constant, and theory against simulation for residual and
-LayerNorm networks at depth 100."""
+"""Layer operations: every backward pass and the batched Jacobians against torch autograd (float64), the torch
+modules against the simulator's forward, the one alpha-dropout constant, the lens loops free of op-class tests, and
+theory against simulation for residual and LayerNorm networks at depth 100."""
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
 import warnings
 
@@ -12,6 +14,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import propagate.layers as layers  # noqa: E402
+from propagate.batched import PerNetworkDraws, Run, jacobians  # noqa: E402
 from propagate.layers import (  # noqa: E402
     Activation,
     AlphaDropout,
@@ -19,7 +23,9 @@ from propagate.layers import (  # noqa: E402
     Dense,
     Dropout,
     LayerNorm,
+    Op,
     Residual,
+    Step,
     alpha_dropout_affine,
     build_network,
     forward_ops,
@@ -31,26 +37,11 @@ from propagate.spec import NetworkSpec  # noqa: E402
 F64 = torch.float64
 
 
-class _Run:
-    """The simulator's side of the op interface, unbuffered, float64."""
-
-    exact_bn = True
-    stopped = False
-    device = "cpu"
-    dtype = F64
-
-    def __init__(self, S=2, N=7, seed=0):
-        self.gens = [torch.Generator().manual_seed(seed * 100 + s) for s in range(S)]
-        self.N = self.G = N
-
-    def dense_buffer(self, n):
-        return torch.empty(len(self.gens), self.N, n, dtype=F64)
-
-    def scratch(self, n):
-        return torch.empty(len(self.gens), self.N, n, dtype=F64)
-
-    def tap(self, op, x):
-        pass
+def _Run(S=2, N=7, seed=0):
+    """The simulator's run, float64, every sample with per-sample caches and BatchNorm's full backward kept."""
+    run = Run(S, N, N, 64, F64, "cpu", PerNetworkDraws([torch.Generator().manual_seed(seed * 100 + s) for s in range(S)]))
+    run.exact_bn = True
+    return run
 
 
 def _replay(op, cache, x, bn_fixed=False):
@@ -59,7 +50,7 @@ def _replay(op, cache, x, bn_fixed=False):
     ``bn_fixed``: BatchNorm with its batch statistics held fixed (what the simulator backpropagates per sample).
     """
     if isinstance(op, Dense):
-        return x @ cache["W"].transpose(1, 2)
+        return x @ cache["W"].transpose(1, 2) + cache["b"].unsqueeze(1)
     if isinstance(op, BatchNorm):  # train mode: statistics of this batch, differentiated through
         mu = x.mean(dim=1, keepdim=True)
         var = ((x - mu) ** 2).mean(dim=1, keepdim=True)
@@ -89,7 +80,7 @@ def _check_vjp(op, n_in=6, vjp_kw=None):
     x = torch.randn(2, run.N, n_in, dtype=F64, generator=torch.Generator().manual_seed(7))
     y, cache = op.forward(x.clone(), run)
     g = torch.randn_like(y)
-    gin = op.vjp(g, cache, **(vjp_kw or {})) if not isinstance(op, Residual) else vjp_ops([(op, cache)], g)
+    gin = op.vjp(g, cache, **(vjp_kw or {}))
     xx = x.clone().requires_grad_(True)
     yy = _replay(op, cache, xx)
     torch.testing.assert_close(yy.detach(), y, rtol=1e-12, atol=1e-12)
@@ -118,6 +109,30 @@ def test_backward_equals_autograd(op):
     _check_vjp(op, vjp_kw=kw)
 
 
+def _replay_network(tape, x):
+    """The whole tape replayed plainly (BatchNorm statistics of the batch held fixed)."""
+    for op, cache in tape:
+        x = _replay(op, cache, x, bn_fixed=True)
+    return x
+
+
+@pytest.mark.parametrize("kw", [dict(activation="tanh", init="he_normal", layernorm=True, residual=0.7, dropout=0.2),
+                                dict(activation="selu", init="lecun_normal", batchnorm=True, alpha_dropout=0.1,
+                                     bias_var=0.1)], ids=["ln-residual-dropout", "bn-alphadropout"])
+def test_batched_jacobians_equal_autograd(kw):
+    """``propagate.batched.jacobians`` (one vjp per output unit through every op kind) against autograd."""
+    spec = NetworkSpec.stack(3, 6, input_dim=6, first_width=None, **kw)
+    run = _Run(S=2, N=7)
+    x = torch.randn(2, 7, 6, dtype=F64, generator=torch.Generator().manual_seed(5))
+    y, tape = forward_ops(spec.compile(), x.clone(), run)
+    torch.testing.assert_close(_replay_network(tape, x), y, rtol=1e-12, atol=1e-12)
+    J = jacobians(tape, run, 3, 6, networks=[0, 1])  # [networks, k, n_out, n_in]
+    Ja = torch.autograd.functional.jacobian(lambda v: _replay_network(tape, v), x)  # [S, N, out, S, N, in]
+    for s in range(2):
+        for k in range(3):
+            torch.testing.assert_close(J[s, k], Ja[s, k, :, s, k, :], rtol=1e-10, atol=1e-12)
+
+
 def test_batchnorm_per_sample_backward_holds_statistics_fixed():
     op = BatchNorm(2, 6, 1e-3, 0.01)
     run = _Run()
@@ -139,8 +154,8 @@ def test_torch_modules_compute_the_simulator_forward():
     y, tape = forward_ops(ops, x.clone(), run)
     net = build_network(spec, seeds=[0, 1], dtype=F64)
     with torch.no_grad():  # the simulator's weights into the module (Dense ops in tape order)
-        dense = [c["W"] for op, c in _flat(tape) if isinstance(op, Dense)]
-        mods = [m for m in net.modules() if isinstance(getattr(m, "op", None), Dense)]
+        dense = [c["W"] for op, c in _flat(tape) if op.has_weights]
+        mods = [m for m in net.modules() if getattr(m, "op", None) is not None and m.op.has_weights]
         for m, W in zip(mods, dense):
             m.weight.copy_(W)
         net.train()
@@ -278,9 +293,74 @@ def test_signal_direction_gradient_of_a_homogeneous_network_is_eulers():
 
 @pytest.mark.parametrize("op", [Dense(1, 6, 6, "he_normal", None, 1.7, 0.1), Activation(1, "tanh"), Activation(1, "relu")])
 def test_written_out_pull_backs_equal_the_generic_one(op):
-    from propagate.layers import Moments, _pull_back
+    from propagate.layers import Moments
     from propagate.theory import _tangent_expectations
 
-    st, v = Moments(0.3, 1.4, 0.5), (0.7, -0.2, 1.3, 0.9)
-    generic = _pull_back(v, lambda tan: op.tangent(tan, st, None, _tangent_expectations))
-    np.testing.assert_allclose(op.pull_back(v, st, None, _tangent_expectations), generic, rtol=1e-13, atol=1e-15)
+    step, v = Step(op, Moments(0.3, 1.4, 0.5), 0.0), (0.7, -0.2, 1.3, 0.9)
+    generic = Op.pull_back(op, v, step, _tangent_expectations)  # the base class's: four evaluations of the map
+    np.testing.assert_allclose(op.pull_back(v, step, _tangent_expectations), generic, rtol=1e-13, atol=1e-15)
+
+
+# ---------------------------------------------------------------------------- the op interface
+
+_LENS_LOOPS = ("fold_moments", "moment_gradients", "fold_tangent", "signal_gradients", "forward_ops", "vjp_ops",
+               "build_network", "theory_gap", "batch_coupled", "walk")
+
+
+def _op_classes():
+    return {name for name, obj in vars(layers).items()
+            if isinstance(obj, type) and issubclass(obj, Op) and not name.startswith("_")}
+
+
+def test_lens_loops_never_test_an_ops_class():
+    """No isinstance/type test naming an op class in the loops every lens runs: the ops' own methods dispatch."""
+    ops = _op_classes()
+    assert {"Dense", "BatchNorm", "LayerNorm", "Activation", "Dropout", "AlphaDropout", "Residual", "Op"} <= ops
+    for name in _LENS_LOOPS:
+        tree = ast.parse(inspect.getsource(getattr(layers, name)))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("isinstance", "type"):
+                named = {n.id for arg in node.args[1:] for n in ast.walk(arg) if isinstance(n, ast.Name)}
+                named |= {n.attr for arg in node.args[1:] for n in ast.walk(arg) if isinstance(n, ast.Attribute)}
+                assert not named & ops, f"{name} tests an op's class: {ast.unparse(node)}"
+            if isinstance(node, ast.Compare):  # type(op) is Dense, type(op).__name__ == "Dense"
+                text = ast.unparse(node)
+                assert "type(" not in text and "__name__" not in text, f"{name}: {text}"
+
+
+def test_every_op_declares_each_lens():
+    """Each concrete op class implements the theory, simulation and training faces itself (none left abstract),
+    and what it supports is an attribute of the op, not of the loops."""
+    faces = ("moments", "tangent", "forward", "vjp", "torch_forward")
+    for name in _op_classes() - {"Op"}:
+        cls = getattr(layers, name)
+        for face in faces:
+            assert getattr(cls, face) is not getattr(Op, face), f"{name}.{face} is not implemented"
+    assert [c.has_weights for c in (Dense, BatchNorm, Activation)] == [True, False, False]
+    assert BatchNorm.batch_coupled and not LayerNorm.batch_coupled
+    assert Dropout.stochastic and AlphaDropout.stochastic and not Dense.stochastic
+    for cls in (BatchNorm, LayerNorm, Dropout, AlphaDropout, Residual):
+        assert cls.theories == {layers.MEAN_FIELD}
+    sq = Dense(1, 6, 6, "orthogonal", None, 1.0, 0.0)
+    assert sq.theory_gap(layers.FINITE_WIDTH) is None and sq.theory_gap(layers.FREE_PROBABILITY) is None
+    wide = Dense(1, 6, 8, "orthogonal", None, 1.0, 0.0)
+    assert "non-square" in wide.theory_gap(layers.FINITE_WIDTH) and "non-square" in wide.theory_gap(layers.FREE_PROBABILITY)
+    assert Dense(1, 6, 8, "he_normal", None, 2.0, 0.0).theory_gap(layers.FINITE_WIDTH) is None
+
+
+def test_moments_answer_in_one_type_for_every_op():
+    """``moments()`` returns (Moments, float) for leaf and composite ops alike; the residual's factor is
+    s^2 + R^2 prod(branch factors), the one moment_gradients walks."""
+    from propagate.layers import Moments
+    from propagate.theory import _LayerExpectations
+
+    branch = (Dense(2, 6, 6, "normal:2", None, 2.0, 0.0), Activation(2, "relu"), Dropout(2, 0.2))
+    ops = [Dense(1, 6, 6, "normal:2", None, 2.0, 0.0), Activation(1, "relu"), BatchNorm(1, 6, 1e-3, 0.01),
+           LayerNorm(1, 6, 1e-3), Dropout(1, 0.3), AlphaDropout(1, 0.1), Residual(2, 0.6, branch)]
+    st = Moments(0.2, 1.3, 0.4)
+    for op in ops:
+        out, f = op.moments(st, _LayerExpectations(), {})
+        assert type(out) is Moments and type(f) is float, type(op).__name__
+    _, f = ops[-1].moments(st, _LayerExpectations(), {})
+    # branch factors: sigma_w^2 = 2, E[relu'^2] = 1/2, 1 / keep = 1.25
+    assert math.exp(f) == pytest.approx(1 - 0.36 + 0.36 * 2 * 0.5 * 1.25, rel=1e-12)

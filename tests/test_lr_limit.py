@@ -70,7 +70,7 @@ def test_unit_rate_step_scaled_per_member_equals_the_optimizer_at_that_rate(opti
     # the lookahead's members share one optimizer at lr 1 and scale each update by their own lr
     from propagate.lr_limit import _Data, _Members
     from propagate.spec import build_model
-    from propagate.train import _make_optimizer
+    from propagate.optim import make_optimizer
 
     ds, spec = _blobs(), _spec(depth=4, width=16)
     opts = TrainOptions(optimizer=optimizer, batch_size=32, momentum=0.9 if optimizer == "sgd" else 0.0, threads=1,
@@ -82,7 +82,7 @@ def test_unit_rate_step_scaled_per_member_equals_the_optimizer_at_that_rate(opti
         run.step()
     for m, lr in enumerate(lrs):
         model = build_model(spec, seeds=[5])
-        opt = _make_optimizer(model.parameters(), opts.with_(lr=lr))
+        opt = make_optimizer(model.parameters(), opts.with_(lr=lr))
         order = data.order(5)
         for t in range(4):
             for g in opt.param_groups:

@@ -198,9 +198,9 @@ def test_vanishing_relu_is_flushed_and_reported():
     res = simulate(spec, samples=64, seeds=2, theory=False)
     assert res.flushed["active"] and res.flushed["mattered"]
     assert res.flushed["subnormal_layers"][0] > 10
-    from propagate.simulate import _flush_is_on
+    from propagate.torch_settings import flush_is_on
 
-    assert _flush_is_on() is False  # restored
+    assert flush_is_on() is False  # restored
 
 
 def test_batchnorm_and_alpha_dropout_keep_selu_normalized():

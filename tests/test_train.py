@@ -18,8 +18,9 @@ from propagate.errors import UserError
 from propagate.presets import PRESETS, get_preset, list_presets
 from propagate.spec import NetworkSpec, build_model
 from propagate.stats import COLUMNS
+from propagate.optim import make_optimizer
 from propagate.reproduce import reproduce
-from propagate.train import TrainOptions, _make_optimizer, check_memory, estimate_memory, probe_layer_stats, train
+from propagate.train import TrainOptions, check_memory, estimate_memory, probe_layer_stats, train
 
 # The seed's five runs as ``shared/reference/seed-experiments.md`` states them (titles' intent),
 # plus the two recipes it left out: (activation, kernel init, BN).
@@ -169,7 +170,7 @@ def test_preset_model_matches_seed(name):
 
     options = TrainOptions()  # every preset trains with the seed's Keras settings, TrainOptions' defaults
     assert (options.optimizer, options.lr, options.batch_size, options.epochs) == ("rmsprop", 1e-3, 128, 3)
-    opt = _make_optimizer(model.parameters(), options)
+    opt = make_optimizer(model.parameters(), options)
     assert isinstance(opt, torch.optim.RMSprop)
     group = opt.param_groups[0]
     assert (group["lr"], group["alpha"], group["eps"], group["momentum"]) == (1e-3, 0.9, 1e-7, 0)
@@ -180,7 +181,7 @@ def test_rmsprop_step_is_keras_rule():
     torch.manual_seed(0)
     w = torch.randn(3, 4, 5, requires_grad=True)
     g = torch.randn(3, 4, 5)
-    opt = _make_optimizer([w], TrainOptions(lr=0.01, rho=0.9, eps=1e-7))
+    opt = make_optimizer([w], TrainOptions(lr=0.01, rho=0.9, eps=1e-7))
     w0 = w.detach().clone()
     w.grad = g.clone()
     opt.step()

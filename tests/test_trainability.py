@@ -181,6 +181,59 @@ def test_first_epoch_dynamics_tiny_network():
     assert not d["diverged"].any()
 
 
+@pytest.mark.parametrize("optimizer", ["rmsprop", "adam", "sgd"])
+def test_first_epoch_dynamics_trains_with_trains_optimizer(optimizer):
+    """K steps of first_epoch_dynamics leave the parameters of train()'s K steps, bit for bit.
+
+    Every training image is the same image, so the two loops' different shuffles give the same minibatches and
+    the same gradients; what is left to differ is the optimizer (torch's RMSprop instead of train's fused one
+    moved weights by a float32 rounding).
+    """
+    import torch
+
+    from propagate.data import Dataset, load_dataset
+    from propagate.train import TrainOptions, train
+
+    xs, ys = load_dataset("mnist-5k").arrays("train")
+    same = Dataset("same", np.repeat(xs[:1].reshape(1, 28, 28), 8, 0), np.repeat(ys[:1], 8), xs[:4].reshape(-1, 28, 28),
+                   ys[:4], "test")
+    spec = NetworkSpec.stack(2, 16, input_dim=784, first_width=16, activation="selu", init="lecun_normal",
+                             out_features=10)
+    opts = TrainOptions(optimizer=optimizer, lr=1e-2, momentum=0.9, batch_size=2, epochs=1, threads=1, seed=3,
+                        probe_size=4, train_eval_size=4)
+    mine, theirs = {}, {}
+    first_epoch_dynamics(spec, opts, same, probe_size=4,
+                         on_step=lambda i: mine.update({i["step"]: [p.detach().clone() for p in i["model"].parameters()]}))
+    train(spec, opts, same, seeds=[3],
+          on_step=lambda i: theirs.update({i["batch"] + 1: [p.detach().clone() for p in i["model"].parameters()]}))
+    assert sorted(mine) == sorted(theirs) == [1, 2, 3, 4]
+    for a, b in zip(mine[4], theirs[4]):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(mine[1], mine[4]))  # the steps moved the weights
+
+
+def test_first_epoch_probe_is_trainings_probe():
+    """The rows are propagate.train.probe_layer_stats' (measure()), in training's first probe mode."""
+    import torch
+
+    from propagate.data import load_dataset
+    from propagate.spec import build_model
+    from propagate.train import TrainOptions, probe_layer_stats, probe_modes
+
+    ds = load_dataset("mnist-5k")
+    for kw, mode in (({"batchnorm": True}, "train"), ({"layernorm": True, "dropout": 0.3}, "eval"), ({}, "eval")):
+        spec = NetworkSpec.stack(2, 16, input_dim=784, first_width=16, activation="selu", init="lecun_normal",
+                                 out_features=10, **kw)
+        assert probe_modes(spec)[0] == mode
+        d = first_epoch_dynamics(spec, TrainOptions(lr=1e-3, threads=1, seed=2), ds, probe_size=32, max_steps=0)
+        xs, ys = ds.arrays("train")
+        ref = probe_layer_stats(build_model(spec, seed=2), torch.from_numpy(xs[:32]), torch.from_numpy(ys[:32]), mode)
+        for r in ref[1:]:
+            row = d[(d.step == 0) & (d.layer == r["layer"])].iloc[0]
+            for col in ("pre_var", "pre_mean", "grad_norm"):
+                assert row[col] == r[col], (kw, col)
+
+
 def test_train_ensemble_gives_one_row_per_seed():
     from propagate.data import load_dataset
     from propagate.train import TrainOptions

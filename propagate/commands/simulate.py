@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import sys
+import warnings
 
 from propagate.commands import _args
 from propagate.commands._spec_args import add_spec_arguments, spec_from_args
+from propagate.errors import UserError
+from propagate.io import atomic_write_bytes, run_metadata, write_table
 
 NAME = "simulate"
 HELP = "sample deep random networks and measure per-layer statistics (with theory alongside)"
@@ -48,8 +52,6 @@ def add_arguments(parser):
 
 def build_spec(args):
     """The NetworkSpec the arguments describe (raises UserError on conflicts)."""
-    from propagate.errors import UserError
-
     if args.input != "gaussian" and (args.input_mean is not None or args.input_var is not None):
         raise UserError("--input-mean/--input-var apply to gaussian inputs only")
     if args.seed_shape:
@@ -60,8 +62,6 @@ def build_spec(args):
 
 
 def _pm(v, se, digits=3):
-    import math
-
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     s = f"{v:.{digits}g}"
@@ -71,8 +71,6 @@ def _pm(v, se, digits=3):
 
 
 def _g(v, digits=3):
-    import math
-
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     return f"{v:.{digits}g}"
@@ -122,8 +120,6 @@ def format_table(table) -> str:
 
 
 def run(args) -> int:
-    from propagate.errors import UserError
-
     spec = build_spec(args)
     if args.plot and not str(args.plot).lower().endswith(".png"):
         raise UserError(f"--plot expects a .png file name, got {args.plot!r}")
@@ -132,10 +128,7 @@ def run(args) -> int:
         if path and not str(path).lower().endswith("." + opt):
             raise UserError(f"--{opt} expects a .{opt} file name, got {path!r}")
 
-    from propagate.io import run_metadata, write_table
     from propagate.simulate import simulate
-
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the divergence warning is printed below as one line
@@ -160,6 +153,8 @@ def run(args) -> int:
             n_dis = int(table["disagree"].sum())
             print(f"flag !: |simulation - theory| > 4 SE + finite-width allowance (sum of 1/width over the layers "
                   f"crossed); {n_dis} of {len(table)} layers flagged")
+        for cols, why in res.theory_notes.items():
+            print(f"({cols} empty: {why})")
         if res.flushed["mattered"]:
             ls = res.flushed["subnormal_layers"]
             print(f"note: the signal fell into {m['dtype']}'s subnormal range (layers {ls[0]}..{ls[-1]}); subnormals "
@@ -179,7 +174,6 @@ def run(args) -> int:
     if args.json:
         write_table(table, args.json, meta)
     if args.plot:
-        from propagate.io import atomic_write_bytes
         from propagate.simulate_plot import figure_png, plot_layers
 
         fig = plot_layers(table, title=f"{spec.label()}, {res.meta['seeds']} networks x {res.meta['samples']} inputs")

@@ -7,6 +7,9 @@ import sys
 
 from propagate.commands._args import density_points, png_file, positive_float, positive_int, refuse_unused, seed
 from propagate.commands._spec_args import add_spec_arguments, spec_from_args
+from propagate.errors import UserError
+from propagate.io import atomic_write_bytes, run_metadata, to_json
+from propagate.limits import require_memory
 
 NAME = "spectrum"
 HELP = "singular-value spectrum of the input-output Jacobian at init (free probability), moments and density"
@@ -25,6 +28,11 @@ of x, the continuous part; "atom_at_zero" holds the rest).
 --plot FILE.png draws the density over a histogram of simulated squared
 singular values (log x axis).
 
+Free probability covers plain dense stacks. For a network with BatchNorm,
+LayerNorm, residual blocks or dropout, --check still samples the spectrum (the
+Jacobian of each sampled network at its inputs, BatchNorm's statistics held
+fixed), the predicted columns stay empty and a line says why.
+
 Weights: --sigma-w2 S (Gaussian N(0, S/N)), --sigma-w2 S --orthogonal (Haar
 orthogonal times sqrt(S)), or --init NAME (he_normal, lecun_normal, orthogonal:2,
 ...; non-orthogonal ones behave as Gaussian at large width).
@@ -33,6 +41,7 @@ examples:
   propagate spectrum --activation relu --init he_normal --depth 4 --width 400
   propagate spectrum --activation relu --sigma-w2 2 --orthogonal --depth 10 --plot relu_orth.png
   propagate spectrum --activation tanh --sigma-w2 1.4242 --sigma-b2 0.01 --input-var 0.185 --depth 16 --check
+  propagate spectrum --activation selu --init lecun_normal --batchnorm --depth 8 --width 128 --check
 """
 
 
@@ -57,8 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build(args):
     """The uniform-width spec the arguments describe (raises UserError on conflicts)."""
-    from propagate.errors import UserError
-
     if args.orthogonal and args.sigma_w2 is None:
         raise UserError("--orthogonal goes with --sigma-w2 (or use --init orthogonal:S)")
     sampled = ("--check or --plot", bool(args.check or args.plot))
@@ -111,10 +118,6 @@ def check_scale(spec) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from propagate.errors import UserError
-
-    from propagate.limits import require_memory
-
     spec = build(args)
     if args.check or args.plot:
         n = spec.widths[0]
@@ -125,40 +128,69 @@ def run(args: argparse.Namespace) -> int:
                        f"{args.networks * args.inputs} sampled {n} x {n} Jacobians",
                        "lower --networks/--inputs or --width")
 
-    from propagate.io import run_metadata, to_json
-    from propagate.spectrum import jacobian_spectrum, sample_jacobian_spectrum, summarize_singular_values
+    from propagate.layers import FREE_PROBABILITY, theory_gap
+    from propagate.spectrum import analyze_spectrum
 
-    res = jacobian_spectrum(spec, points=args.points)
-    mc = None
-    s2 = None
-    if args.check or args.plot:
-        s2 = sample_jacobian_spectrum(spec, networks=args.networks, inputs=args.inputs, seed=args.seed)
-        mc = summarize_singular_values(s2)
+    gap = theory_gap(spec.compile(), FREE_PROBABILITY)
+    if gap and not args.check:
+        raise UserError(f"{gap}; add --check to sample its spectrum")
+    if gap and args.plot:
+        raise UserError(f"--plot draws the predicted density over the samples, and {gap}")
+    res = analyze_spectrum(spec, points=args.points, check=bool(args.check or args.plot), networks=args.networks,
+                           inputs=args.inputs, seed=args.seed)
     if args.plot:
-        from propagate.io import atomic_write_bytes
         from propagate.report.section_spectrum import spectrum_figure_png
 
-        atomic_write_bytes(args.plot, spectrum_figure_png(res, s2, title=f"{spec.label()}, depth {spec.depth}, width {spec.widths[0]}"))
+        atomic_write_bytes(args.plot, spectrum_figure_png(res.theory, res.samples,
+                                                          title=f"{spec.label()}, depth {spec.depth}, width {spec.widths[0]}"))
     if args.json:
-        d = res.to_dict()
-        d["relative_variance"] = res.moments["m2"] / res.moments["m1"] ** 2 - 1.0
-        if mc is not None:
-            d["monte_carlo"] = mc
-        d["meta"] = run_metadata(spec=spec.to_dict())
-        sys.stdout.write(to_json(d))
+        sys.stdout.write(to_json(_json(res, spec)))
         return 0
-    m = res.moments
-    print(f"{spec.label()}: depth {spec.depth}, width {spec.widths[0]} (square layers); J J^T from free probability")
-    for k in range(1, 5):
-        line = f"  m{k} = {m[f'm{k}']:.6g}"
-        if mc is not None:
-            line += (f"   (Monte Carlo {mc['moments'][f'm{k}']:.6g} ± {mc['moments_se'][f'm{k}']:.2g}, "
-                     f"{mc['jacobians']} Jacobians)")
-        print(line)
-    print(f"  m2/m1^2 - 1 = {m['m2'] / m['m1'] ** 2 - 1:.6g}   (relative variance of the squared singular values)")
-    print(f"  mass at zero = {res.atom:.6g}" + (f"   (Monte Carlo: share zero to float64 precision {mc['zero_frac']:.4g})"
-                                              if mc is not None else ""))
-    print(f"  density integrates to {res.total_mass():.4f} with the atom (grid {len(res.x)} points)")
+    print("\n".join(format_spectrum(res, spec)))
     if args.plot:
         print(f"wrote {args.plot}")
     return 0
+
+
+def _json(res, spec) -> dict:
+    nan = float("nan")
+    if res.theory is not None:
+        d = res.theory.to_dict()
+        d["relative_variance"] = res.theory.moments["m2"] / res.theory.moments["m1"] ** 2 - 1.0
+    else:
+        d = {"moments": {f"m{k}": nan for k in range(1, 5)}, "density": [], "atom_at_zero": nan,
+             "relative_variance": nan, "theory_note": res.theory_note}
+    if res.monte_carlo is not None:
+        d["monte_carlo"] = res.monte_carlo
+    d["meta"] = run_metadata(spec=spec.to_dict())
+    return d
+
+
+def format_spectrum(res, spec) -> list[str]:
+    """The lines ``propagate spectrum`` prints: predicted moments (empty where the theory does not reach) and samples."""
+    th, mc = res.theory, res.monte_carlo
+
+    def g(v, fmt=".6g"):
+        return "" if v is None else format(v, fmt)
+
+    source = "J J^T from free probability" if th is not None else "J J^T sampled (no prediction)"
+    lines = [f"{spec.label()}: depth {spec.depth}, width {spec.widths[0]} (square layers); {source}"]
+    for k in range(1, 5):
+        line = f"  m{k} = {g(th.moments[f'm{k}'] if th else None)}"
+        if mc is not None:
+            line += (f"   (Monte Carlo {mc['moments'][f'm{k}']:.6g} ± {mc['moments_se'][f'm{k}']:.2g}, "
+                     f"{mc['jacobians']} Jacobians)")
+        lines.append(line)
+    if th is not None:
+        m = th.moments
+        lines.append(f"  m2/m1^2 - 1 = {m['m2'] / m['m1'] ** 2 - 1:.6g}   (relative variance of the squared singular values)")
+    if mc is not None:
+        rel = mc["moments"]["m2"] / mc["moments"]["m1"] ** 2 - 1
+        lines.append(f"  Monte Carlo m2/m1^2 - 1 = {rel:.6g}")
+    lines.append(f"  mass at zero = {g(th.atom if th else None)}"
+                 + (f"   (Monte Carlo: share zero to float64 precision {mc['zero_frac']:.4g})" if mc is not None else ""))
+    if th is not None:
+        lines.append(f"  density integrates to {th.total_mass():.4f} with the atom (grid {len(th.x)} points)")
+    if res.theory_note:
+        lines.append(f"(predicted columns empty: {res.theory_note})")
+    return lines

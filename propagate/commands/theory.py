@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from propagate.commands._args import finite_float, output_file_or_stdout, positive_float, positive_int, refuse_unused
+from propagate.commands._args import (finite_float, nonneg_int, output_file_or_stdout, positive_float, positive_int,
+                                      refuse_unused)
 from propagate.commands._spec_args import add_spec_arguments, spec_from_args
+from propagate.errors import UserError
+from propagate.io import run_metadata, to_json, write_table
 
 NAME = "theory"
 HELP = "mean-field theory: q*, c*, chi_1, depth scales, phase and the per-layer table"
@@ -25,12 +28,20 @@ correlation), chi_1 = sigma_w2 E[phi'(h)^2] at q*, the depth scales xi_q, xi_c
 (Schoenholz et al. 2017) and the phase (ordered chi_1 < 1, critical, chaotic
 chi_1 > 1), then one row per layer (row 0 = the input).
 
+--finite-width adds the spread across networks for one fixed input
+(var_log_norm, var_log_grad: variances of ln||z^l||^2 and ln||g^l||^2). Where
+the finite-width theory does not reach the network (BatchNorm, LayerNorm,
+residual blocks, dropout) those columns are empty, a line says why, and the
+spread is sampled instead (sampled_var_log_norm, ... with standard errors, over
+--networks networks; --networks also samples where the theory reaches).
+
 examples:
   propagate theory --activation tanh --sigma-w2 1.5 --sigma-b2 0.05 --depth 50
   propagate theory --activation selu --init lecun_normal --depth 50
   propagate theory --activation relu --init glorot_uniform --batchnorm --csv relu_bn.csv
   propagate theory --activation relu --sigma-w2 3 --depth 1000 --csv -
   propagate theory --activation relu --sigma-w2 2 --width 100 --depth 50 --finite-width
+  propagate theory --activation selu --init lecun_normal --batchnorm --depth 20 --width 128 --finite-width
   propagate theory --activation relu --init glorot_uniform --depth 100 --width 256 --residual 0.5
 """
 
@@ -44,9 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_spec_arguments(parser, activation="tanh", init=None, depth=50, init_flag=False)
     parser.add_argument("--input-corr", type=finite_float, default=None, metavar="C",
                         help="uncentered correlation of two inputs (default mean^2/(mean^2+var), independent inputs)")
-    parser.add_argument("--finite-width", action="store_true",
-                        help="add var_log_norm and var_log_grad: the variance across networks of ln||z^l||^2 and of the "
-                             "log squared gradient norm for one fixed input (propagate.finite_width)")
+    fw = parser.add_argument_group("finite width")
+    fw.add_argument("--finite-width", action="store_true",
+                    help="add var_log_norm and var_log_grad: the variance across networks of ln||z^l||^2 and of the "
+                         "log squared gradient norm for one fixed input (propagate.finite_width)")
+    fw.add_argument("--networks", type=positive_int, default=None, metavar="S",
+                    help="with --finite-width: also sample the spread over S networks (default: sample 32 only where "
+                         "the theory does not reach the network)")
+    fw.add_argument("--seed", type=nonneg_int, default=0, help="random seed of the sampled spread (default 0)")
     parser.add_argument("--rows", type=positive_int, default=None, metavar="N",
                         help="print at most N table rows, evenly spaced (default: all up to 60 layers, else 25)")
     out = parser.add_mutually_exclusive_group()
@@ -78,25 +94,29 @@ def _fmt(x) -> str:
 def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from propagate.io import run_metadata, to_json, write_table
     from propagate.theory import analyze
 
     spec, sw2, sb2 = build(args)
-    if args.finite_width:
-        from propagate.finite_width import check_spec
-
-        check_spec(spec)  # a spec the spread is not predicted for is a user error, before any work
+    if args.networks is not None and not args.finite_width:
+        raise UserError("--networks samples the finite-width spread: add --finite-width")
     res = analyze(spec.activation, sw2, sb2, spec.depth, spec=spec, input_corr=args.input_corr)
+    note, sampled, sample_note = None, False, ""
     if args.finite_width:
-        from propagate.finite_width import SPREAD_COLUMNS, predict_spread
+        from propagate.finite_width import SPREAD_TABLE_INPUTS, SPREAD_TABLE_NETWORKS, spread_table
 
-        spread = predict_spread(spec, table=res.table).set_index("layer")
-        for col in SPREAD_COLUMNS:
+        spread, note = spread_table(spec, table=res.table, networks=args.networks, seed=args.seed)
+        sample_note = (f"(sampled_*: the spread over {args.networks or SPREAD_TABLE_NETWORKS} sampled networks, "
+                       f"{SPREAD_TABLE_INPUTS} fixed inputs, seed {args.seed}; standard errors in the CSV/JSON)")
+        spread = spread.set_index("layer")
+        for col in spread.columns:
             res.table[col] = res.table["layer"].map(spread[col]).astype(float)
+        sampled = "sampled_var_log_norm" in spread.columns
     table = res.table
-    meta = run_metadata(spec=spec.to_dict(), summary=res.summary())
+    meta = run_metadata(spec=spec.to_dict(), summary=res.summary(),
+                        **({"finite_width": {"theory_note": note, "sampled": sampled, "seed": args.seed}}
+                           if args.finite_width else {}))
     if args.json:
-        sys.stdout.write(to_json({"meta": meta, **res.to_dict()}))
+        sys.stdout.write(to_json({"meta": meta, **res.to_dict(), **({"theory_note": note} if note else {})}))
         return 0
     if args.csv == "-":
         sys.stdout.write(table.to_csv(index=False, float_format="%.10g"))
@@ -104,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(res, spec))
     cols = ["layer", "width", "sigma_w2", "pre_var", "post_mean", "post_var", "post_q", "corr", "grad_norm"]
     if args.finite_width:
-        cols += ["var_log_norm", "var_log_grad"]
+        cols += ["var_log_norm", "var_log_grad"] + (["sampled_var_log_norm", "sampled_var_log_grad"] if sampled else [])
     if table["diverged"].any():
         cols.append("diverged")
     n = args.rows or (len(table) if spec.depth <= 60 else 26)
@@ -116,6 +136,10 @@ def run(args: argparse.Namespace) -> int:
     print(tabulate(shown[cols], headers=cols, floatfmt=".6g", showindex=False))
     if len(shown) < len(table):
         print(f"({len(shown)} of {len(table)} rows shown; --csv FILE or --rows N for more)")
+    if note:
+        print(f"(var_log_norm, var_log_grad empty: {note})")
+    if sampled:
+        print(sample_note)
     if args.csv:
         path = write_table(table, args.csv, meta)
         print(f"wrote {path}")

@@ -1,0 +1,189 @@
+"""One batched run of a spec's layer ops over many sampled networks: random draws, buffers, taps, Jacobians.
+
+The simulator (:func:`propagate.simulate.simulate`), the spread across
+networks (:func:`propagate.finite_width.sample_spread`) and the sampled
+Jacobian spectrum (:func:`propagate.spectrum.sample_jacobian_spectrum`) are
+one machine: a :class:`Run` that :func:`propagate.layers.forward_ops` and
+:func:`propagate.layers.vjp_ops` drive through the spec's ops. They differ in
+where the random numbers come from (:class:`PerNetworkDraws`: one generator
+per network; :class:`SharedDraws`: one generator for all, a layer at a time)
+and in the taps they put on the run (:class:`LogNorms`: log squared norms of
+every layer's pre-activation and gradient; the simulator adds its per-layer
+statistics), and the Jacobian products come from the tape
+(:func:`jacobians`). Weights come from :meth:`propagate.layers.Dense.draw`
+only.
+
+Shapes: ``S`` networks, ``N`` samples each, ``[S, N, units]``; the first
+``G`` samples keep the per-sample caches (``s_*``) the backward pass needs.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from propagate.layers import vjp_ops
+
+__all__ = ["Run", "PerNetworkDraws", "SharedDraws", "LogNorms", "log_sq_norms", "jacobians", "per_sample"]
+
+
+class PerNetworkDraws:
+    """Network ``s`` draws its weights and masks from its own generator ``gens[s]`` (the simulator's streams).
+
+    Per generator the order is the layer order, weight then bias, then the
+    layer's masks; so network ``s`` is the same whatever the number of networks.
+    """
+
+    def __init__(self, gens: Sequence):
+        self.gens = list(gens)
+
+    def weights(self, op, dtype):
+        import torch
+
+        ws, bs = zip(*(op.draw(g, dtype) for g in self.gens))
+        return torch.stack(ws), torch.stack(bs)
+
+    def masks(self, shape: tuple, keep: float, dtype):
+        import torch
+
+        return torch.stack([torch.empty(shape, dtype=dtype).bernoulli_(keep, generator=g) for g in self.gens])
+
+
+class SharedDraws:
+    """All ``S`` networks draw from one generator, a layer at a time: all weights, then all biases, then masks."""
+
+    def __init__(self, gen, S: int):
+        self.gen, self.S = gen, int(S)
+
+    def weights(self, op, dtype):
+        return op.draw(self.gen, dtype, batch=(self.S,))
+
+    def masks(self, shape: tuple, keep: float, dtype):
+        import torch
+
+        return torch.empty((self.S, *shape), dtype=dtype).bernoulli_(keep, generator=self.gen)
+
+
+class Run:
+    """What the layer ops see while they run batched (:func:`propagate.layers.forward_ops`).
+
+    Args:
+        S, N, G: networks, samples per network, samples with per-sample caches.
+        max_width: the widest layer output (sizes the buffers).
+        dtype, device: working precision and device (draws happen on the CPU
+            and are moved, so a seed gives the same networks on every device).
+        draws: :class:`PerNetworkDraws` or :class:`SharedDraws`.
+        taps: objects with ``forward(op, x, run)`` (called at every "pre" and
+            "post" tap, before the next op may overwrite ``x``) and
+            ``gradient(op, g, run)`` (the gradient at every "pre" tap during
+            :func:`propagate.layers.vjp_ops` with ``record=run.record``); a tap
+            may set ``run.stopped`` (the forward pass then ends).
+
+    Two ping-pong buffers hold the Dense outputs (a layer's input stays intact
+    while its output is written); a scratch buffer serves normalizations that
+    must not overwrite a residual stream.
+    """
+
+    exact_bn = False  # BatchNorm backward with statistics held fixed (per-sample gradients)
+
+    def __init__(self, S: int, N: int, G: int, max_width: int, dtype, device, draws, taps: Sequence = ()):
+        self.S, self.N, self.G = int(S), int(N), int(G)
+        self.dtype, self.device, self.draws, self.taps = dtype, device, draws, list(taps)
+        self.stopped = False
+        self._size = self.S * self.N * int(max_width)
+        self._bufs: list = []
+        self._next = 0
+        self._scratch = None
+
+    def weights(self, op):
+        """``(W, b)`` of ``op`` for every network, ``[S, n_out, n_in]`` and ``[S, n_out]``, on the run's device."""
+        W, b = self.draws.weights(op, self.dtype)
+        return W.to(self.device), b.to(self.device)
+
+    def masks(self, n: int, keep: float):
+        """Bernoulli(``keep``) masks ``[S, N, n]`` on the run's device."""
+        return self.draws.masks((self.N, n), keep, self.dtype).to(self.device)
+
+    def dense_buffer(self, n: int):
+        import torch
+
+        i = self._next % 2
+        self._next += 1
+        if i == len(self._bufs):  # allocated on first use: a one-layer network needs one
+            self._bufs.append(torch.empty(self._size, dtype=self.dtype, device=self.device))
+        return self._bufs[i][: self.S * self.N * n].view(self.S, self.N, n)
+
+    def scratch(self, n: int):
+        import torch
+
+        if self._scratch is None:
+            self._scratch = torch.empty(self._size, dtype=self.dtype, device=self.device)
+        return self._scratch[: self.S * self.N * n].view(self.S, self.N, n)
+
+    def tap(self, op, x) -> None:
+        for t in self.taps:
+            t.forward(op, x, self)
+
+    def record(self, op, g) -> None:
+        for t in self.taps:
+            t.gradient(op, g, self)
+
+
+def log_sq_norms(t):
+    """``ln ||t[..., j, :]||^2`` over the last axis, float64 numpy (``(S, J)`` for ``t`` ``[S, J, n]``)."""
+    import torch
+
+    return torch.log(torch.linalg.vector_norm(t, dim=-1, dtype=torch.float64) ** 2).cpu().numpy()
+
+
+class LogNorms:
+    """Tap: ``ln ||h^l||^2`` and ``ln ||dy/dh^l||^2`` per network and sample (the first ``G``) of every layer.
+
+    ``norms[l]`` and ``grads[l]`` are ``(S, G)`` float64 arrays (the finite-width spread's raw data).
+    """
+
+    def __init__(self):
+        self.norms: dict = {}
+        self.grads: dict = {}
+
+    def forward(self, op, x, run) -> None:
+        if op.tap == "pre":
+            self.norms[op.layer] = log_sq_norms(x[:, : run.G])
+
+    def gradient(self, op, g, run) -> None:
+        self.grads[op.layer] = log_sq_norms(g)
+
+
+def per_sample(tape, k: int, networks: slice = slice(None)):
+    """The tape of ``networks`` at their first ``k`` samples (per-sample caches are the ``s_*`` entries).
+
+    A composite's cache holds its branch's tape under ``"tape"``.
+    """
+    out = []
+    for op, cache in tape:
+        c = {}
+        for key, v in cache.items():
+            if key == "tape":
+                c[key] = per_sample(v, k, networks)
+            elif v is None or not hasattr(v, "shape"):
+                c[key] = v
+            else:
+                c[key] = v[networks, :k] if key.startswith("s_") else v[networks]
+        out.append((op, c))
+    return out
+
+
+def jacobians(tape, run: Run, k: int, n_out: int, networks: Sequence[int]):
+    """Input-output Jacobians ``d x^out / d x^0`` of ``networks`` at their first ``k`` samples, ``[len, k, n_out, n_in]``.
+
+    One vector-Jacobian product per output unit, in the run's dtype, a network
+    at a time (``n_out x k x n`` per product). BatchNorm's statistics are held
+    fixed (the per-sample Jacobian); ``k`` must not exceed the run's ``G``.
+    """
+    import torch
+
+    g = torch.eye(n_out, dtype=run.dtype, device=run.device).unsqueeze(1).expand(n_out, k, n_out)
+    out = []
+    for s in networks:
+        rows = vjp_ops(per_sample(tape, k, slice(s, s + 1)), g)  # [n_out, k, n_in]
+        out.append(rows.permute(1, 0, 2))
+    return torch.stack(out)

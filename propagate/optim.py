@@ -1,0 +1,34 @@
+"""The one optimizer factory: training (:mod:`propagate.train`) and first-epoch dynamics (:mod:`propagate.trainability`)."""
+
+from __future__ import annotations
+
+from propagate.kernels import rmsprop
+
+__all__ = ["make_optimizer", "OPTIMIZERS"]
+
+#: The optimizers :func:`make_optimizer` builds (``options.optimizer``).
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+
+
+def make_optimizer(params, options):
+    """The optimizer ``options.optimizer`` over ``params``, with the seed's Keras settings.
+
+    ``options``: a :class:`propagate.train.TrainOptions` (``optimizer``, ``lr``,
+    ``rho``, ``eps``, ``momentum``).
+
+    - ``rmsprop``: Keras' RMSprop (``v = rho v + (1 - rho) g^2``,
+      ``p -= lr g / (sqrt(v) + eps)``, eps outside the root), torch's RMSprop in
+      one fused pass on CPU (:func:`propagate.kernels.rmsprop`);
+    - ``adam``: ``torch.optim.Adam``, betas ``(0.9, 0.999)``, ``eps``;
+    - ``sgd``: ``torch.optim.SGD`` with heavy-ball ``momentum``.
+
+    All three are elementwise, so on parameters stacked over seeds each seed
+    gets exactly its single run's update.
+    """
+    import torch
+
+    if options.optimizer == "rmsprop":
+        return rmsprop(params, lr=options.lr, rho=options.rho, eps=options.eps)
+    if options.optimizer == "adam":
+        return torch.optim.Adam(params, lr=options.lr, betas=(0.9, 0.999), eps=options.eps)
+    return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum)
