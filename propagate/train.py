@@ -106,7 +106,6 @@ __all__ = [
     "seed_list",
     "summarize_history",
     "run_identity",
-    "resolve_device",
     "format_epoch_line",
     "get_preset",
     "list_presets",
