@@ -79,7 +79,6 @@ from propagate.runfolder import claim
 from propagate.runner import Point as RunnerPoint
 from propagate.runner import PointStore, Result, Shared, choose_engine, point_key, run_points
 from propagate.sharpness import network_sharpness
-from propagate.train import probe_layer_stats, probe_modes
 
 __all__ = [
     "DEFAULT_LRS",
@@ -662,6 +661,8 @@ def _hidden_weights(model) -> list:
 def _probe(model, x, y, mode: str) -> list[dict]:
     """Per hidden layer ``pre_var``, ``pre_mean`` and ``grad_norm`` of a one-seed model on ``(x, y)``: the
     training probe's (:func:`propagate.train.probe_layer_stats`, :func:`propagate.stats.measure`)."""
+    from propagate.train import probe_layer_stats
+
     return [{"layer": r["layer"], "pre_var": r["pre_var"], "pre_mean": r["pre_mean"], "grad_norm": r["grad_norm"]}
             for r in probe_layer_stats(model, x, y, mode) if r["layer"] > 0]
 
@@ -706,6 +707,7 @@ def first_epoch_dynamics(spec, options, dataset, *, probe_size: int = 256, max_s
 
     from propagate.optim import make_optimizer
     from propagate.spec import build_model
+    from propagate.train import probe_modes
 
     xtr, ytr = dataset.arrays("train")
     x, y = torch.from_numpy(xtr), torch.from_numpy(ytr)

@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from propagate.commands._args import check_device, device, name_list, nonneg_int, output_dir, positive_float_list, positive_int
-from propagate.report import SECTIONS, ReportOptions, build_report, check_report_folders
 
 NAME = "report"
 HELP = "write the figure report (SELU, per-layer theory vs simulation, phase diagram, training) to reports/"
@@ -23,8 +22,8 @@ examples:
 """
 
 
-#: The report's extra sections, in page order (``propagate.report`` imports only the standard library at start-up).
-SECTION_NAMES = SECTIONS
+#: :data:`propagate.report.SECTIONS`, copied so that ``--help`` imports nothing heavy (a test keeps them equal).
+SECTION_NAMES = ("residual", "spectrum", "selfnorm", "trainability", "scaling", "sweep")
 
 
 def _sections(text: str) -> tuple[str, ...]:
@@ -85,6 +84,8 @@ def run(args) -> int:
         kw["sim_seeds"] = args.sim_seeds
     if args.sections is not None:
         kw["sections"] = args.sections
+    from propagate.report import ReportOptions, build_report, check_report_folders
+
     opts = ReportOptions(dataset=args.dataset, quick=args.quick, seed=args.seed, data_dir=args.data_dir,
                          work_dir=args.work_dir, device=args.device, train_subset=args.train_subset,
                          trainability_subset=args.trainability_subset,

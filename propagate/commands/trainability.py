@@ -10,7 +10,6 @@ from propagate.cluster import check_where
 from propagate.commands._args import check_device, device, nonneg_int, output_dir, positive_int, probability
 from propagate.commands._spec_args import add_spec_arguments, spec_from_args
 from propagate.errors import UserError
-from propagate.trainability import DEFAULT_LRS, TrainabilityOptions, trainability
 
 NAME = "trainability"
 HELP = "train presets over a log grid of learning rates (seed ensembles): largest lr that trains, vs predicted"
@@ -168,6 +167,8 @@ def configs_from_args(args) -> list:
 
 def setup(args) -> tuple:
     """``(configs, lrs, TrainabilityOptions)`` of the parsed flags (for ``run`` and sweeps); UserError on bad input."""
+    from propagate.trainability import DEFAULT_LRS, TrainabilityOptions
+
     configs = configs_from_args(args)
     options = TrainabilityOptions(
         seeds=tuple(range(args.seed, args.seed + args.seeds)), epochs=args.epochs, optimizer=args.optimizer,
@@ -204,6 +205,8 @@ def run(args) -> int:
     else:
         say(f"{len(configs)} configuration(s) x {len(lrs)} learning rates x {args.seeds} seeds, {args.epochs} "
             f"epoch(s) on {dataset.name} ({dataset.n_train} train / {dataset.n_test} test images)")
+    from propagate.trainability import trainability
+
     res = trainability(configs, lrs, dataset, options, progress=say, out_dir=args.out, resume=args.resume,
                        workers=args.workers, scheduler=args.scheduler, predict_only=args.predict_only)
     cols = ["config", "max_lr_measured", "max_lr_bad", "max_lr_predicted", "max_lr_predicted_ci_low",
