@@ -287,26 +287,35 @@ def test_trainability_template_from_constructed_tables():
     import pandas as pd
 
     from propagate.report.section_trainability import TrainabilityGrid, section_markdown
+    from propagate.sign_steps import warmup_gain
     from propagate.spec import NetworkSpec
 
-    points = pd.DataFrame([{"config": "a", "lr": lr, "refined": False, "outcome": o, "acc_mean": m,
+    points = pd.DataFrame([{"config": c, "lr": lr, "refined": False, "outcome": o, "acc_mean": m,
                             "acc_ci_low": m - 0.1, "acc_ci_high": m + 0.1}
+                           for c in ("a", "a+warmup20")
                            for lr, o, m in ((1e-4, "fails", 0.2), (1e-3, "trains", 0.8), (1e-2, "diverged", 0.1))])
-    configs = pd.DataFrame([{"config": "a", "max_lr_measured": 1e-3, "max_lr_bad": 1e-2, "max_lr_predicted": 2e-4,
-                             "ratio": 5.0, "warmup_steps": 10, "max_lr_predicted_gd": 3e-3, "ratio_gd": 1 / 3}])
+    configs = pd.DataFrame([
+        {"config": "a", "max_lr_measured": 1e-3, "max_lr_bad": 1e-2, "max_lr_predicted": 8e-4,
+         "max_lr_predicted_ci_low": 6e-4, "max_lr_predicted_ci_high": 1e-3, "ratio": 1.25, "prediction_note": "",
+         "max_lr_sharpness": 2e-6, "max_lr_sharpness_gd": 3e-3, "ratio_sharpness": 500.0, "ratio_gd": 1 / 3},
+        {"config": "a+warmup20", "max_lr_measured": 3e-3, "max_lr_bad": 1e-2, "max_lr_predicted": 2e-3,
+         "max_lr_predicted_ci_low": 1.5e-3, "max_lr_predicted_ci_high": 2.5e-3, "ratio": 1.5, "prediction_note": ""}])
     grid = TrainabilityGrid(points, configs, "acc", 0.3, 3, 2, "NOTE")
     spec = NetworkSpec.stack(2, 8, input_dim=8, first_width=None, activation="selu", init="lecun_normal")
-    dyn = pd.DataFrame([{"config": "a", "lr": 1e-4, "step": s, "layer": l, "pre_var": 1.0 + s, "update_ratio": 0.01,
-                         "diverged": False, "weight_grad_norm": 1e-9 * 8} for s in (0, 1) for l in (1, 2)])
-    S = {"dyn_presets": ("a",), "dyn_lrs": (1e-4,), "specs": {"a": spec}}
+    dyn = pd.DataFrame([{"config": "a", "lr": 1e-4, "seed": k, "step": s, "layer": l, "pre_var": (1.0 + s) * (1 + k),
+                         "update_ratio": 0.01, "diverged": False, "weight_grad_norm": 1e-9 * 8, "loss": 2.0}
+                        for k in (0, 1) for s in (0, 1) for l in (1, 2)])
+    S = {"dyn_presets": ("a",), "dyn_lrs": (1e-4,), "dyn_seeds": (0, 1), "specs": {"a": spec}, "warmup": 20}
     text = section_markdown(grid, dyn, S)
     assert "<<" not in text and "ensemble of 3 seeds for 2 epoch(s) on NOTE" in text and "exceeds 0.3;" in text
-    assert ("- **a** trains up to lr 0.001 (not at 0.01); predicted from its preconditioned sharpness: 0.0002 "
-            "(measured / predicted = 5). At the seed's lr 1e-3: trains, final acc 0.800 [0.700, 0.900].") in text
+    assert ("- **a** trains up to lr 0.001 (not at 0.01); predicted from its first steps: 0.0008 [0.0006, 0.001] "
+            "(measured / predicted = 1.25). At the demo's lr 1e-3: trains, final acc 0.800 [0.700, 0.900].") in text
     assert "a: trains at 1e-3 (acc 0.800 [0.700, 0.900]), fails at 1e-4; diverged at 1e-2 (best 0.200" in text
-    assert "is 5 times the predicted one. The prediction" in text and "after 10 warm-up" in text
-    assert "It errs low here" in text and "a: 0.003. Measured / $2/\\lambda_1(H)$: a: 0.333." in text
-    assert "a: lr 0.0001: last-layer variance 1 at step 0, 2 at step 1" in text
+    assert "is 1.25 to 1.50 times the predicted one (2 of 2 configurations within a factor of 2)" in text
+    assert "Cohen et al. 2022): a 500" in text and "(plain gradient descent): a 0.333" in text
+    assert f"predicts a gain of {warmup_gain(0.9, 20):.2f}x" in text
+    assert "- **a**: predicted gain 2.50x (the lookahead, 0.0008 → 0.002); measured 3.00x" in text
+    assert "layer 2's variance 1.5 at step 0 (mean over seeds), 2, 4 at step 1 (per seed)" in text
     # rms gradient entry: 8e-9 / sqrt(fan_in * fan_out = 64) = 1e-9 < 1e-8: far below RMSprop's epsilon
     assert "minibatch gradient is 1e-09 (median over layers), far below" in text
 

@@ -46,11 +46,11 @@ SEED_LR = 1e-3
 #: ``level`` of the running training accuracy than the command's default 0.5 (chance is 0.1).
 SETTINGS_FULL = dict(presets=("selu-lecun-normal", "selu-bn-lecun-uniform", "relu", "relu-bn"),
                      lrs=(1e-4, 1e-3, 1e-2), seeds=(0, 1, 2), epochs=2, n_train=2000, n_test=1000, level=0.3,
-                     dyn_presets=("selu-lecun-normal", "relu"), dyn_lrs=(1e-4, 1e-3, 1e-2), dyn_steps=None,
+                     dyn_presets=("selu-lecun-normal",), dyn_lrs=(1e-4, 1e-3), dyn_steps=None, dyn_seeds=(0, 1, 2),
                      sharpness_batch=256, lanczos_iters=15, warmup=20, warmup_presets=("selu-lecun-normal",))
 SETTINGS_QUICK = dict(presets=("selu-lecun-normal", "relu"), lrs=(1e-4, 1e-3, 1e-2), seeds=(0, 1), epochs=1,
-                      n_train=512, n_test=256, level=0.3, dyn_presets=("selu-lecun-normal", "relu"),
-                      dyn_lrs=(1e-4, 1e-2), dyn_steps=4, sharpness_batch=128, lanczos_iters=8, warmup=20,
+                      n_train=512, n_test=256, level=0.3, dyn_presets=("selu-lecun-normal",),
+                      dyn_lrs=(1e-4, 1e-3), dyn_steps=4, dyn_seeds=(0, 1), sharpness_batch=128, lanczos_iters=8, warmup=20,
                       warmup_presets=("selu-lecun-normal",), per_decade=2)
 
 
@@ -200,48 +200,87 @@ def figure_trainability_map(points, configs, *, criterion: str = "acc", seed_lr:
     return ax
 
 
-def figure_dynamics(dyn, lrs, *, title: str = "", axes=None):
-    """One panel per learning rate: layers (rows) x recorded steps (columns), colour log10 pre-activation variance.
+def _log10_var(d):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.log10(d["pre_var"].to_numpy(float))
+    return np.where(np.isfinite(v), v, np.nan)
 
-    ``dyn``: a DataFrame with ``lr`` plus :func:`propagate.trainability.first_epoch_dynamics`'s
-    columns. Steps are columns in recorded order (0, 1, 2, 4, ...: log-spaced);
-    white cells: the variance was not finite (divergence) or the run had stopped.
-    The colour scale is centred on log10 1 = 0 (SELU's fixed point).
+
+def dynamics_scale(dyn) -> float:
+    """The heat maps' colour range in decades: the largest |mean over seeds of log10 variance|, between 0.5 and 3."""
+    m = dyn.assign(lv=_log10_var(dyn)).groupby(["lr", "layer", "step"])["lv"].mean().to_numpy(float)
+    return float(np.clip(np.nanmax(np.abs(m)) if np.isfinite(m).any() else 1.0, 0.5, 3.0))
+
+
+def figure_dynamics_map(ax, d, lim: float, title: str = ""):
+    """Layers (rows) x recorded steps (columns): log10 of the pre-activation variance, mean over the seeds of ``d``.
+
+    Steps are columns in recorded order (0, 1, 2, 4, ..., the epoch's last:
+    log-spaced); white: not finite (the run diverged before). The colour scale
+    is centred on log10 1 = 0 and spans ``+-lim`` decades (values beyond it
+    take the end colours). Returns the mesh (for a colour bar).
     """
-    import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
-    from matplotlib.ticker import MaxNLocator
 
-    if axes is None:
-        _, axes = plt.subplots(1, len(lrs), figsize=(4.2 * len(lrs), 4.2), squeeze=False, constrained_layout=True)
-        axes = axes[0]
-    finite = np.log10(dyn["pre_var"].where(dyn["pre_var"] > 0)).replace([np.inf, -np.inf], np.nan).dropna()
-    lim = float(np.clip(np.nanmax(np.abs(finite)) if len(finite) else 1.0, 0.5, 30))
-    norm = TwoSlopeNorm(vmin=-lim, vcenter=0.0, vmax=lim)
-    mesh = None
-    for ax, lr in zip(axes, lrs):
-        d = dyn[np.isclose(dyn["lr"], lr)]
-        steps = sorted(d["step"].unique())
-        layers = sorted(d["layer"].unique())
-        M = np.full((len(layers), len(steps)), np.nan)
-        for j, s in enumerate(steps):
-            ds = d[d["step"] == s].set_index("layer")["pre_var"]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                M[:, j] = np.log10(ds.reindex(layers).to_numpy(float))
-        M[~np.isfinite(M)] = np.nan
-        mesh = ax.pcolormesh(np.arange(len(steps) + 1), np.arange(len(layers) + 1) + 0.5, np.ma.masked_invalid(M),
-                             cmap="RdBu_r", norm=norm)
-        ax.set_xticks(np.arange(len(steps)) + 0.5, [str(s) for s in steps], fontsize=7)
-        ax.set_xlabel("training step (log-spaced, first epoch)")
-        ax.set_ylabel("hidden layer")
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylim(len(layers) + 0.5, 0.5)
-        div = bool(d["diverged"].any())
-        ax.set_title(f"{title} lr {lr:g}" + (" (diverged)" if div else ""), fontsize=10)
-        ax.grid(False)
-    if mesh is not None:
-        plt.colorbar(mesh, ax=list(axes), label="log10 pre-activation variance (0 = variance 1)")
-    return axes
+    d = d.assign(lv=_log10_var(d))
+    m = d.groupby(["layer", "step"])["lv"].mean().unstack("step")
+    steps, layers = list(m.columns), list(m.index)
+    mesh = ax.pcolormesh(np.arange(len(steps) + 1), np.arange(len(layers) + 1) + 0.5,
+                         np.ma.masked_invalid(m.to_numpy(float)), cmap="RdBu_r",
+                         norm=TwoSlopeNorm(vmin=-lim, vcenter=0.0, vmax=lim))
+    every = max(1, len(steps) // 8)
+    ax.set_xticks(np.arange(0, len(steps), every) + 0.5, [str(s) for s in steps[::every]], fontsize=7)
+    ax.set_xlabel("training step (log-spaced to the end of the first epoch)")
+    ax.set_ylabel("hidden layer")
+    ax.set_ylim(len(layers) + 0.5, 0.5)
+    ax.set_title(title, fontsize=9)
+    ax.grid(False)
+    return mesh
+
+
+def _band(ax, x, per_seed, colour, label, ls="-", log=False):
+    """Mean over seeds (rows of ``per_seed``) with its 95% t interval as a band; ``log``: both taken on the log
+    scale (a positive quantity: the geometric mean, and a band that stays positive)."""
+    from scipy import stats as sps
+
+    y = np.asarray(per_seed, float)
+    if log:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.where(y > 0, np.log(y), np.nan)
+    n = np.isfinite(y).sum(0)
+    mean = np.nanmean(y, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = np.where(n > 1, sps.t.ppf(0.975, np.maximum(n - 1, 1)) * np.nanstd(y, 0, ddof=1) / np.sqrt(n), np.nan)
+    lo, hi = mean - half, mean + half
+    if log:
+        mean, lo, hi = np.exp(mean), np.exp(lo), np.exp(hi)
+    ax.plot(x, mean, ls, color=colour, lw=1.4, label=label)
+    ax.fill_between(x, lo, hi, color=colour, alpha=0.18, lw=0)
+
+
+def figure_dynamics_lines(ax_var, ax_loss, d, lrs, layers):
+    """Per learning rate (colour): log10 variance of ``layers`` (line styles) and the minibatch loss against the step,
+    mean over seeds with its 95% t interval."""
+    colours = ["tab:blue", "tab:red", "tab:green", "tab:purple"]
+    styles = ["-", "--", ":", "-."]
+    for c, lr in zip(colours, lrs):
+        dl = d[np.isclose(d["lr"], lr)].assign(lv=lambda t: _log10_var(t))
+        for ls, layer in zip(styles, layers):
+            t = dl[dl["layer"] == layer].pivot_table(index="seed", columns="step", values="lv")
+            _band(ax_var, np.asarray(t.columns, float) + 1, t.to_numpy(float), c, f"lr {lr:g}, layer {layer}", ls)
+        loss = dl[dl["layer"] == layers[0]].pivot_table(index="seed", columns="step", values="loss")
+        _band(ax_loss, np.asarray(loss.columns, float) + 1, loss.to_numpy(float), c, f"lr {lr:g}", log=True)
+    steps = sorted(int(v) for v in d["step"].unique())
+    for ax in (ax_var, ax_loss):
+        ax.set_xscale("log")
+        ax.set_xticks([v + 1 for v in steps], [str(v) for v in steps])
+        ax.minorticks_off()
+        ax.set_xlabel("training step (log scale)")
+        ax.legend(fontsize=6.5)
+    ax_loss.set_yscale("log")
+    ax_var.axhline(0.0, color="0.5", lw=0.8)
+    ax_var.set_ylabel("log10 pre-activation variance")
+    ax_loss.set_ylabel("minibatch loss (nats; geometric mean, 95% band)")
 
 
 # ----------------------------------------------------------------------------
@@ -262,13 +301,28 @@ def plot_trainability_map(points, configs, *, criterion: str = "acc", level: flo
 
 
 def plot_dynamics(dyn, preset: str, lrs):
-    """The first-epoch figure of one configuration of ``dyn`` (:func:`figure_dynamics`, one panel per lr in ``lrs``)."""
+    """The first-epoch figure of one configuration: a heat map per learning rate, then the variance of the first,
+    middle and last layer and the minibatch loss against the step (bands: 95% t intervals over seeds)."""
     from propagate.report.style import plt, report_style
 
+    d = dyn[dyn["config"] == preset]
+    lim = dynamics_scale(d)
+    depth = int(d["layer"].max())
     with report_style():
-        fig, axes = plt.subplots(1, len(lrs), figsize=(4.0 * len(lrs) + 1, 4.3), squeeze=False,
+        fig, axes = plt.subplots(2, len(lrs), figsize=(5.0 * len(lrs) + 1, 8.2), squeeze=False,
                                  constrained_layout=True)
-        figure_dynamics(dyn[dyn["config"] == preset], lrs, title=preset, axes=axes[0])
+        mesh = None
+        for ax, lr in zip(axes[0], lrs):
+            dl = d[np.isclose(d["lr"], lr)]
+            div = int(dl.groupby("seed")["diverged"].any().sum())
+            title = f"{preset}, lr {lr:g}: mean over {dl['seed'].nunique()} seeds" + (f" ({div} diverged)" if div else "")
+            mesh = figure_dynamics_map(ax, dl, lim, title)
+        if mesh is not None:
+            fig.colorbar(mesh, ax=list(axes[0]), extend="both",
+                         label=f"log10 pre-activation variance (0 = variance 1; scale +-{lim:.1g} decades)")
+        figure_dynamics_lines(axes[1][0], axes[1][-1], d, lrs, sorted({1, max(1, depth // 2), depth}))
+        for ax in axes[1][1:-1]:
+            ax.set_visible(False)
     return fig
 
 
@@ -354,8 +408,8 @@ def compute_trainability_grid(S: dict, sub, seed: int, full_name: str, progress=
                             data_note, res.predictions)
 
 
-def compute_dynamics(S: dict, sub, seed: int, progress=None):
-    """First-epoch per-layer statistics of each ``dyn_presets`` at each ``dyn_lrs`` (one seed), one table."""
+def compute_dynamics(S: dict, data, seed: int, progress=None):
+    """First-epoch per-layer statistics of each ``dyn_presets`` at each ``dyn_lrs`` for each of ``dyn_seeds``, one table."""
     import pandas as pd
 
     from propagate.train import TrainOptions
@@ -364,13 +418,14 @@ def compute_dynamics(S: dict, sub, seed: int, progress=None):
     frames = []
     for p in S["dyn_presets"]:
         for lr in S["dyn_lrs"]:
-            say(f"first-epoch dynamics: {p} lr {lr:g}")
-            d = first_epoch_dynamics(_spec_of(S, p), TrainOptions(lr=lr, seed=seed, threads=1), sub,
-                                     probe_size=128, max_steps=S["dyn_steps"])
-            d.insert(0, "lr", lr)
-            d.insert(0, "config", p)
-            frames.append(d)
-    return pd.concat(frames, ignore_index=True)
+            for k in S["dyn_seeds"]:
+                say(f"first-epoch dynamics: {p} lr {lr:g} seed {seed + k}")
+                d = first_epoch_dynamics(_spec_of(S, p), TrainOptions(lr=lr, seed=seed + k, threads=1), data,
+                                         probe_size=128, max_steps=S["dyn_steps"])
+                frames.append(d.assign(config=p, lr=lr, seed=seed + k))
+    cols = ["config", "lr", "seed"]
+    df = pd.concat(frames, ignore_index=True)
+    return df[cols + [c for c in df.columns if c not in cols]]
 
 
 # ----------------------------------------------------------------------------
@@ -499,27 +554,35 @@ def warmup_text(configs, warmup: int) -> str:
 
 
 def _dynamics_summary(d, lrs) -> str:
-    """Per learning rate: divergence, or the last layer's variance at the first and last step and the first update."""
+    """Per learning rate: the last layer's variance at step 0 and at the epoch's last step (each seed), divergence,
+    and the first update's size relative to the weights."""
     summ = []
     for lr in lrs:
         dl = d[np.isclose(d["lr"], lr)]
-        last = dl[dl["step"] == dl["step"].max()]
-        v0 = dl[dl["step"] == 0]["pre_var"].to_numpy(float)
-        v1 = last["pre_var"].to_numpy(float)
+        depth = int(dl["layer"].max())
+        last = dl[dl["layer"] == depth]
+        v0 = last[last["step"] == 0]["pre_var"].to_numpy(float)
+        end = last.loc[last.groupby("seed")["step"].idxmax()]
+        div = int(dl.groupby("seed")["diverged"].any().sum())
         ur = dl[dl["step"] == 1]["update_ratio"].to_numpy(float)
-        if bool(dl["diverged"].any()):
-            summ.append(f"lr {lr:g}: diverged at step {int(dl['step'].max())}")
-        else:
-            summ.append(f"lr {lr:g}: last-layer variance {v0[-1]:.3g} at step 0, {v1[-1]:.3g} at step "
-                        f"{int(last['step'].iloc[0])}; first update moves the weights by "
-                        f"{np.nanmedian(ur):.2g} of their norm (median over layers)")
+        ends = ", ".join(f"{v:.3g}" for v in end["pre_var"].to_numpy(float))
+        txt = (f"lr {lr:g}: layer {depth}'s variance {np.nanmean(v0):.3g} at step 0 (mean over seeds), "
+               f"{ends} at step {int(end['step'].max())} (per seed)")
+        if div:
+            txt += f"; {div} of {dl['seed'].nunique()} seeds diverged"
+        if np.isfinite(ur).any():
+            txt += f"; the first update moves the weights by {np.nanmedian(ur):.2g} of their norm (median)"
+        summ.append(txt)
     return "; ".join(summ)
 
 
 def _epsilon_sentence(d, spec, lr) -> str | None:
     """How the first step's gradient compares with RMSprop's epsilon (steps are lr * g / eps when g << eps)."""
     fans = [fi * fo for fi, fo in spec.fans()]
-    d1 = d[(d["step"] == 1) & np.isclose(d["lr"], lr)].sort_values("layer")
+    d1 = d[(d["step"] == 1) & np.isclose(d["lr"], lr)]
+    if "seed" in d1.columns and len(d1):
+        d1 = d1[d1["seed"] == d1["seed"].min()]  # one network's layers
+    d1 = d1.sort_values("layer")
     if len(d1) != len(fans):
         return None
     rms = float(np.nanmedian(d1["weight_grad_norm"].to_numpy(float) / np.sqrt(fans)))
@@ -538,7 +601,11 @@ def _epsilon_sentence(d, spec, lr) -> str | None:
 
 def dynamics_text(dyn, S: dict) -> str:
     """Per configuration of the first-epoch figures: its figure, the summary and the epsilon sentence."""
-    blocks = []
+    blocks = [f"Per-layer variance of the pre-activations on a fixed probe batch through the whole first epoch, at "
+              f"steps 0, 1, 2, 4, ... and the epoch's last, for {len(S['dyn_seeds'])} seeds at each learning rate: "
+              "top, the mean over seeds of log10 variance per layer and step (blue below variance 1, red above, on "
+              "a colour scale fitted to the data); bottom, the first, middle and last layer's variance and the "
+              "minibatch loss against the step, mean over seeds with the 95% t interval as a band."]
     for p in S["dyn_presets"]:
         d = dyn[dyn["config"] == p]
         parts = [f"![first-epoch pre-activation variance, {p}](figures/trainability_dynamics_{p}.png)",
@@ -593,7 +660,8 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     write_table(grid.configs, out_dir / "data" / "trainability_configs.csv")
     if grid.predictions is not None and len(grid.predictions):
         write_table(grid.predictions, out_dir / "data" / "trainability_predictions.csv")
-    dyn = compute_dynamics(S, sub, seed, say)
+    # the whole first epoch on the section's data (a full report: all its training images)
+    dyn = compute_dynamics(S, sub if ctx.get("quick") else dataset, seed, say)
     write_table(dyn, out_dir / "data" / "trainability_dynamics.csv")
     from propagate.report.style import save_figure
 
