@@ -358,3 +358,31 @@ def test_report_and_selfnorm_functions_are_short():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
                 long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert len(files) >= 15 and not long, long
+
+
+def test_scaling_template_from_constructed_tables():
+    import pandas as pd
+
+    from propagate.report.section_scaling import SETTINGS_FULL, section_markdown
+
+    rows = []
+    for n, m, p, cens in ((64, 4e-4, 3e-4, False), (256, 1e-4, 8e-5, False), (1024, 2.6e-5, 1e-5, True)):
+        rows.append({"config": "c", "cell": f"n{n}", "axes": "width" if n != 256 else "width,depth,batch_size,rho",
+                     "width": n, "depth": 50, "batch_size": 128, "rho": 0.9, "max_lr_measured": m,
+                     "max_lr_bad": 1.3 * m, "censored": cens, "max_lr_predicted": p, "max_lr_predicted_ci_low": p / 1.2,
+                     "max_lr_predicted_ci_high": p * 1.2, "ratio": m / p, "within_2x": 0.5 <= m / p <= 2,
+                     "criterion": "half-progress", "steps": 10, "prediction_note": ""})
+    rows.append({**rows[1], "cell": "rho", "axes": "rho", "rho": 0.99, "max_lr_measured": float("nan"),
+                 "ratio": float("nan"), "within_2x": None})
+    cells = pd.DataFrame(rows)
+    fits = pd.DataFrame([{"config": "c", "axis": "width", "source": "measured", "slope": -1.02, "slope_ci_low": -1.2,
+                          "slope_ci_high": -0.84, "n_points": 3},
+                         {"config": "c", "axis": "width", "source": "predicted", "slope": -1.17, "slope_ci_low": -1.3,
+                          "slope_ci_high": -1.0, "n_points": 9}])
+    text = section_markdown(cells, fits, {**SETTINGS_FULL, "configs": ("c",)}, "DATA")
+    assert "<<" not in text and "after 1 epoch(s) on DATA" in text
+    assert "**Within 2x**: 2 of the 3 cells that have a measured limit (67%); 1 (configuration, cell) pairs" in text
+    assert ("- c at n1024: measured / predicted = 2.60; the grid's largest learning rate still trains, so the "
+            "measured value is only a lower bound; training recovers") in text
+    assert "- c, d ln lr* / d ln n: measured -1.02 [-1.20, -0.84] (3 points); predicted -1.17 [-1.30, -1.00] (9 points)" in text
+    assert "c: measured no measured limit, predicted 1.00" in text
