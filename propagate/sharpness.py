@@ -235,7 +235,7 @@ def adam_preconditioner(grads: Sequence[Sequence], *, beta2: float = 0.999, eps:
 # ------------------------------------------------------------------ networks
 
 
-def _warmup_gradients(logits, params, xtr, ytr, batch_size: int, steps: int, seed: int) -> list:
+def _warmup_gradients(logits, params, xtr, ytr, batch_size: int, steps: int, seed: int, scale: float = 1.0) -> list:
     """The gradients of ``steps`` minibatches of ``batch_size`` (a shuffle from ``seed``) at the fixed weights."""
     import torch
     import torch.nn.functional as F
@@ -248,13 +248,14 @@ def _warmup_gradients(logits, params, xtr, ytr, batch_size: int, steps: int, see
         if len(idx) < 2:
             idx = order[:batch_size]
         with torch.enable_grad():
-            loss = F.cross_entropy(logits(torch.from_numpy(xtr[idx.numpy()])), torch.from_numpy(ytr[idx.numpy()]))
+            loss = scale * F.cross_entropy(logits(torch.from_numpy(xtr[idx.numpy()])),
+                                           torch.from_numpy(ytr[idx.numpy()]))
             out.append([g.detach() for g in torch.autograd.grad(loss, params)])
     return out
 
 
 def network_sharpness(spec, dataset, options=None, *, batch: int = 512, warmup_steps: int = 10, iters: int = 20,
-                      tol: float = 1e-3, seed: int | None = None) -> dict:
+                      tol: float = 1e-3, seed: int | None = None, loss_scale: float = 1.0) -> dict:
     """Sharpness of ``spec``'s network at initialization and the predicted largest stable learning rate.
 
     The Hessian is that of the mean cross-entropy (nats) on a fixed batch: the
@@ -276,6 +277,8 @@ def network_sharpness(spec, dataset, options=None, *, batch: int = 512, warmup_s
     (``lambda_1(P^{-1}H)``, NaN for sgd), ``threshold_constant`` ``c``,
     ``max_lr_predicted`` (``c`` over the sharpness that applies), the
     residuals, ``n_params``, ``batch``, ``warmup_steps`` and ``optimizer``.
+    ``loss_scale``: the loss is multiplied by it (``k L`` has Hessian ``k H``, so
+    the gradient-descent bound moves by ``1/k``: a test of what a bound depends on).
     """
     import torch
     import torch.nn.functional as F
@@ -303,7 +306,7 @@ def network_sharpness(spec, dataset, options=None, *, batch: int = 512, warmup_s
         return out[0] if out.dim() == 3 else out  # an ensemble model of one seed: [1, B, C]
 
     def loss_fn():
-        return F.cross_entropy(logits(x), y)
+        return loss_scale * F.cross_entropy(logits(x), y)
 
     h = hessian_sharpness(loss_fn, params, iters=iters, tol=tol, seed=seed)
     opt = options.optimizer
@@ -313,7 +316,8 @@ def network_sharpness(spec, dataset, options=None, *, batch: int = 512, warmup_s
            "n_params": sum(p.numel() for p in params), "batch": n, "warmup_steps": 0}
     used = h.value
     if opt in ("rmsprop", "adam"):
-        steps = _warmup_gradients(logits, params, xtr, ytr, options.batch_size, max(1, int(warmup_steps)), seed)
+        steps = _warmup_gradients(logits, params, xtr, ytr, options.batch_size, max(1, int(warmup_steps)), seed,
+                                  loss_scale)
         if opt == "rmsprop":
             P = rmsprop_preconditioner(steps, rho=options.rho, eps=options.eps)
         else:
