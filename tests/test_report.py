@@ -158,10 +158,10 @@ def test_page_renders_every_slot_from_its_inputs(monkeypatch):
 
     import pandas as pd
 
-    import propagate.train
+    import propagate.reproduce
     from propagate.report import ReportOptions, page
 
-    monkeypatch.setattr(propagate.train, "summary_markdown", lambda summary, epochs: "TRAINING TABLE\n")
+    monkeypatch.setattr(propagate.reproduce, "summary_markdown", lambda summary, epochs: "TRAINING TABLE\n")
     sim = {"relu/glorot_uniform": {"var_first": 0.134, "var_last": 2.4e-16, "theory_var_last": 1.6e-16, "rate": 0.506,
                                    "theory_rate": 0.5, "mean_last": 5.5e-9, "grad_first_over_last": 3.5e-8,
                                    "dead_last": 0.4013}}

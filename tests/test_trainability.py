@@ -293,7 +293,7 @@ def test_report_figures_from_constructed_tables():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from propagate.report.section_trainability import figure_dynamics, figure_trainability_map
+    from propagate.report.section_trainability import dynamics_scale, figure_dynamics_map, figure_trainability_map
 
     rows = []
     for cfg, outs in (("a", ["trains", "trains", "diverged"]), ("b", ["fails", "trains", "fails"])):
@@ -317,13 +317,19 @@ def test_report_figures_from_constructed_tables():
     assert markers["D"] == pytest.approx(math.log10(2e-4) + 4)  # columns 0, 1, 2 at 1e-4, 1e-3, 1e-2: log position
     plt.close("all")
 
-    dyn = pd.DataFrame([{"lr": lr, "step": s, "layer": l, "pre_var": (10.0 ** (s * l) if lr > 1e-3 else 1.0),
-                         "diverged": False} for lr in (1e-4, 1e-2) for s in (0, 1, 2) for l in (1, 2, 3)])
+    # two seeds: the map shows the mean over seeds of log10 variance; a non-finite value blanks its cell
+    dyn = pd.DataFrame([{"lr": lr, "seed": k, "step": s, "layer": l,
+                         "pre_var": (10.0 ** (s * l + k) if lr > 1e-3 else 1.0), "diverged": False}
+                        for lr in (1e-4, 1e-2) for k in (0, 1) for s in (0, 1, 2) for l in (1, 2, 3)])
     dyn.loc[(dyn.lr == 1e-2) & (dyn.step == 2) & (dyn.layer == 3), "pre_var"] = np.inf
-    axes = figure_dynamics(dyn, [1e-4, 1e-2], title="x")
-    arr = axes[1].collections[0].get_array()
+    # the largest |mean log10 variance| over the finite cells is (4 + 5) / 2 = 4.5 decades: capped at 3
+    assert dynamics_scale(dyn) == 3.0
+    assert dynamics_scale(dyn[dyn.step < 2]) == pytest.approx(2.5)  # (2 + 3) / 2 at step 1, layer 2
+    _, ax = plt.subplots()
+    mesh = figure_dynamics_map(ax, dyn[dyn.lr == 1e-2], dynamics_scale(dyn), "x")
+    arr = mesh.get_array()
     assert np.ma.count_masked(arr) == 1  # the infinite variance is a blank cell
-    assert float(arr.max()) == pytest.approx(4.0)  # log10 of 10^(2*2)
+    assert float(arr.max()) == pytest.approx(4.5)  # mean over seeds of log10 10^(2*2 + k), k = 0, 1
     plt.close("all")
 
 
