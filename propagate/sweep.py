@@ -76,6 +76,7 @@ from propagate.commands import trainability as trainability_command
 from propagate.commands.simulate import build_spec as simulate_build_spec
 from propagate.errors import UserError
 from propagate.io import atomic_write_bytes, atomic_write_json, run_metadata
+from propagate.limits import check_grid, linear_range
 from propagate.runfolder import claim
 from propagate.runner import OnDask, PointStore, ProgressBar, call, point_key, run_points
 from propagate.runner import Point as RunnerPoint
@@ -296,6 +297,11 @@ class _RaisingParser:
         return self.parser.parse_args(argv)
 
 
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return repr(value)
@@ -362,14 +368,15 @@ def expand_range(text: str) -> list:
         raise UserError(f"bad range {text!r}: write START:STOP:N (N points, both ends included) or "
                         "START:STOP:N:log, or a list [a, b, ...]")
     a, b, n, scale = float(m.group(1)), float(m.group(2)), int(m.group(3)), m.group(4) or "lin"
-    if n < 1:
-        raise UserError(f"bad range {text!r}: N must be >= 1")
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise UserError(f"bad range {text!r}: START and STOP must be finite numbers")
+    if scale == "log" and (a <= 0 or b <= 0):
+        raise UserError(f"bad range {text!r}: a log range needs START and STOP > 0")
+    # the count is checked before anything is built (limits.MAX_LIST): "0:1:10000000000" is one line, not swap
     if scale == "log":
-        if a <= 0 or b <= 0:
-            raise UserError(f"bad range {text!r}: a log range needs START and STOP > 0")
-        vals = [a] if n == 1 else [math.exp(math.log(a) + (math.log(b) - math.log(a)) * i / (n - 1)) for i in range(n)]
+        vals = [math.exp(u) for u in linear_range(math.log(a), math.log(b), n, f"the range {text!r}")]
     else:
-        vals = [a] if n == 1 else [a + (b - a) * i / (n - 1) for i in range(n)]
+        vals = linear_range(a, b, n, f"the range {text!r}")
     vals = [float(f"{v:.12g}") for v in vals]
     ints = all(re.fullmatch(r"\s*[-+]?\d+\s*", g) for g in (m.group(1), m.group(2)))
     if ints and scale == "lin" and all(v == int(v) for v in vals):
@@ -434,6 +441,9 @@ def plan_from_dict(data: dict, source: str = "") -> SweepPlan:
                         "use lens, [fixed], [grid] and [zip.NAME]")
     if "lens" not in data:
         raise UserError(f"the sweep file names no lens; add lens = \"{'|'.join(LENSES)}\"")
+    if not isinstance(data["lens"], str):  # a list or a table would reach a dict lookup (unhashable)
+        raise UserError(f"lens must be one name in quotes, lens = \"{'|'.join(LENSES)}\", got "
+                        f"{type(data['lens']).__name__} {_short(data['lens'])}")
     lens = _lens(data["lens"])
     parser = _RaisingParser(lens)
     fixed, grid, zips = data.get("fixed", {}), data.get("grid", {}), data.get("zip", {})
@@ -473,6 +483,7 @@ def plan_from_dict(data: dict, source: str = "") -> SweepPlan:
         axes.append(axis)
     if not axes:
         raise UserError("empty grid: name at least one field with a list of values in [grid] or [zip.NAME]")
+    check_grid([len(next(iter(axis.values()))) for axis in axes], "the sweep grid")  # before any point is built
 
     datasets: dict = {}
     points, keys = [], set()

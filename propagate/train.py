@@ -38,10 +38,11 @@ Metrics per seed and epoch (one row of ``TrainResult.history``):
   ensemble: the seeds train together).
 
 ``TrainResult.summary`` (``summary.csv`` of a run folder) gives, per epoch,
-each metric's mean over seeds and its 95% Student t confidence interval
-(:func:`propagate.confidence.summarize_seeds`): columns ``<metric>_mean``,
-``<metric>_ci_low``, ``<metric>_ci_high`` and ``n_seeds`` (no interval with one
-seed).
+each metric's mean over the requested seeds and its 95% Student t confidence
+interval on the scale of the metric's range (:func:`propagate.runstore.summarize_history`:
+logit scale for accuracies, which stay in [0, 1]; log scale for losses, which
+stay positive): columns ``<metric>_mean``, ``<metric>_ci_low``,
+``<metric>_ci_high`` and ``n_seeds`` (no interval with one seed).
 
 Per-layer statistics (``TrainResult.layers``, the :mod:`propagate.stats` table
 with ``source="training"`` and a ``seed`` column, computed by
@@ -787,8 +788,9 @@ def train(
     ``resume`` an existing checkpoint of the
     same configuration is continued per seed (a finished or diverged seed is
     returned as is, or trained further when ``options.epochs`` is larger; a seed
-    the folder lacks is trained from scratch). The folder's files cover every
-    seed it holds; the result, the requested seeds. A checkpoint of a different
+    the folder lacks is trained from scratch). The folder's ``history.csv``,
+    ``layers.csv`` and checkpoint cover every seed it holds; ``summary.csv`` and
+    the result, the requested seeds only. A checkpoint of a different
     configuration raises :class:`UserError`. An ensemble that would not fit in
     memory is refused before any work (:func:`check_memory`).
     """
@@ -804,12 +806,14 @@ def train(
     # the lock is held until this function returns.
     with RunStore(spec, options, dataset, folder=run_dir, resume=resume, label=label, preset=preset,
                   device=device) as store, _torch_settings(options, device):
+        store.ask(wanted)
         run = _make_run(spec, options, dataset, device, label, progress, on_step, keep_state=store.keeps_state)
         on_epoch = None if callback is None else (lambda row: callback({**row, "run": name}))
         model = None
         # Seeds at the same point train together; a resumption that adds seeds trains them as a second group.
         for start, group in sorted(store.groups(wanted).items(), reverse=True):
             model = _train_group(run, group, store, start, on_epoch)
+        store.save_summary()  # the summary of these seeds, also when every one of them was done already
         status = store.status(wanted)
         history, layers = store.frames(wanted)
         meta = {**store.meta(), "status": store.overall(status), "seeds": wanted, "seed_status": status}

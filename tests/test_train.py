@@ -362,11 +362,19 @@ def test_ensemble_files_per_seed_and_t_intervals(mnist5k, tmp_path):
     assert list(summ["epoch"]) == [1, 2] and (summ["n_seeds"] == 3).all()
     for metric in ("loss", "acc", "val_acc", "train_eval_acc"):
         v = hist[hist["epoch"] == 2][metric].to_numpy()
-        half = sps.t.ppf(0.975, 2) * v.std(ddof=1) / math.sqrt(3)
+        m, half = v.mean(), sps.t.ppf(0.975, 2) * v.std(ddof=1) / math.sqrt(3)
+        # the t interval on the metric's scale (delta method), mapped back: a loss's on log(m), an accuracy's on
+        # logit(m) = log(m / (1 - m)), so a loss stays positive and an accuracy in [0, 1]
+        if metric == "loss":
+            low, high = m * math.exp(-half / m), m * math.exp(half / m)
+        else:
+            u, h = math.log(m / (1 - m)), half / (m * (1 - m))
+            low, high = 1 / (1 + math.exp(-(u - h))), 1 / (1 + math.exp(-(u + h)))
         row = summ[summ["epoch"] == 2].iloc[0]
-        assert row[f"{metric}_mean"] == pytest.approx(v.mean(), rel=1e-9)
-        assert row[f"{metric}_ci_low"] == pytest.approx(v.mean() - half, rel=1e-9, abs=1e-12)
-        assert row[f"{metric}_ci_high"] == pytest.approx(v.mean() + half, rel=1e-9, abs=1e-12)
+        assert row[f"{metric}_mean"] == pytest.approx(m, rel=1e-9)
+        assert row[f"{metric}_ci_low"] == pytest.approx(low, rel=1e-9, abs=1e-12)
+        assert row[f"{metric}_ci_high"] == pytest.approx(high, rel=1e-9, abs=1e-12)
+        assert (0 < low < m < high) and (metric == "loss" or high < 1)
     meta = json.loads((out / "spec.json").read_text())
     assert meta["seeds"] == [5, 6, 7] and meta["status"] == "finished"
 
@@ -591,12 +599,16 @@ def test_reproduce_writes_results_and_resumes(mnist5k, tmp_path):
     # the summary's numbers are the runs' per-seed numbers, summarized
     hist = pd.read_csv(out / "selu-bn-lecun-uniform_lr0.001" / "history.csv")
     v = hist["val_acc"].to_numpy()
-    half = sps.t.ppf(0.975, 1) * v.std(ddof=1) / math.sqrt(2)
+    m, half = v.mean(), sps.t.ppf(0.975, 1) * v.std(ddof=1) / math.sqrt(2)
+    # two seeds: t = 12.7, so a plain interval m +- half would leave [0, 1]; on the logit scale it cannot
+    u, h = math.log(m / (1 - m)), half / (m * (1 - m))
+    low, high = 1 / (1 + math.exp(-(u - h))), 1 / (1 + math.exp(-(u + h)))
     row = summary.iloc[0]
-    assert row["val_acc_1_mean"] == pytest.approx(v.mean()) and row["val_acc_1_ci_high"] == pytest.approx(v.mean() + half)
+    assert row["val_acc_1_mean"] == pytest.approx(m) and row["val_acc_1_ci_high"] == pytest.approx(high)
+    assert row["val_acc_1_ci_low"] == pytest.approx(low) and 0 < low < m < high < 1
     md = (out / "summary.md").read_text()
     assert "0.2284 / 0.0996" in md and "selu-bn-lecun-uniform (seed run 5)" in md and "2 seeds (0..1)" in md
-    assert f"{v.mean():.3f} [{v.mean() - half:.3f}, {v.mean() + half:.3f}]" in md
+    assert f"{m:.3f} [{low:.3f}, {high:.3f}]" in md
     assert pd.read_csv(out / "summary.csv").shape[0] == 2
     meta = json.loads((out / "selu-bn-lecun-uniform_lr0.001" / "history.csv.meta.json").read_text())
     assert meta["reported"]["acc"][0] == 0.2284 and meta["versions"]["torch"]
