@@ -461,7 +461,12 @@ def _activation_string(family: str, base: BaseActivation, params: dict) -> str:
             return "selu"
         return f"selu:lambda={lam!r},alpha={alpha!r}"
     vals = {k: float(params[k]) for k in ("gamma", "a", "b", "d")}
-    return transformed_activation(base.name, **vals).name
+    try:
+        return transformed_activation(base.name, **vals).name
+    except UserError as exc:  # e.g. phi(a x + b) has (almost) no spread there, so gamma is huge or infinite
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in vals.items())
+        raise UserError(f"the solution for {base.name} ({shown}) is outside what an activation may hold "
+                        f"({exc}); try another --b, --mean or --var") from None
 
 
 def _unscaled(family: str, base: BaseActivation, params: dict) -> ShiftedActivation:

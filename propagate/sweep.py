@@ -410,17 +410,22 @@ def _read_toml(path: Path) -> dict:
             import tomli as tomllib
         except ImportError:
             raise UserError("reading sweep files needs Python 3.11+ or the tomli package (pip install tomli)") from None
+    where = repr(str(path))  # quoted: a name with a newline stays on the error's one line
     try:
+        if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO or /dev/zero would never end
+            raise UserError(f"sweep file {where} is not a regular file")
         with open(path, "rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise UserError(f"sweep file not found: {path}") from None
+        raise UserError(f"sweep file not found: {where}") from None
     except IsADirectoryError:
-        raise UserError(f"sweep file is a folder: {path}") from None
+        raise UserError(f"sweep file is a folder: {where}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML: {exc}") from None
+        raise UserError(f"{where}: not valid TOML: {' '.join(str(exc).split())}") from None
     except UnicodeDecodeError:
-        raise UserError(f"{path}: not valid TOML (not UTF-8 text)") from None
+        raise UserError(f"{where}: not valid TOML (not UTF-8 text)") from None
+    except OSError as exc:  # unreadable, a name too long, ...
+        raise UserError(f"cannot read the sweep file {where}: {exc.strerror or exc}") from None
 
 
 def load_plan(path: str | os.PathLike) -> SweepPlan:
@@ -433,8 +438,8 @@ def load_plan(path: str | os.PathLike) -> SweepPlan:
     return plan_from_dict(_read_toml(path), source=str(path))
 
 
-def plan_from_dict(data: dict, source: str = "") -> SweepPlan:
-    """:func:`load_plan` for an already parsed sweep file (a dict of ``lens``, ``fixed``, ``grid``, ``zip``)."""
+def _file_lens(data: dict) -> Lens:
+    """The lens a parsed sweep file names, after checking its top-level keys (UserError)."""
     unknown = set(data) - {"lens", "fixed", "grid", "zip"}
     if unknown:
         raise UserError(f"unknown top-level key(s) {', '.join(sorted(map(repr, unknown)))} in the sweep file; "
@@ -444,7 +449,15 @@ def plan_from_dict(data: dict, source: str = "") -> SweepPlan:
     if not isinstance(data["lens"], str):  # a list or a table would reach a dict lookup (unhashable)
         raise UserError(f"lens must be one name in quotes, lens = \"{'|'.join(LENSES)}\", got "
                         f"{type(data['lens']).__name__} {_short(data['lens'])}")
-    lens = _lens(data["lens"])
+    return _lens(data["lens"])
+
+
+def plan_from_dict(data: dict, source: str = "") -> SweepPlan:
+    """:func:`load_plan` for an already parsed sweep file (a dict of ``lens``, ``fixed``, ``grid``, ``zip``).
+
+    The grid's size is checked (:func:`propagate.limits.check_grid`) before any point is built.
+    """
+    lens = _file_lens(data)
     parser = _RaisingParser(lens)
     fixed, grid, zips = data.get("fixed", {}), data.get("grid", {}), data.get("zip", {})
     for what, tbl in (("[fixed]", fixed), ("[grid]", grid), ("[zip]", zips)):

@@ -1,5 +1,6 @@
 """Trainability grid, outcomes and log-space refinement on a fake trainer; first-epoch dynamics on a tiny net."""
 
+import json
 import math
 
 import numpy as np
@@ -19,6 +20,7 @@ from propagate.trainability import (
     summarize_point,
     trainability,
 )
+from propagate.trainability import REFINE_RTOL
 
 
 def FakeDataset():
@@ -170,6 +172,65 @@ def test_censored_and_never_training():
     assert cfg.loc["a", "max_lr_measured"] == 1e-3 and bool(cfg.loc["a", "censored"])
     assert cfg.loc["a", "n_refined"] == 0  # nothing to bisect above the top of the grid
     assert math.isnan(cfg.loc["b", "max_lr_measured"]) and not bool(cfg.loc["b", "censored"])
+
+
+def test_refinement_stops_when_the_bracket_cannot_shrink():
+    # a bracket 1e-5 wide (relative) halves in log lr per step: 5e-6, 2.5e-6, 1.25e-6, 6.25e-7 < REFINE_RTOL
+    assert REFINE_RTOL == 1e-6
+    calls = []
+    res = trainability([("a", _spec("a"))], [1e-3, 1.00001e-3], FakeDataset(),
+                       TrainabilityOptions(seeds=(0, 1), refine=20, predict=False),
+                       trainer=fake_trainer({"a": (1.000003e-3, 1.0)}, calls))
+    cfg = res.configs.set_index("config")
+    assert cfg.loc["a", "n_refined"] == 4 and len(calls) == 2 + 4
+    lo, hi = cfg.loc["a", "max_lr_measured"], cfg.loc["a", "max_lr_bad"]
+    assert lo <= 1.000003e-3 < hi and hi / lo - 1 < REFINE_RTOL
+    # neighbouring floats: no midpoint exists, nothing is trained beyond the grid
+    calls.clear()
+    top = float(np.nextafter(1e-3, 1))
+    res = trainability([("a", _spec("a"))], [1e-3, top], FakeDataset(),
+                       TrainabilityOptions(seeds=(0, 1), refine=20, predict=False),
+                       trainer=fake_trainer({"a": (1e-3, 1.0)}, calls))
+    assert res.configs["n_refined"].iloc[0] == 0 and len(calls) == 2
+
+
+def test_learning_rates_six_digits_cannot_tell_apart_are_two_points(tmp_path):
+    """The issue's case: 1e-3 and 1.0000001e-3 shared one point (the key had 6 digits)."""
+    lrs = [1e-3, 1.0000001e-3]
+    res = trainability([("a", _spec("a"))], lrs, FakeDataset(), TrainabilityOptions(seeds=(0, 1), predict=False),
+                       trainer=fake_trainer({"a": (1.00000005e-3, 1.0)}), out_dir=tmp_path / "t")
+    pts = res.points.set_index("lr")
+    assert list(pts.index) == lrs and list(pts["outcome"]) == ["trains", "fails"]
+    assert pts.loc[1e-3, "acc_mean"] == pytest.approx(0.895) and pts.loc[lrs[1], "acc_mean"] == pytest.approx(0.095)
+    # a folder written before the runner named its point files with 6 digits: only the exact lr takes one over
+    opts = TrainabilityOptions(seeds=(0, 1), predict=False)
+    trainability([("a", _spec("a"))], [1e-4], FakeDataset(), opts, trainer=fake_trainer({"a": (1.0, 1.0)}),
+                 out_dir=tmp_path / "old")
+    rows = [{"seed": s, "loss": 0.5, "acc": 0.5, "val_loss": 0.5, "val_acc": 0.5, "train_eval_acc": 0.5,
+             "diverged": False, "epochs_done": 1} for s in (0, 1)]
+    (tmp_path / "old" / "points" / "a_lr0.001.json").write_text(
+        json.dumps({"config": "a", "lr": 1e-3, "spec": _spec("a").to_dict(), "seeds": rows}))
+    calls = []
+    near = trainability([("a", _spec("a"))], [1.0000001e-3], FakeDataset(), opts,
+                        trainer=fake_trainer({"a": (1.0, 1.0)}, calls), out_dir=tmp_path / "old")
+    assert calls == [("a", 1.0000001e-3)] and near.points["acc_mean"].iloc[0] == pytest.approx(0.895)  # trained
+    exact = trainability([("a", _spec("a"))], [1e-3], FakeDataset(), opts,
+                         trainer=fake_trainer({"a": (1.0, 1.0)}, calls), out_dir=tmp_path / "old")
+    assert len(calls) == 1 and exact.points["acc_mean"].iloc[0] == pytest.approx(0.5)  # the legacy file's
+
+
+def test_cli_refuses_a_folder_of_other_settings_before_the_banner(tmp_path, capsys):
+    from propagate.cli import main
+    from propagate.runfolder import claim_folder
+
+    claim_folder(tmp_path / "t", "trainability", {"kind": "trainability", "options": {"epochs": 99},
+                                                  "dataset": None}).release()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "t").iterdir()}
+    rc = main(["trainability", "--presets", "relu", "--dataset", "mnist-5k", "--lr", "1e-3", "--seeds", "1",
+               "--epochs", "1", "--out", str(tmp_path / "t")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "holds a run with" in err and "configuration(s)" not in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "t").iterdir()} == before
 
 
 def test_options_reject_bad_values():

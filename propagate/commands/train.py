@@ -82,6 +82,7 @@ def spec_and_options(args):
     from propagate.spec import SEED_CLASSES, NetworkSpec
     from propagate.train import TrainOptions
 
+    check_seeds(args.seed, args.seeds)  # the ensemble's last seed too
     preset = get_preset(args.preset) if args.preset else None
     base = preset.spec() if preset else NetworkSpec.seed("relu", "glorot_uniform", False)
     custom = any(getattr(args, k, None) is not None for k in (
@@ -140,7 +141,6 @@ def run(args) -> int:
     if args.list_presets:
         _print_presets()
         return 0
-    check_seeds(args.seed, args.seeds)
     preset, spec, options = spec_and_options(args)
     check_training_size(spec, options)
     check_device(options.device)
