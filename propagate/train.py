@@ -85,7 +85,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Sequence
 
 from propagate.errors import UserError
-from propagate.limits import MEMORY_SHARE, format_bytes, memory_limit, training_bytes
+from propagate.limits import MEMORY_SHARE, check_seeds, format_bytes, memory_limit, training_bytes
 from propagate.presets import PRESETS, Preset, get_preset, list_presets
 from propagate.runstore import (HISTORY_COLUMNS, METRICS, RunStore, load_seed_states, restore_seed, run_identity,
                                 seed_state, summarize_history)
@@ -178,8 +178,9 @@ class TrainOptions:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise UserError(f"{name.replace('_', ' ')} must be a whole number >= 1, got {v!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise UserError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        check_seeds(self.seed, self.seeds, "seed")  # 0 <= seed .. seed + seeds - 1 <= 2^63 - 1
         if not isinstance(self.probe_size, int) or self.probe_size < 2:
             raise UserError(f"probe size must be a whole number >= 2, got {self.probe_size!r}")
         if not isinstance(self.train_eval_size, int) or self.train_eval_size < 0:
@@ -221,12 +222,12 @@ def seed_list(seed: int = 0, seeds: int | Sequence[int] | None = None) -> list[i
     if seeds is None:
         return [int(seed)]
     if isinstance(seeds, int):
-        if seeds < 1:
-            raise UserError(f"seeds must be a whole number >= 1, got {seeds}")
+        check_seeds(seed, seeds, "seed")
         return list(range(int(seed), int(seed) + seeds))
     out = [int(s) for s in seeds]
-    if not out or len(set(out)) != len(out) or min(out) < 0:
+    if not out or len(set(out)) != len(out):
         raise UserError(f"seeds must be distinct whole numbers >= 0, got {list(seeds)}")
+    check_seeds(min(out), max(out) - min(out) + 1, "seeds")  # every one in 0 .. 2^63 - 1
     return out
 
 

@@ -76,6 +76,7 @@ from typing import Callable, Sequence
 
 from propagate.errors import UserError
 from propagate.io import run_metadata, write_table
+from propagate.limits import check_seeds
 from propagate.lr_limit import LookaheadOptions, predict_max_lr
 from propagate.runfolder import check_run_folder, claim
 from propagate.runner import Point as RunnerPoint
@@ -170,6 +171,7 @@ class TrainabilityOptions:
             raise UserError("an ensemble needs at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"seeds must differ, got {list(self.seeds)}")
+        check_seeds(min(self.seeds), max(self.seeds) - min(self.seeds) + 1, "seeds")  # all in 0 .. 2^63 - 1
         if self.criterion not in ("acc", "train_eval_acc", "val_acc"):
             raise UserError(f"criterion must be acc, train_eval_acc or val_acc, got {self.criterion!r}")
         if not 0 <= self.level < 1:
