@@ -59,15 +59,24 @@ def check_where(workers: int | None = None, scheduler: str | None = None, client
 
     ``workers`` (processes of a local cluster) goes with neither a
     ``scheduler`` address nor a ``client``, and must be a whole number >= 1;
-    ``scheduler`` and ``client`` exclude each other. ``None`` everywhere is the
+    ``scheduler`` and ``client`` exclude each other, and an empty ``scheduler``
+    is refused (it is not "no scheduler"). ``None`` everywhere is the
     caller's default (in process, or a local cluster of :func:`cores` workers).
     """
+    if scheduler is not None and not (isinstance(scheduler, str) and scheduler.strip()):
+        # an empty address would otherwise mean "no scheduler" and silently start a local cluster
+        raise UserError(f"the scheduler address must be [PROTOCOL://]HOST:PORT such as tcp://127.0.0.1:8786, "
+                        f"got {scheduler!r}")
     if workers is not None and (scheduler or client is not None):
         raise UserError("--workers applies to the local cluster; drop it with --scheduler")
     if scheduler and client is not None:
         raise UserError("give a scheduler address or a client, not both")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise UserError(f"workers must be a whole number >= 1, got {workers!r}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or exc.__class__.__name__
 
 
 @contextlib.contextmanager
@@ -89,8 +98,11 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, client
     if scheduler:
         try:
             c = Client(scheduler, timeout="10s")
+        except ValueError as exc:  # Dask's word for an address it cannot parse ('not an address', 'http://...')
+            raise UserError(f"{scheduler!r} is not a Dask scheduler address ({_one_line(exc)}); give "
+                            f"[PROTOCOL://]HOST:PORT, e.g. tcp://127.0.0.1:8786") from None
         except (OSError, TimeoutError) as exc:
-            raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {exc}".splitlines()[0]) from None
+            raise UserError(f"cannot reach the Dask scheduler at {scheduler!r}: {_one_line(exc)}") from None
         try:
             yield c
         finally:

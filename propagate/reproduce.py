@@ -22,7 +22,7 @@ from propagate.presets import Preset, get_preset, list_presets
 from propagate.runfolder import claim
 from propagate.train import TrainOptions, TrainResult, check_memory, resolve_device, train
 
-__all__ = ["reproduce", "reproduce_identity", "run_name", "summary_markdown"]
+__all__ = ["reproduce", "check_runs", "reproduce_identity", "run_name", "summary_markdown"]
 
 
 def reproduce_identity(dataset) -> dict:
@@ -38,7 +38,10 @@ def _claim_reproduce_dir(out: Path, dataset, resume: bool):
 
 
 def _lr_tag(lr: float) -> str:
-    return f"lr{lr:g}"
+    # 6 digits (the names of existing folders) when they are the number; else every digit, so that two learning
+    # rates (1e-3 and 1.0000001e-3) never share a run folder
+    short = f"{lr:g}"
+    return f"lr{short if float(short) == lr else repr(float(lr))}"
 
 
 def run_name(preset: str, lr: float) -> str:
@@ -107,6 +110,28 @@ def summary_markdown(summary, epochs: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_runs(presets=None, lrs=(1e-3,)) -> tuple[list[str], list[float]]:
+    """The preset names (default all) and learning rates of a reproduction, checked before any data loads.
+
+    :class:`UserError` for an unknown preset, none at all, a learning rate that
+    is not finite and > 0, and a preset or learning rate given twice (it would
+    be trained and listed twice).
+    """
+    names = list_presets() if presets is None else [get_preset(p).name for p in presets]
+    if not names:
+        raise UserError("no presets to run")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"the presets list {twice[0]!r} twice; give each preset once")
+    lrs = [float(lr) for lr in lrs]
+    if not lrs or any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
+        raise UserError(f"learning rates must be > 0, got {lrs}")
+    twice_lr = sorted({lr for lr in lrs if lrs.count(lr) > 1})
+    if twice_lr:
+        raise UserError(f"the learning rates list {twice_lr[0]:g} twice; give each once")
+    return names, lrs
+
+
 def reproduce(
     presets=None,
     lrs=(1e-3,),
@@ -140,17 +165,13 @@ def reproduce(
     """
     import pandas as pd
 
-    names = list_presets() if presets is None else [get_preset(p).name for p in presets]
-    if not names:
-        raise UserError("no presets to run")
-    lrs = [float(lr) for lr in lrs]
-    if not lrs or any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
-        raise UserError(f"learning rates must be > 0, got {lrs}")
+    names, lrs = check_runs(presets, lrs)
     base = TrainOptions(epochs=epochs, seed=seed, seeds=seeds, device=device, threads=threads, probe_size=probe_size)
     if isinstance(dataset, str):
         from propagate.data import load_dataset
 
-        dataset = load_dataset(dataset, data_dir, progress=progress, notify=notify)
+        # a folder the user names is read, never downloaded into (propagate data fetch does that)
+        dataset = load_dataset(dataset, data_dir, download=data_dir is None, progress=progress, notify=notify)
     check_memory(get_preset(names[0]).spec(), base, seeds, dataset.n_train, dataset.n_test, resolve_device(device))
     out = Path(out_dir)
     folder_lock = _claim_reproduce_dir(out, dataset, resume)  # noqa: F841 - held until the last run is written

@@ -251,7 +251,7 @@ class PointStore:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read the point file {path} ({type(exc).__name__}); move it away to "
+            raise UserError(f"cannot read the point file {str(path)!r} ({type(exc).__name__}); move it away to "
                             "compute the point again") from None
 
 

@@ -11,14 +11,24 @@ written atomically after every epoch:
   :data:`HISTORY_COLUMNS` (the metrics are defined in :mod:`propagate.train`);
 - ``layers.csv``: the per-layer statistics of the probe batch (the
   :mod:`propagate.stats` table, a ``seed``, ``epoch`` and ``mode`` column);
-- ``summary.csv``: per epoch, each metric's mean over seeds with its 95%
-  Student t interval (:func:`summarize_history`); each table has a
-  ``.meta.json`` beside it (command, seed, versions, dataset, per-seed status);
+- ``summary.csv``: per epoch, each metric's mean over the seeds the last
+  call asked for (``summary_seeds`` in its ``.meta.json``) with its 95%
+  Student t interval on the scale of the metric's range
+  (:func:`summarize_history`); each table has a ``.meta.json`` beside it
+  (command, seed, versions, dataset, per-seed status);
 - ``spec.json``: the network, the options, the preset and the status;
 - ``checkpoint.pt``: per seed its status, epochs done, rows and state (weights,
   BN buffers, optimizer state), written last because a resumption trusts it;
 - ``identity.json`` and ``.lock`` (:mod:`propagate.runfolder`): one writer at
   a time, and no resumption with other settings (:func:`run_config`) or data.
+
+Which seeds: a folder keeps every seed ever trained in it (``history.csv``,
+``layers.csv`` and the checkpoint, one row or entry per seed), so asking for
+more seeds later adds to the ensemble and asking for a seed again costs
+nothing. ``summary.csv`` summarizes only the seeds of the call that wrote it
+(the same table as :attr:`propagate.train.TrainResult.summary`): ``train
+--seed 7`` into a folder holding seed 0 trains seed 7 beside it, and its
+summary is that of seed 7 alone, not an average of 0 and 7.
 
 Per-seed state: a batched model stacks every parameter, buffer and
 elementwise optimizer state along a leading seed dimension, so seed ``i`` is
@@ -51,6 +61,8 @@ __all__ = [
     "RESUME_FREE",
     "run_config",
     "run_identity",
+    "read_checkpoint",
+    "check_checkpoint",
     "summarize_history",
     "seed_state",
     "load_seed_states",
@@ -89,14 +101,52 @@ def summarize_history(history):
     """Per epoch: mean and 95% Student t interval over seeds of each of :data:`METRICS`, and ``n_seeds``.
 
     Columns ``epoch``, ``<metric>_mean``, ``<metric>_ci_low``, ``<metric>_ci_high``
-    (:func:`propagate.confidence.summarize_seeds`; no interval with one seed;
-    a diverged seed's NaN loss is left out of the loss's mean) and ``n_seeds``
-    (seeds with a row for that epoch; a diverged seed has none after its
-    divergence).
+    (:func:`propagate.confidence.summarize_seeds` with ``kinds="auto"``: the
+    interval of an accuracy is built on the logit scale and stays in [0, 1],
+    that of a loss on the log scale and stays positive; no interval with one
+    seed; a diverged seed's NaN loss is left out of the loss's mean, an
+    infinite one leaves the loss without an interval) and ``n_seeds`` (seeds
+    with a row for that epoch; a diverged seed has none after its divergence).
     """
     from propagate.confidence import summarize_seeds
 
-    return summarize_seeds(history, keys=["epoch"], metrics=list(METRICS)).sort_values("epoch").reset_index(drop=True)
+    table = summarize_seeds(history, keys=["epoch"], metrics=list(METRICS), kinds="auto")
+    return table.sort_values("epoch").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------- the checkpoint
+
+
+def read_checkpoint(folder: str | os.PathLike, config: dict, *, mmap: bool = False) -> dict | None:
+    """The checkpoint of run folder ``folder`` (``None`` if it has none); :class:`UserError` if it is unusable.
+
+    Unusable: not a torch file (damaged, truncated, another program's), a
+    checkpoint of an older propagate (one seed, no per-seed state), or one of a
+    run with settings other than ``config`` (:func:`run_config`). ``mmap``
+    maps the tensors instead of reading them (a check that need not load them).
+    """
+    import torch
+
+    path = Path(folder) / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    fix = "delete it or use --no-resume to start over"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except Exception as exc:  # noqa: BLE001 - unpickling a damaged file fails in any way; the file is at fault
+        raise UserError(f"cannot read the checkpoint {str(path)!r} ({exc.__class__.__name__}); {fix}") from None
+    if not isinstance(ckpt, dict) or "seeds" not in ckpt or not isinstance(ckpt["seeds"], dict):
+        raise UserError(f"{str(path)!r} is not a checkpoint of this propagate (an older one held one seed, no "
+                        f"per-seed state); {fix}")
+    if ckpt.get("config") != config:
+        raise UserError(f"{str(path)!r} holds a run with different settings; use another output folder or "
+                        f"--no-resume")
+    return ckpt
+
+
+def check_checkpoint(folder: str | os.PathLike, spec, options) -> None:
+    """Raise the :class:`UserError` a resumption of ``folder`` would raise for its checkpoint (before a banner)."""
+    read_checkpoint(folder, run_config(spec, options), mmap=True)
 
 
 # ----------------------------------------------------------------- per-seed state
@@ -173,6 +223,8 @@ class RunStore:
         self.folder = Path(folder) if folder is not None else None
         self.config = run_config(spec, options)
         self.seeds: dict[int, dict] = {}
+        #: the seeds ``summary.csv`` summarizes (:meth:`ask`; ``None``: every seed the store holds)
+        self.asked: list[int] | None = None
         self._lock = None
         if self.folder is not None:
             self._lock = claim(self.folder, run_identity(spec, options, dataset), resume=resume,
@@ -190,23 +242,12 @@ class RunStore:
         return self.folder is not None
 
     def _load_checkpoint(self) -> dict[int, dict]:
-        import torch
+        ckpt = read_checkpoint(self.folder, self.config)
+        return {} if ckpt is None else {int(k): v for k, v in ckpt["seeds"].items()}
 
-        path = self.folder / CHECKPOINT_FILE
-        if not path.is_file():
-            return {}
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # a damaged checkpoint is a user-visible problem, not a crash
-            raise UserError(f"cannot read checkpoint {path}: {exc.__class__.__name__}; delete it or use "
-                            "--no-resume") from None
-        if not isinstance(ckpt, dict) or "seeds" not in ckpt:
-            raise UserError(f"{path} is a checkpoint of an older propagate (one seed, no per-seed state); "
-                            f"delete it or use --no-resume")
-        if ckpt["config"] != self.config:
-            raise UserError(f"{self.folder} holds a run with different settings; use another output folder or "
-                            "--no-resume")
-        return {int(k): v for k, v in ckpt["seeds"].items()}
+    def ask(self, seeds: list[int]) -> None:
+        """The seeds of this call: ``summary.csv`` summarizes them (the folder's other tables keep every seed)."""
+        self.asked = [int(s) for s in seeds]
 
     # -- progress
 
@@ -294,7 +335,7 @@ class RunStore:
         meta = self.meta()
         write_table(history, self.folder / HISTORY_FILE, meta)
         write_table(layers, self.folder / LAYERS_FILE, meta)
-        write_table(summarize_history(history), self.folder / SUMMARY_FILE, meta)
+        self.save_summary(history)
         atomic_write_json(self.folder / SPEC_FILE, {
             "spec": self.spec.to_dict(), "options": meta["options"], "preset": meta.get("preset"),
             "status": meta["status"], "epochs_done": meta["epochs_done"], "seeds": meta["seeds"],
@@ -303,6 +344,15 @@ class RunStore:
         buf = io.BytesIO()
         torch.save({"config": self.config, "seeds": self.seeds}, buf)
         atomic_write_bytes(self.folder / CHECKPOINT_FILE, buf.getvalue())
+
+    def save_summary(self, history=None) -> None:
+        """Write ``summary.csv`` of the asked seeds (:meth:`ask`) present in ``history`` (default: the store's)."""
+        if self.folder is None:
+            return
+        history = self.frames()[0] if history is None else history
+        seeds = sorted(self.seeds) if self.asked is None else [s for s in self.asked if s in self.seeds]
+        meta = {**self.meta(), "summary_seeds": seeds}
+        write_table(summarize_history(history[history["seed"].isin(seeds)]), self.folder / SUMMARY_FILE, meta)
 
     def close(self) -> None:
         """Release the run folder's lock."""

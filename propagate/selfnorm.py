@@ -38,7 +38,7 @@ import mpmath as mp
 import numpy as np
 from scipy import optimize
 
-from propagate.activations import Activation, selu_constants, transformed_activation
+from propagate.activations import PARAMETER_RANGES, Activation, selu_constants, transformed_activation
 from propagate.errors import UserError
 from propagate.gaussian import (
     GUARD_DIGITS,
@@ -60,6 +60,9 @@ from propagate.transforms import TransformResult, dks_transform, leaky_relu_cmap
 __all__ = [
     "FAMILIES",
     "SHIFT_RANGE",
+    "VAR_RANGE",
+    "MEAN_LIMIT",
+    "INPUT_SCALE_LIMIT",
     "SMOOTH_FORMS",
     "MAX_DIGITS",
     "SelfNormSolution",
@@ -85,6 +88,15 @@ FAMILIES = {
 _RANGES = {"b": (-4.0, 4.0), "a": (0.05, 6.0), "alpha": (1e-3, 30.0)}
 #: Where b is chosen for ("gamma", "d"): beyond it the input sits in phi's far tail (gelu, silu: gamma > 10).
 SHIFT_RANGE = (-2.0, 3.0)
+#: The fixed point's variance. Below 1e-6 the float64 scans that find the candidates lose the spread of
+#: phi(a z + b) to rounding (relu: a complex square root); above 100 the input spreads over so much of phi
+#: that the quadrature needs minutes (gelu at 200 digits: 77 s at var 100, measured on 2 busy cores).
+VAR_RANGE = (1e-6, 1e2)
+#: Largest |mean| of the fixed point: the output shift it needs is of that size, and |d| <= 1e6 (PARAMETER_RANGES).
+MEAN_LIMIT = 1e6
+#: Largest |a| sqrt(var), the standard deviation of the input a z: the quadrature's cost grows with it
+#: (gelu, 30 digits: 5 s at 10, 15 s at 30, over a minute at 1000).
+INPUT_SCALE_LIMIT = 10.0
 _SCAN = 161
 
 
@@ -200,8 +212,25 @@ def _validate(mean, var, digits) -> None:
     for name, v in (("mean", mean), ("var", var)):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
             raise UserError(f"{name} must be a finite number, got {v!r}")
-    if var <= 0:
-        raise UserError(f"the variance must be > 0, got {var}")
+    if not VAR_RANGE[0] <= var <= VAR_RANGE[1]:
+        raise UserError(f"the variance must be from {VAR_RANGE[0]:g} to {VAR_RANGE[1]:g}, got {var:g} (below, "
+                        f"float64 scans lose the spread to rounding; above, the quadrature takes minutes)")
+    if abs(mean) > MEAN_LIMIT:
+        raise UserError(f"the mean must be within +-{MEAN_LIMIT:g} (the output shift d's range), got {mean:g}")
+
+
+def _check_fixed(name: str, value, var: float) -> None:
+    """A fixed ``a``, ``b`` or ``d``: finite, in :data:`propagate.activations.PARAMETER_RANGES`, ``|a| sqrt(var)`` bounded."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise UserError(f"parameter {name}={value!r} is not a finite number")
+    low, high, _ = PARAMETER_RANGES["@"][name]  # |value| bounds, as the activation string is read
+    if not (low <= abs(value) <= high or (value == 0 and name != "a")):
+        bounds = f"{low:g} <= |{name}| <= {high:g}" if low else f"|{name}| <= {high:g}"
+        raise UserError(f"parameter {name} = {value:g} is outside its range {bounds}")
+    if name == "a" and abs(value) * math.sqrt(var) > INPUT_SCALE_LIMIT:
+        raise UserError(f"|a| sqrt(var) = {abs(value) * math.sqrt(var):.3g}: the input a x spreads over more than "
+                        f"{INPUT_SCALE_LIMIT:g} of phi's scale and the quadrature would take minutes; use |a| <= "
+                        f"{INPUT_SCALE_LIMIT / math.sqrt(var):.3g}")
 
 
 def _family_of(base: BaseActivation, family: str | None) -> str:
@@ -262,11 +291,14 @@ def _problem(activation, family, mean, var, digits, solve, fixed) -> _Problem:
     for k, v in fixed.items():
         if k not in names:
             raise UserError(f"family {fam!r} has parameters {', '.join(names)}; got {k!r}")
-        if not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise UserError(f"parameter {k}={v!r} is not a finite number")
+        if k == "gamma":
+            raise UserError("gamma (the output scale) is always solved; fix a, b or d")
+        _check_fixed(k, v, var)
     if fam == "scale_alpha":
         if fixed:
             raise UserError("family 'scale_alpha' solves both scale and alpha; nothing can be fixed")
+        if solve is not None:
+            raise UserError("family 'scale_alpha' solves scale and alpha; --solve applies to the affine family")
         return _Problem(base, fam, mean, var, digits, ("scale", "alpha"), fixed)
     solve = tuple(solve or ("gamma", "d"))
     if len(solve) != 2 or len(set(solve)) != 2 or any(s not in names for s in solve):
@@ -429,7 +461,12 @@ def _activation_string(family: str, base: BaseActivation, params: dict) -> str:
             return "selu"
         return f"selu:lambda={lam!r},alpha={alpha!r}"
     vals = {k: float(params[k]) for k in ("gamma", "a", "b", "d")}
-    return transformed_activation(base.name, **vals).name
+    try:
+        return transformed_activation(base.name, **vals).name
+    except UserError as exc:  # e.g. phi(a x + b) has (almost) no spread there, so gamma is huge or infinite
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in vals.items())
+        raise UserError(f"the solution for {base.name} ({shown}) is outside what an activation may hold "
+                        f"({exc}); try another --b, --mean or --var") from None
 
 
 def _unscaled(family: str, base: BaseActivation, params: dict) -> ShiftedActivation:
@@ -495,10 +532,15 @@ def self_normalize(
     alpha)``, SELU's family, both solved.
 
     ``mean`` and ``var`` (a variance) are the fixed point, ``digits`` the
-    significant digits wanted. Returns every solution found, most contracting
-    first. Raises :class:`UserError` (one line) when the family cannot reach the
-    point, for an unknown family or parameter, or an activation without an
-    arbitrary-precision form.
+    significant digits wanted: ``var`` in :data:`VAR_RANGE`, ``|mean|`` at most
+    :data:`MEAN_LIMIT`, fixed ``a, b, d`` in the ranges of
+    :data:`propagate.activations.PARAMETER_RANGES` with ``|a| sqrt(var)`` at most
+    :data:`INPUT_SCALE_LIMIT` (beyond them the answer loses its digits or takes
+    minutes). Returns every solution found, most contracting first. Raises
+    :class:`UserError` (one line, before any work where the arguments are at
+    fault) when the family cannot reach the point, for an unknown family or
+    parameter, a value outside its range, ``solve`` with ``scale_alpha``, or an
+    activation without an arbitrary-precision form.
     """
     _validate(mean, var, digits)
     p = _problem(activation, family, mean, var, digits, solve, fixed)

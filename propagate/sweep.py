@@ -76,6 +76,7 @@ from propagate.commands import trainability as trainability_command
 from propagate.commands.simulate import build_spec as simulate_build_spec
 from propagate.errors import UserError
 from propagate.io import atomic_write_bytes, atomic_write_json, run_metadata
+from propagate.limits import check_grid, linear_range
 from propagate.runfolder import claim
 from propagate.runner import OnDask, PointStore, ProgressBar, call, point_key, run_points
 from propagate.runner import Point as RunnerPoint
@@ -296,6 +297,11 @@ class _RaisingParser:
         return self.parser.parse_args(argv)
 
 
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return repr(value)
@@ -362,14 +368,15 @@ def expand_range(text: str) -> list:
         raise UserError(f"bad range {text!r}: write START:STOP:N (N points, both ends included) or "
                         "START:STOP:N:log, or a list [a, b, ...]")
     a, b, n, scale = float(m.group(1)), float(m.group(2)), int(m.group(3)), m.group(4) or "lin"
-    if n < 1:
-        raise UserError(f"bad range {text!r}: N must be >= 1")
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise UserError(f"bad range {text!r}: START and STOP must be finite numbers")
+    if scale == "log" and (a <= 0 or b <= 0):
+        raise UserError(f"bad range {text!r}: a log range needs START and STOP > 0")
+    # the count is checked before anything is built (limits.MAX_LIST): "0:1:10000000000" is one line, not swap
     if scale == "log":
-        if a <= 0 or b <= 0:
-            raise UserError(f"bad range {text!r}: a log range needs START and STOP > 0")
-        vals = [a] if n == 1 else [math.exp(math.log(a) + (math.log(b) - math.log(a)) * i / (n - 1)) for i in range(n)]
+        vals = [math.exp(u) for u in linear_range(math.log(a), math.log(b), n, f"the range {text!r}")]
     else:
-        vals = [a] if n == 1 else [a + (b - a) * i / (n - 1) for i in range(n)]
+        vals = linear_range(a, b, n, f"the range {text!r}")
     vals = [float(f"{v:.12g}") for v in vals]
     ints = all(re.fullmatch(r"\s*[-+]?\d+\s*", g) for g in (m.group(1), m.group(2)))
     if ints and scale == "lin" and all(v == int(v) for v in vals):
@@ -403,17 +410,22 @@ def _read_toml(path: Path) -> dict:
             import tomli as tomllib
         except ImportError:
             raise UserError("reading sweep files needs Python 3.11+ or the tomli package (pip install tomli)") from None
+    where = repr(str(path))  # quoted: a name with a newline stays on the error's one line
     try:
+        if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO or /dev/zero would never end
+            raise UserError(f"sweep file {where} is not a regular file")
         with open(path, "rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise UserError(f"sweep file not found: {path}") from None
+        raise UserError(f"sweep file not found: {where}") from None
     except IsADirectoryError:
-        raise UserError(f"sweep file is a folder: {path}") from None
+        raise UserError(f"sweep file is a folder: {where}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML: {exc}") from None
+        raise UserError(f"{where}: not valid TOML: {' '.join(str(exc).split())}") from None
     except UnicodeDecodeError:
-        raise UserError(f"{path}: not valid TOML (not UTF-8 text)") from None
+        raise UserError(f"{where}: not valid TOML (not UTF-8 text)") from None
+    except OSError as exc:  # unreadable, a name too long, ...
+        raise UserError(f"cannot read the sweep file {where}: {exc.strerror or exc}") from None
 
 
 def load_plan(path: str | os.PathLike) -> SweepPlan:
@@ -426,15 +438,26 @@ def load_plan(path: str | os.PathLike) -> SweepPlan:
     return plan_from_dict(_read_toml(path), source=str(path))
 
 
-def plan_from_dict(data: dict, source: str = "") -> SweepPlan:
-    """:func:`load_plan` for an already parsed sweep file (a dict of ``lens``, ``fixed``, ``grid``, ``zip``)."""
+def _file_lens(data: dict) -> Lens:
+    """The lens a parsed sweep file names, after checking its top-level keys (UserError)."""
     unknown = set(data) - {"lens", "fixed", "grid", "zip"}
     if unknown:
         raise UserError(f"unknown top-level key(s) {', '.join(sorted(map(repr, unknown)))} in the sweep file; "
                         "use lens, [fixed], [grid] and [zip.NAME]")
     if "lens" not in data:
         raise UserError(f"the sweep file names no lens; add lens = \"{'|'.join(LENSES)}\"")
-    lens = _lens(data["lens"])
+    if not isinstance(data["lens"], str):  # a list or a table would reach a dict lookup (unhashable)
+        raise UserError(f"lens must be one name in quotes, lens = \"{'|'.join(LENSES)}\", got "
+                        f"{type(data['lens']).__name__} {_short(data['lens'])}")
+    return _lens(data["lens"])
+
+
+def plan_from_dict(data: dict, source: str = "") -> SweepPlan:
+    """:func:`load_plan` for an already parsed sweep file (a dict of ``lens``, ``fixed``, ``grid``, ``zip``).
+
+    The grid's size is checked (:func:`propagate.limits.check_grid`) before any point is built.
+    """
+    lens = _file_lens(data)
     parser = _RaisingParser(lens)
     fixed, grid, zips = data.get("fixed", {}), data.get("grid", {}), data.get("zip", {})
     for what, tbl in (("[fixed]", fixed), ("[grid]", grid), ("[zip]", zips)):
@@ -473,6 +496,7 @@ def plan_from_dict(data: dict, source: str = "") -> SweepPlan:
         axes.append(axis)
     if not axes:
         raise UserError("empty grid: name at least one field with a list of values in [grid] or [zip.NAME]")
+    check_grid([len(next(iter(axis.values()))) for axis in axes], "the sweep grid")  # before any point is built
 
     datasets: dict = {}
     points, keys = [], set()

@@ -38,10 +38,11 @@ Metrics per seed and epoch (one row of ``TrainResult.history``):
   ensemble: the seeds train together).
 
 ``TrainResult.summary`` (``summary.csv`` of a run folder) gives, per epoch,
-each metric's mean over seeds and its 95% Student t confidence interval
-(:func:`propagate.confidence.summarize_seeds`): columns ``<metric>_mean``,
-``<metric>_ci_low``, ``<metric>_ci_high`` and ``n_seeds`` (no interval with one
-seed).
+each metric's mean over the requested seeds and its 95% Student t confidence
+interval on the scale of the metric's range (:func:`propagate.runstore.summarize_history`:
+logit scale for accuracies, which stay in [0, 1]; log scale for losses, which
+stay positive): columns ``<metric>_mean``, ``<metric>_ci_low``,
+``<metric>_ci_high`` and ``n_seeds`` (no interval with one seed).
 
 Per-layer statistics (``TrainResult.layers``, the :mod:`propagate.stats` table
 with ``source="training"`` and a ``seed`` column, computed by
@@ -84,7 +85,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Sequence
 
 from propagate.errors import UserError
-from propagate.limits import MEMORY_SHARE, format_bytes, memory_limit, training_bytes
+from propagate.limits import MEMORY_SHARE, check_seeds, format_bytes, memory_limit, training_bytes
 from propagate.presets import PRESETS, Preset, get_preset, list_presets
 from propagate.runstore import (HISTORY_COLUMNS, METRICS, RunStore, load_seed_states, restore_seed, run_identity,
                                 seed_state, summarize_history)
@@ -183,8 +184,9 @@ class TrainOptions:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise UserError(f"{name.replace('_', ' ')} must be a whole number >= 1, got {v!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise UserError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        check_seeds(self.seed, self.seeds, "seed")  # 0 <= seed .. seed + seeds - 1 <= 2^63 - 1
         if not isinstance(self.probe_size, int) or self.probe_size < 2:
             raise UserError(f"probe size must be a whole number >= 2, got {self.probe_size!r}")
         if not isinstance(self.train_eval_size, int) or self.train_eval_size < 0:
@@ -226,12 +228,12 @@ def seed_list(seed: int = 0, seeds: int | Sequence[int] | None = None) -> list[i
     if seeds is None:
         return [int(seed)]
     if isinstance(seeds, int):
-        if seeds < 1:
-            raise UserError(f"seeds must be a whole number >= 1, got {seeds}")
+        check_seeds(seed, seeds, "seed")
         return list(range(int(seed), int(seed) + seeds))
     out = [int(s) for s in seeds]
-    if not out or len(set(out)) != len(out) or min(out) < 0:
+    if not out or len(set(out)) != len(out):
         raise UserError(f"seeds must be distinct whole numbers >= 0, got {list(seeds)}")
+    check_seeds(min(out), max(out) - min(out) + 1, "seeds")  # every one in 0 .. 2^63 - 1
     return out
 
 
@@ -775,8 +777,9 @@ def train(
     ``resume`` an existing checkpoint of the
     same configuration is continued per seed (a finished or diverged seed is
     returned as is, or trained further when ``options.epochs`` is larger; a seed
-    the folder lacks is trained from scratch). The folder's files cover every
-    seed it holds; the result, the requested seeds. A checkpoint of a different
+    the folder lacks is trained from scratch). The folder's ``history.csv``,
+    ``layers.csv`` and checkpoint cover every seed it holds; ``summary.csv`` and
+    the result, the requested seeds only. A checkpoint of a different
     configuration raises :class:`UserError`. An ensemble that would not fit in
     memory is refused before any work (:func:`check_memory`).
     """
@@ -792,12 +795,14 @@ def train(
     # the lock is held until this function returns.
     with RunStore(spec, options, dataset, folder=run_dir, resume=resume, label=label, preset=preset,
                   device=device) as store, training_settings(options, device):
+        store.ask(wanted)
         run = _make_run(spec, options, dataset, device, label, progress, on_step, keep_state=store.keeps_state)
         on_epoch = None if callback is None else (lambda row: callback({**row, "run": name}))
         model = None
         # Seeds at the same point train together; a resumption that adds seeds trains them as a second group.
         for start, group in sorted(store.groups(wanted).items(), reverse=True):
             model = _train_group(run, group, store, start, on_epoch)
+        store.save_summary()  # the summary of these seeds, also when every one of them was done already
         status = store.status(wanted)
         history, layers = store.frames(wanted)
         meta = {**store.meta(), "status": store.overall(status), "seeds": wanted, "seed_status": status}

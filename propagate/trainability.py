@@ -7,9 +7,10 @@ log-spaced grid, each (configuration, lr) as an ensemble of seeds, and reports:
   epoch (``loss``, ``acc``, ``val_loss``, ``val_acc``, ``train_eval_acc``; see
   :mod:`propagate.train` for their definitions; losses in nats per sample,
   accuracies as fractions) as ``<metric>_mean``, ``<metric>_ci_low``,
-  ``<metric>_ci_high`` (95% Student t interval over seeds,
-  :func:`propagate.confidence.t_interval`), ``n_seeds``, ``n_diverged`` and an
-  ``outcome``:
+  ``<metric>_ci_high`` (95% Student t interval over seeds on the scale of the
+  metric's range, :func:`propagate.confidence.interval_of`: accuracies on the
+  logit scale, so the interval stays in [0, 1], losses on the log scale, so it
+  stays positive), ``n_seeds``, ``n_diverged`` and an ``outcome``:
 
   * ``diverged``: at least one seed's training loss became inf/NaN;
   * ``trains``: no seed diverged and the *lower* bound of the 95% interval of
@@ -23,9 +24,10 @@ log-spaced grid, each (configuration, lr) as an ensemble of seeds, and reports:
   whose outcome is ``trains`` (NaN if none trains), ``max_lr_bad``: the
   smallest learning rate above it that does not train (NaN when it trains at
   the top of the grid: the measurement is then only a lower bound,
-  ``censored=True``). With ``refine=K``, ``K`` bisection steps in log space
-  (geometric midpoints) between those two narrow the bracket by ``2^K`` in
-  log lr.
+  ``censored=True``). With ``refine=K``, up to ``K`` bisection steps in log
+  space (geometric midpoints) between those two narrow the bracket by ``2^K``
+  in log lr; a configuration stops early when its bracket is narrower than
+  :data:`REFINE_RTOL` (relative) or its midpoint equals an end in float64.
 
 - next to it, per configuration, ``max_lr_predicted``: the largest stable
   learning rate predicted at initialization from the optimizer's own first
@@ -74,8 +76,9 @@ from typing import Callable, Sequence
 
 from propagate.errors import UserError
 from propagate.io import run_metadata, write_table
+from propagate.limits import check_seeds
 from propagate.lr_limit import LookaheadOptions, predict_max_lr
-from propagate.runfolder import claim
+from propagate.runfolder import check_run_folder, claim
 from propagate.runner import Point as RunnerPoint
 from propagate.runner import PointStore, Result, Shared, choose_engine, point_key, run_points
 from propagate.sharpness import network_sharpness
@@ -83,6 +86,7 @@ from propagate.sharpness import network_sharpness
 __all__ = [
     "DEFAULT_LRS",
     "METRICS",
+    "REFINE_RTOL",
     "OUTCOMES",
     "TrainabilityOptions",
     "TrainabilityResult",
@@ -93,6 +97,7 @@ __all__ = [
     "summarize_point",
     "max_lr_of",
     "trainability",
+    "check_out_dir",
     "first_epoch_dynamics",
 ]
 
@@ -166,6 +171,7 @@ class TrainabilityOptions:
             raise UserError("an ensemble needs at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"seeds must differ, got {list(self.seeds)}")
+        check_seeds(min(self.seeds), max(self.seeds) - min(self.seeds) + 1, "seeds")  # all in 0 .. 2^63 - 1
         if self.criterion not in ("acc", "train_eval_acc", "val_acc"):
             raise UserError(f"criterion must be acc, train_eval_acc or val_acc, got {self.criterion!r}")
         if not 0 <= self.level < 1:
@@ -237,26 +243,38 @@ def train_ensemble(spec, options, seeds: Sequence[int], dataset) -> list[dict]:
 
 
 def classify(seed_rows: Sequence[dict], criterion: str = "acc", level: float = 0.5) -> str:
-    """``diverged``, ``trains`` or ``fails`` for one (configuration, lr) (rules in the module docstring)."""
-    from propagate.confidence import t_interval
+    """``diverged``, ``trains`` or ``fails`` for one (configuration, lr) (rules in the module docstring).
+
+    The bound compared with ``level`` is the lower end of the criterion's 95%
+    t interval on the logit scale (:func:`propagate.confidence.interval_of`:
+    an accuracy's interval stays in [0, 1]), the interval written to
+    ``points.csv`` as ``<criterion>_ci_low``; with one seed, the value itself.
+    """
+    from propagate.confidence import interval_of
 
     if any(r.get("diverged") for r in seed_rows):
         return "diverged"
-    iv = t_interval([r[criterion] for r in seed_rows])
+    iv = interval_of(criterion, [r[criterion] for r in seed_rows])
     if iv.n == 0:
         return "fails"
-    bound = iv.low if iv.n >= 2 else iv.mean
+    bound = iv.low if iv.has_interval else iv.mean
     return "trains" if bound > level else "fails"
 
 
 def summarize_point(config: str, lr: float, seed_rows: Sequence[dict], criterion: str = "acc",
                     level: float = 0.5, refined: bool = False) -> dict:
-    """One row of the per-(configuration, lr) table from the per-seed final numbers."""
-    from propagate.confidence import t_interval
+    """One row of the per-(configuration, lr) table from the per-seed final numbers.
+
+    Each metric's mean over seeds with its 95% t interval on the scale of its
+    range (:func:`propagate.confidence.interval_of`): accuracies on the logit
+    scale (the interval stays in [0, 1]), losses on the log scale (it stays
+    positive); a diverged seed's infinite loss leaves the loss without an interval.
+    """
+    from propagate.confidence import interval_of
 
     row = {"config": config, "lr": float(lr), "refined": bool(refined)}
     for m in METRICS:
-        iv = t_interval([r[m] for r in seed_rows])
+        iv = interval_of(m, [r[m] for r in seed_rows])
         row[f"{m}_mean"], row[f"{m}_ci_low"], row[f"{m}_ci_high"] = iv.mean, iv.low, iv.high
     row["n_seeds"] = len(seed_rows)
     row["n_diverged"] = sum(bool(r.get("diverged")) for r in seed_rows)
@@ -277,7 +295,8 @@ def max_lr_of(points: Sequence[dict]) -> tuple[float, float]:
 # --------------------------------------------------------------------- grid
 
 
-def _lr_key(lr: float) -> str:
+def _legacy_lr_name(lr: float) -> str:
+    """The learning rate in the point file names of folders written before the runner (6 digits: not a key)."""
     return f"{lr:.6g}"
 
 
@@ -398,7 +417,7 @@ class _Grid:
 
     def __init__(self, plan: _Plan, engine, store: PointStore | None, resume: bool, progress):
         self.plan, self.engine, self.store, self.resume, self.progress = plan, engine, store, resume, progress
-        self.rows: dict[tuple[str, str], list[dict]] = {}
+        self.rows: dict[tuple[str, float], list[dict]] = {}  # keyed by the exact lr: 1e-3 and 1.0000001e-3 differ
         self.preds: dict[str, dict] = {}
         self.tried = {n: [(lr, False) for lr in plan.lrs] for n in plan.names}
 
@@ -438,7 +457,7 @@ class _Grid:
         name, opts = rp.meta["config"], self.plan.options
         if rp.meta["kind"] == "point":
             lr = rp.meta["lr"]
-            self.rows[(name, _lr_key(lr))] = value
+            self.rows[(name, float(lr))] = value
             if announce and self.progress is not None:
                 s = summarize_point(name, lr, value, opts.criterion, opts.level)
                 self.progress(f"{name} lr {lr:.3g}: {s['outcome']} ({opts.criterion} "
@@ -458,31 +477,56 @@ class _Grid:
         if rp.meta["kind"] != "point" or self.store.has(rp.key):
             return
         name = rp.meta["config"]
-        legacy = self.store.folder / f"{_file_name(name)}_lr{_lr_key(rp.meta['lr'])}.json"
+        legacy = self.store.folder / f"{_file_name(name)}_lr{_legacy_lr_name(rp.meta['lr'])}.json"
         if legacy.is_file():
             saved = json.loads(legacy.read_text())
-            if saved.get("spec") == _json_value(self.plan.specs[name].to_dict()):
+            # the name holds 6 digits of lr, the file the exact value: 1.0000001e-3 does not take 1e-3's file
+            if saved.get("lr") == rp.meta["lr"] and saved.get("spec") == _json_value(self.plan.specs[name].to_dict()):
                 self.store.save(Result(rp, True, saved["seeds"], meta={"from": legacy.name}))
 
     def bracket(self, name: str) -> tuple[float, float]:
         opts = self.plan.options
-        pts = [summarize_point(name, lr, self.rows[(name, _lr_key(lr))], opts.criterion, opts.level)
+        pts = [summarize_point(name, lr, self.rows[(name, float(lr))], opts.criterion, opts.level)
                for lr, _ in self.tried[name]]
         return max_lr_of(pts)
 
     def refine(self, steps: int) -> None:
-        """``steps`` rounds of one bisection step (geometric midpoint) of every configuration with a bracket."""
+        """Up to ``steps`` rounds of one bisection step (geometric midpoint) of every configuration with a bracket.
+
+        A configuration stops early once its bracket cannot shrink any more
+        (:func:`_bisect`): nothing is trained for a midpoint that is not
+        strictly inside it.
+        """
         for _ in range(steps):
             mids = {}
             for n in self.plan.names:
-                lo, hi = self.bracket(n)
-                if math.isfinite(lo) and math.isfinite(hi):
-                    mids[n] = math.sqrt(lo * hi)
+                mid = _bisect(*self.bracket(n))
+                if mid is not None:
+                    mids[n] = mid
             if not mids:
                 break
             self.run_round(list(mids.items()), [])
             for n, mid in mids.items():
                 self.tried[n].append((mid, True))
+
+
+#: Smallest relative width ``hi / lo - 1`` of a bracket that is still bisected: a millionth of lr, far below
+#: the spread of the largest trainable lr over seeds (and what 20 steps reach from a decade, ln 10 / 2^20).
+REFINE_RTOL = 1e-6
+
+
+def _bisect(lo: float, hi: float) -> float | None:
+    """The geometric midpoint of the bracket ``(lo, hi)``, or ``None`` when it is not worth (or not possible) to split.
+
+    ``None`` when either end is missing (NaN), when ``hi / lo - 1`` is below
+    :data:`REFINE_RTOL`, or when the midpoint equals an end at float precision.
+    """
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi) or hi / lo - 1 < REFINE_RTOL:
+        return None
+    mid = math.sqrt(lo * hi)
+    if not lo < mid < hi:  # lo * hi underflowed or overflowed (lr near 1e-308 or 1e308), or lo, hi are neighbours
+        mid = math.sqrt(lo) * math.sqrt(hi)
+    return mid if lo < mid < hi else None
 
 
 def _num(d: dict, key: str) -> float:
@@ -543,7 +587,7 @@ def _tables(grid: _Grid) -> dict:
     for name in grid.plan.names:
         pts = []
         for lr, refined in grid.tried[name]:
-            rows = grid.rows[(name, _lr_key(lr))]
+            rows = grid.rows[(name, float(lr))]
             seed_rows += [{"config": name, "lr": float(lr), "refined": refined, **r} for r in rows]
             pts.append(summarize_point(name, lr, rows, opts.criterion, opts.level, refined))
         point_rows.extend(pts)
@@ -573,6 +617,21 @@ def _write_tables(out: Path, tables: dict, meta: dict) -> None:
     for name in ("seeds", "predictions", "lookahead"):
         if len(tables[name]):
             write_table(tables[name], out / f"{name}.csv", meta)
+
+
+def check_out_dir(out_dir: str | Path, configs: Sequence[tuple[str, object]], lrs: Sequence[float], dataset,
+                  options: TrainabilityOptions | None = None, *, resume: bool = True) -> None:
+    """Raise what :func:`trainability` would raise about ``out_dir`` (:class:`UserError`), creating nothing.
+
+    For a command to call before its banner: the arguments as :func:`trainability`
+    checks them, then :func:`propagate.runfolder.check_run_folder` with the
+    folder's identity (the options that change results and the dataset's):
+    a folder of another kind, one with files, a ``.lock`` or ``identity.json``
+    propagate did not write, one in use, or (with ``resume``) one holding a
+    run of other settings or data.
+    """
+    plan = _plan(configs, lrs, dataset, options or TrainabilityOptions(), None, None, on_dask=False, stored=True)
+    check_run_folder(out_dir, "trainability", _folder_identity(plan), resume=resume, option="--out")
 
 
 def trainability(

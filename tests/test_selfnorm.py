@@ -219,6 +219,50 @@ def test_transform_refusals():
         selfnorm.tat_transform("elu", 10)
     with pytest.raises(UserError, match="cannot reach"):
         selfnorm.tat_transform("leaky_relu", 2, eta=0.9)
+    with pytest.raises(UserError, match=r"slopes up to 1 - 1e-12 give C_f\(0\) >= .*use a larger eta"):
+        selfnorm.tat_transform("leaky_relu", 50, eta=1e-300)  # only slope 1 (the identity) reaches it
+    # bounded work: each of these ran for minutes without a word
+    from propagate.transforms import MAX_DIGITS, MAX_LEAKY_WORK
+
+    assert MAX_DIGITS == 80 and MAX_LEAKY_WORK == 1.5e6
+    with pytest.raises(UserError, match="at most 80 digits"):
+        selfnorm.dks_transform("gelu", 50, digits=200)
+    with pytest.raises(UserError, match=r"depth x \(digits \+ 15\) = 3.5e\+06 is more than the limit 1.5e\+06"):
+        selfnorm.tat_transform("leaky_relu", 100_000)
+
+
+def test_tat_leaky_relu_deep_solves_its_equation():
+    """The float64 start and secant polish: C^depth(0) = eta at the working precision, also deep (depth 3000)."""
+    depth, eta, digits = 3000, 0.9, 25
+    res = selfnorm.tat_transform("leaky_relu", depth, eta=eta, digits=digits)
+    s = res.parameters["slope"]
+    with mp.workdps(digits + 15):
+        c = mp.mpf(0)
+        for _ in range(depth):
+            c = selfnorm.leaky_relu_cmap(c, s)
+        assert abs(c - mp.mpf("0.9")) < mp.mpf(10) ** -(digits + 5)
+    assert 0.9 < float(s) < 1  # deep networks need a nearly linear rectifier (depth 50: 0.43)
+
+
+def test_self_normalize_ranges_and_options_that_do_not_apply():
+    """Each of these crashed or ran for minutes (issue 23): refused in one line, before any work."""
+    cases = [(dict(fixed={"b": 1e308}), r"parameter b = 1e\+308 is outside its range \|b\| <= 1e\+06"),
+             (dict(var=1e-300), "the variance must be from 1e-06 to 100"),
+             (dict(var=1e300), "the variance must be from 1e-06 to 100"),
+             (dict(mean=1e300), r"the mean must be within \+-1e\+06"),
+             (dict(fixed={"a": 1e-300}), r"1e-06 <= \|a\| <= 1e\+06"),
+             (dict(fixed={"a": 1000.0}), r"\|a\| sqrt\(var\) = 1e\+03.*use \|a\| <= 10"),
+             (dict(fixed={"a": 4.0}, var=25.0), r"\|a\| sqrt\(var\) = 20.*use \|a\| <= 2"),
+             (dict(fixed={"gamma": 2.0}), "gamma .* is always solved")]
+    for kw, expected in cases:
+        with pytest.raises(UserError, match=expected):
+            selfnorm.self_normalize("gelu", **kw)
+    with pytest.raises(UserError, match="--solve applies to the affine family"):
+        selfnorm.self_normalize("elu", family="scale_alpha", solve=("gamma", "b"))
+    assert selfnorm.VAR_RANGE == (1e-6, 1e2)
+    # the ends of the ranges are answered
+    small = selfnorm.self_normalize("tanh", var=1e-6, digits=12, fixed={"b": 0.0}).recommended
+    assert float(small.parameters["gamma"]) == pytest.approx(1.0, abs=1e-5)  # tanh is linear near 0
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 
@@ -99,6 +100,14 @@ BAD_FILES = {
     "twice": ('lens = "simulate"\n[fixed]\ndepth = 2\n[grid]\ndepth = [1]\n', "appears in both"),
     "no lens": ('[grid]\ndepth = [1]\n', "names no lens"),
     "alias twice": ('lens = "simulate"\n[fixed]\nbias_var = 0.1\n[grid]\nsigma_b2 = [0]\n', "the same option"),
+    "lens list": ('lens = ["simulate", "theory"]\n[grid]\ndepth = [1]\n', "lens must be one name in quotes"),
+    "lens table": ('lens = {name = "simulate"}\n[grid]\ndepth = [1]\n', "got dict {'name': 'simulate'}"),
+    "range huge": ('lens = "simulate"\n[grid]\nbias_var = "0:1:10000000000"\n',
+                   "the range '0:1:10000000000' of 10000000000 points is more than the limit of 100000"),
+    "log range huge": ('lens = "simulate"\n[grid]\nbias_var = "1e-3:1:200000:log"\n', "200000 points"),
+    "range overflow": ('lens = "simulate"\n[grid]\nbias_var = "0:1e400:3"\n', "must be finite numbers"),
+    "grid huge": ('lens = "simulate"\n[grid]\nbias_var = "0:1:1000"\ndepth = "1:1000:1000"\n',
+                  "the sweep grid has 1000 x 1000 = 1000000 points, more than the limit of 100000"),
 }
 
 
@@ -277,6 +286,33 @@ def test_trainability_lens_gathers_its_three_tables(client, tmp_path):
 def test_run_sweep_rejects_workers_with_a_scheduler(tmp_path):
     with pytest.raises(UserError, match="--workers"):
         run_sweep(_plan({"seed": [1]}), tmp_path, workers=2, scheduler="tcp://127.0.0.1:1")
+
+
+def test_a_grid_too_large_is_refused_before_a_point_is_built(monkeypatch):
+    """A grid of 10^7 points ends in one line at once: no point is parsed (each parse costs ~0.1 ms)."""
+    from propagate import sweep
+
+    built = []
+    monkeypatch.setattr(sweep._RaisingParser, "argv", lambda self, values: built.append(values) or [])
+    with pytest.raises(UserError, match="10000000 points, more than the limit"):
+        plan_from_dict({"lens": "simulate", "grid": {"seed": list(range(1000)), "depth": list(range(1, 101)),
+                                                     "width": list(range(1, 101))}})
+    assert built == []
+
+
+def test_scheduler_addresses_dask_cannot_parse_are_one_line():
+    """Dask's ValueError (no port, an unknown protocol) and an empty address: UserErrors, no local cluster started."""
+    from propagate.cluster import check_where, dask_client
+
+    for bad, expected in (("not an address", "is not a Dask scheduler address (missing port"),
+                          ("http://127.0.0.1:1", "unknown address scheme 'http'")):
+        with pytest.raises(UserError, match=re.escape(expected)) as info:
+            with dask_client(scheduler=bad):
+                pass
+        assert "\n" not in str(info.value)
+    for empty in ("", "  "):
+        with pytest.raises(UserError, match="scheduler address must be"):
+            check_where(scheduler=empty)
 
 
 def test_example_file_parses():

@@ -363,11 +363,19 @@ def test_ensemble_files_per_seed_and_t_intervals(mnist5k, tmp_path):
     assert list(summ["epoch"]) == [1, 2] and (summ["n_seeds"] == 3).all()
     for metric in ("loss", "acc", "val_acc", "train_eval_acc"):
         v = hist[hist["epoch"] == 2][metric].to_numpy()
-        half = sps.t.ppf(0.975, 2) * v.std(ddof=1) / math.sqrt(3)
+        m, half = v.mean(), sps.t.ppf(0.975, 2) * v.std(ddof=1) / math.sqrt(3)
+        # the t interval on the metric's scale (delta method), mapped back: a loss's on log(m), an accuracy's on
+        # logit(m) = log(m / (1 - m)), so a loss stays positive and an accuracy in [0, 1]
+        if metric == "loss":
+            low, high = m * math.exp(-half / m), m * math.exp(half / m)
+        else:
+            u, h = math.log(m / (1 - m)), half / (m * (1 - m))
+            low, high = 1 / (1 + math.exp(-(u - h))), 1 / (1 + math.exp(-(u + h)))
         row = summ[summ["epoch"] == 2].iloc[0]
-        assert row[f"{metric}_mean"] == pytest.approx(v.mean(), rel=1e-9)
-        assert row[f"{metric}_ci_low"] == pytest.approx(v.mean() - half, rel=1e-9, abs=1e-12)
-        assert row[f"{metric}_ci_high"] == pytest.approx(v.mean() + half, rel=1e-9, abs=1e-12)
+        assert row[f"{metric}_mean"] == pytest.approx(m, rel=1e-9)
+        assert row[f"{metric}_ci_low"] == pytest.approx(low, rel=1e-9, abs=1e-12)
+        assert row[f"{metric}_ci_high"] == pytest.approx(high, rel=1e-9, abs=1e-12)
+        assert (0 < low < m < high) and (metric == "loss" or high < 1)
     meta = json.loads((out / "spec.json").read_text())
     assert meta["seeds"] == [5, 6, 7] and meta["status"] == "finished"
 
@@ -395,6 +403,51 @@ def test_resume_per_seed_equals_uninterrupted(mnist5k, tmp_path):
 
     with pytest.raises(UserError, match="lr|different settings"):
         train(spec, opts.with_(lr=1e-2), ds, run_dir=tmp_path / "resumed")
+
+
+def test_a_folder_summarizes_the_seeds_asked_for(mnist5k, tmp_path):
+    """The issue's case: --seed 7 into a folder of seed 0 trains seed 7 beside it; summary.csv is seed 7's alone."""
+    ds = _subset(mnist5k, 128, 32)
+    spec = NetworkSpec.stack(1, 8, first_width=8, out_features=10)
+    opts = TrainOptions(epochs=1, probe_size=16, batch_size=64, threads=1, seed=0)
+    out = tmp_path / "run"
+    zero = train(spec, opts, ds, run_dir=out)
+    seven = train(spec, opts.with_(seed=7), ds, run_dir=out)
+    hist = pd.read_csv(out / "history.csv")
+    assert sorted(hist["seed"].unique()) == [0, 7]  # the folder keeps both seeds' rows
+    summ = pd.read_csv(out / "summary.csv")
+    assert list(summ["n_seeds"]) == [1]
+    assert summ["val_acc_mean"].iloc[0] == pytest.approx(seven.history["val_acc"].iloc[0], rel=1e-12)
+    assert summ["val_acc_mean"].iloc[0] != pytest.approx(hist["val_acc"].mean(), rel=1e-9)  # not the 0-and-7 mean
+    assert json.loads((out / "summary.csv.meta.json").read_text())["summary_seeds"] == [7]
+    # asking for seed 0 again trains nothing and puts its summary back
+    again = train(spec, opts, ds, run_dir=out)
+    assert list(again.history["seconds"]) == list(zero.history["seconds"])
+    assert pd.read_csv(out / "summary.csv")["val_acc_mean"].iloc[0] == pytest.approx(zero.history["val_acc"].iloc[0])
+    # both seeds: the summary is their mean
+    both = train(spec, opts, ds, seeds=[0, 7], run_dir=out)
+    assert list(pd.read_csv(out / "summary.csv")["n_seeds"]) == [2] and both.summary["n_seeds"].iloc[0] == 2
+
+
+def test_a_damaged_checkpoint_is_refused_before_the_banner(mnist5k, tmp_path, capsys):
+    from propagate.runstore import CHECKPOINT_FILE, read_checkpoint, run_config
+
+    argv = ["train", "--dataset", "mnist-5k", "--depth", "1", "--width", "4", "--first-width", "4", "--epochs", "1",
+            "--threads", "1", "--probe-size", "16", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    ckpt = tmp_path / "run" / CHECKPOINT_FILE
+    ckpt.write_bytes(ckpt.read_bytes()[:100])  # truncated (a full disk, a copy cut short)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read the checkpoint" in err and "--no-resume" in err
+    assert "hidden layers" not in err and {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+    spec = NetworkSpec.stack(1, 4, first_width=4, out_features=10)
+    torch.save({"model": {}}, ckpt)  # an older propagate's single-seed checkpoint
+    with pytest.raises(UserError, match=r"^'.*checkpoint.pt' is not a checkpoint of this propagate"):
+        read_checkpoint(tmp_path / "run", run_config(spec, TrainOptions()))
+    assert main([*argv, "--no-resume"]) == 0  # starting over is the way out
 
 
 def test_run_store_keeps_what_a_resumption_needs(mnist5k, tmp_path):
@@ -592,12 +645,16 @@ def test_reproduce_writes_results_and_resumes(mnist5k, tmp_path):
     # the summary's numbers are the runs' per-seed numbers, summarized
     hist = pd.read_csv(out / "selu-bn-lecun-uniform_lr0.001" / "history.csv")
     v = hist["val_acc"].to_numpy()
-    half = sps.t.ppf(0.975, 1) * v.std(ddof=1) / math.sqrt(2)
+    m, half = v.mean(), sps.t.ppf(0.975, 1) * v.std(ddof=1) / math.sqrt(2)
+    # two seeds: t = 12.7, so a plain interval m +- half would leave [0, 1]; on the logit scale it cannot
+    u, h = math.log(m / (1 - m)), half / (m * (1 - m))
+    low, high = 1 / (1 + math.exp(-(u - h))), 1 / (1 + math.exp(-(u + h)))
     row = summary.iloc[0]
-    assert row["val_acc_1_mean"] == pytest.approx(v.mean()) and row["val_acc_1_ci_high"] == pytest.approx(v.mean() + half)
+    assert row["val_acc_1_mean"] == pytest.approx(m) and row["val_acc_1_ci_high"] == pytest.approx(high)
+    assert row["val_acc_1_ci_low"] == pytest.approx(low) and 0 < low < m < high < 1
     md = (out / "summary.md").read_text()
     assert "0.2284 / 0.0996" in md and "selu-bn-lecun-uniform (seed run 5)" in md and "2 seeds (0..1)" in md
-    assert f"{v.mean():.3f} [{v.mean() - half:.3f}, {v.mean() + half:.3f}]" in md
+    assert f"{m:.3f} [{low:.3f}, {high:.3f}]" in md
     assert pd.read_csv(out / "summary.csv").shape[0] == 2
     meta = json.loads((out / "selu-bn-lecun-uniform_lr0.001" / "history.csv.meta.json").read_text())
     assert meta["reported"]["acc"][0] == 0.2284 and meta["versions"]["torch"]
@@ -607,6 +664,19 @@ def test_reproduce_writes_results_and_resumes(mnist5k, tmp_path):
                       probe_size=16, threads=1, seeds=2, callback=lines.append)
     assert lines == []
     pd.testing.assert_frame_equal(again, summary)
+
+
+def test_reproduce_refuses_repeats_and_names_every_run_apart():
+    from propagate.reproduce import check_runs, run_name
+
+    assert check_runs(["relu"], [1e-3, 1e-4]) == (["relu"], [1e-3, 1e-4])
+    with pytest.raises(UserError, match="presets list 'relu' twice"):
+        check_runs(["relu", "relu"], [1e-3])
+    with pytest.raises(UserError, match="learning rates list 0.001 twice"):
+        check_runs(["relu"], [1e-3, 0.001])
+    # 6 digits keep the names of existing folders; learning rates they cannot tell apart get every digit
+    assert run_name("relu", 1e-3) == "relu_lr0.001" and run_name("relu", 3e-4) == "relu_lr0.0003"
+    assert run_name("relu", 1.0000001e-3) == "relu_lr0.0010000001"
 
 
 def test_cli_unknown_preset_one_line(capsys):

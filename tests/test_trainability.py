@@ -1,5 +1,6 @@
 """Trainability grid, outcomes and log-space refinement on a fake trainer; first-epoch dynamics on a tiny net."""
 
+import json
 import math
 
 import numpy as np
@@ -19,6 +20,7 @@ from propagate.trainability import (
     summarize_point,
     trainability,
 )
+from propagate.trainability import REFINE_RTOL
 
 
 def FakeDataset():
@@ -69,7 +71,13 @@ def test_default_grid_and_log_ranges():
 
 def test_classify_uses_lower_confidence_bound():
     rows = [{"acc": a, "diverged": False} for a in (0.62, 0.58, 0.60)]
-    assert classify(rows, level=0.5) == "trains"  # t interval about 0.55 to 0.65
+    assert classify(rows, level=0.5) == "trains"  # logit-scale t interval about 0.55 to 0.65
+    # the bound is the logit interval's lower end expit(logit(0.6) - 0.0497 / 0.24) = 0.54945, below the plain
+    # interval's 0.6 - 0.0497 = 0.55032: a level between them fails
+    half = 4.302652729911275 * 0.02 / math.sqrt(3)
+    low = 1 / (1 + math.exp(-(math.log(1.5) - half / 0.24)))
+    assert low == pytest.approx(0.54945, abs=1e-5) and 0.6 - half == pytest.approx(0.55032, abs=1e-5)
+    assert classify(rows, level=0.55) == "fails" and classify(rows, level=low - 1e-9) == "trains"
     spread = [{"acc": a, "diverged": False} for a in (0.9, 0.2, 0.7)]  # mean 0.6 but the interval reaches below 0.5
     assert classify(spread, level=0.5) == "fails"
     assert classify(rows + [{"acc": 0.9, "diverged": True}], level=0.5) == "diverged"
@@ -81,10 +89,30 @@ def test_summarize_point_intervals():
              "diverged": False} for s in range(3)]
     p = summarize_point("c", 1e-3, rows)
     assert p["acc_mean"] == pytest.approx(0.6)
-    half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t_{0.975, 2} * s / sqrt(n)
-    assert p["acc_ci_low"] == pytest.approx(0.6 - half)
-    assert p["acc_ci_high"] == pytest.approx(0.6 + half)
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t_{0.975, 2} * s / sqrt(n) = 0.2484
+    # on the logit scale: logit(0.6) -+ half / (0.6 * 0.4), mapped back by 1 / (1 + exp(-u))
+    u, h = math.log(0.6 / 0.4), half / 0.24
+    assert p["acc_ci_low"] == pytest.approx(1 / (1 + math.exp(-(u - h))), rel=1e-9)  # 0.3476 (plain: 0.3516)
+    assert p["acc_ci_high"] == pytest.approx(1 / (1 + math.exp(-(u + h))), rel=1e-9)  # 0.8018 (plain: 0.8484)
+    # a loss on the log scale: log(2) -+ half_loss / 2 (losses 1, 2, 3: s = 1)
+    half_loss = 4.302652729911275 / math.sqrt(3)
+    assert p["loss_ci_low"] == pytest.approx(2 * math.exp(-half_loss / 2), rel=1e-9)
+    assert p["loss_ci_high"] == pytest.approx(2 * math.exp(half_loss / 2), rel=1e-9)
     assert p["n_seeds"] == 3 and p["n_diverged"] == 0
+
+
+def test_point_intervals_stay_in_range():
+    """The issue's case: five accuracies near chance gave [-0.099, 0.571] with the plain t interval."""
+    accs = [0.0980, 0.1135, 0.0974, 0.1032, 0.9000]
+    rows = [{"seed": s, "loss": l, "acc": a, "val_loss": l, "val_acc": a, "train_eval_acc": a, "diverged": False}
+            for s, (a, l) in enumerate(zip(accs, [2.3, 2.31, 2.29, 0.05, 0.3]))]
+    p = summarize_point("c", 1e-2, rows)
+    plain_low = np.mean(accs) - 2.7764451051977987 * np.std(accs, ddof=1) / math.sqrt(5)
+    assert plain_low < 0  # what points.csv said before
+    for m in ("acc", "val_acc", "train_eval_acc"):
+        assert 0 < p[f"{m}_ci_low"] < p[f"{m}_mean"] < p[f"{m}_ci_high"] < 1
+    for m in ("loss", "val_loss"):
+        assert 0 < p[f"{m}_ci_low"] < p[f"{m}_mean"] < p[f"{m}_ci_high"]
 
 
 def test_max_lr_of_brackets():
@@ -144,6 +172,65 @@ def test_censored_and_never_training():
     assert cfg.loc["a", "max_lr_measured"] == 1e-3 and bool(cfg.loc["a", "censored"])
     assert cfg.loc["a", "n_refined"] == 0  # nothing to bisect above the top of the grid
     assert math.isnan(cfg.loc["b", "max_lr_measured"]) and not bool(cfg.loc["b", "censored"])
+
+
+def test_refinement_stops_when_the_bracket_cannot_shrink():
+    # a bracket 1e-5 wide (relative) halves in log lr per step: 5e-6, 2.5e-6, 1.25e-6, 6.25e-7 < REFINE_RTOL
+    assert REFINE_RTOL == 1e-6
+    calls = []
+    res = trainability([("a", _spec("a"))], [1e-3, 1.00001e-3], FakeDataset(),
+                       TrainabilityOptions(seeds=(0, 1), refine=20, predict=False),
+                       trainer=fake_trainer({"a": (1.000003e-3, 1.0)}, calls))
+    cfg = res.configs.set_index("config")
+    assert cfg.loc["a", "n_refined"] == 4 and len(calls) == 2 + 4
+    lo, hi = cfg.loc["a", "max_lr_measured"], cfg.loc["a", "max_lr_bad"]
+    assert lo <= 1.000003e-3 < hi and hi / lo - 1 < REFINE_RTOL
+    # neighbouring floats: no midpoint exists, nothing is trained beyond the grid
+    calls.clear()
+    top = float(np.nextafter(1e-3, 1))
+    res = trainability([("a", _spec("a"))], [1e-3, top], FakeDataset(),
+                       TrainabilityOptions(seeds=(0, 1), refine=20, predict=False),
+                       trainer=fake_trainer({"a": (1e-3, 1.0)}, calls))
+    assert res.configs["n_refined"].iloc[0] == 0 and len(calls) == 2
+
+
+def test_learning_rates_six_digits_cannot_tell_apart_are_two_points(tmp_path):
+    """The issue's case: 1e-3 and 1.0000001e-3 shared one point (the key had 6 digits)."""
+    lrs = [1e-3, 1.0000001e-3]
+    res = trainability([("a", _spec("a"))], lrs, FakeDataset(), TrainabilityOptions(seeds=(0, 1), predict=False),
+                       trainer=fake_trainer({"a": (1.00000005e-3, 1.0)}), out_dir=tmp_path / "t")
+    pts = res.points.set_index("lr")
+    assert list(pts.index) == lrs and list(pts["outcome"]) == ["trains", "fails"]
+    assert pts.loc[1e-3, "acc_mean"] == pytest.approx(0.895) and pts.loc[lrs[1], "acc_mean"] == pytest.approx(0.095)
+    # a folder written before the runner named its point files with 6 digits: only the exact lr takes one over
+    opts = TrainabilityOptions(seeds=(0, 1), predict=False)
+    trainability([("a", _spec("a"))], [1e-4], FakeDataset(), opts, trainer=fake_trainer({"a": (1.0, 1.0)}),
+                 out_dir=tmp_path / "old")
+    rows = [{"seed": s, "loss": 0.5, "acc": 0.5, "val_loss": 0.5, "val_acc": 0.5, "train_eval_acc": 0.5,
+             "diverged": False, "epochs_done": 1} for s in (0, 1)]
+    (tmp_path / "old" / "points" / "a_lr0.001.json").write_text(
+        json.dumps({"config": "a", "lr": 1e-3, "spec": _spec("a").to_dict(), "seeds": rows}))
+    calls = []
+    near = trainability([("a", _spec("a"))], [1.0000001e-3], FakeDataset(), opts,
+                        trainer=fake_trainer({"a": (1.0, 1.0)}, calls), out_dir=tmp_path / "old")
+    assert calls == [("a", 1.0000001e-3)] and near.points["acc_mean"].iloc[0] == pytest.approx(0.895)  # trained
+    exact = trainability([("a", _spec("a"))], [1e-3], FakeDataset(), opts,
+                         trainer=fake_trainer({"a": (1.0, 1.0)}, calls), out_dir=tmp_path / "old")
+    assert len(calls) == 1 and exact.points["acc_mean"].iloc[0] == pytest.approx(0.5)  # the legacy file's
+
+
+def test_cli_refuses_a_folder_of_other_settings_before_the_banner(tmp_path, capsys):
+    from propagate.cli import main
+    from propagate.runfolder import claim_folder
+
+    claim_folder(tmp_path / "t", "trainability", {"kind": "trainability", "options": {"epochs": 99},
+                                                  "dataset": None}).release()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "t").iterdir()}
+    rc = main(["trainability", "--presets", "relu", "--dataset", "mnist-5k", "--lr", "1e-3", "--seeds", "1",
+               "--epochs", "1", "--out", str(tmp_path / "t")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "holds a run with" in err and "configuration(s)" not in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "t").iterdir()} == before
 
 
 def test_options_reject_bad_values():
@@ -269,8 +356,12 @@ def test_cli_tiny_custom_network(tmp_path):
 
 
 @pytest.mark.parametrize("argv, msg", [
-    (["--presets", "relu", "--lr", "0,1e-3"], "learning rates must be finite and > 0"),
-    (["--presets", "relu", "--lr", "1e-3:1e-1:0"], "log range"),
+    (["--presets", "relu", "--lr", "0,1e-3"], "argument --lr: values must be > 0"),
+    (["--presets", "relu", "--lr", "1e-3:1e-1:0"], "argument --lr: must be >= 1, got 0"),
+    (["--presets", "relu", "--lr", "1e-3,2e-3,0.001"], "lists the learning rate 0.001 twice"),
+    (["--presets", "relu", "--lr", "1e-3:1e-1:1000000"], "1000000 points is more than the limit"),
+    (["--presets", "relu", "--refine", "21"], "the limit is 20 steps"),
+    (["--presets", "relu", "--seed", str(2**63 - 2), "--seeds", "3"], "beyond the largest seed"),
     (["--presets", "nope"], "unknown preset"),
     ([], "give --presets or a custom network"),
     (["--presets", "relu", "--level", "1.5"], "--level"),

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from propagate.commands._args import check_device, device, name_list, nonneg_int, output_dir, positive_float_list, positive_int
+import os
+
+from propagate.commands._args import (check_device, data_dir, device, name_list, output_dir, positive_float_list,
+                                      positive_int, seed)
+from propagate.errors import UserError
+from propagate.limits import check_seeds
 
 NAME = "report"
 HELP = "write the figure report (SELU, per-layer theory vs simulation, phase diagram, training) to reports/"
@@ -58,24 +63,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trainability-subset", type=positive_int, default=10_000, metavar="N",
                         help="train the trainability map (section 10 of a full report) on the first N training "
                              "images (default: %(default)s; the page says which)")
-    parser.add_argument("--seed", type=nonneg_int, default=0)
-    parser.add_argument("--data-dir", help="folder with the IDX files")
+    parser.add_argument("--seed", type=seed, default=0,
+                        help="first seed of every ensemble: training and simulation (default 0)")
+    parser.add_argument("--data-dir", type=data_dir, help="folder with the IDX files")
     parser.add_argument("--work-dir", type=output_dir, help="resumable training results folder (default: hidden, beside --out)")
     parser.add_argument("--device", type=device, default="cpu", help="training device: cpu, cuda or auto (default cpu)")
     parser.add_argument("--machine", default="", help="a description of the machine, written into the report")
     parser.add_argument("--no-progress", action="store_true")
 
 
+def _check_nesting(out: str, work) -> None:
+    """Refuse a work folder that is the report folder, inside it, or around it (before any training).
+
+    The report folder is replaced as a whole when the report is written, so a
+    work folder inside it would be swept away with the runs it holds; a report
+    inside the work folder would put files no run recorded among the runs.
+    """
+    o, w = os.path.realpath(os.path.abspath(out)), os.path.realpath(os.path.abspath(work))
+    if o == w:
+        raise UserError(f"--work-dir {str(work)!r} is the report folder --out {out!r}; give another --work-dir "
+                        f"(or none: the default is a hidden folder beside --out)")
+    if w.startswith(o + os.sep):
+        raise UserError(f"--work-dir {str(work)!r} is inside --out {out!r}, which is replaced as a whole when the "
+                        f"report is written; put it outside (the default is a hidden folder beside --out)")
+    if o.startswith(w + os.sep):
+        raise UserError(f"--out {out!r} is inside --work-dir {str(work)!r}, which holds training runs only; "
+                        f"put the report elsewhere")
+
+
+def _presets(names) -> tuple[str, ...]:
+    """The canonical preset names, each once (a repeated one would be trained and listed twice)."""
+    from propagate.presets import get_preset
+
+    presets = tuple(get_preset(p).name for p in names)
+    twice = sorted({p for p in presets if presets.count(p) > 1})
+    if twice:
+        raise UserError(f"--presets lists {twice[0]!r} twice; give each preset once")
+    return presets
+
+
 def run(args) -> int:
     kw = {}
     if args.lr:
+        twice = sorted({lr for lr in args.lr if args.lr.count(lr) > 1})
+        if twice:
+            raise UserError(f"--lr lists the learning rate {twice[0]:g} twice; give each once")
         kw["lrs"] = tuple(args.lr)
     if args.epochs:
         kw["epochs"] = args.epochs
     if args.presets is not None:
-        from propagate.presets import get_preset
-
-        kw["presets"] = tuple(get_preset(p).name for p in args.presets)
+        kw["presets"] = _presets(args.presets)
     if args.samples:
         kw["sim_samples"] = args.samples
     if args.seeds:
@@ -84,13 +121,16 @@ def run(args) -> int:
         kw["sim_seeds"] = args.sim_seeds
     if args.sections is not None:
         kw["sections"] = args.sections
-    from propagate.report import ReportOptions, build_report, check_report_folders
+    from propagate.report import ReportOptions, build_report, check_report_folders, work_dir_of
 
     opts = ReportOptions(dataset=args.dataset, quick=args.quick, seed=args.seed, data_dir=args.data_dir,
                          work_dir=args.work_dir, device=args.device, train_subset=args.train_subset,
                          trainability_subset=args.trainability_subset,
                          machine=args.machine, **kw)
     out = args.out or f"reports/{args.dataset}{'-quick' if args.quick else ''}"
+    used = opts.effective()
+    check_seeds(args.seed, max(used.seeds, used.sim_seeds))  # every ensemble starts at --seed
+    _check_nesting(out, work_dir_of(out, opts))
     check_report_folders(out, opts)  # before anything is computed
     check_device(args.device)
     path = build_report(out, opts, progress=not args.no_progress,

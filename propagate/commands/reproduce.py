@@ -6,10 +6,11 @@ import argparse
 import sys
 import time
 
-from propagate.commands._args import (check_device, device, name_list, nonneg_int, output_dir, positive_float_list,
-                                      positive_int, threads)
+from propagate.commands._args import (check_device, data_dir, device, name_list, output_dir, positive_float_list,
+                                      positive_int, seed, threads)
 from propagate.commands.train import check_training_size
-from propagate.runfolder import check_folder
+from propagate.limits import check_seeds
+from propagate.runfolder import check_run_folder
 
 NAME = "reproduce"
 HELP = "run all training presets (the seed's five MNIST runs + SNN and He recipes) and compare with the seed"
@@ -35,10 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="learning rates, e.g. 1e-3,1e-4 (default 1e-3, the seed's)")
     parser.add_argument("--dataset", choices=["mnist", "mnist-5k", "fashion-mnist", "auto"], default="auto",
                         help="default auto: full MNIST if present or downloadable, else mnist-5k")
-    parser.add_argument("--data-dir", help="folder with the IDX files")
+    parser.add_argument("--data-dir", type=data_dir,
+                        help="folder with the IDX files (read, never downloaded into; default: the cache folder)")
     parser.add_argument("--out", type=output_dir, default="results/reproduce", help="results folder (default results/reproduce)")
     parser.add_argument("--epochs", type=positive_int, default=3, help="default 3 (the seed's)")
-    parser.add_argument("--seed", type=nonneg_int, default=0, help="default 0")
+    parser.add_argument("--seed", type=seed, default=0, help="default 0")
     parser.add_argument("--seeds", type=positive_int, default=1,
                         help="seeds per run (--seed .. --seed+N-1), trained together as one batched ensemble; "
                              "the summary gives each number's mean with its 95%% Student t interval (default 1)")
@@ -51,17 +53,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from propagate.presets import get_preset, list_presets
-    from propagate.reproduce import reproduce, summary_markdown
+    from propagate.presets import get_preset
+    from propagate.reproduce import check_runs, reproduce, summary_markdown
     from propagate.train import TrainOptions, format_epoch_line
 
-    presets = [get_preset(p).name for p in args.presets] if args.presets is not None else None
+    presets, _ = check_runs(args.presets, args.lr)  # unknown or repeated presets and learning rates
+    check_seeds(args.seed, args.seeds)
     check_device(args.device)
-    check_folder(args.out, resume=args.resume)  # in use by another process, or not a run folder: refuse now
+    # in use by another process, another kind of run, or not a run folder: refuse now (its data: once loaded)
+    check_run_folder(args.out, "reproduce", None, resume=args.resume)
 
     # every preset is the seed's network: one size check, before any data is loaded
-    check_training_size(get_preset((presets or list_presets())[0]).spec(),
-                        TrainOptions(seeds=args.seeds, probe_size=args.probe_size))
+    check_training_size(get_preset(presets[0]).spec(), TrainOptions(seeds=args.seeds, probe_size=args.probe_size))
     t0 = time.perf_counter()
     summary = reproduce(
         presets=presets, lrs=args.lr, dataset=args.dataset, out_dir=args.out, resume=args.resume,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from propagate.commands._args import finite_float, int_in, positive_float
+from propagate.commands._args import finite_float, int_in, positive_float, refuse_unused
 from propagate.io import to_json
 
 NAME = "self-normalize"
@@ -46,11 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--activation", required=True, metavar="NAME", help="base activation (gelu, silu, tanh, elu, relu, ...)")
     parser.add_argument("--family", choices=["affine", "scale_alpha"],
                         help="affine: gamma*(phi(a x + b) + d); scale_alpha: scale*elu(x; alpha) (default for elu/selu)")
-    parser.add_argument("--mean", type=finite_float, default=0.0, help="fixed-point mean (default 0)")
-    parser.add_argument("--var", type=positive_float, default=1.0, help="fixed-point variance > 0 (default 1)")
+    parser.add_argument("--mean", type=finite_float, default=0.0, help="fixed-point mean, |mean| <= 1e6 (default 0)")
+    parser.add_argument("--var", type=positive_float, default=1.0, help="fixed-point variance, 1e-6 to 100 (default 1)")
     parser.add_argument("--digits", type=int_in(1, 200), default=30, help="significant digits, 1-200 (default 30)")
     parser.add_argument("--solve", type=_pair, metavar="P,Q", help="affine: the two parameters solved, gamma and one of d, b, a (default gamma,d)")
-    for name, what in (("a", "input scale"), ("b", "input shift (default: chosen)"), ("d", "output shift")):
+    for name, what in (("a", "input scale, 1e-6 <= |a| and |a| sqrt(var) <= 10"),
+                       ("b", "input shift, |b| <= 1e6 (default: chosen)"), ("d", "output shift, |d| <= 1e6")):
         parser.add_argument(f"--{name}", type=finite_float, metavar="X", help=f"affine: fix the {what}")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="every number as a string at full precision")
@@ -109,6 +110,8 @@ def _latex(res) -> str:
 def run(args: argparse.Namespace) -> int:
     from propagate.selfnorm import attraction_check, self_normalize
 
+    affine = args.family != "scale_alpha"  # elu and selu default to scale_alpha: the library refuses --solve there
+    refuse_unused(args, {"--solve": ("--family affine", affine)})
     fixed = {k: getattr(args, k) for k in ("a", "b", "d") if getattr(args, k) is not None}
     res = self_normalize(args.activation, family=args.family, mean=args.mean, var=args.var,
                          digits=args.digits, solve=args.solve, fixed=fixed)

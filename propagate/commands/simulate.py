@@ -38,7 +38,7 @@ def add_arguments(parser):
     g = parser.add_argument_group("sampling")
     g.add_argument("--samples", type=_args.positive_int, default=2000, metavar="N", help="inputs per network (default 2000)")
     g.add_argument("--seeds", type=_args.positive_int, default=4, metavar="S", help="independent networks (default 4)")
-    g.add_argument("--seed", type=_args.nonneg_int, default=0, help="random seed (default 0)")
+    g.add_argument("--seed", type=_args.seed, default=0, help="random seed, 0 to 2^63 - 1 (default 0)")
     g.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     g.add_argument("--threads", type=_args.threads, default=None, metavar="T", help="torch CPU threads (default: torch's choice; 1 is faster for small runs on a busy machine)")

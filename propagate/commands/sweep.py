@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from propagate.cluster import check_where
-from propagate.commands._args import output_dir, positive_int
+from propagate.commands._args import output_dir, scheduler_address, workers
 from propagate.sweep import LENSES, load_plan, point_store, run_sweep
 
 NAME = "sweep"
@@ -63,9 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE.toml", help="the sweep file")
     parser.add_argument("--out", required=True, type=output_dir, metavar="DIR",
                         help="the sweep folder (results, per-point files)")
-    parser.add_argument("--workers", type=positive_int, metavar="N",
-                        help="worker processes of the local cluster (default: one per core)")
-    parser.add_argument("--scheduler", metavar="ADDRESS",
+    parser.add_argument("--workers", type=workers, metavar="N",
+                        help="worker processes of the local cluster, at most one per core (default: one per core)")
+    parser.add_argument("--scheduler", type=scheduler_address, metavar="ADDRESS",
                         help="use an existing Dask cluster, e.g. tcp://127.0.0.1:8786 (not with --workers)")
     parser.add_argument("--dry-run", action="store_true", help="list the points and which are done; compute nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

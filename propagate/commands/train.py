@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from propagate.commands._args import (check_device, depth, device, nonneg_int, output_dir, positive_float,
-                                      positive_int, probability, threads, width)
+from propagate.commands._args import (check_device, data_dir, depth, device, nonneg_int, output_dir, positive_float,
+                                      positive_int, probability, seed, threads, width)
 from propagate.commands._spec_args import add_spec_arguments, spec_from_args
-from propagate.limits import require_memory
+from propagate.limits import check_seeds, require_memory
 from propagate.runfolder import check_folder
-from propagate.runstore import run_identity
+from propagate.runstore import check_checkpoint, run_identity
 
 NAME = "train"
 HELP = "train a preset (the seed's runs) or a custom deep MLP on MNIST, recording per-layer statistics"
@@ -28,10 +28,12 @@ there after every epoch, and resumes from it unless --no-resume.
 --seeds N trains N networks of the same configuration (seeds --seed .. --seed+N-1, each with
 its own initialization, shuffling order and dropout masks) together as one batched model;
 seed k of an ensemble is the network of a single run with --seed k. history.csv and
-layers.csv get one row per seed (a seed column); summary.csv and the printed summary give
-each metric's mean over seeds with its 95% Student t confidence interval
-(<metric>_mean, <metric>_ci_low, <metric>_ci_high, n_seeds). A seed that diverges stops
-alone; the others go on.
+layers.csv get one row per seed (a seed column) and keep every seed trained in --out;
+summary.csv and the printed summary give, for the seeds asked for, each metric's mean
+with its 95% Student t confidence interval (<metric>_mean, <metric>_ci_low,
+<metric>_ci_high, n_seeds), built on the logit scale for accuracies (it stays in [0, 1])
+and the log scale for losses (it stays positive). A seed that diverges stops alone; the
+others go on.
 
 examples:
   propagate train --list-presets
@@ -52,10 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--lr", type=positive_float, help="learning rate (default 1e-3)")
     o.add_argument("--epochs", type=positive_int, help="default 3")
     o.add_argument("--batch-size", type=positive_int, help="default 128")
-    o.add_argument("--rho", type=float, help="RMSprop's decay of the squared-gradient average (default 0.9)")
+    o.add_argument("--rho", type=probability, help="RMSprop's decay of the squared-gradient average, in [0, 1) "
+                                                   "(default 0.9)")
     o.add_argument("--warmup", type=nonneg_int, metavar="STEPS",
                    help="linear warmup: step t uses lr * min(1, t / STEPS) (default 0: none)")
-    o.add_argument("--seed", type=nonneg_int, default=0, help="weights, shuffles and dropout (default 0)")
+    o.add_argument("--seed", type=seed, default=0, help="weights, shuffles and dropout (default 0)")
     o.add_argument("--seeds", type=positive_int, default=1,
                    help="train N networks (seeds --seed .. --seed+N-1) together as one batched ensemble; "
                         "files get a seed column and summary.csv the mean with its 95%% Student t interval (default 1)")
@@ -65,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = parser.add_argument_group("data and output")
     d.add_argument("--dataset", choices=["mnist", "mnist-5k", "fashion-mnist", "auto"], default="auto",
                    help="default auto: full MNIST if present or downloadable, else the embedded mnist-5k")
-    d.add_argument("--data-dir", help="folder with the IDX files (default: the cache folder)")
+    d.add_argument("--data-dir", type=data_dir,
+                   help="folder with the IDX files (read, never downloaded into; default: the cache folder)")
     d.add_argument("--out", type=output_dir, help="write the run's files (CSV/JSON + checkpoint) to this folder")
     d.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue a run found in --out (default on)")
@@ -78,6 +82,7 @@ def spec_and_options(args):
     from propagate.spec import SEED_CLASSES, NetworkSpec
     from propagate.train import TrainOptions
 
+    check_seeds(args.seed, args.seeds)  # the ensemble's last seed too
     preset = get_preset(args.preset) if args.preset else None
     base = preset.spec() if preset else NetworkSpec.seed("relu", "glorot_uniform", False)
     custom = any(getattr(args, k, None) is not None for k in (
@@ -139,17 +144,21 @@ def run(args) -> int:
     preset, spec, options = spec_and_options(args)
     check_training_size(spec, options)
     check_device(options.device)
+    if args.out:  # whose the folder is (kind, foreign files, lock), before any data loads
+        check_folder(args.out, {"kind": "train"}, resume=False)
 
     from tabulate import tabulate
 
     from propagate.data import load_dataset, validate_dataset
     from propagate.train import format_epoch_line, train
 
-    dataset = load_dataset(args.dataset, args.data_dir, progress=not args.no_progress,
+    dataset = load_dataset(args.dataset, args.data_dir, download=args.data_dir is None, progress=not args.no_progress,
                            notify=lambda m: print(f"propagate: {m}", file=sys.stderr))
     validate_dataset(dataset, input_dim=spec.widths[0])
-    if args.out:  # refusals (busy, other settings or data, not a run folder) come before the banner
+    if args.out:  # refusals (busy, other settings or data, an unreadable checkpoint) come before the banner
         check_folder(args.out, run_identity(spec, options, dataset), resume=args.resume)
+        if args.resume:
+            check_checkpoint(args.out, spec, options)
     name = preset.name if preset else spec.label()
     print(f"{name}: {spec.depth} hidden layers {spec.widths[1]}->{spec.widths[-1]}, {spec.activation}/{spec.init}"
           f"{' + BN' if spec.batchnorm else ''}; {options.optimizer} lr {options.lr:g}, batch {options.batch_size}, "

@@ -7,9 +7,13 @@ import math
 import sys
 
 from propagate.cluster import check_where
-from propagate.commands._args import check_device, device, nonneg_int, output_dir, positive_int, probability
+from propagate.commands._args import (check_device, data_dir, device, nonneg_int, output_dir, positive_float,
+                                      positive_float_list, positive_int, probability, refine_steps,
+                                      scheduler_address, seed, threads, workers)
 from propagate.commands._spec_args import add_spec_arguments, spec_from_args
 from propagate.errors import UserError
+from propagate.limits import check_seeds, linear_range
+from propagate.runfolder import check_run_folder
 
 NAME = "trainability"
 HELP = "train presets over a log grid of learning rates (seed ensembles): largest lr that trains, vs predicted"
@@ -67,27 +71,28 @@ examples:
 
 
 def lr_list(text: str) -> list[float]:
-    """'1e-4,1e-3' or a log-spaced range 'START:STOP:N' (N points, both ends included)."""
+    """'1e-4,1e-3' or a log-spaced range 'START:STOP:N' (N points, both ends included); distinct values > 0.
+
+    Numbers as every option reads them (:mod:`propagate.commands._args`: finite,
+    not subnormal); a range's size is bounded by :func:`propagate.limits.linear_range`.
+    A learning rate listed twice is refused here (it would be one point, trained once).
+    """
     text = text.strip()
-    try:
-        if text.count(":") == 2:
-            a, b, n = text.split(":")
-            start, stop, count = float(a), float(b), int(n)
-            if not (start > 0 and stop > 0 and math.isfinite(start) and math.isfinite(stop)) or count < 1:
-                raise argparse.ArgumentTypeError(f"a log range needs START, STOP > 0 and N >= 1, got {text!r}")
-            if count > 1000:
-                raise argparse.ArgumentTypeError(f"a range of {count} learning rates is more than the limit of 1000")
-            if count == 1:
-                return [start]
-            la, lb = math.log10(start), math.log10(stop)
-            return [10 ** (la + (lb - la) * i / (count - 1)) for i in range(count)]
-        vals = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of numbers or a range START:STOP:N: {text!r}") from None
-    if not vals:
-        raise argparse.ArgumentTypeError(f"empty list: {text!r}")
-    if any(not (math.isfinite(v) and v > 0) for v in vals):
-        raise argparse.ArgumentTypeError(f"learning rates must be finite and > 0, got {text!r}")
+    if text.count(":") == 2:
+        a, b, n = text.split(":")
+        start, stop, count = positive_float(a), positive_float(b), positive_int(n)
+        try:
+            logs = linear_range(math.log10(start), math.log10(stop), count, "a range of learning rates")
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        vals = [start] if count == 1 else [10**u for u in logs]
+    else:
+        vals = positive_float_list(text)
+    seen = set()
+    for v in vals:
+        if v in seen:
+            raise argparse.ArgumentTypeError(f"lists the learning rate {v:g} twice: {text!r}")
+        seen.add(v)
     return vals
 
 
@@ -101,36 +106,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--lr", type=lr_list, default=None,
                    help="learning rates: a list 1e-4,1e-3 or a log range START:STOP:N (default 1e-5:1e-2:7)")
     t.add_argument("--seeds", type=positive_int, default=3, help="seeds per ensemble (default 3)")
-    t.add_argument("--seed", type=nonneg_int, default=0, help="first seed; the ensemble is seed..seed+N-1 (default 0)")
+    t.add_argument("--seed", type=seed, default=0, help="first seed; the ensemble is seed..seed+N-1 (default 0)")
     t.add_argument("--epochs", type=positive_int, default=3, help="epochs per run (default 3, the seed's)")
     t.add_argument("--optimizer", choices=["rmsprop", "sgd", "adam"], default="rmsprop",
                    help="default rmsprop (the seed's: rho 0.9, eps 1e-7)")
     t.add_argument("--batch-size", type=positive_int, default=128, help="default 128")
-    t.add_argument("--rho", type=float, default=0.9, help="RMSprop's decay of the squared-gradient average (default 0.9)")
+    t.add_argument("--rho", type=probability, default=0.9, help="RMSprop's decay of the squared-gradient average (default 0.9)")
     t.add_argument("--warmup", type=nonneg_int, default=0, metavar="STEPS",
                    help="linear warmup over STEPS optimizer steps, in training and in the prediction (default 0)")
     t.add_argument("--criterion", choices=["acc", "train_eval_acc", "val_acc"], default="acc",
                    help="the final accuracy that decides 'trains' (default acc)")
     t.add_argument("--level", type=probability, default=0.5,
                    help="'trains' when the lower 95%% bound of the criterion exceeds this (default 0.5)")
-    t.add_argument("--refine", type=nonneg_int, default=0, help="bisection steps in log lr per config (default 0)")
+    t.add_argument("--refine", type=refine_steps, default=0,
+                   help="bisection steps in log lr per config, at most 20 (default 0)")
     t.add_argument("--predict-only", action="store_true", help="predict the largest lr of each config; train nothing")
     t.add_argument("--no-predict", action="store_true", help="skip the predictions")
     t.add_argument("--no-sharpness", action="store_true", help="skip the curvature bounds (the secondary prediction)")
     t.add_argument("--sharpness-batch", type=positive_int, default=512,
                    help="training images in the Hessian's fixed batch (default 512)")
     t.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    t.add_argument("--threads", type=positive_int,
+    t.add_argument("--threads", type=threads,
                    help="torch CPU threads per run (default: one per core in process, 1 on Dask workers)")
     e = parser.add_argument_group("where the grid runs (default: in this process, one point after another)")
-    e.add_argument("--workers", type=positive_int, metavar="N",
-                   help="on a local Dask cluster of N single-threaded worker processes (N = cores is a good choice)")
-    e.add_argument("--scheduler", metavar="ADDRESS",
+    e.add_argument("--workers", type=workers, metavar="N",
+                   help="on a local Dask cluster of N single-threaded worker processes, at most one per core")
+    e.add_argument("--scheduler", type=scheduler_address, metavar="ADDRESS",
                    help="on an existing Dask cluster, e.g. tcp://127.0.0.1:8786 (see the README: SLURM, by hand)")
     d = parser.add_argument_group("data and output")
     d.add_argument("--dataset", choices=["mnist", "mnist-5k", "fashion-mnist", "auto"], default="auto",
                    help="default auto: full MNIST if present or downloadable, else the embedded mnist-5k")
-    d.add_argument("--data-dir", help="folder with the IDX files")
+    d.add_argument("--data-dir", type=data_dir,
+                   help="folder with the IDX files (read, never downloaded into; default: the cache folder)")
     d.add_argument("--out", type=output_dir, default="results/trainability",
                    help="results folder (default results/trainability)")
     d.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -170,6 +177,7 @@ def setup(args) -> tuple:
     from propagate.trainability import DEFAULT_LRS, TrainabilityOptions
 
     configs = configs_from_args(args)
+    check_seeds(args.seed, args.seeds)
     options = TrainabilityOptions(
         seeds=tuple(range(args.seed, args.seed + args.seeds)), epochs=args.epochs, optimizer=args.optimizer,
         batch_size=args.batch_size, rho=args.rho, warmup=args.warmup, criterion=args.criterion, level=args.level,
@@ -177,8 +185,6 @@ def setup(args) -> tuple:
         sharpness_batch=args.sharpness_batch, device=args.device, threads=args.threads)
     if args.predict_only and args.no_predict:
         raise UserError("--predict-only and --no-predict contradict each other")
-    if not 0 <= args.rho < 1:
-        raise UserError(f"--rho must be in [0, 1), got {args.rho}")
     lrs = args.lr or list(DEFAULT_LRS)
     if len(set(lrs)) != len(lrs):
         raise UserError("--lr lists a learning rate twice")
@@ -189,24 +195,26 @@ def run(args) -> int:
     configs, lrs, options = setup(args)
     check_device(args.device)
     check_where(args.workers, args.scheduler)
+    # whose the folder is (kind, foreign files, lock) before any data loads; its identity once the data is known
+    check_run_folder(args.out, "trainability", None, resume=args.resume)
 
     from tabulate import tabulate
 
     from propagate.data import load_dataset
+    from propagate.trainability import check_out_dir, trainability
 
     def say(msg):
         if not args.no_progress:
             print(f"propagate: {msg}", file=sys.stderr, flush=True)
 
-    dataset = load_dataset(args.dataset, args.data_dir, progress=not args.no_progress,
+    dataset = load_dataset(args.dataset, args.data_dir, download=args.data_dir is None, progress=not args.no_progress,
                            notify=lambda m: print(f"propagate: {m}", file=sys.stderr))
+    check_out_dir(args.out, configs, lrs, dataset, options, resume=args.resume)
     if args.predict_only:
         say(f"{len(configs)} configuration(s), predictions from {args.seeds} seeds on {dataset.name}")
     else:
         say(f"{len(configs)} configuration(s) x {len(lrs)} learning rates x {args.seeds} seeds, {args.epochs} "
             f"epoch(s) on {dataset.name} ({dataset.n_train} train / {dataset.n_test} test images)")
-    from propagate.trainability import trainability
-
     res = trainability(configs, lrs, dataset, options, progress=say, out_dir=args.out, resume=args.resume,
                        workers=args.workers, scheduler=args.scheduler, predict_only=args.predict_only)
     cols = ["config", "max_lr_measured", "max_lr_bad", "max_lr_predicted", "max_lr_predicted_ci_low",

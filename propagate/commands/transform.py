@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from propagate.commands._args import int_in, positive_float
+from propagate.commands._args import int_in, positive_float, refuse_unused
 from propagate.io import to_json
 
 NAME = "transform"
@@ -24,6 +24,9 @@ phi_hat(v)] with corr(u, v) = c; C_f is C composed --depth times.
       (default 0.3).
 
 The activation string works with --activation of theory, simulate and train.
+--zeta goes with dks, --eta with tat on leaky_relu/relu, --tau with tat on a smooth
+activation; any of them elsewhere is refused. Each run is bounded to about a minute:
+--digits at most 80, and for tat on leaky_relu depth x (digits + 15) at most 1.5e6.
 
 examples:
   propagate transform --method dks --activation gelu --depth 50
@@ -39,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zeta", type=positive_float, default=1.5, help="DKS: the network's C_f'(1), > 1 (default 1.5)")
     parser.add_argument("--eta", type=positive_float, default=0.9, help="TAT leaky_relu: the network's C_f(0), in (0, 1) (default 0.9)")
     parser.add_argument("--tau", type=positive_float, default=0.3, help="TAT smooth: the network's C_f''(1) (default 0.3)")
-    parser.add_argument("--digits", type=int_in(1, 200), default=20, help="significant digits (default 20)")
+    parser.add_argument("--digits", type=int_in(1, 80, "the quadrature's cost grows faster than digits^2; 80 take up "
+                                                        "to a minute"),
+                        default=20, help="significant digits, 1-80 (default 20)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="every number as a string at full precision")
     out.add_argument("--activation-only", action="store_true", help="print only the activation string")
@@ -60,9 +65,20 @@ def _text(res) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _refuse_unused(args: argparse.Namespace) -> None:
+    """--zeta is DKS's, --eta TAT's for leaky_relu, --tau TAT's for smooth activations: any other is ignored."""
+    from propagate.gaussian import base_activation
+
+    leaky = base_activation(args.activation).family in ("leaky_relu", "relu")
+    refuse_unused(args, {"--zeta": ("--method dks", args.method == "dks"),
+                         "--eta": ("--method tat and a leaky_relu or relu activation", args.method == "tat" and leaky),
+                         "--tau": ("--method tat and a smooth activation", args.method == "tat" and not leaky)})
+
+
 def run(args: argparse.Namespace) -> int:
     from propagate.transforms import dks_transform, tat_transform
 
+    _refuse_unused(args)
     if args.method == "dks":
         res = dks_transform(args.activation, args.depth, zeta=args.zeta, digits=args.digits)
     else:
