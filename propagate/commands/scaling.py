@@ -6,8 +6,10 @@ import argparse
 import sys
 
 from propagate.cluster import check_where
-from propagate.commands._args import name_list, nonneg_int, output_dir, positive_int, probability
+from propagate.commands._args import (data_dir, name_list, output_dir, positive_int, probability, refine_steps,
+                                      scheduler_address, seed, threads, workers)
 from propagate.errors import UserError
+from propagate.limits import check_seeds
 
 NAME = "scaling"
 HELP = "the scaling law of the largest stable lr over width, depth, batch and rho: measured vs predicted"
@@ -43,19 +45,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--configs", type=name_list, help="comma-separated configurations (default: all four)")
     g.add_argument("--axes", type=name_list, help="comma-separated axes of width, depth, batch_size, rho (default all)")
     g.add_argument("--seeds", type=positive_int, default=3, help="seeds per ensemble (default 3)")
-    g.add_argument("--seed", type=nonneg_int, default=0, help="first seed (default 0)")
+    g.add_argument("--seed", type=seed, default=0, help="first seed (default 0)")
     g.add_argument("--epochs", type=positive_int, default=1, help="epochs per run (default 1)")
     g.add_argument("--level", type=probability, default=0.3,
                    help="'trains' when the lower 95%% bound of the running training accuracy exceeds this (default 0.3)")
-    g.add_argument("--refine", type=nonneg_int, default=2, help="bisection steps per (config, cell) (default 2)")
-    g.add_argument("--threads", type=positive_int, help="torch threads per run (default 1 on Dask, all cores in process)")
+    g.add_argument("--refine", type=refine_steps, default=2, help="bisection steps per (config, cell) (default 2)")
+    g.add_argument("--threads", type=threads, help="torch threads per run (default 1 on Dask, all cores in process)")
     e = parser.add_argument_group("where it runs (default: in this process)")
-    e.add_argument("--workers", type=positive_int, metavar="N", help="a local Dask cluster of N single-threaded workers")
-    e.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask cluster")
+    e.add_argument("--workers", type=workers, metavar="N", help="a local Dask cluster of N single-threaded workers")
+    e.add_argument("--scheduler", type=scheduler_address, metavar="ADDRESS", help="an existing Dask cluster")
     d = parser.add_argument_group("data and output")
     d.add_argument("--dataset", choices=["mnist", "mnist-5k", "fashion-mnist", "auto"], default="mnist-5k",
                    help="default mnist-5k")
-    d.add_argument("--data-dir", help="folder with the IDX files")
+    d.add_argument("--data-dir", type=data_dir, help="folder with the IDX files")
     d.add_argument("--out", type=output_dir, default="results/scaling", help="results folder (default results/scaling)")
     d.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse finished points found in --out (default on)")
@@ -80,6 +82,7 @@ def setup(args) -> tuple:
 
 def run(args) -> int:
     configs, axes, options = setup(args)
+    check_seeds(args.seed, args.seeds)
     check_where(args.workers, args.scheduler)
 
     from tabulate import tabulate
@@ -91,7 +94,7 @@ def run(args) -> int:
         if not args.no_progress:
             print(f"propagate: {msg}", file=sys.stderr, flush=True)
 
-    dataset = load_dataset(args.dataset, args.data_dir, progress=not args.no_progress,
+    dataset = load_dataset(args.dataset, args.data_dir, download=args.data_dir is None, progress=not args.no_progress,
                            notify=lambda m: print(f"propagate: {m}", file=sys.stderr))
     res = scaling_grid(dataset, configs, axes=axes, options=options, out_dir=args.out, resume=args.resume,
                        workers=args.workers, scheduler=args.scheduler, progress=say)

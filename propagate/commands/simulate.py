@@ -10,6 +10,7 @@ from propagate.commands import _args
 from propagate.commands._spec_args import add_spec_arguments, spec_from_args
 from propagate.errors import UserError
 from propagate.io import atomic_write_bytes, run_metadata, write_table
+from propagate.limits import check_seeds
 
 NAME = "simulate"
 HELP = "sample deep random networks and measure per-layer statistics (with theory alongside)"
@@ -121,6 +122,7 @@ def format_table(table) -> str:
 
 def run(args) -> int:
     spec = build_spec(args)
+    check_seeds(args.seed, args.seeds)  # every network's seed, seed .. seed + seeds - 1
     if args.plot and not str(args.plot).lower().endswith(".png"):
         raise UserError(f"--plot expects a .png file name, got {args.plot!r}")
     for opt in ("csv", "json"):
