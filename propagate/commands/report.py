@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from propagate.commands._args import check_device, device, name_list, nonneg_int, output_dir, positive_float_list, positive_int
+from propagate.commands._args import scheduler_address, workers
 from propagate.report import SECTIONS, ReportOptions, build_report, check_report_folders
 
 NAME = "report"
@@ -64,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", type=output_dir, help="resumable training results folder (default: hidden, beside --out)")
     parser.add_argument("--device", type=device, default="cpu", help="training device: cpu, cuda or auto (default cpu)")
     parser.add_argument("--machine", default="", help="a description of the machine, written into the report")
+    parser.add_argument("--workers", type=workers, metavar="N",
+                        help="run the heavy parts (training ensembles, grids) on a local Dask cluster of N "
+                             "single-threaded workers, all submitted at once (default: in this process)")
+    parser.add_argument("--scheduler", type=scheduler_address, metavar="ADDRESS",
+                        help="run the heavy parts on an existing Dask cluster, e.g. tcp://127.0.0.1:8786 (not with --workers)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -92,7 +98,7 @@ def run(args) -> int:
     out = args.out or f"reports/{args.dataset}{'-quick' if args.quick else ''}"
     check_report_folders(out, opts)  # before anything is computed
     check_device(args.device)
-    path = build_report(out, opts, progress=not args.no_progress,
+    path = build_report(out, opts, progress=not args.no_progress, workers=args.workers, scheduler=args.scheduler,
                         notify=lambda m: print(m if m.startswith("report") else f"propagate: {m}", file=sys.stderr))
     print(f"report written to {path}/README.md")
     return 0

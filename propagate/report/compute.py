@@ -24,6 +24,8 @@ __all__ = [
     "phase_grid",
     "init_marks",
     "simulate_configs",
+    "training_tables",
+    "preset_groups",
 ]
 
 #: (activation, init) pairs of the seed and the recipes it left out; each is
@@ -157,6 +159,24 @@ def run_label(preset: str, lr: float) -> str:
     return f"{preset} (lr {lr:g})"
 
 
+def _run_tags(preset: str, lr: float) -> dict:
+    """The columns a training run's rows get in the report's long tables (see :func:`collect_training`)."""
+    from propagate.presets import get_preset
+
+    spec = get_preset(preset).spec().with_(name="")
+    return {"run": run_label(preset, lr), "preset": preset, "lr": lr, **config_columns(spec), "config": spec.label()}
+
+
+def _long_tables(parts):
+    """``(history, layers)``: the concatenation of ``(tags, history, layers)`` parts, each tagged (``None``: absent)."""
+    import pandas as pd
+
+    hist = [h.assign(**tags) for tags, h, _ in parts if h is not None]
+    lay = [lay.assign(**tags) for tags, _, lay in parts if lay is not None]
+    return (pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(),
+            pd.concat(lay, ignore_index=True) if lay else pd.DataFrame())
+
+
 def collect_training(work_dir, summary):
     """Read every run of a ``reproduce`` folder into two long tables (history, layers).
 
@@ -164,23 +184,42 @@ def collect_training(work_dir, summary):
     display) and the configuration columns of :data:`propagate.stats.CONFIG_COLUMNS`
     (``activation``, ``init``, ``normalization``, ``residual``: what figures read).
     """
-    import pandas as pd
-
-    from propagate.presets import get_preset
     from propagate.reproduce import run_name
 
-    hist, lay = [], []
+    parts = []
     for _, r in summary.iterrows():
         d = Path(work_dir) / run_name(r["preset"], r["lr"])
-        spec = get_preset(r["preset"]).spec().with_(name="")
-        label = spec.label()
-        tags = {"run": run_label(r["preset"], r["lr"]), "preset": r["preset"], "lr": r["lr"], **config_columns(spec)}
-        if (d / "history.csv").exists():
-            hist.append(read_table(d / "history.csv").assign(**tags, config=label))
-        if (d / "layers.csv").exists():
-            lay.append(read_table(d / "layers.csv").assign(**tags, config=label))
-    return (pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(),
-            pd.concat(lay, ignore_index=True) if lay else pd.DataFrame())
+        parts.append((_run_tags(r["preset"], r["lr"]),
+                      read_table(d / "history.csv") if (d / "history.csv").exists() else None,
+                      read_table(d / "layers.csv") if (d / "layers.csv").exists() else None))
+    return _long_tables(parts)
+
+
+def training_tables(runs):
+    """:func:`collect_training`'s two long tables from results in hand: ``runs`` are ``(preset, lr, TrainResult)``."""
+    return _long_tables([(_run_tags(preset, lr), res.history, res.layers) for preset, lr, res in runs])
+
+
+def preset_groups(names, max_size: int | None = None) -> list[list[str]]:
+    """``names`` (presets) in groups of one architecture, differing only in initializer, each trained as one model.
+
+    Groups keep the order of their first member; a group holds at most
+    ``max_size`` presets (a batched model of too many members would not fit in
+    memory; ``None``: no limit).
+    """
+    from propagate.presets import get_preset
+    from propagate.spec import same_architecture
+
+    groups: list[list[str]] = []
+    for name in names:
+        spec = get_preset(name).spec()
+        home = next((g for g in groups if same_architecture(get_preset(g[0]).spec(), spec)
+                     and (max_size is None or len(g) < max_size)), None)
+        if home is None:
+            groups.append([name])
+        else:
+            home.append(name)
+    return groups
 
 
 def reported_table(summary):
