@@ -216,15 +216,22 @@ def _selu_part(run: _Run) -> dict:
     return selu
 
 
-def _simulation_part(run: _Run, dataset, x_train):
-    """2-3. Simulation and theory of the seed's network on real inputs; returns (sims, inputs description)."""
+def _start_simulation(run: _Run, x_train):
+    """The simulation of the seed's network as one part of the runner (its points first on Dask)."""
     from propagate.report.compute import simulate_configs
-    from propagate.report.figures import plot_grad_norms, plot_layer_moments
 
     opts = run.opts
     n_sim = min(opts.sim_samples, len(x_train))
-    sims = simulate_configs(x_train[:n_sim], samples=n_sim, seeds=opts.sim_seeds, seed=opts.seed,
-                            progress=run.progress)
+    return run.runner.part("simulation", simulate_configs, x_train[:n_sim], samples=n_sim, seeds=opts.sim_seeds,
+                           seed=opts.seed, progress=run.progress, runner=run.runner)
+
+
+def _simulation_part(run: _Run, dataset, x_train):
+    """2-3. Simulation and theory of the seed's network on real inputs; returns (sims, inputs description)."""
+    from propagate.report.figures import plot_grad_norms, plot_layer_moments
+
+    n_sim = min(run.opts.sim_samples, len(x_train))
+    sims = _start_simulation(run, x_train).result()
     run.table(sims.sim, "simulation_layers.csv")
     run.table(sims.theory, "theory_layers.csv")
     inputs_desc = f"{n_sim} {dataset.name} training images ([0, 1] pixels)"
@@ -395,11 +402,12 @@ def _trainability_map(run: _Run, dataset, work: Path) -> Path:
     return folder
 
 
-def _trainability_dir(run: _Run, dataset, work: Path) -> Path | None:
-    """Full reports: the trainability map's folder (:func:`_trainability_map`, one part of the runner); quick: None."""
+def _trainability_dir(run: _Run, dataset, work: Path):
+    """Full reports: the job of the trainability map (:func:`_trainability_map`, one part of the runner), its
+    ``result()`` the map's folder; quick: None (the section's own grid)."""
     if run.opts.quick:
         return None
-    return run.runner.part("trainability map", _trainability_map, run, dataset, work).result()
+    return run.runner.part("trainability map", _trainability_map, run, dataset, work)
 
 
 def _section_context(run: _Run, dataset, train_ds, work: Path) -> dict:
@@ -414,7 +422,7 @@ def _start_sections(run: _Run, ctx: dict, train_ds, work: Path) -> None:
     for name in run.opts.sections:
         module = importlib.import_module(f"propagate.report.section_{name}")
         if name == "trainability" and not run.opts.quick:
-            run.runner.part("trainability map", _trainability_map, run, train_ds, work)
+            _trainability_dir(run, train_ds, work)
         elif hasattr(module, "start"):
             module.start(ctx, progress=run.say)
 
@@ -499,7 +507,8 @@ def build_report(out_dir: str | Path, options: ReportOptions | None = None, *, p
             atomic_directory(out_dir, adopt=_is_report_folder) as tmp:
         run = _Run(opts, run_meta, tmp, progress, say, runner, t_start=t_start)
         ctx = _section_context(run, dataset, train_ds, work)
-        training = _start_training(run, train_ds, work)  # on Dask every heavy part starts here
+        _start_simulation(run, x_train)  # on Dask every heavy part starts here
+        training = _start_training(run, train_ds, work)
         _start_sections(run, ctx, train_ds, work)
         selu = _selu_part(run)
         sims, inputs_desc = _simulation_part(run, dataset, x_train)

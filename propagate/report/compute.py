@@ -116,31 +116,48 @@ class SimulationTables:
     notes: list
 
 
-def simulate_configs(inputs, *, configs=SIM_CONFIGS, samples=1000, seeds=4, seed=0, progress=False) -> SimulationTables:
+def simulate_config(activation: str, init: str, batchnorm: bool, inputs, samples: int, seeds: int, seed: int,
+                    progress: bool = False) -> dict:
+    """One configuration of :func:`simulate_configs` (a runner point): its simulation and theory rows and a note."""
+    from propagate.simulate import simulate
+    from propagate.spec import NetworkSpec
+
+    spec = NetworkSpec.seed(activation, init, batchnorm, out_features=None)
+    res = simulate(spec, samples=samples, seeds=seeds, seed=seed, input=inputs, progress=progress)
+    label = spec.label()
+    return {"sim": res.table.assign(config=label).to_dict(orient="records"),
+            "theory": [] if res.theory is None else res.theory.assign(config=label).to_dict(orient="records"),
+            "note": "" if res.diverged_at is None else f"{label}: diverged at layer {res.diverged_at}"}
+
+
+def simulate_configs(inputs, *, configs=SIM_CONFIGS, samples=1000, seeds=4, seed=0, progress=False,
+                     runner=None) -> SimulationTables:
     """Simulate and predict the seed's network (784 -> 512 -> 50 x 256) for each configuration.
 
     ``inputs`` is an ``(N, 784)`` float array of input images ([0, 1] pixels)
     or ``"gaussian"``. Each (activation, init) runs without and with batch
-    normalization.
+    normalization, each one point of ``runner``
+    (:class:`propagate.report.tasks.ReportRunner`; default in process, with
+    this process's torch threads).
     """
     import pandas as pd
 
-    from propagate.simulate import simulate
-    from propagate.spec import NetworkSpec
+    from propagate.report.tasks import PRIORITY, ReportRunner
+    from propagate.runner import Point, Shared, point_key
 
-    sims, theories, notes = [], [], []
-    for bn in (False, True):
-        for act, init in configs:
-            spec = NetworkSpec.seed(act, init, bn, out_features=None)
-            res = simulate(spec, samples=samples, seeds=seeds, seed=seed, input=inputs, progress=progress)
-            label = spec.label()
-            sims.append(res.table.assign(config=label))
-            if res.theory is not None:
-                theories.append(res.theory.assign(config=label))
-            if res.diverged_at is not None:
-                notes.append(f"{label}: diverged at layer {res.diverged_at}")
+    runner = runner or ReportRunner()
+    points = [Point(point_key({"kind": "report simulation", "activation": act, "init": init, "batchnorm": bn,
+                               "samples": samples, "seeds": seeds, "seed": seed}),
+                    simulate_config, (act, init, bn, Shared("inputs"), samples, seeds, seed, progress and not runner.on_dask),
+                    shared={"inputs": inputs}, meta={"what": f"{act}/{init}{'+BN' if bn else ''}"})
+              for bn in (False, True) for act, init in configs]
+    values = runner.run(points, label="simulation", priority=PRIORITY["simulation"])
+    parts = [values[p.key] for p in points]
+    sims = [pd.DataFrame(v["sim"]) for v in parts]
+    theories = [pd.DataFrame(v["theory"]) for v in parts if v["theory"]]
     return SimulationTables(pd.concat(sims, ignore_index=True),
-                            pd.concat(theories, ignore_index=True) if theories else None, notes)
+                            pd.concat(theories, ignore_index=True) if theories else None,
+                            [v["note"] for v in parts if v["note"]])
 
 
 def geometric_rate(table, column="pre_var", first=2, last=None):

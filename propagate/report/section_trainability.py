@@ -602,7 +602,8 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     :func:`propagate.data.load_dataset`, or a loaded Dataset as
     ``ctx["dataset_obj"]``), optionally ``trainability_dir`` (a finished
     ``propagate trainability --out`` folder whose ``points.csv`` /
-    ``configs.csv`` are used instead of computing the map), optionally
+    ``configs.csv`` are used instead of computing the map, or a job whose
+    ``result()`` is one), optionally
     ``trainability_settings`` (overrides of :data:`SETTINGS_FULL` /
     :data:`SETTINGS_QUICK`; ``specs``: ``{name: NetworkSpec}`` for names that
     are not presets), optionally ``runner`` and ``work_dir`` (where the grid's
@@ -614,14 +615,15 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     say = progress if callable(progress) else (lambda m: None)
     dataset = _dataset(ctx)
     sub = _subset(dataset, S["n_train"], S["n_test"])
+    dyn = compute_dynamics(S, sub, seed, say)  # here, while the grid's points may still be running elsewhere
+    write_table(dyn, out_dir / "data" / "trainability_dynamics.csv")
     tdir = ctx.get("trainability_dir")
+    tdir = tdir.result() if hasattr(tdir, "result") else tdir  # a part of the report's runner: its folder, when done
     grid = read_trainability_dir(tdir, dataset) if tdir else start(ctx, say).result()
     write_table(grid.points, out_dir / "data" / "trainability_points.csv")
     write_table(grid.configs, out_dir / "data" / "trainability_configs.csv")
     if grid.predictions is not None and len(grid.predictions):
         write_table(grid.predictions, out_dir / "data" / "trainability_predictions.csv")
-    dyn = compute_dynamics(S, sub, seed, say)
-    write_table(dyn, out_dir / "data" / "trainability_dynamics.csv")
     from propagate.report.style import save_figure
 
     title = f"Where each configuration trains ({grid.n_seeds} seeds, {grid.epochs} epoch(s))"

@@ -58,8 +58,10 @@ from propagate.runner import InProcess, OnDask, Point, PointStore, Shared, point
 __all__ = ["ReportRunner", "Aborted", "train_point", "train_configurations", "run_frames", "run_result",
            "PRIORITY"]
 
-#: Dask priorities of the report's points: the longest first.
-PRIORITY = {"training": 2, "selfnorm": 1, "grid": 0}
+#: Dask priorities of the report's points: the simulation first (short points the page needs early), then the
+#: longest points (training ensembles, self-normalization runs), then the grids' points (which trainability and
+#: scaling submit at Dask's default priority 0).
+PRIORITY = {"simulation": 3, "training": 2, "selfnorm": 1, "grid": 0}
 #: Training options that change no number of a point (not in its key, as :mod:`propagate.trainability` keys).
 _NOT_IN_KEY = ("device", "threads")
 
