@@ -251,6 +251,43 @@ def test_in_process_build_resumes_and_equals_the_two_worker_build(quick_report, 
     assert "local Dask cluster of 2" in json.loads((quick_report / "report.json").read_text())["runner"]
 
 
+def test_report_runner_on_a_callers_client():
+    """On a caller's client the runner's parts run in background threads and give the in-process values; the
+    client is left open; an interrupted block cancels the points still queued instead of waiting for them."""
+    import logging
+    import time
+
+    from distributed import Client, LocalCluster
+
+    from propagate.report.tasks import ReportRunner
+    from propagate.runner import Point, point_key
+    from propagate.theory import chi_1
+
+    points = [Point(point_key({"chi_1": s}), chi_1, ("relu", s, 0.0), meta={"what": f"{s}"}) for s in (0.5, 2.0, 4.0)]
+    with ReportRunner() as here:
+        assert not here.on_dask and here.threads is None and here.describe() == "in process"
+        expected = here.part("chi", here.run, points).result()
+    assert sorted(expected.values()) == [0.25, 1.0, 2.0]  # chi_1 of ReLU without bias: sigma_w^2 / 2
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0",
+                      silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
+        with ReportRunner(client=client) as there:
+            assert there.on_dask and not there.local and there.threads == 1
+            assert there.describe() == "on the caller's Dask cluster" and there.where() == {"client": client}
+            job = there.part("chi", there.run, points)
+            assert there.part("chi", None) is job and job.result() == expected
+        assert client.status == "running"
+        slow = [Point(point_key({"sleep": k}), time.sleep, (1.0,)) for k in range(12)]
+        t0 = time.perf_counter()
+        with pytest.raises(KeyboardInterrupt):
+            with ReportRunner(client=client) as there:
+                job = there.part("slow", there.run, slow)
+                time.sleep(0.5)
+                raise KeyboardInterrupt
+        assert time.perf_counter() - t0 < 4.0  # not the 6 s that 12 points of 1 s take on 2 workers
+        with pytest.raises(Exception):
+            job.result()
+
+
 def test_presets_of_one_architecture_train_together():
     """The seed's presets fall into four models: ReLU and SELU, each without and with BN, initializers batched."""
     from propagate.presets import list_presets

@@ -21,6 +21,7 @@ examples:
   propagate report --quick --out /tmp/report        # about a minute on 2 cores
   propagate report --dataset mnist-5k               # the committed reports/mnist-5k
   propagate report --dataset fashion-mnist --lr 1e-3,1e-4
+  propagate report --dataset fashion-mnist --workers 2    # every heavy part at once, on 2 local workers
 """
 
 

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from propagate.cluster import cores
 from propagate.errors import UserError
 from propagate.io import (
     atomic_directory,
@@ -42,6 +43,7 @@ from propagate.report.tasks import PRIORITY, ReportRunner, run_result, train_poi
 from propagate.runfolder import claim
 from propagate.runner import PointStore
 from propagate.selu import derivation_markdown as selu_derivation_markdown
+from propagate.torch_settings import torch_settings
 from propagate.trainability import TrainabilityOptions, trainability
 
 __all__ = ["ReportOptions", "build_report", "check_report_folders", "work_dir_of", "SECTIONS"]
@@ -282,7 +284,6 @@ def _claim_work_dir(work: Path, train_ds):
 def _max_group(opts: ReportOptions, train_ds, runner: ReportRunner) -> int | None:
     """The most presets one batched model may hold: their ensembles together within this machine's memory
     (shared by a local cluster's workers); ``None``: no limit known."""
-    from propagate.cluster import cores
     from propagate.presets import get_preset
     from propagate.train import TrainOptions, estimate_memory
 
@@ -460,7 +461,7 @@ def _page_part(run: _Run, dataset, selu, sims, inputs_desc, lines, train_ds, tra
     elapsed = time.perf_counter() - run.t_start
     where = run.runner.describe()
     opts = run.opts if not run.runner.on_dask else replace(
-        run.opts, machine=", ".join(m for m in (run.opts.machine, f"its heavy parts {where}") if m))
+        run.opts, machine=f"{run.opts.machine or 'this machine'}, its heavy parts {where}")
     text = render(opts, dataset, facts, summary, run.timings, elapsed, inputs_desc, train_ds, drift, sections_md)
     atomic_write_text(run.folder / "README.md", text)
     atomic_write_json(run.folder / "report.json", {"meta": run.meta, "timings_s": run.timings, "elapsed_s": elapsed,
@@ -490,7 +491,6 @@ def build_report(out_dir: str | Path, options: ReportOptions | None = None, *, p
 
     matplotlib.use("Agg")  # a report is files; never needs (or opens) a display
     from propagate.data import load_dataset
-    from propagate.torch_settings import torch_settings
 
     opts = (options or ReportOptions()).effective()
     runner = ReportRunner(workers, scheduler, client, threads=opts.threads)  # checks where, before any work

@@ -14,6 +14,8 @@ import numpy as np
 
 from propagate.inits import get_init, list_inits
 from propagate.io import read_table
+from propagate.report.tasks import PRIORITY, ReportRunner
+from propagate.runner import Point, Shared, point_key
 from propagate.selu import solve_selu, stability_box
 from propagate.stats import config_columns
 
@@ -141,9 +143,6 @@ def simulate_configs(inputs, *, configs=SIM_CONFIGS, samples=1000, seeds=4, seed
     this process's torch threads).
     """
     import pandas as pd
-
-    from propagate.report.tasks import PRIORITY, ReportRunner
-    from propagate.runner import Point, Shared, point_key
 
     runner = runner or ReportRunner()
     points = [Point(point_key({"kind": "report simulation", "activation": act, "init": init, "batchnorm": bn,

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from propagate.io import write_table
+from propagate.report.tasks import ReportRunner
 from propagate.scaling import AXES, BASE, CONFIGS, ScalingOptions, scaling_grid
 from propagate.templates import render
 
@@ -207,8 +208,6 @@ def start(ctx: dict, progress=None):
     """The scaling grid as one part of ``ctx["runner"]`` (in process without one); its ``result()`` is
     ``(cells, fits, data note)``. The report calls it early (on Dask the grid's points run from then on);
     :func:`section` gets the same part."""
-    from propagate.report.tasks import ReportRunner
-
     runner = ctx.get("runner") or ReportRunner()
     dataset = ctx.get("dataset_obj")
     if dataset is None:

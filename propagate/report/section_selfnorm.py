@@ -27,6 +27,8 @@ import numpy as np
 from propagate.confidence import format_number, paired_difference, summarize_seeds, t_interval
 from propagate.errors import UserError
 from propagate.io import write_table
+from propagate.report.tasks import PRIORITY, ReportRunner, run_frames, train_point
+from propagate.runner import PointStore
 from propagate.templates import render
 
 __all__ = ["section", "configurations", "training_configurations", "compute_simulation", "compute_training",
@@ -108,8 +110,6 @@ def compute_training(configs, dataset, *, epochs=3, seed=0, lrs=(1e-3,), seeds=5
     import pandas as pd
 
     from propagate.data import dataset_identity
-    from propagate.report.tasks import PRIORITY, ReportRunner, run_frames, train_point
-    from propagate.runner import PointStore
     from propagate.spec import NetworkSpec
     from propagate.train import TrainOptions, seed_list
 
@@ -132,8 +132,6 @@ def start(ctx: dict, progress=None):
     """The section's training runs as one part of ``ctx["runner"]`` (in process without one); its ``result()`` is
     :func:`compute_training`'s history. The report calls it early (on Dask the runs train from then on);
     :func:`section` calls it again and gets the same part."""
-    from propagate.report.tasks import ReportRunner
-
     runner = ctx.get("runner") or ReportRunner()
     S, seed, _, data_sub, train_configs = runner.memo("selfnorm setup", _setup, ctx)
     work = ctx.get("work_dir")
@@ -488,8 +486,6 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     ``data/selfnorm_training_summary.csv`` (per lr and network: final metrics'
     mean, 95% t interval, ``n_seeds``, ``diverged_seeds``, ``verdict``).
     """
-    from propagate.report.tasks import ReportRunner
-
     out_dir = Path(out_dir)
     say = progress if callable(progress) else None
     ctx = {**ctx, "runner": ctx.get("runner") or ReportRunner()}

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from propagate.io import read_table, write_table
+from propagate.report.tasks import ReportRunner
 from propagate.templates import render
 from propagate.trainability import TrainabilityOptions, first_epoch_dynamics, trainability
 
@@ -365,8 +366,6 @@ def start(ctx: dict, progress=None):
     """The section's own grid (no ``ctx["trainability_dir"]``) as one part of ``ctx["runner"]`` (in process
     without one), kept in ``ctx["work_dir"]``'s ``trainability-section/``; its ``result()`` is
     :func:`compute_trainability_grid`'s. The report calls it early; :func:`section` gets the same part."""
-    from propagate.report.tasks import ReportRunner
-
     runner = ctx.get("runner") or ReportRunner()
     S, dataset = section_settings(ctx), _dataset(ctx)
     work = ctx.get("work_dir")

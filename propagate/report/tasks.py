@@ -54,6 +54,8 @@ from typing import Any, Callable, Sequence
 from propagate.cluster import check_where, dask_client
 from propagate.io import to_json
 from propagate.runner import InProcess, OnDask, Point, PointStore, Shared, point_key, run_points
+from propagate.runstore import HISTORY_COLUMNS, summarize_history
+from propagate.stats import layer_table
 
 __all__ = ["ReportRunner", "Aborted", "train_point", "train_configurations", "run_frames", "run_result",
            "PRIORITY"]
@@ -280,9 +282,6 @@ def run_frames(data: dict):
     gives them (sorted by seed and epoch)."""
     import pandas as pd
 
-    from propagate.runstore import HISTORY_COLUMNS
-    from propagate.stats import layer_table
-
     history = pd.DataFrame(data["history"], columns=HISTORY_COLUMNS)
     history = history.sort_values(["seed", "epoch"], kind="stable").reset_index(drop=True)
     layers = layer_table(data["layers"])
@@ -293,7 +292,6 @@ def run_frames(data: dict):
 
 def run_result(spec, options, data: dict):
     """A :class:`propagate.train.TrainResult` (no model) of one configuration's :func:`train_configurations` data."""
-    from propagate.runstore import summarize_history
     from propagate.train import TrainResult
 
     history, layers = run_frames(data)
