@@ -12,11 +12,14 @@ from propagate.cli import main
 
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory):
-    """A quick report whose heavy parts ran on a local Dask cluster of 2 workers (one torch thread each)."""
+    """A quick report whose heavy parts ran on a local Dask cluster of 2 workers (one torch thread each; one
+    worker on a one-core machine, where --workers allows no more)."""
+    from propagate.cluster import cores
+
     root = tmp_path_factory.mktemp("report")
     out = root / "quick"
     rc = main(["report", "--quick", "--out", str(out), "--work-dir", str(root / "work"), "--no-progress",
-               "--workers", "2"])
+               "--workers", str(min(2, cores()))])
     assert rc == 0
     return out
 
@@ -248,7 +251,8 @@ def test_in_process_build_resumes_and_equals_the_two_worker_build(quick_report, 
             "simulation_layers.csv"} <= set(here) <= set(there)
     for name, table in here.items():
         assert table.equals(there[name]), name
-    assert "local Dask cluster of 2" in json.loads((quick_report / "report.json").read_text())["runner"]
+    assert "on a local Dask cluster of" in json.loads((quick_report / "report.json").read_text())["runner"]
+    assert "its heavy parts on a local Dask cluster" in (quick_report / "README.md").read_text()
 
 
 def test_report_runner_on_a_callers_client():
@@ -263,6 +267,11 @@ def test_report_runner_on_a_callers_client():
     from propagate.runner import Point, point_key
     from propagate.theory import chi_1
 
+    from propagate.errors import UserError
+
+    for bad in ({"threads": 0}, {"workers": 2, "scheduler": "tcp://127.0.0.1:1"}):
+        with pytest.raises(UserError):  # before any cluster starts
+            ReportRunner(**bad)
     points = [Point(point_key({"chi_1": s}), chi_1, ("relu", s, 0.0), meta={"what": f"{s}"}) for s in (0.5, 2.0, 4.0)]
     with ReportRunner() as here:
         assert not here.on_dask and here.threads is None and here.describe() == "in process"

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from propagate.cluster import check_where, dask_client
+from propagate.errors import UserError
 from propagate.io import to_json
 from propagate.runner import InProcess, OnDask, Point, PointStore, Shared, point_key, run_points
 from propagate.runstore import HISTORY_COLUMNS, summarize_history
@@ -103,6 +104,8 @@ class ReportRunner:
     def __init__(self, workers: int | None = None, scheduler: str | None = None, client=None, *,
                  threads: int | None = None):
         check_where(workers, scheduler, client)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise UserError(f"threads must be a whole number >= 1, got {threads!r}")
         self.on_dask = workers is not None or bool(scheduler) or client is not None
         self.threads = threads if threads is not None else (1 if self.on_dask else None)
         #: whether the points' files (run folders) are on this machine: in process or a local cluster
