@@ -1058,10 +1058,23 @@ def _module_class():
     return OpModule, Network
 
 
-def build_network(spec, seeds: Sequence[int], *, dtype=None, device=None):
+def _weighted_ops(weighted: list, member) -> list:
+    """``member``'s weighted ops (its initializer's draws), checked to have the shapes of ``weighted``."""
+    own = [op for op in walk(compile_spec(member, readout=True)) if op.has_weights]
+    if [(o.n_in, o.n_out) for o in own] != [(o.n_in, o.n_out) for o in weighted]:
+        raise ValueError(f"{member.label()} has other layers than the model it is a member of")
+    return own
+
+
+def build_network(spec, seeds: Sequence[int], *, specs: Sequence | None = None, dtype=None, device=None):
     """The torch training model of ``spec`` for the seeds ``seeds`` (see :func:`propagate.spec.build_model`).
 
-    Weights: seed ``k``'s from ``torch.Generator().manual_seed(k)``. Dropout
+    Weights: seed ``k``'s from ``torch.Generator().manual_seed(k)``. ``specs``
+    (one per seed, default ``spec`` for each): member ``i`` draws its weights
+    with ``specs[i]``'s initializer, so member ``i`` is the single network
+    ``(specs[i], seeds[i])``; every ``specs[i]`` must have ``spec``'s
+    architecture (:func:`propagate.spec.same_architecture`), because the
+    members share the model's layers. Dropout
     and alpha dropout masks: seed ``k``'s from its own generator
     ``net.dropout_generators[i]`` (on ``device``), started at
     :func:`dropout_seed` ``(k, 0)`` and restarted per epoch by
@@ -1070,26 +1083,32 @@ def build_network(spec, seeds: Sequence[int], *, dtype=None, device=None):
     torch's global stream). CPU and CUDA generators are different algorithms,
     so the masks differ between devices. Moving the model to another device
     afterwards keeps the generators where they are: masks are drawn there and
-    copied.
+    copied. ``net.specs`` lists the members' specs.
     """
     import torch
 
     dtype = dtype or torch.float32
     OpModule, Network = _module_class()
+    specs = [spec] * len(seeds) if specs is None else list(specs)
+    if len(specs) != len(seeds):
+        raise ValueError(f"{len(specs)} specs for {len(seeds)} seeds: give one spec per seed")
     ops = compile_spec(spec, readout=True)
     weighted = [op for op in walk(ops) if op.has_weights]
+    # each member draws with its own spec's weighted ops (its initializer), in the shared layers' order
+    samplers = {id(s): weighted if s is spec else _weighted_ops(weighted, s) for s in specs}
     draws: dict[Op, list] = {op: [] for op in weighted}
-    for k in seeds:
+    for k, member in zip(seeds, specs):
         gen = torch.Generator(device="cpu")
         gen.manual_seed(int(k))
-        for op in weighted:  # hidden layers in order, weight then bias, readout last
-            draws[op].append(op.draw(gen, dtype))
+        for op, own in zip(weighted, samplers[id(member)]):  # hidden layers in order, weight then bias, readout last
+            draws[op].append(own.draw(gen, dtype))
 
     def make(op):
         params, buffers = op.torch_state(len(seeds), draws.get(op), dtype)
         return OpModule(op, params, buffers, [make(c) for c in op.children()])
 
     net = Network(spec, seeds, [make(op) for op in ops])
+    net.specs = specs
     # Dropout randomness: one generator per seed (on ``device``), seeded by dropout_seed(k, 0), so the masks of
     # seed k do not depend on the other seeds; shared by the network's dropout layers (one stream per seed, as
     # a single run's global stream). train() restarts them every epoch (seed_dropout).

@@ -22,7 +22,7 @@ from propagate.presets import Preset, get_preset, list_presets
 from propagate.runfolder import claim
 from propagate.train import TrainOptions, TrainResult, check_memory, resolve_device, train
 
-__all__ = ["reproduce", "check_runs", "reproduce_identity", "run_name", "summary_markdown"]
+__all__ = ["reproduce", "check_runs", "reproduce_identity", "run_name", "summary_row", "summary_markdown"]
 
 
 def reproduce_identity(dataset) -> dict:
@@ -49,7 +49,7 @@ def run_name(preset: str, lr: float) -> str:
     return f"{preset}_{_lr_tag(lr)}"
 
 
-def _summary_row(preset: Preset, lr: float, result: TrainResult, epochs: int) -> dict:
+def summary_row(preset: Preset, lr: float, result: TrainResult, epochs: int) -> dict:
     """One row per run: per epoch and metric the mean over seeds and its 95% t interval, next to the seed's numbers."""
     h, summ = result.history, result.summary
     row: dict[str, Any] = {"preset": preset.name, "seed_run": preset.seed_run, "lr": lr, "status": result.status,
@@ -183,7 +183,7 @@ def reproduce(
             rname = run_name(pname, lr)
             res = train(preset.spec(), base.with_(lr=lr), dataset, progress=progress, callback=callback,
                         run_dir=out / rname, resume=resume, name=rname, preset=preset)
-            rows.append(_summary_row(preset, lr, res, epochs))
+            rows.append(summary_row(preset, lr, res, epochs))
             summary = pd.DataFrame(rows)
             meta = run_metadata(seed=seed, kind="reproduce", presets=names, lrs=lrs, epochs=epochs, seeds=base.seed_list,
                                 dataset={"name": dataset.name, "n_train": dataset.n_train, "n_test": dataset.n_test})

@@ -284,15 +284,19 @@ class OnDask:
     ``workers``/``scheduler``/``client``: as :func:`propagate.cluster.dask_client`;
     the cluster is started (or reached) at the first :meth:`run` that has
     points, so a run with nothing to compute starts none. ``label`` goes into
-    the Dask keys. :meth:`close` (or the end of a ``with`` block) cancels what
-    is still queued, releases the shared inputs and closes a cluster it started.
+    the Dask keys. ``priority``: Dask's task priority of every point (higher
+    runs first when several engines share one client and their points wait
+    together; points of equal priority start in the order submitted).
+    :meth:`close` (or the end of a ``with`` block) cancels what is still
+    queued, releases the shared inputs and closes a cluster it started.
     """
 
     name = "dask"
 
     def __init__(self, workers: int | None = None, scheduler: str | None = None, client=None, *,
-                 label: str = "points"):
+                 label: str = "points", priority: int = 0):
         check_where(workers, scheduler, client)
+        self.priority = int(priority)
         self._where = (workers, scheduler, client)
         self._stack = contextlib.ExitStack()
         self._shared: dict[tuple[str, int], tuple[Any, Any]] = {}  # (name, id) -> (input, its future)
@@ -329,7 +333,8 @@ class OnDask:
         try:
             for p in points:
                 args, kwargs = p.bind(self._scattered(p))
-                fut = client.submit(call, p.fn, args, kwargs, key=f"{self.prefix}-{p.key}-{token}", pure=False)
+                fut = client.submit(call, p.fn, args, kwargs, key=f"{self.prefix}-{p.key}-{token}", pure=False,
+                                    priority=self.priority)
                 futures[fut] = p
                 self._futures[fut] = p
             for fut in as_completed(list(futures)):

@@ -37,6 +37,9 @@ Training model (:func:`build_model`), the interface ensembles rely on:
 - BatchNorm/LayerNorm statistics are per seed (over that seed's batch);
   dropout masks are independent per seed. Dense layers are ``torch.baddbmm``.
 - ``model.seeds`` lists the seeds; ``model.spec`` is the spec.
+- ``specs=[...]`` (one per seed): members of one architecture that differ in
+  their initializer (:func:`same_architecture`); member ``i`` equals the
+  single model ``(specs[i], seeds[i])``; ``model.specs`` lists them.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from propagate.errors import UserError
 from propagate.inits import Init, get_init
 from propagate.layers import build_network, compile_spec
 
-__all__ = ["NetworkSpec", "build_model", "compile_spec", "SEED_INPUT", "SEED_FIRST", "SEED_WIDTH", "SEED_DEPTH"]
+__all__ = ["NetworkSpec", "build_model", "same_architecture", "compile_spec", "SEED_INPUT", "SEED_FIRST", "SEED_WIDTH", "SEED_DEPTH"]
 
 #: The seed experiments' shape: 784 -> 512 -> 50 x 256 -> 10.
 SEED_INPUT, SEED_FIRST, SEED_WIDTH, SEED_DEPTH, SEED_CLASSES = 784, 512, 256, 51, 10
@@ -270,12 +273,29 @@ class NetworkSpec:
                 raise UserError(f"{name} needs {self.depth} finite values >= 0 (one per hidden layer), got {list(vals)[:8]}")
 
 
-def build_model(spec: NetworkSpec, seed: int | None = 0, *, seeds=None, dtype=None, device=None):
+def same_architecture(a: NetworkSpec, b: NetworkSpec) -> bool:
+    """Whether ``a`` and ``b`` describe the same layers and differ at most in ``init`` (and name).
+
+    Such specs can be members of one batched model (:func:`build_model` with
+    ``specs``): only how each member's weights are drawn differs.
+    """
+    return a.with_(init=b.init) == b
+
+
+def build_model(spec: NetworkSpec, seed: int | None = 0, *, seeds=None, specs=None, dtype=None, device=None):
     """The torch training model of ``spec`` for one seed or an ensemble (module docstring: the interface).
 
     ``seeds``: a sequence of ints, one network per entry (stacked along a
     leading dimension); without it ``seeds = [seed]``. ``seed=None`` draws a
     fresh random seed. Weights follow ``spec.init``, biases ``spec.bias_var``.
+
+    ``specs``: one spec per seed (default ``spec`` for every one), each of
+    ``spec``'s architecture (:func:`same_architecture`; :class:`UserError`
+    otherwise): member ``i`` is the network ``(specs[i], seeds[i])``, its
+    weights drawn by its own initializer, equal to ``build_model(specs[i],
+    seeds[i])``'s. Configurations that differ only in initialization so train
+    as one ensemble (:func:`propagate.train.train_group`); seeds may then
+    repeat (one per configuration). ``model.specs`` lists the members' specs.
     """
     if seeds is None:
         if seed is None:
@@ -286,4 +306,12 @@ def build_model(spec: NetworkSpec, seed: int | None = 0, *, seeds=None, dtype=No
     seeds = [int(k) for k in seeds]
     if not seeds:
         raise UserError("an ensemble needs at least one seed")
-    return build_network(spec, seeds, dtype=dtype, device=device)
+    if specs is not None:
+        specs = list(specs)
+        if len(specs) != len(seeds):
+            raise UserError(f"give one spec per seed: {len(specs)} specs for {len(seeds)} seeds")
+        for s in specs:
+            if not same_architecture(spec, s):
+                raise UserError(f"{s.label()} cannot be a member of a batched model of {spec.label()}: members "
+                                "may differ only in their initializer")
+    return build_network(spec, seeds, specs=specs, dtype=dtype, device=device)

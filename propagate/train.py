@@ -97,6 +97,7 @@ __all__ = [
     "TrainOptions",
     "TrainResult",
     "train",
+    "train_group",
     "probe_layer_stats",
     "probe_modes",
     "training_settings",
@@ -549,11 +550,16 @@ def _make_run(spec, options: TrainOptions, dataset, device, label: str, progress
                 probe_modes(spec), label, progress, on_step, keep_state)
 
 
-def _probe_rows(run: _Run, model, epoch: int) -> list[dict]:
-    rows = []
+def _member_probe_rows(run: _Run, model, epoch: int) -> list[list[dict]]:
+    """Per member of ``model`` (in order) its probe rows, mode by mode (members may share a seed number)."""
+    S = len(model.seeds)
+    out: list[list[dict]] = [[] for _ in range(S)]
     for mode in run.modes:
-        rows += [{**r, "epoch": epoch, "mode": mode} for r in probe_layer_stats(model, *run.probe, mode)]
-    return rows
+        rows = probe_layer_stats(model, *run.probe, mode)  # member after member, the same number of rows each
+        n = len(rows) // S
+        for i in range(S):
+            out[i] += [{**r, "epoch": epoch, "mode": mode} for r in rows[i * n : (i + 1) * n]]
+    return out
 
 
 def _epoch_order(seeds: list[int], n: int, epoch: int, device):
@@ -695,19 +701,26 @@ def _train_epoch(run: _Run, model, opt, epoch: int, active: list[bool]) -> tuple
     return tally.summary(seconds), tally.newly
 
 
-def _train_group(run: _Run, seeds: list[int], store: RunStore, start_epoch: int, callback) -> Any:
-    """Train the seeds ``seeds`` (all at ``start_epoch - 1`` finished epochs) as one batched model."""
+def _train_group(run: _Run, members: list[tuple[int, int]], specs: list, stores: list[RunStore], start_epoch: int,
+                 callbacks: list) -> Any:
+    """Train ``members``, ``(configuration, seed)`` pairs all at ``start_epoch - 1`` finished epochs, as one batched model.
+
+    Configuration ``c`` has the spec ``specs[c]``, the store ``stores[c]`` and
+    the epoch callback ``callbacks[c]`` (or ``None``).
+    """
     from propagate.spec import build_model
 
     opts = run.options
-    model = build_model(run.spec, seeds=seeds, device=run.device)
+    seeds = [s for _, s in members]
+    model = build_model(run.spec, seeds=seeds, specs=[specs[c] for c, _ in members], device=run.device)
     opt = make_optimizer(model.parameters(), opts)
     if start_epoch > 1:
         # dropout needs no saved random state: _train_epoch restarts each seed's stream from (seed, epoch)
-        load_seed_states(model, opt, [store.seeds[s]["state"] for s in seeds])
+        load_seed_states(model, opt, [stores[c].seeds[s]["state"] for c, s in members])
     else:
-        store.begin(seeds, _probe_rows(run, model, 0))
-    active = [store.seeds[s]["status"] != "diverged" for s in seeds]
+        for (c, s), rows in zip(members, _member_probe_rows(run, model, 0)):
+            stores[c].begin([s], rows)
+    active = [stores[c].seeds[s]["status"] != "diverged" for c, s in members]
     for epoch in range(start_epoch, opts.epochs + 1):
         if not any(active):
             break
@@ -715,21 +728,22 @@ def _train_group(run: _Run, seeds: list[int], store: RunStore, start_epoch: int,
         ep, newly = _train_epoch(run, model, opt, epoch, active)
         val_loss, val_acc = _evaluate(model, run.xte, run.yte)
         _, tr_acc = _evaluate(model, run.xtr[: run.n_eval], run.ytr[: run.n_eval])
-        probe = _probe_rows(run, model, epoch)
+        probe = _member_probe_rows(run, model, epoch)
         rows = []
-        for i, s in enumerate(seeds):
+        for i, (c, s) in enumerate(members):
             if not was_active[i]:
                 continue
             row = {"seed": s, "epoch": epoch, "loss": ep["loss"][i], "acc": ep["acc"][i], "val_loss": val_loss[i],
                    "val_acc": val_acc[i], "train_eval_acc": tr_acc[i], "seconds": ep["seconds"],
                    "diverged": i in newly}
-            store.end_epoch(s, row, [r for r in probe if r["seed"] == s], i in newly,
-                            seed_state(model, opt, i) if run.keep_state else None)  # the state: for the checkpoint
-            rows.append(row)
-        store.save()
-        if callback is not None:
-            for row in rows:
-                callback({**row, "epochs": opts.epochs, "n_seeds": len(seeds)})
+            stores[c].end_epoch(s, row, probe[i], i in newly,
+                                seed_state(model, opt, i) if run.keep_state else None)  # the state: for the checkpoint
+            rows.append((c, row))
+        for c in sorted({c for c, _ in members}):
+            stores[c].save()
+        for c, row in rows:
+            if callbacks[c] is not None:
+                callbacks[c]({**row, "epochs": opts.epochs, "n_seeds": sum(m == c for m, _ in members)})
     model.eval()
     return model
 
@@ -783,29 +797,113 @@ def train(
     configuration raises :class:`UserError`. An ensemble that would not fit in
     memory is refused before any work (:func:`check_memory`).
     """
+    return train_group([(spec, seeds)], options, dataset, progress, callback, run_dirs=[run_dir], resume=resume,
+                       names=[name], presets=[preset], on_step=on_step)[0]
+
+
+def _group_plan(configs, options: TrainOptions, run_dirs, names, presets) -> list[tuple]:
+    """Per configuration of :func:`train_group`: ``(spec, options, seeds, run_dir, name, preset)``, checked."""
+    from propagate.spec import same_architecture
+
+    configs = [tuple(c) for c in configs]
+    if not configs or any(len(c) != 2 for c in configs):
+        raise UserError("train_group needs (spec, seeds) pairs, at least one")
+    n = len(configs)
+    run_dirs, names, presets = (list(x) if x is not None else [None] * n for x in (run_dirs, names, presets))
+    if not len(run_dirs) == len(names) == len(presets) == n:
+        raise UserError(f"give one run folder, name and preset per configuration ({n})")
+    folders = [os.path.abspath(d) for d in run_dirs if d is not None]
+    if len(set(folders)) != len(folders):
+        raise UserError("each configuration of a group needs a run folder of its own")
+    first = configs[0][0]
+    for spec, _ in configs:
+        if not same_architecture(first, spec):
+            raise UserError(f"{spec.label()} cannot train in one model with {first.label()}: the configurations "
+                            "of a group may differ only in their initializer")
+    plan = []
+    for (spec, seeds), run_dir, name, preset in zip(configs, run_dirs, names, presets):
+        opts, wanted = _ensemble_options(options, seeds)
+        plan.append((spec, opts, wanted, run_dir, name, preset))
+    return plan
+
+
+def train_group(
+    configs: Sequence[tuple],
+    options: TrainOptions | None = None,
+    dataset=None,
+    progress: bool = False,
+    callback: Callable[[dict], None] | None = None,
+    *,
+    run_dirs: Sequence | None = None,
+    resume: bool = True,
+    names: Sequence[str | None] | None = None,
+    presets: Sequence[Preset | None] | None = None,
+    on_step: Callable[[dict], None] | None = None,
+) -> list[TrainResult]:
+    """Train several configurations of one architecture as one batched model; one :class:`TrainResult` each.
+
+    ``configs``: ``(spec, seeds)`` pairs, ``seeds`` as :func:`train`'s (a
+    number from ``options.seed``, a list, or ``None`` for ``options.seeds``).
+    The specs may differ only in their initializer
+    (:func:`propagate.spec.same_architecture`; :class:`UserError` otherwise),
+    e.g. SELU + BN with ``random_uniform`` and with ``lecun_uniform``. Every
+    ``(configuration, seed)`` is one member of the model
+    (:func:`propagate.spec.build_model` with ``specs``), configuration after
+    configuration, and member ``(c, k)`` trains as the single run
+    ``train(spec_c, options, seeds=[k])`` does (its weights, shuffles, dropout
+    masks and divergence its own), so each configuration's result equals
+    :func:`train`'s for it, to float32 round-off; the seeds of different
+    configurations may be the same. ``run_dirs``, ``names`` and ``presets``
+    (one per configuration, or ``None``) are :func:`train`'s ``run_dir``,
+    ``name`` and ``preset``: each configuration keeps its own run folder,
+    resumed per seed; members at the same epoch train together.
+    ``callback(row)`` gets each configuration's rows as :func:`train` gives
+    them (``run``: that configuration's name); a row's ``seconds`` is the
+    epoch's time of the whole model; ``on_step`` sees every member
+    (``info["seeds"]`` in member order). The memory check counts every member.
+    ``TrainResult.model`` is the (last) batched model of all configurations.
+    """
     if dataset is None:
         raise UserError("train needs a dataset (see propagate.data.load_dataset)")
-    options, wanted = _ensemble_options(options or TrainOptions(), seeds)
+    options = options or TrainOptions()
+    plan = _group_plan(configs, options, run_dirs, names, presets)
     device = resolve_device(options.device)
-    label = name or spec.label()
     if int(dataset.n_train) == 0:
         raise UserError(f"dataset {dataset.name!r} has no training images")
-    check_memory(spec, options, len(wanted), int(dataset.n_train), int(dataset.n_test), device)
+    spec = plan[0][0]
+    check_memory(spec, options, sum(len(p[2]) for p in plan), int(dataset.n_train), int(dataset.n_test), device)
+    labels = [name or cspec.label() for cspec, _, _, _, name, _ in plan]
     # One writer per run folder, and no resumption with other settings or data (propagate.runfolder);
-    # the lock is held until this function returns.
-    with RunStore(spec, options, dataset, folder=run_dir, resume=resume, label=label, preset=preset,
-                  device=device) as store, training_settings(options, device):
-        store.ask(wanted)
-        run = _make_run(spec, options, dataset, device, label, progress, on_step, keep_state=store.keeps_state)
-        on_epoch = None if callback is None else (lambda row: callback({**row, "run": name}))
+    # the locks are held until this function returns.
+    with contextlib.ExitStack() as stack:
+        stores = [stack.enter_context(RunStore(cspec, opts, dataset, folder=run_dir, resume=resume, label=label,
+                                               preset=preset, device=device))
+                  for (cspec, opts, _, run_dir, _, preset), label in zip(plan, labels)]
+        for store, p in zip(stores, plan):
+            store.ask(p[2])
+        stack.enter_context(training_settings(options, device))
+        run = _make_run(spec, options, dataset, device, " + ".join(labels), progress, on_step,
+                        keep_state=any(st.keeps_state for st in stores))
+        callbacks = [None if callback is None else (lambda row, n=p[4]: callback({**row, "run": n})) for p in plan]
         model = None
-        # Seeds at the same point train together; a resumption that adds seeds trains them as a second group.
-        for start, group in sorted(store.groups(wanted).items(), reverse=True):
-            model = _train_group(run, group, store, start, on_epoch)
-        store.save_summary()  # the summary of these seeds, also when every one of them was done already
-        status = store.status(wanted)
-        history, layers = store.frames(wanted)
-        meta = {**store.meta(), "status": store.overall(status), "seeds": wanted, "seed_status": status}
+        # Members at the same point train together; a resumption that adds seeds trains them as another group.
+        starts: dict[int, list[tuple[int, int]]] = {}
+        for c, (store, p) in enumerate(zip(stores, plan)):
+            for start, group in store.groups(p[2]).items():
+                starts.setdefault(start, []).extend((c, s) for s in group)
+        for start, members in sorted(starts.items(), reverse=True):
+            model = _train_group(run, members, [p[0] for p in plan], stores, start, callbacks)
+        for store in stores:
+            store.save_summary()  # the summary of these seeds, also when every one of them was done already
+        return [_result(store, p, model) for store, p in zip(stores, plan)]
+
+
+def _result(store: RunStore, plan: tuple, model) -> TrainResult:
+    """One configuration's :class:`TrainResult` from its store (``plan``: its entry of :func:`_group_plan`)."""
+    spec, options, wanted = plan[:3]
+    status = store.status(wanted)
+    history, layers = store.frames(wanted)
+    meta = {**store.meta(), "status": store.overall(status), "seeds": wanted, "seed_status": status}
     return TrainResult(spec=spec, options=options, history=history, layers=layers, meta=meta,
                        status=store.overall(status), seeds=wanted, seed_status=status,
                        summary=summarize_history(history), model=model)

@@ -904,22 +904,20 @@ def test_resume_on_other_data_is_refused(tmp_path):
 
 def test_report_names_its_own_option_for_a_changed_work_folder(tmp_path):
     from propagate.errors import UserError
-    from propagate.report import ReportOptions, _Run, _train_in_work_dir
+    from propagate.report import _claim_work_dir
     from propagate.runfolder import claim
 
     work = tmp_path / "work"
     claim(work, {"kind": "reproduce", "dataset": {"name": "mnist-5k", "n_train": 4000}}).release()
-    run = _Run(ReportOptions(presets=("relu",), epochs=1), {}, tmp_path, False, lambda m: None)
+    # the report claims its work folder before any computation (and holds it for the build)
     with pytest.raises(UserError) as info:
-        _train_in_work_dir(run, _tiny_dataset("mnist-5k"), work)
+        _claim_work_dir(work, _tiny_dataset("mnist-5k"))
     msg = str(info.value)
     assert "--work-dir" in msg and "--no-resume" not in msg and "dataset." in msg
-    # the same refusal comes before any computation, and a busy work folder is refused there too
-    from propagate.report import _check_work_dir_data, check_report_folders
+    # a busy work folder is refused before any computation too
+    from propagate.report import ReportOptions, check_report_folders
     from propagate.runfolder import lock_folder
 
-    with pytest.raises(UserError, match=r"dataset\..*--work-dir"):
-        _check_work_dir_data(work, _tiny_dataset("mnist-5k"))
     with lock_folder(work):
         with pytest.raises(UserError, match="in use by process.*--work-dir"):
             check_report_folders(tmp_path / "report", ReportOptions(work_dir=str(work)))

@@ -12,9 +12,14 @@ from propagate.cli import main
 
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory):
+    """A quick report whose heavy parts ran on a local Dask cluster of 2 workers (one torch thread each; one
+    worker on a one-core machine, where --workers allows no more)."""
+    from propagate.cluster import cores
+
     root = tmp_path_factory.mktemp("report")
     out = root / "quick"
-    rc = main(["report", "--quick", "--out", str(out), "--work-dir", str(root / "work"), "--no-progress"])
+    rc = main(["report", "--quick", "--out", str(out), "--work-dir", str(root / "work"), "--no-progress",
+               "--workers", str(min(2, cores()))])
     assert rc == 0
     return out
 
@@ -198,6 +203,109 @@ def test_interrupted_report_keeps_previous(quick_report, tmp_path, monkeypatch):
         build_report(out, ReportOptions(quick=True, work_dir=str(tmp_path / "work")))
     assert (out / "README.md").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp folders left
+
+
+def _data_tables(folder):
+    """Every data CSV of a report, read back, without the wall-clock ``seconds`` columns."""
+    import pandas as pd
+
+    out = {}
+    for path in sorted((folder / "data").glob("*.csv")):
+        df = pd.read_csv(path)
+        out[path.name] = df.drop(columns=[c for c in df.columns if c == "seconds"])
+    return out
+
+
+def test_in_process_build_resumes_and_equals_the_two_worker_build(quick_report, tmp_path, monkeypatch):
+    """A quick build in process at 1 torch thread, stopped after its first training ensemble and built again,
+    computes only the points it had not finished, and its data files equal those of the 2-worker build bit for bit
+    (training ensembles, self-normalization runs, the scaling grid, and this process's own parts)."""
+    import propagate.report.tasks as tasks
+    from propagate.presets import PRESETS
+    from propagate.report import ReportOptions, build_report
+
+    opts = ReportOptions(quick=True, threads=1, sections=("selfnorm", "scaling"), work_dir=str(tmp_path / "work"))
+
+    def stop_after_first_ensemble(message):
+        if message.startswith("training:") and " done (" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_report(tmp_path / "rep", opts, notify=stop_after_first_ensemble)
+    assert len(list((tmp_path / "work" / "points").glob("*.json"))) == 1
+    computed = []
+    real = tasks.train_configurations
+
+    def counting(specs, *args, **kwargs):
+        computed.append(tuple(s.label() for s in specs))
+        return real(specs, *args, **kwargs)
+
+    monkeypatch.setattr(tasks, "train_configurations", counting)
+    build_report(tmp_path / "rep", opts)
+    # the biggest models go first: ReLU with its two initializers was done; 3 ensembles and 4 selfnorm runs remain
+    ensembles = [c for c in computed if c[0] in PRESETS]
+    assert len(ensembles) == 3 and ("relu", "relu-he-normal") not in ensembles, computed
+    assert len(computed) == 3 + 4 and len(list((tmp_path / "work" / "points").glob("*.json"))) == 4
+    here, there = _data_tables(tmp_path / "rep"), _data_tables(quick_report)
+    assert {"training_history.csv", "training_layers.csv", "selfnorm_training.csv", "scaling_cells.csv",
+            "simulation_layers.csv"} <= set(here) <= set(there)
+    for name, table in here.items():
+        assert table.equals(there[name]), name
+    assert "on a local Dask cluster of" in json.loads((quick_report / "report.json").read_text())["runner"]
+    assert "its heavy parts on a local Dask cluster" in (quick_report / "README.md").read_text()
+
+
+def test_report_runner_on_a_callers_client():
+    """On a caller's client the runner's parts run in background threads and give the in-process values; the
+    client is left open; an interrupted block cancels the points still queued instead of waiting for them."""
+    import logging
+    import time
+
+    from distributed import Client, LocalCluster
+
+    from propagate.report.tasks import ReportRunner
+    from propagate.runner import Point, point_key
+    from propagate.theory import chi_1
+
+    from propagate.errors import UserError
+
+    for bad in ({"threads": 0}, {"workers": 2, "scheduler": "tcp://127.0.0.1:1"}):
+        with pytest.raises(UserError):  # before any cluster starts
+            ReportRunner(**bad)
+    points = [Point(point_key({"chi_1": s}), chi_1, ("relu", s, 0.0), meta={"what": f"{s}"}) for s in (0.5, 2.0, 4.0)]
+    with ReportRunner() as here:
+        assert not here.on_dask and here.threads is None and here.describe() == "in process"
+        expected = here.part("chi", here.run, points).result()
+    assert sorted(expected.values()) == [0.25, 1.0, 2.0]  # chi_1 of ReLU without bias: sigma_w^2 / 2
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0",
+                      silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
+        with ReportRunner(client=client) as there:
+            assert there.on_dask and not there.local and there.threads == 1
+            assert there.describe() == "on the caller's Dask cluster" and there.where() == {"client": client}
+            job = there.part("chi", there.run, points)
+            assert there.part("chi", None) is job and job.result() == expected
+        assert client.status == "running"
+        slow = [Point(point_key({"sleep": k}), time.sleep, (1.0,)) for k in range(12)]
+        t0 = time.perf_counter()
+        with pytest.raises(KeyboardInterrupt):
+            with ReportRunner(client=client) as there:
+                job = there.part("slow", there.run, slow)
+                time.sleep(0.5)
+                raise KeyboardInterrupt
+        assert time.perf_counter() - t0 < 4.0  # not the 6 s that 12 points of 1 s take on 2 workers
+        with pytest.raises(Exception):
+            job.result()
+
+
+def test_presets_of_one_architecture_train_together():
+    """The seed's presets fall into four models: ReLU and SELU, each without and with BN, initializers batched."""
+    from propagate.presets import list_presets
+    from propagate.report.compute import preset_groups
+
+    assert preset_groups(list_presets()) == [["relu", "relu-he-normal"], ["relu-bn"], ["selu", "selu-lecun-normal"],
+                                             ["selu-bn-random-uniform", "selu-bn-lecun-uniform"]]
+    assert preset_groups(["relu", "relu-he-normal", "relu-bn"], max_size=1) == [["relu"], ["relu-he-normal"],
+                                                                               ["relu-bn"]]
 
 
 def test_cli_section_names_are_the_report_sections():

@@ -125,11 +125,15 @@ class CountingClient:
     """A distributed.Client that counts its scatter calls."""
 
     def __init__(self, client):
-        self._client, self.scatters = client, []
+        self._client, self.scatters, self.priorities = client, [], []
 
     def scatter(self, data, **kwargs):
         self.scatters.append(kwargs)
         return self._client.scatter(data, **kwargs)
+
+    def submit(self, *args, **kwargs):
+        self.priorities.append(kwargs.get("priority"))
+        return self._client.submit(*args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self._client, name)
@@ -153,11 +157,12 @@ def test_points_on_two_dask_workers_equal_in_process_and_scatter_once():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0",
                       silence_logs=logging.CRITICAL, env=env) as cluster, Client(cluster) as real:
         client = CountingClient(real)
-        with OnDask(client=client, label="test") as engine:
+        with OnDask(client=client, label="test", priority=2) as engine:
             there = {r.point.key: r for r in run_points(points, engine=engine)}
             # a second round with the same shared input: nothing is sent again
             again = {r.point.key: r for r in run_points(interval_points(), engine=engine)}
         assert client.scatters == [{"broadcast": True, "hash": False}]
+        assert client.priorities == [2] * (len(points) + len(interval_points()))  # every point at the engine's priority
     assert set(there) == set(here) and set(again) == {p.key for p in interval_points()}
     n = len(samples)
     for key, r in here.items():

@@ -280,6 +280,85 @@ def test_ensemble_seed_equals_single_run(mnist5k, bn):
         np.testing.assert_allclose(p.detach()[1].numpy(), q.detach()[0].numpy(), rtol=1e-5, atol=1e-6)
 
 
+def _per_member(tag, store):
+    """on_step recorder by member position (a group's members may share a seed number)."""
+    def record(info):
+        for i, (loss, acc) in enumerate(zip(info["loss"], info["acc"])):
+            store.setdefault((tag, i), []).append((info["epoch"], loss, acc))
+    return record
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_group_member_equals_single_run_of_its_configuration(mnist5k, bn):
+    """Three initializations of one architecture as one model: member k of configuration c is the single run of c
+    with seed k (initial weights exactly; every step's loss and accuracy, the history, the layer statistics and the
+    final weights to float32 round-off), and each configuration's result holds only its own seeds."""
+    from propagate.train import train_group
+
+    ds = _subset(mnist5k, 600, 100)
+    base = NetworkSpec.stack(3, 24, first_width=32, activation="selu", init="lecun_normal", batchnorm=bn,
+                             out_features=10)
+    specs = [base.with_(init=i) for i in ("random_uniform", "lecun_uniform", "lecun_normal")]
+    opts = TrainOptions(epochs=2, probe_size=32, threads=1)
+    steps: dict = {}
+    group = train_group([(s, [0, 1]) for s in specs], opts, ds, names=["ru", "lu", "ln"],
+                        on_step=_per_member("group", steps))
+    assert [r.seeds for r in group] == [[0, 1]] * 3 and [r.status for r in group] == ["finished"] * 3
+    model = group[0].model
+    assert model.seeds == [0, 1] * 3 and [s.init for s in model.specs] == [s.init for s in specs for _ in (0, 1)]
+    init = build_model(base, seeds=[0, 1] * 3, specs=model.specs)
+    for c, spec in enumerate(specs):
+        for k in (0, 1):
+            one = train(spec, opts.with_(seed=k), ds, on_step=_per_step(("one", c), steps))
+            i = 2 * c + k  # the member's position: configuration after configuration
+            for p, q in zip(init.parameters(), build_model(spec, seed=k).parameters()):
+                assert torch.equal(p[i], q[0])
+            a, b = np.array(steps[("group", i)]), np.array(steps[(("one", c), k)])
+            assert a.shape == b.shape == (10, 3)
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+            res = group[c]
+            h = res.history[res.history["seed"] == k].drop(columns=["seconds"]).reset_index(drop=True)
+            pd.testing.assert_frame_equal(h, one.history.drop(columns=["seconds"]), rtol=1e-5)
+            lay = res.layers[res.layers["seed"] == k].reset_index(drop=True)
+            pd.testing.assert_frame_equal(lay, one.layers, rtol=1e-4, atol=1e-7)
+            for p, q in zip(model.parameters(), one.model.parameters()):
+                np.testing.assert_allclose(p.detach()[i].numpy(), q.detach()[0].numpy(), rtol=1e-5, atol=1e-6)
+    # the initializations differ: the first step's losses of seed 0 are three different numbers
+    assert len({round(steps[("group", i)][0][1], 5) for i in (0, 2, 4)}) == 3
+
+
+def test_group_resumes_per_configuration_and_refuses_other_architectures(mnist5k, tmp_path):
+    """Each configuration of a group keeps its own run folder: an interrupted group resumes to the straight
+    group's numbers, a folder is what train() writes for that configuration alone, and a spec of another
+    architecture is refused before any work."""
+    from propagate.train import train_group
+
+    ds = _subset(mnist5k, 256, 64)
+    specs = [_small_spec(init=i) for i in ("he_normal", "glorot_uniform")]
+    opts = TrainOptions(epochs=2, probe_size=16, batch_size=64, threads=1)
+    dirs = lambda tag: [tmp_path / tag / "a", tmp_path / tag / "b"]  # noqa: E731
+    straight = train_group([(s, 2) for s in specs], opts, ds, run_dirs=dirs("straight"))
+
+    def interrupt(row):
+        if row["epoch"] == 1 and row["run"] == "b":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_group([(s, 2) for s in specs], opts, ds, run_dirs=dirs("resumed"), names=["a", "b"], callback=interrupt)
+    assert [len(pd.read_csv(d / "history.csv")) for d in dirs("resumed")] == [2, 2]
+    resumed = train_group([(s, 2) for s in specs], opts, ds, run_dirs=dirs("resumed"))
+    for s, r in zip(straight, resumed):
+        pd.testing.assert_frame_equal(s.history.drop(columns=["seconds"]), r.history.drop(columns=["seconds"]))
+        pd.testing.assert_frame_equal(s.layers, r.layers)
+    alone = train(specs[1], opts, ds, seeds=2, run_dir=tmp_path / "alone")
+    pd.testing.assert_frame_equal(alone.history.drop(columns=["seconds"]),
+                                  straight[1].history.drop(columns=["seconds"]), rtol=1e-5)
+    with pytest.raises(UserError, match="only in their initializer"):
+        train_group([(specs[0], 1), (specs[0].with_(activation="tanh"), 1)], opts, ds)
+    with pytest.raises(UserError, match="only in their initializer"):
+        build_model(specs[0], seeds=[0, 1], specs=[specs[0], _small_spec(batchnorm=True)])
+
+
 @pytest.mark.parametrize("kind", ["dropout", "alpha_dropout"])
 def test_ensemble_seed_equals_single_run_with_dropout(mnist5k, kind):
     """Each seed draws its own dropout masks from a (seed, epoch) stream: seed 1 of a 3-seed ensemble is the

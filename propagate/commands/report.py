@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-import os
-
 from propagate.commands._args import (check_device, data_dir, device, name_list, output_dir, positive_float_list,
-                                      positive_int, seed)
+                                      positive_int, scheduler_address, seed, workers)
 from propagate.errors import UserError
 from propagate.limits import check_seeds
 
@@ -24,6 +23,7 @@ examples:
   propagate report --quick --out /tmp/report        # about a minute on 2 cores
   propagate report --dataset mnist-5k               # the committed reports/mnist-5k
   propagate report --dataset fashion-mnist --lr 1e-3,1e-4
+  propagate report --dataset fashion-mnist --workers 2    # every heavy part at once, on 2 local workers
 """
 
 
@@ -69,6 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", type=output_dir, help="resumable training results folder (default: hidden, beside --out)")
     parser.add_argument("--device", type=device, default="cpu", help="training device: cpu, cuda or auto (default cpu)")
     parser.add_argument("--machine", default="", help="a description of the machine, written into the report")
+    parser.add_argument("--workers", type=workers, metavar="N",
+                        help="run the heavy parts (training ensembles, grids) on a local Dask cluster of N "
+                             "single-threaded workers, all submitted at once (default: in this process)")
+    parser.add_argument("--scheduler", type=scheduler_address, metavar="ADDRESS",
+                        help="run the heavy parts on an existing Dask cluster, e.g. tcp://127.0.0.1:8786 (not with --workers)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -133,7 +138,7 @@ def run(args) -> int:
     _check_nesting(out, work_dir_of(out, opts))
     check_report_folders(out, opts)  # before anything is computed
     check_device(args.device)
-    path = build_report(out, opts, progress=not args.no_progress,
+    path = build_report(out, opts, progress=not args.no_progress, workers=args.workers, scheduler=args.scheduler,
                         notify=lambda m: print(m if m.startswith("report") else f"propagate: {m}", file=sys.stderr))
     print(f"report written to {path}/README.md")
     return 0

@@ -7,9 +7,13 @@ the figures (:mod:`propagate.report.figures`, PNG and SVG) and writes a
 the measured numbers (:mod:`propagate.report.findings`).
 
 The report folder is built in a temporary sibling and swapped into place at
-the end, so an interrupted report leaves the previous one intact. Training runs
-go to a separate, resumable work folder (``work_dir``), so an interrupted
-report does not lose finished epochs either.
+the end, so an interrupted report leaves the previous one intact. The heavy
+parts (training ensembles, the self-normalization runs, the trainability and
+scaling grids) are points of the shared runner (:mod:`propagate.report.tasks`),
+in process or on Dask (``workers``, ``scheduler``, ``client``: all parts
+submitted at once, the page assembled as they arrive), kept in a separate,
+resumable work folder (``work_dir``), so an interrupted report does not lose
+finished points (nor, in process or on a local cluster, finished epochs).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from propagate.cluster import cores
 from propagate.errors import UserError
 from propagate.io import (
     atomic_directory,
@@ -34,7 +39,11 @@ from propagate.io import (
 )
 from propagate.limits import format_bytes, memory_limit, require_memory, simulation_bytes
 from propagate.runfolder import FolderBusy, IdentityMismatch, check_folder
+from propagate.report.tasks import PRIORITY, ReportRunner, run_result, train_point
+from propagate.runfolder import claim
+from propagate.runner import PointStore
 from propagate.selu import derivation_markdown as selu_derivation_markdown
+from propagate.torch_settings import torch_settings
 from propagate.trainability import TrainabilityOptions, trainability
 
 __all__ = ["ReportOptions", "build_report", "check_report_folders", "work_dir_of", "SECTIONS"]
@@ -61,10 +70,18 @@ class ReportOptions:
     images (default 10,000; ``None``: all); the section says which.
 
     ``seeds`` is the number of independent networks trained per configuration
-    (a seed ensemble trained as one batched model; every training number is a
-    mean with its 95% Student t interval over these seeds); ``sim_seeds`` the
-    number of random networks simulated per configuration. ``sections``: which
-    of :data:`SECTIONS` to add after the seed's story.
+    (a seed ensemble trained as one batched model, together with the presets of
+    the same architecture that differ only in initializer; every training number
+    is a mean with its 95% Student t interval over these seeds); ``sim_seeds``
+    the number of random networks simulated per configuration. ``sections``:
+    which of :data:`SECTIONS` to add after the seed's story.
+
+    ``threads``: torch CPU threads of every training run and of this process's
+    own computations. ``None``: in process, training uses one per core (and
+    the rest what torch has); on Dask (``build_report(workers=...)``) every
+    point and this process use 1. The numbers depend on it (the order of float
+    sums), so a build in process with ``threads=1`` equals one on any cluster,
+    bit for bit.
     """
 
     dataset: str = "mnist-5k"
@@ -83,6 +100,7 @@ class ReportOptions:
     train_subset: int | None = None
     trainability_subset: int | None = 10_000
     machine: str = ""
+    threads: int | None = None
 
     def effective(self) -> "ReportOptions":
         """The options actually used (``quick`` shrinks the sizes)."""
@@ -160,6 +178,7 @@ class _Run:
     folder: Path
     progress: bool
     say: Callable[[str], None]
+    runner: ReportRunner = field(default_factory=ReportRunner)
     t_start: float = field(default_factory=time.perf_counter)
     timings: dict = field(default_factory=dict)
 
@@ -199,15 +218,22 @@ def _selu_part(run: _Run) -> dict:
     return selu
 
 
-def _simulation_part(run: _Run, dataset, x_train):
-    """2-3. Simulation and theory of the seed's network on real inputs; returns (sims, inputs description)."""
+def _start_simulation(run: _Run, x_train):
+    """The simulation of the seed's network as one part of the runner (its points first on Dask)."""
     from propagate.report.compute import simulate_configs
-    from propagate.report.figures import plot_grad_norms, plot_layer_moments
 
     opts = run.opts
     n_sim = min(opts.sim_samples, len(x_train))
-    sims = simulate_configs(x_train[:n_sim], samples=n_sim, seeds=opts.sim_seeds, seed=opts.seed,
-                            progress=run.progress)
+    return run.runner.part("simulation", simulate_configs, x_train[:n_sim], samples=n_sim, seeds=opts.sim_seeds,
+                           seed=opts.seed, progress=run.progress, runner=run.runner)
+
+
+def _simulation_part(run: _Run, dataset, x_train):
+    """2-3. Simulation and theory of the seed's network on real inputs; returns (sims, inputs description)."""
+    from propagate.report.figures import plot_grad_norms, plot_layer_moments
+
+    n_sim = min(run.opts.sim_samples, len(x_train))
+    sims = _start_simulation(run, x_train).result()
     run.table(sims.sim, "simulation_layers.csv")
     run.table(sims.theory, "theory_layers.csv")
     inputs_desc = f"{n_sim} {dataset.name} training images ([0, 1] pixels)"
@@ -245,38 +271,102 @@ def _work_dir_refusal(exc) -> Exception:
     return UserError(f"{exc.detail}; use another --work-dir, or delete {exc.folder} to train again")
 
 
-def _check_work_dir_data(work: Path, train_ds) -> None:
-    """Refuse, before any computation, a work folder holding runs on other data (e.g. another --train-subset)."""
+def _claim_work_dir(work: Path, train_ds):
+    """Lock the work folder for the build and refuse, before any computation, one holding runs on other data."""
     from propagate.reproduce import reproduce_identity
 
     try:
-        check_folder(work, reproduce_identity(train_ds), option="--work-dir")
+        return claim(work, reproduce_identity(train_ds), option="--work-dir")
     except (IdentityMismatch, FolderBusy) as exc:
         raise _work_dir_refusal(exc) from None
 
 
-def _train_in_work_dir(run: _Run, train_ds, work: Path):
-    """Train every preset into the resumable work folder, with the report's options in the messages."""
-    from propagate.reproduce import reproduce
+def _max_group(opts: ReportOptions, train_ds, runner: ReportRunner) -> int | None:
+    """The most presets one batched model may hold: their ensembles together within this machine's memory
+    (shared by a local cluster's workers); ``None``: no limit known."""
+    from propagate.presets import get_preset
+    from propagate.train import TrainOptions, estimate_memory
 
-    opts = run.opts
-    try:
-        return reproduce(presets=list(opts.presets) if opts.presets else None, lrs=opts.lrs, dataset=train_ds,
-                         out_dir=work, resume=True, epochs=opts.epochs, seed=opts.seed, seeds=opts.seeds,
-                         device=opts.device, progress=run.progress, notify=run.say)
-    except (IdentityMismatch, FolderBusy) as exc:
-        raise _work_dir_refusal(exc) from None
+    limit = memory_limit()
+    if limit is None or not runner.local:
+        return None
+    if runner.on_dask:
+        limit //= runner.local_workers or cores()
+    spec, topts = get_preset("relu").spec(), TrainOptions(seeds=opts.seeds)  # every preset has the seed's widths
+    fixed = estimate_memory(spec, topts, 0, train_ds.n_train, train_ds.n_test)
+    per_preset = estimate_memory(spec, topts, opts.seeds, train_ds.n_train, train_ds.n_test) - fixed
+    return max(1, (limit - fixed) // per_preset)
 
 
-def _training_part(run: _Run, dataset, work: Path):
+def _training_plan(run: _Run, train_ds, work: Path) -> list[tuple[list[str], float, object]]:
+    """``(presets, lr, point)`` per training ensemble: presets of one architecture at one lr share one model."""
+    from propagate.data import dataset_identity
+    from propagate.presets import get_preset, list_presets
+    from propagate.report.compute import preset_groups
+    from propagate.reproduce import run_name
+    from propagate.train import TrainOptions
+
+    opts, runner = run.opts, run.runner
+    names = [get_preset(p).name for p in opts.presets] if opts.presets else list_presets()
+    base = TrainOptions(epochs=opts.epochs, seed=opts.seed, seeds=opts.seeds, device=opts.device,
+                        threads=runner.threads)
+    data_id = dataset_identity(train_ds)
+    plan = []
+    for lr in opts.lrs:
+        for group in preset_groups(names, _max_group(opts, train_ds, runner)):
+            plan.append((group, lr, train_point(
+                [get_preset(p).spec() for p in group], base.with_(lr=lr), base.seed_list, train_ds, data_id=data_id,
+                run_dirs=[work / run_name(p, lr) for p in group] if runner.local else None,
+                names=[run_name(p, lr) for p in group], presets=group, progress=run.progress and not runner.on_dask,
+                what=f"{' + '.join(group)} at lr {lr:g}")))
+    return plan
+
+
+def _start_training(run: _Run, train_ds, work: Path):
+    """The training ensembles as one part of the runner: ``(plan, job)``, the job's result the points' values."""
+    plan = _training_plan(run, train_ds, work)
+    order = sorted(plan, key=lambda t: -len(t[0]))  # the biggest models first: none is left for the end
+    job = run.runner.part("training", run.runner.run, [point for _, _, point in order], store=PointStore(work / "points"),
+                          label="training", priority=PRIORITY["training"], say=run.say)
+    return plan, job
+
+
+def _training_runs(run: _Run, plan, values) -> tuple[object, list]:
+    """The summary table (one row per preset and lr, in the order of ``reproduce``) and ``(preset, lr, TrainResult)``.
+
+    A run trained in one model with other presets gets its share of the
+    model's time as ``seconds`` (the model's time over the presets in it), so
+    the summary's seconds add up to the time spent.
+    """
+    import pandas as pd
+
+    from propagate.presets import get_preset
+    from propagate.reproduce import summary_row
+
+    results, shared = {}, {}
+    for group, lr, point in plan:
+        for name, data in zip(group, values[point.key]):
+            results[(name, lr)] = run_result(get_preset(name).spec(), point.args[1], data)
+            shared[(name, lr)] = len(group)
+    names = list(dict.fromkeys(name for group, _, _ in plan for name in group))
+    runs = [(name, lr, results[(name, lr)]) for lr in run.opts.lrs for name in names]
+    rows = []
+    for name, lr, res in runs:
+        row = summary_row(get_preset(name), lr, res, run.opts.epochs)
+        row["seconds"] /= shared[(name, lr)]
+        rows.append(row)
+    return pd.DataFrame(rows), runs
+
+
+def _training_part(run: _Run, training):
     """5. Training: every preset at every learning rate (a seed ensemble each), curves and per-layer drift."""
-    from propagate.report.compute import collect_training, drift_runs, reported_table
+    from propagate.report.compute import drift_runs, reported_table, training_tables
     from propagate.report.figures_training import plot_layer_drift_bands, plot_training_bands
 
     opts = run.opts
-    train_ds = _subset(dataset, opts.train_subset)
-    summary = _train_in_work_dir(run, train_ds, work)
-    history, layers = collect_training(work, summary)
+    plan, job = training
+    summary, runs = _training_runs(run, plan, job.result())
+    history, layers = training_tables(runs)
     run.table(summary, "training_summary.csv")
     run.table(history, "training_history.csv")
     run.table(layers, "training_layers.csv")
@@ -290,38 +380,58 @@ def _training_part(run: _Run, dataset, work: Path):
     drift = drift_runs(summary, opts.lrs)
     run.figure(plot_layer_drift_bands(layers, drift), "training_layer_drift.png")
     run.step("training")
-    return train_ds, summary, history, layers, drift
+    return summary, history, layers, drift
 
 
-def _trainability_dir(run: _Run, dataset, work: Path) -> Path | None:
-    """Full reports: the trainability map's grid, trained (resumably) in the work folder; quick: None (the section's own grid)."""
-    if run.opts.quick:
-        return None
+def _trainability_map(run: _Run, dataset, work: Path) -> Path:
+    """The full report's trainability map, trained (resumably) in the work folder on the runner; its folder."""
     from propagate.presets import get_preset
 
     from propagate.report.section_trainability import SETTINGS_FULL, configs_with_warmup
 
-    opts = run.opts
+    opts, runner = run.opts, run.runner
     configs = configs_with_warmup([(name, get_preset(name).spec()) for name in TRAINABILITY_PRESETS],
                                   SETTINGS_FULL["warmup_presets"], SETTINGS_FULL["warmup"])
     topts = TrainabilityOptions(seeds=tuple(opts.seed + k for k in range(3)), epochs=opts.epochs, refine=2,
-                                device=opts.device)
+                                device=opts.device, threads=runner.threads)
     folder = work / "trainability"
     try:
         trainability(configs, TRAINABILITY_LRS, _subset(dataset, opts.trainability_subset), topts, out_dir=folder,
-                     progress=run.say)
+                     progress=runner.guard(run.say), **runner.where())
     except (IdentityMismatch, FolderBusy) as exc:
         raise _work_dir_refusal(exc) from None
     return folder
 
 
-def _sections_part(run: _Run, dataset, train_ds, work: Path) -> str:
-    """7-: the extra sections (:data:`SECTIONS`), each writing its own data and figures; their markdown, numbered."""
+def _trainability_dir(run: _Run, dataset, work: Path):
+    """Full reports: the job of the trainability map (:func:`_trainability_map`, one part of the runner), its
+    ``result()`` the map's folder; quick: None (the section's own grid)."""
+    if run.opts.quick:
+        return None
+    return run.runner.part("trainability map", _trainability_map, run, dataset, work)
+
+
+def _section_context(run: _Run, dataset, train_ds, work: Path) -> dict:
+    """What every extra section reads: options, data, the work folder (resumable points) and the runner."""
     opts = run.opts
-    ctx = {"quick": opts.quick, "seed": opts.seed, "dataset": dataset.name, "dataset_obj": train_ds,
-           "train_seeds": opts.seeds, "work_dir": None if opts.quick else str(work)}
+    return {"quick": opts.quick, "seed": opts.seed, "dataset": dataset.name, "dataset_obj": train_ds,
+            "train_seeds": opts.seeds, "work_dir": str(work), "runner": run.runner}
+
+
+def _start_sections(run: _Run, ctx: dict, train_ds, work: Path) -> None:
+    """Start every extra section's heavy part (on Dask they run from now on; in process, when the section asks)."""
+    for name in run.opts.sections:
+        module = importlib.import_module(f"propagate.report.section_{name}")
+        if name == "trainability" and not run.opts.quick:
+            _trainability_dir(run, train_ds, work)
+        elif hasattr(module, "start"):
+            module.start(ctx, progress=run.say)
+
+
+def _sections_part(run: _Run, ctx: dict, train_ds, work: Path) -> str:
+    """7-: the extra sections (:data:`SECTIONS`), each writing its own data and figures; their markdown, numbered."""
     parts = []
-    for number, name in enumerate(opts.sections, start=7):
+    for number, name in enumerate(run.opts.sections, start=7):
         module = importlib.import_module(f"propagate.report.section_{name}")
         if name == "trainability":
             ctx = {**ctx, "trainability_dir": _trainability_dir(run, train_ds, work)}
@@ -341,28 +451,41 @@ def _number_heading(text: str, number: int) -> str:
     return "\n".join(lines)
 
 
-def _page_part(run: _Run, dataset, selu, sims, inputs_desc, lines, training, sections_md: str = "") -> None:
+def _page_part(run: _Run, dataset, selu, sims, inputs_desc, lines, train_ds, training, sections_md: str = "") -> None:
     """6. Findings from the numbers, then README.md and report.json."""
     from propagate.report.findings import collect_facts
     from propagate.report.page import render
 
-    train_ds, summary, history, layers, drift = training
+    summary, history, layers, drift = training
     facts = collect_facts(selu, sims, summary, history, layers, lines, run.opts)
     elapsed = time.perf_counter() - run.t_start
-    text = render(run.opts, dataset, facts, summary, run.timings, elapsed, inputs_desc, train_ds, drift, sections_md)
+    where = run.runner.describe()
+    opts = run.opts if not run.runner.on_dask else replace(
+        run.opts, machine=f"{run.opts.machine or 'this machine'}, its heavy parts {where}")
+    text = render(opts, dataset, facts, summary, run.timings, elapsed, inputs_desc, train_ds, drift, sections_md)
     atomic_write_text(run.folder / "README.md", text)
     atomic_write_json(run.folder / "report.json", {"meta": run.meta, "timings_s": run.timings, "elapsed_s": elapsed,
-                                                   "facts": facts})
+                                                   "runner": where, "facts": facts})
 
 
 def build_report(out_dir: str | Path, options: ReportOptions | None = None, *, progress: bool = False,
-                 notify: Callable[[str], None] | None = None) -> Path:
+                 notify: Callable[[str], None] | None = None, workers: int | None = None,
+                 scheduler: str | None = None, client=None) -> Path:
     """Compute, draw and write the whole report into ``out_dir``; return its path.
 
     ``notify(message)`` receives one line per finished step (the CLI prints it
     on stderr). See :class:`ReportOptions` for what is computed. ``out_dir``
     must be new, empty or a previous report (:func:`check_report_folders`,
     checked before any work); it is replaced as a whole at the end.
+
+    Where the heavy parts run (:class:`propagate.report.tasks.ReportRunner`):
+    in this process, one after another (the default), or on Dask when
+    ``workers`` (a local cluster of that many single-threaded processes),
+    ``scheduler`` (the address of a running cluster) or ``client`` is given:
+    then every training ensemble, self-normalization run and grid point is
+    submitted at the start and the page is assembled as they arrive. Finished
+    points are kept in the work folder, so a stopped build resumes. At the same
+    ``options.threads`` the report's numbers do not depend on where they ran.
     """
     import matplotlib
 
@@ -370,21 +493,27 @@ def build_report(out_dir: str | Path, options: ReportOptions | None = None, *, p
     from propagate.data import load_dataset
 
     opts = (options or ReportOptions()).effective()
+    runner = ReportRunner(workers, scheduler, client, threads=opts.threads)  # checks where, before any work
     check_report_folders(out_dir, opts)
     work = work_dir_of(out_dir, opts)
     say = notify or (lambda m: None)
     run_meta = run_metadata(seed=opts.seed, options=asdict(opts))
     t_start = time.perf_counter()
     dataset = load_dataset(opts.dataset, opts.data_dir, download=True, progress=progress, notify=say)
-    _check_work_dir_data(work, _subset(dataset, opts.train_subset))
+    train_ds = _subset(dataset, opts.train_subset)
     x_train, _ = dataset.arrays("train")
 
-    with atomic_directory(out_dir, adopt=_is_report_folder) as tmp:
-        run = _Run(opts, run_meta, tmp, progress, say, t_start=t_start)
+    with _claim_work_dir(work, train_ds), runner, torch_settings(threads=runner.threads), \
+            atomic_directory(out_dir, adopt=_is_report_folder) as tmp:
+        run = _Run(opts, run_meta, tmp, progress, say, runner, t_start=t_start)
+        ctx = _section_context(run, dataset, train_ds, work)
+        _start_simulation(run, x_train)  # on Dask every heavy part starts here
+        training = _start_training(run, train_ds, work)
+        _start_sections(run, ctx, train_ds, work)
         selu = _selu_part(run)
         sims, inputs_desc = _simulation_part(run, dataset, x_train)
         lines = _phase_part(run)
-        training = _training_part(run, dataset, work)
-        sections_md = _sections_part(run, dataset, training[0], work)
-        _page_part(run, dataset, selu, sims, inputs_desc, lines, training, sections_md)
+        training = _training_part(run, training)
+        sections_md = _sections_part(run, ctx, train_ds, work)
+        _page_part(run, dataset, selu, sims, inputs_desc, lines, train_ds, training, sections_md)
     return Path(out_dir)

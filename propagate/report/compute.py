@@ -14,6 +14,8 @@ import numpy as np
 
 from propagate.inits import get_init, list_inits
 from propagate.io import read_table
+from propagate.report.tasks import PRIORITY, ReportRunner
+from propagate.runner import Point, Shared, point_key
 from propagate.selu import solve_selu, stability_box
 from propagate.stats import config_columns
 
@@ -24,6 +26,8 @@ __all__ = [
     "phase_grid",
     "init_marks",
     "simulate_configs",
+    "training_tables",
+    "preset_groups",
 ]
 
 #: (activation, init) pairs of the seed and the recipes it left out; each is
@@ -114,31 +118,45 @@ class SimulationTables:
     notes: list
 
 
-def simulate_configs(inputs, *, configs=SIM_CONFIGS, samples=1000, seeds=4, seed=0, progress=False) -> SimulationTables:
+def simulate_config(activation: str, init: str, batchnorm: bool, inputs, samples: int, seeds: int, seed: int,
+                    progress: bool = False) -> dict:
+    """One configuration of :func:`simulate_configs` (a runner point): its simulation and theory rows and a note."""
+    from propagate.simulate import simulate
+    from propagate.spec import NetworkSpec
+
+    spec = NetworkSpec.seed(activation, init, batchnorm, out_features=None)
+    res = simulate(spec, samples=samples, seeds=seeds, seed=seed, input=inputs, progress=progress)
+    label = spec.label()
+    return {"sim": res.table.assign(config=label).to_dict(orient="records"),
+            "theory": [] if res.theory is None else res.theory.assign(config=label).to_dict(orient="records"),
+            "note": "" if res.diverged_at is None else f"{label}: diverged at layer {res.diverged_at}"}
+
+
+def simulate_configs(inputs, *, configs=SIM_CONFIGS, samples=1000, seeds=4, seed=0, progress=False,
+                     runner=None) -> SimulationTables:
     """Simulate and predict the seed's network (784 -> 512 -> 50 x 256) for each configuration.
 
     ``inputs`` is an ``(N, 784)`` float array of input images ([0, 1] pixels)
     or ``"gaussian"``. Each (activation, init) runs without and with batch
-    normalization.
+    normalization, each one point of ``runner``
+    (:class:`propagate.report.tasks.ReportRunner`; default in process, with
+    this process's torch threads).
     """
     import pandas as pd
 
-    from propagate.simulate import simulate
-    from propagate.spec import NetworkSpec
-
-    sims, theories, notes = [], [], []
-    for bn in (False, True):
-        for act, init in configs:
-            spec = NetworkSpec.seed(act, init, bn, out_features=None)
-            res = simulate(spec, samples=samples, seeds=seeds, seed=seed, input=inputs, progress=progress)
-            label = spec.label()
-            sims.append(res.table.assign(config=label))
-            if res.theory is not None:
-                theories.append(res.theory.assign(config=label))
-            if res.diverged_at is not None:
-                notes.append(f"{label}: diverged at layer {res.diverged_at}")
+    runner = runner or ReportRunner()
+    points = [Point(point_key({"kind": "report simulation", "activation": act, "init": init, "batchnorm": bn,
+                               "samples": samples, "seeds": seeds, "seed": seed}),
+                    simulate_config, (act, init, bn, Shared("inputs"), samples, seeds, seed, progress and not runner.on_dask),
+                    shared={"inputs": inputs}, meta={"what": f"{act}/{init}{'+BN' if bn else ''}"})
+              for bn in (False, True) for act, init in configs]
+    values = runner.run(points, label="simulation", priority=PRIORITY["simulation"])
+    parts = [values[p.key] for p in points]
+    sims = [pd.DataFrame(v["sim"]) for v in parts]
+    theories = [pd.DataFrame(v["theory"]) for v in parts if v["theory"]]
     return SimulationTables(pd.concat(sims, ignore_index=True),
-                            pd.concat(theories, ignore_index=True) if theories else None, notes)
+                            pd.concat(theories, ignore_index=True) if theories else None,
+                            [v["note"] for v in parts if v["note"]])
 
 
 def geometric_rate(table, column="pre_var", first=2, last=None):
@@ -157,6 +175,24 @@ def run_label(preset: str, lr: float) -> str:
     return f"{preset} (lr {lr:g})"
 
 
+def _run_tags(preset: str, lr: float) -> dict:
+    """The columns a training run's rows get in the report's long tables (see :func:`collect_training`)."""
+    from propagate.presets import get_preset
+
+    spec = get_preset(preset).spec().with_(name="")
+    return {"run": run_label(preset, lr), "preset": preset, "lr": lr, **config_columns(spec), "config": spec.label()}
+
+
+def _long_tables(parts):
+    """``(history, layers)``: the concatenation of ``(tags, history, layers)`` parts, each tagged (``None``: absent)."""
+    import pandas as pd
+
+    hist = [h.assign(**tags) for tags, h, _ in parts if h is not None]
+    lay = [lay.assign(**tags) for tags, _, lay in parts if lay is not None]
+    return (pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(),
+            pd.concat(lay, ignore_index=True) if lay else pd.DataFrame())
+
+
 def collect_training(work_dir, summary):
     """Read every run of a ``reproduce`` folder into two long tables (history, layers).
 
@@ -164,23 +200,42 @@ def collect_training(work_dir, summary):
     display) and the configuration columns of :data:`propagate.stats.CONFIG_COLUMNS`
     (``activation``, ``init``, ``normalization``, ``residual``: what figures read).
     """
-    import pandas as pd
-
-    from propagate.presets import get_preset
     from propagate.reproduce import run_name
 
-    hist, lay = [], []
+    parts = []
     for _, r in summary.iterrows():
         d = Path(work_dir) / run_name(r["preset"], r["lr"])
-        spec = get_preset(r["preset"]).spec().with_(name="")
-        label = spec.label()
-        tags = {"run": run_label(r["preset"], r["lr"]), "preset": r["preset"], "lr": r["lr"], **config_columns(spec)}
-        if (d / "history.csv").exists():
-            hist.append(read_table(d / "history.csv").assign(**tags, config=label))
-        if (d / "layers.csv").exists():
-            lay.append(read_table(d / "layers.csv").assign(**tags, config=label))
-    return (pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(),
-            pd.concat(lay, ignore_index=True) if lay else pd.DataFrame())
+        parts.append((_run_tags(r["preset"], r["lr"]),
+                      read_table(d / "history.csv") if (d / "history.csv").exists() else None,
+                      read_table(d / "layers.csv") if (d / "layers.csv").exists() else None))
+    return _long_tables(parts)
+
+
+def training_tables(runs):
+    """:func:`collect_training`'s two long tables from results in hand: ``runs`` are ``(preset, lr, TrainResult)``."""
+    return _long_tables([(_run_tags(preset, lr), res.history, res.layers) for preset, lr, res in runs])
+
+
+def preset_groups(names, max_size: int | None = None) -> list[list[str]]:
+    """``names`` (presets) in groups of one architecture, differing only in initializer, each trained as one model.
+
+    Groups keep the order of their first member; a group holds at most
+    ``max_size`` presets (a batched model of too many members would not fit in
+    memory; ``None``: no limit).
+    """
+    from propagate.presets import get_preset
+    from propagate.spec import same_architecture
+
+    groups: list[list[str]] = []
+    for name in names:
+        spec = get_preset(name).spec()
+        home = next((g for g in groups if same_architecture(get_preset(g[0]).spec(), spec)
+                     and (max_size is None or len(g) < max_size)), None)
+        if home is None:
+            groups.append([name])
+        else:
+            home.append(name)
+    return groups
 
 
 def reported_table(summary):

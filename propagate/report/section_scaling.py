@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from propagate.io import write_table
+from propagate.report.tasks import ReportRunner
 from propagate.scaling import AXES, BASE, CONFIGS, ScalingOptions, scaling_grid
 from propagate.templates import render
 
 __all__ = ["SETTINGS_FULL", "SETTINGS_QUICK", "figure_scaling", "plot_scaling", "miss_lines", "fit_lines",
-           "section_markdown", "section"]
+           "section_markdown", "start", "section"]
 
 SETTINGS_FULL = dict(configs=tuple(CONFIGS), axes=AXES, base=BASE, seeds=(0, 1, 2), epochs=1, level=0.3,
                      lrs=ScalingOptions().lrs, refine=2, n_train=None)
@@ -190,7 +191,7 @@ def _settings(ctx: dict) -> dict:
     return S
 
 
-def _compute(S: dict, dataset, ctx: dict, progress):
+def _compute(S: dict, dataset, ctx: dict, progress, where: dict | None = None):
     if S["n_train"] is not None and S["n_train"] < dataset.n_train:
         dataset = replace(dataset, name=f"{dataset.name}[:{S['n_train']}]", x_train=dataset.x_train[:S["n_train"]],
                           y_train=dataset.y_train[:S["n_train"]])
@@ -198,22 +199,31 @@ def _compute(S: dict, dataset, ctx: dict, progress):
                           level=S["level"], lrs=tuple(S["lrs"]), refine=S["refine"], threads=1)
     folder = ctx.get("scaling_dir") or (Path(ctx["work_dir"]) / "scaling" if ctx.get("work_dir") else None)
     res = scaling_grid(dataset, S["configs"], axes=S["axes"], base=S["base"], options=opts, out_dir=folder,
-                       progress=progress)
+                       progress=progress, **(where or {}))
     note = f"{dataset.name} ({dataset.n_train:,} training images)"
     return res.cells, res.fits, note
 
 
-def section(out_dir: Path, ctx: dict, progress=None) -> str:
-    """The scaling grid's tables, figure and text (module docstring); ``ctx`` as the other sections'."""
-    out_dir = Path(out_dir)
-    S = _settings(ctx)
-    say = progress if callable(progress) else (lambda m: None)
+def start(ctx: dict, progress=None):
+    """The scaling grid as one part of ``ctx["runner"]`` (in process without one); its ``result()`` is
+    ``(cells, fits, data note)``. The report calls it early (on Dask the grid's points run from then on);
+    :func:`section` gets the same part."""
+    runner = ctx.get("runner") or ReportRunner()
     dataset = ctx.get("dataset_obj")
     if dataset is None:
         from propagate.data import load_dataset
 
         dataset = load_dataset(ctx.get("dataset", "mnist-5k"))
-    cells, fits, note = _compute(S, dataset, ctx, say)
+    return runner.part("scaling", _compute, _settings(ctx), dataset, ctx, runner.guard(progress), runner.where())
+
+
+def section(out_dir: Path, ctx: dict, progress=None) -> str:
+    """The scaling grid's tables, figure and text (module docstring); ``ctx`` as the other sections' (its grid
+    runs on ``ctx["runner"]``, :func:`start`)."""
+    out_dir = Path(out_dir)
+    S = _settings(ctx)
+    say = progress if callable(progress) else (lambda m: None)
+    cells, fits, note = start(ctx, say).result()
     write_table(cells, out_dir / "data" / "scaling_cells.csv")
     write_table(fits, out_dir / "data" / "scaling_fits.csv")
     from propagate.report.style import save_figure

@@ -27,12 +27,14 @@ import numpy as np
 from propagate.confidence import format_number, paired_difference, summarize_seeds, t_interval
 from propagate.errors import UserError
 from propagate.io import write_table
+from propagate.report.tasks import PRIORITY, ReportRunner, run_frames, train_point
+from propagate.runner import PointStore
 from propagate.templates import render
 
 __all__ = ["section", "configurations", "training_configurations", "compute_simulation", "compute_training",
            "final_per_seed", "summarize_training", "chance_accuracy", "training_verdicts", "training_comparisons",
            "simulation_summary", "section_markdown", "plot_selfnorm_simulation", "plot_selfnorm_training",
-           "selfnorm_j22", "SETTINGS_FULL", "SETTINGS_QUICK"]
+           "selfnorm_j22", "start", "SETTINGS_FULL", "SETTINGS_QUICK"]
 
 #: lr 1e-3 is the seed's step size; at it RMSprop knocks even SELU's 52-layer network off its fixed point
 #: (reports/mnist-5k), so 1e-4 is trained as well.
@@ -91,31 +93,65 @@ def compute_simulation(configs, *, depth=50, width=256, seeds=4, samples=512, se
     return pd.concat(tables, ignore_index=True), pd.concat(per_seed, ignore_index=True)
 
 
-def compute_training(configs, dataset, *, epochs=3, seed=0, lrs=(1e-3,), seeds=5, progress=None):
+def compute_training(configs, dataset, *, epochs=3, seed=0, lrs=(1e-3,), seeds=5, progress=None, runner=None,
+                     store_dir=None):
     """Train the seed's network (784-512-50x256-10, LeCun normal) with each activation at each learning rate.
 
     Each (activation, lr) is an ensemble of ``seeds`` networks, seeds ``seed ..
     seed + seeds - 1``, trained as one batched model
-    (:func:`propagate.train.train`); every activation and learning rate uses the
-    same seeds, so a seed's initial weights and shuffles are shared and
-    differences can be paired. Returns the per-seed history (one row per seed
-    and epoch, columns of :data:`propagate.train.HISTORY_COLUMNS`) with
-    ``config`` and ``lr`` columns.
+    (:func:`propagate.train.train`, one thread); every activation and learning
+    rate uses the same seeds, so a seed's initial weights and shuffles are
+    shared and differences can be paired. Each ensemble is one point of
+    ``runner`` (:class:`propagate.report.tasks.ReportRunner`; default in
+    process), kept in ``store_dir`` when given (a stopped build resumes).
+    Returns the per-seed history (one row per seed and epoch, columns of
+    :data:`propagate.train.HISTORY_COLUMNS`) with ``config`` and ``lr`` columns.
     """
     import pandas as pd
 
+    from propagate.data import dataset_identity
     from propagate.spec import NetworkSpec
-    from propagate.train import TrainOptions, train
+    from propagate.train import TrainOptions, seed_list
 
-    rows = []
+    runner = runner or ReportRunner()
+    data_id = dataset_identity(dataset) if store_dir else None
+    plan = []
     for lr in lrs:
-        for i, c in enumerate(configs):
-            if progress:
-                progress(f"selfnorm section: training {c['name']} at lr {lr:g}, {seeds} seed(s) ({i + 1}/{len(configs)})")
+        for c in configs:
             spec = NetworkSpec.seed(c["activation"], "lecun_normal", False, name=c["name"])
-            res = train(spec, TrainOptions(epochs=epochs, seed=seed, lr=lr, threads=1), dataset, seeds=seeds)
-            rows.append(res.history.assign(config=c["name"], lr=lr))
-    return pd.concat(rows, ignore_index=True)
+            plan.append((lr, c["name"], train_point([spec], TrainOptions(epochs=epochs, seed=seed, lr=lr, threads=1),
+                                                    seed_list(seed, seeds), dataset, data_id=data_id,
+                                                    what=f"{c['name']} at lr {lr:g}, {seeds} seed(s)")))
+    values = runner.run([p for _, _, p in plan], store=PointStore(store_dir) if store_dir else None,
+                        label="selfnorm section", priority=PRIORITY["selfnorm"], say=progress)
+    return pd.concat([run_frames(values[p.key][0])[0].assign(config=name, lr=lr) for lr, name, p in plan],
+                     ignore_index=True)
+
+
+def start(ctx: dict, progress=None):
+    """The section's training runs as one part of ``ctx["runner"]`` (in process without one); its ``result()`` is
+    :func:`compute_training`'s history. The report calls it early (on Dask the runs train from then on);
+    :func:`section` calls it again and gets the same part."""
+    runner = ctx.get("runner") or ReportRunner()
+    S, seed, _, data_sub, train_configs = runner.memo("selfnorm setup", _setup, ctx)
+    work = ctx.get("work_dir")
+    return runner.part("selfnorm", compute_training, train_configs, data_sub, epochs=S["epochs"], seed=seed,
+                       lrs=S["lrs"], seeds=S["train_seeds"], progress=progress, runner=runner,
+                       store_dir=Path(work) / "selfnorm" if work else None)
+
+
+def _setup(ctx: dict):
+    """``(settings, seed, configs, training data, training configs)`` of the section (``ctx`` as :func:`section`'s)."""
+    S = dict(SETTINGS_QUICK if ctx.get("quick") else SETTINGS_FULL)
+    seed = int(ctx.get("seed", 0))
+    S["train_seeds"] = _train_seeds(ctx, S)
+    dataset = ctx.get("dataset_obj")
+    if dataset is None:
+        from propagate.data import load_dataset
+
+        dataset = load_dataset(ctx.get("dataset", "mnist-5k"))
+    configs = configurations(S["depth"])
+    return S, seed, configs, _subset(dataset, S["n_train"], S["n_test"]), training_configurations(configs)
 
 
 def final_per_seed(history):
@@ -441,7 +477,9 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     ``seed`` (the first training seed), ``train_seeds`` (networks trained per
     activation and learning rate: default 5, quick 2), ``dataset`` (a name for
     :func:`propagate.data.load_dataset`, or a loaded Dataset as
-    ``ctx["dataset_obj"]``). ``progress``: callable(message) or None.
+    ``ctx["dataset_obj"]``), optionally ``runner`` (where the training runs go,
+    :func:`start`) and ``work_dir`` (they are kept in its ``selfnorm/``).
+    ``progress``: callable(message) or None.
 
     Writes ``data/selfnorm_simulation.csv``, ``data/selfnorm_training.csv``
     (one row per seed and epoch, ``seed`` column) and
@@ -449,23 +487,13 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     mean, 95% t interval, ``n_seeds``, ``diverged_seeds``, ``verdict``).
     """
     out_dir = Path(out_dir)
-    S = dict(SETTINGS_QUICK if ctx.get("quick") else SETTINGS_FULL)
-    seed = int(ctx.get("seed", 0))
-    S["train_seeds"] = _train_seeds(ctx, S)
     say = progress if callable(progress) else None
-    dataset = ctx.get("dataset_obj")
-    if dataset is None:
-        from propagate.data import load_dataset
-
-        dataset = load_dataset(ctx.get("dataset", "mnist-5k"))
-    configs = configurations(S["depth"])
+    ctx = {**ctx, "runner": ctx.get("runner") or ReportRunner()}
+    S, seed, configs, data_sub, train_configs = ctx["runner"].memo("selfnorm setup", _setup, ctx)
     j22 = {"SELU": selfnorm_j22("elu"), "self-normalized GELU": selfnorm_j22("gelu")}
     table, per_seed = compute_simulation(configs, depth=S["depth"], width=S["width"], seeds=S["seeds"],
                                          samples=S["samples"], seed=seed, progress=say)
-    data_sub = _subset(dataset, S["n_train"], S["n_test"])
-    train_configs = training_configurations(configs)
-    history = compute_training(train_configs, data_sub, epochs=S["epochs"], seed=seed, lrs=S["lrs"],
-                               seeds=S["train_seeds"], progress=say)
+    history = start(ctx, say).result()
     chance = chance_accuracy(data_sub.y_test)
     finals = final_per_seed(history)
     summary = summarize_training(finals, chance)

@@ -30,13 +30,14 @@ from typing import Any
 import numpy as np
 
 from propagate.io import read_table, write_table
+from propagate.report.tasks import ReportRunner
 from propagate.templates import render
 from propagate.trainability import TrainabilityOptions, first_epoch_dynamics, trainability
 
 __all__ = ["section", "figure_trainability_map", "figure_dynamics", "plot_trainability_map", "plot_dynamics",
            "TrainabilityGrid", "section_settings", "read_trainability_dir", "compute_trainability_grid",
            "compute_dynamics", "config_lines", "verdict_flips", "prediction_values", "dynamics_text",
-           "section_markdown", "SETTINGS_FULL", "SETTINGS_QUICK", "SEED_LR"]
+           "section_markdown", "start", "SETTINGS_FULL", "SETTINGS_QUICK", "SEED_LR"]
 
 #: The seed's learning rate (Keras RMSprop default).
 SEED_LR = 1e-3
@@ -395,17 +396,45 @@ def configs_with_warmup(configs, presets, warmup: int) -> list:
     return list(configs) + twins
 
 
-def compute_trainability_grid(S: dict, sub, seed: int, full_name: str, progress=None) -> TrainabilityGrid:
-    """Train the settings' presets over their learning rates on ``sub`` (a subset of ``full_name``)."""
+def compute_trainability_grid(S: dict, sub, seed: int, full_name: str, progress=None, *, where: dict | None = None,
+                              out_dir=None) -> TrainabilityGrid:
+    """Train the settings' presets over their learning rates on ``sub`` (a subset of ``full_name``).
+
+    ``where``: :func:`propagate.trainability.trainability`'s ``workers`` /
+    ``scheduler`` / ``client`` (default in process); ``out_dir``: its folder
+    (resumable points), or ``None``.
+    """
     opts = TrainabilityOptions(seeds=tuple(seed + s for s in S["seeds"]), epochs=S["epochs"], level=S["level"],
                                sharpness_batch=S["sharpness_batch"], lanczos_iters=S["lanczos_iters"],
                                lookahead_per_decade=S.get("per_decade", 4), threads=1, probe_size=64)
     res = trainability(configs_with_warmup([(p, _spec_of(S, p)) for p in S["presets"]], S["warmup_presets"],
-                                           S["warmup"]), S["lrs"], sub, opts, progress=progress)
+                                           S["warmup"]), S["lrs"], sub, opts, progress=progress, out_dir=out_dir,
+                       **(where or {}))
     data_note = (f"the first {sub.n_train} training images of {full_name} (a subset, so the section "
                  f"builds in minutes; test accuracy on {sub.n_test} test images)")
     return TrainabilityGrid(res.points, res.configs, opts.criterion, opts.level, len(opts.seeds), opts.epochs,
                             data_note, res.predictions)
+
+
+def start(ctx: dict, progress=None):
+    """The section's own grid (no ``ctx["trainability_dir"]``) as one part of ``ctx["runner"]`` (in process
+    without one), kept in ``ctx["work_dir"]``'s ``trainability-section/``; its ``result()`` is
+    :func:`compute_trainability_grid`'s. The report calls it early; :func:`section` gets the same part."""
+    runner = ctx.get("runner") or ReportRunner()
+    S, dataset = section_settings(ctx), _dataset(ctx)
+    work = ctx.get("work_dir")
+    return runner.part("trainability section", compute_trainability_grid, S, _subset(dataset, S["n_train"], S["n_test"]),
+                       int(ctx.get("seed", 0)), dataset.name, runner.guard(progress), where=runner.where(),
+                       out_dir=Path(work) / "trainability-section" if work else None)
+
+
+def _dataset(ctx: dict):
+    dataset = ctx.get("dataset_obj")
+    if dataset is None:
+        from propagate.data import load_dataset
+
+        dataset = load_dataset(ctx.get("dataset", "mnist-5k"))
+    return dataset
 
 
 def compute_dynamics(S: dict, data, seed: int, progress=None):
@@ -639,30 +668,30 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     :func:`propagate.data.load_dataset`, or a loaded Dataset as
     ``ctx["dataset_obj"]``), optionally ``trainability_dir`` (a finished
     ``propagate trainability --out`` folder whose ``points.csv`` /
-    ``configs.csv`` are used instead of computing the map), optionally
+    ``configs.csv`` are used instead of computing the map, or a job whose
+    ``result()`` is one), optionally
     ``trainability_settings`` (overrides of :data:`SETTINGS_FULL` /
     :data:`SETTINGS_QUICK`; ``specs``: ``{name: NetworkSpec}`` for names that
-    are not presets). ``progress``: a callable(message) or None.
+    are not presets), optionally ``runner`` and ``work_dir`` (where the grid's
+    points run and are kept, :func:`start`). ``progress``: a callable(message) or None.
     """
     out_dir = Path(out_dir)
     S = section_settings(ctx)
     seed = int(ctx.get("seed", 0))
     say = progress if callable(progress) else (lambda m: None)
-    dataset = ctx.get("dataset_obj")
-    if dataset is None:
-        from propagate.data import load_dataset
-
-        dataset = load_dataset(ctx.get("dataset", "mnist-5k"))
+    dataset = _dataset(ctx)
     sub = _subset(dataset, S["n_train"], S["n_test"])
+    # the whole first epoch on the section's data (a full report: all its training images), here, while the
+    # grid's points may still be running elsewhere
+    dyn = compute_dynamics(S, sub if ctx.get("quick") else dataset, seed, say)
+    write_table(dyn, out_dir / "data" / "trainability_dynamics.csv")
     tdir = ctx.get("trainability_dir")
-    grid = read_trainability_dir(tdir, dataset) if tdir else compute_trainability_grid(S, sub, seed, dataset.name, say)
+    tdir = tdir.result() if hasattr(tdir, "result") else tdir  # a part of the report's runner: its folder, when done
+    grid = read_trainability_dir(tdir, dataset) if tdir else start(ctx, say).result()
     write_table(grid.points, out_dir / "data" / "trainability_points.csv")
     write_table(grid.configs, out_dir / "data" / "trainability_configs.csv")
     if grid.predictions is not None and len(grid.predictions):
         write_table(grid.predictions, out_dir / "data" / "trainability_predictions.csv")
-    # the whole first epoch on the section's data (a full report: all its training images)
-    dyn = compute_dynamics(S, sub if ctx.get("quick") else dataset, seed, say)
-    write_table(dyn, out_dir / "data" / "trainability_dynamics.csv")
     from propagate.report.style import save_figure
 
     title = f"Where each configuration trains ({grid.n_seeds} seeds, {grid.epochs} epoch(s))"
