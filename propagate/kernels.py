@@ -70,6 +70,7 @@ kernel changed that at round-off level).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import weakref
@@ -239,27 +240,40 @@ def _piece_classes():
             gx = torch.bmm(g, w) if need_input else None  # before the weight may be updated
             return gx, (torch.bmm(g.transpose(1, 2), x), g.sum(1))
 
+    batch_norm_backward = aten.native_batch_norm_backward.default
+
     class BatchNormPiece(Piece):
         def __init__(self, mod, eps, momentum):
             self.params = (mod.weight, mod.bias)
             self.mod, self.eps, self.momentum = mod, float(eps), float(momentum)
+            self._flat, self._of = None, None
+
+        def flat(self):
+            """``(weight, bias, running mean, running variance)`` as ``[S N]`` views, made again if one was replaced."""
+            bufs = self.mod._buffers
+            tensors = (*self.params, bufs["running_mean"], bufs["running_var"])
+            of = tuple(t.data_ptr() for t in tensors)
+            if of != self._of:
+                self._flat, self._of = tuple(t.view(-1) for t in tensors), of
+            return self._flat
 
         def forward(self, x, free):
             S, B, n = x.shape
-            xt = x.transpose(0, 1).reshape(B, S * n)  # the layer op's [B, S N] view (a copy when S > 1)
-            w, b = self.params
-            y, mean, invstd = aten.native_batch_norm(xt, w.view(-1), b.view(-1), self.mod.running_mean.view(-1),
-                                                     self.mod.running_var.view(-1), True, self.momentum, self.eps)
-            return y.view(B, S, n).transpose(0, 1), (xt, mean, invstd)
+            # the layer op's [B, S N] view (a copy when S > 1)
+            xt = x.reshape(B, n) if S == 1 else x.transpose(0, 1).reshape(B, S * n)
+            w, b, rm, rv = self.flat()
+            y, mean, invstd = torch.native_batch_norm(xt, w, b, rm, rv, True, self.momentum, self.eps)
+            return (y.view(1, B, n) if S == 1 else y.view(B, S, n).transpose(0, 1)), (xt, mean, invstd)
 
         def backward(self, g, saved, need_input):
             xt, mean, invstd = saved
             S, B, n = g.shape
-            w = self.params[0]
-            gx, gw, gb = aten.native_batch_norm_backward(
-                g.transpose(0, 1).reshape(B, S * n), xt, w.view(-1), self.mod.running_mean.view(-1),
-                self.mod.running_var.view(-1), mean, invstd, True, self.eps, [need_input, True, True])
-            return (gx.view(B, S, n).transpose(0, 1) if need_input else None), (gw.view(S, n), gb.view(S, n))
+            w, _, rm, rv = self.flat()
+            gt = g.reshape(B, n) if S == 1 else g.transpose(0, 1).reshape(B, S * n)
+            gx, gw, gb = batch_norm_backward(gt, xt, w, rm, rv, mean, invstd, True, self.eps, [need_input, True, True])
+            if need_input:
+                gx = gx.view(1, B, n) if S == 1 else gx.view(B, S, n).transpose(0, 1)
+            return gx, (gw.view(S, n), gb.view(S, n))
 
     class OutputActivation(Piece):
         """An activation differentiated from its output (in place on a free input)."""
@@ -332,16 +346,24 @@ def _piece_classes():
         def backward(ctx, g):
             plan, saved, update = ctx.plan, ctx.saved, ctx.update
             grads: list = [None] * len(plan.params)
+            params, pending, size = [], [], 0  # gradients waiting for the optimizer
             for i in range(len(plan.pieces) - 1, -1, -1):
                 pc = plan.pieces[i]
                 g, pg = pc.backward(g, saved[i], i > 0)  # the network input needs no gradient
                 saved[i] = None  # freed as the pass goes down
                 if not pg:
                     continue
-                if update is not None:
-                    update(pc.params, pg)  # the optimizer's rule, while the gradients are in cache
-                else:
+                if update is None:
                     grads[plan.offsets[i] : plan.offsets[i] + len(pg)] = pg
+                    continue
+                params += pc.params
+                pending += pg
+                size += plan.sizes[i]
+                if size >= _UPDATE_ELEMENTS:  # the optimizer's rule while the gradients are in cache
+                    update(params, pending)
+                    params, pending, size = [], [], 0
+            if pending:
+                update(params, pending)
             ctx.saved = None
             return (None, None, None, *grads)
 
@@ -402,15 +424,21 @@ def identity_piece():
     return _piece_classes()["identity"]()
 
 
+#: Gradient elements the chain's backward collects before it calls the optimizer (one fused call for a few
+#: layers' small parameters and a weight matrix: 512 KiB of float32 gradients, well inside a core's L2 cache).
+_UPDATE_ELEMENTS = 1 << 17
+
+
 class _Plan:
-    """A model's chain: its pieces, their parameters (flat, in order) and where each piece's start."""
+    """A model's chain: its pieces, their parameters (flat, in order), where each piece's start, their sizes."""
 
     def __init__(self, pieces, modules):
         self.pieces = tuple(pieces)
         self.modules = tuple(modules)
-        self.offsets, params = [], []
+        self.offsets, self.sizes, params = [], [], []
         for pc in self.pieces:
             self.offsets.append(len(params))
+            self.sizes.append(sum(p.numel() for p in pc.params))
             params += pc.params
         self.params = tuple(params)
 
@@ -466,6 +494,20 @@ def training_forward(model, x, optimizer=None):
 # ---------------------------------------------------------------------------- the optimizer
 
 
+class _VersionedState(collections.defaultdict):
+    """An optimizer's ``state`` mapping that counts assignments (so cached lookups into it know when to refresh)."""
+
+    version = 0
+
+    def __setitem__(self, key, value):
+        self.version += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self.version += 1
+        super().__delitem__(key)
+
+
 @functools.lru_cache(maxsize=None)
 def _rmsprop_class():
     import torch
@@ -481,6 +523,11 @@ def _rmsprop_class():
 
         # beta2 ** this underflows to 0 for every beta2 < 1, so Adam's bias corrections are exactly 1
         _NEVER = 2.0**40
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._fast: dict = {}
+            self._fast_key = None
 
         def _rule_ok(self) -> bool:
             if not (ENABLED and hasattr(torch, "_fused_adam_")):
@@ -541,14 +588,38 @@ def _rmsprop_class():
 
         def _apply(self, group, params: list, grads: list) -> None:
             """The rule on ``params`` with ``grads`` (contiguous, like the parameters; overwritten by the kernel)."""
-            slots = self._slots()
-            squares = [self._square_avg(p, slots[p]) for p in params]
+            entries = self._entries(params)
             # Adam's first moment with beta1 = 0 is g itself: the gradient's own buffer serves as it
             # (the kernel writes g back unchanged), so no scratch buffer is read or written
-            torch._fused_adam_(params, grads, grads, squares, [], self._never(len(params)),
+            torch._fused_adam_(params, grads, grads, [e[0] for e in entries], [], self._never(len(params)),
                                lr=float(group["lr"]), beta1=0.0, beta2=float(group["alpha"]),
                                weight_decay=0.0, eps=float(group["eps"]), amsgrad=False, maximize=False)
-            self._pending.extend(slots[p] for p in params)
+            self._pending.extend(e[1] for e in entries)
+
+        def _entries(self, params: list) -> list:
+            """Per parameter ``(square average, step-count slot)``, cached by ``id`` until ``self.state`` changes.
+
+            A dict keyed by tensors calls ``Tensor.__hash__`` (Python) per
+            lookup; a step looks up every parameter, so the entries are kept
+            under their ids (the parameters stay alive in them). Any
+            assignment into the state (a new parameter, a checkpoint's state
+            put in) or a new state mapping (``load_state_dict``) drops the cache.
+            """
+            state = self.state
+            if type(state) is not _VersionedState:
+                state = self.state = _VersionedState(dict, state)
+            key = (id(state), state.version)
+            if key != self._fast_key:
+                self._fast.clear()
+            fast, out = self._fast, []
+            for p in params:
+                e = fast.get(id(p))
+                if e is None:
+                    slot = self._slots()[p]
+                    e = fast[id(p)] = (self._square_avg(p, slot), slot, p)
+                out.append(e)
+            self._fast_key = (id(self.state), self.state.version)
+            return out
 
         def _slots(self) -> dict:
             """Parameter -> its index into the one step-count tensor (rebuilt when the parameters change)."""

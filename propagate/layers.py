@@ -609,7 +609,9 @@ class Activation(Op):
         import torch
 
         d = cache["s_d"]
-        return torch.mul(g, d, out=out(torch.broadcast_shapes(g.shape, d.shape)))
+        if g.shape != d.shape:  # broadcast (a network's Jacobian rows)
+            return self.vjp(g, cache)
+        return torch.mul(g, d, out=out(g.shape))
 
     def torch_state(self, S, draws, dtype):
         return {}, {}
