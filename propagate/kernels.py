@@ -207,126 +207,141 @@ def activation(act):
 # ---------------------------------------------------------------------------- the training chain
 
 
+class _Piece:
+    """One op of the chain: ``forward(x, free) -> (y, saved)``, ``backward(g, saved, need_input) -> (g_in, grads)``.
+
+    ``free``: nothing reads ``x`` after this piece (it may be overwritten).
+    ``params``: the parameters ``grads`` belong to, in order.
+    ``output_free``: the piece's backward does not read its output; None: its
+    output is its input (as free as that was). Methods import torch (a
+    dictionary lookup once imported): this module loads without it.
+    """
+
+    params: tuple = ()
+    output_free: bool | None = True
+
+
+class _DensePiece(_Piece):
+    def __init__(self, mod):
+        self.params = (mod.weight, mod.bias)
+
+    def forward(self, x, free):
+        import torch
+
+        w, b = self.params
+        return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)), x
+
+    def backward(self, g, x, need_input):
+        import torch
+
+        w = self.params[0]
+        gx = torch.bmm(g, w) if need_input else None  # before the weight may be updated
+        return gx, (torch.bmm(g.transpose(1, 2), x), g.sum(1))
+
+
+class _BatchNormPiece(_Piece):
+    def __init__(self, mod, eps, momentum):
+        import torch
+
+        self.params = (mod.weight, mod.bias)
+        self.mod, self.eps, self.momentum = mod, float(eps), float(momentum)
+        self._flat, self._of = None, None
+        self._backward = torch.ops.aten.native_batch_norm_backward.default
+
+    def flat(self):
+        """``(weight, bias, running mean, running variance)`` as ``[S N]`` views, made again if one was replaced."""
+        bufs = self.mod._buffers
+        tensors = (*self.params, bufs["running_mean"], bufs["running_var"])
+        of = tuple(t.data_ptr() for t in tensors)
+        if of != self._of:
+            self._flat, self._of = tuple(t.view(-1) for t in tensors), of
+        return self._flat
+
+    def forward(self, x, free):
+        import torch
+
+        S, B, n = x.shape
+        # the layer op's [B, S N] view (a copy when S > 1)
+        xt = x.reshape(B, n) if S == 1 else x.transpose(0, 1).reshape(B, S * n)
+        w, b, rm, rv = self.flat()
+        y, mean, invstd = torch.native_batch_norm(xt, w, b, rm, rv, True, self.momentum, self.eps)
+        return (y.view(1, B, n) if S == 1 else y.view(B, S, n).transpose(0, 1)), (xt, mean, invstd)
+
+    def backward(self, g, saved, need_input):
+        xt, mean, invstd = saved
+        S, B, n = g.shape
+        w, _, rm, rv = self.flat()
+        gt = g.reshape(B, n) if S == 1 else g.transpose(0, 1).reshape(B, S * n)
+        gx, gw, gb = self._backward(gt, xt, w, rm, rv, mean, invstd, True, self.eps, [need_input, True, True])
+        if need_input:
+            gx = gx.view(1, B, n) if S == 1 else gx.view(B, S, n).transpose(0, 1)
+        return gx, (gw.view(S, n), gb.view(S, n))
+
+
+class _OutputActivation(_Piece):
+    """An activation differentiated from its output (in place on a free input)."""
+
+    output_free = False
+
+    def __init__(self, fn, fn_, grad):
+        self.fn, self.fn_, self.grad = fn, fn_, grad
+
+    def forward(self, x, free):
+        y = self.fn_(x) if free else self.fn(x)
+        return y, y
+
+    def backward(self, g, y, need_input):
+        return self.grad(g, y), ()
+
+
+class _InputActivation(_Piece):
+    """Any other activation: autograd of its torch forward, on the saved input, in the backward pass."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def forward(self, x, free):
+        return self.fn(x), x
+
+    def backward(self, g, x, need_input):
+        import torch
+
+        with torch.enable_grad():
+            h = x.detach().requires_grad_(True)
+            (gx,) = torch.autograd.grad(self.fn(h), h, g)
+        return gx, ()
+
+
+class _Identity(_Piece):
+    output_free = None
+
+    def forward(self, x, free):
+        return x, None
+
+    def backward(self, g, saved, need_input):
+        return g, ()
+
+
+class _MaskPiece(_Piece):
+    """``x scale + shift`` with ``(scale, shift) = draw(x)`` (a dropout's mask; ``shift`` may be None)."""
+
+    def __init__(self, draw):
+        self.draw = draw
+
+    def forward(self, x, free):
+        scale, shift = self.draw(x)
+        y = x * scale
+        return (y if shift is None else y.add_(shift)), scale
+
+    def backward(self, g, scale, need_input):
+        return g * scale, ()
+
+
 @functools.lru_cache(maxsize=None)
-def _piece_classes():
-    """The chain's piece classes and the Function that runs them (built on first use, like :func:`_functions`)."""
+def _chain_function():
+    """The autograd Function that runs a :class:`_Plan` (built on first use, like :func:`_functions`)."""
     import torch
     from torch.autograd.function import once_differentiable
-
-    aten = torch.ops.aten
-
-    class Piece:
-        """One op of the chain: ``forward(x, free) -> (y, saved)``, ``backward(g, saved, need_input) -> (g_in, grads)``.
-
-        ``free``: nothing reads ``x`` after this piece (it may be overwritten).
-        ``params``: the parameters ``grads`` belong to, in order.
-        ``output_free``: the piece's backward does not read its output; None:
-        its output is its input (as free as that was).
-        """
-
-        params: tuple = ()
-        output_free: bool | None = True
-
-    class DensePiece(Piece):
-        def __init__(self, mod):
-            self.params = (mod.weight, mod.bias)
-
-        def forward(self, x, free):
-            w, b = self.params
-            return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)), x
-
-        def backward(self, g, x, need_input):
-            w = self.params[0]
-            gx = torch.bmm(g, w) if need_input else None  # before the weight may be updated
-            return gx, (torch.bmm(g.transpose(1, 2), x), g.sum(1))
-
-    batch_norm_backward = aten.native_batch_norm_backward.default
-
-    class BatchNormPiece(Piece):
-        def __init__(self, mod, eps, momentum):
-            self.params = (mod.weight, mod.bias)
-            self.mod, self.eps, self.momentum = mod, float(eps), float(momentum)
-            self._flat, self._of = None, None
-
-        def flat(self):
-            """``(weight, bias, running mean, running variance)`` as ``[S N]`` views, made again if one was replaced."""
-            bufs = self.mod._buffers
-            tensors = (*self.params, bufs["running_mean"], bufs["running_var"])
-            of = tuple(t.data_ptr() for t in tensors)
-            if of != self._of:
-                self._flat, self._of = tuple(t.view(-1) for t in tensors), of
-            return self._flat
-
-        def forward(self, x, free):
-            S, B, n = x.shape
-            # the layer op's [B, S N] view (a copy when S > 1)
-            xt = x.reshape(B, n) if S == 1 else x.transpose(0, 1).reshape(B, S * n)
-            w, b, rm, rv = self.flat()
-            y, mean, invstd = torch.native_batch_norm(xt, w, b, rm, rv, True, self.momentum, self.eps)
-            return (y.view(1, B, n) if S == 1 else y.view(B, S, n).transpose(0, 1)), (xt, mean, invstd)
-
-        def backward(self, g, saved, need_input):
-            xt, mean, invstd = saved
-            S, B, n = g.shape
-            w, _, rm, rv = self.flat()
-            gt = g.reshape(B, n) if S == 1 else g.transpose(0, 1).reshape(B, S * n)
-            gx, gw, gb = batch_norm_backward(gt, xt, w, rm, rv, mean, invstd, True, self.eps, [need_input, True, True])
-            if need_input:
-                gx = gx.view(1, B, n) if S == 1 else gx.view(B, S, n).transpose(0, 1)
-            return gx, (gw.view(S, n), gb.view(S, n))
-
-    class OutputActivation(Piece):
-        """An activation differentiated from its output (in place on a free input)."""
-
-        output_free = False
-
-        def __init__(self, fn, fn_, grad):
-            self.fn, self.fn_, self.grad = fn, fn_, grad
-
-        def forward(self, x, free):
-            y = self.fn_(x) if free else self.fn(x)
-            return y, y
-
-        def backward(self, g, y, need_input):
-            return self.grad(g, y), ()
-
-    class InputActivation(Piece):
-        """Any other activation: autograd of its torch forward, on the saved input, in the backward pass."""
-
-        def __init__(self, fn):
-            self.fn = fn
-
-        def forward(self, x, free):
-            return self.fn(x), x
-
-        def backward(self, g, x, need_input):
-            with torch.enable_grad():
-                h = x.detach().requires_grad_(True)
-                (gx,) = torch.autograd.grad(self.fn(h), h, g)
-            return gx, ()
-
-    class Identity(Piece):
-        output_free = None
-
-        def forward(self, x, free):
-            return x, None
-
-        def backward(self, g, saved, need_input):
-            return g, ()
-
-    class MaskPiece(Piece):
-        """``x scale + shift`` with ``(scale, shift) = draw(x)`` (a dropout's mask; ``shift`` may be None)."""
-
-        def __init__(self, draw):
-            self.draw = draw
-
-        def forward(self, x, free):
-            scale, shift = self.draw(x)
-            y = x * scale
-            return (y if shift is None else y.add_(shift)), scale
-
-        def backward(self, g, scale, need_input):
-            return g * scale, ()
 
     class Chain(torch.autograd.Function):
         """The network as one autograd node: the pieces' forwards, then their backwards in reverse."""
@@ -344,41 +359,45 @@ def _piece_classes():
         @staticmethod
         @once_differentiable
         def backward(ctx, g):
-            plan, saved, update = ctx.plan, ctx.saved, ctx.update
-            grads: list = [None] * len(plan.params)
-            params, pending, size = [], [], 0  # gradients waiting for the optimizer
-            for i in range(len(plan.pieces) - 1, -1, -1):
-                pc = plan.pieces[i]
-                g, pg = pc.backward(g, saved[i], i > 0)  # the network input needs no gradient
-                saved[i] = None  # freed as the pass goes down
-                if not pg:
-                    continue
-                if update is None:
-                    grads[plan.offsets[i] : plan.offsets[i] + len(pg)] = pg
-                    continue
-                params += pc.params
-                pending += pg
-                size += plan.sizes[i]
-                if size >= _UPDATE_ELEMENTS:  # the optimizer's rule while the gradients are in cache
-                    update(params, pending)
-                    params, pending, size = [], [], 0
-            if pending:
-                update(params, pending)
+            grads = _chain_backward(ctx.plan, ctx.saved, g, ctx.update)
             ctx.saved = None
             return (None, None, None, *grads)
 
-    return {"dense": DensePiece, "batchnorm": BatchNormPiece, "output": OutputActivation, "input": InputActivation,
-            "identity": Identity, "mask": MaskPiece, "chain": Chain}
+    return Chain
+
+
+def _chain_backward(plan, saved, g, update) -> list:
+    """The pieces' backwards in reverse; the parameters' gradients, or Nones where ``update`` consumed them."""
+    grads: list = [None] * len(plan.params)
+    params, pending, size = [], [], 0  # gradients waiting for the optimizer
+    for i in range(len(plan.pieces) - 1, -1, -1):
+        pc = plan.pieces[i]
+        g, pg = pc.backward(g, saved[i], i > 0)  # the network input needs no gradient
+        saved[i] = None  # freed as the pass goes down
+        if not pg:
+            continue
+        if update is None:
+            grads[plan.offsets[i] : plan.offsets[i] + len(pg)] = pg
+            continue
+        params += pc.params
+        pending += pg
+        size += plan.sizes[i]
+        if size >= _UPDATE_ELEMENTS:  # the optimizer's rule while the gradients are in cache
+            update(params, pending)
+            params, pending, size = [], [], 0
+    if pending:
+        update(params, pending)
+    return grads
 
 
 def dense_piece(mod):
     """The chain's piece of a Dense module (``weight`` ``[S, out, in]``, ``bias`` ``[S, out]``): :func:`dense`'s numbers."""
-    return _piece_classes()["dense"](mod)
+    return _DensePiece(mod)
 
 
 def batchnorm_piece(mod, eps: float, momentum: float):
     """The chain's piece of a train-mode BatchNorm module (``weight``, ``bias``, ``running_mean``, ``running_var`` ``[S, n]``)."""
-    return _piece_classes()["batchnorm"](mod, eps, momentum)
+    return _BatchNormPiece(mod, eps, momentum)
 
 
 @functools.lru_cache(maxsize=None)
@@ -404,24 +423,23 @@ def activation_piece(act):
     forward and differentiates it by autograd from the saved input.
     """
     act = get_activation(act)
-    classes = _piece_classes()
     if act.family == "linear":
-        return classes["identity"]()
+        return _Identity()
     fn = torch_forms(act).forward
     known = _output_derivatives().get(fn)
     if known is not None:
-        return classes["output"](fn, *known)
-    return classes["input"](fn)
+        return _OutputActivation(fn, *known)
+    return _InputActivation(fn)
 
 
 def mask_piece(draw):
     """The chain's piece of a masked affine map (dropout): ``y = x scale + shift``, ``(scale, shift) = draw(x)``."""
-    return _piece_classes()["mask"](draw)
+    return _MaskPiece(draw)
 
 
 def identity_piece():
     """The chain's piece of an op that passes its input through (dropout at rate 0, a linear activation)."""
-    return _piece_classes()["identity"]()
+    return _Identity()
 
 
 #: Gradient elements the chain's backward collects before it calls the optimizer (one fused call for a few
@@ -488,7 +506,7 @@ def training_forward(model, x, optimizer=None):
         return model(x)
     update = getattr(optimizer, "backward_update", None)
     update = update(plan.params) if update is not None else None
-    return _piece_classes()["chain"].apply(x, plan, update, *plan.params)
+    return _chain_function().apply(x, plan, update, *plan.params)
 
 
 # ---------------------------------------------------------------------------- the optimizer
@@ -508,165 +526,179 @@ class _VersionedState(collections.defaultdict):
         super().__delitem__(key)
 
 
+class _FusedRule:
+    """torch's RMSprop whose plain case (no momentum, not centered, no weight decay, CPU) takes one fused pass.
+
+    Mixed into a ``torch.optim.RMSprop`` subclass (:func:`_rmsprop_class`).
+    Each parameter's step count (``state[p]["step"]``, as torch's RMSprop
+    keeps it) is a view into one tensor, so a step counts them all in one
+    operation; a state put in from outside (a checkpoint) is linked again on
+    its parameter's next update.
+    """
+
+    # beta2 ** this underflows to 0 for every beta2 < 1, so Adam's bias corrections are exactly 1
+    _NEVER = 2.0**40
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fast: dict = {}
+        self._fast_key = None
+        self._pending: list = []
+
+    def _rule_ok(self) -> bool:
+        import torch
+
+        if not (ENABLED and hasattr(torch, "_fused_adam_")):
+            return False
+        for group in self.param_groups:
+            if group["momentum"] or group["centered"] or group["weight_decay"] or group.get("maximize") \
+                    or group.get("differentiable") or group.get("capturable"):
+                return False
+        return True
+
+    def _fused_ok(self) -> bool:
+        if not self._rule_ok():
+            return False
+        for group in self.param_groups:
+            for p in group["params"]:
+                g = p.grad
+                if g is not None and (not p.is_cpu or g.is_sparse or not p.is_contiguous()
+                                      or not g.is_contiguous() or g.dtype != p.dtype):
+                    return False
+        return True
+
+    def backward_update(self, params):
+        """``update(params, grads)``: this step's rule applied at once (inside a backward pass), or None.
+
+        None where the fused rule does not apply (settings, a parameter not on
+        the CPU or not contiguous, one this optimizer does not hold, several
+        parameter groups). The update reads the group's learning rate when it
+        runs; :meth:`step` afterwards completes the step (the step counts of
+        the parameters updated).
+        """
+        if len(self.param_groups) != 1 or not self._rule_ok():
+            return None
+        slots = self._slots()
+        if not all(p in slots and p.is_cpu and p.is_contiguous() for p in params):
+            return None
+        group = self.param_groups[0]
+        return lambda ps, gs: self._apply(group, list(ps), list(gs))
+
+    def step(self, closure=None):
+        import torch
+
+        if not self._fused_ok():
+            self._count_steps()
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            for group in self.param_groups:
+                params = [p for p in group["params"] if p.grad is not None]
+                if params:
+                    self._apply(group, params, [p.grad for p in params])
+            self._count_steps()
+        return loss
+
+    def _apply(self, group, params: list, grads: list) -> None:
+        """The rule on ``params`` with ``grads`` (contiguous, like the parameters; overwritten by the kernel)."""
+        import torch
+
+        entries = self._entries(params)
+        # Adam's first moment with beta1 = 0 is g itself: the gradient's own buffer serves as it
+        # (the kernel writes g back unchanged), so no scratch buffer is read or written
+        torch._fused_adam_(params, grads, grads, [e[0] for e in entries], [], self._never(len(params)),
+                           lr=float(group["lr"]), beta1=0.0, beta2=float(group["alpha"]),
+                           weight_decay=0.0, eps=float(group["eps"]), amsgrad=False, maximize=False)
+        self._pending.extend(e[1] for e in entries)
+
+    def _entries(self, params: list) -> list:
+        """Per parameter ``(square average, step-count slot, parameter)``, cached by ``id`` until the state changes.
+
+        A dict keyed by tensors calls ``Tensor.__hash__`` (Python) per lookup;
+        a step looks up every parameter, so the entries are kept under their
+        ids (the parameters stay alive in them). Any assignment into the state
+        (a new parameter, a checkpoint's state put in) or a new state mapping
+        (``load_state_dict``) drops the cache.
+        """
+        state = self.state
+        if type(state) is not _VersionedState:
+            state = self.state = _VersionedState(dict, state)
+        if (id(state), state.version) != self._fast_key:
+            self._fast.clear()
+        fast, out = self._fast, []
+        for p in params:
+            e = fast.get(id(p))
+            if e is None:
+                slot = self._slots()[p]
+                e = fast[id(p)] = (self._square_avg(p, slot), slot, p)
+            out.append(e)
+        self._fast_key = (id(self.state), self.state.version)
+        return out
+
+    def _slots(self) -> dict:
+        """Parameter -> its index into the one step-count tensor (rebuilt when the parameters change)."""
+        import torch
+
+        slots = self.__dict__.get("_slot_of")
+        n = sum(len(g["params"]) for g in self.param_groups)
+        if slots is None or len(slots) != n:
+            params = [p for g in self.param_groups for p in g["params"]]
+            old = {p: self.state[p]["step"] for p in params if "step" in self.state.get(p, {})}
+            self._counts = torch.zeros(len(params), dtype=torch.float32)
+            self._views = [self._counts[j] for j in range(len(params))]
+            slots = self.__dict__["_slot_of"] = {p: j for j, p in enumerate(params)}
+            for p, step in old.items():
+                self._views[slots[p]].copy_(step)
+                self.state[p]["step"] = self._views[slots[p]]
+        return slots
+
+    def _square_avg(self, p, slot: int):
+        import torch
+
+        st = self.state[p]
+        view = self._views[slot]
+        if len(st) == 0:
+            view.zero_()
+            st["step"] = view
+            st["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        elif st.get("step") is not view:  # a state put in from outside (a checkpoint): count on from its step
+            if st.get("step") is not None:
+                view.copy_(st["step"])
+            st["step"] = view
+        return st["square_avg"]
+
+    def _count_steps(self) -> None:
+        """Add 1 to the step count of every parameter updated since the last call."""
+        import torch
+
+        pending = self._pending
+        if not pending:
+            return
+        if len(pending) == len(self._counts) and len(set(pending)) == len(pending):
+            self._counts.add_(1.0)
+        else:
+            self._counts.index_add_(0, torch.tensor(pending), torch.ones(len(pending)))
+        pending.clear()
+
+    def _never(self, n: int) -> list:
+        """``n`` step-count tensors of :attr:`_NEVER` (made once; the kernel only reads them)."""
+        import torch
+
+        cache = self.__dict__.setdefault("_never_steps", [])
+        while len(cache) < n:
+            cache.append(torch.tensor(self._NEVER, dtype=torch.float32))
+        return cache[:n]
+
+
 @functools.lru_cache(maxsize=None)
 def _rmsprop_class():
     import torch
 
-    class FusedRMSprop(torch.optim.RMSprop):
-        """torch's RMSprop whose plain case (no momentum, not centered, no weight decay, CPU) takes one fused pass.
-
-        Each parameter's step count (``state[p]["step"]``, as torch's RMSprop
-        keeps it) is a view into one tensor, so a step counts them all in one
-        operation; a state put in from outside (a checkpoint) is linked again
-        on its parameter's next update.
-        """
-
-        # beta2 ** this underflows to 0 for every beta2 < 1, so Adam's bias corrections are exactly 1
-        _NEVER = 2.0**40
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._fast: dict = {}
-            self._fast_key = None
-
-        def _rule_ok(self) -> bool:
-            if not (ENABLED and hasattr(torch, "_fused_adam_")):
-                return False
-            for group in self.param_groups:
-                if group["momentum"] or group["centered"] or group["weight_decay"] or group.get("maximize") \
-                        or group.get("differentiable") or group.get("capturable"):
-                    return False
-            return True
-
-        def _fused_ok(self) -> bool:
-            if not self._rule_ok():
-                return False
-            for group in self.param_groups:
-                for p in group["params"]:
-                    g = p.grad
-                    if g is not None and (not p.is_cpu or g.is_sparse or not p.is_contiguous()
-                                          or not g.is_contiguous() or g.dtype != p.dtype):
-                        return False
-            return True
-
-        def backward_update(self, params):
-            """``update(params, grads)``: this step's rule applied at once (inside a backward pass), or None.
-
-            None where the fused rule does not apply (settings, a parameter
-            not on the CPU or not contiguous, one this optimizer does not
-            hold, several parameter groups). The update reads the group's
-            learning rate when it runs; :meth:`step` afterwards completes the
-            step (the step counts of the parameters updated).
-            """
-            if len(self.param_groups) != 1 or not self._rule_ok():
-                return None
-            slots = self._slots()
-            if not all(p in slots and p.is_cpu and p.is_contiguous() for p in params):
-                return None
-            group = self.param_groups[0]
-            return lambda ps, gs: self._apply(group, list(ps), list(gs))
-
-        @torch.no_grad()
-        def step(self, closure=None):
-            if not self._fused_ok():
-                self._count_steps()
-                return super().step(closure)
-            loss = None
-            if closure is not None:
-                with torch.enable_grad():
-                    loss = closure()
-            for group in self.param_groups:
-                params, grads = [], []
-                for p in group["params"]:
-                    if p.grad is not None:
-                        params.append(p)
-                        grads.append(p.grad)
-                if params:
-                    self._apply(group, params, grads)
-            self._count_steps()
-            return loss
-
-        def _apply(self, group, params: list, grads: list) -> None:
-            """The rule on ``params`` with ``grads`` (contiguous, like the parameters; overwritten by the kernel)."""
-            entries = self._entries(params)
-            # Adam's first moment with beta1 = 0 is g itself: the gradient's own buffer serves as it
-            # (the kernel writes g back unchanged), so no scratch buffer is read or written
-            torch._fused_adam_(params, grads, grads, [e[0] for e in entries], [], self._never(len(params)),
-                               lr=float(group["lr"]), beta1=0.0, beta2=float(group["alpha"]),
-                               weight_decay=0.0, eps=float(group["eps"]), amsgrad=False, maximize=False)
-            self._pending.extend(e[1] for e in entries)
-
-        def _entries(self, params: list) -> list:
-            """Per parameter ``(square average, step-count slot)``, cached by ``id`` until ``self.state`` changes.
-
-            A dict keyed by tensors calls ``Tensor.__hash__`` (Python) per
-            lookup; a step looks up every parameter, so the entries are kept
-            under their ids (the parameters stay alive in them). Any
-            assignment into the state (a new parameter, a checkpoint's state
-            put in) or a new state mapping (``load_state_dict``) drops the cache.
-            """
-            state = self.state
-            if type(state) is not _VersionedState:
-                state = self.state = _VersionedState(dict, state)
-            key = (id(state), state.version)
-            if key != self._fast_key:
-                self._fast.clear()
-            fast, out = self._fast, []
-            for p in params:
-                e = fast.get(id(p))
-                if e is None:
-                    slot = self._slots()[p]
-                    e = fast[id(p)] = (self._square_avg(p, slot), slot, p)
-                out.append(e)
-            self._fast_key = (id(self.state), self.state.version)
-            return out
-
-        def _slots(self) -> dict:
-            """Parameter -> its index into the one step-count tensor (rebuilt when the parameters change)."""
-            slots = self.__dict__.get("_slot_of")
-            n = sum(len(g["params"]) for g in self.param_groups)
-            if slots is None or len(slots) != n:
-                params = [p for g in self.param_groups for p in g["params"]]
-                old = {p: self.state[p]["step"] for p in params if "step" in self.state.get(p, {})}
-                self._counts = torch.zeros(len(params), dtype=torch.float32)
-                self._views = [self._counts[j] for j in range(len(params))]
-                slots = self.__dict__["_slot_of"] = {p: j for j, p in enumerate(params)}
-                self.__dict__.setdefault("_pending", [])
-                for p, step in old.items():
-                    self._views[slots[p]].copy_(step)
-                    self.state[p]["step"] = self._views[slots[p]]
-            return slots
-
-        def _square_avg(self, p, slot: int):
-            st = self.state[p]
-            view = self._views[slot]
-            if len(st) == 0:
-                view.zero_()
-                st["step"] = view
-                st["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            elif st.get("step") is not view:  # a state put in from outside (a checkpoint): count on from its step
-                if st.get("step") is not None:
-                    view.copy_(st["step"])
-                st["step"] = view
-            return st["square_avg"]
-
-        def _count_steps(self) -> None:
-            """Add 1 to the step count of every parameter updated since the last call."""
-            pending = self.__dict__.get("_pending")
-            if not pending:
-                return
-            if len(pending) == len(self._counts) and len(set(pending)) == len(pending):
-                self._counts.add_(1.0)
-            else:
-                self._counts.index_add_(0, torch.tensor(pending), torch.ones(len(pending)))
-            pending.clear()
-
-        def _never(self, n: int) -> list:
-            """``n`` step-count tensors of :attr:`_NEVER` (made once; the kernel only reads them)."""
-            cache = self.__dict__.setdefault("_never_steps", [])
-            while len(cache) < n:
-                cache.append(torch.tensor(self._NEVER, dtype=torch.float32))
-            return cache[:n]
+    class FusedRMSprop(_FusedRule, torch.optim.RMSprop):
+        __doc__ = _FusedRule.__doc__
 
     return FusedRMSprop
 
