@@ -10,9 +10,11 @@ Prints, measured in this one process (interleaved repeats, best of each):
 - peak resident memory of each, measured in fresh subprocesses (ru_maxrss; goal:
   the simulator's within 1.6x the bare chain's);
 - the cost of subnormal floats: a vanishing relu chain run with and without
-  ``torch.set_flush_denormal(True)``.
+  ``torch.set_flush_denormal(True)``;
+- with ``--profile``, the simulator's time by kind of op (matmul, activation,
+  the moments' reductions, weight and input draws, other).
 
-Usage: ``python benchmarks/bench_simulate.py [--quick] [--threads 1] [--clock cpu] [--repeats 3]``
+Usage: ``python benchmarks/bench_simulate.py [--quick] [--threads 1] [--clock cpu] [--repeats 3] [--profile]``
 (``--quick``: smaller shapes; ``--clock cpu``: the process's CPU time instead of
 the wall clock, for a busy machine with ``--threads 1``: it leaves out the time
 other processes hold the core, not their effect on the caches).
@@ -90,6 +92,31 @@ def _child(kind, S, N, n, depth):
     print(json.dumps({"peak_mib": peak, "torch_import_mib": base}))
 
 
+#: Kinds of op in the ``--profile`` table, by torch op name prefix; "other" is everything else (the statistics'
+#: small reductions and copies, the per-sample caches, Python).
+PROFILE_KINDS = {
+    "matmul": ("aten::bmm", "aten::matmul", "aten::mm"),
+    "activation": ("aten::elu_", "aten::clamp_min_", "aten::relu_", "aten::tanh_"),
+    "moments": ("aten::sum", "aten::linalg_vector_norm"),
+    "draws": ("aten::normal_", "aten::uniform_", "aten::erfinv_", "aten::cat", "aten::stack"),
+}
+
+
+def profile_sim(S, N, n, depth):
+    """Share of the simulator's self CPU time by :data:`PROFILE_KINDS` (torch.profiler, one run)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run_sim(S, N, n, min(depth, 3))  # warm-up: first calls, lazy imports
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run_sim(S, N, n, depth)
+    by_kind: dict = {}
+    for ev in prof.key_averages():
+        kind = next((k for k, names in PROFILE_KINDS.items() if any(ev.key.startswith(nm) for nm in names)), "other")
+        by_kind[kind] = by_kind.get(kind, 0.0) + ev.self_cpu_time_total
+    total = sum(by_kind.values())
+    return {k: v / total for k, v in by_kind.items()}
+
+
 def _peak(kind, S, N, n, depth):
     import torch
 
@@ -107,6 +134,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="wall time (default) or process CPU time (for a busy machine, with --threads 1)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print where the simulator's time goes (torch.profiler, 10 layers of the same shapes)")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     global clock
@@ -138,6 +167,14 @@ def main(argv=None):
     print(f"ratio simulate / bare chain        {s / b:7.2f}")
     print(f"ratio simulate / tuned bare chain  {s / t:7.2f}   (goal <= 1.3)")
     print(f"load average after timing: {os.getloadavg()[0]:.1f} (other processes slow 2-thread runs unevenly)")
+    if args.profile:
+        shares = profile_sim(S, N, n, min(depth, 10))
+        kinds = list(PROFILE_KINDS) + ["other"]
+        chain = sum(shares.get(k, 0.0) for k in ("matmul", "activation", "draws"))
+        print("where simulate's time goes (torch.profiler, self CPU time by kind of op): "
+              + ", ".join(f"{k} {shares.get(k, 0.0):.0%}" for k in kinds)
+              + f"; the chain's own work (matmul, activation, draws) is {chain:.0%} of it, i.e. a ratio of "
+              f"{1 / chain:.2f} by this count")
 
     act_mib = S * N * n * 4 / 2**20
     print(f"peak RSS: simulate {pk_sim['peak_mib']:.0f} MiB, bare chain {pk_bare['peak_mib']:.0f} MiB "

@@ -5,7 +5,7 @@ networks, ``B`` samples, ``N`` units). They exist for speed only:
 ``tests/test_kernels.py`` checks values and gradients against torch autograd
 of the plain expressions in float64, the optimizer against torch's RMSprop,
 and the fused training step against the per-op modules (bit for bit) and the
-plain expressions (float32 round-off). :func:`disabled` switches them all
+plain expressions (gradients in float64). :func:`disabled` switches them all
 back to the plain expressions (benchmarks compare both in one process).
 
 Two levels:
@@ -31,10 +31,12 @@ Two levels:
    nodes), the module calls, the activation's output buffer (ReLU, SELU,
    tanh and sigmoid act in place on the matmul's output and differentiate
    from it) and, with an optimizer that supports it (:func:`rmsprop`), the
-   optimizer's separate pass over memory: each layer's parameters are updated
-   inside the backward pass as soon as their gradients exist, while those are
-   still in cache (after the layer's input gradient, the last use of its
-   weights), and the gradient buffers are freed layer by layer. The pieces
+   optimizer's separate pass over memory: the parameters are updated inside
+   the backward pass as soon as their gradients exist, while those are still
+   in cache (a weight matrix with the small parameters next to it, one fused
+   call per about 128k elements, after the layers' input gradients, the last
+   use of their weights), and the gradient buffers are freed layer by layer.
+   Where the time goes is in ``benchmarks/bench_train.py --profile``. The pieces
    call exactly the aten ops the per-op modules' autograd calls (BatchNorm:
    ``native_batch_norm`` and its backward on the ``[B, S N]`` view, each
    seed's units separate channels), so the chain equals the per-op path bit
