@@ -5,13 +5,19 @@ Prints, measured in this one process (interleaved repeats, best of each):
 - the simulator (all statistics, gradient probe, no theory) vs the bare chain
   (batched matmuls + activation only, written plainly) for
   50 layers x 256 wide x 10,000 samples x 8 seeds, selu + lecun_normal;
-  the goal is a ratio <= 1.3;
-- the same against a tuned bare chain (preallocated output, in-place activation);
-- peak resident memory of each, measured in fresh subprocesses (ru_maxrss);
+- the same against a tuned bare chain (preallocated output, in-place
+  activation); the goal is a ratio <= 1.3 to this one;
+- peak resident memory of each, measured in fresh subprocesses (ru_maxrss; goal:
+  the simulator's within 1.6x the bare chain's);
 - the cost of subnormal floats: a vanishing relu chain run with and without
-  ``torch.set_flush_denormal(True)``.
+  ``torch.set_flush_denormal(True)``;
+- with ``--profile``, the simulator's time by kind of op (matmul, activation,
+  the moments' reductions, weight and input draws, other).
 
-Usage: ``python benchmarks/bench_simulate.py [--quick]`` (``--quick``: smaller shapes).
+Usage: ``python benchmarks/bench_simulate.py [--quick] [--threads 1] [--clock cpu] [--repeats 3] [--profile]``
+(``--quick``: smaller shapes; ``--clock cpu``: the process's CPU time instead of
+the wall clock, for a busy machine with ``--threads 1``: it leaves out the time
+other processes hold the core, not their effect on the caches).
 """
 
 from __future__ import annotations
@@ -59,10 +65,14 @@ def run_sim(S, N, n, depth, act="selu", init="lecun_normal", flush=True):
     return simulate(spec, samples=N, seeds=S, theory=False, flush_denormal=flush)
 
 
+#: The clock of every timing: wall time, or the process's CPU time (``--clock cpu``).
+clock = time.perf_counter
+
+
 def _timed(fn, *a, **k):
-    t = time.perf_counter()
+    t = clock()
     out = fn(*a, **k)
-    return time.perf_counter() - t, out
+    return clock() - t, out
 
 
 def _child(kind, S, N, n, depth):
@@ -82,6 +92,31 @@ def _child(kind, S, N, n, depth):
     print(json.dumps({"peak_mib": peak, "torch_import_mib": base}))
 
 
+#: Kinds of op in the ``--profile`` table, by torch op name prefix; "other" is everything else (the statistics'
+#: small reductions and copies, the per-sample caches, Python).
+PROFILE_KINDS = {
+    "matmul": ("aten::bmm", "aten::matmul", "aten::mm"),
+    "activation": ("aten::elu_", "aten::clamp_min_", "aten::relu_", "aten::tanh_"),
+    "moments": ("aten::sum", "aten::linalg_vector_norm"),
+    "draws": ("aten::normal_", "aten::uniform_", "aten::erfinv_", "aten::cat", "aten::stack"),
+}
+
+
+def profile_sim(S, N, n, depth):
+    """Share of the simulator's self CPU time by :data:`PROFILE_KINDS` (torch.profiler, one run)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run_sim(S, N, n, min(depth, 3))  # warm-up: first calls, lazy imports
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run_sim(S, N, n, depth)
+    by_kind: dict = {}
+    for ev in prof.key_averages():
+        kind = next((k for k, names in PROFILE_KINDS.items() if any(ev.key.startswith(nm) for nm in names)), "other")
+        by_kind[kind] = by_kind.get(kind, 0.0) + ev.self_cpu_time_total
+    total = sum(by_kind.values())
+    return {k: v / total for k, v in by_kind.items()}
+
+
 def _peak(kind, S, N, n, depth):
     import torch
 
@@ -97,15 +132,21 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smaller shapes (a smoke run)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall time (default) or process CPU time (for a busy machine, with --threads 1)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print where the simulator's time goes (torch.profiler, 10 layers of the same shapes)")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    global clock
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
         _child(args.child[0], *map(int, args.child[1:]))
         return 0
     S, N, n, depth = (SEEDS, SAMPLES, WIDTH, DEPTH) if not args.quick else (4, 2000, 128, 20)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock; "
           f"{depth} layers x {n} wide x {N} samples x {S} seeds (selu + lecun_normal); "
           f"load average before: {os.getloadavg()[0]:.1f}")
 
@@ -123,12 +164,21 @@ def main(argv=None):
     print(f"bare chain (bmm + activation)      {b:7.2f} s  (runs: {', '.join(f'{v:.2f}' for v in bare)})")
     print(f"tuned bare chain (out=, in-place)  {t:7.2f} s  (runs: {', '.join(f'{v:.2f}' for v in tuned)})")
     print(f"simulate (all statistics + grads)  {s:7.2f} s  (runs: {', '.join(f'{v:.2f}' for v in sim)})")
-    print(f"ratio simulate / bare chain        {s / b:7.2f}   (goal <= 1.3)")
-    print(f"ratio simulate / tuned bare chain  {s / t:7.2f}")
+    print(f"ratio simulate / bare chain        {s / b:7.2f}")
+    print(f"ratio simulate / tuned bare chain  {s / t:7.2f}   (goal <= 1.3)")
     print(f"load average after timing: {os.getloadavg()[0]:.1f} (other processes slow 2-thread runs unevenly)")
+    if args.profile:
+        shares = profile_sim(S, N, n, min(depth, 10))
+        kinds = list(PROFILE_KINDS) + ["other"]
+        chain = sum(shares.get(k, 0.0) for k in ("matmul", "activation", "draws"))
+        print("where simulate's time goes (torch.profiler, self CPU time by kind of op): "
+              + ", ".join(f"{k} {shares.get(k, 0.0):.0%}" for k in kinds)
+              + f"; the chain's own work (matmul, activation, draws) is {chain:.0%} of it, i.e. a ratio of "
+              f"{1 / chain:.2f} by this count")
 
     act_mib = S * N * n * 4 / 2**20
-    print(f"peak RSS: simulate {pk_sim['peak_mib']:.0f} MiB, bare chain {pk_bare['peak_mib']:.0f} MiB, "
+    print(f"peak RSS: simulate {pk_sim['peak_mib']:.0f} MiB, bare chain {pk_bare['peak_mib']:.0f} MiB "
+          f"(ratio {pk_sim['peak_mib'] / pk_bare['peak_mib']:.2f}, goal <= 1.6), "
           f"python + torch + propagate imported {pk_none['peak_mib']:.0f} MiB "
           f"(one (S, N, n) float32 tensor = {act_mib:.0f} MiB)")
 

@@ -10,12 +10,17 @@ busy machine affects them alike):
    images), the time the step's matmuls alone take on the same machine
    (``torch.baddbmm``/``bmm`` on exactly the step's shapes: forward ``x W^T``,
    backward ``g W`` and ``g^T x``, 3x the forward FLOPs), and the ratio
-   measured / matmul-only (goal: <= 1.5), with the fused kernels
-   (:mod:`propagate.kernels`) and without them ("plain"), so the kernels'
-   effect is measured in the same process;
+   measured / matmul-only (goal: <= 1.5 without BN, <= 1.8 with BN), for the
+   fused training chain with the optimizer inside the backward pass (the
+   default, :func:`propagate.kernels.training_forward`), for the per-op
+   modules with their fused kernels ("per-op", ``kernels.disabled("chain")``)
+   and for the plain torch expressions ("plain", ``kernels.disabled()``), so
+   each level's effect is measured in the same process;
 2. an ensemble of ``--seeds`` (8) seeds of selu/lecun_normal trained as one
    batched model against ``--seeds`` separate single runs: the time ratio
-   (goal: <= 0.6);
+   (goal: <= 0.6), and its floor, the ensemble's matmuls alone over the
+   ``--seeds`` single steps (an ensemble step cannot take less than its
+   matmuls, so a leaner single step raises this floor);
 3. the peak resident memory (RSS) of a process training an 8-seed ensemble of
    the seed network (a few steps on 2,048 random images), next to
    :func:`propagate.train.estimate_memory`'s estimate, which the memory guard uses;
@@ -40,6 +45,7 @@ the time other processes hold the core (not their effect on the caches).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -120,16 +126,17 @@ def step_seconds(spec: NetworkSpec, steps: int, batch: int, threads: int, seeds:
     return statistics.median(np.diff(t)) if len(t) > 2 else float("nan")
 
 
-#: Kinds of op in the profile table, by torch op name (anything else is "other": autograd and Python overhead,
-#: copies, small reductions, the loss).
+#: Kinds of op in the profile table, by torch op name prefix (anything else is "other": autograd and Python
+#: overhead (the fused chain's own Python shows as ``Chain``/``ChainBackward``), copies, small reductions, the loss).
 PROFILE_KINDS = {
     "matmul": ("aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm"),
-    "optimizer": ("aten::_fused_adam_", "aten::_foreach_add_", "Optimizer.step", "Optimizer.zero_grad"),
+    "optimizer": ("aten::_fused_adam_", "aten::_foreach_add_", "Optimizer.step", "Optimizer.zero_grad",
+                  "aten::index_add_"),
     "batchnorm": ("aten::native_batch_norm", "aten::native_batch_norm_backward", "aten::_batch_norm_impl_index",
                   "aten::batch_norm", "NativeBatchNormBackward0", "aten::_native_batch_norm_legit",
                   "aten::_native_batch_norm_legit_functional"),
     "activation": ("aten::relu", "aten::clamp_min", "aten::threshold_backward", "aten::selu", "aten::elu",
-                   "aten::elu_backward", "ReluBackward0", "Selu", "SeluBackward"),
+                   "aten::elu_backward", "ReluBackward0", "Selu", "SeluBackward", "aten::tanh", "aten::sigmoid"),
     "bias grad": ("aten::sum",),
 }
 
@@ -203,13 +210,40 @@ def subnormal_share(spec: NetworkSpec) -> float:
     return float(((h != 0) & (h.abs() < tiny)).double().mean())
 
 
+def interleaved_timings(args) -> dict:
+    """Best (least) seconds per step over ``args.rounds`` rounds, every measurement once per round (interleaved).
+
+    Keys: ``(label, variant)`` for each network of :data:`CONFIGS` and variant
+    ``fused`` (the chain), ``per-op`` and ``plain``; ``("matmul", S)`` the
+    matmul-only step of ``S`` seeds (1 and ``args.seeds``); ``("ensemble", S)``
+    the ``args.seeds``-seed selu/lecun_normal step.
+    """
+    seed_net, S = NetworkSpec.seed(), args.seeds
+    variants = {"fused": contextlib.nullcontext, "per-op": lambda: kernels.disabled("chain"),
+                "plain": kernels.disabled}
+    best: dict = {}
+
+    def keep(key, t):
+        best[key] = min(best.get(key, float("inf")), t)
+
+    for _ in range(args.rounds):
+        keep(("matmul", 1), matmul_seconds_per_step(seed_net, args.batch))
+        for label, spec in CONFIGS:
+            for variant, context in variants.items():
+                with context():
+                    keep((label, variant), step_seconds(spec, args.steps, args.batch, args.threads))
+        keep(("ensemble", S), step_seconds(CONFIGS[2][1], args.steps, args.batch, args.threads, seeds=S))
+        keep(("matmul", S), matmul_seconds_per_step(seed_net, args.batch, seeds=S))
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=60, help="training steps per timed epoch (default 60)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seeds", type=int, default=8, help="ensemble size (default 8)")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; the best is kept (default 2)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; the best is kept (default 3)")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="wall time (default) or process CPU time (for a busy machine, with --threads 1)")
     ap.add_argument("--reproduce", metavar="DIR", help="also time a 5-seed reproduce on mnist-5k into DIR")
@@ -222,41 +256,30 @@ def main() -> None:
     seed_net = NetworkSpec.seed()
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, {args.steps} steps per timing, "
           f"{args.rounds} interleaved rounds (best kept), {args.clock} clock")
-    mm = min(matmul_seconds_per_step(seed_net, args.batch) for _ in range(args.rounds))
+    best = interleaved_timings(args)
+    mm = best["matmul", 1]
     flops = matmul_flops(seed_net, args.batch)
     print(f"matmul throughput on the step's shapes: {flops / mm / 1e9:.1f} GFLOP/s "
           f"({flops / 1e9:.2f} GFLOP per step of batch {args.batch})")
-
-    best: dict = {}
-    for _ in range(args.rounds):
-        for label, spec in CONFIGS:
-            for variant in ("fused", "plain"):
-                if variant == "plain":
-                    with kernels.disabled():
-                        t = step_seconds(spec, args.steps, args.batch, args.threads)
-                else:
-                    t = step_seconds(spec, args.steps, args.batch, args.threads)
-                best[label, variant] = min(best.get((label, variant), float("inf")), t)
     print()
-    print("1. one network (ratio = measured step / matmul-only step; goal <= 1.5)")
+    print("1. one network (ratio = measured step / matmul-only step; goal <= 1.5 without BN, <= 1.8 with BN)")
     print(f"{'network':<26} {'samples/s':>10} {'epoch (60k) s':>14} {'matmul-only s':>14} {'ratio':>6} "
-          f"{'plain ratio':>12}")
+          f"{'per-op ratio':>13} {'plain ratio':>12}")
     ideal = mm * MNIST_EPOCH / args.batch
     for label, _ in CONFIGS:
-        step, plain = best[label, "fused"], best[label, "plain"]
+        step, per_op, plain = best[label, "fused"], best[label, "per-op"], best[label, "plain"]
         epoch = step * MNIST_EPOCH / args.batch
         print(f"{label:<26} {args.batch / step:>10.0f} {epoch:>14.1f} {ideal:>14.1f} {step / mm:>6.2f} "
-              f"{plain / mm:>12.2f}")
+              f"{per_op / mm:>13.2f} {plain / mm:>12.2f}")
 
     S = args.seeds
-    spec = CONFIGS[2][1]
-    ens = min(step_seconds(spec, args.steps, args.batch, args.threads, seeds=S) for _ in range(args.rounds))
-    single = best[CONFIGS[2][0], "fused"]
-    mm_S = min(matmul_seconds_per_step(seed_net, args.batch, seeds=S) for _ in range(args.rounds))
+    ens, mm_S, single = best["ensemble", S], best["matmul", S], best[CONFIGS[2][0], "fused"]
     print()
     print(f"2. ensemble of {S} seeds (selu/lecun_normal) as one batched model vs {S} separate runs (goal <= 0.6)")
     print(f"   step: {ens * 1e3:.1f} ms for {S} seeds vs {S} x {single * 1e3:.1f} ms -> {ens / (S * single):.2f}x; "
           f"its matmuls alone: {mm_S * 1e3:.1f} ms (ratio {ens / mm_S:.2f})")
+    print(f"   floor: an ensemble step takes at least its matmuls, {mm_S / (S * single):.2f}x of these {S} single "
+          f"runs ({S} single matmul-only steps take {S * mm * 1e3:.1f} ms)")
 
     rss, est = peak_rss_of_ensemble(S, args.threads)
     print()

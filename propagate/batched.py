@@ -80,12 +80,16 @@ class Run:
 
     Two ping-pong buffers hold the Dense outputs (a layer's input stays intact
     while its output is written); a scratch buffer serves normalizations that
-    must not overwrite a residual stream.
+    must not overwrite a residual stream. ``spare``: the network input, given
+    to the run (nothing outside it reads it after the forward pass starts):
+    its memory becomes the second buffer when it is large enough, since the
+    first layer is done with its input before the second Dense writes.
     """
 
     exact_bn = False  # BatchNorm backward with statistics held fixed (per-sample gradients)
 
-    def __init__(self, S: int, N: int, G: int, max_width: int, dtype, device, draws, taps: Sequence = ()):
+    def __init__(self, S: int, N: int, G: int, max_width: int, dtype, device, draws, taps: Sequence = (),
+                 spare=None):
         self.S, self.N, self.G = int(S), int(N), int(G)
         self.dtype, self.device, self.draws, self.taps = dtype, device, draws, list(taps)
         self.stopped = False
@@ -93,6 +97,14 @@ class Run:
         self._bufs: list = []
         self._next = 0
         self._scratch = None
+        self._spare = spare if self._fits(spare) else None
+        self._buf64, self._f64_of = None, None
+        self._grad_bufs: list = []
+        self._next_grad = 0
+
+    def _fits(self, t) -> bool:
+        return (t is not None and t.is_contiguous() and t.numel() >= self._size and t.dtype == self.dtype
+                and str(t.device) == str(self.device))
 
     def weights(self, op):
         """``(W, b)`` of ``op`` for every network, ``[S, n_out, n_in]`` and ``[S, n_out]``, on the run's device."""
@@ -109,7 +121,9 @@ class Run:
         i = self._next % 2
         self._next += 1
         if i == len(self._bufs):  # allocated on first use: a one-layer network needs one
-            self._bufs.append(torch.empty(self._size, dtype=self.dtype, device=self.device))
+            spare, self._spare = (self._spare, None) if i == 1 else (None, self._spare)
+            self._bufs.append(spare.view(-1) if spare is not None
+                              else torch.empty(self._size, dtype=self.dtype, device=self.device))
         return self._bufs[i][: self.S * self.N * n].view(self.S, self.N, n)
 
     def scratch(self, n: int):
@@ -118,6 +132,47 @@ class Run:
         if self._scratch is None:
             self._scratch = torch.empty(self._size, dtype=self.dtype, device=self.device)
         return self._scratch[: self.S * self.N * n].view(self.S, self.N, n)
+
+    def grad_buffer(self, shape):
+        """The next of two alternating gradient buffers, ``shape`` ``[S, G, n]`` (:func:`propagate.layers.vjp_ops`).
+
+        Reused at every layer of the backward pass (a new gradient per op,
+        freed at the next, fragments the C heap as :meth:`float64` says);
+        a shape larger than ``[S, G, max_width]`` gets a new tensor.
+        """
+        import torch
+
+        n = 1
+        for d in shape:
+            n *= int(d)
+        size = self.S * self.G * (self._size // (self.S * self.N))
+        if n > size:
+            return torch.empty(shape, dtype=self.dtype, device=self.device)
+        i = self._next_grad % 2
+        self._next_grad += 1
+        if i == len(self._grad_bufs):
+            self._grad_bufs.append(torch.empty(size, dtype=self.dtype, device=self.device))
+        return self._grad_bufs[i][:n].view(shape)
+
+    def float64(self, t):
+        """``t`` in float64 (``t`` itself if it is): a view of one buffer the run reuses, valid until the next call.
+
+        The same numbers as ``t.double()``; a reduction with ``dtype=float64``
+        makes such a copy at every call, and a copy made and freed at every
+        layer fragments the C heap (the process's memory grew by its size per
+        layer).
+        """
+        import torch
+
+        if t.dtype == torch.float64:
+            return t
+        if self._f64_of is not None and self._f64_of[0] is t and self._f64_of[1] == t._version:
+            return self._f64_of[2]  # the same tensor, unchanged: converted already (two taps of one gradient)
+        if self._buf64 is None or self._buf64.numel() < t.numel() or self._buf64.device != t.device:
+            self._buf64 = torch.empty(t.numel(), dtype=torch.float64, device=t.device)
+        out = self._buf64[: t.numel()].view(t.shape).copy_(t)
+        self._f64_of = (t, t._version, out)
+        return out
 
     def tap(self, op, x) -> None:
         for t in self.taps:
@@ -129,7 +184,10 @@ class Run:
 
 
 def log_sq_norms(t):
-    """``ln ||t[..., j, :]||^2`` over the last axis, float64 numpy (``(S, J)`` for ``t`` ``[S, J, n]``)."""
+    """``ln ||t[..., j, :]||^2`` over the last axis, float64 numpy (``(S, J)`` for ``t`` ``[S, J, n]``).
+
+    ``t`` in float32 is copied to float64 first (the taps pass :meth:`Run.float64`, a reused buffer).
+    """
     import torch
 
     return torch.log(torch.linalg.vector_norm(t, dim=-1, dtype=torch.float64) ** 2).cpu().numpy()
@@ -147,10 +205,10 @@ class LogNorms:
 
     def forward(self, op, x, run) -> None:
         if op.tap == "pre":
-            self.norms[op.layer] = log_sq_norms(x[:, : run.G])
+            self.norms[op.layer] = log_sq_norms(run.float64(x[:, : run.G]))
 
     def gradient(self, op, g, run) -> None:
-        self.grads[op.layer] = log_sq_norms(g)
+        self.grads[op.layer] = log_sq_norms(run.float64(g))
 
 
 def per_sample(tape, k: int, networks: slice = slice(None)):

@@ -62,6 +62,7 @@ import numpy as np
 from propagate.activations import Activation as ActivationFn
 from propagate.activations import get_activation, selu_constants, torch_forms
 from propagate.inits import get_init
+from propagate import kernels
 from propagate.kernels import activation as torch_activation
 from propagate.kernels import dense as torch_dense
 
@@ -96,6 +97,9 @@ __all__ = [
 
 #: Values of q beyond this count as overflow (the theory's row is flagged ``diverged``).
 OVERFLOW_Q = 1e300
+
+#: Elements per block where the simulator computes a per-sample cache in pieces (a small temporary each).
+_BLOCK_ELEMENTS = 1 << 18
 
 #: The theories an op may be covered by (:meth:`Op.theory_gap`), and how a reason names them.
 MEAN_FIELD, FINITE_WIDTH, FREE_PROBABILITY = "mean_field", "finite_width", "free_probability"
@@ -229,10 +233,14 @@ class Op:
         """The gradient at the op's input from ``g`` at its output (leading dims of ``g`` broadcast)."""
         raise NotImplementedError
 
-    def backward(self, g, cache, record=None):
-        """:meth:`vjp` with the gradient taps: ``record(op, g)`` at a "pre" tap first."""
+    def backward(self, g, cache, record=None, out=None):
+        """:meth:`vjp` with the gradient taps: ``record(op, g)`` at a "pre" tap first; ``out``: see :meth:`vjp_into`."""
         if record is not None and self.tap == "pre":
             record(self, g)
+        return self.vjp(g, cache) if out is None else self.vjp_into(g, cache, out)
+
+    def vjp_into(self, g, cache, out):
+        """:meth:`vjp`, written where the op can into ``out(shape)``, a buffer the caller reuses (same numbers)."""
         return self.vjp(g, cache)
 
     # training -------------------------------------------------------------
@@ -243,6 +251,14 @@ class Op:
     def torch_forward(self, mod, x, rec):
         """The op on ``x`` ``[S, B, N]`` in training (``mod``: its module; ``rec``: records of pre/post taps)."""
         raise NotImplementedError
+
+    def train_piece(self, mod):
+        """This op's piece of the fused training step (:func:`propagate.kernels.training_forward`), or None.
+
+        None (the default): the step runs the network's modules instead. A
+        piece computes :meth:`torch_forward`'s numbers in train mode.
+        """
+        return None
 
 
 def _row(rows: dict, layer: int) -> dict:
@@ -348,6 +364,14 @@ class Dense(Op):
         # one network's Jacobian rows ([rows, K, n]): one matmul with its W, not W broadcast over the rows
         return g @ (W[0] if W.shape[0] == 1 and g.shape[0] != 1 else W)
 
+    def vjp_into(self, g, cache, out):
+        import torch
+
+        W = cache["W"]
+        if W.shape[0] != g.shape[0]:
+            return self.vjp(g, cache)
+        return torch.matmul(g, W, out=out((*g.shape[:-1], W.shape[-1])))
+
     def torch_state(self, S, draws, dtype):
         import torch
 
@@ -360,6 +384,9 @@ class Dense(Op):
         if rec is not None and self.tap:
             rec["pre"].append(h)
         return h
+
+    def train_piece(self, mod):
+        return kernels.dense_piece(mod)
 
 
 # ---------------------------------------------------------------------------- normalizations
@@ -441,6 +468,9 @@ class BatchNorm(Op):
         y = F.batch_norm(xb, mod.running_mean.view(-1), mod.running_var.view(-1), mod.weight.view(-1),
                          mod.bias.view(-1), mod.training, self.momentum, self.eps)
         return y.view(B, S, n).transpose(0, 1)
+
+    def train_piece(self, mod):
+        return kernels.batchnorm_piece(mod, self.eps, self.momentum)
 
 
 @dataclass(frozen=True)
@@ -560,12 +590,28 @@ class Activation(Op):
         return 0.0, 0.0, v[0] * a2 * a2 + v[1] * a2 * c2 + v[2] * c2 * c2 + v[3] * t2, v[3] * g2
 
     def forward(self, x, run):
+        import torch
+
         forms = torch_forms(self.act)
-        d = forms.derivative(x[:, : run.G])
+        # a few networks at a time (elementwise: the same numbers), so autograd's temporaries stay small (the
+        # simulator's memory: see propagate.stats._pairs)
+        S, G, n = x.shape[0], min(run.G, x.shape[1]), x.shape[2]
+        d = torch.empty((S, G, n), dtype=x.dtype, device=x.device)
+        step = max(1, _BLOCK_ELEMENTS // (G * n))
+        for s in range(0, S, step):
+            d[s : s + step] = forms.derivative(x[s : s + step, :G])
         return forms.inplace(x), {"s_d": d}
 
     def vjp(self, g, cache):
         return g * cache["s_d"]
+
+    def vjp_into(self, g, cache, out):
+        import torch
+
+        d = cache["s_d"]
+        if g.shape != d.shape:  # broadcast (a network's Jacobian rows)
+            return self.vjp(g, cache)
+        return torch.mul(g, d, out=out(g.shape))
 
     def torch_state(self, S, draws, dtype):
         return {}, {}
@@ -576,6 +622,9 @@ class Activation(Op):
         if rec is not None:
             rec["post"].append(y)
         return y
+
+    def train_piece(self, mod):
+        return kernels.activation_piece(self.name)
 
 
 # ---------------------------------------------------------------------------- dropout
@@ -651,19 +700,32 @@ class _MaskedAffine(Op):
     def vjp(self, g, cache):
         return g * cache["s_mask"]
 
+    def _scale_shift(self, mod, x):
+        """``(m A, C (m - 1) + B or None)`` from this step's per-seed masks ``m`` (None: no per-seed generators)."""
+        mask = _seed_masks(mod, x, 1.0 - self.p)
+        if mask is None:
+            return None
+        A, C, B = self.affine()
+        shift = (mask - 1.0).mul_(C).add_(B) if (C or B) else None
+        return mask.mul_(A), shift
+
     def torch_forward(self, mod, x, rec):
         if not mod.training or self.p == 0.0:
             return x
-        mask = _seed_masks(mod, x, 1.0 - self.p)
-        if mask is None:  # a module without per-seed generators: torch's global stream, shared by all seeds
+        scaled = self._scale_shift(mod, x)
+        if scaled is None:  # a module without per-seed generators: torch's global stream, shared by all seeds
             import torch.nn.functional as F
 
             return getattr(F, self.fallback)(x, self.p, True)
-        A, C, B = self.affine()
-        if C or B:
-            shift = (mask - 1.0).mul_(C).add_(B)
-            return x * mask.mul_(A) + shift
-        return x * mask.mul_(A)
+        scale, shift = scaled
+        return x * scale if shift is None else x * scale + shift
+
+    def train_piece(self, mod):
+        if self.p == 0.0:
+            return kernels.identity_piece()
+        if getattr(mod, "dropout_generators", None) is None:
+            return None  # torch's global stream: the modules draw it
+        return kernels.mask_piece(lambda x: self._scale_shift(mod, x))
 
 
 @dataclass(frozen=True)
@@ -826,7 +888,8 @@ class Residual(Op):
         y.mul_(self.R).add_(x, alpha=self.skip)  # in the branch's buffer: no copy of the stream
         return y, {"tape": tape}
 
-    def backward(self, g, cache, record=None):
+    def backward(self, g, cache, record=None, out=None):
+        # the branch allocates its own gradients: ``out``'s buffers may hold g, which is read after it
         gb = vjp_ops(cache["tape"], g * self.R, record)
         return gb.add_(g, alpha=self.skip) if gb.shape == g.shape else gb + self.skip * g
 
@@ -995,17 +1058,20 @@ def forward_ops(ops: Sequence[Op], x, run):
     return x, tape
 
 
-def vjp_ops(tape, g, record=None, stop_at_first: bool = False):
+def vjp_ops(tape, g, record=None, stop_at_first: bool = False, buffers=None):
     """Backpropagate ``g`` through a tape; ``record(op, g)`` is called with the gradient at each "pre" tap.
 
     ``stop_at_first``: stop after recording the first layer's gradient (its
-    input gradient is not needed; saves the widest matmul).
+    input gradient is not needed; saves the widest matmul). ``buffers(shape)``:
+    where ops may write their gradients (:meth:`propagate.batched.Run.grad_buffer`,
+    two alternating buffers: an op never writes the one it reads, and
+    ``record`` must not keep ``g``); the result may then be one of them.
     """
     for op, cache in reversed(tape):
         if stop_at_first and record is not None and op.tap == "pre" and op.layer == 1:
             record(op, g)
             return None
-        g = op.backward(g, cache, record)
+        g = op.backward(g, cache, record, buffers)
     return g
 
 

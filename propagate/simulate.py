@@ -414,7 +414,7 @@ class _Measure:
             run.stopped = True
 
     def gradient(self, op, g, run):
-        self.grads[op.layer] = measure(grad=g)[0]["grad_norm"]
+        self.grads[op.layer] = measure(grad=run.float64(g))[0]["grad_norm"]  # measure's float64 norm, no copy
 
 
 @dataclass
@@ -438,7 +438,8 @@ def _run_networks(spec, x0, gens, dt, dev, grad_samples, progress, jacobian_inpu
 
     S, N = len(gens), x0.shape[1]
     stats, norms = _Measure(spec.act, spec.depth, progress), LogNorms()
-    run = Run(S, N, min(N, grad_samples), max(spec.widths[1:]), dt, dev, PerNetworkDraws(gens), taps=(stats, norms))
+    run = Run(S, N, min(N, grad_samples), max(spec.widths[1:]), dt, dev, PerNetworkDraws(gens), taps=(stats, norms),
+              spare=x0)  # x0 is read below before the forward pass, and not after
     # readout vector of the gradient probe, drawn first so it doesn't depend on depth
     r = torch.stack([torch.randn(spec.widths[-1], dtype=dt, generator=g) for g in gens]).to(dev)
     stats.rows.append(measure(inputs=x0)[0])
@@ -449,7 +450,7 @@ def _run_networks(spec, x0, gens, dt, dev, grad_samples, progress, jacobian_inpu
     if stats.diverged_at is None:
         # y = r . x^depth / sqrt(n_depth) for every sample: dy/dx^depth = r / sqrt(n_depth)
         g = (r / math.sqrt(spec.widths[-1])).unsqueeze(1).expand(S, run.G, -1)
-        vjp_ops(tape, g, run.record, stop_at_first=True)
+        vjp_ops(tape, g, run.record, stop_at_first=True, buffers=run.grad_buffer)
         if jacobian_inputs:
             J = jacobians(tape, run, min(jacobian_inputs, run.G), spec.widths[-1], networks=[0])[0]
             jac = _jacobian_summary(J)

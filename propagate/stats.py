@@ -201,6 +201,11 @@ def _moments(t):
             torch.linalg.vector_norm(t, dim=(1, 2), dtype=torch.float64) ** 2 / cnt, True)
 
 
+#: Samples (or pairs) per block where a statistic needs a temporary as large as its input: blocks keep
+#: temporaries small (:func:`_pairs`).
+_BLOCK = 128
+
+
 def _pairs(h):
     import torch
 
@@ -208,7 +213,13 @@ def _pairs(h):
     if k == 0:
         return None
     v = h[:, : 2 * k].reshape(h.shape[0], k, 2, h.shape[2])
-    num = torch.linalg.vecdot(v[:, :, 0], v[:, :, 1])
+    # vecdot is the sum over units of the product; block by block (each pair's sum as in one call), a product
+    # of (networks x pairs x units) is never held at once: a large temporary made and freed at every layer
+    # fragments the C heap, and the process's memory grew by about its size per layer
+    num = torch.empty(v.shape[:2], dtype=h.dtype, device=h.device)
+    for i in range(0, k, _BLOCK):
+        a, b = v[:, i : i + _BLOCK, 0], v[:, i : i + _BLOCK, 1]
+        torch.sum(a * b, dim=-1, out=num[:, i : i + _BLOCK])
     norms = torch.linalg.vector_norm(v, dim=-1)
     den = norms[:, :, 0] * norms[:, :, 1]
     c = num / den
@@ -253,10 +264,17 @@ def _moment_se(prefix, t, mean):
 
 
 def _dead(x):
-    """Share of units that are exactly 0 for every sample, per network."""
-    zero = x.amax(dim=1) == 0
+    """Share of units that are exactly 0 for every sample, per network.
+
+    Only a unit that is 0 for the first sample can be; where none is (SELU,
+    tanh: almost always) the rest of the batch is not read. Max and min are
+    exact, so the share is the same however it is found.
+    """
+    zero = x[:, 0] == 0
     if bool(zero.any()):
-        zero &= x.amin(dim=1) == 0
+        zero &= x.amax(dim=1) == 0
+        if bool(zero.any()):
+            zero &= x.amin(dim=1) == 0
     return zero.sum(dim=1).to(x.dtype) / x.shape[2]
 
 
@@ -282,15 +300,19 @@ def _saturated(x, act, q):
     S, _, n = x.shape
     lo, hi, zero_rel = saturation_rule(act)
     xs = x[:, :SAT_SAMPLES]
-    if zero_rel is not None:
-        thr = (zero_rel * torch.sqrt(q)).view(S, 1, 1).to(xs.dtype)
-        sat = (xs.abs() <= thr).sum(dim=(1, 2))
-    else:
-        sat = torch.zeros(S, dtype=torch.int64, device=x.device)
+    thr = (zero_rel * torch.sqrt(q)).view(S, 1, 1).to(xs.dtype) if zero_rel is not None else None
+    # counted a block of samples at a time (integer counts: exact in any order), so the masks and the int64
+    # copies a sum of booleans makes stay small temporaries (see _pairs)
+    sat = torch.zeros(S, dtype=torch.int64, device=x.device)
+    for i in range(0, xs.shape[1], _BLOCK):
+        b = xs[:, i : i + _BLOCK]
+        if thr is not None:
+            sat += (b.abs() <= thr).sum(dim=(1, 2))
+            continue
         if lo is not None:
-            sat = sat + (xs <= lo).sum(dim=(1, 2))
+            sat += (b <= lo).sum(dim=(1, 2))
         if hi is not None:
-            sat = sat + (xs >= hi).sum(dim=(1, 2))
+            sat += (b >= hi).sum(dim=(1, 2))
     return sat.to(x.dtype) / (xs.shape[1] * n)
 
 

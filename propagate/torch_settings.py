@@ -60,7 +60,8 @@ def torch_settings(*, threads: int | None = None, flush_denormal: bool | None = 
         yield state
     finally:
         torch.set_flush_denormal(flush_before)
-        torch.use_deterministic_algorithms(det_before)
-        if fill_before is not None:
-            det_mod.fill_uninitialized_memory = fill_before
+        if deterministic:  # only if changed: the call imports torch._inductor (and sympy) the first time, ~0.5 s
+            torch.use_deterministic_algorithms(det_before)
+            if fill_before is not None:
+                det_mod.fill_uninitialized_memory = fill_before
         torch.set_num_threads(state["threads_before"])

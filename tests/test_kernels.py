@@ -3,7 +3,10 @@ activation-to-torch table they and the simulator use."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -143,3 +146,190 @@ def test_torch_forms_are_native_where_torch_has_them_and_a_user_form_otherwise()
             torch_forms(no_torch)
     finally:
         unregister_activation("numpy_only_test")
+
+
+# ---------------------------------------------------------------------------- the training chain
+
+from propagate.layers import dropout_seed  # noqa: E402
+from propagate.optim import make_optimizer  # noqa: E402
+from propagate.spec import NetworkSpec, build_model  # noqa: E402
+from propagate.train import TrainOptions  # noqa: E402
+
+#: Networks whose every op has a chain piece: each built-in piece (Dense, BatchNorm, the output-based activations,
+#: an input-based one, dropout and alpha dropout masks, linear).
+CHAIN_SPECS = {
+    "relu": dict(activation="relu", init="he_normal"),
+    "selu-bn": dict(activation="selu", init="lecun_uniform", batchnorm=True),
+    "tanh-dropout": dict(activation="tanh", init="glorot_uniform", dropout=0.2),
+    "sigmoid-bn": dict(activation="sigmoid", init="glorot_uniform", batchnorm=True, bias_var=0.1),
+    "gelu-alpha": dict(activation="gelu", init="he_normal", alpha_dropout=0.1),
+    "selu-alpha-bn": dict(activation="selu", init="lecun_normal", alpha_dropout=0.1, batchnorm=True),
+    "elu-linear": dict(activation="elu:alpha=0.5", init="he_normal"),
+}
+
+
+def _chain_spec(kw):
+    return NetworkSpec.stack(3, 12, input_dim=9, first_width=16, out_features=5, **kw)
+
+
+def _batches(S, steps, B=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(S, B, 9, generator=g), torch.randint(0, 5, (S, B), generator=g)) for _ in range(steps)]
+
+
+def _loss(out, y):
+    S = out.shape[0]
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none").view(S, -1).mean(1).sum()
+
+
+def _train(spec, seeds, batches, mode, dtype=torch.float32):
+    """A few optimizer steps as train's _step takes them: ``chain`` (training_forward, the update inside the
+    backward pass) or ``per-op`` (the modules, then opt.step())."""
+    model = build_model(spec, seeds=seeds)
+    if dtype != torch.float32:
+        model = model.to(dtype)
+    opt = make_optimizer(model.parameters(), TrainOptions(lr=1e-2))
+    context = {"chain": contextlib.nullcontext, "per-op": lambda: kernels.disabled("chain")}[mode]
+    model.train()
+    for x, y in batches:
+        with context():
+            out = kernels.training_forward(model, x.to(dtype), opt)
+            opt.zero_grad(set_to_none=True)
+            _loss(out, y).backward()
+            opt.step()
+    return model, opt
+
+
+def _state(model, opt):
+    tensors = [p.detach() for p in model.parameters()] + list(model.buffers())
+    for p in model.parameters():
+        tensors += [opt.state[p]["square_avg"], opt.state[p]["step"]]
+    return tensors
+
+
+@pytest.mark.parametrize("name", list(CHAIN_SPECS))
+@pytest.mark.parametrize("S", [1, 3])
+def test_chain_step_equals_the_per_op_step_bit_for_bit(name, S):
+    """The fused chain (one autograd node, the optimizer applied inside its backward pass) calls the aten ops the
+    per-op modules' autograd calls: after three steps the weights, BN running statistics, optimizer state and step
+    counts are identical, for one network and for an ensemble. (Against the plain expressions, which round the
+    Dense weight gradient and SELU's derivative differently, the gradients are compared in float64 below: RMSprop
+    divides by sqrt(v), so a round-off difference of a near-zero gradient is not small in the weights.)"""
+    spec, batches = _chain_spec(CHAIN_SPECS[name]), _batches(S, 3)
+    chain, per_op = (_state(*_train(spec, list(range(S)), batches, m)) for m in ("chain", "per-op"))
+    for a, b in zip(chain, per_op):
+        assert torch.equal(a, b)
+    model, opt = _train(spec, list(range(S)), batches[:1], "chain")
+    assert all(p.grad is None for p in model.parameters())  # the backward pass consumed the gradients
+    assert {float(opt.state[p]["step"]) for p in model.parameters()} == {1.0}
+
+
+@pytest.mark.parametrize("name", ["relu", "selu-bn", "gelu-alpha", "sigmoid-bn", "elu-linear"])
+def test_chain_gradients_equal_torch_autograd_in_float64(name):
+    """Without an optimizer the chain returns every parameter's gradient: equal to torch autograd of the plain
+    expressions (kernels.disabled()) in float64, the input-based activations' and dropout masks' included."""
+    spec = _chain_spec(CHAIN_SPECS[name])
+    (x, y), = _batches(2, 1)
+    grads = []
+    for context in (contextlib.nullcontext, kernels.disabled):
+        model = build_model(spec, seeds=[0, 1], dtype=torch.float64)
+        model.train()
+        with context():
+            out = kernels.training_forward(model, x.double())
+            assert ("Chain" in out.grad_fn.name()) == (context is contextlib.nullcontext)
+            _loss(out, y).backward()
+        grads.append([p.grad for p in model.parameters()] + list(model.buffers()))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_chain_applies_only_where_every_op_has_a_piece_and_the_model_trains():
+    """LayerNorm, residual blocks, eval mode, no gradients, kernels disabled: the modules run (same numbers)."""
+    (x, y), = _batches(2, 1)
+    for kw in (dict(activation="relu", init="he_normal", layernorm=True),
+               dict(activation="tanh", init="he_normal", residual=0.5)):
+        model = build_model(NetworkSpec.stack(3, 9, input_dim=9, first_width=None, out_features=5, **kw), seeds=[0, 1])
+        out = kernels.training_forward(model, x)
+        assert "Chain" not in out.grad_fn.name()
+        assert torch.equal(out, model(x))
+    model = build_model(_chain_spec(CHAIN_SPECS["selu-bn"]), seeds=[0, 1])
+    assert "Chain" in kernels.training_forward(model, x).grad_fn.name()
+    model.eval()
+    assert "Chain" not in kernels.training_forward(model, x).grad_fn.name()
+    model.train()
+    with torch.no_grad():
+        assert kernels.training_forward(model, x).grad_fn is None
+    with kernels.disabled("chain"):
+        assert "Chain" not in kernels.training_forward(model, x).grad_fn.name()
+    out = kernels.training_forward(model, x)
+    w = list(model.parameters())[0]
+    (g,) = torch.autograd.grad(_loss(out, y), w, create_graph=True)
+    with pytest.raises(RuntimeError):  # the training step is differentiable once; Hessians use the modules
+        torch.autograd.grad(g.sum(), w)
+
+
+def test_chain_dropout_masks_are_the_modules_masks():
+    """The chain draws each seed's masks from the same per-seed generators in the same order as the modules."""
+    spec = _chain_spec(CHAIN_SPECS["tanh-dropout"])
+    (x, y), = _batches(2, 1)
+    outs = []
+    for context in (contextlib.nullcontext, lambda: kernels.disabled("chain")):
+        model = build_model(spec, seeds=[3, 4])
+        model.train()
+        with context():
+            outs.append(kernels.training_forward(model, x).detach())
+        assert [g.initial_seed() for g in model.dropout_generators] == [dropout_seed(3, 0), dropout_seed(4, 0)]
+    assert torch.equal(*outs)
+
+
+def test_fused_rmsprop_counts_steps_in_one_tensor_and_continues_a_loaded_state():
+    """state["step"] is torch's count (one per step with a gradient); a state put in from outside (a checkpoint)
+    counts on from its own step; torch's RMSprop takes over with the same counts when the kernels are off."""
+    w = [torch.zeros(4, 3, requires_grad=True), torch.zeros(5, requires_grad=True)]
+    opt = kernels.rmsprop(w, lr=0.1, rho=0.9, eps=1e-7)
+    for step in range(3):
+        for p in w:
+            p.grad = torch.ones_like(p) if (step < 2 or p is w[0]) else None
+        opt.step()
+    assert [float(opt.state[p]["step"]) for p in w] == [3.0, 2.0]
+    opt.state[w[1]] = {"step": torch.tensor(7.0), "square_avg": opt.state[w[1]]["square_avg"].clone()}
+    for p in w:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert [float(opt.state[p]["step"]) for p in w] == [4.0, 8.0]
+    with kernels.disabled():
+        for p in w:
+            p.grad = torch.ones_like(p)
+        opt.step()
+    assert [float(opt.state[p]["step"]) for p in w] == [5.0, 9.0]
+    sd = opt.state_dict()
+    assert [float(s["step"]) for s in sd["state"].values()] == [5.0, 9.0]
+
+
+def test_train_with_the_chain_equals_train_with_the_modules():
+    """propagate.train's step through the chain: the same history, layer statistics and final weights, bit for bit,
+    as through the per-op modules (a BN ensemble whose seed 1 is made infinite after its second step: a stopped
+    seed's state is put back after the in-backward updates as after opt.step())."""
+    from propagate.data import Dataset, load_dataset
+    from propagate.train import train
+
+    ds = load_dataset("mnist-5k")
+    ds = Dataset("mnist-5k[:300]", ds.x_train[:300], ds.y_train[:300], ds.x_test[:60], ds.y_test[:60], ds.source)
+    spec = NetworkSpec.stack(3, 16, first_width=24, activation="selu", init="lecun_uniform", batchnorm=True,
+                             out_features=10)
+    def poison(info):
+        if info["epoch"] == 1 and info["batch"] == 1:
+            with torch.no_grad():
+                next(info["model"].parameters())[1].fill_(float("inf"))
+
+    runs = []
+    for context in (contextlib.nullcontext, lambda: kernels.disabled("chain")):
+        with context():
+            runs.append(train(spec, TrainOptions(epochs=2, batch_size=50, probe_size=16, threads=1), ds, seeds=3,
+                              on_step=poison))
+    (a, b) = runs
+    assert a.seed_status == b.seed_status == {0: "finished", 1: "diverged", 2: "finished"}
+    pd.testing.assert_frame_equal(a.history.drop(columns=["seconds"]), b.history.drop(columns=["seconds"]))
+    pd.testing.assert_frame_equal(a.layers, b.layers)
+    for p, q in zip(a.model.state_dict().values(), b.model.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, equal_nan=True)  # the stopped seed's BN statistics: NaN

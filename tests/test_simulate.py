@@ -382,3 +382,99 @@ def test_theory_and_simulate_share_the_network_flags(capsys, tmp_path):
     assert main(["simulate", "--threads", "1", *flags, "--samples", "64", "--seeds", "1"]) == 0
     out = capsys.readouterr().out
     assert "not judged" in out and "!" not in out.split("flag")[-1]
+
+
+# ----------------------------------------------------------------------------
+# the simulator's memory: blocks, reused buffers, the same numbers
+
+
+def test_statistics_in_blocks_equal_their_one_pass_definitions():
+    """_pairs' blocked dot products are vecdot's, _saturated's blocked counts are the one-pass counts, _dead (which
+    reads the batch only for units that are 0 at the first sample) is (max == 0) & (min == 0) over the batch."""
+    import torch
+
+    from propagate import stats
+    from propagate.activations import get_activation
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(3, 700, 40, generator=g)
+    v = h[:, :700].reshape(3, 350, 2, 40)
+    num = torch.linalg.vecdot(v[:, :, 0], v[:, :, 1])
+    den = torch.linalg.vector_norm(v, dim=-1).prod(-1)
+    assert torch.equal(stats._pairs(h), num / den)
+    for name in ("selu", "tanh", "relu", "linear"):
+        act = get_activation(name)
+        x = act.torch(3 * h)
+        lo, hi, zero_rel = stats.saturation_rule(act)
+        q = (x * x).mean(dim=(1, 2))
+        xs = x[:, : stats.SAT_SAMPLES]
+        if zero_rel is not None:
+            count = (xs.abs() <= (zero_rel * q.sqrt()).view(3, 1, 1)).sum(dim=(1, 2))
+        else:
+            count = torch.zeros(3, dtype=torch.int64)
+            if lo is not None:
+                count += (xs <= lo).sum(dim=(1, 2))
+            if hi is not None:
+                count += (xs >= hi).sum(dim=(1, 2))
+        assert torch.equal(stats._saturated(x, act, q), count.to(x.dtype) / (xs.shape[1] * 40)), name
+    x = torch.relu(h)
+    x[:, :, 5] = 0.0  # dead
+    x[:, 0, 6], x[:, 1:, 6] = 0.0, -1e-30  # 0 at the first sample only: alive
+    x[1, :, 7] = 0.0  # dead in network 1 only
+    expect = ((x.amax(dim=1) == 0) & (x.amin(dim=1) == 0)).sum(dim=1).to(x.dtype) / 40
+    assert torch.equal(stats._dead(x), expect) and expect[1] > expect[0] > 0
+    assert torch.equal(stats._dead(torch.selu(h)), torch.zeros(3))
+
+
+def _run(S=3, N=40, G=25, width=16, seed=0, **kw):
+    import torch
+
+    from propagate.batched import PerNetworkDraws, Run
+
+    return Run(S, N, G, width, torch.float32, "cpu", PerNetworkDraws([torch.Generator().manual_seed(seed + s)
+                                                                         for s in range(S)]), **kw)
+
+
+@pytest.mark.parametrize("kw", [dict(activation="selu", init="lecun_normal", batchnorm=True, alpha_dropout=0.1),
+                                dict(activation="tanh", init="he_normal", layernorm=True, residual=0.6, dropout=0.2)],
+                         ids=["bn-alphadropout", "ln-residual-dropout"])
+def test_backward_into_reused_buffers_and_input_as_buffer_give_the_same_numbers(kw):
+    """The simulator's memory savings change no number: the input's memory as the run's second buffer (``spare``)
+    and the gradients written into two alternating buffers (``buffers=run.grad_buffer``) give the forward output,
+    every tap's gradient and the input gradient of a run without them, bit for bit."""
+    import torch
+
+    from propagate.layers import forward_ops, vjp_ops
+
+    spec = NetworkSpec.stack(4, 16, input_dim=16, first_width=None, **kw)
+    x0 = torch.randn(3, 40, 16, generator=torch.Generator().manual_seed(1))
+    results = []
+    for lean in (False, True):
+        run = _run(spare=x0.clone() if lean else None)
+        spare = run._spare
+        y, tape = forward_ops(spec.compile(), x0.clone() if not lean else spare, run)
+        assert (spare is not None) == lean
+        if lean:  # the second Dense wrote into the input's memory
+            assert run._bufs[1].data_ptr() == spare.data_ptr()
+        grads = []
+        g = torch.randn(3, 25, 16, generator=torch.Generator().manual_seed(2))
+        gin = vjp_ops(tape, g, lambda op, gr: grads.append(gr.clone()), buffers=run.grad_buffer if lean else None)
+        results.append([y.clone(), gin.clone(), *grads])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_run_float64_is_the_double_copy_in_one_reused_buffer():
+    import torch
+
+    run = _run()
+    g = torch.randn(3, 25, 16)
+    a = run.float64(g)
+    assert torch.equal(a, g.double()) and run.float64(g) is a  # converted once per tensor
+    g.mul_(2)  # changed in place: converted again
+    b = run.float64(g)
+    assert torch.equal(b, g.double()) and b.data_ptr() == a.data_ptr()
+    h = torch.randn(3, 25, 8)
+    assert torch.equal(run.float64(h), h.double()) and run.float64(h).data_ptr() == a.data_ptr()
+    d = torch.randn(2, 2, dtype=torch.float64)
+    assert run.float64(d) is d
