@@ -576,17 +576,17 @@ class Activation(Op):
         q = step.st.q
         if not q > 0:
             return 0.0, 0.0, 0.0
-        e1, e2, e3, g2 = texpect(self.act, q)
+        e1, e2, k, g2 = texpect(self.act, q)
         beta = c / q
-        return beta * e1, beta * e2, beta * beta * (e3 - q * g2) + t * g2
+        return beta * e1, beta * e2, beta * beta * q * k + t * g2
 
     def pull_back(self, v, step, texpect):
         """:func:`_pull_back` of :meth:`tangent`, written out (``a`` does not enter; ``c`` enters through beta)."""
         q = step.st.q
         if not q > 0:
             return 0.0, 0.0, 0.0, 0.0
-        e1, e2, e3, g2 = texpect(self.act, q)
-        a2, c2, t2 = e1 / q, e2 / q, (e3 - q * g2) / (q * q)
+        e1, e2, k, g2 = texpect(self.act, q)
+        a2, c2, t2 = e1 / q, e2 / q, k / q  # k: the centred E[h^2 phi'^2] - q E[phi'^2], over q (see texpect)
         return 0.0, 0.0, v[0] * a2 * a2 + v[1] * a2 * c2 + v[2] * c2 * c2 + v[3] * t2, v[3] * g2
 
     def forward(self, x, run):

@@ -845,16 +845,28 @@ _TANGENT_CACHE: dict = {}
 
 
 def _tangent_expectations(act: Activation, q: float) -> tuple[float, float, float, float]:
-    """``(E[h phi'], E[h phi phi'], E[h^2 phi'^2], E[phi'^2])`` for ``h ~ N(0, q)`` (the ops' tangent maps)."""
+    """``(E[h phi'], E[h phi phi'], k, E[phi'^2])`` for ``h ~ N(0, q)`` (the ops' tangent maps).
+
+    ``k = E[(z^2 - 1) (phi'(h)^2 - E[phi'^2])]`` with ``z = h / sqrt(q)``, so that
+    ``E[h^2 phi'^2] - q E[phi'^2] = q k``. It is computed in this centred,
+    normalised form because the difference of the two uncentred moments cancels
+    to rounding noise and ``k / q`` (the pull-back's coefficient) then divides
+    that noise by a vanishing signal (``q`` below ~1e-154 made ``q^2`` zero).
+    Where ``phi'^2`` no longer varies over ``h`` in double precision (a smooth
+    activation at ``q`` below ~1e-16), ``k`` is 0.
+    """
     key = (act.name, float(q))
     if key not in _TANGENT_CACHE:
         if len(_TANGENT_CACHE) > 4096:
             _TANGENT_CACHE.clear()
-        h, w = _nodes_1d(0.0, math.sqrt(q), act.kinks)
+        sd = math.sqrt(q)
+        h, w = _nodes_1d(0.0, sd, act.kinks)
         y, g = act.numpy(h), act.grad(h)
-        hg = h * g
-        _TANGENT_CACHE[key] = (float(np.dot(w, hg)), float(np.dot(w, hg * y)), float(np.dot(w, hg * hg)),
-                               float(np.dot(w, g * g)))
+        hg, g2 = h * g, g * g
+        mean_g2 = float(np.dot(w, g2))
+        z = h / sd
+        _TANGENT_CACHE[key] = (float(np.dot(w, hg)), float(np.dot(w, hg * y)),
+                               float(np.dot(w, (z * z - 1.0) * (g2 - mean_g2))), mean_g2)
     return _TANGENT_CACHE[key]
 
 

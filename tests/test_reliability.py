@@ -658,11 +658,8 @@ ROUND_2_FIXED = [
 
 BAD += _numeric_rows() + _output_rows() + _folder_rows() + ISSUE_23 + _activation_rows() + ROUND_2_FIXED
 
-#: Cases of issue 23 in files others own: strictly expected to fail until their call site is fixed.
-ROUND_2 = [
-    # layers.py (pull_back divides by q^2): a signal that vanishes below 1e-154 is a ZeroDivisionError
-    ("r2-theory-sw2-1e-300", "theory --sigma-w2 1e-300 --depth 3"),
-]
+# `theory --sigma-w2 1e-300 --depth 3` (a signal below 1e-154 made the pull-back divide by q^2 = 0) is valid
+# input and now runs: tests/test_theory.py::test_a_vanishing_signal_keeps_its_gradient_theory_finite.
 
 
 def _argv(places, row: str) -> list[str]:
@@ -701,8 +698,7 @@ def test_table_has_enough_cases():
     assert names <= covered, f"commands without bad-input cases: {names - covered}"
 
 
-@pytest.mark.parametrize("name,row", BAD + [pytest.param(n, r, marks=pytest.mark.xfail(strict=True, reason="round 2"))
-                                             for n, r in ROUND_2], ids=[n for n, _ in BAD + ROUND_2])
+@pytest.mark.parametrize("name,row", BAD, ids=[n for n, _ in BAD])
 def test_bad_input_is_one_line_exit_2(name, row, places, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # relative outputs (x.csv) land in a throwaway folder
     monkeypatch.setenv("PROPAGATE_DATA", str(tmp_path / "cache"))  # never download

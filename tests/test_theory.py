@@ -452,3 +452,22 @@ def test_cli_critical_and_gain(capsys):
     rc, out, _ = _cli(capsys, "gain", "-a", "relu", "-a", "tanh", "--json")
     rows = json.loads(out)["rows"]
     assert rows[0]["sigma_w2"] == pytest.approx(2.0) and rows[1]["torch_gain"] == pytest.approx(5 / 3)
+
+
+def test_a_vanishing_signal_keeps_its_gradient_theory_finite():
+    """Below q ~ 1e-154 the pull-back once divided by q^2 = 0. Now, for tanh with sigma_w^2 = s,
+    chi_1 = s E[tanh'^2] = s (q -> 0), so the gradient's RMS at layer l of L = 3 is s^((3 - l) / 2)."""
+    import json
+    import subprocess
+    import sys
+
+    for s in (1e-100, 1e-300):
+        out = subprocess.run([sys.executable, "-m", "propagate", "theory", "--activation", "tanh", "--sigma-w2", str(s),
+                              "--depth", "3", "--json"], capture_output=True, text=True, check=True).stdout
+        rows = {r["layer"]: r for r in json.loads(out)["layers"]}
+        for layer in (1, 2, 3):
+            g = rows[layer]["grad_norm"]
+            assert g is not None and math.isfinite(g) and g >= 0
+        if s == 1e-100:
+            for layer in (1, 2):
+                assert rows[layer]["grad_norm"] == pytest.approx(s ** ((3 - layer) / 2), rel=1e-6)
