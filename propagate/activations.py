@@ -36,7 +36,7 @@ from typing import Callable, Mapping
 import numpy as np
 from scipy import special
 
-from propagate.errors import UserError
+from propagate.errors import UserError, name_key
 
 __all__ = [
     "Activation",
@@ -563,9 +563,7 @@ def get_activation(name: str | Activation) -> Activation:
     """Look up an activation by name (``"tanh"``, ``"leaky_relu:0.2"``, ...)."""
     if isinstance(name, Activation):
         return name
-    if not isinstance(name, str) or not name.strip():
-        raise UserError(f"activation name must be a non-empty string, got {name!r}")
-    key = name.strip().lower()
+    key = name_key(name, "activation")
     if key in _USER:
         return _USER[key]
     if "@" in key:

@@ -8,3 +8,11 @@ variance, an unreadable file). The CLI turns it into one line
 
 class UserError(ValueError):
     """Bad input from the user; the message is one line that says what to fix."""
+
+
+def name_key(name, what: str) -> str:
+    """The registry key of a name a user typed (stripped, lower case); :class:`UserError` if it is not a
+    non-empty string. ``what`` names the kind of thing in the message (``"activation"``, ``"init"``)."""
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(f"{what} name must be a non-empty string, got {name!r}")
+    return name.strip().lower()

@@ -38,6 +38,7 @@ from scipy import special
 
 from propagate.activations import Activation, get_activation
 from propagate.errors import UserError
+from propagate.selu import format_digits  # re-exported: the solvers' one number format
 from propagate.theory import gaussian_expectation
 
 __all__ = [
@@ -82,11 +83,6 @@ def check_digits(digits) -> None:
 def exact(v):
     """The decimal a user typed as an mpmath number at the working precision (``0.01`` stays 1/100)."""
     return mp.mpf(repr(float(v)))
-
-
-def format_digits(x, digits: int) -> str:
-    """``x`` with ``digits`` significant digits, never in exponent form; ``"0"`` for zero."""
-    return mp.nstr(x, digits, min_fixed=-mp.inf, max_fixed=mp.inf) if x != 0 else "0"
 
 
 # --------------------------------------------------------------------------- #

@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from propagate.errors import UserError
+from propagate.errors import UserError, name_key
 
 __all__ = ["Init", "get_init", "list_inits", "TRUNC_STD"]
 
@@ -191,33 +191,32 @@ _NAMED = {
 _ALIASES = {"xavier_uniform": "glorot_uniform", "xavier_normal": "glorot_normal", "kaiming_uniform": "he_uniform", "kaiming_normal": "he_normal"}
 
 
+def _scale(name: str, head: str, arg: str, what: str, example: str) -> float:
+    """The positive finite number after ``head:`` in an init name, or :class:`UserError` naming ``what`` it is."""
+    try:
+        s = float(arg)
+    except ValueError:
+        raise UserError(f"malformed init {name!r}: expected {head}:{what} with a number, e.g. {head}:{example}") from None
+    if not math.isfinite(s) or s <= 0:
+        raise UserError(f"malformed init {name!r}: {what} must be a positive number")
+    return s
+
+
 def get_init(name: str | Init) -> Init:
     """Look up an initializer: a Keras name, ``torch_default``, ``normal:S`` or ``uniform:S``."""
     if isinstance(name, Init):
         return name
-    if not isinstance(name, str) or not name.strip():
-        raise UserError(f"init name must be a non-empty string, got {name!r}")
-    key = name.strip().lower()
+    key = name_key(name, "init")
     key = _ALIASES.get(key, key)
     if key in _NAMED:
         return _NAMED[key]
     head, sep, arg = key.partition(":")
     if sep and head in ("normal", "uniform"):
-        try:
-            s = float(arg)
-        except ValueError:
-            raise UserError(f"malformed init {name!r}: expected {head}:SIGMA_W2 with a number, e.g. {head}:1.0") from None
-        if not math.isfinite(s) or s <= 0:
-            raise UserError(f"malformed init {name!r}: SIGMA_W2 must be a positive number")
+        s = _scale(name, head, arg, "SIGMA_W2", "1.0")
         return Init(f"{head}:{s:g}", head, s, "fan_in")
     if sep and head in ("orthogonal", "delta_orthogonal"):
         # orthogonal:S = Haar orthogonal times sqrt(S) (gain^2 = S): sigma_w^2 = S for square layers (ReLU: S = 2)
-        try:
-            s = float(arg)
-        except ValueError:
-            raise UserError(f"malformed init {name!r}: expected {head}:GAIN2 with a number, e.g. {head}:2") from None
-        if not math.isfinite(s) or s <= 0:
-            raise UserError(f"malformed init {name!r}: GAIN2 must be a positive number")
+        s = _scale(name, head, arg, "GAIN2", "2")
         return Init(f"{head}:{s:g}", head, s, "fixed")
     raise UserError(f"unknown init {name!r}; known: {', '.join(list_inits())}")
 

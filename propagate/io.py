@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = [
+    "Closing",
     "FOLDER_MARKER",
     "check_output_file",
     "check_output_dir",
@@ -45,6 +46,20 @@ __all__ = [
     "write_table",
     "read_table",
 ]
+
+
+class Closing:
+    """A ``with`` block closes it: ``__enter__`` returns the object, ``__exit__`` calls its ``close()``
+    (the runners, the progress bar and the run store share this)."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _umask() -> int:

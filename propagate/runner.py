@@ -56,7 +56,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from propagate import __version__
 from propagate.cluster import check_where, dask_client
 from propagate.errors import UserError
-from propagate.io import atomic_write_json
+from propagate.io import Closing, atomic_write_json
 
 __all__ = [
     "Shared",
@@ -258,7 +258,7 @@ class PointStore:
 # ----------------------------------------------------------------------------- engines
 
 
-class InProcess:
+class InProcess(Closing):
     """Computes points here, one after another, in the order given."""
 
     name = "in process"
@@ -268,17 +268,8 @@ class InProcess:
             args, kwargs = p.bind(p.shared)
             yield _result(p, call(p.fn, args, kwargs, portable=False))
 
-    def close(self) -> None:
-        pass
 
-    def __enter__(self) -> "InProcess":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class OnDask:
+class OnDask(Closing):
     """Computes points on Dask and yields them as they finish (see the module docstring).
 
     ``workers``/``scheduler``/``client``: as :func:`propagate.cluster.dask_client`;
@@ -364,11 +355,6 @@ class OnDask:
         self._stack.close()
         self.client = None
 
-    def __enter__(self) -> "OnDask":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def choose_engine(workers: int | None = None, scheduler: str | None = None, client=None, *,
@@ -421,7 +407,7 @@ def run_points(points: Iterable[Point], *, store: PointStore | None = None, engi
             yield res
 
 
-class ProgressBar:
+class ProgressBar(Closing):
     """A progress callback for :func:`run_points`: a tqdm bar of finished points on stderr (failures counted).
 
     ``total`` points, ``initial`` of them done before; ``enabled=False`` shows
@@ -444,8 +430,3 @@ class ProgressBar:
     def close(self) -> None:
         self.bar.close()
 
-    def __enter__(self) -> "ProgressBar":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

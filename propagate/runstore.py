@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from propagate.errors import UserError
-from propagate.io import atomic_write_bytes, atomic_write_json, run_metadata, write_table
+from propagate.io import Closing, atomic_write_bytes, atomic_write_json, run_metadata, write_table
 from propagate.runfolder import claim
 from propagate.stats import layer_table
 
@@ -204,7 +204,7 @@ def restore_seed(model, opt, i: int, st: dict) -> None:
 # ----------------------------------------------------------------- the store
 
 
-class RunStore:
+class RunStore(Closing):
     """Every seed's progress of one training run and, with ``folder``, the run folder it is written to.
 
     ``seeds[s]``: ``status`` (``"partial"``, ``"finished"`` or ``"diverged"``),
@@ -360,8 +360,3 @@ class RunStore:
             self._lock.release()
             self._lock = None
 
-    def __enter__(self) -> "RunStore":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -50,9 +50,8 @@ from propagate.gaussian import (
     base_activation,
     check_digits,
     exact,
-    format_digits,
 )
-from propagate.selu import PUBLISHED_ALPHA, PUBLISHED_LAMBDA, spectral_summary
+from propagate.selu import PUBLISHED_ALPHA, PUBLISHED_LAMBDA, DigitsRecord, spectral_summary
 from propagate.templates import render
 from propagate.theory import snn_moment_map
 from propagate.transforms import TransformResult, dks_transform, leaky_relu_cmap, tat_transform
@@ -106,7 +105,7 @@ _SCAN = 161
 
 
 @dataclasses.dataclass
-class SelfNormSolution:
+class SelfNormSolution(DigitsRecord):
     """One parameter set making ``(mean, var)`` a fixed point of the moment map.
 
     ``parameters`` maps names (``gamma, a, b, d`` or ``scale, alpha``) to mpmath
@@ -139,15 +138,6 @@ class SelfNormSolution:
     residuals: list
     method: str
 
-    def fmt(self, x) -> str:
-        """``x`` with ``digits`` significant digits."""
-        return format_digits(x, self.digits)
-
-    @staticmethod
-    def fmt_small(x) -> str:
-        """A residual, 3 significant digits."""
-        return mp.nstr(x, 3)
-
     def to_dict(self) -> dict[str, Any]:
         """Every number as a string at ``digits`` digits (JSON-ready)."""
         f = self.fmt
@@ -156,13 +146,8 @@ class SelfNormSolution:
             "parameters": {k: f(v) for k, v in self.parameters.items()},
             "solved": list(self.solved),
             "chosen": list(self.chosen),
-            "jacobian": [[f(x) for x in row] for row in self.jacobian],
-            "eigenvalues": [f(e) for e in self.eigenvalues],
-            "spectral_radius": f(self.spectral_radius),
-            "spectral_norm": f(self.spectral_norm),
-            "attracting": self.attracting,
+            **self.stability_dict(),
             "chi_1": f(self.chi_1),
-            "residuals": [mp.nstr(r, 3) for r in self.residuals],
             "method": self.method,
         }
 

@@ -373,8 +373,41 @@ def spectral_summary(J):
     return eig, max(abs(e) for e in eig), max(singular[i] for i in range(singular.rows))
 
 
+def format_digits(x, digits: int) -> str:
+    """``x`` with ``digits`` significant digits, never in exponent form; ``"0"`` for zero."""
+    import mpmath as mp
+
+    return mp.nstr(x, digits, min_fixed=-mp.inf, max_fixed=mp.inf) if x != 0 else "0"
+
+
+class DigitsRecord:
+    """What every solved record (SELU's, any activation's, a DKS/TAT transform) shares: its numbers as
+    strings at ``self.digits`` significant digits, and the fixed point's stability fields (``jacobian``,
+    ``eigenvalues``, ``spectral_radius``, ``spectral_norm``, ``attracting``, ``residuals``) as JSON-ready
+    strings where the record has them."""
+
+    def fmt(self, x) -> str:
+        """``x`` with ``digits`` significant digits."""
+        return format_digits(x, self.digits)
+
+    @staticmethod
+    def fmt_small(x) -> str:
+        """A residual, 3 significant digits."""
+        import mpmath as mp
+
+        return mp.nstr(x, 3)
+
+    def stability_dict(self) -> dict[str, Any]:
+        """The stability fields, every number a string (see the class docstring)."""
+        f = self.fmt
+        return {"jacobian": [[f(x) for x in row] for row in self.jacobian],
+                "eigenvalues": [f(e) for e in self.eigenvalues],
+                "spectral_radius": f(self.spectral_radius), "spectral_norm": f(self.spectral_norm),
+                "attracting": self.attracting, "residuals": [self.fmt_small(r) for r in self.residuals]}
+
+
 @dataclasses.dataclass
-class SeluSolution:
+class SeluSolution(DigitsRecord):
     """The SELU whose moment map has ``(mean, var)`` as fixed point (at omega = 0, tau = 1).
 
     ``var`` is a variance. Numbers are mpmath ``mpf`` carried with guard digits;
@@ -400,12 +433,6 @@ class SeluSolution:
     attracting: bool
     residuals: list
 
-    def fmt(self, x) -> str:
-        """``x`` with ``digits`` significant digits."""
-        import mpmath as mp
-
-        return mp.nstr(x, self.digits, min_fixed=-mp.inf, max_fixed=mp.inf) if x != 0 else "0"
-
     def to_dict(self) -> dict[str, Any]:
         """Every number as a string at full precision (JSON-ready)."""
         f = self.fmt
@@ -417,12 +444,7 @@ class SeluSolution:
             "alpha": f(self.alpha),
             "closed_form_lambda": str(self.closed_form_lambda),
             "closed_form_alpha": str(self.closed_form_alpha),
-            "jacobian": [[f(x) for x in row] for row in self.jacobian],
-            "eigenvalues": [f(e) for e in self.eigenvalues],
-            "spectral_radius": f(self.spectral_radius),
-            "spectral_norm": f(self.spectral_norm),
-            "attracting": self.attracting,
-            "residuals": [self.fmt_small(r) for r in self.residuals],
+            **self.stability_dict(),
         }
 
     def __str__(self) -> str:
@@ -431,13 +453,6 @@ class SeluSolution:
         return (f"SELU with fixed point (mean {self.mean}, var {self.var}): lambda = {f(self.lambda_)}, "
                 f"alpha = {f(self.alpha)}; Jacobian spectral norm {f(self.spectral_norm)}, "
                 f"{'attracting' if self.attracting else 'not attracting'}")
-
-    @staticmethod
-    def fmt_small(x) -> str:
-        """A residual, 3 significant digits."""
-        import mpmath as mp
-
-        return mp.nstr(x, 3)
 
 
 def _validate(mean, var, digits) -> None:

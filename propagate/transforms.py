@@ -30,6 +30,7 @@ from scipy import optimize
 
 from propagate.activations import transformed_activation
 from propagate.errors import UserError
+from propagate.selu import DigitsRecord
 from propagate.gaussian import (
     GUARD_DIGITS,
     BaseActivation,
@@ -38,7 +39,6 @@ from propagate.gaussian import (
     base_activation,
     check_digits,
     exact,
-    format_digits,
 )
 from propagate.theory import gaussian_expectation
 
@@ -59,7 +59,7 @@ def leaky_relu_cmap(c, slope):
 
 
 @dataclasses.dataclass
-class TransformResult:
+class TransformResult(DigitsRecord):
     """A DKS or TAT transform: parameters, the activation string, the equations and what they achieve.
 
     ``achieved`` maps each quantity (``Q(1)``, ``Q'(1)``, ``C(0)``, ``C'(1)``,
@@ -76,10 +76,6 @@ class TransformResult:
     equations: list
     targets: dict
     achieved: dict
-
-    def fmt(self, x) -> str:
-        """``x`` with ``digits`` significant digits."""
-        return format_digits(x, self.digits)
 
     def to_dict(self) -> dict[str, Any]:
         """Every number as a string at ``digits`` digits (JSON-ready)."""
