@@ -29,6 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+from propagate.errors import UserError
 
 __all__ = [
     "Closing",
@@ -73,7 +74,6 @@ FOLDER_MARKER = ".propagate-folder"
 
 
 def _user_error(message: str):
-    from propagate.errors import UserError
 
     return UserError(message)
 

@@ -60,6 +60,8 @@ from propagate.activations import get_activation
 from propagate.errors import UserError
 from propagate.module_spec import activation_of, leaf_modules, weight_stats
 from propagate.stats import aggregate, measure
+from propagate.inits import get_init
+from propagate.io import atomic_write_bytes, atomic_write_json, run_metadata, write_table
 
 __all__ = ["inspect", "InspectResult", "LayerStats", "ROW_COLUMNS", "STAT_COLUMNS", "reinit_model", "build_model_from"]
 
@@ -298,7 +300,6 @@ def reinit_model(model, how: str) -> None:
             if callable(getattr(m, "reset_parameters", None)):
                 m.reset_parameters()
         return
-    from propagate.inits import get_init
 
     init = get_init(how)
     with torch.no_grad():
@@ -493,7 +494,6 @@ def _check_options(networks, reinit, mode, model):
     if mode not in (None, "train", "eval"):
         raise UserError(f"mode must be 'train', 'eval' or None, got {mode!r}")
     if reinit is not None and reinit != "reset":
-        from propagate.inits import get_init
 
         get_init(reinit)
     if networks > 1 and not _is_factory(model) and reinit is None:
@@ -716,7 +716,6 @@ class LayerStats:
 
     def to_csv(self, path, meta: dict | None = None):
         """Write :meth:`table` to ``path`` (CSV) with a ``.meta.json`` beside it, atomically."""
-        from propagate.io import run_metadata, write_table
 
         return write_table(self.table(), path, meta or run_metadata(every=self.every, steps=self.step))
 
@@ -724,8 +723,6 @@ class LayerStats:
         """Write :meth:`table` to ``path`` (Parquet, needs pyarrow) with a ``.meta.json`` beside it, atomically."""
         import io as _io
         from pathlib import Path
-
-        from propagate.io import atomic_write_bytes, atomic_write_json, run_metadata
 
         buf = _io.BytesIO()
         self.table().to_parquet(buf, index=False)

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from propagate.errors import UserError
+from propagate.io import atomic_write_json, check_output_dir, command_line, strict_json_value
 
 __all__ = ["LOCK_FILE", "IDENTITY_FILE", "MARKER_FILE", "KINDS", "FolderLock", "FolderBusy", "IdentityMismatch",
            "FolderState", "check_run_folder", "claim_folder", "lock_folder", "read_identity", "identity_difference",
@@ -182,7 +183,6 @@ def _lock_held_elsewhere(path: Path) -> bool:
 
 
 def _lock_info() -> bytes:
-    from propagate.io import command_line
 
     info = {"propagate": _LOCK_TAG, "pid": os.getpid(), "host": socket.gethostname(),
             "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "command": command_line()}
@@ -225,7 +225,6 @@ def lock_folder(folder: str | os.PathLike, option: str = "--out") -> FolderLock:
     folder). A ``.lock`` file that propagate did not write is refused, never
     overwritten. ``option`` names the command's option for the folder, for the message.
     """
-    from propagate.io import check_output_dir
 
     folder = check_output_dir(folder, option)
     path = folder / LOCK_FILE
@@ -245,7 +244,6 @@ def lock_folder(folder: str | os.PathLike, option: str = "--out") -> FolderLock:
 
 def _normal(obj: Any) -> Any:
     """``obj`` as it reads back from the identity file (tuples become lists, keys strings, inf "inf"), for comparison."""
-    from propagate.io import strict_json_value
 
     return json.loads(json.dumps(strict_json_value(obj), default=str))
 
@@ -391,7 +389,6 @@ def check_run_folder(folder: str | os.PathLike, kind: str | None, identity: dict
 
 def _check(folder, kind: str | None, identity: dict | None, resume: bool, option: str, hint: str, *,
            test_lock: bool) -> FolderState:
-    from propagate.io import check_output_dir
 
     folder = check_output_dir(folder, option)
     try:
@@ -480,7 +477,6 @@ def claim_folder(folder: str | os.PathLike, kind: str | None, identity: dict | N
 def _record(folder: Path, kind: str | None, identity: dict | None, resume: bool, discard: Iterable[str],
             created: list[Path]) -> None:
     """Write the marker and identity of a claimed folder (the lock is held); delete ``discard`` when starting over."""
-    from propagate.io import atomic_write_json
 
     marker = _read_marker(folder)
     if marker is None or (kind is not None and marker.get("kind") != kind):

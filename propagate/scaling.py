@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 from propagate.errors import UserError
+from propagate.io import run_metadata, write_table
+from propagate.trainability import TrainabilityOptions, trainability
 
 __all__ = [
     "AXES",
@@ -121,7 +123,6 @@ class ScalingOptions:
     threads: int | None = None
 
     def trainability_options(self):
-        from propagate.trainability import TrainabilityOptions
 
         return TrainabilityOptions(seeds=self.seeds, epochs=self.epochs, criterion=self.criterion, level=self.level,
                                    refine=self.refine, predict=True, sharpness=False, threads=self.threads)
@@ -221,9 +222,6 @@ def scaling_grid(dataset, configs: Sequence[str] = tuple(CONFIGS), *, axes: dict
     injectable as there (tests).
     """
     from pathlib import Path
-
-    from propagate.io import run_metadata, write_table
-    from propagate.trainability import trainability
 
     options = options or ScalingOptions()
     for c in configs:

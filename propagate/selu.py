@@ -36,6 +36,8 @@ import math
 from typing import Any
 
 from propagate.errors import UserError
+from propagate.limits import check_mc_samples, check_stability_grid
+from propagate.templates import render
 
 __all__ = [
     "PUBLISHED_LAMBDA",
@@ -560,7 +562,6 @@ def stability_box(lambda_, alpha, box=None, grid=11, refine=8) -> dict[str, Any]
             raise UserError(f"empty {k} range: {lo} > {hi}")
     if (box["nu"][0] <= 0) or (box["tau"][0] <= 0):
         raise UserError("nu and tau ranges must be > 0 (a variance and a sum of squares)")
-    from propagate.limits import check_stability_grid
 
     check_stability_grid(grid)  # before the grid**4 lattice is allocated
     f = _np_jacobian()
@@ -665,7 +666,6 @@ def monte_carlo_check(lambda_, alpha, mean=0, var=1, samples=1_000_000, seed=0) 
 
     if samples < 2:
         raise UserError(f"need at least 2 samples, got {samples}")
-    from propagate.limits import check_mc_samples
 
     check_mc_samples(samples)
     lam, alp = float(lambda_), float(alpha)
@@ -794,7 +794,6 @@ def derivation_markdown(digits: int = 30) -> str:
     number by :func:`solve_selu` at ``digits`` digits. Deterministic (no dates,
     no timings), so a test can compare it with the committed file.
     """
-    from propagate.templates import render
 
     sol = solve_selu(0, 1, digits)
     values = {**_integral_formulas(), **_moment_map_formulas(), **_solution_numbers(sol, digits),

@@ -12,6 +12,7 @@ the optimizer itself, and :mod:`propagate.scaling` compares both with training.
 from __future__ import annotations
 
 import math
+from propagate.templates import render
 
 __all__ = [
     "step_factor",
@@ -112,7 +113,6 @@ def _displacement_table(rho: float = 0.9, warmups=(0, 10, 20, 40)) -> str:
 
 def derivation_markdown() -> str:
     """``derivations/trainability.md``: the sign-step picture, its scaling law and the literature it meets."""
-    from propagate.templates import render
 
     sym = _symbolic()
     values = {

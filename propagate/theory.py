@@ -43,7 +43,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from scipy import optimize, special
 
-from propagate.activations import Activation, get_activation, selu_constants
+from propagate.activations import Activation, get_activation
 from propagate.errors import UserError
 from propagate.layers import OVERFLOW_Q, Moments, fold_moments, moment_gradients, signal_gradients
 from propagate.limits import check_depth

@@ -10,7 +10,7 @@ committed reports can use a larger grid than a report build can afford), and
 Figures: :func:`figure_trainability_map` (configurations x learning rates,
 final training accuracy as colour, divergence hatched, the measured largest
 learning rate that trains, the one predicted from the preconditioned
-sharpness, and the seed's 1e-3) and :func:`figure_dynamics` (layers x steps,
+sharpness, and the seed's 1e-3) and :func:`figure_dynamics_map` and :func:`figure_dynamics_lines` (layers x steps,
 log10 of the pre-activation variance), each drawn on given axes;
 :func:`plot_trainability_map` and :func:`plot_dynamics` make the figures the
 section saves. The tables come from :func:`compute_trainability_grid` (or
@@ -33,8 +33,9 @@ from propagate.io import read_table, write_table
 from propagate.report.tasks import ReportRunner
 from propagate.templates import render
 from propagate.trainability import TrainabilityOptions, first_epoch_dynamics, trainability
+from propagate.sign_steps import warmup_gain
 
-__all__ = ["section", "figure_trainability_map", "figure_dynamics", "plot_trainability_map", "plot_dynamics",
+__all__ = ["section", "figure_trainability_map", "figure_dynamics_map", "figure_dynamics_lines", "plot_trainability_map", "plot_dynamics",
            "TrainabilityGrid", "section_settings", "read_trainability_dir", "compute_trainability_grid",
            "compute_dynamics", "config_lines", "verdict_flips", "prediction_values", "dynamics_text",
            "section_markdown", "start", "SETTINGS_FULL", "SETTINGS_QUICK", "SEED_LR"]
@@ -559,7 +560,6 @@ def prediction_values(configs) -> dict:
 
 def warmup_text(configs, warmup: int) -> str:
     """Predicted and measured effect of ``warmup`` steps of linear warmup on each configuration that has a warmup twin."""
-    from propagate.sign_steps import warmup_gain
 
     cfg = configs.set_index("config")
     lines = []
