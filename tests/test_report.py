@@ -494,3 +494,21 @@ def test_scaling_template_from_constructed_tables():
             "measured value is only a lower bound; training recovers") in text
     assert "- c, d ln lr* / d ln n: measured -1.02 [-1.20, -0.84] (3 points); predicted -1.17 [-1.30, -1.00] (9 points)" in text
     assert "c: measured no measured limit, predicted 1.00" in text
+
+
+def test_report_never_downloads_into_a_named_data_dir(tmp_path, monkeypatch):
+    """With ``data_dir`` the report reads that folder and never downloads into it (the folder is the user's):
+    an empty folder ends in a UserError that names `propagate data fetch`, with nothing fetched or written."""
+    import propagate.data
+    from propagate.errors import UserError
+    from propagate.report import ReportOptions, build_report
+
+    fetched = []
+    monkeypatch.setattr(propagate.data, "fetch_dataset", lambda *a, **k: fetched.append(a))
+    mine = tmp_path / "my-data"
+    mine.mkdir()
+    opts = ReportOptions(quick=True, threads=1, dataset="fashion-mnist", data_dir=str(mine),
+                         work_dir=str(tmp_path / "work"))
+    with pytest.raises(UserError, match="propagate data fetch fashion-mnist --data-dir"):
+        build_report(tmp_path / "rep", opts)
+    assert fetched == [] and list(mine.iterdir()) == []

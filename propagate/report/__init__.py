@@ -499,7 +499,9 @@ def build_report(out_dir: str | Path, options: ReportOptions | None = None, *, p
     say = notify or (lambda m: None)
     run_meta = run_metadata(seed=opts.seed, options=asdict(opts))
     t_start = time.perf_counter()
-    dataset = load_dataset(opts.dataset, opts.data_dir, download=True, progress=progress, notify=say)
+    # a folder the user names is read, never downloaded into (it is theirs; `propagate data fetch` fills it)
+    dataset = load_dataset(opts.dataset, opts.data_dir, download=opts.data_dir is None, progress=progress,
+                           notify=say)
     train_ds = _subset(dataset, opts.train_subset)
     x_train, _ = dataset.arrays("train")
 
