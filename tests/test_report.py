@@ -341,14 +341,33 @@ def test_every_section_has_its_template():
 def test_residual_template_from_constructed_summary():
     from propagate.report.section_residual import VARIANTS, section_markdown
 
-    summary = {name: {"forward_flags": 0, "grad_flags": i, "rate": 0.5 + i, "var_last": 1.234e-30 * (i + 1),
-                      "theory_var_last": 1.2e-30, "grad_first": 2.0, "theory_grad_first": 0.25, "signal_first": 1.95}
+    summary = {name: {"flags": i, "forward_flags": 0, "grad_flags": i, "rate": 0.5 + i, "var_last": 1.234e-30 * (i + 1),
+                      "theory_var_last": 1.2e-30, "grad_first": 2.0 * 10 ** i, "theory_grad_first": 0.25,
+                      "signal_first": 1.95, "grad_last": 0.7, "grad_rate": 1.2}
                for i, (name, _) in enumerate(VARIANTS)}
     text = section_markdown(summary, {"depth": 200, "width": 128, "seeds": 4, "samples": 64})
     assert "<<" not in text and text.startswith("## Residual blocks and LayerNorm")
     assert "200 hidden layers of 128 ReLU units with glorot_uniform weights (4 random networks,\n64 Gaussian" in text
-    assert "shrinks by 0.5 per layer" in text and "changes by 1.5 per layer" in text  # 3 significant digits
-    assert "stays at\n  3.7e-30 (theory 1.2e-30)" in text and "(2 layers flagged)." in text
+    assert "shrinks by 0.5 per layer" in text and "grows geometrically, by 1.5 per layer, to 2.47e-30" in text
+    assert "stays at\n  3.7e-30 (theory 1.2e-30)" in text and "(2 layers flagged in the gradient norm)." in text
+    assert "1.2 per layer here, from 0.7\n  at the top to 200 at layer 1" in text and "kept alive" not in text
+
+
+def test_residual_summary_counts_flagged_layers_as_the_table_flags_them():
+    """Flag counts are layers (rows with ``disagree``), not statistics: a layer flagged in two statistics is one."""
+    import pandas as pd
+
+    from propagate.report.section_residual import VARIANTS, residual_summary
+
+    flags = {0: "post_mean", 1: "pre_var,pre_q", 2: "grad_norm", 3: "pre_mean,grad_norm", 4: ""}
+    rows = [{"variant": name, "layer": lay, "disagree": bool(f), "disagree_in": f, "pre_var": 2.0 ** lay,
+             "theory_pre_var": 2.0 ** lay, "pre_q": 1.0, "grad_norm": 3.0 ** (4 - lay), "theory_grad_norm": 1.0,
+             "theory_grad_norm_signal": 0.0} for name, _ in VARIANTS for lay, f in flags.items()]
+    table = pd.DataFrame(rows)
+    s = residual_summary(table)["plain"]
+    assert (s["flags"], s["forward_flags"], s["grad_flags"]) == (4, 3, 2) == (int(table["disagree"].sum()) // 3, 3, 2)
+    assert s["var_last"] == 16.0 and s["grad_first"] == 27.0 and s["grad_rate"] == pytest.approx(3.0)
+    assert s["rate"] == pytest.approx(2.0)
 
 
 def test_spectrum_template_from_constructed_tables():
