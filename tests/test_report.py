@@ -349,7 +349,7 @@ def test_residual_template_from_constructed_summary():
     assert "<<" not in text and text.startswith("## Residual blocks and LayerNorm")
     assert "200 hidden layers of 128 ReLU units with glorot_uniform weights (4 random networks,\n64 Gaussian" in text
     assert "shrinks by 0.5 per layer" in text and "grows geometrically, by 1.5 per layer, to 2.47e-30" in text
-    assert "stays at\n  3.7e-30 (theory 1.2e-30)" in text and "(2 layers flagged in the gradient norm)." in text
+    assert "stays at\n  3.7e-30 (theory 1.2e-30; forward statistics:\n  0 layers flagged)" in text and "(2 layers flagged in the gradient norm)." in text
     assert "1.2 per layer here, from 0.7\n  at the top to 200 at layer 1" in text and "kept alive" not in text
 
 
