@@ -531,3 +531,28 @@ def test_report_never_downloads_into_a_named_data_dir(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="propagate data fetch fashion-mnist --data-dir"):
         build_report(tmp_path / "rep", opts)
     assert fetched == [] and list(mine.iterdir()) == []
+
+
+def test_measured_line_is_dark_with_a_light_outline_and_in_the_legend():
+    """On RdBu_r (white at its centre) the measured chi_1 = 1 line must not be white: dark green, white outline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import to_rgb
+
+    from propagate.report.figures import MEASURED_LINE, draw_measured_line
+
+    fig, ax = plt.subplots()
+    x = y = np.linspace(0.0, 1.0, 6)
+    z = np.subtract.outer(y, x)  # zero on the diagonal
+    cs = draw_measured_line(ax, x, y, z)
+    rgb = to_rgb(cs.get_edgecolor()[0][:3]) if hasattr(cs, "get_edgecolor") else to_rgb(MEASURED_LINE["color"])
+    assert sum(rgb) < 1.0  # dark: not the map's white centre
+    from matplotlib import patheffects
+
+    assert [type(pe) for pe in cs.get_path_effects()] == [patheffects.withStroke]  # the light outline
+    handles, labels = ax.get_legend_handles_labels()
+    assert labels == ["measured $\\chi_1 = 1$"] and handles[0].get_linestyle() == "--"
+    plt.close(fig)
