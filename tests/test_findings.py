@@ -301,3 +301,40 @@ def test_collect_facts_end_to_end(with_fields):
     assert F.sim_config(f, "relu", "he_normal") == {}
     assert [c["verdict"] for c in f["claims"][:2]] == ["supported", "supported"]
     json.dumps(f)
+
+
+def test_flagged_layers_are_the_tables_disagree_count_and_the_page_says_so():
+    """The count the page prints is the count of ``disagree`` rows in data/simulation_layers.csv (every layer, 0 too),
+    by statistic; BN's gradient flags are explained, with the layer-1 gradient measured against theory."""
+    from propagate.report.page import flag_note, grad_flag_note, simulation_table
+
+    sims = _sim_tables(True)
+    t = sims.sim
+    bn = t["config"] == "relu/glorot_uniform+BN"
+    t["judged"] = True
+    t["disagree_in"] = ""
+    t.loc[bn & (t["layer"].between(1, 5)), "disagree_in"] = "grad_norm"
+    t.loc[bn & (t["layer"] == 0), "disagree_in"] = "post_mean"
+    t.loc[bn & (t["layer"] == 2), "disagree_in"] = "pre_var,grad_norm"
+    t.loc[~bn & (t["layer"] == 3), "disagree_in"] = "pre_q"
+    t["disagree"] = t["disagree_in"] != ""
+    sims.theory["grad_norm_signal"] = 0.75 * sims.theory["grad_norm"]  # theory at layer 1: 0.5 * 1.25 = 0.625
+    f = {"simulation": F.simulation_facts(sims)}
+    s = F.sim_config(f, "relu", "glorot_uniform", "batchnorm")
+    assert s["flagged"] == 6 == int(t.loc[bn, "disagree"].sum())  # layers, not statistics (7 of those)
+    assert s["flagged_in"] == {"post_mean": 1, "grad_norm": 5, "pre_var": 1} and s["judged"] is True
+    assert s["grad_first"] == 0.5 and s["theory_grad_first"] == pytest.approx(0.625)
+    assert F.sim_config(f, "relu", "glorot_uniform")["flagged"] == 1
+    table = simulation_table(f)
+    assert "layers flagged (statistic: layers)" in table and "| 6 (post_mean: 1, grad_norm: 5, pre_var: 1) |" in table
+    note = flag_note(f)
+    assert "2 of the 2 configurations have flagged layers (7 layers in all)" in note
+    assert "`relu/glorot_uniform+BN`: 5 layers, layer-1 gradient 0.500 measured against 0.625" in note
+    assert "infinite-batch limit" in note and "isolated layers (`relu/glorot_uniform`: 1)" in note
+    assert grad_flag_note(f).startswith("The gradient norm is flagged against theory at 5 layers (`relu/glorot_uniform+BN` 5;")
+    t["disagree"], t["disagree_in"] = False, ""
+    f = {"simulation": F.simulation_facts(sims)}
+    assert flag_note(f).endswith("No layer is flagged.") and "| 0 |" in simulation_table(f)
+    assert grad_flag_note(f) == "No layer's gradient norm is flagged against theory."
+    t["judged"] = False
+    assert "no layer is judged" in flag_note({"simulation": F.simulation_facts(sims)})

@@ -468,6 +468,11 @@ def test_selfnorm_template_from_constructed_tables():
     assert "on D, at learning rate(s) 0.0001" in text and "(seeds 3 to 4, shared" in text
     assert "| A | 0.0001 | 2 | 0.550 (no interval) |" in text
     assert "B does not (interval at or below 0.100)" in text  # two seeds at exactly chance
+    assert "No layer of any network is flagged" in text
+    sim[0]["flagged"] = 3
+    text = section_markdown(S, 3, configs, sim, {"SELU": 0.7826, "self-normalized GELU": 0.7757}, "D", configs,
+                            summary, finals, 0.1)
+    assert "| 0.100 | 3 |" in text and "3 layer(s) are flagged (A: 3; column `disagree` of" in text
 
 
 def test_report_and_selfnorm_functions_are_short():

@@ -233,29 +233,32 @@ def summarize_training(finals, chance: float):
 
 
 def plot_selfnorm_simulation(table, per_seed):
-    """Per-layer pre-activation variance and correlation: simulation (bands min-max over networks), theory dashed."""
+    """Per-layer pre-activation variance and correlation: simulation mean with its 95% t interval over networks
+    (:func:`propagate.report.figures_training.seed_band`: the variance's on the log scale), theory dashed."""
+    from propagate.report.figures_training import seed_band
     from propagate.report.style import plt, report_style
 
     with report_style():
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        for ax, (col, label) in zip(axes, (("pre_var", "pre-activation variance  Var(h^l)"),
-                                           ("corr", "correlation of two inputs  c^l"))):
+        for ax, (col, label) in zip(axes, (("pre_var", "variance of the pre-activations $h^l$ (input variance 1)"),
+                                           ("corr", "correlation of two inputs at layer $l$"))):
             for name, colour in _COLOURS.items():
                 t = table[(table["config"] == name) & (table["layer"] >= 1)]
                 if t.empty:
                     continue
-                g = per_seed[(per_seed["config"] == name) & (per_seed["layer"] >= 1)].groupby("layer")[col]
-                ax.fill_between(g.min().index, g.min(), g.max(), color=colour, alpha=0.2, lw=0)
+                band = seed_band(per_seed[(per_seed["config"] == name) & (per_seed["layer"] >= 1)], "layer", col)
+                ax.fill_between(band["layer"], band["low"], band["high"], color=colour, alpha=0.2, lw=0)
                 ax.plot(t["layer"], t[col], color=colour, lw=1.3, label=f"{name}: simulation")
                 ax.plot(t["layer"], t["theory_" + col], color=colour, lw=1.0, ls="--", label=f"{name}: theory")
-            ax.set_xlabel("layer l")
+            ax.set_xlabel("hidden layer $l$")
             ax.set_ylabel(label)
         # linear: the three normalized networks sit at 1; plain GELU's variance falls to 0 within a few layers
         axes[0].set_ylim(0, 2.2)
         axes[1].set_ylim(-0.05, 1.05)
         axes[1].legend(fontsize=7, loc="upper left", ncol=2)
-        fig.suptitle("50 layers, LeCun normal, Gaussian inputs: simulation (solid, band = min-max over networks) vs mean field (dashed)",
-                     fontsize=9)
+        n_nets = int(per_seed.groupby("config")["seed"].nunique().min())
+        fig.suptitle(f"50 layers, LeCun normal, Gaussian inputs: simulation (solid: mean over {n_nets} networks, band: "
+                     "its 95% t interval) vs mean field (dashed)", fontsize=9)
         fig.tight_layout()
     return fig
 
@@ -298,7 +301,8 @@ def plot_selfnorm_training(history, chance: float | None = None):
                 if m == "loss":
                     ax.set_yscale("log")
                     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-                    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else ""))
+                    ax.yaxis.set_minor_formatter(FuncFormatter(  # label the 2s and 5s of each decade (0.2, 0.5, 2, 5, 20, ...)
+                        lambda v, _: f"{v:g}" if f"{v:g}".lstrip("0.")[:1] in ("2", "5") else ""))
                     means = summ.loc[summ["lr"] == lr, "loss_mean"].to_numpy(float)
                     means = means[np.isfinite(means) & (means > 0)]
                     if len(means):
@@ -360,7 +364,7 @@ def _comparison_text(pairs: list, lr, n_seeds: int) -> str:
         s = " Paired over the same seeds, " + "; ".join(
             f"{p['a']} beats {p['b']} by {format_number(p['diff'].mean)} "
             f"[{format_number(p['diff'].low)}, {format_number(p['diff'].high)}]" for p in wins) + \
-            " in final validation accuracy (95% t interval of the per-seed difference)"
+            " in final validation accuracy (95% t interval of the per-seed difference, atanh scale)"
         ties = [p for p in at if p["diff"].has_interval and not p["diff"].excludes(0.0)]
         return s + (f"; {_tie_text(ties)}." if ties else ".")
     if at and n_seeds >= 2:
