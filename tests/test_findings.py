@@ -330,8 +330,14 @@ def test_flagged_layers_are_the_tables_disagree_count_and_the_page_says_so():
     note = flag_note(f)
     assert "2 of the 2 configurations have flagged layers (7 layers in all)" in note
     assert "`relu/glorot_uniform+BN`: 5 layers, layer-1 gradient 0.500 measured against 0.625" in note
-    assert "infinite-batch limit" in note and "isolated layers (`relu/glorot_uniform`: 1)" in note
+    assert "infinite-batch limit" in note and "Isolated flags (`relu/glorot_uniform`: 1 layer(s), at most 2)" in note
+    assert s["flagged_from"] == 0 and s["flagged_to"] == 5
     assert grad_flag_note(f).startswith("The gradient norm is flagged against theory at 5 layers (`relu/glorot_uniform+BN` 5;")
+    t.loc[~bn & (t["layer"] >= 4), "disagree_in"] = "pre_var"  # 5 layers: not isolated
+    t["disagree"] = t["disagree_in"] != ""
+    note = flag_note({"simulation": F.simulation_facts(sims)})
+    assert "Flagged elsewhere: `relu/glorot_uniform`: 5 layers between layer 3 and 7 (pre_q: 1, pre_var: 4): there" in note
+    assert "Isolated" not in note
     t["disagree"], t["disagree_in"] = False, ""
     f = {"simulation": F.simulation_facts(sims)}
     assert flag_note(f).endswith("No layer is flagged.") and "| 0 |" in simulation_table(f)

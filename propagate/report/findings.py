@@ -106,16 +106,19 @@ def flagged_layers(table) -> dict:
     measured statistic differs from mean-field theory by more than 4 standard errors
     across networks plus the finite-width allowance. Returns ``flagged`` (layers with
     any flag, the count of the table's ``disagree`` column), ``flagged_in``
-    (``{statistic: layers}``) and ``judged`` (False without standard errors: one network).
+    (``{statistic: layers}``), ``flagged_from``/``flagged_to`` (the first and last
+    flagged layer, None without flags) and ``judged`` (False without standard errors: one network).
     """
     if "disagree" not in table:
-        return {"flagged": 0, "flagged_in": {}, "judged": False}
+        return {"flagged": 0, "flagged_in": {}, "judged": False, "flagged_from": None, "flagged_to": None}
     counts: dict = {}
     for f in table["disagree_in"].fillna(""):
         for stat in filter(None, str(f).split(",")):
             counts[stat] = counts.get(stat, 0) + 1
-    return {"flagged": int(table["disagree"].astype(bool).sum()), "flagged_in": counts,
-            "judged": bool(table["judged"].astype(bool).any()) if "judged" in table else True}
+    where = table.loc[table["disagree"].astype(bool), "layer"]
+    return {"flagged": int(len(where)), "flagged_in": counts,
+            "judged": bool(table["judged"].astype(bool).any()) if "judged" in table else True,
+            "flagged_from": int(where.min()) if len(where) else None, "flagged_to": int(where.max()) if len(where) else None}
 
 
 def _theory_grad_first(th) -> float:
