@@ -181,7 +181,9 @@ def test_page_renders_every_slot_from_its_inputs(monkeypatch):
     assert "(full version) on box; do not edit" in text and "This build took 1.5 minutes: SELU 3 s." in text
     assert "steps took 4 s in all" in text and "- **C1.** Not supported." in text and "**C1.** *Not supported.* E1" in text
     assert "| spectral norm of the Jacobian of g at (0, 1) | 0.787673 |" in text and "theorem's box" in text
-    assert "| `relu/glorot_uniform` | 0.134 | 2.4e-16 | 1.6e-16 | 0.506 | 0.500 | 5.5e-09 | 3.5e-08 | 40.1 |" in text
+    assert "| `relu/glorot_uniform` | 0.134 | 2.4e-16 | 1.6e-16 | 0.506 | 0.500 | 5.5e-09 | 3.5e-08 | 40.1 | 0 |" in text
+    assert "plus the finite-width allowance: at that layer the simulation does not confirm the theory. No layer is " \
+           "flagged." in text and "No layer's gradient norm is flagged against theory." in text
     assert "on 4000 mnist-5k training images (test:\n1000 images), at learning rate(s) 0.001, 0.0001" in text
     assert "TRAINING TABLE" in text and "(runs: r1, r2;" in text and "STEP SIZE NOTE." in text
 
