@@ -469,7 +469,7 @@ def _flag_sentence(sim: list[dict]) -> str:
     """How many layers the table flags, in words (the count of ``disagree`` in ``data/selfnorm_simulation.csv``)."""
     flagged = [r for r in sim if r["flagged"]]
     if not flagged:
-        return "No layer of any network is flagged: the simulation confirms the theory at every layer."
+        return "No layer of any network is flagged: the test finds no layer where simulation and theory differ."
     return (f"{sum(r['flagged'] for r in flagged)} layer(s) are flagged ("
             + ", ".join(f"{r['name']}: {r['flagged']}" for r in flagged)
             + "; column `disagree` of [`data/selfnorm_simulation.csv`](data/selfnorm_simulation.csv), the statistics "
