@@ -111,6 +111,12 @@ def plot_training_bands(history, reported=None, *, chance: float | None = 0.1, t
         ax.set_xticks(range(1, last + 1))
         ax.set_xlim(0.7, last + 0.3)
     axes[2].set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    # 3, not 3 x 10^0; between the decades only the 2s and 5s are labelled, so a wide range stays readable
+    axes[2].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axes[2].yaxis.set_minor_formatter(FuncFormatter(
+        lambda v, _: f"{v:g}" if f"{v:g}".lstrip("0.")[:1] in ("2", "5") else ""))
     for ax in axes[:2]:
         ax.set_ylim(0, 1.02)
         if chance is not None:
