@@ -18,15 +18,24 @@ from propagate.report.style import colour
 T975_2 = 4.302652730  # t_{0.975, 2}: three seeds
 
 
-def test_seed_band_is_the_t_interval_at_each_x():
-    t = pd.DataFrame({"seed": [0, 1, 2, 0, 1, 2, 0], "epoch": [1, 1, 1, 2, 2, 2, 3],
-                      "acc": [0.2, 0.3, 0.4, 0.5, 0.5, 0.8, 0.9]})
+def _expit(u):
+    return 1 / (1 + math.exp(-u))
+
+
+def test_seed_band_is_the_t_interval_on_the_logit_scale_at_each_x():
+    """Accuracies: the t interval built on the logit scale (delta method), so the band stays inside [0, 1]."""
+    t = pd.DataFrame({"seed": [0, 1, 2, 0, 1, 2, 0, 0, 1, 2], "epoch": [1, 1, 1, 2, 2, 2, 3, 4, 4, 4],
+                      "acc": [0.2, 0.3, 0.4, 0.5, 0.5, 0.8, 0.9, 0.93, 0.99, 0.999]})
     b = seed_band(t, "epoch", "acc")
-    assert list(b["epoch"]) == [1, 2, 3] and list(b["n"]) == [3, 3, 1]
-    assert b["mean"][0] == pytest.approx(0.3) and b["high"][0] == pytest.approx(0.3 + T975_2 * 0.1 / math.sqrt(3))
+    assert list(b["epoch"]) == [1, 2, 3, 4] and list(b["n"]) == [3, 3, 1, 3]
+    half = T975_2 * 0.1 / math.sqrt(3) / (0.3 * 0.7)
+    assert b["mean"][0] == pytest.approx(0.3) and b["high"][0] == pytest.approx(_expit(math.log(0.3 / 0.7) + half))
     s = np.std([0.5, 0.5, 0.8], ddof=1)
-    assert b["low"][1] == pytest.approx(0.6 - T975_2 * s / math.sqrt(3))
+    assert b["low"][1] == pytest.approx(_expit(math.log(1.5) - T975_2 * s / math.sqrt(3) / (0.6 * 0.4)))
     assert b["mean"][2] == 0.9 and math.isnan(b["low"][2]) and math.isnan(b["high"][2])
+    m = np.mean([0.93, 0.99, 0.999])
+    assert m + T975_2 * np.std([0.93, 0.99, 0.999], ddof=1) / math.sqrt(3) > 1  # the plain interval leaves [0, 1]
+    assert 0 < b["low"][3] < m < b["high"][3] < 1
 
 
 def test_seed_band_on_log_scale_is_the_geometric_mean():
@@ -99,3 +108,25 @@ def test_layer_drift_bands_figure():
     assert list(ep0.get_xdata()) == [1, 2, 3, 4, 5]  # layer 0 (the input) is not a hidden layer
     assert np.allclose(ep0.get_ydata(), 2.0 ** -np.arange(1, 6) * math.sqrt(0.99))  # geometric mean of 0.9, 1.1
     assert "geometric mean over seeds" in fig._suptitle.get_text() and "N = 4 seeds" in fig._suptitle.get_text()
+
+
+def test_demo_points_only_on_the_figure_of_their_learning_rate():
+    """The lecture demo's numbers were measured at lr 1e-3: drawn on that figure, not on the lr 1e-4 one."""
+    from propagate.report.compute import DEMO_LR, reported_table
+
+    summary = pd.DataFrame({"preset": ["relu-bn", "selu-lecun-normal"]})
+    reported = reported_table(summary)
+    assert DEMO_LR == 1e-3 and set(reported["lr"]) == {1e-3} and list(reported["preset"].unique()) == ["relu-bn"]
+    assert list(reported["acc"]) == [0.2476, 0.2478, 0.2054]  # the write-up's run 2
+
+    def squares(fig):
+        return [l for l in fig.axes[0].get_lines() if l.get_marker() == "s"]
+
+    for lr, drawn in ((1e-4, 0), (1e-3, 1)):
+        h = _history().assign(lr=lr)
+        fig = plot_training_bands(h, reported)
+        assert len(squares(fig)) == drawn, lr
+        legend = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert any("lecture demo" in t for t in legend) == bool(drawn)
+        if drawn:
+            assert list(squares(fig)[0].get_ydata()) == [0.2476, 0.2478, 0.2054]

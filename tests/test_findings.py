@@ -29,12 +29,13 @@ def history(runs: dict, epochs: int = 2) -> pd.DataFrame:
         acc = m["acc"]
         val = m.get("val_acc", acc)
         tev = m.get("train_eval_acc", val)
+        loss = m.get("loss", [1.0] * len(acc))
         for k in range(len(acc)):
             for e in range(1, epochs + 1):
                 late = e == epochs
                 rows.append({"preset": preset, "lr": lr, "seed": m.get("seeds", range(len(acc)))[k], "epoch": e,
                              "acc": acc[k] if late else 0.0, "val_acc": val[k] if late else 0.0,
-                             "train_eval_acc": tev[k] if late else 0.0, "loss": 1.0 if late else 9.0})
+                             "train_eval_acc": tev[k] if late else 0.0, "loss": loss[k] if late else 9.0})
     return pd.DataFrame(rows)
 
 
@@ -53,14 +54,24 @@ MID = [0.2, 0.8, 0.5, 0.3, 0.7]  # interval straddles 0.5
 # --------------------------------------------------------------------------- #
 
 
-def test_training_facts_use_each_seeds_last_epoch_and_t_interval():
-    f = F.training_facts(history({("x", 1e-3): {"acc": [1, 2, 3, 4, 5]}}, epochs=3))
+def test_training_facts_use_each_seeds_last_epoch_and_intervals_on_each_quantitys_scale():
+    """Accuracies get the t interval on the logit scale, losses on the log scale (a plain t interval of these
+    losses, 69.3 +- 185, would reach below 0)."""
+    losses = [0.5, 2.0, 1.0, 340.0, 3.0]
+    f = F.training_facts(history({("x", 1e-3): {"acc": [0.1, 0.2, 0.3, 0.4, 0.5], "loss": losses}}, epochs=3))
     run = f["x"][1e-3]
     assert run["seeds"] == [0, 1, 2, 3, 4] and run["epoch"] == 3
-    assert run["per_seed"]["acc"] == [1, 2, 3, 4, 5] and run["per_seed"]["loss"] == [1.0] * 5
-    half = T975_4 * math.sqrt(2.5 / 5)
-    assert run["acc"]["mean"] == 3 and run["acc"]["n"] == 5
-    assert run["acc"]["low"] == pytest.approx(3 - half) and run["acc"]["high"] == pytest.approx(3 + half)
+    assert run["per_seed"]["acc"] == [0.1, 0.2, 0.3, 0.4, 0.5] and run["per_seed"]["loss"] == losses
+    half = T975_4 * math.sqrt(0.025 / 5) / (0.3 * 0.7)  # t * s / sqrt(n) * d logit(m) / dm
+    expit = lambda u: 1 / (1 + math.exp(-u))  # noqa: E731
+    assert run["acc"]["mean"] == pytest.approx(0.3) and run["acc"]["n"] == 5 and run["acc"]["kind"] == "proportion"
+    assert run["acc"]["low"] == pytest.approx(expit(math.log(0.3 / 0.7) - half))
+    assert run["acc"]["high"] == pytest.approx(expit(math.log(0.3 / 0.7) + half))
+    m, s = np.mean(losses), np.std(losses, ddof=1)
+    assert m - T975_4 * s / math.sqrt(5) < 0  # what the plain interval would say
+    loss = run["loss"]
+    assert loss["kind"] == "positive" and loss["mean"] == pytest.approx(m) and 0 < loss["low"] < m < loss["high"]
+    assert loss["low"] == pytest.approx(m * math.exp(-T975_4 * s / math.sqrt(5) / m))
     json.dumps(f)  # JSON-ready (report.json)
 
 
@@ -183,22 +194,43 @@ def test_selu_alone_claim_branches():
     assert "step size (" not in c["evidence"]  # the small step is not better here
 
 
-def test_selu_bn_best_claim_branches():
+def test_selu_bn_best_is_judged_per_learning_rate_on_test_accuracy_with_ties_stated():
     me, rival = "selu-bn-lecun-uniform", "selu-lecun-normal"
     better = [a + 0.05 for a in HIGH[:3]] + [0.86, 0.87]
-    c = F.claim_selu_bn_best(facts({(me, 1e-3): {"acc": better}, (rival, 1e-3): {"acc": HIGH},
-                                    ("relu", 1e-3): {"acc": LOW}}))
-    assert c["verdict"] == "supported" and f"closest rival ({rival})" in c["evidence"]
     tie = [a + d for a, d in zip(HIGH, [0.01, -0.01, 0.005, -0.004, 0.0])]
-    c = F.claim_selu_bn_best(facts({(me, 1e-3): {"acc": tie}, (rival, 1e-3): {"acc": HIGH}}))
+    # training accuracy says nothing: the verdict reads test accuracy (val_acc)
+    win = {me: {"acc": LOW, "val_acc": better}, rival: {"acc": HIGH, "val_acc": HIGH}, "relu": {"acc": LOW}}
+    c = F.claim_selu_bn_best(facts({(p, 1e-3): m for p, m in win.items()}))
+    assert c["verdict"] == "supported"
+    assert f"ahead of 2 other run(s) (closest: {rival}, paired difference 0.044 (95% t interval (atanh scale) 0.033 to 0.055" in c["evidence"]
+    assert f"the highest mean test accuracy at this lr is {me}'s" in c["evidence"]
+    # a tie: the paired difference's interval contains 0 (mean 0.0002)
+    c = F.claim_selu_bn_best(facts({(me, 1e-3): {"acc": HIGH, "val_acc": tie}, (rival, 1e-3): {"acc": HIGH}}))
     assert c["verdict"] == "not supported"
-    c = F.claim_selu_bn_best(facts({(me, 1e-3): {"acc": better}, (rival, 1e-3): {"acc": HIGH},
-                                    (me, 1e-4): {"acc": tie}, (rival, 1e-4): {"acc": HIGH}}))
+    assert f"tied within the interval with {rival} (paired difference 0.0002 (95% t interval" in c["evidence"]
+    # a win at lr 1e-4 and a loss at lr 1e-3: judged per learning rate, so partly
+    c = F.claim_selu_bn_best(facts({(me, 1e-4): {"acc": HIGH, "val_acc": better}, (rival, 1e-4): {"acc": HIGH},
+                                    (me, 1e-3): {"acc": [0.168] * 5, "val_acc": LOW},
+                                    (rival, 1e-3): {"acc": HIGH}}))
     assert c["verdict"] == "partly"
+    at_3, at_4 = c["evidence"].split("at lr 0.0001")
+    assert "at lr 0.001 it reaches test accuracy 0.099" in at_3 and f"behind {rival} (paired difference -0.729" in at_3
+    assert f"highest mean test accuracy at this lr is {rival}'s, 0.828" in at_3
+    assert "behind" not in at_4.split(". Test:")[0] and f"closest: {rival}" in at_4
     c = F.claim_selu_bn_best(facts({(me, 1e-3): {"acc": [0.9]}, (rival, 1e-3): {"acc": [0.8]}}))
-    assert c["verdict"] == "undecided" and "1 seed: no interval" in c["evidence"]
+    assert c["verdict"] == "undecided" and "1 seed: no interval" in c["evidence"] and "undecided against" in c["evidence"]
     c = F.claim_selu_bn_best(facts({(rival, 1e-3): {"acc": HIGH}}))
     assert c["verdict"] == "undecided" and c["evidence"] == "not every preset was run"
+
+
+def test_compare_and_best_at():
+    a, b = _run(HIGH), _run(LOW)
+    assert F.compare(a, b, "acc")[0] == "ahead" and F.compare(b, a, "acc")[0] == "behind"
+    assert F.compare(a, a, "acc")[0] == "tied" and F.compare(_run([0.9]), b, "acc")[0] == "undecided"
+    assert F.compare(a, b, "acc")[1].kind == "difference"  # paired accuracies: atanh scale, inside [-1, 1]
+    assert F.best_at({"a": a, "b": b}, "a", "acc")[0] is True
+    assert F.best_at({"a": a, "b": b, "c": a}, "a", "acc")[0] is False  # a tie is not the best
+    assert F.best_at({"a": a, "b": b, "c": _run([0.1])}, "a", "acc")[0] is None
 
 
 def test_val_acc_claim_the_seed_case_is_supported():
@@ -269,3 +301,46 @@ def test_collect_facts_end_to_end(with_fields):
     assert F.sim_config(f, "relu", "he_normal") == {}
     assert [c["verdict"] for c in f["claims"][:2]] == ["supported", "supported"]
     json.dumps(f)
+
+
+def test_flagged_layers_are_the_tables_disagree_count_and_the_page_says_so():
+    """The count the page prints is the count of ``disagree`` rows in data/simulation_layers.csv (every layer, 0 too),
+    by statistic; BN's gradient flags are explained, with the layer-1 gradient measured against theory."""
+    from propagate.report.page import flag_note, grad_flag_note, simulation_table
+
+    sims = _sim_tables(True)
+    t = sims.sim
+    bn = t["config"] == "relu/glorot_uniform+BN"
+    t["judged"] = True
+    t["disagree_in"] = ""
+    t.loc[bn & (t["layer"].between(1, 5)), "disagree_in"] = "grad_norm"
+    t.loc[bn & (t["layer"] == 0), "disagree_in"] = "post_mean"
+    t.loc[bn & (t["layer"] == 2), "disagree_in"] = "pre_var,grad_norm"
+    t.loc[~bn & (t["layer"] == 3), "disagree_in"] = "pre_q"
+    t["disagree"] = t["disagree_in"] != ""
+    sims.theory["grad_norm_signal"] = 0.75 * sims.theory["grad_norm"]  # theory at layer 1: 0.5 * 1.25 = 0.625
+    f = {"simulation": F.simulation_facts(sims)}
+    s = F.sim_config(f, "relu", "glorot_uniform", "batchnorm")
+    assert s["flagged"] == 6 == int(t.loc[bn, "disagree"].sum())  # layers, not statistics (7 of those)
+    assert s["flagged_in"] == {"post_mean": 1, "grad_norm": 5, "pre_var": 1} and s["judged"] is True
+    assert s["grad_first"] == 0.5 and s["theory_grad_first"] == pytest.approx(0.625)
+    assert F.sim_config(f, "relu", "glorot_uniform")["flagged"] == 1
+    table = simulation_table(f)
+    assert "layers flagged (statistic: layers)" in table and "| 6 (post_mean: 1, grad_norm: 5, pre_var: 1) |" in table
+    note = flag_note(f)
+    assert "2 of the 2 configurations have flagged layers (7 layers in all)" in note
+    assert "`relu/glorot_uniform+BN`: 5 layers, layer-1 gradient 0.500 measured against 0.625" in note
+    assert "infinite-batch limit" in note and "Isolated flags (`relu/glorot_uniform`: 1 layer(s), at most 2)" in note
+    assert s["flagged_from"] == 0 and s["flagged_to"] == 5
+    assert grad_flag_note(f).startswith("The gradient norm is flagged against theory at 5 layers (`relu/glorot_uniform+BN` 5;")
+    t.loc[~bn & (t["layer"] >= 4), "disagree_in"] = "pre_var"  # 5 layers: not isolated
+    t["disagree"] = t["disagree_in"] != ""
+    note = flag_note({"simulation": F.simulation_facts(sims)})
+    assert "Flagged elsewhere: `relu/glorot_uniform`: 5 layers between layer 3 and 7 (pre_q: 1, pre_var: 4): there" in note
+    assert "Isolated" not in note
+    t["disagree"], t["disagree_in"] = False, ""
+    f = {"simulation": F.simulation_facts(sims)}
+    assert flag_note(f).endswith("No layer is flagged.") and "| 0 |" in simulation_table(f)
+    assert grad_flag_note(f) == "No layer's gradient norm is flagged against theory."
+    t["judged"] = False
+    assert "no layer is judged" in flag_note({"simulation": F.simulation_facts(sims)})

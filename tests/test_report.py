@@ -181,7 +181,9 @@ def test_page_renders_every_slot_from_its_inputs(monkeypatch):
     assert "(full version) on box; do not edit" in text and "This build took 1.5 minutes: SELU 3 s." in text
     assert "steps took 4 s in all" in text and "- **C1.** Not supported." in text and "**C1.** *Not supported.* E1" in text
     assert "| spectral norm of the Jacobian of g at (0, 1) | 0.787673 |" in text and "theorem's box" in text
-    assert "| `relu/glorot_uniform` | 0.134 | 2.4e-16 | 1.6e-16 | 0.506 | 0.500 | 5.5e-09 | 3.5e-08 | 40.1 |" in text
+    assert "| `relu/glorot_uniform` | 0.134 | 2.4e-16 | 1.6e-16 | 0.506 | 0.500 | 5.5e-09 | 3.5e-08 | 40.1 | 0 |" in text
+    assert "plus the finite-width allowance: at that layer the simulation does not confirm the theory. No layer is " \
+           "flagged." in text and "No layer's gradient norm is flagged against theory." in text
     assert "on 4000 mnist-5k training images (test:\n1000 images), at learning rate(s) 0.001, 0.0001" in text
     assert "TRAINING TABLE" in text and "(runs: r1, r2;" in text and "STEP SIZE NOTE." in text
 
@@ -341,14 +343,33 @@ def test_every_section_has_its_template():
 def test_residual_template_from_constructed_summary():
     from propagate.report.section_residual import VARIANTS, section_markdown
 
-    summary = {name: {"forward_flags": 0, "grad_flags": i, "rate": 0.5 + i, "var_last": 1.234e-30 * (i + 1),
-                      "theory_var_last": 1.2e-30, "grad_first": 2.0, "theory_grad_first": 0.25, "signal_first": 1.95}
+    summary = {name: {"flags": i, "forward_flags": 0, "grad_flags": i, "rate": 0.5 + i, "var_last": 1.234e-30 * (i + 1),
+                      "theory_var_last": 1.2e-30, "grad_first": 2.0 * 10 ** i, "theory_grad_first": 0.25,
+                      "signal_first": 1.95, "grad_last": 0.7, "grad_rate": 1.2}
                for i, (name, _) in enumerate(VARIANTS)}
     text = section_markdown(summary, {"depth": 200, "width": 128, "seeds": 4, "samples": 64})
     assert "<<" not in text and text.startswith("## Residual blocks and LayerNorm")
     assert "200 hidden layers of 128 ReLU units with glorot_uniform weights (4 random networks,\n64 Gaussian" in text
-    assert "shrinks by 0.5 per layer" in text and "changes by 1.5 per layer" in text  # 3 significant digits
-    assert "stays at\n  3.7e-30 (theory 1.2e-30)" in text and "(2 layers flagged)." in text
+    assert "shrinks by 0.5 per layer" in text and "grows geometrically, by 1.5 per layer, to 2.47e-30" in text
+    assert "stays at\n  3.7e-30 (theory 1.2e-30; forward statistics:\n  0 layers flagged)" in text and "(2 layers flagged in the gradient norm)." in text
+    assert "1.2 per layer here, from 0.7\n  at the top to 200 at layer 1" in text and "kept alive" not in text
+
+
+def test_residual_summary_counts_flagged_layers_as_the_table_flags_them():
+    """Flag counts are layers (rows with ``disagree``), not statistics: a layer flagged in two statistics is one."""
+    import pandas as pd
+
+    from propagate.report.section_residual import VARIANTS, residual_summary
+
+    flags = {0: "post_mean", 1: "pre_var,pre_q", 2: "grad_norm", 3: "pre_mean,grad_norm", 4: ""}
+    rows = [{"variant": name, "layer": lay, "disagree": bool(f), "disagree_in": f, "pre_var": 2.0 ** lay,
+             "theory_pre_var": 2.0 ** lay, "pre_q": 1.0, "grad_norm": 3.0 ** (4 - lay), "theory_grad_norm": 1.0,
+             "theory_grad_norm_signal": 0.0} for name, _ in VARIANTS for lay, f in flags.items()]
+    table = pd.DataFrame(rows)
+    s = residual_summary(table)["plain"]
+    assert (s["flags"], s["forward_flags"], s["grad_flags"]) == (4, 3, 2) == (int(table["disagree"].sum()) // 3, 3, 2)
+    assert s["var_last"] == 16.0 and s["grad_first"] == 27.0 and s["grad_rate"] == pytest.approx(3.0)
+    assert s["rate"] == pytest.approx(2.0)
 
 
 def test_spectrum_template_from_constructed_tables():
@@ -449,6 +470,11 @@ def test_selfnorm_template_from_constructed_tables():
     assert "on D, at learning rate(s) 0.0001" in text and "(seeds 3 to 4, shared" in text
     assert "| A | 0.0001 | 2 | 0.550 (no interval) |" in text
     assert "B does not (interval at or below 0.100)" in text  # two seeds at exactly chance
+    assert "No layer of any network is flagged" in text
+    sim[0]["flagged"] = 3
+    text = section_markdown(S, 3, configs, sim, {"SELU": 0.7826, "self-normalized GELU": 0.7757}, "D", configs,
+                            summary, finals, 0.1)
+    assert "| 0.100 | 3 |" in text and "3 layer(s) are flagged (A: 3; column `disagree` of" in text
 
 
 def test_report_and_selfnorm_functions_are_short():
@@ -494,3 +520,46 @@ def test_scaling_template_from_constructed_tables():
             "measured value is only a lower bound; training recovers") in text
     assert "- c, d ln lr* / d ln n: measured -1.02 [-1.20, -0.84] (3 points); predicted -1.17 [-1.30, -1.00] (9 points)" in text
     assert "c: measured no measured limit, predicted 1.00" in text
+
+
+def test_report_never_downloads_into_a_named_data_dir(tmp_path, monkeypatch):
+    """With ``data_dir`` the report reads that folder and never downloads into it (the folder is the user's):
+    an empty folder ends in a UserError that names `propagate data fetch`, with nothing fetched or written."""
+    import propagate.data
+    from propagate.errors import UserError
+    from propagate.report import ReportOptions, build_report
+
+    fetched = []
+    monkeypatch.setattr(propagate.data, "fetch_dataset", lambda *a, **k: fetched.append(a))
+    mine = tmp_path / "my-data"
+    mine.mkdir()
+    opts = ReportOptions(quick=True, threads=1, dataset="fashion-mnist", data_dir=str(mine),
+                         work_dir=str(tmp_path / "work"))
+    with pytest.raises(UserError, match="propagate data fetch fashion-mnist --data-dir"):
+        build_report(tmp_path / "rep", opts)
+    assert fetched == [] and list(mine.iterdir()) == []
+
+
+def test_measured_line_is_dark_with_a_light_outline_and_in_the_legend():
+    """On RdBu_r (white at its centre) the measured chi_1 = 1 line must not be white: dark green, white outline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import to_rgb
+
+    from propagate.report.figures import MEASURED_LINE, draw_measured_line
+
+    fig, ax = plt.subplots()
+    x = y = np.linspace(0.0, 1.0, 6)
+    z = np.subtract.outer(y, x)  # zero on the diagonal
+    cs = draw_measured_line(ax, x, y, z)
+    rgb = to_rgb(cs.get_edgecolor()[0][:3]) if hasattr(cs, "get_edgecolor") else to_rgb(MEASURED_LINE["color"])
+    assert sum(rgb) < 1.0  # dark: not the map's white centre
+    from matplotlib import patheffects
+
+    assert [type(pe) for pe in cs.get_path_effects()] == [patheffects.withStroke]  # the light outline
+    handles, labels = ax.get_legend_handles_labels()
+    assert labels == ["measured $\\chi_1 = 1$"] and handles[0].get_linestyle() == "--"
+    plt.close(fig)

@@ -392,17 +392,24 @@ def test_report_section_quick(tmp_path, monkeypatch):
     assert set(hist["seed"]) == {0, 1}
     assert (hist.groupby("config")["seed"].nunique() == 2).all()
     assert (summ["n_seeds"] == 2).all() and "N seeds" in md and "| 2 |" in md
-    # final = each seed's last epoch; the summary is its mean and 95% t interval (t_{0.975,1} = 12.706, n = 2);
+    # final = each seed's last epoch; the summary is its mean and 95% t interval (t_{0.975,1} = 12.706, n = 2) on
+    # the metric's scale: logit for accuracies, log for losses (the delta method: half width / g'(mean));
     # tolerances: the CSVs keep 10 significant digits
     final = hist[hist["epoch"] == tiny["epochs"]]
+    scales = {"acc": (lambda m: math.log(m / (1 - m)), lambda m: m * (1 - m), lambda u: 1 / (1 + math.exp(-u))),
+              "loss": (math.log, lambda m: m, math.exp)}
     for m in ("val_acc", "train_eval_acc", "val_loss", "loss"):
+        g, slope, inverse = scales["acc" if m.endswith("acc") else "loss"]
         assert (summ[f"{m}_ci_low"] <= summ[f"{m}_mean"] + 1e-8).all()
         assert (summ[f"{m}_mean"] <= summ[f"{m}_ci_high"] + 1e-8).all()
+        assert (summ[f"{m}_ci_low"] >= 0).all() and (m.endswith("loss") or (summ[f"{m}_ci_high"] <= 1).all())
         for _, r in summ.iterrows():
             v = final.loc[final["config"] == r["config"], m].to_numpy(float)
             assert r[f"{m}_mean"] == pytest.approx(v.mean(), rel=1e-8)
-            half = 12.7062047 * v.std(ddof=1) / math.sqrt(2)
-            assert r[f"{m}_ci_high"] - r[f"{m}_mean"] == pytest.approx(half, abs=1e-6)
+            if v.std() == 0:
+                continue
+            half = 12.7062047 * v.std(ddof=1) / math.sqrt(2) / slope(v.mean())
+            assert r[f"{m}_ci_high"] == pytest.approx(inverse(g(v.mean()) + half), rel=1e-6, abs=1e-9)
     # each verdict follows from its interval and the test split's commonest-class frequency
     from propagate.data import load_dataset
 
@@ -421,8 +428,8 @@ def test_report_section_quick(tmp_path, monkeypatch):
     want = set()
     for a in names:
         for b in names - {a}:
-            d = (by[a] - by[b]).to_numpy(float)
-            if d.mean() - 12.7062047 * d.std(ddof=1) / math.sqrt(2) > 0:
+            d = (by[a] - by[b]).to_numpy(float)  # paired differences of accuracies: atanh scale
+            if d.std() > 0 and math.atanh(d.mean()) - 12.7062047 * d.std(ddof=1) / math.sqrt(2) / (1 - d.mean()**2) > 0:
                 want.add((a, b))
     assert stated == want
     # plain GELU at LeCun init loses its variance (E[gelu(z)^2] < 1); the normalized three keep it
@@ -433,7 +440,8 @@ def test_report_section_quick(tmp_path, monkeypatch):
 
 
 def test_report_section_training_claims_from_intervals():
-    """Verdicts and "beats" come from t intervals over seeds (hand values: t_{0.975,2} = 4.302653)."""
+    """Verdicts and "beats" come from t intervals over seeds (hand values: t_{0.975,2} = 4.302653), accuracies on the
+    logit scale and their paired differences on the atanh scale (the delta method: half width / g'(mean))."""
     import pandas as pd
 
     from propagate.report import section_selfnorm as sec
@@ -444,17 +452,21 @@ def test_report_section_training_claims_from_intervals():
                            for n, vals in acc.items() for s, v in enumerate(vals)])
     v = sec.training_verdicts(finals, chance=0.1)
     half_a = 4.302653 * 0.1 / math.sqrt(3)
-    assert v[(1e-3, "A")][0] == "trains" and v[(1e-3, "A")][1].low == pytest.approx(0.6 - half_a, abs=1e-6)
+    expit = lambda u: 1 / (1 + math.exp(-u))  # noqa: E731
+    assert v[(1e-3, "A")][0] == "trains"
+    assert v[(1e-3, "A")][1].low == pytest.approx(expit(math.log(0.6 / 0.4) - half_a / (0.6 * 0.4)), abs=1e-7)
     assert v[(1e-3, "B")][0] == "does not train"  # all three at exactly chance: a zero-width interval
     assert v[(1e-3, "C")][0] == "unresolved"  # mean 0.25, interval reaches below 0.1
     pairs = {(p["a"], p["b"]): p["diff"] for p in sec.training_comparisons(finals, ["B", "A", "C"])}
     assert set(pairs) == {("A", "B"), ("A", "C"), ("C", "B")}  # ordered so the first is ahead on average
     d = pairs[("A", "B")]  # differences 0.4, 0.5, 0.6
-    assert d.mean == pytest.approx(0.5) and d.low == pytest.approx(0.5 - half_a, abs=1e-6) and d.excludes(0.0)
+    assert d.mean == pytest.approx(0.5) and d.excludes(0.0)
+    assert d.low == pytest.approx(math.tanh(math.atanh(0.5) - half_a / 0.75), abs=1e-7)
     assert not pairs[("C", "B")].excludes(0.0)  # differences -0.05, 0.4, 0.1
     text = sec._training_prose(finals, ["A", "B", "C"], (1e-3,), 0.1, 3)
     assert "A trains" in text and "B does not" in text and "for C the interval contains" in text
-    assert "A beats B by 0.500 [0.252, 0.748]" in text and "C beats" not in text and "A beats C" not in text
+    assert "A beats B by 0.500 [0.215, 0.707]" in text and "C beats" not in text and "A beats C" not in text
+    assert "tied within the interval: A and C (" in text and "C and B (0.150 [" in text
     one = finals[finals["seed"] == 0]  # one seed: no interval, so no claim at all
     assert set(v[0] for v in sec.training_verdicts(one, 0.1).values()) == {"unresolved"}
     text = sec._training_prose(one, ["A", "B", "C"], (1e-3,), 0.1, 1)

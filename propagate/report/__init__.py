@@ -360,7 +360,7 @@ def _training_runs(run: _Run, plan, values) -> tuple[object, list]:
 
 def _training_part(run: _Run, training):
     """5. Training: every preset at every learning rate (a seed ensemble each), curves and per-layer drift."""
-    from propagate.report.compute import drift_runs, reported_table, training_tables
+    from propagate.report.compute import DEMO_LR, drift_runs, reported_table, training_tables
     from propagate.report.figures_training import plot_layer_drift_bands, plot_training_bands
 
     opts = run.opts
@@ -373,9 +373,10 @@ def _training_part(run: _Run, training):
     reported = reported_table(summary)
     for lr in opts.lrs:
         h = history[history["lr"] == lr]
+        squares = "; squares: the lecture demo's numbers, measured at this lr" if lr == DEMO_LR else ""
         run.figure(plot_training_bands(
             h, reported, title=f"Training the 52-layer network, RMSprop lr {lr:g}: mean of {opts.seeds} seeds, "
-                               "band 95% t interval (dashed: with batch normalization; squares: the seed's numbers)"),
+                               f"band 95% t interval (dashed: with batch normalization{squares})"),
                    f"training_curves_lr{lr:g}.png")
     drift = drift_runs(summary, opts.lrs)
     run.figure(plot_layer_drift_bands(layers, drift), "training_layer_drift.png")
@@ -499,7 +500,9 @@ def build_report(out_dir: str | Path, options: ReportOptions | None = None, *, p
     say = notify or (lambda m: None)
     run_meta = run_metadata(seed=opts.seed, options=asdict(opts))
     t_start = time.perf_counter()
-    dataset = load_dataset(opts.dataset, opts.data_dir, download=True, progress=progress, notify=say)
+    # a folder the user names is read, never downloaded into (it is theirs; `propagate data fetch` fills it)
+    dataset = load_dataset(opts.dataset, opts.data_dir, download=opts.data_dir is None, progress=progress,
+                           notify=say)
     train_ds = _subset(dataset, opts.train_subset)
     x_train, _ = dataset.arrays("train")
 

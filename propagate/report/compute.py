@@ -238,8 +238,14 @@ def preset_groups(names, max_size: int | None = None) -> list[list[str]]:
     return groups
 
 
+#: The learning rate the lecture demo's reported numbers were measured at: RMSprop with Keras' default lr 0.001
+#: (shared/reference/seed-experiments.md, "Training"). Its points belong only on figures of this learning rate.
+DEMO_LR = 1e-3
+
+
 def reported_table(summary):
-    """The seed's reported accuracies per preset and epoch (``preset, epoch, acc, val_acc``)."""
+    """The lecture demo's reported accuracies per preset and epoch (``preset, epoch, lr, acc, val_acc``);
+    ``lr`` is :data:`DEMO_LR`, the learning rate they were measured at."""
     import pandas as pd
 
     from propagate.presets import get_preset
@@ -249,8 +255,8 @@ def reported_table(summary):
         rep = get_preset(name).reported
         if rep:
             for e, (a, v) in enumerate(zip(rep["acc"], rep["val_acc"]), start=1):
-                rows.append({"preset": name, "epoch": e, "acc": a, "val_acc": v})
-    return pd.DataFrame(rows, columns=["preset", "epoch", "acc", "val_acc"])
+                rows.append({"preset": name, "epoch": e, "lr": DEMO_LR, "acc": a, "val_acc": v})
+    return pd.DataFrame(rows, columns=["preset", "epoch", "lr", "acc", "val_acc"])
 
 
 def drift_runs(summary, lrs) -> list[str]:

@@ -14,7 +14,12 @@ import numpy as np
 
 from propagate.report.style import colour, config_fields, config_title, plt, styled
 
+#: The look of a measured line drawn over a heat map (see :func:`draw_measured_line`).
+MEASURED_LINE = {"color": "#00662e", "ls": "--", "lw": 1.8}
+
 __all__ = [
+    "draw_measured_line",
+    "MEASURED_LINE",
     "plot_selu_flow",
     "plot_layer_moments",
     "plot_grad_norms",
@@ -73,10 +78,35 @@ def plot_selu_flow(trajectories, fixed_point=(0.0, 1.0), box=None, title=None):
     return fig
 
 
-def _band(ax, x, y, se, colour, label=None, ls="-"):
+def _band(ax, x, y, se, colour, label=None, ls="-", log=False):
+    """Line ``y`` with a +-2 standard error band; with ``log`` the band is built on the log scale
+    (``y * exp(+-2 se / y)``, the delta method), so a positive quantity's band stays above 0."""
     ax.plot(x, y, ls, color=colour, lw=1.6, label=label)
     if se is not None and np.any(np.isfinite(se)):
-        ax.fill_between(x, y - 2 * se, y + 2 * se, color=colour, alpha=0.2, lw=0)
+        if log:
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                lo, hi = y * np.exp(-2 * se / y), y * np.exp(2 * se / y)
+        else:
+            lo, hi = y - 2 * se, y + 2 * se
+        ax.fill_between(x, lo, hi, color=colour, alpha=0.2, lw=0)
+
+
+def draw_measured_line(ax, x, y, z, level: float = 0.0, label: str = "measured $\\chi_1 = 1$"):
+    """Contour ``z = level`` over the grid ``(x, y)`` drawn so it shows on any colour map: a dark green dashed
+    line with a white outline (on a diverging map whose centre is white, a white line vanishes exactly where it
+    runs), told apart from theory's solid black line; with its legend entry. Returns the contour set."""
+    from matplotlib import patheffects
+
+    outline = [patheffects.withStroke(linewidth=MEASURED_LINE["lw"] + 2.4, foreground="white")]
+    cs = ax.contour(x, y, z, levels=[level], colors=MEASURED_LINE["color"], linestyles=MEASURED_LINE["ls"],
+                    linewidths=MEASURED_LINE["lw"])
+    from matplotlib.collections import Collection
+
+    for artist in [cs] if isinstance(cs, Collection) else cs.collections:  # one collection per level before 3.8
+        artist.set_path_effects(outline)
+    ax.plot([], [], color=MEASURED_LINE["color"], ls=MEASURED_LINE["ls"], lw=MEASURED_LINE["lw"], path_effects=outline,
+            label=label)
+    return cs
 
 
 def _layer_panels(sim, theory, column, se_column, axes, log, ylabel):
@@ -88,7 +118,8 @@ def _layer_panels(sim, theory, column, se_column, axes, log, ylabel):
             se = s[se_column].to_numpy(float) if se_column in s else None
             if log:
                 y = np.where(y > 0, y, np.nan)
-            _band(ax, s["layer"], y, se, col, label=config_title(f["activation"], f["init"], residual=f["residual"]))
+            _band(ax, s["layer"], y, se, col, label=config_title(f["activation"], f["init"], residual=f["residual"]),
+                  log=log)
             if theory is not None:
                 t = theory[(theory["config"] == label) & (theory["layer"] >= 1)].sort_values("layer")
                 ty = t[column].to_numpy(float)
@@ -119,7 +150,8 @@ def plot_layer_moments(sim, theory=None, title=None):
     for ax in axes[1]:
         ax.axhline(0.0, color="k", lw=0.6, alpha=0.5)
     _shared_legend(fig, axes)
-    fig.suptitle(title or "Signal through depth at initialization: simulation (bands: +-2 SE over networks) vs theory (dotted)", fontsize=11)
+    fig.suptitle(title or "Signal through depth at initialization: simulation (bands: +-2 SE over networks; log scale "
+                 "for the variance) vs theory (dotted)", fontsize=11)
     fig.tight_layout(rect=(0, 0, 0.83, 0.97))
     return fig
 

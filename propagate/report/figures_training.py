@@ -7,11 +7,13 @@ configuration of a run (colour, line style) is read from its
 ``activation``/``init``/``normalization`` columns (:mod:`propagate.report.style`),
 never from its label; a table without them is drawn in matplotlib's colour cycle.
 
-Bands are Student t intervals of the mean over seeds
-(:func:`propagate.confidence.t_interval`); with one seed there is no band,
-only the line. Quantities drawn on a log scale (variances) are averaged as
+Bands are Student t intervals of the mean over seeds on each quantity's
+scale (:func:`propagate.confidence.interval_of`: accuracies on the logit
+scale, so a band stays inside [0, 1]); with one seed there is no band, only
+the line. Quantities drawn on a log scale (losses, variances) are averaged as
 ``log10`` values, so their line is the geometric mean over seeds and the band
-its interval (an arithmetic interval of a positive quantity can reach below 0).
+its interval, always above 0 (an arithmetic interval of a positive, skewed
+quantity can reach below 0).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import math
 
 import numpy as np
 
-from propagate.confidence import LEVEL, t_interval
+from propagate.confidence import LEVEL, interval_of, t_interval
 from propagate.report.style import colour, line_style, plt, styled
 
 __all__ = ["seed_band", "plot_training_bands", "plot_layer_drift_bands"]
@@ -33,7 +35,8 @@ def seed_band(table, x: str, column: str, *, log: bool = False, level: float = L
     table ``x, mean, low, high, n`` sorted by ``x`` (``low``/``high`` NaN where
     fewer than 2 seeds have a value). With ``log=True`` the mean and interval are
     those of ``log10(column)`` transformed back (geometric mean); non-positive
-    values are left out.
+    values are left out. Otherwise the interval is on ``column``'s own scale
+    (:func:`propagate.confidence.interval_of`: logit for accuracies).
     """
     import pandas as pd
 
@@ -42,7 +45,7 @@ def seed_band(table, x: str, column: str, *, log: bool = False, level: float = L
         v = t[column].to_numpy(float)
         if log:
             v = np.log10(np.where(v > 0, v, np.nan))
-        iv = t_interval(v, level)
+        iv = t_interval(v, level) if log else interval_of(column, v, level)
         back = (lambda u: 10.0 ** u) if log else (lambda u: u)
         rows.append({x: xv, "mean": back(iv.mean), "low": back(iv.low), "high": back(iv.high), "n": iv.n})
     return pd.DataFrame(rows, columns=[x, "mean", "low", "high", "n"])
@@ -77,12 +80,15 @@ def plot_training_bands(history, reported=None, *, chance: float | None = 0.1, t
     ``history``: per-seed rows with ``run`` (label), ``seed``, ``epoch``,
     ``acc``, ``val_acc`` (fractions), ``loss`` (cross-entropy, nats), and the
     configuration columns for the look. ``reported``: optional table
-    (``preset``, ``epoch``, ``acc``, ``val_acc``) of the seed experiment's
-    single-run numbers, drawn as hollow squares (needs a ``preset`` column in
-    ``history``). ``chance``: dotted line at chance accuracy (None: none).
+    (``preset``, ``epoch``, ``acc``, ``val_acc``, optional ``lr``) of the lecture
+    demo's single-run numbers, drawn as hollow squares (needs a ``preset`` column in
+    ``history``); where both tables have ``lr``, only the rows measured at the
+    learning rate of ``history`` are drawn (a point measured at another step size
+    is no reference for these curves). ``chance``: dotted line at chance accuracy (None: none).
     Replaces ``figures.plot_training_curves`` for ensembles.
     """
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    reported = _same_lr(reported, history)
     ns = []
     for run, h in history.groupby("run", sort=False):
         look = _look(h)
@@ -94,7 +100,7 @@ def plot_training_bands(history, reported=None, *, chance: float | None = 0.1, t
             ns += list(band["n"])
         if reported is not None and "preset" in h:
             r = reported[(reported["preset"] == h["preset"].iloc[0]) & (reported["epoch"] <= history["epoch"].max())]
-            for ax, col in zip(axes[:2], ("acc", "val_acc")):
+            for ax, col in zip(axes[:2] if len(r) else (), ("acc", "val_acc")):
                 ax.plot(r["epoch"], r[col], marker="s", ls="none", mfc="none", color=look["color"], ms=7)
     last = int(history["epoch"].max())
     names = ("training accuracy (fraction)", "test accuracy (fraction)",
@@ -105,6 +111,12 @@ def plot_training_bands(history, reported=None, *, chance: float | None = 0.1, t
         ax.set_xticks(range(1, last + 1))
         ax.set_xlim(0.7, last + 0.3)
     axes[2].set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    # 3, not 3 x 10^0; between the decades only the 2s and 5s are labelled, so a wide range stays readable
+    axes[2].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axes[2].yaxis.set_minor_formatter(FuncFormatter(
+        lambda v, _: f"{v:g}" if f"{v:g}".lstrip("0.")[:1] in ("2", "5") else ""))
     for ax in axes[:2]:
         ax.set_ylim(0, 1.02)
         if chance is not None:
@@ -114,14 +126,23 @@ def plot_training_bands(history, reported=None, *, chance: float | None = 0.1, t
     from matplotlib.lines import Line2D
 
     handles, labels = axes[0].get_legend_handles_labels()
-    if reported is not None:
+    if reported is not None and len(reported) and "preset" in history:
         handles.append(Line2D([], [], marker="s", ls="none", mfc="none", color="k"))
-        labels.append("seed experiment's reported value")
+        labels.append("lecture demo's reported value (one run, lr 0.001)" if "lr" in reported
+                      else "lecture demo's reported value (one run)")
     fig.legend(handles, labels, loc="center right", frameon=False, fontsize=7.5)
     band_note = f"bands: {100 * level:g}% t interval of the mean over seeds, {_n_text(ns)}" if ns else ""
     fig.suptitle((title or "Training the network (dashed: batch normalization)") + f"\n{band_note}", fontsize=11)
     fig.tight_layout(rect=(0, 0, 0.84, 0.95))
     return fig
+
+
+def _same_lr(reported, history):
+    """The rows of ``reported`` measured at the learning rate of ``history`` (all rows when either has no ``lr``)."""
+    if reported is None or "lr" not in reported or "lr" not in history:
+        return reported
+    lrs = set(history["lr"].astype(float))
+    return reported[reported["lr"].astype(float).isin(lrs)]
 
 
 @styled

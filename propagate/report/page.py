@@ -26,9 +26,81 @@ def simulation_table(facts) -> str:
     for label, s in facts["simulation"].items():
         rows.append([f"`{label}`", f(s["var_first"]), f(s["var_last"]), f(s["theory_var_last"]), f(s["rate"]),
                      f(s["theory_rate"]), f(s["mean_last"]), f(s["grad_first_over_last"]),
-                     f(100 * s["dead_last"], 1) if math.isfinite(s["dead_last"]) else "n/a"])
+                     f(100 * s["dead_last"], 1) if math.isfinite(s["dead_last"]) else "n/a", _flag_cell(s)])
     return markdown_table(["configuration", "var(h^1)", "var(h^51) sim", "var(h^51) theory", "per-layer factor sim",
-                           "per-layer factor theory", "mean(x^51)", "grad layer 1 / top", "dead units at 51 (%)"], rows)
+                           "per-layer factor theory", "mean(x^51)", "grad layer 1 / top", "dead units at 51 (%)",
+                           "layers flagged (statistic: layers)"], rows)
+
+
+def _flag_cell(s) -> str:
+    if not s.get("judged", True):
+        return "not judged"
+    inside = ", ".join(f"{k}: {v}" for k, v in s.get("flagged_in", {}).items())
+    return f"{s.get('flagged', 0)}" + (f" ({inside})" if inside else "")
+
+
+FLAG_TEST = ("a layer is flagged (column `disagree` of [`data/simulation_layers.csv`](data/simulation_layers.csv)) "
+             "when a statistic measured there differs from mean-field theory by more than 4 standard errors across "
+             "networks plus the finite-width allowance: at that layer the simulation does not confirm the theory")
+
+
+#: Flagged layers of a configuration up to which its flags are called isolated (chance hits of a test run on
+#: about 50 layers x 8 statistics).
+ISOLATED = 2
+
+
+def flag_note(facts) -> str:
+    """Section 2's paragraph on the table's flagged layers: how many, where, and what the flags mean."""
+    sims = facts["simulation"]
+    if not any(s.get("judged", True) for s in sims.values()):
+        return "With one network per configuration there is no standard error, so no layer is judged against theory."
+    flagged = {label: s for label, s in sims.items() if s.get("flagged", 0)}
+    head = f"Last column: {FLAG_TEST}. "
+    if not flagged:
+        return head + "No layer is flagged."
+    text = head + (f"{len(flagged)} of the {len(sims)} configurations have flagged layers "
+                   f"({sum(s['flagged'] for s in flagged.values())} layers in all). ")
+    grad_bn = {label: s for label, s in flagged.items()
+               if s.get("normalization") == "batchnorm" and s["flagged_in"].get("grad_norm", 0) > 1}
+    if grad_bn:
+        above = all(s["grad_first"] > s["theory_grad_first"] for s in grad_bn.values())
+        text += (f"With BN the flagged statistic is the gradient norm, measured {'above' if above else 'away from'} "
+                 "theory towards the input ("
+                 + "; ".join(f"`{label}`: {s['flagged_in']['grad_norm']} layers, layer-1 gradient "
+                             f"{format_number(s['grad_first'])} measured against {format_number(s['theory_grad_first'])}"
+                             for label, s in grad_bn.items())
+                 + "). The theory's BatchNorm is the infinite-batch limit (each unit's batch variance replaced by its "
+                 "expectation, the inputs of a batch uncorrelated after it); the simulated networks normalize over "
+                 "the finite batch of their inputs, and the small per-layer difference compounds over the 50 layers "
+                 "of the backward pass. For these configurations the gradient lines of section 3 are therefore an "
+                 "approximation that this test rejects, not a prediction within the error bars (Yang et al. 2019, "
+                 "\"A mean field theory of batch normalization\", treat the finite batch). ")
+    rest = [label for label in flagged if label not in grad_bn]
+    many = [label for label in rest if flagged[label]["flagged"] > ISOLATED]
+    few = [label for label in rest if flagged[label]["flagged"] <= ISOLATED]
+    if many:
+        text += ("Flagged elsewhere: " + "; ".join(
+            f"`{label}`: {flagged[label]['flagged']} layers between layer {flagged[label]['flagged_from']} and "
+            f"{flagged[label]['flagged_to']} (" + ", ".join(f"{k}: {v}" for k, v in flagged[label]["flagged_in"].items())
+            + ")" for label in many)
+            + ": there simulation and theory differ by more than the test allows, which this report does not "
+              "explain further. ")
+    if few:
+        text += ("Isolated flags (" + ", ".join(f"`{label}`: {flagged[label]['flagged']}" for label in few)
+                 + f" layer(s), at most {ISOLATED}) are what a 4-standard-error test run on every layer and statistic "
+                   "can give by chance.")
+    return text.strip()
+
+
+def grad_flag_note(facts) -> str:
+    """Section 3's sentence on the gradient norm's flagged layers (the same count as section 2's table)."""
+    sims = facts["simulation"]
+    n = {label: s.get("flagged_in", {}).get("grad_norm", 0) for label, s in sims.items()}
+    if not any(n.values()):
+        return "No layer's gradient norm is flagged against theory."
+    where = ", ".join(f"`{label}` {k}" for label, k in n.items() if k)
+    return (f"The gradient norm is flagged against theory at {sum(n.values())} layers ({where}; see the note under "
+            "section 2's table for what a flag means and why BN's gradients miss the infinite-batch theory).")
 
 
 def _header_values(opts, dataset, summary, timings, elapsed) -> dict:
@@ -68,7 +140,8 @@ def _selu_values(facts) -> dict:
 
 def _simulation_values(opts, facts, inputs_desc) -> dict:
     """Section 2: what was simulated, and its table."""
-    return {"inputs": inputs_desc, "sim_seeds": opts.sim_seeds, "simulation_table": simulation_table(facts)}
+    return {"inputs": inputs_desc, "sim_seeds": opts.sim_seeds, "simulation_table": simulation_table(facts),
+            "flag_note": flag_note(facts), "grad_flag_note": grad_flag_note(facts)}
 
 
 def _training_values(opts, dataset, summary, train_ds, drift_runs) -> dict:

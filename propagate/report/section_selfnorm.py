@@ -10,8 +10,10 @@ returns the markdown. :func:`plot_selfnorm_simulation` and
 :func:`plot_selfnorm_training` draw the figures from the tables (usable in a
 notebook).
 
-Training claims rest on several seeds: every final accuracy is the mean over
-the seeds with its 95% Student t interval (:mod:`propagate.confidence`), and
+Training claims rest on several seeds: every final number is the mean over
+the seeds with its 95% Student t interval on the quantity's scale
+(:func:`propagate.confidence.interval_of`: accuracies on the logit scale, losses
+on the log scale, so no interval leaves [0, 1] or reaches below 0), and
 each sentence comparing networks is decided from those intervals by
 :func:`training_verdicts` and :func:`training_comparisons`, never written by hand.
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from propagate.confidence import format_number, paired_difference, summarize_seeds, t_interval
+from propagate.confidence import format_number, interval_of, kind_of, paired_difference, summarize_seeds
 from propagate.errors import UserError
 from propagate.io import write_table
 from propagate.report.tasks import PRIORITY, ReportRunner, run_frames, train_point
@@ -184,7 +186,7 @@ def training_verdicts(finals, chance: float) -> dict:
     """
     out = {}
     for (lr, name), t in finals.groupby(["lr", "config"], sort=False):
-        iv = t_interval(t["val_acc"].to_numpy(float))
+        iv = interval_of("val_acc", t["val_acc"].to_numpy(float))
         # tolerance: a mean of equal accuracies (e.g. five collapsed networks at exactly chance) can differ from
         # chance in the last bit
         if iv.has_interval and iv.low > chance + 1e-9:
@@ -202,23 +204,26 @@ def training_comparisons(finals, names, metric: str = "val_acc") -> list[dict]:
 
     Returns rows ``{"lr", "a", "b", "diff": Interval}`` ordered so that
     ``diff.mean >= 0`` (``a`` is the one ahead on average); ``a`` beats ``b``
-    when ``diff`` excludes 0 (:meth:`propagate.confidence.Interval.excludes`).
+    when ``diff`` excludes 0 (:meth:`propagate.confidence.Interval.excludes`); the two are
+    tied within the interval when it contains 0. Differences of accuracies get
+    their interval on the atanh scale (they lie in [-1, 1]).
     """
     rows = []
     for lr, t in finals.groupby("lr", sort=False):
         by = {n: t[t["config"] == n].set_index("seed")[metric].astype(float) for n in names}
         for a, b in combinations([n for n in names if len(by[n])], 2):
-            d = paired_difference(by[a], by[b])
+            d = paired_difference(by[a], by[b], kind=kind_of(metric))
             if d.mean < 0:
                 a, b = b, a
-                d = paired_difference(by[a], by[b])
+                d = paired_difference(by[a], by[b], kind=kind_of(metric))
             rows.append({"lr": float(lr), "a": a, "b": b, "diff": d})
     return rows
 
 
 def summarize_training(finals, chance: float):
-    """Per (lr, config): mean, 95% t interval and ``n_seeds`` of each final metric, ``diverged_seeds`` and ``verdict``."""
-    summ = summarize_seeds(finals, keys=["lr", "config"], metrics=list(_FINAL_METRICS))
+    """Per (lr, config): mean, 95% t interval (on each metric's scale: logit for accuracies, log for losses) and
+    ``n_seeds`` of each final metric, ``diverged_seeds`` and ``verdict``."""
+    summ = summarize_seeds(finals, keys=["lr", "config"], metrics=list(_FINAL_METRICS), kinds="auto")
     div = finals.groupby(["lr", "config"], sort=False)["diverged"].sum()
     verdicts = training_verdicts(finals, chance)
     summ["diverged_seeds"] = [int(div.loc[(lr, n)]) for lr, n in zip(summ["lr"], summ["config"])]
@@ -228,29 +233,32 @@ def summarize_training(finals, chance: float):
 
 
 def plot_selfnorm_simulation(table, per_seed):
-    """Per-layer pre-activation variance and correlation: simulation (bands min-max over networks), theory dashed."""
+    """Per-layer pre-activation variance and correlation: simulation mean with its 95% t interval over networks
+    (:func:`propagate.report.figures_training.seed_band`: the variance's on the log scale), theory dashed."""
+    from propagate.report.figures_training import seed_band
     from propagate.report.style import plt, report_style
 
     with report_style():
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        for ax, (col, label) in zip(axes, (("pre_var", "pre-activation variance  Var(h^l)"),
-                                           ("corr", "correlation of two inputs  c^l"))):
+        for ax, (col, label) in zip(axes, (("pre_var", "variance of the pre-activations $h^l$ (input variance 1)"),
+                                           ("corr", "correlation of two inputs at layer $l$"))):
             for name, colour in _COLOURS.items():
                 t = table[(table["config"] == name) & (table["layer"] >= 1)]
                 if t.empty:
                     continue
-                g = per_seed[(per_seed["config"] == name) & (per_seed["layer"] >= 1)].groupby("layer")[col]
-                ax.fill_between(g.min().index, g.min(), g.max(), color=colour, alpha=0.2, lw=0)
+                band = seed_band(per_seed[(per_seed["config"] == name) & (per_seed["layer"] >= 1)], "layer", col)
+                ax.fill_between(band["layer"], band["low"], band["high"], color=colour, alpha=0.2, lw=0)
                 ax.plot(t["layer"], t[col], color=colour, lw=1.3, label=f"{name}: simulation")
                 ax.plot(t["layer"], t["theory_" + col], color=colour, lw=1.0, ls="--", label=f"{name}: theory")
-            ax.set_xlabel("layer l")
+            ax.set_xlabel("hidden layer $l$")
             ax.set_ylabel(label)
         # linear: the three normalized networks sit at 1; plain GELU's variance falls to 0 within a few layers
         axes[0].set_ylim(0, 2.2)
         axes[1].set_ylim(-0.05, 1.05)
         axes[1].legend(fontsize=7, loc="upper left", ncol=2)
-        fig.suptitle("50 layers, LeCun normal, Gaussian inputs: simulation (solid, band = min-max over networks) vs mean field (dashed)",
-                     fontsize=9)
+        n_nets = int(per_seed.groupby("config")["seed"].nunique().min())
+        fig.suptitle(f"50 layers, LeCun normal, Gaussian inputs: simulation (solid: mean over {n_nets} networks, band: "
+                     "its 95% t interval) vs mean field (dashed)", fontsize=9)
         fig.tight_layout()
     return fig
 
@@ -259,8 +267,8 @@ def plot_selfnorm_training(history, chance: float | None = None):
     """Per epoch, one row of panels per learning rate: validation accuracy, training accuracy and training loss.
 
     ``history``: per-seed rows (``seed``, ``epoch``, ``config``, ``lr`` and the
-    metrics). Lines are the mean over seeds, bands its 95% Student t interval
-    (none with one seed); ``chance`` (fraction) is drawn as a dotted line on the
+    metrics). Lines are the mean over seeds, bands its 95% Student t interval on the
+    metric's scale (logit for accuracies, log for the loss: never below 0; none with one seed); ``chance`` (fraction) is drawn as a dotted line on the
     accuracy panels. Training accuracy is the final weights' accuracy on the
     training images (``train_eval_acc``), training loss the running mean over
     the epoch's batches (nats per sample).
@@ -271,7 +279,7 @@ def plot_selfnorm_training(history, chance: float | None = None):
 
     metrics = (("val_acc", "validation accuracy (fraction)"), ("train_eval_acc", "training accuracy (fraction)"),
                ("loss", "training loss (nats per sample)"))
-    summ = summarize_seeds(history, keys=["lr", "config", "epoch"], metrics=[m for m, _ in metrics])
+    summ = summarize_seeds(history, keys=["lr", "config", "epoch"], metrics=[m for m, _ in metrics], kinds="auto")
     lrs = sorted(summ["lr"].unique(), reverse=True)
     n_seeds = int(history.groupby(["lr", "config"])["seed"].nunique().max())
     with report_style():
@@ -282,11 +290,8 @@ def plot_selfnorm_training(history, chance: float | None = None):
                 if t.empty:
                     continue
                 for ax, (m, _) in zip(row, metrics):
-                    mean, lo, hi = t[f"{m}_mean"].to_numpy(float), t[f"{m}_ci_low"], t[f"{m}_ci_high"]
-                    lo = lo.to_numpy(float)
-                    if m == "loss":  # a log axis: an interval reaching below 0 is drawn down to the axis' floor
-                        lo = np.where(lo > 0, lo, 1e-3)
-                    ax.fill_between(t["epoch"], lo, hi.to_numpy(float), color=colour, alpha=0.18, lw=0)
+                    mean, lo, hi = (t[f"{m}_{k}"].to_numpy(float) for k in ("mean", "ci_low", "ci_high"))
+                    ax.fill_between(t["epoch"], lo, hi, color=colour, alpha=0.18, lw=0)
                     ax.plot(t["epoch"], mean, "o-", color=colour, lw=1.3, ms=3.5, label=name)
             for ax, (m, label) in zip(row, metrics):
                 ax.set_xlabel("epoch")
@@ -296,7 +301,8 @@ def plot_selfnorm_training(history, chance: float | None = None):
                 if m == "loss":
                     ax.set_yscale("log")
                     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-                    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else ""))
+                    ax.yaxis.set_minor_formatter(FuncFormatter(  # label the 2s and 5s of each decade (0.2, 0.5, 2, 5, 20, ...)
+                        lambda v, _: f"{v:g}" if f"{v:g}".lstrip("0.")[:1] in ("2", "5") else ""))
                     means = summ.loc[summ["lr"] == lr, "loss_mean"].to_numpy(float)
                     means = means[np.isfinite(means) & (means > 0)]
                     if len(means):
@@ -307,7 +313,8 @@ def plot_selfnorm_training(history, chance: float | None = None):
                         ax.axhline(chance, color="0.4", ls=":", lw=1.0, label="best constant prediction")
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=5, frameon=False)
-        band = "band = 95% t interval of the mean" if n_seeds > 1 else "1 seed: no band"
+        band = ("band = 95% t interval of the mean (accuracies: logit scale, loss: log scale)" if n_seeds > 1
+                else "1 seed: no band")
         fig.suptitle(f"Training the seed's network: mean over {n_seeds} seed{'s' * (n_seeds != 1)} ({band})", fontsize=9)
         fig.tight_layout(rect=(0, 0.04 if len(lrs) > 1 else 0.07, 1, 1))
     return fig
@@ -357,12 +364,20 @@ def _comparison_text(pairs: list, lr, n_seeds: int) -> str:
         s = " Paired over the same seeds, " + "; ".join(
             f"{p['a']} beats {p['b']} by {format_number(p['diff'].mean)} "
             f"[{format_number(p['diff'].low)}, {format_number(p['diff'].high)}]" for p in wins) + \
-            " in final validation accuracy (95% t interval of the per-seed difference)"
-        rest = len(at) - len(wins)
-        return s + (f"; the other {rest} pair(s) are not resolved (interval contains 0)." if rest else ".")
+            " in final validation accuracy (95% t interval of the per-seed difference, atanh scale)"
+        ties = [p for p in at if p["diff"].has_interval and not p["diff"].excludes(0.0)]
+        return s + (f"; {_tie_text(ties)}." if ties else ".")
     if at and n_seeds >= 2:
-        return " No pair is resolved: every paired difference's 95% interval of final validation accuracy contains 0."
+        return (" No network beats another: every paired difference's 95% interval of final validation accuracy "
+                f"contains 0, so {_tie_text(at)}.")
     return ""
+
+
+def _tie_text(pairs: list) -> str:
+    """``"tied within the interval: A and B (0.004 [-0.01, 0.02]), ..."``"""
+    return "tied within the interval: " + "; ".join(
+        f"{p['a']} and {p['b']} ({format_number(p['diff'].mean)} [{format_number(p['diff'].low)}, "
+        f"{format_number(p['diff'].high)}])" for p in pairs)
 
 
 def _training_prose(finals, names, lrs, chance: float, n_seeds: int) -> str:
@@ -386,14 +401,16 @@ def simulation_summary(table, configs, depth: int) -> list[dict]:
     the layers flagged (``disagree``)."""
     out = []
     for c in configs:
-        t = table[(table["config"] == c["name"]) & (table["layer"] >= 1)]
+        every = table[table["config"] == c["name"]]
+        t = every[every["layer"] >= 1]
         deep = t[t["layer"] > depth // 2]
         out.append({"name": c["name"], "deep_var": float(deep["pre_var"].mean()),
                     "deep_theory_var": float(deep["theory_pre_var"].mean()),
                     "var_error": float(np.nanmax(np.abs(t["pre_var"] / t["theory_pre_var"] - 1))),
                     "corr_last": float(t["corr"].iloc[-1]), "theory_corr_last": float(t["theory_corr"].iloc[-1]),
                     "corr_error": float(np.nanmax(np.abs(t["corr"] - t["theory_corr"]))),
-                    "flagged": int(t["disagree"].sum()) if "disagree" in t.columns else 0})
+                    # every layer of the data file, as its ``disagree`` column counts them
+                    "flagged": int(every["disagree"].astype(bool).sum()) if "disagree" in every.columns else 0})
     return out
 
 
@@ -439,12 +456,24 @@ def section_markdown(S: dict, seed: int, configs, sim: list[dict], j22: dict, da
         "simulation_rows": "\n".join(
             f"| {r['name']} | {r['deep_var']:.3g} | {r['deep_theory_var']:.3g} | {r['var_error']:.2f} | "
             f"{r['corr_last']:.3f} | {r['theory_corr_last']:.3f} | {r['corr_error']:.3f} | {r['flagged']} |" for r in sim),
+        "flag_sentence": _flag_sentence(sim),
         "j22_selu": f"{float(j22['SELU']):.3f}", "j22_gelu": f"{float(j22['self-normalized GELU']):.3f}",
         "epochs": S["epochs"], "dataset": data_name, "lrs": ", ".join(f"{lr:g}" for lr in S["lrs"]),
         "n_seeds": n_seeds, "first_seed": seed, "last_seed": seed + n_seeds - 1,
         "training_rows": "\n".join(_training_rows(summary, S["lrs"], train_configs)),
         "training_prose": _training_prose(finals, [c["name"] for c in train_configs], S["lrs"], chance, n_seeds),
     })
+
+
+def _flag_sentence(sim: list[dict]) -> str:
+    """How many layers the table flags, in words (the count of ``disagree`` in ``data/selfnorm_simulation.csv``)."""
+    flagged = [r for r in sim if r["flagged"]]
+    if not flagged:
+        return "No layer of any network is flagged: the test finds no layer where simulation and theory differ."
+    return (f"{sum(r['flagged'] for r in flagged)} layer(s) are flagged ("
+            + ", ".join(f"{r['name']}: {r['flagged']}" for r in flagged)
+            + "; column `disagree` of [`data/selfnorm_simulation.csv`](data/selfnorm_simulation.csv), the statistics "
+              "in `disagree_in`): at those layers the simulation does not confirm the theory.")
 
 
 def _train_seeds(ctx: dict, S: dict) -> int:

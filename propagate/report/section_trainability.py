@@ -321,7 +321,7 @@ def plot_dynamics(dyn, preset: str, lrs):
             mesh = figure_dynamics_map(ax, dl, lim, title)
         if mesh is not None:
             fig.colorbar(mesh, ax=list(axes[0]), extend="both",
-                         label=f"log10 pre-activation variance (0 = variance 1; scale +-{lim:.1g} decades)")
+                         label=f"log10 pre-activation variance (0 = variance 1; scale +-{lim:.2g} decades)")
         figure_dynamics_lines(axes[1][0], axes[1][-1], d, lrs, sorted({1, max(1, depth // 2), depth}))
         for ax in axes[1][1:-1]:
             ax.set_visible(False)
