@@ -53,6 +53,8 @@ __all__ = ["NetworkSpec", "build_model", "compile_spec", "SEED_INPUT", "SEED_FIR
 
 #: The seed experiments' shape: 784 -> 512 -> 50 x 256 -> 10.
 SEED_INPUT, SEED_FIRST, SEED_WIDTH, SEED_DEPTH, SEED_CLASSES = 784, 512, 256, 51, 10
+#: The same shape under the name users read (the 2017 lecture demo): 51 hidden layers, Dense(512) then 50 x Dense(256).
+DEMO_INPUT, DEMO_FIRST, DEMO_WIDTH, DEMO_DEPTH, DEMO_CLASSES = SEED_INPUT, SEED_FIRST, SEED_WIDTH, SEED_DEPTH, SEED_CLASSES
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,23 @@ class NetworkSpec:
         return cls(widths=(input_dim, first, *([width] * (depth - 1))), **kw)
 
     @classmethod
+    def demo(cls, activation: str = "selu", init: str = "lecun_normal", batchnorm: bool = False,
+             **kw) -> "NetworkSpec":
+        """The lecture demo's network: 784 inputs, 51 hidden layers (Dense(512) then 50 x Dense(256)), Dense(10).
+
+        52 weight matrices in all, counting the readout. The defaults are the
+        commands' one default network (SELU with ``lecun_normal`` weights, the
+        SNN paper's recipe); :meth:`seed` is the same shape under its old name.
+        """
+        return cls.seed(activation, init, batchnorm, **kw)
+
+    @classmethod
     def seed(cls, activation: str = "relu", init: str = "glorot_uniform", batchnorm: bool = False, **kw) -> "NetworkSpec":
-        """The seed experiments' network: 784 -> 512 -> 50 x 256 -> 10 (52 weight layers)."""
+        """The lecture demo's network (old name; prefer :meth:`demo`): 784 -> Dense(512) -> 50 x Dense(256) -> Dense(10).
+
+        51 hidden layers, 52 weight matrices counting the readout; defaults: the
+        demo's run 1 (ReLU, ``glorot_uniform``).
+        """
         return cls.stack(
             SEED_DEPTH,
             SEED_WIDTH,
