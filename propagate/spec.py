@@ -8,7 +8,7 @@ per-layer statistics, simulation samples it, training builds it with
 
 Layer convention (see :mod:`propagate.stats`): hidden layer ``l = 1..depth``
 computes ``h^l = W^l x^{l-1} + b^l`` and ``x^l = phi(h^l)``. With
-``batchnorm=True`` the seed's placement is used: a BatchNormalization on the
+``batchnorm=True`` the lecture demo's placement is used: a BatchNormalization on the
 *input* of hidden layers ``2..depth`` and of the readout (none before the first
 layer), i.e. ``h^l = W^l BN(x^{l-1}) + b^l``. Dropout (or alpha dropout) acts
 on every hidden layer's output ``x^l``. With ``layernorm=True`` a LayerNorm
@@ -51,7 +51,7 @@ from propagate.layers import build_network, compile_spec
 
 __all__ = ["NetworkSpec", "build_model", "compile_spec", "SEED_INPUT", "SEED_FIRST", "SEED_WIDTH", "SEED_DEPTH"]
 
-#: The seed experiments' shape: 784 -> 512 -> 50 x 256 -> 10.
+#: The lecture demo's shape (old names; prefer DEMO_*): 784 -> 512 -> 50 x 256 -> 10.
 SEED_INPUT, SEED_FIRST, SEED_WIDTH, SEED_DEPTH, SEED_CLASSES = 784, 512, 256, 51, 10
 #: The same shape under the name users read (the 2017 lecture demo): 51 hidden layers, Dense(512) then 50 x Dense(256).
 DEMO_INPUT, DEMO_FIRST, DEMO_WIDTH, DEMO_DEPTH, DEMO_CLASSES = SEED_INPUT, SEED_FIRST, SEED_WIDTH, SEED_DEPTH, SEED_CLASSES
@@ -168,7 +168,7 @@ class NetworkSpec:
         one activation of the registry as modules (``nn.ReLU``, ``nn.SELU``,
         ``nn.Tanh``, ...), optional ``Dropout``/``AlphaDropout`` after each
         activation, optional ``BatchNorm1d``/``LayerNorm`` (affine at identity)
-        before layers 2.. and the readout (the seed's placement), and an optional
+        before layers 2.. and the readout (the lecture demo's placement), and an optional
         readout ``Linear`` last. ``layer_sigma_w2`` is ``fan_in`` times each
         layer's mean squared weight, ``layer_sigma_b2`` its mean squared bias
         (:mod:`propagate.module_spec`). Raises :class:`UserError` naming the

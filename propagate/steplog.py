@@ -9,11 +9,13 @@ the learning-rate warmup counts them) it records, per seed of the ensemble:
   accuracy (fraction), measured before the step changed the weights;
 - ``lr``: the step's learning rate (``TrainOptions.lr_at``: warmup included);
 - ``grad_norm``: the L2 norm of the step's gradient over all parameters of
-  that seed's network (from ``info["grad_norm"]`` when training passes it,
-  else from the parameters' ``.grad``; ``NaN`` where neither holds the
-  gradient, e.g. when the optimizer updated each layer inside the backward
-  pass and left ``.grad`` unset: the optimizer's state is *not* the gradient,
-  so nothing else is used);
+  that seed's network. Training measures it between the backward pass and
+  the optimizer step on the steps :meth:`StepLog.wants_gradient` names and
+  passes it as ``info["grad_norm"]``, so it does not depend on where the
+  optimizer runs (a fused step that updates the weights inside the backward
+  pass leaves ``.grad`` unset). Without it the parameters' ``.grad`` is read;
+  ``NaN`` where neither holds the gradient (the optimizer's state is *not*
+  the gradient, so nothing else is used);
 - per weight layer ``l`` (``1..L`` hidden, ``L + 1`` the readout) the update
   ratio ``||W_l(t) - W_l(t-1)|| / ||W_l(t-1)||`` (Frobenius norms): how far
   that step moved the layer relative to its size. It needs the weights of the
@@ -124,7 +126,17 @@ class StepLog:
             return (int(info["epoch"]) - 1) * self.per_epoch + int(info["batch"]) + 1
         return self._calls
 
-    def callback(self, info: dict) -> None:
+    @property
+    def callback(self) -> "StepLog":
+        """What to pass as ``train(on_step=...)``: this object (callable, and it tells training which steps'
+        gradient norms it needs: :meth:`wants_gradient`)."""
+        return self
+
+    def wants_gradient(self, step: int) -> bool:
+        """Whether step ``step`` is logged (training then measures its gradient norm before the optimizer step)."""
+        return step % self.every == 0
+
+    def __call__(self, info: dict) -> None:
         """``train``'s ``on_step``: record the step if it is an ``every``-th one; copy the weights before one."""
         self._calls += 1
         step = self.step_of(info)

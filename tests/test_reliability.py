@@ -214,7 +214,7 @@ BAD = [
     ("sim-plot-proc", "simulate --plot /proc/x.png"),
     ("sim-input-unknown", "simulate --input nosuch"),
     ("sim-input-mean-with-dataset", "simulate --input mnist-5k --input-mean 0"),
-    ("sim-seed-shape-depth", "simulate --seed-shape --depth 3"),
+    ("sim-demo-shape-depth", "simulate --demo-shape --depth 3"),
     ("sim-activation-unknown", "simulate --activation nosuch --depth 2 --width 8 --samples 8 --seeds 2"),
     ("sim-init-unknown", "simulate --init nosuch --depth 2 --width 8 --samples 8 --seeds 2"),
     ("sim-bias-var-neg", "simulate --bias-var -1"),

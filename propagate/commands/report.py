@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "is their mean with a 95%% Student t interval (default 5, quick 2)")
     parser.add_argument("--sim-seeds", type=positive_int, help="simulated networks per configuration (default 4, quick 2)")
     parser.add_argument("--sections", type=_sections,
-                        help="extra sections after the seed's story, comma-separated, or 'none' "
+                        help="extra sections after the lecture demo's story, comma-separated, or 'none' "
                              "(default all: residual,spectrum,selfnorm,trainability,sweep)")
     parser.add_argument("--train-subset", type=positive_int, help="use only the first N training images")
     parser.add_argument("--trainability-subset", type=positive_int, default=10_000, metavar="N",

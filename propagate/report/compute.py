@@ -26,7 +26,7 @@ __all__ = [
     "simulate_configs",
 ]
 
-#: (activation, init) pairs of the seed and the recipes it left out; each is
+#: (activation, init) pairs of the lecture demo and the recipes it left out; each is
 #: simulated without and with batch normalization.
 SIM_CONFIGS = [
     ("relu", "glorot_uniform"),
@@ -115,7 +115,7 @@ class SimulationTables:
 
 
 def simulate_configs(inputs, *, configs=SIM_CONFIGS, samples=1000, seeds=4, seed=0, progress=False) -> SimulationTables:
-    """Simulate and predict the seed's network (784 -> 512 -> 50 x 256) for each configuration.
+    """Simulate and predict the lecture demo's network (784 -> 512 -> 50 x 256) for each configuration.
 
     ``inputs`` is an ``(N, 784)`` float array of input images ([0, 1] pixels)
     or ``"gaussian"``. Each (activation, init) runs without and with batch
@@ -129,7 +129,7 @@ def simulate_configs(inputs, *, configs=SIM_CONFIGS, samples=1000, seeds=4, seed
     sims, theories, notes = [], [], []
     for bn in (False, True):
         for act, init in configs:
-            spec = NetworkSpec.seed(act, init, bn, out_features=None)
+            spec = NetworkSpec.demo(act, init, bn, out_features=None)
             res = simulate(spec, samples=samples, seeds=seeds, seed=seed, input=inputs, progress=progress)
             label = spec.label()
             sims.append(res.table.assign(config=label))
@@ -184,7 +184,7 @@ def collect_training(work_dir, summary):
 
 
 def reported_table(summary):
-    """The seed's reported accuracies per preset and epoch (``preset, epoch, acc, val_acc``)."""
+    """The lecture demo's reported accuracies per preset and epoch (``preset, epoch, acc, val_acc``)."""
     import pandas as pd
 
     from propagate.presets import get_preset
@@ -200,7 +200,7 @@ def reported_table(summary):
 
 def drift_runs(summary, lrs) -> list[str]:
     """Runs whose per-layer drift the report shows: the SNN recipe at every learning rate,
-    the failing plain ReLU and the seed's favourite (SELU + BN + lecun_uniform)."""
+    the failing plain ReLU and the lecture demo's favourite (SELU + BN + lecun_uniform)."""
     have = set(summary["preset"])
     lrs = list(lrs)
     runs = [run_label("selu-lecun-normal", lr) for lr in lrs if "selu-lecun-normal" in have]

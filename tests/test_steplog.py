@@ -1,0 +1,116 @@
+"""Per-step training log (propagate.steplog, train --log-every/--tensorboard): the numbers against the updates."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from propagate import kernels
+from propagate.cli import main
+from propagate.data import Dataset, load_dataset
+from propagate.spec import NetworkSpec
+from propagate.steplog import STEP_COLUMNS, StepLog, steps_per_epoch
+from propagate.train import TrainOptions, train
+
+
+@pytest.fixture(scope="module")
+def small():
+    ds = load_dataset("mnist-5k")
+    return Dataset(f"{ds.name}[:192]", ds.x_train[:192], ds.y_train[:192], ds.x_test[:32], ds.y_test[:32], ds.source)
+
+
+def _spec():
+    return NetworkSpec.stack(3, 16, input_dim=784, first_width=16, out_features=10, activation="tanh",
+                             init="glorot_normal")
+
+
+def _logged_sgd_run(ds, every):
+    """Train 2 seeds with plain SGD, logging every ``every`` steps and keeping every step's parameters."""
+    opts = TrainOptions(epochs=1, optimizer="sgd", lr=0.05, batch_size=32, probe_size=16, threads=1)
+    log = StepLog(every, options=opts, steps_per_epoch=steps_per_epoch(ds.n_train, opts))
+    params = {}
+
+    class Spy:  # the log's callback, plus a copy of the parameters after every step
+        wants_gradient = staticmethod(log.wants_gradient)
+
+        def __call__(self, info):
+            params[info["step"]] = [p.detach().clone() for p in info["model"].parameters()]
+            log(info)
+
+    train(_spec(), opts, ds, seeds=2, on_step=Spy())
+    return log.table(), params, opts
+
+
+def test_sgd_step_is_lr_times_the_logged_gradient_norm(small):
+    """Plain SGD moves the parameters by -lr g: ||theta(t) - theta(t-1)|| / lr is the gradient norm the log holds,
+    and each layer's ||dW|| / ||W|| is its update ratio (both per seed)."""
+    table, params, opts = _logged_sgd_run(small, every=2)
+    assert list(table.columns) == list(STEP_COLUMNS)
+    assert sorted(table["step"].unique()) == [2, 4, 6]  # 192 / 32 = 6 steps, every second one
+    assert sorted(table["layer"].unique()) == [1, 2, 3, 4]  # 3 hidden layers and the readout
+    assert (table["lr"] == 0.05).all() and table["acc"].between(0, 1).all() and (table["loss"] > 0).all()
+    for step in (4, 6):
+        after, before = params[step], params[step - 1]
+        for s in (0, 1):
+            moved = math.sqrt(sum(float((a[s] - b[s]).double().square().sum()) for a, b in zip(after, before)))
+            rows = table[(table["step"] == step) & (table["seed"] == s)]
+            assert rows["grad_norm"].iloc[0] == pytest.approx(moved / opts.lr, rel=1e-4)
+            weights = [(a, b) for a, b in zip(after, before) if a.dim() >= 3]
+            for layer, (a, b) in enumerate(weights, start=1):
+                ratio = float((a[s] - b[s]).double().norm() / b[s].double().norm())
+                got = rows.loc[rows["layer"] == layer, "update_ratio"].iloc[0]
+                assert got == pytest.approx(ratio, rel=1e-4)
+
+
+def test_gradient_norm_is_the_same_on_the_fused_and_plain_paths(small):
+    """The log's gradient norm does not depend on the kernels (fused per-op kernels vs plain torch expressions),
+    and the first logged step has no update ratio (no weights of the step before)."""
+    opts = TrainOptions(epochs=1, lr=1e-3, batch_size=64, probe_size=16, threads=1)
+    spec = NetworkSpec.stack(2, 16, input_dim=784, first_width=16, out_features=10, activation="selu",
+                             init="lecun_normal")
+
+    def run():
+        log = StepLog(1, options=opts, steps_per_epoch=steps_per_epoch(small.n_train, opts))
+        train(spec, opts, small, seeds=2, on_step=log.callback)
+        return log.table()
+
+    fused = run()
+    with kernels.disabled():
+        plain = run()
+    assert fused["grad_norm"].notna().all() and (fused["grad_norm"] > 0).all()
+    assert fused["grad_norm"].to_numpy() == pytest.approx(plain["grad_norm"].to_numpy(), rel=1e-5)
+    assert fused.loc[fused["step"] == 1, "update_ratio"].isna().all()
+    assert fused.loc[fused["step"] > 1, "update_ratio"].gt(0).all()
+
+
+def test_without_a_gradient_the_norm_is_nan_not_a_guess():
+    """An optimizer that left .grad unset (updated inside the backward pass) and no norm from training: NaN."""
+    model = torch.nn.Linear(3, 2)
+    log = StepLog(1)
+    log({"step": 1, "epoch": 1, "seeds": [0], "loss": [1.0], "acc": [0.5], "model": model})
+    assert math.isnan(log.table()["grad_norm"].iloc[0])
+
+
+def test_train_cli_writes_steps_csv_and_tensorboard(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    out, tb = tmp_path / "run", tmp_path / "tb"
+    rc = main(["train", "--depth", "2", "--width", "16", "--epochs", "1", "--dataset", "mnist-5k", "--threads", "1",
+               "--no-progress", "--batch-size", "1000", "--out", str(out), "--log-every", "2", "--tensorboard", str(tb),
+               "--csv", str(tmp_path / "h.csv")])
+    assert rc == 0
+    steps = pd.read_csv(out / "steps.csv")
+    assert (out / "steps.csv.meta.json").is_file()
+    assert sorted(steps["step"].unique()) == [2, 4]  # 5000 images / 1000 = 5 steps
+    assert steps["grad_norm"].gt(0).all() and steps["update_ratio"].gt(0).all()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    loss = acc.Scalars("seed0/loss")
+    assert [e.step for e in loss] == [2, 4]
+    assert loss[0].value == pytest.approx(steps.loc[steps["step"] == 2, "loss"].iloc[0], rel=1e-6)
+    hist = pd.read_csv(tmp_path / "h.csv")
+    assert list(hist["epoch"]) == [1] and 0 <= hist["val_acc"].iloc[0] <= 1
