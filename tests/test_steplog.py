@@ -114,3 +114,38 @@ def test_train_cli_writes_steps_csv_and_tensorboard(tmp_path, capsys):
     assert loss[0].value == pytest.approx(steps.loc[steps["step"] == 2, "loss"].iloc[0], rel=1e-6)
     hist = pd.read_csv(tmp_path / "h.csv")
     assert list(hist["epoch"]) == [1] and 0 <= hist["val_acc"].iloc[0] <= 1
+    # propagate.load reads the run folder: its tables as written, with the metadata beside each
+    import propagate
+
+    run = propagate.load(out)
+    assert run.kind == "train" and {"history", "layers", "summary", "steps"} <= set(run)
+    pd.testing.assert_frame_equal(run["steps"], steps)
+    assert run["history"]["val_acc"].iloc[0] == pytest.approx(hist["val_acc"].iloc[0], rel=1e-9)
+    assert run.meta["history"]["command"].startswith("propagate train") and run.meta["steps"]["log_every"] == 2
+    assert run.identity["kind"] == "train"
+
+
+def test_load_reads_a_report_data_folder_and_one_file(tmp_path):
+    """A report's data/ (read through the report folder) and a single JSON document become DataFrames with metadata."""
+    import json
+
+    import propagate
+    from propagate.io import write_json, write_table
+
+    folder = tmp_path / "rep"
+    (folder / "data").mkdir(parents=True)
+    (folder / "README.md").write_text("# report\\n")
+    write_table(pd.DataFrame({"layer": [1, 2], "pre_var": [1.0, 0.5], "theory_pre_var": [1.0, 0.25]}),
+                folder / "data" / "simulation_layers.csv", {"command": "propagate report", "seed": 3})
+    write_json({"lambda": 1.0507009873554805, "alpha": 1.6732632423543772}, folder / "data" / "selu_solution.json",
+               {"command": "propagate report"})
+    rep = propagate.load(folder)
+    assert rep.kind == "report" and set(rep) == {"simulation_layers", "selu_solution"}
+    assert rep["simulation_layers"]["theory_pre_var"].tolist() == [1.0, 0.25]
+    assert rep.meta["simulation_layers"]["seed"] == 3
+    assert rep["selu_solution"]["lambda"].iloc[0] == pytest.approx(1.0507009873554805, rel=1e-15)
+    one = propagate.load(folder / "data" / "selu_solution.json")
+    assert one.table["alpha"].iloc[0] == pytest.approx(1.6732632423543772, rel=1e-15)
+    assert json.loads((folder / "data" / "selu_solution.json.meta.json").read_text())["command"] == "propagate report"
+    with pytest.raises(propagate.errors.UserError, match="does not exist"):
+        propagate.load(tmp_path / "nothing")

@@ -239,6 +239,12 @@ def test_cli_local_cluster_then_rerun_computes_nothing(tmp_path, capsys):
     assert first.startswith("sweep: 4 points: 4 computed, 0 already done, 0 failed")
     df = pd.read_parquet(out / "results.parquet")
     assert set(zip(df["activation"], df["init"])) == {(a, i) for a in ("relu", "tanh") for i in ("normal:1", "normal:2")}
+    from propagate import load
+
+    loaded = load(out)  # the sweep's results with the plan in its metadata
+    assert loaded.kind == "sweep"
+    pd.testing.assert_frame_equal(loaded["results"], df)
+    assert loaded.meta["results"]["versions"]
     stamp = (out / "results.parquet").stat().st_mtime_ns
     t0 = time.perf_counter()
     assert main(["sweep", str(sweep), "--out", str(out), "--workers", "1"]) == 0

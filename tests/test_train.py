@@ -658,6 +658,15 @@ def test_reproduce_writes_results_and_resumes(mnist5k, tmp_path):
     long = pd.read_csv(out / "summary.csv")  # long: one row per (preset, lr, epoch)
     assert long.shape[0] == 2 and list(long["epoch"]) == [1, 1] and list(long["lr"]) == [1e-3, 1e-4]
     assert long["val_acc_mean"].iloc[0] == pytest.approx(m) and long["reported_acc"].iloc[0] == 0.2284
+    from propagate import load
+
+    loaded = load(out)  # the summary and every run's tables, gathered with a run column
+    assert loaded.kind == "reproduce" and loaded["summary"]["val_acc_mean"].iloc[0] == pytest.approx(m)
+    runs = loaded["history"]
+    mine = runs[runs["run"] == "selu-bn-lecun-uniform_lr0.001"]
+    assert mine["val_acc"].tolist() == pytest.approx(v.tolist()) and set(runs["run"]) == {
+        "selu-bn-lecun-uniform_lr0.001", "selu-bn-lecun-uniform_lr0.0001"}
+    assert loaded.meta["run_summary" if "run_summary" in loaded else "summary"] is not None
     meta = json.loads((out / "selu-bn-lecun-uniform_lr0.001" / "history.csv.meta.json").read_text())
     assert meta["reported"]["acc"][0] == 0.2284 and meta["versions"]["torch"]
     # resuming finished runs trains nothing
