@@ -289,7 +289,7 @@ BAD = [
     ("report-presets-unknown", "report --presets nosuch --out {T}/newreport"),
     ("report-lr-0", "report --lr 0"),
     ("report-epochs-0", "report --epochs 0"),
-    ("report-samples-0", "report --samples 0"),
+    ("report-inputs-0", "report --inputs 0"),
     ("report-seeds-0", "report --seeds 0"),
     ("report-train-subset-0", "report --train-subset 0"),
     ("report-device-tpu", "report --device tpu"),
@@ -406,8 +406,8 @@ NUMERIC = {
         "--seeds": ALL, "--probe-size": ALL, "--threads": ALL,
     },
     "report --quick --out {T}/newreport": {
-        "--lr": ("zero", "neg", "nan", "inf", "denormal"), "--epochs": ALL, "--samples": ALL, "--seeds": ALL,
-        "--sim-seeds": ALL, "--train-subset": ALL, "--trainability-subset": ALL, "--seed": PARSE + ("neg", "huge"),
+        "--lr": ("zero", "neg", "nan", "inf", "denormal"), "--epochs": ALL, "--inputs": ALL, "--seeds": ALL,
+        "--networks": ALL, "--train-subset": ALL, "--trainability-subset": ALL, "--seed": PARSE + ("neg", "huge"),
     },
     "trainability --presets relu --dataset mnist-5k": {
         "--seeds": ALL, "--seed": PARSE + ("neg", "huge"), "--epochs": ALL, "--batch-size": ALL,

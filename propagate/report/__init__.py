@@ -133,10 +133,10 @@ def check_report_folders(out_dir: str | Path, options: ReportOptions | None = No
 
 
 def _check_simulation_size(opts: ReportOptions) -> None:
-    """Refuse --samples/--seeds whose simulation of the lecture demo's network would not fit in memory."""
+    """Refuse --inputs/--networks whose simulation of the lecture demo's network would not fit in memory."""
     widths = [784, 512] + [256] * 50  # the lecture demo's network, simulated by compute.simulate_configs
     require_memory(simulation_bytes(widths, opts.sim_samples, opts.sim_seeds),
-                   f"simulating {opts.sim_seeds} networks x {opts.sim_samples} inputs", "use fewer --seeds or --samples")
+                   f"simulating {opts.sim_seeds} networks x {opts.sim_samples} inputs", "use fewer --networks or --inputs")
 
 
 def _check_training_size(opts: ReportOptions) -> None:
