@@ -147,6 +147,17 @@ def _add_weight_variances(table, spec) -> None:
     sw2, sb2 = [float(v) for v in spec.sigma_w2()], [float(v) for v in spec.sigma_b2()]
     table["sigma_w2"] = [sw2[int(l) - 1] if int(l) >= 1 else sw2[-1] for l in table["layer"]]
     table["sigma_b2"] = [sb2[int(l) - 1] if int(l) >= 1 else sb2[-1] for l in table["layer"]]
+    _add_init_columns(table, spec)
+
+
+def _add_init_columns(table, spec) -> None:
+    """The initializer's parameters as columns: ``init_distribution`` (normal, uniform, truncated_normal,
+    orthogonal), ``init_scale`` (Var(w) = scale / fan, or the gain^2 of an orthogonal init) and ``init_mode``
+    (the fan: fan_in, fan_out, fan_avg, or fixed), so a sweep over inits is grouped without parsing ``init``."""
+    from propagate.inits import get_init
+
+    init = get_init(spec.init)
+    table["init_distribution"], table["init_scale"], table["init_mode"] = init.distribution, float(init.scale), init.mode
 
 
 def _simulate_dataset(args) -> tuple[str, str | None] | None:
@@ -170,6 +181,7 @@ def _train_compute(args, threads: int | None, dataset: str | None):
     res = train(spec, options, data, progress=False, preset=preset)
     history = res.history.copy()
     history["status"] = res.status
+    _add_init_columns(history, spec)
     return {"results": history, "layers": res.layers}, {"status": res.status, "dataset": data.name}
 
 

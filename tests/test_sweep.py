@@ -244,6 +244,11 @@ def test_cli_local_cluster_then_rerun_computes_nothing(tmp_path, capsys):
     loaded = load(out)  # the sweep's results with the plan in its metadata
     assert loaded.kind == "sweep"
     pd.testing.assert_frame_equal(loaded["results"], df)
+    # every row (the input's layer 0 too) carries its point's sigma_w2, and the init's parameters as numbers
+    assert df["sigma_w2"].notna().all() and (df["init_distribution"] == "normal").all() and (df["init_mode"] == "fan_in").all()
+    assert (df["init_scale"] == df["init"].str.split(":").str[1].astype(float)).all()
+    hidden = df[df["layer"] >= 1]  # sigma_w2 = fan_in Var(w) = fan_in (S / fan_in): S up to round-off
+    assert hidden["sigma_w2"].to_numpy() == pytest.approx(hidden["init_scale"].to_numpy(), rel=1e-12)
     assert loaded.meta["results"]["versions"]
     stamp = (out / "results.parquet").stat().st_mtime_ns
     t0 = time.perf_counter()
