@@ -68,7 +68,7 @@ class NetworkSpec:
         init: initializer name for every weight layer (see :mod:`propagate.inits`).
         bias_var: bias variance ``sigma_b^2`` (a variance, independent of fan-in);
             ``None`` means the initializer's default (zero; torch_default's uniform).
-        batchnorm: seed placement of BatchNormalization (module docstring).
+        batchnorm: the lecture demo's placement of BatchNormalization (module docstring).
         dropout: standard dropout rate after each hidden layer.
         alpha_dropout: alpha-dropout rate after each hidden layer (for SELU).
         out_features: width of a linear readout (logits) after the last hidden

@@ -365,7 +365,7 @@ def estimate_memory(spec, options: TrainOptions, n_seeds: int | None = None, n_t
     weights and the checkpoint's copy of weights and optimizer state; the
     dataset on the device once; and :data:`PROCESS_BASELINE`. Calibration
     (``benchmarks/bench_train.py``, no run folder, so no checkpoint copy): the
-    seed network, 2,048 images, peak RSS 0.56 / 1.04 / 1.71 GiB for 1 / 4 / 8
+    lecture demo's network, 2,048 images, peak RSS 0.56 / 1.04 / 1.71 GiB for 1 / 4 / 8
     seeds; this estimate 0.60 / 1.20 / 1.99 GiB.
     """
     S = options.seeds if n_seeds is None else int(n_seeds)
