@@ -33,22 +33,22 @@ from propagate.commands import _args
 NOISE = 64 * sys.float_info.epsilon
 
 
-def json_file_or_stdout(text: str) -> str:
-    """``-`` (standard output) or a ``.json`` file to write (checked now)."""
+def _file_or_stdout(text: str, suffix: str, stdout_hint: str) -> str:
     if text == "-":
         return text
-    if not text.lower().endswith(".json"):
-        raise argparse.ArgumentTypeError(f"expects a .json file name (or nothing: standard output), got {text!r}")
+    if not text.lower().endswith(suffix):
+        raise argparse.ArgumentTypeError(f"expects a {suffix} file name {stdout_hint}, got {text!r}")
     return _args.output_file(text)
+
+
+def json_file_or_stdout(text: str) -> str:
+    """``-`` (standard output) or a ``.json`` file to write (checked now)."""
+    return _file_or_stdout(text, ".json", "(or nothing: standard output)")
 
 
 def csv_file_or_stdout(text: str) -> str:
     """``-`` (standard output) or a ``.csv`` file to write (checked now)."""
-    if text == "-":
-        return text
-    if not text.lower().endswith(".csv"):
-        raise argparse.ArgumentTypeError(f"expects a .csv file name or '-' (standard output), got {text!r}")
-    return _args.output_file(text)
+    return _file_or_stdout(text, ".csv", "or '-' (standard output)")
 
 
 def add_output_arguments(parser, *, what: str = "the table", json_help: str | None = None,
