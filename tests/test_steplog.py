@@ -149,3 +149,19 @@ def test_load_reads_a_report_data_folder_and_one_file(tmp_path):
     assert json.loads((folder / "data" / "selu_solution.json.meta.json").read_text())["command"] == "propagate report"
     with pytest.raises(propagate.errors.UserError, match="does not exist"):
         propagate.load(tmp_path / "nothing")
+
+
+def test_train_json_to_stdout_is_strict_and_holds_history_and_summary(capsys):
+    import json
+
+    rc = main(["train", "--depth", "2", "--width", "16", "--epochs", "1", "--dataset", "mnist-5k", "--threads", "1",
+               "--no-progress", "--batch-size", "1000", "--seeds", "2", "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    doc = json.loads(out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert [(r["seed"], r["epoch"]) for r in doc["rows"]] == [(0, 1), (1, 1)]
+    accs = [r["val_acc"] for r in doc["rows"]]
+    s = doc["summary"][0]
+    assert s["n_seeds"] == 2 and s["val_acc_mean"] == pytest.approx(sum(accs) / 2, rel=1e-9)
+    assert s["val_acc_ci_low"] < s["val_acc_mean"] < s["val_acc_ci_high"] or accs[0] == accs[1]
+    assert doc["meta"]["command"].startswith("propagate train") and doc["status"] == "finished"
