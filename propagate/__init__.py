@@ -5,6 +5,7 @@ table. Heavy dependencies load on first use, so ``import propagate`` is quick.
 
 >>> import propagate
 >>> r = propagate.solve_selu(mean=0, var=1, digits=30)   # doctest: +SKIP
+>>> run = propagate.load("runs/snn")                      # doctest: +SKIP  (any output folder or file)
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ _LAZY = {
     "load_dataset": "propagate.data",
     "train": "propagate.train",
     "TrainOptions": "propagate.train",
-    "reproduce": "propagate.train",
     "get_preset": "propagate.presets",
     "list_presets": "propagate.presets",
     "build_report": "propagate.report",
@@ -40,6 +40,9 @@ _LAZY = {
     "InspectResult": "propagate.model_stats",
     "LayerStats": "propagate.model_stats",
     "ReportOptions": "propagate.report",
+    "load": "propagate.results",
+    "Loaded": "propagate.results",
+    "StepLog": "propagate.steplog",
 }
 
 

@@ -21,7 +21,7 @@ Three sources, by name (see :func:`load_dataset`):
 
 Images are kept as ``uint8`` arrays of shape ``(N, 28, 28)``; labels as
 ``int64`` arrays of shape ``(N,)``. :meth:`Dataset.arrays` gives the float32,
-[0, 1]-scaled, flattened form the seed experiments train on.
+[0, 1]-scaled, flattened form the lecture demo trains on.
 
 The library never prints: download progress goes to a tqdm bar on stderr (only
 with ``progress=True`` and a terminal), and notes (a mirror failed, the embedded
@@ -232,7 +232,7 @@ class Dataset:
     def arrays(self, split: str = "train", flatten: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """``(x, y)`` for ``split`` ("train" or "test"), pixels as float32 scaled to [0, 1].
 
-        ``x`` has shape ``(N, 784)`` when ``flatten`` (the seed's input), else
+        ``x`` has shape ``(N, 784)`` when ``flatten`` (the lecture demo's input), else
         ``(N, 28, 28)``; ``y`` is int64 class indices (not one-hot).
         """
         if split == "train":

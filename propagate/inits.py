@@ -5,7 +5,7 @@ mean-field theory works with (``sigma_w^2 = 1`` is LeCun, ``2`` is He), for a
 layer with ``fan_in`` inputs and ``fan_out`` outputs. Weight matrices have shape
 ``(fan_out, fan_in)`` as in ``torch.nn.Linear``.
 
-Names and semantics follow Keras (so the seed experiments translate one to one):
+Names and semantics follow Keras (so the lecture demo's Keras code translates one to one):
 
 ==================  =====================================================
 ``glorot_uniform``  U(-l, l), l = sqrt(6 / (fan_in + fan_out))

@@ -44,7 +44,10 @@ __all__ = [
     "atomic_write_json",
     "atomic_directory",
     "run_metadata",
+    "meta_path",
+    "write_meta",
     "write_table",
+    "write_json",
     "read_table",
 ]
 
@@ -452,21 +455,49 @@ def run_metadata(seed: int | None = None, **extra: Any) -> dict[str, Any]:
     return meta
 
 
-def write_table(df, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-    """Write a tidy table (pandas DataFrame) to ``.csv`` or ``.json``, atomically.
+def meta_path(path: str | os.PathLike) -> Path:
+    """The metadata file beside a data file: ``<name>.meta.json`` (``table.csv`` -> ``table.csv.meta.json``)."""
+    path = Path(path)
+    return path.with_name(path.name + ".meta.json")
 
-    CSV gets its metadata in a sidecar ``<name>.meta.json`` so the CSV stays plain
-    for pandas, R and spreadsheets. JSON holds ``{"meta": ..., "rows": [...]}``.
+
+def write_meta(path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``meta`` (default :func:`run_metadata`) as the ``.meta.json`` beside the data file ``path``."""
+    return atomic_write_json(meta_path(path), meta if meta is not None else run_metadata())
+
+
+def write_table(df, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+    """Write a tidy table (pandas DataFrame) to ``.csv``, ``.json`` or ``.parquet``, atomically, with its metadata.
+
+    Every format gets the sidecar ``<name>.meta.json`` (:func:`meta_path`): the
+    one place a reader (:func:`propagate.load`) finds what produced the file.
+    CSV stays plain for pandas, R and spreadsheets (floats to 10 significant
+    digits); JSON holds ``{"meta": ..., "rows": [...]}`` (strict: NaN as
+    ``null``); Parquet keeps every digit and the column types.
     """
     path = Path(path)
     meta = meta if meta is not None else run_metadata()
-    if path.suffix.lower() == ".json":
+    suffix = path.suffix.lower()
+    if suffix == ".json":
         rows = json.loads(df.to_json(orient="records", double_precision=15))
         atomic_write_json(path, {"meta": meta, "rows": rows})
+    elif suffix == ".parquet":
+        import io as _io
+
+        buf = _io.BytesIO()
+        df.to_parquet(buf, index=False)
+        atomic_write_bytes(path, buf.getvalue())
     else:
         atomic_write_text(path, df.to_csv(index=False, float_format="%.10g"))
-        atomic_write_json(path.with_name(path.name + ".meta.json"), meta)
+    write_meta(path, meta)
     return path
+
+
+def write_json(obj: Any, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+    """Write a JSON result that is not a table (a solution, a document) atomically, with its ``.meta.json``."""
+    atomic_write_json(path, obj)
+    write_meta(path, meta)
+    return Path(path)
 
 
 def read_table(path: str | os.PathLike):
@@ -474,7 +505,10 @@ def read_table(path: str | os.PathLike):
     import pandas as pd
 
     path = Path(path)
-    if path.suffix.lower() == ".json":
+    suffix = path.suffix.lower()
+    if suffix == ".json":
         with open(path) as fh:
             return pd.DataFrame(json.load(fh)["rows"])
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
     return pd.read_csv(path)

@@ -48,7 +48,7 @@ Two levels:
 ``p -= lr g / (sqrt(v) + eps)``, eps outside the root) in one pass over
 memory. torch's RMSprop takes five (``mul_``, ``addcmul_``, ``sqrt``,
 ``add_``, ``addcdiv_``: about 13 reads and writes of every parameter-sized
-tensor per step, and for the seed's 3.8 M weights this memory traffic, not
+tensor per step, and for the lecture demo's 3.8 M weights this memory traffic, not
 arithmetic, is the cost). The rule is Adam's with ``beta1 = 0`` and without
 bias correction, so torch's fused single-pass Adam kernel computes it exactly
 when given ``beta1 = 0`` and a step count so large that ``beta2^t`` is 0

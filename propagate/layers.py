@@ -1,7 +1,7 @@
 """The layer operations of a network: one description per layer kind, read by all three lenses.
 
 :func:`compile_spec` turns a :class:`~propagate.spec.NetworkSpec` into one
-ordered list of operations, in the seed's placement (see :mod:`propagate.spec`)::
+ordered list of operations, in the lecture demo's placement (see :mod:`propagate.spec`)::
 
     layer 1:        Dense, Activation, [Dropout | AlphaDropout]
     layer l >= 2:   [BatchNorm | LayerNorm], Dense, Activation, [Dropout | AlphaDropout]

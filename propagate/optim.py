@@ -11,7 +11,7 @@ OPTIMIZERS = ("rmsprop", "adam", "sgd")
 
 
 def make_optimizer(params, options):
-    """The optimizer ``options.optimizer`` over ``params``, with the seed's Keras settings.
+    """The optimizer ``options.optimizer`` over ``params``, with the lecture demo's Keras settings.
 
     ``options``: a :class:`propagate.train.TrainOptions` (``optimizer``, ``lr``,
     ``rho``, ``eps``, ``momentum``).

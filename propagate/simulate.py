@@ -47,7 +47,7 @@ op's batched forward pass and hand-written vector-Jacobian product), run by
 every layer by :func:`propagate.stats.measure` (a tap on the run, beside the
 :class:`propagate.batched.LogNorms` tap of the spread). LayerNorm normalizes each sample over its
 units; a residual block adds ``sqrt(1 - R^2) x`` to ``R`` times its branch.
-BatchNormalization (seed placement, see :mod:`propagate.spec`) uses train-mode
+BatchNormalization (the lecture demo's placement, see :mod:`propagate.spec`) uses train-mode
 batch statistics over the ``samples`` inputs of each network (biased variance,
 ``eps = spec.bn_eps``, gamma 1, beta 0). Dropout is inverted dropout; alpha
 dropout follows ``torch.nn.functional.alpha_dropout``. The linear readout

@@ -8,7 +8,7 @@ per-layer statistics, simulation samples it, training builds it with
 
 Layer convention (see :mod:`propagate.stats`): hidden layer ``l = 1..depth``
 computes ``h^l = W^l x^{l-1} + b^l`` and ``x^l = phi(h^l)``. With
-``batchnorm=True`` the seed's placement is used: a BatchNormalization on the
+``batchnorm=True`` the lecture demo's placement is used: a BatchNormalization on the
 *input* of hidden layers ``2..depth`` and of the readout (none before the first
 layer), i.e. ``h^l = W^l BN(x^{l-1}) + b^l``. Dropout (or alpha dropout) acts
 on every hidden layer's output ``x^l``. With ``layernorm=True`` a LayerNorm
@@ -54,8 +54,10 @@ from propagate.layers import build_network, compile_spec
 
 __all__ = ["NetworkSpec", "build_model", "same_architecture", "compile_spec", "SEED_INPUT", "SEED_FIRST", "SEED_WIDTH", "SEED_DEPTH"]
 
-#: The seed experiments' shape: 784 -> 512 -> 50 x 256 -> 10.
+#: The lecture demo's shape (old names; prefer DEMO_*): 784 -> 512 -> 50 x 256 -> 10.
 SEED_INPUT, SEED_FIRST, SEED_WIDTH, SEED_DEPTH, SEED_CLASSES = 784, 512, 256, 51, 10
+#: The same shape under the name users read (the 2017 lecture demo): 51 hidden layers, Dense(512) then 50 x Dense(256).
+DEMO_INPUT, DEMO_FIRST, DEMO_WIDTH, DEMO_DEPTH, DEMO_CLASSES = SEED_INPUT, SEED_FIRST, SEED_WIDTH, SEED_DEPTH, SEED_CLASSES
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class NetworkSpec:
         init: initializer name for every weight layer (see :mod:`propagate.inits`).
         bias_var: bias variance ``sigma_b^2`` (a variance, independent of fan-in);
             ``None`` means the initializer's default (zero; torch_default's uniform).
-        batchnorm: seed placement of BatchNormalization (module docstring).
+        batchnorm: the lecture demo's placement of BatchNormalization (module docstring).
         dropout: standard dropout rate after each hidden layer.
         alpha_dropout: alpha-dropout rate after each hidden layer (for SELU).
         out_features: width of a linear readout (logits) after the last hidden
@@ -132,8 +134,23 @@ class NetworkSpec:
         return cls(widths=(input_dim, first, *([width] * (depth - 1))), **kw)
 
     @classmethod
+    def demo(cls, activation: str = "selu", init: str = "lecun_normal", batchnorm: bool = False,
+             **kw) -> "NetworkSpec":
+        """The lecture demo's network: 784 inputs, 51 hidden layers (Dense(512) then 50 x Dense(256)), Dense(10).
+
+        52 weight matrices in all, counting the readout. The defaults are the
+        commands' one default network (SELU with ``lecun_normal`` weights, the
+        SNN paper's recipe); :meth:`seed` is the same shape under its old name.
+        """
+        return cls.seed(activation, init, batchnorm, **kw)
+
+    @classmethod
     def seed(cls, activation: str = "relu", init: str = "glorot_uniform", batchnorm: bool = False, **kw) -> "NetworkSpec":
-        """The seed experiments' network: 784 -> 512 -> 50 x 256 -> 10 (52 weight layers)."""
+        """The lecture demo's network (old name; prefer :meth:`demo`): 784 -> Dense(512) -> 50 x Dense(256) -> Dense(10).
+
+        51 hidden layers, 52 weight matrices counting the readout; defaults: the
+        demo's run 1 (ReLU, ``glorot_uniform``).
+        """
         return cls.stack(
             SEED_DEPTH,
             SEED_WIDTH,
@@ -154,7 +171,7 @@ class NetworkSpec:
         one activation of the registry as modules (``nn.ReLU``, ``nn.SELU``,
         ``nn.Tanh``, ...), optional ``Dropout``/``AlphaDropout`` after each
         activation, optional ``BatchNorm1d``/``LayerNorm`` (affine at identity)
-        before layers 2.. and the readout (the seed's placement), and an optional
+        before layers 2.. and the readout (the lecture demo's placement), and an optional
         readout ``Linear`` last. ``layer_sigma_w2`` is ``fan_in`` times each
         layer's mean squared weight, ``layer_sigma_b2`` its mean squared bias
         (:mod:`propagate.module_spec`). Raises :class:`UserError` naming the

@@ -6,7 +6,7 @@ table) and a grid of its options::
     lens = "simulate"              # theory | simulate | train | trainability
     [fixed]                        # options shared by every point
     depth = 10
-    samples = 200
+    inputs = 200
     [grid]                         # the product of these lists
     activation = ["relu", "tanh"]
     init = ["normal:1", "normal:2"]
@@ -57,7 +57,6 @@ import argparse
 import contextlib
 import hashlib
 import importlib
-import io
 import itertools
 import json
 import math
@@ -71,11 +70,12 @@ from typing import Any, Callable
 
 from propagate.cluster import check_where
 from propagate.commands import theory as theory_command
+from propagate.commands._args import DeprecatedOption
 from propagate.commands import train as train_command
 from propagate.commands import trainability as trainability_command
 from propagate.commands.simulate import build_spec as simulate_build_spec
 from propagate.errors import UserError
-from propagate.io import atomic_write_bytes, atomic_write_json, run_metadata
+from propagate.io import atomic_write_json, run_metadata, write_table
 from propagate.limits import check_grid, linear_range
 from propagate.runfolder import claim
 from propagate.runner import OnDask, PointStore, ProgressBar, call, point_key, run_points
@@ -110,6 +110,7 @@ def _theory_compute(args, threads: int | None, dataset: str | None):
     spec, sw2, sb2 = theory_command.build(args)
     res = analyze(spec.activation, sw2, sb2, spec.depth, spec=spec, input_corr=args.input_corr)
     table = res.table.copy()
+    _add_weight_variances(table, spec)
     # the fixed-point scalars on every row, so a map of chi_1 or xi_c is one groupby away
     for k, v in res.summary().items():
         if k not in table.columns:
@@ -127,19 +128,40 @@ def _simulate_compute(args, threads: int | None, dataset: str | None):
     spec = simulate_build_spec(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # divergence is a result here (column `diverged`), not a warning
-        res = simulate(spec, samples=args.samples, seeds=args.seeds, seed=args.seed, dtype=args.dtype,
-                       device=args.device, jacobian=False, input=dataset or args.input, threads=threads,
+        res = simulate(spec, samples=args.inputs, seeds=args.networks, seed=args.seed, dtype=args.dtype,
+                       device=args.device, jacobian=False, input=dataset or args.dataset, threads=threads,
                        progress=False)
     table = res.table.copy()
-    # the weight and bias variance of each row's layer, so maps over inits need no parsing of `init`
-    sw2, sb2 = spec.sigma_w2(), spec.sigma_b2()
-    table["sigma_w2"] = [sw2[int(l) - 1] if int(l) >= 1 else math.nan for l in table["layer"]]
-    table["sigma_b2"] = [sb2[int(l) - 1] if int(l) >= 1 else math.nan for l in table["layer"]]
+    _add_weight_variances(table, spec)
     return {"results": table}, {"diverged_at": res.diverged_at, "seconds": res.meta.get("seconds")}
 
 
+def _add_weight_variances(table, spec) -> None:
+    """The weight and bias variance of each row's layer as numbers, so maps over inits need no parsing of `init`.
+
+    Layer ``l >= 1`` gets its own ``sigma_w2``/``sigma_b2``; layer 0 (the
+    input, which has no weights) gets the network's, the last hidden layer's
+    (the values ``propagate theory`` summarizes a network by), so every row of
+    a point carries the numbers its point was run at.
+    """
+    sw2, sb2 = [float(v) for v in spec.sigma_w2()], [float(v) for v in spec.sigma_b2()]
+    table["sigma_w2"] = [sw2[int(l) - 1] if int(l) >= 1 else sw2[-1] for l in table["layer"]]
+    table["sigma_b2"] = [sb2[int(l) - 1] if int(l) >= 1 else sb2[-1] for l in table["layer"]]
+    _add_init_columns(table, spec)
+
+
+def _add_init_columns(table, spec) -> None:
+    """The initializer's parameters as columns: ``init_distribution`` (normal, uniform, truncated_normal,
+    orthogonal), ``init_scale`` (Var(w) = scale / fan, or the gain^2 of an orthogonal init) and ``init_mode``
+    (the fan: fan_in, fan_out, fan_avg, or fixed), so a sweep over inits is grouped without parsing ``init``."""
+    from propagate.inits import get_init
+
+    init = get_init(spec.init)
+    table["init_distribution"], table["init_scale"], table["init_mode"] = init.distribution, float(init.scale), init.mode
+
+
 def _simulate_dataset(args) -> tuple[str, str | None] | None:
-    return (args.input, None) if args.input != "gaussian" else None
+    return (args.dataset, None) if args.dataset != "gaussian" else None
 
 
 def _train_check(args) -> None:
@@ -159,6 +181,7 @@ def _train_compute(args, threads: int | None, dataset: str | None):
     res = train(spec, options, data, progress=False, preset=preset)
     history = res.history.copy()
     history["status"] = res.status
+    _add_init_columns(history, spec)
     return {"results": history, "layers": res.layers}, {"status": res.status, "dataset": data.name}
 
 
@@ -217,9 +240,10 @@ LENSES: dict[str, Lens] = {
     "simulate": Lens("simulate", "simulate", _simulate_compute, simulate_build_spec,
                      frozenset({"csv", "json", "plot", "quiet", "jacobian"}), dataset=_simulate_dataset),
     "train": Lens("train", "train", _train_compute, _train_check,
-                  frozenset({"list_presets", "out", "resume", "no_progress"}), rows="seed and epoch", dataset=_train_dataset),
+                  frozenset({"list_presets", "out", "resume", "no_progress", "json", "csv", "log_every", "tensorboard"}),
+                  rows="seed and epoch", dataset=_train_dataset),
     "trainability": Lens("trainability", "trainability", _trainability_compute, _trainability_setup,
-                         frozenset({"out", "resume", "no_progress", "workers", "scheduler"}),
+                         frozenset({"out", "resume", "no_progress", "workers", "scheduler", "json", "csv"}),
                          rows="configuration and learning rate",
                          dataset=_train_dataset),
 }
@@ -250,12 +274,16 @@ class _RaisingParser:
         # Field name -> (option, action), for every long option and alias (--sigma-b2 and --bias-var).
         # argparse has no public list of its options; _actions is the stable way to read them.
         self.options: dict[str, tuple[str, Any]] = {}
+        self.renamed: dict[str, str] = {}  # old field name -> new (deprecated options, kept for one release)
         for action in self.parser._actions:
             for opt in action.option_strings:
                 if not opt.startswith("--") or (isinstance(action, argparse.BooleanOptionalAction)
                                                 and opt.startswith("--no-")):
                     continue
                 name = opt[2:].replace("-", "_")
+                if isinstance(action, DeprecatedOption):  # an old spelling: the point is run with the new one
+                    self.renamed[name] = action.new[2:].replace("-", "_")
+                    opt = action.new
                 if name != "help":
                     self.options[name] = (opt, action)
         self.lens = lens
@@ -280,6 +308,9 @@ class _RaisingParser:
         for name, value in values.items():
             self.dest(name)
             opt, action = self.options[name]
+            if name in self.renamed:
+                warnings.warn(f"sweep field {name!r} is deprecated, use {self.renamed[name]!r}", FutureWarning,
+                              stacklevel=2)
             if action.nargs == 0:  # a flag: store_true/store_false/--x/--no-x
                 if not isinstance(value, bool):
                     raise UserError(f"field {name!r} takes true or false, got {value!r}")
@@ -757,12 +788,14 @@ def gather(plan: SweepPlan, out: str | os.PathLike, *, write: bool = True) -> Pa
             frames.setdefault(name, []).append(pd.concat([head, df.reset_index(drop=True)], axis=1))
     if "results" not in frames:
         return None
+    meta = run_metadata(kind="sweep", lens=plan.lens, sweep=plan.to_dict(), points=len(plan.points))
     for name, parts in frames.items():
-        _write_parquet(pd.concat(parts, ignore_index=True), swept, main if name == "results" else out / f"{name}.parquet")
+        _write_parquet(pd.concat(parts, ignore_index=True), swept, main if name == "results" else out / f"{name}.parquet",
+                       meta)
     return main
 
 
-def _write_parquet(df, swept: list, path: Path) -> None:
+def _write_parquet(df, swept: list, path: Path, meta: dict) -> None:
     for f in swept:  # a lens column that only repeats a swept field (e.g. activation) is dropped
         lc = f"lens_{f}"
         if lc in df.columns and all(a == b for a, b in zip(df[lc].tolist(), df[f].tolist())):
@@ -770,6 +803,4 @@ def _write_parquet(df, swept: list, path: Path) -> None:
     for col in df.columns:
         if df[col].dtype == object and len({type(v) for v in df[col].dropna()}) > 1:
             df[col] = df[col].astype(str)  # Parquet columns hold one type (e.g. an init swept over 1 and "he_normal")
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False, engine="pyarrow")
-    atomic_write_bytes(path, buf.getvalue())
+    write_table(df, path, meta)

@@ -1,6 +1,6 @@
 """Training lens: train a spec's networks on MNIST, many seeds at once, and record per-layer statistics.
 
-:func:`train` runs the seed's Keras recipe in torch (defaults of
+:func:`train` runs the lecture demo's Keras recipe in torch (defaults of
 :class:`TrainOptions`): RMSprop (lr 1e-3, rho 0.9 = torch ``alpha``, eps 1e-7
 added outside the square root as Keras does), categorical cross-entropy on the
 softmax (= ``cross_entropy`` on the logits; Keras additionally clips
@@ -124,7 +124,7 @@ OPTIMIZERS = ("rmsprop", "sgd", "adam")
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """How to train (defaults: the seed's Keras settings).
+    """How to train (defaults: the lecture demo's Keras settings).
 
     Attributes:
         optimizer: ``rmsprop`` (Keras: rho 0.9, eps 1e-7), ``sgd`` (``momentum``)
@@ -367,7 +367,7 @@ def estimate_memory(spec, options: TrainOptions, n_seeds: int | None = None, n_t
     weights and the checkpoint's copy of weights and optimizer state; the
     dataset on the device once; and :data:`PROCESS_BASELINE`. Calibration
     (``benchmarks/bench_train.py``, no run folder, so no checkpoint copy): the
-    seed network, 2,048 images, peak RSS 0.56 / 1.04 / 1.71 GiB for 1 / 4 / 8
+    lecture demo's network, 2,048 images, peak RSS 0.56 / 1.04 / 1.71 GiB for 1 / 4 / 8
     seeds; this estimate 0.60 / 1.20 / 1.99 GiB.
     """
     S = options.seeds if n_seeds is None else int(n_seeds)
@@ -632,15 +632,17 @@ class _Tally:
                 "seconds": seconds}
 
 
-def _step(run: _Run, model, opt, idx, tally: _Tally):
-    """One optimizer step on the batch ``idx`` ``[S, B]`` of every seed; ``(losses, hits)``, or ``None`` once no seed is left."""
+def _step(run: _Run, model, opt, idx, tally: _Tally, want_grad: bool = False):
+    """One optimizer step on the batch ``idx`` ``[S, B]`` of every seed; ``(losses, hits, grad norms)``, or ``None``
+    once no seed is left. ``want_grad``: also each seed's gradient norm (:func:`_grad_norms`), else ``None``."""
     import torch
     import torch.nn.functional as F
 
     S, B = idx.shape
     xb, yb = run.xtr[idx], run.ytr[idx]  # [S, B, in], [S, B]
-    # the fused chain where it applies: the optimizer then updates each layer inside loss.backward()
-    out = training_forward(model, xb, opt)
+    # the fused chain where it applies: the optimizer then updates each layer inside loss.backward(), except on a
+    # step whose gradient norm is asked for (the gradient then stays in .grad and opt.step() applies the same update)
+    out = training_forward(model, xb, None if want_grad else opt)
     per_seed = F.cross_entropy(out.reshape(S * B, -1), yb.reshape(-1), reduction="none").view(S, B).mean(1)
     lv = per_seed.detach().double().tolist()  # the step's one synchronization
     tally.diverge(lv, B)
@@ -651,10 +653,34 @@ def _step(run: _Run, model, opt, idx, tally: _Tally):
     # sum over seeds of each seed's mean loss: seed i's gradient is its single run's
     loss = torch.where(tally.mask, per_seed, torch.zeros_like(per_seed)).sum()
     loss.backward()
+    # read before the optimizer step, the one moment every path holds the whole gradient in .grad (an optimizer
+    # that updates inside the backward pass must not be handed to the forward on such a step)
+    norms = _grad_norms(model) if want_grad else None
     opt.step()
     tally.restore()
     tally.add(lv, hits, B)
-    return lv, hits
+    return lv, hits, norms
+
+
+def _grad_norms(model) -> list[float]:
+    """Per seed, the L2 norm of this step's gradient over all of the seed's parameters (stacked ``[S, ...]``)."""
+    import torch
+
+    total = None
+    for p in model.parameters():
+        if p.grad is None:
+            continue
+        sq = p.grad.detach().reshape(p.grad.shape[0], -1).double().square().sum(1)
+        total = sq if total is None else total + sq
+    if total is None:
+        return [float("nan")] * len(model.seeds)
+    return torch.sqrt(total).tolist()
+
+
+def _wants_gradient(on_step, step: int) -> bool:
+    """Whether ``on_step`` asks for step ``step``'s gradient norm (its ``wants_gradient(step)``, when it has one)."""
+    ask = getattr(on_step, "wants_gradient", None)
+    return bool(ask(step)) if callable(ask) else False
 
 
 def _train_epoch(run: _Run, model, opt, epoch: int, active: list[bool]) -> tuple[dict, list[int]]:
@@ -688,13 +714,14 @@ def _train_epoch(run: _Run, model, opt, epoch: int, active: list[bool]) -> tuple
             if opts.warmup:
                 for group in opt.param_groups:
                     group["lr"] = opts.lr_at((epoch - 1) * nb + b + 1)
-            step = _step(run, model, opt, idx, tally)
+            t = (epoch - 1) * nb + b + 1  # the step over the whole run, as the warmup counts it
+            step = _step(run, model, opt, idx, tally, run.on_step is not None and _wants_gradient(run.on_step, t))
             if step is None:
                 break
             if run.on_step is not None:
-                run.on_step({"epoch": epoch, "batch": b, "seeds": seeds, "loss": step[0],
+                run.on_step({"epoch": epoch, "batch": b, "step": t, "seeds": seeds, "loss": step[0],
                              "acc": (step[1].double() / idx.shape[1]).tolist(), "active": list(active),
-                             "model": model})
+                             "grad_norm": step[2], "model": model})
             bar.update(1)
             if b % 20 == 0 and any(active):
                 bar.set_postfix(loss=f"{tally.running_loss():.4f}", refresh=False)
@@ -776,7 +803,7 @@ def train(
 ) -> TrainResult:
     """Train the networks of ``spec`` for every seed on ``dataset`` (a :class:`propagate.data.Dataset`), together.
 
-    ``options`` defaults to the seed's Keras settings. ``seeds``: a number of
+    ``options`` defaults to the lecture demo's Keras settings. ``seeds``: a number of
     seeds (from ``options.seed``) or a list of seeds; default
     ``options.seeds`` consecutive seeds from ``options.seed``. ``callback(row)``
     is called after every epoch with each seed's history row plus ``epochs``
@@ -784,8 +811,12 @@ def train(
     renders it like Keras. ``progress`` shows a tqdm bar per epoch on stderr.
     ``on_step(info)`` (tests, diagnostics) gets every step's per-seed batch loss
     and accuracy (``info["loss"]``, ``info["acc"]``, lists in ``info["seeds"]``
-    order, measured before that step changed the weights) and ``info["model"]``
-    after the step.
+    order, measured before that step changed the weights), ``info["step"]``
+    (1-based over the whole run), ``info["model"]`` after the step, and
+    ``info["grad_norm"]``: per seed the L2 norm of the step's gradient over
+    all parameters when ``on_step.wants_gradient(step)`` is true (an
+    ``on_step`` object with that method, e.g. :class:`propagate.steplog.StepLog`),
+    else ``None``.
 
     With ``run_dir``, ``history.csv``, ``layers.csv``, ``summary.csv`` (each with
     a ``.meta.json``), ``spec.json`` and ``checkpoint.pt`` are written there

@@ -155,7 +155,6 @@ BAD = [
     ("derive-out-under-file", "derive selu -o {T}/afile.txt/x.md"),
     ("derive-out-slash", "derive selu -o {T}/newdir/"),
     # --- theory
-    ("theory-no-weights", "theory"),
     ("theory-both-weights", "theory --sigma-w2 1 --init lecun_normal"),
     ("theory-sw2-0", "theory --sigma-w2 0"),
     ("theory-sw2-neg", "theory --sigma-w2 -1"),
@@ -172,7 +171,7 @@ BAD = [
     ("theory-csv-proc", "theory --sigma-w2 1 --csv /proc/x.csv"),
     ("theory-csv-dir", "theory --sigma-w2 1 --csv {T}/userdir"),
     ("theory-csv-empty", "theory --sigma-w2 1 --csv ''"),
-    ("theory-json-and-csv", "theory --sigma-w2 1 --json --csv x.csv"),
+    ("theory-json-and-csv", "theory --sigma-w2 1 --json --csv -"),
     ("theory-rows-0", "theory --sigma-w2 1 --rows 0"),
     ("theory-input-var-neg", "theory --sigma-w2 1 --input-var -1"),
     ("theory-input-mean-nan", "theory --sigma-w2 1 --input-mean nan"),
@@ -192,7 +191,7 @@ BAD = [
     ("critical-csv-proc", "critical --csv /proc/x.csv"),
     ("critical-csv-dir", "critical --csv {T}/userdir"),
     ("critical-csv-under-file", "critical --csv {T}/afile.txt/x.csv"),
-    ("critical-json-and-csv", "critical --json --csv x.csv"),
+    ("critical-json-and-csv", "critical --json --csv -"),
     ("critical-activation-unknown", "critical --activation nosuch"),
     ("critical-activation-bad-param", "critical --activation leaky_relu:x"),
     # --- gain
@@ -203,8 +202,8 @@ BAD = [
     ("sim-depth-1e9", "simulate --depth 1000000000"),
     ("sim-width-0", "simulate --width 0"),
     ("sim-width-100000", "simulate --width 100000"),
-    ("sim-samples-0", "simulate --samples 0"),
-    ("sim-seeds-0", "simulate --seeds 0"),
+    ("sim-samples-0", "simulate --inputs 0"),
+    ("sim-seeds-0", "simulate --networks 0"),
     ("sim-seed-neg", "simulate --seed -1"),
     ("sim-dtype", "simulate --dtype float16"),
     ("sim-device", "simulate --device tpu"),
@@ -212,15 +211,15 @@ BAD = [
     ("sim-json-dir", "simulate --json {T}/userdir"),
     ("sim-plot-jpg", "simulate --plot x.jpg"),
     ("sim-plot-proc", "simulate --plot /proc/x.png"),
-    ("sim-input-unknown", "simulate --input nosuch"),
-    ("sim-input-mean-with-dataset", "simulate --input mnist-5k --input-mean 0"),
-    ("sim-seed-shape-depth", "simulate --seed-shape --depth 3"),
-    ("sim-activation-unknown", "simulate --activation nosuch --depth 2 --width 8 --samples 8 --seeds 2"),
-    ("sim-init-unknown", "simulate --init nosuch --depth 2 --width 8 --samples 8 --seeds 2"),
+    ("sim-input-unknown", "simulate --dataset nosuch"),
+    ("sim-input-mean-with-dataset", "simulate --dataset mnist-5k --input-mean 0"),
+    ("sim-demo-shape-depth", "simulate --demo-shape --depth 3"),
+    ("sim-activation-unknown", "simulate --activation nosuch --depth 2 --width 8 --inputs 8 --networks 2"),
+    ("sim-init-unknown", "simulate --init nosuch --depth 2 --width 8 --inputs 8 --networks 2"),
     ("sim-bias-var-neg", "simulate --bias-var -1"),
     ("sim-dropout-1", "simulate --dropout 1"),
     ("sim-threads-0", "simulate --threads 0"),
-    ("sim-memory", "simulate --depth 2 --width 30000 --samples 1000000 --seeds 1000"),
+    ("sim-memory", "simulate --depth 2 --width 30000 --inputs 1000000 --networks 1000"),
     # --- data
     ("data-no-action", "data"),
     ("data-info-no-name", "data info"),
@@ -290,7 +289,7 @@ BAD = [
     ("report-presets-unknown", "report --presets nosuch --out {T}/newreport"),
     ("report-lr-0", "report --lr 0"),
     ("report-epochs-0", "report --epochs 0"),
-    ("report-samples-0", "report --samples 0"),
+    ("report-inputs-0", "report --inputs 0"),
     ("report-seeds-0", "report --seeds 0"),
     ("report-train-subset-0", "report --train-subset 0"),
     ("report-device-tpu", "report --device tpu"),
@@ -407,8 +406,8 @@ NUMERIC = {
         "--seeds": ALL, "--probe-size": ALL, "--threads": ALL,
     },
     "report --quick --out {T}/newreport": {
-        "--lr": ("zero", "neg", "nan", "inf", "denormal"), "--epochs": ALL, "--samples": ALL, "--seeds": ALL,
-        "--sim-seeds": ALL, "--train-subset": ALL, "--trainability-subset": ALL, "--seed": PARSE + ("neg", "huge"),
+        "--lr": ("zero", "neg", "nan", "inf", "denormal"), "--epochs": ALL, "--inputs": ALL, "--seeds": ALL,
+        "--networks": ALL, "--train-subset": ALL, "--trainability-subset": ALL, "--seed": PARSE + ("neg", "huge"),
     },
     "trainability --presets relu --dataset mnist-5k": {
         "--seeds": ALL, "--seed": PARSE + ("neg", "huge"), "--epochs": ALL, "--batch-size": ALL,
@@ -444,7 +443,7 @@ READONLY = "/proc/propagate-test" if os.geteuid() == 0 else "{T}/readonly"
 OUTPUTS = {
     "theory --sigma-w2 1 --depth 2": ("--csv", "file"), "critical": ("--csv", "file"),
     "derive selu": ("-o", "file"), "simulate --depth 2 --width 8": ("--csv", "file"),
-    "simulate --depth 2 --width 8 --samples 8": ("--json", "file"), "spectrum --sigma-w2 1 --depth 2": ("--plot", "png"),
+    "simulate --depth 2 --width 8 --inputs 8": ("--json", "file"), "spectrum --sigma-w2 1 --depth 2": ("--plot", "png"),
     "train --dataset mnist-5k --depth 1 --width 4 --first-width 4": ("--out", "dir"),
     "reproduce --presets relu --dataset mnist-5k": ("--out", "dir"), "report --quick": ("--out", "dir"),
     "report --quick --out {T}/newreport": ("--work-dir", "dir"),
@@ -560,7 +559,7 @@ ACTIVATION_PARAMS = {"gelu-gamma-twice": "gelu@gamma=1,gamma=2", "leaky-slope-tw
                      "gelu-unknown": "gelu@c=1", "tanh-param": "tanh:1", "slope-subnormal": "leaky_relu:1e-320"}
 ACTIVATION_COMMANDS = {"theory": "theory --sigma-w2 1 --depth 2 --activation", "critical": "critical --activation",
                        "gain": "gain --activation", "spectrum": "spectrum --sigma-w2 1 --depth 2 --activation",
-                       "simulate": "simulate --depth 2 --width 8 --samples 8 --seeds 1 --activation",
+                       "simulate": "simulate --depth 2 --width 8 --inputs 8 --networks 1 --activation",
                        "train": "train --dataset mnist-5k --depth 1 --width 4 --first-width 4 --epochs 1 --activation",
                        "self-normalize": "self-normalize --activation", "transform": "transform --method dks --activation"}
 
@@ -1062,7 +1061,7 @@ def test_simulate_refuses_an_unusable_dataset_input(places, tmp_path, monkeypatc
         cache = tmp_path / broken
         shutil.copytree(places / broken, cache / "mnist")
         monkeypatch.setenv("PROPAGATE_DATA", str(cache))
-        rc = main(["simulate", "--input", "mnist", "--depth", "2", "--samples", "8", "--seeds", "2", "--quiet"])
+        rc = main(["simulate", "--dataset", "mnist", "--depth", "2", "--inputs", "8", "--networks", "2", "--quiet"])
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1 and err.startswith("propagate: error: mnist"), err
 

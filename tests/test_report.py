@@ -381,8 +381,8 @@ def test_spectrum_template_from_constructed_tables():
                             "theory_var_log_norm": 0.1 * layer, "var_log_norm": 0.11 * layer, "var_log_norm_se": 0.01,
                             "theory_var_log_grad": 0.2 * layer, "var_log_grad": 0.21, "var_log_grad_se": 0.02}
                            for layer in (1, 2, 3)])
-    moments = pd.DataFrame([{"activation": "relu", "weights": "gaussian", "m1": 1.0, "m1_mc": 0.98, "m1_mc_se": 0.01,
-                             "m2": 3.0, "m2_mc": 2.9, "m2_mc_se": 0.2, "atom": 0.5}])
+    moments = pd.DataFrame([{"activation": "relu", "weights": "gaussian", "theory_m1": 1.0, "m1": 0.98, "m1_se": 0.01,
+                             "theory_m2": 3.0, "m2": 2.9, "m2_se": 0.2, "theory_atom": 0.5}])
     text = section_markdown(spread, moments, 3, 40, 8, 128, 4)
     assert "<<" not in text and "Last layer (depth 3, 40 networks)" in text
     assert "| relu | gaussian | 32 | 0.3 | 0.33 ± 0.01 | 0.2 | 0.21 ± 0.02 |" in text  # layer 3 norm, layer 1 grad

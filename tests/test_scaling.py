@@ -68,6 +68,14 @@ def test_scaling_grid_tables_and_exponents(tmp_path):
     rho = t.loc[Cell(256, 50, 128, 0.99).name, "max_lr_measured"] / base["max_lr_measured"]
     assert rho == pytest.approx(math.sqrt(0.01 / 0.1), rel=0.02)
     assert (tmp_path / "cells.csv").is_file() and (tmp_path / "fits.csv.meta.json").is_file()
+    from propagate import load
+
+    loaded = load(tmp_path)
+    assert {"cells", "fits"} <= set(loaded) and loaded.meta["fits"]["versions"]
+    got = loaded["cells"].set_index("cell").loc[Cell(**BASE).name, "max_lr_measured"]
+    assert got == pytest.approx(base["max_lr_measured"], rel=1e-9)
+    fits = loaded["fits"].set_index(["axis", "source"])
+    assert fits.loc[("width", "measured"), "slope"] == pytest.approx(f.loc[("width", "measured"), "slope"], rel=1e-9)
 
 
 @pytest.mark.parametrize("argv, words", [

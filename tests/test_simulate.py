@@ -267,9 +267,9 @@ def test_bad_input_raises_usererror():
 
 
 def test_cli_default_command_prints_table(capsys):
-    rc = main(["simulate", "--threads", "1", "--depth", "50", "--init", "lecun_uniform", "--samples", "200", "--seeds", "2", "--quiet"])
+    rc = main(["simulate", "--threads", "1", "--depth", "50", "--init", "lecun_uniform", "--inputs", "200", "--networks", "2", "--quiet"])
     assert rc == 0
-    rc = main(["simulate", "--threads", "1", "--depth", "4", "--init", "lecun_uniform", "--samples", "200", "--seeds", "2"])
+    rc = main(["simulate", "--threads", "1", "--depth", "4", "--init", "lecun_uniform", "--inputs", "200", "--networks", "2"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "selu/lecun_uniform" in out and "784 -> 512 -> 3 x 256" in out
@@ -280,7 +280,7 @@ def test_cli_default_command_prints_table(capsys):
 def test_cli_files_and_plot(tmp_path, capsys):
     csv, js, png = tmp_path / "s.csv", tmp_path / "s.json", tmp_path / "s.png"
     rc = main(["simulate", "--threads", "1", "--activation", "relu", "--init", "he_normal", "--width", "64", "--depth", "5",
-               "--samples", "100", "--seeds", "2", "--seed", "3", "--csv", str(csv), "--json", str(js),
+               "--inputs", "100", "--networks", "2", "--seed", "3", "--csv", str(csv), "--json", str(js),
                "--plot", str(png), "--quiet"])
     assert rc == 0
     assert capsys.readouterr().out == ""
@@ -288,12 +288,13 @@ def test_cli_files_and_plot(tmp_path, capsys):
     assert data["meta"]["seeds"] == 2 and data["meta"]["seed"] == 3 and "versions" in data["meta"]
     assert [r["layer"] for r in data["rows"]] == list(range(6))
     assert (tmp_path / "s.csv.meta.json").exists() and csv.read_text().startswith("source,config,layer")
+    assert (tmp_path / "s.json.meta.json").exists()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_divergence_warns_and_exits_zero(capsys):
     rc = main(["simulate", "--threads", "1", "--activation", "linear", "--init", "normal:4", "--width", "32", "--depth", "200",
-               "--samples", "50", "--seeds", "2"])
+               "--inputs", "50", "--networks", "2"])
     cap = capsys.readouterr()
     assert rc == 0
     assert "DIVERGED" in cap.out
@@ -304,13 +305,16 @@ def test_cli_divergence_warns_and_exits_zero(capsys):
     ["--activation", "nope"],
     ["--init", "bogus"],
     ["--depth", "0"],
-    ["--samples", "x"],
+    ["--inputs", "x"],
     ["--dropout", "1.5"],
-    ["--seed-shape", "--depth", "3"],
-    ["--input", "mnist-5k", "--input-mean", "1"],
+    ["--demo-shape", "--depth", "3"],
+    ["--dataset", "mnist-5k", "--input-mean", "1"],
     ["--plot", "out.pdf"],
+    ["--json", "out.txt"],
+    ["--json", "--csv", "-"],
+    ["--init", "he_normal", "--sigma-w2", "2"],
     ["--device", "cuda"],
-    ["--samples", "100000000000"],  # refuses up front: more memory than the machine has
+    ["--inputs", "100000000000"],  # refuses up front: more memory than the machine has
 ])
 def test_cli_bad_input_one_line_exit_2(argv, capsys):
     import torch
@@ -318,10 +322,34 @@ def test_cli_bad_input_one_line_exit_2(argv, capsys):
     if argv == ["--device", "cuda"] and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     with pytest.raises(SystemExit) as exc:
-        raise SystemExit(main(["simulate", "--threads", "1", "--depth", "2", "--samples", "10", "--seeds", "1", "--quiet", *argv]))
+        raise SystemExit(main(["simulate", "--threads", "1", "--depth", "2", "--inputs", "10", "--networks", "1", "--quiet", *argv]))
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error" in err[0]
+    if "--inputs" in argv and "x" not in argv:
+        assert "use fewer --inputs or --networks" in err[0]
+
+
+def test_cli_json_to_stdout_and_old_spellings(capsys):
+    """The issue's command prints strict JSON on stdout alone; old flag spellings work, each with one notice."""
+    rc = main(["simulate", "--activation", "selu", "--sigma-w2", "1", "--depth", "10", "--networks", "4", "--inputs",
+               "200", "--dataset", "mnist-5k", "--json", "--threads", "1"])
+    out = capsys.readouterr().out
+    data = json.loads(out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert rc == 0 and data["meta"]["seeds"] == 4 and data["meta"]["samples"] == 200
+    assert data["meta"]["input"] == "mnist-5k" and [r["layer"] for r in data["rows"]] == list(range(11))
+    assert all(r["width"] == w for r, w in zip(data["rows"], [784, 512] + [256] * 9))
+    old = ["simulate", "--depth", "2", "--width", "8", "--threads", "1", "--quiet", "--csv", "-"]
+    rc = main(old + ["--seeds", "2", "--samples", "20", "--input", "gaussian"])
+    cap = capsys.readouterr()
+    assert rc == 0 and cap.out.startswith("source,config,layer")
+    notes = cap.err.strip().splitlines()
+    assert notes == ["propagate: warning: --seeds is deprecated, use --networks",
+                     "propagate: warning: --samples is deprecated, use --inputs",
+                     "propagate: warning: --input is deprecated, use --dataset"]
+    new = main(old + ["--networks", "2", "--inputs", "20", "--dataset", "gaussian"])
+    again = capsys.readouterr()
+    assert new == 0 and again.err == "" and again.out == cap.out  # the same run, the same numbers
 
 
 def test_vanishing_signal_keeps_its_variance_until_float32_runs_out():
@@ -379,7 +407,7 @@ def test_theory_and_simulate_share_the_network_flags(capsys, tmp_path):
     csv = tmp_path / "t.csv"
     assert main(["theory", *flags[:-2], "--sigma-b2", "0.1", "--csv", str(csv)]) == 0
     capsys.readouterr()
-    assert main(["simulate", "--threads", "1", *flags, "--samples", "64", "--seeds", "1"]) == 0
+    assert main(["simulate", "--threads", "1", *flags, "--inputs", "64", "--networks", "1"]) == 0
     out = capsys.readouterr().out
     assert "not judged" in out and "!" not in out.split("flag")[-1]
 

@@ -152,10 +152,32 @@ def test_cli_json_moments_and_plot(tmp_path, capsys):
 def test_cli_user_errors(capsys):
     for argv in (["spectrum", "--activation", "relu", "--init", "he_normal", "--batchnorm"],
                  ["spectrum", "--init", "he_normal", "--orthogonal"],
-                 ["spectrum", "--sigma-w2", "2", "--first-width", "300", "--width", "100"]):
-        assert main(argv) == 2, argv
+                 ["spectrum", "--sigma-w2", "2", "--first-width", "300", "--width", "100"],  # square layers only
+                 ["spectrum", "--sigma-w2", "2", "--init", "he_normal"]):
+        try:
+            rc = main(argv)
+        except SystemExit as exc:  # refused by the parser
+            rc = exc.code
+        assert rc == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("propagate: error:") and err.count("\n") == 1
+
+
+def test_cli_default_network_and_moments_csv(tmp_path, capsys):
+    """Without weights flags spectrum uses the default network's (SELU, lecun_normal: sigma_w2 = 1) on square layers;
+    --csv puts the measured moments beside the predicted theory_m1.. (the convention of every table)."""
+    path = tmp_path / "m.csv"
+    assert main(["spectrum", "--depth", "3", "--width", "32", "--check", "--networks", "2", "--inputs", "1",
+                 "--points", "60", "--csv", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "selu/lecun_normal: depth 3, width 32" in out
+    import pandas as pd
+
+    row = pd.read_csv(path).iloc[0]
+    spec = NetworkSpec.stack(3, 32, input_dim=32, first_width=None, activation="selu", init="lecun_normal")
+    s2 = sample_jacobian_spectrum(spec, networks=2, inputs=1)
+    assert row["m1"] == pytest.approx(float(np.mean(s2)), rel=1e-9) and row["theory_m1"] > 0
+    assert (tmp_path / "m.csv.meta.json").exists() and "m1_mc" not in row.index
 
 
 def test_report_section_writes_figures_data_and_markdown(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from propagate.sweep import expand_range, load_plan, plan_from_dict, run_point, 
 pytest.importorskip("distributed")
 
 # tiny points: the cluster's start-up is the cost, shared by the module
-TINY = {"depth": 3, "width": 16, "samples": 32, "seeds": 2}
+TINY = {"depth": 3, "width": 16, "inputs": 32, "networks": 2}
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +60,14 @@ def test_ranges_products_and_zipped_groups():
     assert expand_range("1e-4:1e-2:3:log") == [1e-4, 1e-3, 1e-2]
     assert expand_range("2:2:1") == [2]
     plan = _plan({"activation": ["relu", "tanh"], "sigma_b2": "0:0.1:3"},
-                 fixed={"samples": 32}, zip={"shape": {"depth": [2, 3], "width": [8, 4]}})
+                 fixed={"inputs": 32}, zip={"shape": {"depth": [2, 3], "width": [8, 4]}})
     assert len(plan.points) == 2 * 3 * 2
     assert plan.swept == ["activation", "sigma_b2", "depth", "width"]
     # the product in file order, the zipped fields together
     assert [(p.fields["depth"], p.fields["width"]) for p in plan.points[:2]] == [(2, 8), (3, 4)]
     assert plan.points[2].fields == {"activation": "relu", "sigma_b2": 0.05, "depth": 2, "width": 8}
     # the command's own parser: defaults filled in, values typed
-    assert plan.points[0].options["seeds"] == 4 and plan.points[0].options["dtype"] == "float32"
+    assert plan.points[0].options["networks"] == 4 and plan.points[0].options["dtype"] == "float32"
     assert len({p.key for p in plan.points}) == len(plan.points)
 
 
@@ -95,7 +95,7 @@ BAD_FILES = {
     "bad value": ('lens = "simulate"\n[grid]\ndepth = [2, -1]\n', "point 2 (depth=-1): argument --depth: must be >= 1"),
     "bad name": ('lens = "simulate"\n[grid]\nactivation = ["tanh", "tahn"]\n', "unknown activation 'tahn'"),
     "flag value": ('lens = "simulate"\n[grid]\nbatchnorm = [1, 2]\n', "takes true or false"),
-    "required option": ('lens = "theory"\n[grid]\ndepth = [1]\n', "--sigma-w2 --init is required"),
+    "two weights": ('lens = "theory"\n[fixed]\ninit = "he_normal"\n[grid]\nsigma_w2 = [1]\n', "not allowed with argument"),
     "zip lengths": ('lens = "simulate"\n[zip.s]\ndepth = [1, 2]\nwidth = [4]\n', "lists of equal length"),
     "twice": ('lens = "simulate"\n[fixed]\ndepth = 2\n[grid]\ndepth = [1]\n', "appears in both"),
     "no lens": ('[grid]\ndepth = [1]\n', "names no lens"),
@@ -171,19 +171,19 @@ def test_interrupted_sweep_reruns_only_what_is_missing(client, tmp_path):
 
 def test_failed_point_is_recorded_and_the_sweep_goes_on(client, tmp_path):
     # 10^12 samples: the simulator refuses it (memory) on the worker; the check before work cannot know
-    plan = _plan({"samples": [32, 10**12]}, fixed={"depth": 2, "width": 8, "seeds": 1})
+    plan = _plan({"inputs": [32, 10**12]}, fixed={"depth": 2, "width": 8, "networks": 1})
     res = run_sweep(plan, tmp_path, client=client, progress=False)
     assert res.computed == 1 and len(res.failed) == 1
     point, error = res.failed[0]
-    assert point.fields == {"samples": 10**12} and error.startswith("UserError: this run needs about")
+    assert point.fields == {"inputs": 10**12} and error.startswith("UserError: this run needs about")
     rec = json.loads((tmp_path / "points" / f"{point.key}.failed.json").read_text())
     assert rec["status"] == "failed" and "Traceback" in rec["traceback"]
-    assert pd.read_parquet(tmp_path / "results.parquet")["samples"].unique().tolist() == [32]
+    assert pd.read_parquet(tmp_path / "results.parquet")["inputs"].unique().tolist() == [32]
 
 
 def test_killed_worker_loses_nothing(client, tmp_path):
     # points of ~0.3 s on one core, so that one is running when its worker dies
-    plan = _plan({"seed": list(range(6))}, fixed={"depth": 10, "width": 256, "samples": 768, "seeds": 2})
+    plan = _plan({"seed": list(range(6))}, fixed={"depth": 10, "width": 256, "inputs": 768, "networks": 2})
     killed = {}
 
     def kill_a_busy_worker(point, record):
@@ -239,6 +239,17 @@ def test_cli_local_cluster_then_rerun_computes_nothing(tmp_path, capsys):
     assert first.startswith("sweep: 4 points: 4 computed, 0 already done, 0 failed")
     df = pd.read_parquet(out / "results.parquet")
     assert set(zip(df["activation"], df["init"])) == {(a, i) for a in ("relu", "tanh") for i in ("normal:1", "normal:2")}
+    from propagate import load
+
+    loaded = load(out)  # the sweep's results with the plan in its metadata
+    assert loaded.kind == "sweep"
+    pd.testing.assert_frame_equal(loaded["results"], df)
+    # every row (the input's layer 0 too) carries its point's sigma_w2, and the init's parameters as numbers
+    assert df["sigma_w2"].notna().all() and (df["init_distribution"] == "normal").all() and (df["init_mode"] == "fan_in").all()
+    assert (df["init_scale"] == df["init"].str.split(":").str[1].astype(float)).all()
+    hidden = df[df["layer"] >= 1]  # sigma_w2 = fan_in Var(w) = fan_in (S / fan_in): S up to round-off
+    assert hidden["sigma_w2"].to_numpy() == pytest.approx(hidden["init_scale"].to_numpy(), rel=1e-12)
+    assert loaded.meta["results"]["versions"]
     stamp = (out / "results.parquet").stat().st_mtime_ns
     t0 = time.perf_counter()
     assert main(["sweep", str(sweep), "--out", str(out), "--workers", "1"]) == 0
@@ -330,7 +341,7 @@ def test_help_example_is_a_valid_sweep_file():
     block = lines[start:lines.index("", start)]
     plan = plan_from_dict(tomllib.loads("\n".join(line[2:] for line in block)))
     assert len(plan.points) == 2 * 2 * 3 * 3
-    assert [(p.fields["width"], p.fields["samples"]) for p in plan.points[:3]] == [(64, 800), (128, 400), (256, 200)]
+    assert [(p.fields["width"], p.fields["inputs"]) for p in plan.points[:3]] == [(64, 800), (128, 400), (256, 200)]
 
 
 # ----------------------------------------------------------------------------- the sweep figure

@@ -411,6 +411,24 @@ def test_cli_theory_json_csv(capsys, tmp_path):
     assert len(out.strip().splitlines()) == 5
 
 
+def test_cli_theory_default_network_and_its_precision(capsys):
+    """Unset flags take the one default network (lecun_normal weights, the demo's widths); --input-dim counts with
+    --sigma-w2 too; a mean that is round-off of 0 prints as 0 while the JSON keeps its digits."""
+    rc, out, _ = _cli(capsys, "theory", "--activation", "tanh", "--depth", "10")
+    assert rc == 0 and "tanh/lecun_normal: depth 10, widths 784 -> 512 -> ... -> 256" in out
+    assert "sigma_w2 = 1, sigma_b2 = 0" in out and "phase  = critical" in out  # tanh at sigma_w2 = 1: chi_1 = 1
+    rc, out, _ = _cli(capsys, "theory", "--sigma-w2", "1", "--input-dim", "100", "--width", "64", "--depth", "2",
+                      "--json")
+    d = json.loads(out)
+    assert [r["width"] for r in d["layers"]] == [100, 64, 64] and d["meta"]["spec"]["init"] == "normal:1.0"
+    rc, out, _ = _cli(capsys, "theory", "--depth", "4")  # SELU at its fixed point: mean 0 up to round-off
+    rows = [ln.split() for ln in out.splitlines() if ln.strip()[:1].isdigit() and len(ln.split()) == 9]
+    assert len(rows) == 5 and all(r[4] == "0" for r in rows)
+    rc, out, _ = _cli(capsys, "theory", "--depth", "4", "--json")
+    means = [r["post_mean"] for r in json.loads(out)["layers"][2:]]
+    assert all(m != 0 and abs(m) < 1e-15 for m in means)  # the data keeps the float's own digits
+
+
 @pytest.mark.parametrize("argv", [
     ["theory", "--activation", "nope", "--sigma-w2", "1"],
     ["theory", "--sigma-w2", "-1"],
@@ -418,7 +436,9 @@ def test_cli_theory_json_csv(capsys, tmp_path):
     ["theory", "--sigma-w2", "1", "--depth", "0"],
     ["theory", "--init", "normal:abc"],
     ["theory", "--init", "nonsense"],
-    ["theory"],
+    ["theory", "--init", "he_normal", "--sigma-w2", "2"],  # one way to give the weights
+    ["theory", "--json", "out.txt"],  # --json FILE must be a .json file
+    ["theory", "--json", "--csv", "-"],  # two outputs on standard output
     ["critical", "--activation", "nope"],
     ["critical", "--sigma-b2", "-1"],
     ["gain", "--activation", "nope"],

@@ -717,7 +717,7 @@ def test_reproduce_writes_results_and_resumes(mnist5k, tmp_path):
                         probe_size=16, threads=1, seeds=2, callback=lines.append)
     assert list(summary["lr"]) == [1e-3, 1e-4] and (summary["status"] == "finished").all()
     assert (summary["n_seeds"] == 2).all() and len(lines) == 4
-    assert summary["seed_acc_1"].iloc[0] == 0.2284 and summary["seed_val_acc_1"].iloc[0] == 0.0996
+    assert summary["reported_acc_1"].iloc[0] == 0.2284 and summary["reported_val_acc_1"].iloc[0] == 0.0996
     for run in ("selu-bn-lecun-uniform_lr0.001", "selu-bn-lecun-uniform_lr0.0001"):
         for f in ("history.csv", "history.csv.meta.json", "layers.csv", "summary.csv", "spec.json"):
             assert (out / run / f).is_file(), (run, f)
@@ -732,9 +732,20 @@ def test_reproduce_writes_results_and_resumes(mnist5k, tmp_path):
     assert row["val_acc_1_mean"] == pytest.approx(m) and row["val_acc_1_ci_high"] == pytest.approx(high)
     assert row["val_acc_1_ci_low"] == pytest.approx(low) and 0 < low < m < high < 1
     md = (out / "summary.md").read_text()
-    assert "0.2284 / 0.0996" in md and "selu-bn-lecun-uniform (seed run 5)" in md and "2 seeds (0..1)" in md
+    assert "0.2284 / 0.0996" in md and "selu-bn-lecun-uniform (demo run 5)" in md and "2 seeds (0..1)" in md
     assert f"{m:.3f} [{low:.3f}, {high:.3f}]" in md
-    assert pd.read_csv(out / "summary.csv").shape[0] == 2
+    long = pd.read_csv(out / "summary.csv")  # long: one row per (preset, lr, epoch)
+    assert long.shape[0] == 2 and list(long["epoch"]) == [1, 1] and list(long["lr"]) == [1e-3, 1e-4]
+    assert long["val_acc_mean"].iloc[0] == pytest.approx(m) and long["reported_acc"].iloc[0] == 0.2284
+    from propagate import load
+
+    loaded = load(out)  # the summary and every run's tables, gathered with a run column
+    assert loaded.kind == "reproduce" and loaded["summary"]["val_acc_mean"].iloc[0] == pytest.approx(m)
+    runs = loaded["history"]
+    mine = runs[runs["run"] == "selu-bn-lecun-uniform_lr0.001"]
+    assert mine["val_acc"].tolist() == pytest.approx(v.tolist()) and set(runs["run"]) == {
+        "selu-bn-lecun-uniform_lr0.001", "selu-bn-lecun-uniform_lr0.0001"}
+    assert loaded.meta["run_summary" if "run_summary" in loaded else "summary"] is not None
     meta = json.loads((out / "selu-bn-lecun-uniform_lr0.001" / "history.csv.meta.json").read_text())
     assert meta["reported"]["acc"][0] == 0.2284 and meta["versions"]["torch"]
     # resuming finished runs trains nothing

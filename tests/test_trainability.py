@@ -155,6 +155,13 @@ def test_grid_and_refinement_on_fake_trainer(tmp_path):
     for col in ("config", "lr", "acc_mean", "acc_ci_low", "acc_ci_high", "val_acc_mean", "loss_mean", "outcome"):
         assert col in table.columns
     assert len(pd.read_csv(tmp_path / "t" / "seeds.csv")) == 3 * len(table)
+    from propagate import load
+
+    loaded = load(tmp_path / "t")  # the folder's tables as DataFrames; a .json repeating a .csv is not read twice
+    assert loaded.kind == "trainability" and {"points", "configs", "seeds"} <= set(loaded)
+    pd.testing.assert_frame_equal(loaded["points"], table)
+    assert loaded["configs"].set_index("config").loc["a", "max_lr_measured"] == pytest.approx(lo, rel=1e-9)
+    assert loaded.meta["points"]["versions"]["torch"]
     # a rerun trains nothing: every point is read back from its file
     calls2 = []
     res2 = trainability(configs, [1e-5, 1e-4, 1e-3, 1e-2], FakeDataset(), opts,

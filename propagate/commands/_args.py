@@ -342,6 +342,46 @@ def data_dir(text: str) -> str:
     return str(p)
 
 
+# ------------------------------------------------------------- old spellings
+
+
+def warn(message: str) -> None:
+    """One line ``propagate: warning: MESSAGE`` on standard error (for notices at parse time)."""
+    import sys
+
+    print(f"propagate: warning: {message}", file=sys.stderr)
+
+
+class DeprecatedOption(argparse.Action):
+    """An old spelling of an option: stores what the new one would, after a one-line notice on stderr."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warn(f"{option_string} is deprecated, use {self.new}")
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def deprecated_alias(container, old: str, new_action) -> None:
+    """Accept ``old`` as a hidden, deprecated spelling of ``new_action`` (the Action ``add_argument`` returned).
+
+    ``old`` stores into the same destination with the same type, choices and
+    number of values; using it prints ``propagate: warning: OLD is deprecated,
+    use NEW`` on stderr (one line, at parse time). Old spellings are kept for
+    one release. ``container`` is the parser or group ``new_action`` was added to.
+    """
+    kw = dict(dest=new_action.dest, action=DeprecatedOption, new=new_action.option_strings[0], help=argparse.SUPPRESS,
+              default=argparse.SUPPRESS)
+    if new_action.nargs == 0:  # a flag (store_true, store_const)
+        kw.update(nargs=0, const=new_action.const)
+    else:
+        kw.update(type=new_action.type, nargs=new_action.nargs, const=new_action.const, choices=new_action.choices,
+                  metavar=new_action.metavar)
+    container.add_argument(old, **kw)
+
+
 # ------------------------------------------------------------- options that do not apply
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from propagate.commands._args import nonneg_float_list, output_file_or_stdout
+from propagate.commands._args import nonneg_float_list
+from propagate.commands._output import add_output_arguments, check_outputs, emit, to_stdout
+from propagate.commands._spec_args import DEFAULT_ACTIVATION
 
 #: Most bias variances one call traces: up to ~4 ms each (tanh, quadrature), so 10^4 is about 40 s.
 MAX_POINTS = 10_000
@@ -34,43 +35,39 @@ sigma_b2 there), up to 1e6 for unbounded ones (gelu, elu, selu, silu, ...:
 beyond, the condition that fixes q* cancels below float64's precision);
 larger ones are refused.
 
+--activation defaults to the default network's (<<activation>>, as in every command).
+
 examples:
   propagate critical --activation tanh --sigma-b2 0.05
   propagate critical --activation tanh --sigma-b2 0:0.5:11 --csv tanh_critical.csv
-"""
+  propagate critical --sigma-b2 0:0.1:3 --json
+""".replace("<<activation>>", str(DEFAULT_ACTIVATION))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--activation", "-a", default="tanh", metavar="NAME", help="activation (default tanh)")
-    parser.add_argument("--sigma-b2", type=_sigma_b2_list, default=[0.0], metavar="LIST",
+    parser.add_argument("--activation", "-a", default=DEFAULT_ACTIVATION, metavar="NAME",
+                        help=f"activation (default {DEFAULT_ACTIVATION}, the default network's)")
+    parser.add_argument("--sigma-b2", "--bias-var", dest="sigma_b2", type=_sigma_b2_list, default=[0.0], metavar="LIST",
                         help="bias variance(s): a value, a list a,b,c or a range START:STOP:N (default 0)")
-    out = parser.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="print the line as JSON")
-    out.add_argument("--csv", metavar="FILE", type=output_file_or_stdout, help="write the line as CSV (plus FILE.meta.json); '-' for stdout")
+    add_output_arguments(parser, what="the critical line (one row per sigma_b2)")
 
 
 def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from propagate.activations import get_activation
-    from propagate.io import run_metadata, to_json, write_table
+    from propagate.io import run_metadata
     from propagate.theory import critical_line
 
+    check_outputs(args)
     act = get_activation(args.activation)
     df = critical_line(act, args.sigma_b2)
     df.insert(0, "activation", act.name)
     meta = run_metadata(activation=act.name)
-    if args.json:
-        import json
-
-        sys.stdout.write(to_json({"meta": meta, "rows": json.loads(df.to_json(orient="records", double_precision=15))}))
-        return 0
-    if args.csv == "-":
-        sys.stdout.write(df.to_csv(index=False, float_format="%.12g"))
-        return 0
-    print(f"edge of chaos of {act.name} (chi_1 = 1); sigma_w2 = fan_in Var(w), gain = sqrt(sigma_w2)")
-    show = df.assign(gain=df["sigma_w2"] ** 0.5)[["sigma_b2", "sigma_w2", "q_star", "gain"]]
-    print(tabulate(show, headers=["sigma_b2", "sigma_w2", "q*", "gain"], floatfmt=".10g", showindex=False))
-    if args.csv:
-        print(f"wrote {write_table(df, args.csv, meta)}")
+    if not to_stdout(args):
+        print(f"edge of chaos of {act.name} (chi_1 = 1); sigma_w2 = fan_in Var(w), gain = sqrt(sigma_w2)")
+        show = df.assign(gain=df["sigma_w2"] ** 0.5)[["sigma_b2", "sigma_w2", "q_star", "gain"]]
+        print(tabulate(show, headers=["sigma_b2", "sigma_w2", "q*", "gain"], floatfmt=".10g", showindex=False))
+    for path in emit(args, df, meta):
+        print(f"wrote {path}")
     return 0

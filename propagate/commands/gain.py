@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from propagate.commands._output import add_output_arguments, check_outputs, emit, to_stdout
 
 NAME = "gain"
 HELP = "variance-preserving sigma_w^2 (q* = 1 at sigma_b^2 = 0) beside torch.nn.init.calculate_gain"
@@ -30,7 +31,7 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--activation", "-a", action="append", metavar="NAME",
                         help="activation (repeatable; default: every built-in activation)")
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    add_output_arguments(parser, what="the rows (one per activation)")
 
 
 def gain_rows(names):
@@ -57,17 +58,20 @@ def gain_rows(names):
 
 
 def run(args: argparse.Namespace) -> int:
+    import pandas as pd
     from tabulate import tabulate
 
     from propagate.activations import list_activations
+    from propagate.io import run_metadata
 
+    check_outputs(args)
     rows = gain_rows(args.activation or [n for n in list_activations()])
-    if args.json:
-        from propagate.io import run_metadata, to_json
-
-        sys.stdout.write(to_json({"meta": run_metadata(), "rows": rows}))
+    meta = run_metadata()
+    if to_stdout(args):
+        emit(args, pd.DataFrame(rows), meta, {"meta": meta, "rows": rows})
         return 0
     cols = ["activation", "sigma_w2", "gain", "chi_1", "torch_gain", "torch_sigma_w2"]
+
     def cell(v):
         if isinstance(v, float):
             return "-" if v != v else f"{v:.6g}"
@@ -80,4 +84,6 @@ def run(args: argparse.Namespace) -> int:
     if any(r["activation"] == "selu" for r in rows):
         print("note: torch's selu gain 3/4 targets gradient flow, not the (0, 1) fixed point; "
               "PyTorch's docs recommend 'linear' (sigma_w2 = 1, LeCun) for self-normalizing networks.")
+    for path in emit(args, pd.DataFrame(rows), meta, {"meta": meta, "rows": rows}):
+        print(f"wrote {path}")
     return 0

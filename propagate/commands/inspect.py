@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from propagate.commands import _args
+from propagate.commands._output import add_output_arguments, check_outputs, clean_table, emit, to_stdout
 
 NAME = "inspect"
 HELP = "per-layer statistics of any torch model (yours, or torchvision's), with mean-field theory where it applies"
@@ -66,9 +67,7 @@ def add_arguments(parser):
                    help="gradient of a random readout (default) or of the summed cross-entropy on --dataset labels")
     g.add_argument("--device", type=_args.device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     g.add_argument("--threads", type=_args.threads, default=None, metavar="T", help="torch CPU threads")
-    g = parser.add_argument_group("output")
-    g.add_argument("--csv", metavar="FILE", type=_args.output_file, help="write the table (+ FILE.meta.json)")
-    g.add_argument("--json", metavar="FILE", type=_args.output_file, help="write rows and run metadata as strict JSON")
+    g = add_output_arguments(parser, what="the table (one row per module call)")
     g.add_argument("--plot", metavar="FILE.png", type=_args.png_file,
                    help="output variance and gradient norm per module, bands over networks, theory overlaid")
     g.add_argument("--quiet", action="store_true", help="no table on stdout")
@@ -88,7 +87,7 @@ def format_table(table) -> str:
     from tabulate import tabulate
 
     rows = []
-    for r in table.to_dict("records"):
+    for r in clean_table(table).to_dict("records"):
         flag = ("!" + r["disagree_in"]) if r.get("disagree") else ""
         dead, sat = r.get("dead_frac"), r.get("saturated_frac")
         rows.append([r["index"], r["module"] or "(model)", r["type"], r["shape"],
@@ -105,10 +104,8 @@ def format_table(table) -> str:
 def run(args) -> int:
     from propagate.errors import UserError
 
-    for opt in ("csv", "json"):
-        path = getattr(args, opt)
-        if path and not str(path).lower().endswith("." + opt):
-            raise UserError(f"--{opt} expects a .{opt} file name, got {path!r}")
+    check_outputs(args)
+    quiet = args.quiet or to_stdout(args)
     if args.loss == "cross-entropy" and not args.dataset:
         raise UserError("--loss cross-entropy needs the labels of --dataset")
     _args.check_device(args.device)
@@ -118,16 +115,16 @@ def run(args) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    from propagate.io import run_metadata, write_table
+    from propagate.io import run_metadata
     from propagate.targets import inspect_target
 
     res = inspect_target(args.target, dataset=args.dataset, input_file=args.input, input_shape=args.input_shape,
                          inputs=args.inputs, loss=None if args.loss == "readout" else args.loss,
                          networks=args.networks, seed=args.seed, reinit=args.reinit, mode=args.mode, device=device,
-                         threads=args.threads, progress=not args.quiet)
+                         threads=args.threads, progress=not quiet)
     meta = run_metadata(**res.meta)
     table = res.table
-    if not args.quiet:
+    if not quiet:
         m = res.meta
         print(f"{args.target}: {len(table)} module calls; {m['inputs'][0]} {m['input']} inputs x {m['networks']} "
               f"network{'s' * (m['networks'] > 1)}, {m['device']}, {m['seconds']:.2f} s")
@@ -142,10 +139,7 @@ def run(args) -> int:
     if not bool(table["finite"].all()):
         first = int(table.loc[~table["finite"].astype(bool), "index"].min())
         print(f"propagate: warning: non-finite outputs from row {first} on", file=sys.stderr)
-    if args.csv:
-        write_table(table, args.csv, meta)
-    if args.json:
-        write_table(table, args.json, meta)
+    emit(args, table, meta)
     if args.plot:
         from propagate.inspect_plot import plot_inspect
         from propagate.io import atomic_write_bytes

@@ -8,6 +8,7 @@ import sys
 from propagate.cluster import check_where
 from propagate.commands._args import (data_dir, name_list, output_dir, positive_int, probability, refine_steps,
                                       scheduler_address, seed, threads, workers)
+from propagate.commands._output import add_output_arguments, check_outputs, emit, to_stdout
 from propagate.errors import UserError
 from propagate.limits import check_seeds
 
@@ -44,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("grid")
     g.add_argument("--configs", type=name_list, help="comma-separated configurations (default: all four)")
     g.add_argument("--axes", type=name_list, help="comma-separated axes of width, depth, batch_size, rho (default all)")
-    g.add_argument("--seeds", type=positive_int, default=3, help="seeds per ensemble (default 3)")
+    g.add_argument("--seeds", type=positive_int, default=3, help="random seeds per ensemble (default 3)")
     g.add_argument("--seed", type=seed, default=0, help="first seed (default 0)")
     g.add_argument("--epochs", type=positive_int, default=1, help="epochs per run (default 1)")
     g.add_argument("--level", type=probability, default=0.3,
@@ -62,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse finished points found in --out (default on)")
     d.add_argument("--no-progress", action="store_true", help="no progress lines")
+    add_output_arguments(d, what="the cells table (one row per configuration and cell)")
 
 
 def setup(args) -> tuple:
@@ -81,6 +83,7 @@ def setup(args) -> tuple:
 
 
 def run(args) -> int:
+    check_outputs(args)
     configs, axes, options = setup(args)
     check_seeds(args.seed, args.seeds)
     check_where(args.workers, args.scheduler)
@@ -88,6 +91,7 @@ def run(args) -> int:
     from tabulate import tabulate
 
     from propagate.data import load_dataset
+    from propagate.io import run_metadata
     from propagate.scaling import scaling_grid
 
     def say(msg):
@@ -99,11 +103,14 @@ def run(args) -> int:
     res = scaling_grid(dataset, configs, axes=axes, options=options, out_dir=args.out, resume=args.resume,
                        workers=args.workers, scheduler=args.scheduler, progress=say)
     cols = ["config", "cell", "max_lr_measured", "max_lr_predicted", "ratio", "within_2x"]
-    print(tabulate(res.cells[cols], headers="keys", showindex=False, floatfmt=".3g"))
-    fits = res.fits[~res.fits["source"].str.startswith("sign-step")]
-    print(tabulate(fits[["config", "axis", "source", "slope", "slope_ci_low", "slope_ci_high", "n_points"]],
-                   headers="keys", showindex=False, floatfmt=".2f"))
+    if not to_stdout(args):
+        print(tabulate(res.cells[cols], headers="keys", showindex=False, floatfmt=".3g"))
+        fits = res.fits[~res.fits["source"].str.startswith("sign-step")]
+        print(tabulate(fits[["config", "axis", "source", "slope", "slope_ci_low", "slope_ci_high", "n_points"]],
+                       headers="keys", showindex=False, floatfmt=".2f"))
+    written = emit(args, res.cells, run_metadata(kind="scaling", configs=configs, axes=list(axes),
+                                                 seeds=list(options.seeds), dataset=dataset.name, out=str(args.out)))
     within = res.cells["within_2x"].dropna()
     print(f"{int(within.sum())} of {len(within)} cells with a measured limit are within 2x of the prediction; "
-          f"tables in {args.out}: cells.csv, fits.csv", file=sys.stderr)
+          f"tables in {args.out}: cells.csv, fits.csv" + "".join(f"; wrote {p}" for p in written), file=sys.stderr)
     return 0

@@ -7,58 +7,77 @@ import sys
 import warnings
 
 from propagate.commands import _args
-from propagate.commands._spec_args import add_spec_arguments, spec_from_args
+from propagate.commands._output import add_output_arguments, check_outputs, clean_table, emit, to_stdout
+from propagate.commands._spec_args import (DEFAULT_NETWORK, DEMO_DEPTH, DEMO_FIRST, DEMO_INPUT, DEMO_WIDTH,
+                                           add_spec_arguments, spec_from_args)
 from propagate.errors import UserError
-from propagate.io import atomic_write_bytes, run_metadata, write_table
-from propagate.limits import check_seeds
+from propagate.io import atomic_write_bytes, run_metadata
+from propagate.limits import check_seeds, require_memory, simulation_bytes
 
 NAME = "simulate"
 HELP = "sample deep random networks and measure per-layer statistics (with theory alongside)"
 DESCRIPTION = """\
-Sample --seeds independent random networks, push --samples inputs through them
+Sample --networks independent random networks, push --inputs inputs through each
 (batched), and print per layer: pre-activation mean and variance (mean +- standard
 error across networks), the mean-field theory's variance and the ratio, the
 correlation c between input pairs, the gradient norm of a random linear readout,
 the share of dead units and a flag where simulation and theory disagree beyond
-statistical error plus a finite-width allowance. Default shape: input 784, first
-hidden layer 512, the rest 256 (--width W: all hidden layers W; --seed-shape: the
-seed experiments' 784 -> 512 -> 50 x 256). Inf/NaN is reported (first layer) and the
-run still exits 0. Example: propagate simulate --depth 50 --init lecun_uniform
-"""
+statistical error plus a finite-width allowance. Inf/NaN is reported (first
+layer) and the run still exits 0.
 
-INPUTS = ("gaussian", "mnist-5k", "mnist", "fashion-mnist")
+The network: the flags every command shares; unset flags take the default
+network's (<<default>>). --width W makes every hidden layer W wide. Inputs:
+--dataset gaussian (default; --input-mean, --input-var) or a dataset's
+[0,1]-scaled pixels.
+
+examples:
+  propagate simulate --depth 50 --init lecun_uniform
+  propagate simulate --activation selu --sigma-w2 1 --depth 10 --networks 4 --inputs 200 --dataset mnist-5k --json
+  propagate simulate --activation relu --init he_normal --batchnorm --csv relu_bn.csv --plot relu_bn.png
+""".replace("<<default>>", str(DEFAULT_NETWORK))
+
+DATASETS = ("gaussian", "mnist-5k", "mnist", "fashion-mnist")
+#: Old name of :data:`DATASETS`.
+INPUTS = DATASETS
 
 
 def add_arguments(parser):
-    g = add_spec_arguments(parser, activation="selu", init="lecun_normal", depth=50, inputs=False)
-    g.add_argument("--seed-shape", action="store_true", help="the seed experiments' hidden stack 784 -> 512 -> 50 x 256 (depth 51)")
+    g = add_spec_arguments(parser, inputs=False)
+    shape = g.add_argument("--demo-shape", action="store_true",
+                           help=f"the lecture demo's shape, {DEMO_INPUT} -> Dense({DEMO_FIRST}) -> "
+                                f"{DEMO_DEPTH - 1} x Dense({DEMO_WIDTH}) ({DEMO_DEPTH} hidden layers; the default): "
+                                f"refuses --depth/--width")
+    _args.deprecated_alias(g, "--seed-shape", shape)
     g = parser.add_argument_group("inputs")
-    g.add_argument("--input", default="gaussian", choices=INPUTS, help="gaussian (default) or a dataset's [0,1]-scaled pixels")
+    data = g.add_argument("--dataset", default="gaussian", choices=DATASETS,
+                          help="gaussian (default) or a dataset's [0,1]-scaled pixels")
+    _args.deprecated_alias(g, "--input", data)
     g.add_argument("--input-mean", type=_args.finite_float, default=None, metavar="M", help="gaussian inputs: per-feature mean (default 0)")
     g.add_argument("--input-var", type=_args.nonneg_float, default=None, metavar="V", help="gaussian inputs: per-feature variance (default 1)")
     g = parser.add_argument_group("sampling")
-    g.add_argument("--samples", type=_args.positive_int, default=2000, metavar="N", help="inputs per network (default 2000)")
-    g.add_argument("--seeds", type=_args.positive_int, default=4, metavar="S", help="independent networks (default 4)")
+    inputs = g.add_argument("--inputs", type=_args.positive_int, default=2000, metavar="N",
+                            help="inputs per network (default 2000)")
+    _args.deprecated_alias(g, "--samples", inputs)
+    networks = g.add_argument("--networks", type=_args.positive_int, default=4, metavar="S",
+                              help="independent random networks (default 4)")
+    _args.deprecated_alias(g, "--seeds", networks)
     g.add_argument("--seed", type=_args.seed, default=0, help="random seed, 0 to 2^63 - 1 (default 0)")
     g.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     g.add_argument("--threads", type=_args.threads, default=None, metavar="T", help="torch CPU threads (default: torch's choice; 1 is faster for small runs on a busy machine)")
     g.add_argument("--jacobian", action="store_true", help="also report the input-output Jacobian's singular value spread (network 0)")
-    g = parser.add_argument_group("output")
-    g.add_argument("--csv", metavar="FILE", type=_args.output_file, help="write every layer's statistics (+ FILE.meta.json)")
-    g.add_argument("--json", metavar="FILE", type=_args.output_file, help="write rows and run metadata as JSON")
+    g = add_output_arguments(parser, what="every layer's statistics")
     g.add_argument("--plot", metavar="FILE.png", type=_args.png_file, help="variance and mean per layer, simulation bands and theory")
     g.add_argument("--quiet", action="store_true", help="no table on stdout (warnings still go to stderr)")
 
 
 def build_spec(args):
     """The NetworkSpec the arguments describe (raises UserError on conflicts)."""
-    if args.input != "gaussian" and (args.input_mean is not None or args.input_var is not None):
-        raise UserError("--input-mean/--input-var apply to gaussian inputs only")
-    if args.seed_shape:
-        if args.depth != 50 or args.width is not None or args.first_width is not None:
-            raise UserError("--seed-shape fixes the widths; drop --depth/--width")
-        args.depth = 51
+    if args.dataset != "gaussian" and (args.input_mean is not None or args.input_var is not None):
+        raise UserError("--input-mean/--input-var apply to gaussian inputs only (--dataset gaussian)")
+    if args.demo_shape and (args.depth is not None or args.width is not None or args.first_width is not None
+                            or args.input_dim is not None):
+        raise UserError("--demo-shape fixes the widths; drop --depth/--width/--first-width/--input-dim")
     return spec_from_args(args)
 
 
@@ -84,7 +103,7 @@ def format_table(table) -> str:
     has_theory = "theory_pre_var" in table.columns
     has_spread = "var_log_norm" in table.columns
     rows = []
-    for r in table.to_dict("records"):
+    for r in clean_table(table).to_dict("records"):
         row = [
             int(r["layer"]),
             int(r["width"]),
@@ -121,63 +140,63 @@ def format_table(table) -> str:
 
 
 def run(args) -> int:
+    check_outputs(args)
     spec = build_spec(args)
-    check_seeds(args.seed, args.seeds)  # every network's seed, seed .. seed + seeds - 1
-    if args.plot and not str(args.plot).lower().endswith(".png"):
-        raise UserError(f"--plot expects a .png file name, got {args.plot!r}")
-    for opt in ("csv", "json"):
-        path = getattr(args, opt)
-        if path and not str(path).lower().endswith("." + opt):
-            raise UserError(f"--{opt} expects a .{opt} file name, got {path!r}")
+    check_seeds(args.seed, args.networks)  # every network's seed, seed .. seed + networks - 1
+    if args.device == "cpu":  # the library checks too; here the message names this command's flags
+        require_memory(simulation_bytes(spec.widths, args.inputs, args.networks, 8 if args.dtype == "float64" else 4),
+                       f"simulating {args.networks} networks x {args.inputs} inputs", "use fewer --inputs or --networks")
 
     from propagate.simulate import simulate
 
+    quiet = args.quiet or to_stdout(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the divergence warning is printed below as one line
-        res = simulate(spec, samples=args.samples, seeds=args.seeds, seed=args.seed, dtype=args.dtype,
-                       device=args.device, jacobian=args.jacobian, input=args.input, threads=args.threads,
-                       progress=not args.quiet)
+        res = simulate(spec, samples=args.inputs, seeds=args.networks, seed=args.seed, dtype=args.dtype,
+                       device=args.device, jacobian=args.jacobian, input=args.dataset, threads=args.threads,
+                       progress=not quiet)
     table = res.table
     meta = run_metadata(**res.meta)
-
-    if not args.quiet:
-        m = res.meta
-        print(f"{spec.label()}: widths {spec.widths[0]} -> {spec.widths[1]}"
-              + (f" -> {spec.depth - 1} x {spec.widths[2]}" if spec.depth > 1 else "")
-              + f"; {m['samples']} {m['input']} inputs x {m['seeds']} networks, {m['dtype']}, {m['seconds']:.2f} s")
-        print(format_table(table))
-        if res.theory is None:
-            print("(no theory columns: propagate.theory is not available for this spec)")
-        elif not bool(table["judged"].all()):
-            print("(one network: no standard error across networks, so agreement with theory is not judged; "
-                  "use --seeds 2 or more)")
-        else:
-            n_dis = int(table["disagree"].sum())
-            print(f"flag !: |simulation - theory| > 4 SE + finite-width allowance (sum of 1/width over the layers "
-                  f"crossed); {n_dis} of {len(table)} layers flagged")
-        for cols, why in res.theory_notes.items():
-            print(f"({cols} empty: {why})")
-        if res.flushed["mattered"]:
-            ls = res.flushed["subnormal_layers"]
-            print(f"note: the signal fell into {m['dtype']}'s subnormal range (layers {ls[0]}..{ls[-1]}); subnormals "
-                  f"were flushed to zero (they make CPU arithmetic slow on many CPUs), so those rows are ~0")
-        if res.jacobian:
-            j = res.jacobian
-            print(f"input-output Jacobian (network 0, {j['inputs']} inputs, {j['shape'][0]}x{j['shape'][1]}): "
-                  f"s_max {j['s_max']:.3g}, s_min {j['s_min']:.3g}, log10(s_max/s_min) {j['log10_spread']:.3g}, "
-                  f"mean s^2 {j['mean_s2']:.3g}"
-                  + (f", zero to {res.meta['dtype']} precision {100 * j['zero_frac']:.3g}% of s, "
-                     f"smallest other s {j['s_min_nonzero']:.3g}" if "zero_frac" in j else ""))
+    if not quiet:
+        _print_results(res, spec)
     if res.diverged_at is not None:
         print(f"propagate: warning: signal diverged (inf/NaN) at layer {res.diverged_at}; table stops there",
               file=sys.stderr)
-    if args.csv:
-        write_table(table, args.csv, meta)
-    if args.json:
-        write_table(table, args.json, meta)
+    emit(args, table, meta)
     if args.plot:
         from propagate.simulate_plot import figure_png, plot_layers
 
         fig = plot_layers(table, title=f"{spec.label()}, {res.meta['seeds']} networks x {res.meta['samples']} inputs")
         atomic_write_bytes(args.plot, figure_png(fig))
     return 0
+
+
+def _print_results(res, spec) -> None:
+    """The header line, the per-layer table and the notes under it."""
+    table, m = res.table, res.meta
+    print(f"{spec.label()}: widths {spec.widths[0]} -> {spec.widths[1]}"
+          + (f" -> {spec.depth - 1} x {spec.widths[2]}" if spec.depth > 1 else "")
+          + f"; {m['samples']} {m['input']} inputs x {m['seeds']} networks, {m['dtype']}, {m['seconds']:.2f} s")
+    print(format_table(table))
+    if res.theory is None:
+        print("(no theory columns: propagate.theory is not available for this spec)")
+    elif not bool(table["judged"].all()):
+        print("(one network: no standard error across networks, so agreement with theory is not judged; "
+              "use --networks 2 or more)")
+    else:
+        n_dis = int(table["disagree"].sum())
+        print(f"flag !: |simulation - theory| > 4 SE + finite-width allowance (sum of 1/width over the layers "
+              f"crossed); {n_dis} of {len(table)} layers flagged")
+    for cols, why in res.theory_notes.items():
+        print(f"({cols} empty: {why})")
+    if res.flushed["mattered"]:
+        ls = res.flushed["subnormal_layers"]
+        print(f"note: the signal fell into {m['dtype']}'s subnormal range (layers {ls[0]}..{ls[-1]}); subnormals "
+              f"were flushed to zero (they make CPU arithmetic slow on many CPUs), so those rows are ~0")
+    if res.jacobian:
+        j = res.jacobian
+        print(f"input-output Jacobian (network 0, {j['inputs']} inputs, {j['shape'][0]}x{j['shape'][1]}): "
+              f"s_max {j['s_max']:.3g}, s_min {j['s_min']:.3g}, log10(s_max/s_min) {j['log10_spread']:.3g}, "
+              f"mean s^2 {j['mean_s2']:.3g}"
+              + (f", zero to {m['dtype']} precision {100 * j['zero_frac']:.3g}% of s, "
+                 f"smallest other s {j['s_min_nonzero']:.3g}" if "zero_frac" in j else ""))

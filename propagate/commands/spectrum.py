@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from propagate.commands._args import density_points, png_file, positive_float, positive_int, refuse_unused, seed
-from propagate.commands._spec_args import add_spec_arguments, spec_from_args
+from propagate.commands._args import density_points, png_file, positive_int, refuse_unused, seed
+from propagate.commands._output import add_output_arguments, check_outputs, emit, to_stdout
+from propagate.commands._spec_args import (DEFAULT_NETWORK, DEMO_WIDTH, add_spec_arguments, spec_from_args,
+                                           square_widths, weights_of)
 from propagate.errors import UserError
-from propagate.io import atomic_write_bytes, run_metadata, to_json
+from propagate.io import atomic_write_bytes, run_metadata
 from propagate.limits import require_memory
 
 NAME = "spectrum"
@@ -24,7 +25,7 @@ Printed: the moments m_k = (1/N) tr (J J^T)^k, k = 1..4 (m1 = chi_1^L at a fixed
 point), the relative variance m2/m1^2 - 1, the mass at zero (ReLU: 1/2) and, with
 --check, the same moments measured on --networks sampled networks.
 --json prints {"moments": {"m1": ...}, "density": [[x, p], ...], ...} (p per unit
-of x, the continuous part; "atom_at_zero" holds the rest).
+of x, the continuous part; "atom_at_zero" holds the rest), or writes it to FILE.
 --plot FILE.png draws the density over a histogram of simulated squared
 singular values (log x axis).
 
@@ -33,54 +34,49 @@ LayerNorm, residual blocks or dropout, --check still samples the spectrum (the
 Jacobian of each sampled network at its inputs, BatchNorm's statistics held
 fixed), the predicted columns stay empty and a line says why.
 
-Weights: --sigma-w2 S (Gaussian N(0, S/N)), --sigma-w2 S --orthogonal (Haar
-orthogonal times sqrt(S)), or --init NAME (he_normal, lecun_normal, orthogonal:2,
-...; non-orthogonal ones behave as Gaussian at large width).
+The network: the flags every command shares, unset ones the default network's
+(<<default>>), but with square layers: every layer, the input included, --width
+units (default <<width>>). Weights: --sigma-w2 S (Gaussian N(0, S/N)), --sigma-w2 S
+--orthogonal (Haar orthogonal times sqrt(S)), or --init NAME (he_normal,
+lecun_normal, orthogonal:2, ...; non-orthogonal ones behave as Gaussian at large
+width).
+
+--csv FILE writes the moments as one row: measured m1..m4 (with --check; _se
+their standard errors) beside the predicted theory_m1..theory_m4, as every table
+puts a measured X beside its prediction theory_X; --json [FILE] the moments,
+the density and the metadata.
 
 examples:
+  propagate spectrum --depth 10
   propagate spectrum --activation relu --init he_normal --depth 4 --width 400
   propagate spectrum --activation relu --sigma-w2 2 --orthogonal --depth 10 --plot relu_orth.png
   propagate spectrum --activation tanh --sigma-w2 1.4242 --sigma-b2 0.01 --input-var 0.185 --depth 16 --check
   propagate spectrum --activation selu --init lecun_normal --batchnorm --depth 8 --width 128 --check
-"""
+""".replace("<<default>>", str(DEFAULT_NETWORK)).replace("<<width>>", str(DEMO_WIDTH))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    w = parser.add_mutually_exclusive_group(required=True)
-    w.add_argument("--sigma-w2", type=positive_float, metavar="S",
-                   help="weight variance scale sigma_w^2 = fan_in Var(w) (Gaussian, or orthogonal with --orthogonal)")
-    w.add_argument("--init", metavar="NAME", help="initializer (he_normal, lecun_normal, orthogonal, orthogonal:S, normal:S, ...)")
-    add_spec_arguments(parser, activation="relu", init=None, depth=10, init_flag=False)
+    add_spec_arguments(parser, square=True)
     parser.add_argument("--orthogonal", action="store_true", help="with --sigma-w2: orthogonal weights scaled to sigma_w^2")
     parser.add_argument("--points", type=density_points, default=300, metavar="N",
                         help="density grid points, at most 10000 (default 300)")
     g = parser.add_argument_group("Monte Carlo (--check, --plot)")
     g.add_argument("--check", action="store_true", help="also measure the moments on sampled networks")
-    g.add_argument("--networks", type=positive_int, default=4, metavar="S", help="sampled networks (default 4)")
+    g.add_argument("--networks", type=positive_int, default=4, metavar="S", help="sampled random networks (default 4)")
     g.add_argument("--inputs", type=positive_int, default=2, metavar="K", help="inputs (Jacobians) per network (default 2)")
     g.add_argument("--seed", type=seed, default=0, help="random seed, 0 to 2^63 - 1 (default 0)")
-    out = parser.add_argument_group("output")
-    out.add_argument("--json", action="store_true", help="print moments and density as JSON")
+    out = add_output_arguments(parser, what="the moments", json_help="moments, density and metadata as strict JSON, "
+                               "to FILE.json (plus FILE.json.meta.json) or, without FILE, to standard output")
     out.add_argument("--plot", type=png_file, metavar="FILE.png", help="density over a histogram of simulated squared singular values")
 
 
 def build(args):
-    """The uniform-width spec the arguments describe (raises UserError on conflicts)."""
+    """The square-layer spec the arguments describe (raises UserError on conflicts)."""
     if args.orthogonal and args.sigma_w2 is None:
         raise UserError("--orthogonal goes with --sigma-w2 (or use --init orthogonal:S)")
     sampled = ("--check or --plot", bool(args.check or args.plot))
     refuse_unused(args, {"--networks": sampled, "--inputs": sampled, "--seed": sampled})
-    for flag in ("first_width", "input_dim"):
-        if getattr(args, flag, None) not in (None, args.width):
-            raise UserError(f"spectrum uses square layers: drop --{flag.replace('_', '-')} (the input dimension is --width)")
-    n = args.width or 256
-    if args.sigma_w2 is not None:
-        init = f"orthogonal:{args.sigma_w2!r}" if args.orthogonal else f"normal:{args.sigma_w2!r}"
-        if args.sigma_b2 is None:
-            args.sigma_b2 = 0.0
-    else:
-        init = args.init
-    spec = spec_from_args(args, widths=(n,) * (args.depth + 1), init=init)
+    spec = spec_from_args(args, widths=square_widths(args), init=weights_of(args, orthogonal=args.orthogonal))
     check_scale(spec)
     return spec
 
@@ -118,10 +114,11 @@ def check_scale(spec) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs(args)
     spec = build(args)
     if args.check or args.plot:
         n = spec.widths[0]
-        if args.depth * n ** 3 * args.networks * args.inputs > 2e12:
+        if spec.depth * n ** 3 * args.networks * args.inputs > 2e12:
             raise UserError("this Monte Carlo check would take very long: lower --networks/--inputs, --width or --depth")
         # every sampled Jacobian is a dense float64 n x n matrix, with its product's temporaries (x3)
         require_memory(3 * 8 * n * n * args.networks * args.inputs,
@@ -143,13 +140,33 @@ def run(args: argparse.Namespace) -> int:
 
         atomic_write_bytes(args.plot, spectrum_figure_png(res.theory, res.samples,
                                                           title=f"{spec.label()}, depth {spec.depth}, width {spec.widths[0]}"))
-    if args.json:
-        sys.stdout.write(to_json(_json(res, spec)))
-        return 0
-    print("\n".join(format_spectrum(res, spec)))
-    if args.plot:
-        print(f"wrote {args.plot}")
+    document = _json(res, spec)
+    if not to_stdout(args):
+        print("\n".join(format_spectrum(res, spec)))
+    written = emit(args, moments_table(res, spec), document["meta"], document)
+    if not to_stdout(args):
+        for path in ([args.plot] if args.plot else []) + written:
+            print(f"wrote {path}")
     return 0
+
+
+def moments_table(res, spec):
+    """One row: the moments ``m1..m4`` of ``J J^T`` measured on the sampled networks (with ``_se``; empty without
+    ``--check``) beside the predicted ``theory_m1``.. (empty where free probability does not reach the network)."""
+    import pandas as pd
+
+    d = _json(res, spec)
+    mc = res.monte_carlo
+    nan = float("nan")
+    row = {"activation": spec.activation, "init": spec.init, "depth": spec.depth, "width": spec.widths[0]}
+    for k in range(1, 5):
+        row[f"m{k}"] = mc["moments"][f"m{k}"] if mc else nan
+        row[f"m{k}_se"] = mc["moments_se"][f"m{k}"] if mc else nan
+        row[f"theory_m{k}"] = d["moments"][f"m{k}"]
+    row["zero_frac"] = mc["zero_frac"] if mc else nan
+    row["theory_atom_at_zero"] = d["atom_at_zero"]
+    row["theory_relative_variance"] = d["relative_variance"]
+    return pd.DataFrame([row])
 
 
 def _json(res, spec) -> dict:

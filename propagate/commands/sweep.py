@@ -28,7 +28,7 @@ the command's own parser, and every point is checked before any work starts.
   lens = "simulate"
   [fixed]                       # one value, shared by every point
   depth = 10
-  seeds = 2
+  networks = 2
   [grid]                        # the product of these lists
   activation = ["relu", "tanh"]
   init = ["normal:1", "normal:2"]
@@ -36,7 +36,7 @@ the command's own parser, and every point is checked before any work starts.
   # lr = "1e-4:1e-2:3:log"      # a log-spaced range (lens train)
   [zip.size]                    # a zipped group: fields that vary together,
   width = [64, 128, 256]        #   one axis of the product (3 values, not 9)
-  samples = [800, 400, 200]
+  inputs = [800, 400, 200]
 
 Each point's result is OUT/points/KEY.json, written atomically; KEY hashes the
 point's full configuration (all the command's options, defaults included), the

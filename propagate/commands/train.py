@@ -5,50 +5,60 @@ from __future__ import annotations
 import argparse
 import sys
 
-from propagate.commands._args import (check_device, data_dir, depth, device, nonneg_int, output_dir, positive_float,
-                                      positive_int, probability, seed, threads, width)
-from propagate.commands._spec_args import add_spec_arguments, spec_from_args
+from propagate.commands._args import (check_device, data_dir, device, nonneg_int, output_dir, positive_float,
+                                      positive_int, probability, refuse_unused, seed, threads)
+from propagate.commands._output import add_output_arguments, check_outputs, emit, to_stdout
+from propagate.commands._spec_args import (DEFAULT_ACTIVATION, DEFAULT_INIT, DEFAULT_NETWORK, add_spec_arguments,
+                                           custom_network, spec_from_args)
 from propagate.limits import check_seeds, require_memory
 from propagate.runfolder import check_folder
 from propagate.runstore import check_checkpoint, run_identity
 
 NAME = "train"
-HELP = "train a preset (the seed's runs) or a custom deep MLP on MNIST, recording per-layer statistics"
+HELP = "train a preset (the lecture demo's runs) or a custom deep MLP on MNIST, recording per-layer statistics"
 DESCRIPTION = """\
-Train the seed's 52-layer MNIST network (784 -> Dense(512) -> 50 x Dense(256) -> Dense(10))
-with a named preset, or a custom network, and record per-layer statistics of a fixed
-probe batch at initialization and after every epoch.
+Train a network on MNIST (or Fashion-MNIST) and record per-layer statistics of a fixed
+probe batch at initialization and after every epoch. --preset names one of the lecture
+demo's recipes (the 2017 demo: 784 inputs, 51 hidden layers Dense(512) then 50 x
+Dense(256), readout Dense(10); see --list-presets); flags given with --preset override the
+preset's settings. Without --preset every unset flag takes the default network's:
+<<default>>. --depth counts hidden layers (the first --first-width wide, the others --width).
 
-Flags given with --preset override the preset's settings. --depth counts hidden layers
-(the first --first-width wide, the others --width): the seed is --depth 51.
-Each epoch prints a Keras-like line on stderr; the history table goes to stdout.
-With --out DIR the run writes history.csv, layers.csv, spec.json and a checkpoint
+Each epoch prints a Keras-like line on stderr; the history table (one row per seed and
+epoch) goes to stdout, or as --json [FILE] / --csv FILE. With --out DIR the run writes
+history.csv, layers.csv, summary.csv (each with its .meta.json), spec.json and a checkpoint
 there after every epoch, and resumes from it unless --no-resume.
 
---seeds N trains N networks of the same configuration (seeds --seed .. --seed+N-1, each with
-its own initialization, shuffling order and dropout masks) together as one batched model;
-seed k of an ensemble is the network of a single run with --seed k. history.csv and
-layers.csv get one row per seed (a seed column) and keep every seed trained in --out;
-summary.csv and the printed summary give, for the seeds asked for, each metric's mean
-with its 95% Student t confidence interval (<metric>_mean, <metric>_ci_low,
+--seeds N trains N networks of the same configuration (random seeds --seed .. --seed+N-1,
+each with its own initialization, shuffling order and dropout masks) together as one
+batched model; seed k of an ensemble is the network of a single run with --seed k.
+history.csv and layers.csv get one row per seed (a seed column) and keep every seed
+trained in --out; summary.csv and the printed summary give, for the seeds asked for, each
+metric's mean with its 95% Student t confidence interval (<metric>_mean, <metric>_ci_low,
 <metric>_ci_high, n_seeds), built on the logit scale for accuracies (it stays in [0, 1])
 and the log scale for losses (it stays positive). A seed that diverges stops alone; the
 others go on.
+
+--log-every K writes steps.csv in --out: every K-th optimizer step, per seed and weight
+layer, the step's batch loss and accuracy, learning rate, gradient norm and the layer's
+update ratio ||dW|| / ||W|| (propagate.steplog). --tensorboard DIR writes the same as
+TensorBoard event files (pip install 'propagate[tensorboard]').
 
 examples:
   propagate train --list-presets
   propagate train --preset selu-bn-lecun-uniform --dataset mnist-5k --out runs/selu-bn
   propagate train --preset selu-lecun-normal --dataset mnist-5k --seeds 4 --epochs 1 --out runs/snn
-  propagate train --activation tanh --init glorot_normal --depth 10 --width 128 --epochs 2
-"""
+  propagate train --activation tanh --init glorot_normal --depth 10 --width 128 --epochs 2 --csv tanh.csv
+  propagate train --depth 10 --width 128 --epochs 1 --dataset mnist-5k --out runs/steps --log-every 10
+""".replace("<<default>>", str(DEFAULT_NETWORK))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("network")
     g.add_argument("--preset", help="a named recipe (see --list-presets)")
     g.add_argument("--list-presets", action="store_true", help="list the presets and exit")
-    add_spec_arguments(parser, activation=None, init=None, depth=None, inputs=False,
-                       title="network (unset flags: the preset's, else the seed's relu/glorot_uniform, depth 51)")
+    add_spec_arguments(parser, inputs=False, base="the preset's, else ",
+                       title="network (unset flags: the preset's, else the default network's)")
     o = parser.add_argument_group("training")
     o.add_argument("--optimizer", choices=["rmsprop", "sgd", "adam"], help="default rmsprop (Keras: rho 0.9, eps 1e-7)")
     o.add_argument("--lr", type=positive_float, help="learning rate (default 1e-3)")
@@ -58,9 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                    "(default 0.9)")
     o.add_argument("--warmup", type=nonneg_int, metavar="STEPS",
                    help="linear warmup: step t uses lr * min(1, t / STEPS) (default 0: none)")
-    o.add_argument("--seed", type=seed, default=0, help="weights, shuffles and dropout (default 0)")
+    o.add_argument("--seed", type=seed, default=0, help="random seed of weights, shuffles and dropout (default 0)")
     o.add_argument("--seeds", type=positive_int, default=1,
-                   help="train N networks (seeds --seed .. --seed+N-1) together as one batched ensemble; "
+                   help="train N networks (random seeds --seed .. --seed+N-1) together as one batched ensemble; "
                         "files get a seed column and summary.csv the mean with its 95%% Student t interval (default 1)")
     o.add_argument("--probe-size", type=positive_int, default=512, help="training images in the probe batch (default 512)")
     o.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
@@ -74,21 +84,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue a run found in --out (default on)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_arguments(d, what="the history (one row per seed and epoch), with the summary over seeds in JSON")
+    s = parser.add_argument_group("per-step log")
+    s.add_argument("--log-every", type=positive_int, metavar="K",
+                   help="write --out/steps.csv: every K-th step's loss, accuracy, lr, gradient norm and per-layer "
+                        "update ratio ||dW||/||W||, per seed")
+    s.add_argument("--tensorboard", type=output_dir, metavar="DIR",
+                   help="write the per-step log (every --log-every steps, default 1) as TensorBoard event files to DIR")
 
 
 def spec_and_options(args):
     """``(preset or None, NetworkSpec, TrainOptions)`` of the parsed flags (also used by ``propagate sweep``)."""
     from propagate.presets import get_preset
-    from propagate.spec import SEED_CLASSES, NetworkSpec
+    from propagate.spec import DEMO_CLASSES, NetworkSpec
     from propagate.train import TrainOptions
 
     check_seeds(args.seed, args.seeds)  # the ensemble's last seed too
     preset = get_preset(args.preset) if args.preset else None
-    base = preset.spec() if preset else NetworkSpec.seed("relu", "glorot_uniform", False)
-    custom = any(getattr(args, k, None) is not None for k in (
-        "activation", "init", "depth", "width", "first_width", "input_dim", "sigma_b2", "batchnorm", "layernorm",
-        "residual", "dropout", "alpha_dropout"))
-    spec = spec_from_args(args, base=base, out_features=SEED_CLASSES) if custom else base
+    base = preset.spec() if preset else NetworkSpec.demo(DEFAULT_ACTIVATION, DEFAULT_INIT, False)
+    spec = spec_from_args(args, base=base, out_features=DEMO_CLASSES) if custom_network(args) else base
     opts = {k: v for k, v in (("optimizer", args.optimizer), ("lr", args.lr), ("epochs", args.epochs),
                               ("batch_size", args.batch_size), ("rho", args.rho), ("warmup", args.warmup),
                               ("threads", args.threads)) if v is not None}
@@ -119,9 +133,12 @@ def _print_presets() -> None:
     rows = []
     for p in PRESETS.values():
         rep = p.reported
-        seed = "-" if not rep else " | ".join(f"{a:.4f}/{v:.4f}" for a, v in zip(rep["acc"], rep["val_acc"]))
-        rows.append([p.name, p.activation, p.init, "yes" if p.batchnorm else "no", p.seed_run or "-", seed])
-    print(tabulate(rows, headers=["preset", "activation", "init", "BN", "seed run", "seed acc/val_acc per epoch"]))
+        reported = "-" if not rep else " | ".join(f"{a:.4f}/{v:.4f}" for a, v in zip(rep["acc"], rep["val_acc"]))
+        rows.append([p.name, p.activation, p.init, "yes" if p.batchnorm else "no", p.demo_run or "-", reported])
+    print(tabulate(rows, headers=["preset", "activation", "init", "BN", "demo run",
+                                  "demo's reported acc/val_acc per epoch"]))
+    print("(the lecture demo's runs 1-5 and two recipes it left out; every preset is the demo's network: 51 hidden "
+          "layers, Dense(512) then 50 x Dense(256); reported numbers: one run each, lr 1e-3, full MNIST)")
 
 
 def _summary_cells(summary) -> list[dict]:
@@ -141,15 +158,20 @@ def run(args) -> int:
     if args.list_presets:
         _print_presets()
         return 0
+    check_outputs(args)
+    refuse_unused(args, {"--log-every": ("--out or --tensorboard (where the log goes)", bool(args.out or args.tensorboard))})
     preset, spec, options = spec_and_options(args)
     check_training_size(spec, options)
     check_device(options.device)
     if args.out:  # whose the folder is (kind, foreign files, lock), before any data loads
         check_folder(args.out, {"kind": "train"}, resume=False)
+    if args.tensorboard:
+        from propagate.steplog import check_tensorboard
 
-    from tabulate import tabulate
+        check_tensorboard()
 
     from propagate.data import load_dataset, validate_dataset
+    from propagate.io import run_metadata
     from propagate.train import format_epoch_line, train
 
     dataset = load_dataset(args.dataset, args.data_dir, download=args.data_dir is None, progress=not args.no_progress,
@@ -165,20 +187,65 @@ def run(args) -> int:
           f"{options.epochs} epochs on {dataset.name} ({dataset.n_train} train / {dataset.n_test} test)"
           f"{f'; seeds {options.seed}..{options.seed + options.seeds - 1}' if options.seeds > 1 else ''}",
           file=sys.stderr)
+    steps = _step_log(args, options, dataset)
+    saved = set()
 
     def on_epoch(row):
         print(format_epoch_line(row), file=sys.stderr, flush=True)
+        if steps is not None and row["epoch"] not in saved:  # every step of the epoch is logged by now
+            saved.add(row["epoch"])
+            steps.save()
 
-    result = train(spec, options, dataset, progress=not args.no_progress, callback=on_epoch,
-                   run_dir=args.out, resume=args.resume, name=None, preset=preset)
-    print(tabulate(result.history, headers="keys", showindex=False, floatfmt=".4f"))
-    if len(result.seeds) > 1:
-        print("\nmean over seeds [95% Student t interval]:")
-        print(tabulate(_summary_cells(result.summary), headers="keys", showindex=False))
+    try:
+        result = train(spec, options, dataset, progress=not args.no_progress, callback=on_epoch,
+                       run_dir=args.out, resume=args.resume, name=None, preset=preset,
+                       on_step=None if steps is None else steps.callback)
+    finally:
+        if steps is not None:
+            steps.close()
+    if steps is not None:
+        steps.save()
+    _report(args, result, run_metadata(seed=options.seed, seeds=result.seeds, spec=spec.to_dict(),
+                                       options=options.to_dict(), preset=preset.name if preset else None,
+                                       dataset=dataset.name))
+    return 0
+
+
+def _step_log(args, options, dataset):
+    """The :class:`~propagate.steplog.StepLog` of --log-every/--tensorboard (``None`` without either)."""
+    if not (args.log_every or args.tensorboard):
+        return None
+    from pathlib import Path
+
+    from propagate.steplog import StepLog, steps_per_epoch
+
+    return StepLog(args.log_every or 1, options=options, steps_per_epoch=steps_per_epoch(dataset.n_train, options),
+                   path=Path(args.out) / "steps.csv" if args.out else None, resume=args.resume,
+                   tensorboard=args.tensorboard, meta={"dataset": dataset.name, "seeds": options.seed_list})
+
+
+def _report(args, result, meta: dict) -> None:
+    """The history table (stdout, or --json/--csv), the summary over seeds and the status line."""
+    from tabulate import tabulate
+
+    summary = result.summary
+    document = None
+    if args.json is not None:
+        import json
+
+        document = {"meta": meta, "rows": json.loads(result.history.to_json(orient="records", double_precision=15)),
+                    "summary": json.loads(summary.to_json(orient="records", double_precision=15)),
+                    "status": result.status}
+    if not to_stdout(args):
+        print(tabulate(result.history, headers="keys", showindex=False, floatfmt=".4f"))
+        if len(result.seeds) > 1:
+            print("\nmean over seeds [95% Student t interval]:")
+            print(tabulate(_summary_cells(summary), headers="keys", showindex=False))
+    written = emit(args, result.history, meta, document)
     status = result.status
     if result.diverged_seeds and not result.diverged:
         status += f" (diverged: seed{'s' if len(result.diverged_seeds) > 1 else ''} "
         status += f"{', '.join(str(s) for s in result.diverged_seeds)})"
     status += f"; files in {args.out}" if args.out else ""
+    status += "".join(f"; wrote {p}" for p in written)
     print(f"status: {status}", file=sys.stderr)
-    return 0

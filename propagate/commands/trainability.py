@@ -10,17 +10,20 @@ from propagate.cluster import check_where
 from propagate.commands._args import (check_device, data_dir, device, nonneg_int, output_dir, positive_float,
                                       positive_float_list, positive_int, probability, refine_steps,
                                       scheduler_address, seed, threads, workers)
-from propagate.commands._spec_args import add_spec_arguments, spec_from_args
+from propagate.commands._output import add_output_arguments, check_outputs, emit, to_stdout
+from propagate.commands._spec_args import (DEFAULT_ACTIVATION, DEFAULT_INIT, DEFAULT_NETWORK, add_spec_arguments,
+                                           custom_network, spec_from_args)
 from propagate.errors import UserError
 from propagate.limits import check_seeds, linear_range
 from propagate.runfolder import check_run_folder
 
 NAME = "trainability"
-HELP = "train presets over a log grid of learning rates (seed ensembles): largest lr that trains, vs predicted"
+HELP = "train presets over a log grid of learning rates (ensembles of seeds): largest lr that trains, vs predicted"
 DESCRIPTION = """\
-Train each configuration (presets, or one custom network) at every learning rate
-of a log-spaced grid, each (configuration, lr) as an ensemble of --seeds seeds,
-and write:
+Train each configuration (presets, or one custom network: the flags every
+command shares, unset ones the default network's, <<default>>) at every learning
+rate of a log-spaced grid, each (configuration, lr) as an ensemble of --seeds
+random seeds, and write:
 
   DIR/points.csv (.json)   one row per (config, lr): final loss, acc, val_loss,
                            val_acc, train_eval_acc as _mean/_ci_low/_ci_high (95%
@@ -67,7 +70,10 @@ examples:
   propagate trainability --presets relu,relu-bn,selu-lecun-normal --workers 2 --out runs/t-dask
   propagate trainability --activation tanh --init glorot_normal --depth 10 --width 128 --out runs/t-tanh
   propagate trainability --presets selu-lecun-normal,selu-bn-lecun-uniform --dataset mnist-5k --predict-only
-"""
+
+The printed table is DIR/configs.csv's main columns; --json [FILE] and --csv FILE
+give the whole configs table (standard output without FILE, or '-' for --csv).
+""".replace("<<default>>", str(DEFAULT_NETWORK))
 
 
 def lr_list(text: str) -> list[float]:
@@ -99,17 +105,16 @@ def lr_list(text: str) -> list[float]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("configurations")
     g.add_argument("--presets", help="comma-separated preset names (see 'propagate train --list-presets')")
-    add_spec_arguments(parser, activation=None, init=None, depth=None, inputs=False,
-                       title="a custom network (any of these flags; unset ones: the seed's relu/glorot_uniform, "
-                             "depth 51, 512 then 256 units)")
+    add_spec_arguments(parser, inputs=False,
+                       title="a custom network (any of these flags; unset ones: the default network's)")
     t = parser.add_argument_group("grid and training")
     t.add_argument("--lr", type=lr_list, default=None,
                    help="learning rates: a list 1e-4,1e-3 or a log range START:STOP:N (default 1e-5:1e-2:7)")
-    t.add_argument("--seeds", type=positive_int, default=3, help="seeds per ensemble (default 3)")
+    t.add_argument("--seeds", type=positive_int, default=3, help="random seeds per ensemble (default 3)")
     t.add_argument("--seed", type=seed, default=0, help="first seed; the ensemble is seed..seed+N-1 (default 0)")
-    t.add_argument("--epochs", type=positive_int, default=3, help="epochs per run (default 3, the seed's)")
+    t.add_argument("--epochs", type=positive_int, default=3, help="epochs per run (default 3, the lecture demo's)")
     t.add_argument("--optimizer", choices=["rmsprop", "sgd", "adam"], default="rmsprop",
-                   help="default rmsprop (the seed's: rho 0.9, eps 1e-7)")
+                   help="default rmsprop (the lecture demo's: rho 0.9, eps 1e-7)")
     t.add_argument("--batch-size", type=positive_int, default=128, help="default 128")
     t.add_argument("--rho", type=probability, default=0.9, help="RMSprop's decay of the squared-gradient average (default 0.9)")
     t.add_argument("--warmup", type=nonneg_int, default=0, metavar="STEPS",
@@ -143,17 +148,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse finished points found in --out (default on)")
     d.add_argument("--no-progress", action="store_true", help="no progress lines")
-
-
-#: The flags of :func:`add_spec_arguments` that make a custom network.
-_SPEC_FLAGS = ("activation", "init", "depth", "width", "first_width", "input_dim", "sigma_b2", "batchnorm",
-               "layernorm", "residual", "dropout", "alpha_dropout")
+    add_output_arguments(d, what="the configs table (one row per configuration)")
 
 
 def configs_from_args(args) -> list:
     """``[(name, NetworkSpec), ...]`` of the parsed flags: the presets, then the custom network (if any flag is set)."""
     from propagate.presets import get_preset
-    from propagate.spec import SEED_CLASSES, NetworkSpec
+    from propagate.spec import DEMO_CLASSES, NetworkSpec
 
     configs = []
     if args.presets is not None:
@@ -163,9 +164,9 @@ def configs_from_args(args) -> list:
         for n in names:
             p = get_preset(n)
             configs.append((p.name, p.spec()))
-    if any(getattr(args, k, None) is not None for k in _SPEC_FLAGS):
-        base = NetworkSpec.seed("relu", "glorot_uniform", False)
-        spec = spec_from_args(args, base=base, out_features=SEED_CLASSES)
+    if custom_network(args):
+        base = NetworkSpec.demo(DEFAULT_ACTIVATION, DEFAULT_INIT, False)
+        spec = spec_from_args(args, base=base, out_features=DEMO_CLASSES)
         configs.append((spec.label(), spec))
     if not configs:
         raise UserError("give --presets or a custom network (--activation, --init, --depth, ...)")
@@ -192,6 +193,7 @@ def setup(args) -> tuple:
 
 
 def run(args) -> int:
+    check_outputs(args)
     configs, lrs, options = setup(args)
     check_device(args.device)
     check_where(args.workers, args.scheduler)
@@ -201,6 +203,7 @@ def run(args) -> int:
     from tabulate import tabulate
 
     from propagate.data import load_dataset
+    from propagate.io import run_metadata
     from propagate.trainability import check_out_dir, trainability
 
     def say(msg):
@@ -221,10 +224,14 @@ def run(args) -> int:
             "max_lr_predicted_ci_high", "ratio", "max_lr_sharpness", "max_lr_sharpness_gd", "first_diverged_lr"]
     if args.predict_only:
         cols = [c for c in cols if "measured" not in c and c not in ("max_lr_bad", "ratio", "first_diverged_lr")]
-    print(tabulate(res.configs[[c for c in cols if c in res.configs.columns]], headers="keys", showindex=False,
-                   floatfmt=".3g"))
+    if not to_stdout(args):
+        print(tabulate(res.configs[[c for c in cols if c in res.configs.columns]], headers="keys", showindex=False,
+                       floatfmt=".3g"))
+    written = emit(args, res.configs, run_metadata(kind="trainability", lrs=lrs, seeds=list(options.seeds),
+                                                   dataset=dataset.name, out=str(args.out)))
     for note in sorted({n for n in res.configs.get("prediction_note", []) if isinstance(n, str) and n}):
         print(f"note: {note}", file=sys.stderr)
     print(f"tables in {args.out}: configs.csv, predictions.csv, lookahead.csv"
-          + ("" if args.predict_only else ", points.csv, seeds.csv"), file=sys.stderr)
+          + ("" if args.predict_only else ", points.csv, seeds.csv") + "".join(f"; wrote {p}" for p in written),
+          file=sys.stderr)
     return 0

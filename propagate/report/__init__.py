@@ -35,6 +35,7 @@ from propagate.io import (
     check_output_dir,
     check_replaceable_dir,
     run_metadata,
+    write_json,
     write_table,
 )
 from propagate.limits import format_bytes, memory_limit, require_memory, simulation_bytes
@@ -48,7 +49,7 @@ from propagate.trainability import TrainabilityOptions, trainability
 
 __all__ = ["ReportOptions", "build_report", "check_report_folders", "work_dir_of", "SECTIONS"]
 
-#: The sections after the seed's story, in page order: name -> module ``propagate.report.section_<name>``,
+#: The sections after the lecture demo's story, in page order: name -> module ``propagate.report.section_<name>``,
 #: each with ``section(out_dir, ctx, progress) -> markdown`` (it writes its own data and figures).
 SECTIONS = ("residual", "spectrum", "selfnorm", "trainability", "scaling", "sweep")
 #: Presets and learning rates of the full report's trainability map (``propagate trainability`` in the work folder).
@@ -74,7 +75,7 @@ class ReportOptions:
     the same architecture that differ only in initializer; every training number
     is a mean with its 95% Student t interval over these seeds); ``sim_seeds``
     the number of random networks simulated per configuration. ``sections``:
-    which of :data:`SECTIONS` to add after the seed's story.
+    which of :data:`SECTIONS` to add after the lecture demo's story.
 
     ``threads``: torch CPU threads of every training run and of this process's
     own computations. ``None``: in process, training uses one per core (and
@@ -150,22 +151,22 @@ def check_report_folders(out_dir: str | Path, options: ReportOptions | None = No
 
 
 def _check_simulation_size(opts: ReportOptions) -> None:
-    """Refuse --samples/--seeds whose simulation of the seed's network would not fit in memory."""
-    widths = [784, 512] + [256] * 50  # the seed's network, simulated by compute.simulate_configs
+    """Refuse --inputs/--networks whose simulation of the lecture demo's network would not fit in memory."""
+    widths = [784, 512] + [256] * 50  # the lecture demo's network, simulated by compute.simulate_configs
     require_memory(simulation_bytes(widths, opts.sim_samples, opts.sim_seeds),
-                   f"simulating {opts.sim_seeds} networks x {opts.sim_samples} inputs", "use fewer --seeds or --samples")
+                   f"simulating {opts.sim_seeds} networks x {opts.sim_samples} inputs", "use fewer --networks or --inputs")
 
 
 def _check_training_size(opts: ReportOptions) -> None:
-    """Refuse a --seeds whose ensemble of the seed's network would not fit in memory (before loading data)."""
+    """Refuse a --seeds whose ensemble of the lecture demo's network would not fit in memory (before loading data)."""
     from propagate.presets import get_preset
     from propagate.train import TrainOptions, estimate_memory
 
     limit = memory_limit()
-    spec = get_preset("relu").spec()  # every preset has the seed's widths
+    spec = get_preset("relu").spec()  # every preset has the lecture demo's widths
     need = estimate_memory(spec, TrainOptions(), opts.seeds)
     if limit is not None and need > limit:
-        raise UserError(f"training {opts.seeds} seeds of the seed's network needs about {format_bytes(need)} of "
+        raise UserError(f"training {opts.seeds} seeds of the lecture demo's network needs about {format_bytes(need)} of "
                         f"memory, more than this machine allows ({format_bytes(limit)}); use fewer --seeds")
 
 
@@ -211,7 +212,7 @@ def _selu_part(run: _Run) -> dict:
     selu = selu_summary()
     traj = selu_trajectories()
     run.table(traj, "selu_trajectories.csv")
-    atomic_write_json(run.data / "selu_solution.json", selu)
+    write_json(selu, run.data / "selu_solution.json", run.meta)
     atomic_write_text(run.folder / "selu_derivation.md", selu_derivation_markdown())
     run.figure(plot_selu_flow(traj, box=(-0.1, 0.1, 0.8, 1.5)), "selu_flow.png")
     run.step("SELU fixed point")
@@ -219,7 +220,7 @@ def _selu_part(run: _Run) -> dict:
 
 
 def _start_simulation(run: _Run, x_train):
-    """The simulation of the seed's network as one part of the runner (its points first on Dask)."""
+    """The simulation of the lecture demo's network as one part of the runner (its points first on Dask)."""
     from propagate.report.compute import simulate_configs
 
     opts = run.opts
@@ -362,12 +363,13 @@ def _training_part(run: _Run, training):
     """5. Training: every preset at every learning rate (a seed ensemble each), curves and per-layer drift."""
     from propagate.report.compute import DEMO_LR, drift_runs, reported_table, training_tables
     from propagate.report.figures_training import plot_layer_drift_bands, plot_training_bands
+    from propagate.reproduce import long_summary
 
     opts = run.opts
     plan, job = training
     summary, runs = _training_runs(run, plan, job.result())
     history, layers = training_tables(runs)
-    run.table(summary, "training_summary.csv")
+    run.table(long_summary(summary), "training_summary.csv")  # long: one row per (preset, lr, epoch)
     run.table(history, "training_history.csv")
     run.table(layers, "training_layers.csv")
     reported = reported_table(summary)

@@ -30,7 +30,7 @@ __all__ = [
     "preset_groups",
 ]
 
-#: (activation, init) pairs of the seed and the recipes it left out; each is
+#: (activation, init) pairs of the lecture demo and the recipes it left out; each is
 #: simulated without and with batch normalization.
 SIM_CONFIGS = [
     ("relu", "glorot_uniform"),
@@ -124,7 +124,7 @@ def simulate_config(activation: str, init: str, batchnorm: bool, inputs, samples
     from propagate.simulate import simulate
     from propagate.spec import NetworkSpec
 
-    spec = NetworkSpec.seed(activation, init, batchnorm, out_features=None)
+    spec = NetworkSpec.demo(activation, init, batchnorm, out_features=None)
     res = simulate(spec, samples=samples, seeds=seeds, seed=seed, input=inputs, progress=progress)
     label = spec.label()
     return {"sim": res.table.assign(config=label).to_dict(orient="records"),
@@ -134,7 +134,7 @@ def simulate_config(activation: str, init: str, batchnorm: bool, inputs, samples
 
 def simulate_configs(inputs, *, configs=SIM_CONFIGS, samples=1000, seeds=4, seed=0, progress=False,
                      runner=None) -> SimulationTables:
-    """Simulate and predict the seed's network (784 -> 512 -> 50 x 256) for each configuration.
+    """Simulate and predict the lecture demo's network (784 -> 512 -> 50 x 256) for each configuration.
 
     ``inputs`` is an ``(N, 784)`` float array of input images ([0, 1] pixels)
     or ``"gaussian"``. Each (activation, init) runs without and with batch
@@ -261,7 +261,7 @@ def reported_table(summary):
 
 def drift_runs(summary, lrs) -> list[str]:
     """Runs whose per-layer drift the report shows: the SNN recipe at every learning rate,
-    the failing plain ReLU and the seed's favourite (SELU + BN + lecun_uniform)."""
+    the failing plain ReLU and the lecture demo's favourite (SELU + BN + lecun_uniform)."""
     have = set(summary["preset"])
     lrs = list(lrs)
     runs = [run_label("selu-lecun-normal", lr) for lr in lrs if "selu-lecun-normal" in have]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from propagate.io import atomic_write_bytes
+from propagate.io import run_metadata, write_table
 from propagate.templates import render
 
 __all__ = ["section", "CONFIGS", "spread_figure", "spectrum_figure", "spectrum_figure_png", "section_specs",
@@ -222,8 +222,10 @@ def compute_spectrum(depth: int, width: int, networks: int, points: int, seed: i
     """Predicted and sampled Jacobian spectra of every configuration x weights: ``(panels, moments, densities)``.
 
     ``panels``: the :func:`spectrum_figure` input; ``moments``: one row per
-    configuration with the predicted moments ``m1..m4``, the sampled ones
-    (``_mc``, ``_mc_se``), the atom at zero and the density's mass;
+    configuration with the moments ``m1..m4`` measured on the sampled networks
+    (and ``m1_se``..), the predicted ``theory_m1..theory_m4``, the measured
+    share of zero singular values ``zero_frac``, the predicted atom at zero
+    ``theory_atom`` and the predicted density's mass ``theory_mass``;
     ``densities[(activation, weights)]``: the predicted density on its grid (``x``, ``density``).
     """
     import pandas as pd
@@ -243,19 +245,15 @@ def compute_spectrum(depth: int, width: int, networks: int, points: int, seed: i
             mc = summarize_singular_values(s2)
             curves.append((wt, res, s2, colours[wt]))
             rec = {"activation": act, "weights": wt, "depth": depth, "width": width}
-            for k in range(1, 5):
-                rec[f"m{k}"] = res.moments[f"m{k}"]
-                rec[f"m{k}_mc"] = mc["moments"][f"m{k}"]
-                rec[f"m{k}_mc_se"] = mc["moments_se"][f"m{k}"]
-            rec["atom"], rec["zero_frac_mc"], rec["mass"] = res.atom, mc["zero_frac"], res.total_mass()
+            for k in range(1, 5):  # measured m_k (with its standard error) beside the predicted theory_m_k
+                rec[f"m{k}"] = mc["moments"][f"m{k}"]
+                rec[f"m{k}_se"] = mc["moments_se"][f"m{k}"]
+                rec[f"theory_m{k}"] = res.moments[f"m{k}"]
+            rec["zero_frac"], rec["theory_atom"], rec["theory_mass"] = mc["zero_frac"], res.atom, res.total_mass()
             mrows.append(rec)
             densities[(act, wt)] = pd.DataFrame({"x": res.x, "density": res.density})
         panels.append((f"{act} ({point})", curves))
     return panels, pd.DataFrame(mrows), densities
-
-
-def _write_csv(df, path: Path, float_format: str) -> None:
-    atomic_write_bytes(path, df.to_csv(index=False, float_format=float_format).encode())
 
 
 def section(out_dir: Path, ctx: dict, progress=None) -> str:
@@ -270,8 +268,11 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     widths, depth, networks, inputs = SPREAD_QUICK if quick else SPREAD_FULL
     sdepth, swidth, snets = SPECTRUM_QUICK if quick else SPECTRUM_FULL
 
+    meta = run_metadata(seed=seed, kind="spectrum section", spread={"widths": list(widths), "depth": depth,
+                        "networks": networks, "inputs": inputs}, spectrum={"depth": sdepth, "width": swidth,
+                        "networks": snets}, configs=[list(c) for c in CONFIGS])
     results, spread = compute_spread(widths, depth, networks, inputs, seed, progress)
-    _write_csv(spread, out_dir / "data" / "spread.csv", "%.6g")
+    write_table(spread, out_dir / "data" / "spread.csv", meta)
     with report_style():
         fig = spread_figure(results, title=f"spread across {networks} networks, one fixed input, depth {depth}")
         save_figure(fig, out_dir / "figures" / "spread.png")
@@ -279,8 +280,8 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     points = DENSITY_POINTS[0] if quick else DENSITY_POINTS[1]
     panels, moments, densities = compute_spectrum(sdepth, swidth, snets, points, seed, progress)
     for (act, wt), dens in densities.items():
-        _write_csv(dens, out_dir / "data" / f"spectrum_{act}_{wt}.csv", "%.8g")
-    _write_csv(moments, out_dir / "data" / "spectrum_moments.csv", "%.8g")
+        write_table(dens, out_dir / "data" / f"spectrum_{act}_{wt}.csv", meta)
+    write_table(moments, out_dir / "data" / "spectrum_moments.csv", meta)
     with report_style():
         fig = spectrum_figure(panels, title=f"input-output Jacobian, depth {sdepth}, width {swidth}")
         save_figure(fig, out_dir / "figures" / "spectrum.png")
@@ -301,9 +302,9 @@ def _spread_rows(spread, depth: int) -> list[str]:
 
 
 def _moment_rows(moments) -> list[str]:
-    return [f"| {r['activation']} | {r['weights']} | {r['m1']:.4g} | {r['m1_mc']:.4g} ± {r['m1_mc_se']:.2g} | "
-            f"{r['m2']:.4g} | {r['m2_mc']:.4g} ± {r['m2_mc_se']:.2g} | {r['m2'] / r['m1'] ** 2 - 1:.3g} | "
-            f"{r['atom']:.2g} |" for _, r in moments.iterrows()]
+    return [f"| {r['activation']} | {r['weights']} | {r['theory_m1']:.4g} | {r['m1']:.4g} ± {r['m1_se']:.2g} | "
+            f"{r['theory_m2']:.4g} | {r['m2']:.4g} ± {r['m2_se']:.2g} | {r['theory_m2'] / r['theory_m1'] ** 2 - 1:.3g} | "
+            f"{r['theory_atom']:.2g} |" for _, r in moments.iterrows()]
 
 
 def section_markdown(spread, moments, depth: int, networks: int, sdepth: int, swidth: int, snets: int) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from propagate.io import write_table
+from propagate.io import run_metadata, write_table
 from propagate.templates import render
 
 __all__ = ["section", "sweep_summary", "compute_sweep", "compare_with_theory", "section_markdown", "figure_sweep_map",
@@ -97,8 +97,8 @@ def figure_sweep_map(summary, value: str, *, x: str = "sigma_w2", y: str = "sigm
         norm = TwoSlopeNorm(vcenter=0.0, vmin=-span or -1, vmax=span or 1)
         mesh = ax.pcolormesh(_edges(xs), _edges(ys), np.ma.masked_invalid(z), cmap="RdBu_r", norm=norm)
         if finite.size and np.nanmin(z) < 0 < np.nanmax(z) and len(xs) > 1 and len(ys) > 1:
-            ax.contour(xs, ys, z, levels=[0.0], colors="white", linestyles="--", linewidths=1.4)
-            ax.plot([], [], color="white", ls="--", lw=1.4, label="measured $\\chi_1 = 1$")  # legend entry
+            # the colour map is white where log2 chi_1 = 0: the measured line is dark with a white outline
+            draw_measured_line(ax, xs, ys, z, 0.0, "measured $\\chi_1 = 1$")
     else:
         mesh = ax.pcolormesh(_edges(xs), _edges(ys), np.ma.masked_invalid(z), cmap=cmap, vmin=vmin, vmax=vmax)
     cb = ax.figure.colorbar(mesh, ax=ax)
@@ -222,7 +222,7 @@ def plot_sweep_phase(summary, depth: int, activation: str = "tanh"):
         figure_sweep_map(summary, "corr_last", activation=activation, ax=axes[1], vmin=0, vmax=1,
                          label=f"correlation of two inputs at layer {depth} (0.5 at the input)")
         axes[1].set_title("input correlation at the last layer")
-        axes[0].legend(loc="upper left", fontsize=7, facecolor="0.8", framealpha=0.9)  # grey: the white line shows
+        axes[0].legend(loc="upper left", fontsize=7, framealpha=0.9)
     return fig
 
 
@@ -240,7 +240,10 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     sw2s, sb2s, depth, width, samples, seeds = grid
     seed = int(ctx.get("seed", 0))
     summary, line = compute_sweep(sw2s, sb2s, depth, width, samples, seeds, seed, "tanh", progress)
-    write_table(summary, out_dir / "data" / "sweep_phase.csv")
-    write_table(line, out_dir / "data" / "sweep_critical_line.csv")
+    meta = run_metadata(seed=seed, kind="sweep section", activation="tanh", depth=depth, width=width,
+                        samples=samples, networks=seeds, sigma_w2=[float(v) for v in sw2s],
+                        sigma_b2=[float(v) for v in sb2s], input_mean=INPUT_MEAN, input_var=INPUT_VAR)
+    write_table(summary, out_dir / "data" / "sweep_phase.csv", meta)
+    write_table(line, out_dir / "data" / "sweep_critical_line.csv", meta)
     save_figure(plot_sweep_phase(summary, depth), out_dir / "figures" / "sweep_phase.png")
     return section_markdown(summary, line, grid, seed)
