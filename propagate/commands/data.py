@@ -119,7 +119,7 @@ def format_info(info: dict) -> str:
     if info.get("auto"):
         lines.append(f"  auto       {info['auto']}")
     labels = info.get("label_range")
-    lines.append(f"  labels     " + (f"{labels[0]}..{labels[1]}" if labels else "none"))
+    lines.append("  labels     " + (f"{labels[0]}..{labels[1]}" if labels else "none"))
     for problem in info.get("problems") or []:
         lines.append(f"  PROBLEM    {problem}")
     lines.append(f"  classes    {len(info['classes'])} declared; images per class:")

@@ -230,7 +230,7 @@ def _start_simulation(run: _Run, x_train):
 
 
 def _simulation_part(run: _Run, dataset, x_train):
-    """2-3. Simulation and theory of the seed's network on real inputs; returns (sims, inputs description)."""
+    """2-3. Simulation and theory of the lecture demo's network on real inputs; returns (sims, inputs description)."""
     from propagate.report.figures import plot_grad_norms, plot_layer_moments
 
     n_sim = min(run.opts.sim_samples, len(x_train))
@@ -293,7 +293,7 @@ def _max_group(opts: ReportOptions, train_ds, runner: ReportRunner) -> int | Non
         return None
     if runner.on_dask:
         limit //= runner.local_workers or cores()
-    spec, topts = get_preset("relu").spec(), TrainOptions(seeds=opts.seeds)  # every preset has the seed's widths
+    spec, topts = get_preset("relu").spec(), TrainOptions(seeds=opts.seeds)  # every preset has the lecture demo's widths
     fixed = estimate_memory(spec, topts, 0, train_ds.n_train, train_ds.n_test)
     per_preset = estimate_memory(spec, topts, opts.seeds, train_ds.n_train, train_ds.n_test) - fixed
     return max(1, (limit - fixed) // per_preset)

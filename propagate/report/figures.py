@@ -110,7 +110,7 @@ def draw_measured_line(ax, x, y, z, level: float = 0.0, label: str = "measured $
 
 
 def _layer_panels(sim, theory, column, se_column, axes, log, ylabel):
-    for ax, labels, title in zip(axes, _by_bn(sim), ("without batch normalization", "with batch normalization (seed placement)")):
+    for ax, labels, title in zip(axes, _by_bn(sim), ("without batch normalization", "with batch normalization (the lecture demo's placement)")):
         for label, f in labels:
             col = colour(f["activation"], f["init"])
             s = sim[(sim["config"] == label) & (sim["layer"] >= 1)].sort_values("layer")

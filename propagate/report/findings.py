@@ -7,7 +7,7 @@ metrics of every seed with their Student t intervals
 (:func:`propagate.confidence.interval_of`: accuracies on the logit scale, so
 they stay in [0, 1]; losses on the log scale, so they stay above 0; paired
 differences of accuracies on the atanh scale). Each ``claim_*`` function turns them into a
-verdict on one of the seed experiment's conclusions with the evidence in one
+verdict on one of the lecture demo's conclusions with the evidence in one
 paragraph.
 
 Verdicts come from intervals, never from fixed margins between single runs:
@@ -394,7 +394,7 @@ def claim_selu_alone(facts) -> dict:
             text += (f"The difference between learning rates is the step size (lr {lrs[0]:g} - lr {lrs[-1]:g}, "
                      f"paired over seeds: {iv.describe()}): at lr {lrs[-1]:g} RMSprop's first steps knock the "
                      f"52-layer network off its fixed point, at lr {lrs[0]:g} they do not. ")
-    text += _trains_test() + (" The seed's run 3 reported losses identical to its ReLU run (2.3014), and its listing "
+    text += _trains_test() + (" The lecture demo's run 3 reported losses identical to its ReLU run (2.3014), and its listing "
                               "was a copy of the ReLU code: its numbers do not describe SELU.")
     return {"claim": "SELU alone does not work.", "verdict": verdict(_fails(v) for v in runs.values()),
             "evidence": text}

@@ -2,8 +2,8 @@
 
 :func:`section` solves the transforms (:mod:`propagate.selfnorm`), simulates
 50-layer networks of each with the mean-field theory alongside (per-layer
-variance and correlation), trains the seed's network with each on the report's
-dataset at the seed's settings (RMSprop, batch 128; lr 1e-3 and 1e-4) as an
+variance and correlation), trains the lecture demo's network with each on the report's
+dataset at the demo's settings (RMSprop, batch 128; lr 1e-3 and 1e-4) as an
 ensemble of seeds, writes the tables to ``data/`` and the figures
 ``figures/selfnorm_depth50`` and ``figures/selfnorm_training`` (PNG and SVG), and
 returns the markdown. :func:`plot_selfnorm_simulation` and
@@ -38,7 +38,7 @@ __all__ = ["section", "configurations", "training_configurations", "compute_simu
            "simulation_summary", "section_markdown", "plot_selfnorm_simulation", "plot_selfnorm_training",
            "selfnorm_j22", "start", "SETTINGS_FULL", "SETTINGS_QUICK"]
 
-#: lr 1e-3 is the seed's step size; at it RMSprop knocks even SELU's 52-layer network off its fixed point
+#: lr 1e-3 is the lecture demo's step size; at it RMSprop knocks even SELU's 52-layer network off its fixed point
 #: (reports/mnist-5k), so 1e-4 is trained as well.
 #: ``seeds``: simulated networks per activation; ``train_seeds``: trained networks (seeds) per activation and
 #: learning rate, overridden by ``ctx["train_seeds"]``.
@@ -97,7 +97,7 @@ def compute_simulation(configs, *, depth=50, width=256, seeds=4, samples=512, se
 
 def compute_training(configs, dataset, *, epochs=3, seed=0, lrs=(1e-3,), seeds=5, progress=None, runner=None,
                      store_dir=None):
-    """Train the seed's network (784-512-50x256-10, LeCun normal) with each activation at each learning rate.
+    """Train the lecture demo's network (784-512-50x256-10, LeCun normal) with each activation at each learning rate.
 
     Each (activation, lr) is an ensemble of ``seeds`` networks, seeds ``seed ..
     seed + seeds - 1``, trained as one batched model
@@ -315,7 +315,7 @@ def plot_selfnorm_training(history, chance: float | None = None):
         fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=5, frameon=False)
         band = ("band = 95% t interval of the mean (accuracies: logit scale, loss: log scale)" if n_seeds > 1
                 else "1 seed: no band")
-        fig.suptitle(f"Training the seed's network: mean over {n_seeds} seed{'s' * (n_seeds != 1)} ({band})", fontsize=9)
+        fig.suptitle(f"Training the lecture demo's network: mean over {n_seeds} seed{'s' * (n_seeds != 1)} ({band})", fontsize=9)
         fig.tight_layout(rect=(0, 0.04 if len(lrs) > 1 else 0.07, 1, 1))
     return fig
 
@@ -415,7 +415,7 @@ def simulation_summary(table, configs, depth: int) -> list[dict]:
 
 
 def training_configurations(configs, depth: int | None = None) -> list[dict]:
-    """``configs`` for the seed's network: TAT's leaky ReLU solved again for its depth (default its 51 hidden layers)."""
+    """``configs`` for the lecture demo's network: TAT's leaky ReLU solved again for its depth (default its 51 hidden layers)."""
     from propagate.spec import SEED_DEPTH
     from propagate.transforms import tat_transform
 

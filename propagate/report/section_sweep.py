@@ -84,6 +84,8 @@ def figure_sweep_map(summary, value: str, *, x: str = "sigma_w2", y: str = "sigm
     import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
 
+    from propagate.report.figures import draw_measured_line
+
     if ax is None:
         _, ax = plt.subplots(figsize=(5.2, 4))
     xs, ys = sorted(set(summary[x])), sorted(set(summary[y]))

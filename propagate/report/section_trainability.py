@@ -10,7 +10,7 @@ committed reports can use a larger grid than a report build can afford), and
 Figures: :func:`figure_trainability_map` (configurations x learning rates,
 final training accuracy as colour, divergence hatched, the measured largest
 learning rate that trains, the one predicted from the preconditioned
-sharpness, and the seed's 1e-3) and :func:`figure_dynamics_map` and :func:`figure_dynamics_lines` (layers x steps,
+sharpness, and the lecture demo's 1e-3) and :func:`figure_dynamics_map` and :func:`figure_dynamics_lines` (layers x steps,
 log10 of the pre-activation variance), each drawn on given axes;
 :func:`plot_trainability_map` and :func:`plot_dynamics` make the figures the
 section saves. The tables come from :func:`compute_trainability_grid` (or
@@ -38,10 +38,10 @@ from propagate.sign_steps import warmup_gain
 __all__ = ["section", "figure_trainability_map", "figure_dynamics_map", "figure_dynamics_lines", "plot_trainability_map", "plot_dynamics",
            "TrainabilityGrid", "section_settings", "read_trainability_dir", "compute_trainability_grid",
            "compute_dynamics", "config_lines", "verdict_flips", "prediction_values", "dynamics_text",
-           "section_markdown", "start", "SETTINGS_FULL", "SETTINGS_QUICK", "SEED_LR"]
+           "section_markdown", "start", "SETTINGS_FULL", "SETTINGS_QUICK", "DEMO_LR", "SEED_LR"]
 
-#: The seed's learning rate (Keras RMSprop default).
-SEED_LR = 1e-3
+#: The lecture demo's learning rate (Keras RMSprop default); ``SEED_LR`` is its old name.
+DEMO_LR = SEED_LR = 1e-3
 #: The section's own grid when no finished ``propagate trainability`` folder is given (``ctx["trainability_dir"]``):
 #: small enough for a report build on one core (full: about 2.5 min of CPU, quick: about 20 s), so it
 #: trains on a subset (``n_train`` images) for ``epochs`` epochs and calls a cell 'trains' at a lower
@@ -500,7 +500,7 @@ def config_lines(grid: TrainabilityGrid) -> list[str]:
 
 
 def verdict_flips(grid: TrainabilityGrid) -> list[str]:
-    """Configurations whose outcome at the seed's lr differs at other grid learning rates (with the best one)."""
+    """Configurations whose outcome at the lecture demo's lr differs at other grid learning rates (with the best one)."""
     points, criterion = grid.points, grid.criterion
     flips = []
     for n in dict.fromkeys(grid.configs["config"]):
