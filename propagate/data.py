@@ -773,24 +773,16 @@ def load_dataset(
     return _load_idx_dataset(remote, *located)
 
 
-def default_dataset(
-    data_dir: str | os.PathLike | None = None,
-    *,
-    download: bool = True,
-    progress: bool = False,
-    notify: Notify | None = None,
-    mirrors: Sequence[str] | None = None,
-    checksums: Mapping[str, str] | None = None,
-    timeout: float = 30.0,
-) -> Dataset:
+def default_dataset(data_dir: str | os.PathLike | None = None, *, notify: Notify | None = None, **options) -> Dataset:
     """The full MNIST if it is on disk or can be downloaded, else the embedded ``mnist-5k``.
 
-    The fallback is announced through ``notify`` (or a :class:`DataNotice`
-    warning) in one line that says why.
+    ``options``: :func:`load_dataset`'s keyword options (``download``,
+    ``progress``, ``mirrors``, ``checksums``, ``timeout``). The fallback is
+    announced through ``notify`` (or a :class:`DataNotice` warning) in one
+    line that says why.
     """
     try:
-        return load_dataset("mnist", data_dir, download=download, progress=progress, notify=notify,
-                            mirrors=mirrors, checksums=checksums, timeout=timeout)
+        return load_dataset("mnist", data_dir, notify=notify, **options)
     except UserError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "not available"
         _notify(notify, f"full MNIST unavailable ({reason}); using the embedded 5,000-image "

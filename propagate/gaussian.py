@@ -46,6 +46,7 @@ __all__ = [
     "MAX_DIGITS",
     "SMOOTH_FORMS",
     "PIECEWISE",
+    "Arithmetic",
     "NumpyArithmetic",
     "MpmathArithmetic",
     "BaseActivation",
@@ -90,58 +91,36 @@ def exact(v):
 # --------------------------------------------------------------------------- #
 
 
-class NumpyArithmetic:
-    """Elementwise functions on float64 arrays (the arithmetic of scans)."""
+class Arithmetic:
+    """The elementwise functions the base activations are written in (``where``, ``exp``, ``minimum``, ``tanh``,
+    ``erf``, ``ncdf``, ``npdf``, ``expit``, ``softplus``, ``sqrt``, ``num``), bound to one arithmetic."""
 
-    where = staticmethod(np.where)
-    exp = staticmethod(np.exp)
-    minimum = staticmethod(np.minimum)
-    tanh = staticmethod(np.tanh)
-    erf = staticmethod(special.erf)
-    ncdf = staticmethod(special.ndtr)
-    expit = staticmethod(special.expit)
-    sqrt = staticmethod(np.sqrt)
+    def __init__(self, name: str, **functions: Callable):
+        self.name = name
+        self.__dict__.update(functions)
 
-    @staticmethod
-    def npdf(x):
-        return np.exp(-0.5 * np.square(x)) / math.sqrt(2 * math.pi)
-
-    @staticmethod
-    def softplus(x):
-        return np.logaddexp(0.0, x)
-
-    @staticmethod
-    def num(v):
-        return float(v)
+    def __repr__(self) -> str:
+        return f"Arithmetic({self.name!r})"
 
 
-class MpmathArithmetic:
-    """The same functions on mpmath scalars at the working precision."""
+def _mp_softplus(x):
+    return mp.log1p(mp.exp(x)) if x < 0 else x + mp.log1p(mp.exp(-x))
 
-    exp = staticmethod(mp.exp)
-    minimum = staticmethod(min)
-    tanh = staticmethod(mp.tanh)
-    erf = staticmethod(mp.erf)
-    ncdf = staticmethod(mp.ncdf)
-    npdf = staticmethod(mp.npdf)
-    sqrt = staticmethod(mp.sqrt)
 
-    @staticmethod
-    def where(c, a, b):
-        return a if c else b
+def _mp_num(v):
+    # the decimal the user typed (0.01 stays 1/100), not float64's binary neighbour
+    return v if isinstance(v, mp.mpf) else mp.mpf(repr(float(v)))
 
-    @staticmethod
-    def expit(x):
-        return 1 / (1 + mp.exp(-x))
 
-    @staticmethod
-    def softplus(x):
-        return mp.log1p(mp.exp(x)) if x < 0 else x + mp.log1p(mp.exp(-x))
-
-    @staticmethod
-    def num(v):
-        # the decimal the user typed (0.01 stays 1/100), not float64's binary neighbour
-        return v if isinstance(v, mp.mpf) else mp.mpf(repr(float(v)))
+#: float64 arrays (the arithmetic of scans).
+NumpyArithmetic = Arithmetic(
+    "numpy", where=np.where, exp=np.exp, minimum=np.minimum, tanh=np.tanh, erf=special.erf, ncdf=special.ndtr,
+    npdf=lambda x: np.exp(-0.5 * np.square(x)) / math.sqrt(2 * math.pi), expit=special.expit,
+    softplus=lambda x: np.logaddexp(0.0, x), sqrt=np.sqrt, num=float)
+#: mpmath scalars at the working precision.
+MpmathArithmetic = Arithmetic(
+    "mpmath", where=lambda c, a, b: a if c else b, exp=mp.exp, minimum=min, tanh=mp.tanh, erf=mp.erf, ncdf=mp.ncdf,
+    npdf=mp.npdf, expit=lambda x: 1 / (1 + mp.exp(-x)), softplus=_mp_softplus, sqrt=mp.sqrt, num=_mp_num)
 
 
 def _pi(B):

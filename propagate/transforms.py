@@ -177,10 +177,25 @@ def _polish(equations: Callable, start: Sequence[float]) -> list:
     return [x[i] for i in range(len(start))] if len(start) > 1 else [x]
 
 
-def _result(method: str, base: BaseActivation, depth: int, digits: int, params: dict, eqs_text: list,
-            targets: dict, achieved: dict) -> TransformResult:
-    """A :class:`TransformResult` of ``gamma (phi(a x + b) + d)`` with its activation string (float64 parameters)."""
+#: The equations each transform solves, as printed (``{depth}``: the network's depth).
+EQUATIONS = {
+    "dks": ("d = -E[phi(a x + b)]                       (C(0) = 0)",
+            "gamma = Var[phi(a x + b)]^(-1/2)           (Q(1) = 1)",
+            "gamma^2 a E[(phi(a x + b) + d) phi'(a x + b) x] = 1        (Q'(1) = 1)",
+            "gamma^2 a^2 E[phi'(a x + b)^2] = zeta^(1/{depth})          (C_f'(1) = C'(1)^{depth} = zeta)"),
+    "tat": ("gamma = E[(phi(a x + b) + d)^2]^(-1/2)       (Q(1) = 1)",
+            "gamma^2 a E[(phi(a x + b) + d) phi'(a x + b) x] = 1        (Q'(1) = 1)",
+            "gamma^2 a^2 E[phi'(a x + b)^2] = 1                         (C'(1) = 1)",
+            "{depth} gamma^2 a^4 E[phi''(a x + b)^2] = tau              (C_f''(1) = {depth} C''(1) = tau)"),
+}
+
+
+def _result(method: str, base: BaseActivation, depth: int, digits: int, params: dict, targets: dict,
+            achieved: dict) -> TransformResult:
+    """A :class:`TransformResult` of ``gamma (phi(a x + b) + d)`` with its activation string (float64 parameters)
+    and the equations of ``method`` (:data:`EQUATIONS`) at ``depth``."""
     act = transformed_activation(base.name, **{k: float(v) for k, v in params.items()}).name
+    eqs_text = [e.format(depth=depth) for e in EQUATIONS[method]]
     return TransformResult(method, base.name, depth, digits, params, act, eqs_text, targets, achieved)
 
 
@@ -235,13 +250,7 @@ def dks_transform(activation, depth: int, *, zeta: float = 1.5, digits: int = 20
         achieved["C_f'(1)"] = achieved["C'(1)"] ** depth
         params = {"gamma": gamma, "a": a, "b": b, "d": d}
         targets = {"Q(1)": mp.mpf(1), "Q'(1)": mp.mpf(1), "C(0)": mp.mpf(0), "C'(1)": target, "C_f'(1)": z}
-    eqs_text = [
-        "d = -E[phi(a x + b)]                       (C(0) = 0)",
-        "gamma = Var[phi(a x + b)]^(-1/2)           (Q(1) = 1)",
-        "gamma^2 a E[(phi(a x + b) + d) phi'(a x + b) x] = 1        (Q'(1) = 1)",
-        f"gamma^2 a^2 E[phi'(a x + b)^2] = zeta^(1/{depth})          (C_f'(1) = C'(1)^{depth} = zeta)",
-    ]
-    return _result("dks", base, depth, digits, params, eqs_text, targets, achieved)
+    return _result("dks", base, depth, digits, params, targets, achieved)
 
 
 def tat_transform(activation, depth: int, *, eta: float = 0.9, tau: float = 0.3, digits: int = 20) -> TransformResult:
@@ -375,10 +384,4 @@ def _tat_smooth(base: BaseActivation, depth: int, tau: float, digits: int) -> Tr
         achieved["C_f''(1)"] = depth * achieved["C''(1)"]
         params = {"gamma": gamma, "a": a, "b": b, "d": d}
         targets = {"Q(1)": mp.mpf(1), "Q'(1)": mp.mpf(1), "C'(1)": mp.mpf(1), "C_f''(1)": t}
-    eqs_text = [
-        "gamma = E[(phi(a x + b) + d)^2]^(-1/2)       (Q(1) = 1)",
-        "gamma^2 a E[(phi(a x + b) + d) phi'(a x + b) x] = 1        (Q'(1) = 1)",
-        "gamma^2 a^2 E[phi'(a x + b)^2] = 1                         (C'(1) = 1)",
-        f"{depth} gamma^2 a^4 E[phi''(a x + b)^2] = tau              (C_f''(1) = {depth} C''(1) = tau)",
-    ]
-    return _result("tat", base, depth, digits, params, eqs_text, targets, achieved)
+    return _result("tat", base, depth, digits, params, targets, achieved)

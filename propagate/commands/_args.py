@@ -382,6 +382,14 @@ def deprecated_alias(container, old: str, new_action) -> None:
     container.add_argument(old, **kw)
 
 
+def add_renamed(container, new: str, old: str, **kwargs):
+    """``container.add_argument(new, **kwargs)`` with ``old`` as its deprecated spelling (:func:`deprecated_alias`);
+    returns the new option's action."""
+    action = container.add_argument(new, **kwargs)
+    deprecated_alias(container, old, action)
+    return action
+
+
 # ------------------------------------------------------------- options that do not apply
 
 
@@ -407,3 +415,14 @@ def refuse_unused(args, needs) -> None:
         if not present and given(args, option):
             fix = f"add {partner} or drop {option}" if partner.startswith("--") else f"drop {option}"
             raise UserError(f"{option} has no effect without {partner}; {fix}")
+
+
+def add_ensemble_arguments(group, seeds_help: str) -> None:
+    """The options of a command that trains seed ensembles (train, reproduce): ``--seed``, ``--seeds`` (with
+    ``seeds_help``), ``--probe-size``, ``--device``, ``--threads``, added to ``group`` (a parser or a group)."""
+    group.add_argument("--seed", type=seed, default=0, help="random seed of weights, shuffles and dropout (default 0)")
+    group.add_argument("--seeds", type=positive_int, default=1, help=seeds_help)
+    group.add_argument("--probe-size", type=positive_int, default=512,
+                       help="training images in the probe batch (default 512)")
+    group.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    group.add_argument("--threads", type=threads, help="torch CPU threads (default: one per core)")

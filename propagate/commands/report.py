@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from propagate.commands._args import (check_device, data_dir, deprecated_alias, device, name_list, output_dir, positive_float_list,
+from propagate.commands._args import (add_renamed, check_device, data_dir, device, name_list, output_dir, positive_float_list,
                                       positive_int, scheduler_address, seed, workers)
 from propagate.errors import UserError
 from propagate.limits import check_seeds
@@ -51,18 +51,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=positive_float_list, help="learning rates for training (default 1e-3,1e-4)")
     parser.add_argument("--epochs", type=positive_int, help="training epochs (default 3, quick 1)")
     parser.add_argument("--presets", type=name_list, help="comma-separated training presets (default all)")
-    inputs = parser.add_argument("--inputs", dest="samples", type=positive_int,
-                                 help="simulation inputs per network (default 1000)")
-    deprecated_alias(parser, "--samples", inputs)
+    add_renamed(parser, "--inputs", "--samples", dest="samples", type=positive_int, metavar="N",
+                help="simulation inputs per network (default 1000)")
     parser.add_argument("--seeds", type=positive_int,
                         help="training seeds per configuration, trained together as one ensemble; every training number "
                              "is their mean with a 95%% Student t interval (default 5, quick 2)")
-    networks = parser.add_argument("--networks", dest="sim_seeds", type=positive_int,
-                                   help="simulated random networks per configuration (default 4, quick 2)")
-    deprecated_alias(parser, "--sim-seeds", networks)
+    add_renamed(parser, "--networks", "--sim-seeds", dest="sim_seeds", type=positive_int, metavar="N",
+                help="simulated random networks per configuration (default 4, quick 2)")
     parser.add_argument("--sections", type=_sections,
                         help="extra sections after the lecture demo's story, comma-separated, or 'none' "
-                             "(default all: residual,spectrum,selfnorm,trainability,sweep)")
+                             f"(default all: {','.join(SECTION_NAMES)})")
     parser.add_argument("--train-subset", type=positive_int, help="use only the first N training images")
     parser.add_argument("--trainability-subset", type=positive_int, default=10_000, metavar="N",
                         help="train the trainability map (section 10 of a full report) on the first N training "

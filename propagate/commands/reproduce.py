@@ -6,8 +6,8 @@ import argparse
 import sys
 import time
 
-from propagate.commands._args import (check_device, data_dir, device, name_list, output_dir, positive_float_list,
-                                      positive_int, seed, threads)
+from propagate.commands._args import (add_ensemble_arguments, check_device, data_dir, name_list, output_dir, positive_float_list,
+                                      positive_int)
 from propagate.commands._output import add_output_arguments, check_outputs, emit, to_stdout
 from propagate.commands.train import check_training_size
 from propagate.limits import check_seeds
@@ -44,13 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with the IDX files (read, never downloaded into; default: the cache folder)")
     parser.add_argument("--out", type=output_dir, default="results/reproduce", help="results folder (default results/reproduce)")
     parser.add_argument("--epochs", type=positive_int, default=3, help="default 3 (the demo's)")
-    parser.add_argument("--seed", type=seed, default=0, help="default 0")
-    parser.add_argument("--seeds", type=positive_int, default=1,
-                        help="random seeds per run (--seed .. --seed+N-1), trained together as one batched ensemble; "
-                             "the summary gives each number's mean with its 95%% Student t interval (default 1)")
-    parser.add_argument("--probe-size", type=positive_int, default=512, help="probe batch size (default 512)")
-    parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    parser.add_argument("--threads", type=threads, help="torch CPU threads (default: one per core)")
+    add_ensemble_arguments(parser, "random seeds per run (--seed .. --seed+N-1), trained together as one batched "
+                                   "ensemble; the summary gives each number's mean with its 95%% Student t interval "
+                                   "(default 1)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="continue runs found in --out and skip finished ones (default on)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -55,12 +55,10 @@ def add_arguments(parser):
     g.add_argument("--input-mean", type=_args.finite_float, default=None, metavar="M", help="gaussian inputs: per-feature mean (default 0)")
     g.add_argument("--input-var", type=_args.nonneg_float, default=None, metavar="V", help="gaussian inputs: per-feature variance (default 1)")
     g = parser.add_argument_group("sampling")
-    inputs = g.add_argument("--inputs", type=_args.positive_int, default=2000, metavar="N",
-                            help="inputs per network (default 2000)")
-    _args.deprecated_alias(g, "--samples", inputs)
-    networks = g.add_argument("--networks", type=_args.positive_int, default=4, metavar="S",
-                              help="independent random networks (default 4)")
-    _args.deprecated_alias(g, "--seeds", networks)
+    _args.add_renamed(g, "--inputs", "--samples", type=_args.positive_int, default=2000, metavar="N",
+                      help="inputs per network (default 2000)")
+    _args.add_renamed(g, "--networks", "--seeds", type=_args.positive_int, default=4, metavar="S",
+                      help="independent random networks (default 4)")
     g.add_argument("--seed", type=_args.seed, default=0, help="random seed, 0 to 2^63 - 1 (default 0)")
     g.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"))

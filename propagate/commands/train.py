@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from propagate.commands._args import (check_device, data_dir, device, nonneg_int, output_dir, positive_float,
-                                      positive_int, probability, refuse_unused, seed, threads)
+from propagate.commands._args import (add_ensemble_arguments, check_device, data_dir, nonneg_int, output_dir, positive_float,
+                                      positive_int, probability, refuse_unused)
 from propagate.commands._output import add_output_arguments, check_outputs, emit, to_stdout
 from propagate.commands._spec_args import (DEFAULT_ACTIVATION, DEFAULT_INIT, DEFAULT_NETWORK, add_spec_arguments,
                                            custom_network, spec_from_args)
@@ -68,13 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                    "(default 0.9)")
     o.add_argument("--warmup", type=nonneg_int, metavar="STEPS",
                    help="linear warmup: step t uses lr * min(1, t / STEPS) (default 0: none)")
-    o.add_argument("--seed", type=seed, default=0, help="random seed of weights, shuffles and dropout (default 0)")
-    o.add_argument("--seeds", type=positive_int, default=1,
-                   help="train N networks (random seeds --seed .. --seed+N-1) together as one batched ensemble; "
-                        "files get a seed column and summary.csv the mean with its 95%% Student t interval (default 1)")
-    o.add_argument("--probe-size", type=positive_int, default=512, help="training images in the probe batch (default 512)")
-    o.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    o.add_argument("--threads", type=threads, help="torch CPU threads (default: one per core)")
+    add_ensemble_arguments(o, "train N networks (random seeds --seed .. --seed+N-1) together as one batched ensemble; "
+                              "files get a seed column and summary.csv the mean with its 95%% Student t interval "
+                              "(default 1)")
     d = parser.add_argument_group("data and output")
     d.add_argument("--dataset", choices=["mnist", "mnist-5k", "fashion-mnist", "auto"], default="auto",
                    help="default auto: full MNIST if present or downloadable, else the embedded mnist-5k")
