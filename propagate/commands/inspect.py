@@ -71,6 +71,7 @@ def add_arguments(parser):
     g.add_argument("--plot", metavar="FILE.png", type=_args.png_file,
                    help="output variance and gradient norm per module, bands over networks, theory overlaid")
     g.add_argument("--quiet", action="store_true", help="no table on stdout")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def _pm(v, se, digits=3) -> str:
@@ -121,7 +122,7 @@ def run(args) -> int:
     res = inspect_target(args.target, dataset=args.dataset, input_file=args.input, input_shape=args.input_shape,
                          inputs=args.inputs, loss=None if args.loss == "readout" else args.loss,
                          networks=args.networks, seed=args.seed, reinit=args.reinit, mode=args.mode, device=device,
-                         threads=args.threads, progress=not quiet)
+                         threads=args.threads, progress=not (quiet or args.no_progress))
     meta = run_metadata(**res.meta)
     table = res.table
     if not quiet:

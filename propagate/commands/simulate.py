@@ -67,6 +67,7 @@ def add_arguments(parser):
     g = add_output_arguments(parser, what="every layer's statistics")
     g.add_argument("--plot", metavar="FILE.png", type=_args.png_file, help="variance and mean per layer, simulation bands and theory")
     g.add_argument("--quiet", action="store_true", help="no table on stdout (warnings still go to stderr)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def build_spec(args):
@@ -152,7 +153,7 @@ def run(args) -> int:
         warnings.simplefilter("ignore")  # the divergence warning is printed below as one line
         res = simulate(spec, samples=args.inputs, seeds=args.networks, seed=args.seed, dtype=args.dtype,
                        device=args.device, jacobian=args.jacobian, input=args.dataset, threads=args.threads,
-                       progress=not quiet)
+                       progress=not (quiet or args.no_progress))
     table = res.table
     meta = run_metadata(**res.meta)
     if not quiet:
