@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from propagate.errors import UserError
+from propagate.io import read_table, run_metadata, write_table
 
 __all__ = ["StepLog", "STEP_COLUMNS", "steps_per_epoch", "check_tensorboard"]
 
@@ -225,7 +226,6 @@ class StepLog:
 
     def _read_old(self):
         """The rows of ``path`` a previous (interrupted) run wrote, or ``None``."""
-        from propagate.io import read_table
 
         if self.path is None or not self.path.is_file():
             return None
@@ -240,7 +240,6 @@ class StepLog:
 
     def save(self):
         """Write :meth:`table` to ``path`` (atomically, with ``.meta.json``) and flush TensorBoard; return the path."""
-        from propagate.io import run_metadata, write_table
 
         if self._writer is not None:
             self._writer.flush()

@@ -69,18 +69,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from propagate.cluster import check_where
-from propagate.commands import theory as theory_command
+from propagate.commands import theory as theory_command, train as train_command, trainability as trainability_command
 from propagate.commands._args import DeprecatedOption
-from propagate.commands import train as train_command
-from propagate.commands import trainability as trainability_command
 from propagate.commands.simulate import build_spec as simulate_build_spec
 from propagate.errors import UserError
 from propagate.io import atomic_write_json, run_metadata, write_table
 from propagate.limits import check_grid, linear_range
 from propagate.runfolder import claim
-from propagate.runner import OnDask, PointStore, ProgressBar, call, point_key, run_points
-from propagate.runner import Point as RunnerPoint
+from propagate.runner import OnDask, Point as RunnerPoint, PointStore, ProgressBar, call, point_key, run_points
 from propagate.trainability import trainability as trainability_of
+from propagate.inits import get_init
 
 __all__ = [
     "Lens",
@@ -154,7 +152,6 @@ def _add_init_columns(table, spec) -> None:
     """The initializer's parameters as columns: ``init_distribution`` (normal, uniform, truncated_normal,
     orthogonal), ``init_scale`` (Var(w) = scale / fan, or the gain^2 of an orthogonal init) and ``init_mode``
     (the fan: fan_in, fan_out, fan_avg, or fixed), so a sweep over inits is grouped without parsing ``init``."""
-    from propagate.inits import get_init
 
     init = get_init(spec.init)
     table["init_distribution"], table["init_scale"], table["init_mode"] = init.distribution, float(init.scale), init.mode

@@ -18,6 +18,9 @@ import os
 import re
 
 from propagate import limits
+from propagate.errors import UserError
+from propagate.io import check_output_dir, check_output_file, check_path_text
+from propagate.limits import MAX_WIDTH, check_depth
 
 
 #: Smallest positive normal float64. A nonzero number below it in magnitude (subnormal, e.g. 1e-320) keeps
@@ -125,7 +128,6 @@ def _from_user_error(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from propagate.errors import UserError
 
         try:
             return fn(*args, **kwargs)
@@ -155,7 +157,6 @@ def int_in(low: int, high: int, what: str = ""):
 
 def depth(text: str) -> int:
     """A number of hidden layers, 1 to ``propagate.limits.MAX_DEPTH``."""
-    from propagate.limits import check_depth
 
     v = positive_int(text)
     _from_user_error(check_depth)(v)
@@ -164,7 +165,6 @@ def depth(text: str) -> int:
 
 def width(text: str) -> int:
     """A layer width, 1 to ``propagate.limits.MAX_WIDTH`` (commands that allocate check their memory on top)."""
-    from propagate.limits import MAX_WIDTH
 
     v = positive_int(text)
     if v > MAX_WIDTH:
@@ -176,7 +176,6 @@ def width(text: str) -> int:
 @_from_user_error
 def output_file(text: str) -> str:
     """A file to write (atomically): not a folder, in a place we can write (checked now, before any work)."""
-    from propagate.io import check_output_file
 
     return str(check_output_file(text))  # '~' expanded, as the check saw it
 
@@ -196,7 +195,6 @@ def png_file(text: str) -> str:
 @_from_user_error
 def output_dir(text: str) -> str:
     """A folder to write into over time (created if missing): not a file, in a place we can write."""
-    from propagate.io import check_output_dir
 
     return str(check_output_dir(text))
 
@@ -231,8 +229,6 @@ def check_device(name: str, option: str = "--device") -> None:
     if name in ("cpu", "auto"):
         return
     import torch
-
-    from propagate.errors import UserError
 
     if not torch.cuda.is_available():
         raise UserError(f"{option} {name} requested but torch sees no CUDA GPU; use {option} cpu")
@@ -327,8 +323,6 @@ def scheduler_address(text: str) -> str:
 @_from_user_error
 def data_dir(text: str) -> str:
     """A folder that holds a dataset's files (it must exist: a command reads from it and downloads nothing into it)."""
-    from propagate.errors import UserError
-    from propagate.io import check_path_text
 
     p = check_path_text(text, None, "folder")
     try:
@@ -409,7 +403,6 @@ def refuse_unused(args, needs) -> None:
     there)``, e.g. ``{"--grid": ("--stability", args.stability)}``: ``--grid 5``
     without ``--stability`` would otherwise be ignored without a word.
     """
-    from propagate.errors import UserError
 
     for option, (partner, present) in needs.items():
         if not present and given(args, option):

@@ -28,6 +28,8 @@ import math
 import sys
 
 from propagate.commands import _args
+from propagate.errors import UserError
+from propagate.io import to_json, write_json, write_table
 
 #: Relative size below which a value is round-off of 0 (64 x float64 machine epsilon).
 NOISE = 64 * sys.float_info.epsilon
@@ -70,7 +72,6 @@ def to_stdout(args) -> bool:
 
 def check_outputs(args) -> None:
     """Refuse ``--json`` and ``--csv -`` together (both would fill standard output); call before any work."""
-    from propagate.errors import UserError
 
     if getattr(args, "json", None) == "-" and getattr(args, "csv", None) == "-":
         raise UserError("--json without FILE and --csv - both write to standard output; give one of them a file")
@@ -83,7 +84,6 @@ def emit(args, table, meta: dict, document: dict | None = None) -> list[str]:
     hold the metadata), else ``{"meta": meta, "rows": [...]}``. Files get their
     ``.meta.json`` beside them (:func:`propagate.io.write_table`).
     """
-    from propagate.io import to_json, write_json, write_table
 
     written = []
     js, csv = getattr(args, "json", None), getattr(args, "csv", None)

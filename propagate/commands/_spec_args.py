@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 
 from propagate.commands import _args
+from propagate.errors import UserError
 
 #: The lecture demo's shape: 784 inputs -> Dense(512) -> 50 x Dense(256), 51 hidden layers (the default).
 DEMO_INPUT, DEMO_FIRST, DEMO_WIDTH, DEMO_DEPTH = 784, 512, 256, 51
@@ -166,7 +167,6 @@ def spec_from_args(args, *, base=None, widths=None, init=None, **fixed):
 
 def depth_of(args, base=None) -> int:
     """``--depth``, else the base's, else the default network's (:data:`DEMO_DEPTH`)."""
-    from propagate.errors import UserError
 
     depth = args.depth if getattr(args, "depth", None) is not None else (base.depth if base is not None else DEMO_DEPTH)
     if not isinstance(depth, int) or depth < 1:

@@ -7,6 +7,7 @@ import argparse
 from propagate.commands._args import nonneg_float_list
 from propagate.commands._output import add_output_arguments, check_outputs, emit, to_stdout
 from propagate.commands._spec_args import DEFAULT_ACTIVATION
+from propagate.io import run_metadata
 
 #: Most bias variances one call traces: up to ~4 ms each (tanh, quadrature), so 10^4 is about 40 s.
 MAX_POINTS = 10_000
@@ -56,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from propagate.activations import get_activation
-    from propagate.io import run_metadata
     from propagate.theory import critical_line
 
     check_outputs(args)

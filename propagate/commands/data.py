@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from propagate.commands._args import data_dir, output_dir, timeout_seconds
+from propagate.errors import UserError
+from propagate.io import to_json
 
 NAME = "data"
 HELP = "show where MNIST-like datasets are and download them"
@@ -80,11 +82,9 @@ def _stderr(message: str) -> None:
 
 def _run_info(args: argparse.Namespace) -> int:
     from propagate.data import dataset_info
-    from propagate.errors import UserError
 
     info = dataset_info(args.name, data_dir=args.data_dir, verify=not args.no_verify)
     if args.json:
-        from propagate.io import to_json
 
         sys.stdout.write(to_json(info))
     else:

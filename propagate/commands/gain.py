@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from propagate.commands._output import add_output_arguments, check_outputs, emit, to_stdout
+from propagate.io import run_metadata
 
 NAME = "gain"
 HELP = "variance-preserving sigma_w^2 (q* = 1 at sigma_b^2 = 0) beside torch.nn.init.calculate_gain"
@@ -62,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from propagate.activations import list_activations
-    from propagate.io import run_metadata
 
     check_outputs(args)
     rows = gain_rows(args.activation or [n for n in list_activations()])

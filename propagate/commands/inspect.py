@@ -7,6 +7,9 @@ import sys
 
 from propagate.commands import _args
 from propagate.commands._output import add_output_arguments, check_outputs, clean_table, emit, to_stdout
+from propagate.errors import UserError
+from propagate.io import atomic_write_bytes, run_metadata
+from propagate.targets import inspect_target
 
 NAME = "inspect"
 HELP = "per-layer statistics of any torch model (yours, or torchvision's), with mean-field theory where it applies"
@@ -103,7 +106,6 @@ def format_table(table) -> str:
 
 
 def run(args) -> int:
-    from propagate.errors import UserError
 
     check_outputs(args)
     quiet = args.quiet or to_stdout(args)
@@ -115,9 +117,6 @@ def run(args) -> int:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-
-    from propagate.io import run_metadata
-    from propagate.targets import inspect_target
 
     res = inspect_target(args.target, dataset=args.dataset, input_file=args.input, input_shape=args.input_shape,
                          inputs=args.inputs, loss=None if args.loss == "readout" else args.loss,
@@ -143,7 +142,6 @@ def run(args) -> int:
     emit(args, table, meta)
     if args.plot:
         from propagate.inspect_plot import plot_inspect
-        from propagate.io import atomic_write_bytes
         from propagate.simulate_plot import figure_png
 
         fig = plot_inspect(table, title=f"{args.target}: {res.meta['networks']} network(s) x {res.meta['inputs'][0]} inputs")

@@ -6,10 +6,18 @@ import argparse
 import sys
 import time
 
-from propagate.commands._args import (add_ensemble_arguments, check_device, data_dir, name_list, output_dir, positive_float_list,
-                                      positive_int)
+from propagate.commands._args import (
+    add_ensemble_arguments,
+    check_device,
+    data_dir,
+    name_list,
+    output_dir,
+    positive_float_list,
+    positive_int,
+)
 from propagate.commands._output import add_output_arguments, check_outputs, emit, to_stdout
 from propagate.commands.train import check_training_size
+from propagate.io import run_metadata
 from propagate.limits import check_seeds
 from propagate.runfolder import check_run_folder
 
@@ -54,7 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from propagate.io import run_metadata
     from propagate.presets import get_preset
     from propagate.reproduce import check_runs, long_summary, reproduce, summary_markdown
     from propagate.train import TrainOptions, format_epoch_line

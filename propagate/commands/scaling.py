@@ -11,6 +11,8 @@ from propagate.commands._args import (data_dir, name_list, output_dir, positive_
 from propagate.commands._output import add_output_arguments, check_outputs, emit, to_stdout
 from propagate.errors import UserError
 from propagate.limits import check_seeds
+from propagate.io import run_metadata
+from propagate.scaling import AXES, CONFIGS, ScalingOptions, scaling_grid
 
 NAME = "scaling"
 HELP = "the scaling law of the largest stable lr over width, depth, batch and rho: measured vs predicted"
@@ -68,7 +70,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def setup(args) -> tuple:
     """``(configs, axes, ScalingOptions)`` of the parsed flags; UserError on bad input (before any work)."""
-    from propagate.scaling import AXES, CONFIGS, ScalingOptions
 
     configs = args.configs or list(CONFIGS)
     bad = [c for c in configs if c not in CONFIGS]
@@ -91,8 +92,6 @@ def run(args) -> int:
     from tabulate import tabulate
 
     from propagate.data import load_dataset
-    from propagate.io import run_metadata
-    from propagate.scaling import scaling_grid
 
     def say(msg):
         if not args.no_progress:

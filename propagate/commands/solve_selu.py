@@ -6,6 +6,9 @@ import argparse
 
 from propagate.commands._args import (finite_float, float_list, positive_float, positive_int, probability,
                                       refuse_unused, seed)
+from propagate.errors import UserError
+from propagate.io import to_json
+from propagate.limits import check_mc_samples, check_stability_grid
 
 NAME = "solve-selu"
 HELP = "derive SELU's lambda and alpha for a fixed point (mean, var), with Jacobian and checks"
@@ -59,8 +62,6 @@ def _digits(text: str) -> int:
 
 def _grid(text: str) -> int:
     """Grid points per axis: the lattice has grid**4 points, bounded by memory."""
-    from propagate.errors import UserError
-    from propagate.limits import check_stability_grid
 
     value = positive_int(text)
     try:
@@ -72,8 +73,6 @@ def _grid(text: str) -> int:
 
 def _samples(text: str) -> int:
     """Monte Carlo samples: at least 2 (a variance needs two), bounded by memory."""
-    from propagate.errors import UserError
-    from propagate.limits import check_mc_samples
 
     value = positive_int(text)
     if value < 2:
@@ -201,7 +200,6 @@ def _latex(sol) -> str:
 
 
 def _json(sol, dropout, stability, check) -> str:
-    from propagate.io import to_json
 
     out = sol.to_dict()
     if dropout is not None:
@@ -231,7 +229,6 @@ def check_options(args: argparse.Namespace) -> None:
         extra = [flag for flag, on in (("--stability", args.stability), ("--check", args.check),
                                        ("--dropout", args.dropout is not None)) if on]
         if extra:
-            from propagate.errors import UserError
 
             raise UserError(f"--latex prints the equations of lambda, alpha and the Jacobian only; drop {extra[0]} "
                             f"(or use --json, which includes it)")

@@ -96,8 +96,6 @@ def check_scale(spec) -> None:
     or whose bias or input variance exceeds :data:`MAX_SIGMA_B2`."""
     import math
 
-    from propagate.errors import UserError
-
     for name, value in (("--sigma-b2", max(spec.sigma_b2())), ("--input-var", spec.input_var)):
         if value > MAX_SIGMA_B2:
             raise UserError(f"spectrum answers for {name} up to {MAX_SIGMA_B2:g}, got {value:g}")

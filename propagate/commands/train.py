@@ -5,14 +5,31 @@ from __future__ import annotations
 import argparse
 import sys
 
-from propagate.commands._args import (add_ensemble_arguments, check_device, data_dir, nonneg_int, output_dir, positive_float,
-                                      positive_int, probability, refuse_unused)
+from propagate.commands._args import (
+    add_ensemble_arguments,
+    check_device,
+    data_dir,
+    nonneg_int,
+    output_dir,
+    positive_float,
+    positive_int,
+    probability,
+    refuse_unused,
+)
 from propagate.commands._output import add_output_arguments, check_outputs, emit, to_stdout
-from propagate.commands._spec_args import (DEFAULT_ACTIVATION, DEFAULT_INIT, DEFAULT_NETWORK, add_spec_arguments,
-                                           custom_network, spec_from_args)
+from propagate.commands._spec_args import (
+    DEFAULT_ACTIVATION,
+    DEFAULT_INIT,
+    DEFAULT_NETWORK,
+    add_spec_arguments,
+    custom_network,
+    spec_from_args,
+)
+from propagate.io import run_metadata
 from propagate.limits import check_seeds, require_memory
 from propagate.runfolder import check_folder
 from propagate.runstore import check_checkpoint, run_identity
+from propagate.steplog import StepLog, check_tensorboard, steps_per_epoch
 
 NAME = "train"
 HELP = "train a preset (the lecture demo's runs) or a custom deep MLP on MNIST, recording per-layer statistics"
@@ -162,12 +179,10 @@ def run(args) -> int:
     if args.out:  # whose the folder is (kind, foreign files, lock), before any data loads
         check_folder(args.out, {"kind": "train"}, resume=False)
     if args.tensorboard:
-        from propagate.steplog import check_tensorboard
 
         check_tensorboard()
 
     from propagate.data import load_dataset, validate_dataset
-    from propagate.io import run_metadata
     from propagate.train import format_epoch_line, train
 
     dataset = load_dataset(args.dataset, args.data_dir, download=args.data_dir is None, progress=not args.no_progress,
@@ -212,8 +227,6 @@ def _step_log(args, options, dataset):
     if not (args.log_every or args.tensorboard):
         return None
     from pathlib import Path
-
-    from propagate.steplog import StepLog, steps_per_epoch
 
     return StepLog(args.log_every or 1, options=options, steps_per_epoch=steps_per_epoch(dataset.n_train, options),
                    path=Path(args.out) / "steps.csv" if args.out else None, resume=args.resume,

@@ -16,6 +16,8 @@ from propagate.commands._spec_args import (DEFAULT_ACTIVATION, DEFAULT_INIT, DEF
 from propagate.errors import UserError
 from propagate.limits import check_seeds, linear_range
 from propagate.runfolder import check_run_folder
+from propagate.io import run_metadata
+from propagate.trainability import DEFAULT_LRS, TrainabilityOptions, check_out_dir, trainability
 
 NAME = "trainability"
 HELP = "train presets over a log grid of learning rates (ensembles of seeds): largest lr that trains, vs predicted"
@@ -175,7 +177,6 @@ def configs_from_args(args) -> list:
 
 def setup(args) -> tuple:
     """``(configs, lrs, TrainabilityOptions)`` of the parsed flags (for ``run`` and sweeps); UserError on bad input."""
-    from propagate.trainability import DEFAULT_LRS, TrainabilityOptions
 
     configs = configs_from_args(args)
     check_seeds(args.seed, args.seeds)
@@ -203,8 +204,6 @@ def run(args) -> int:
     from tabulate import tabulate
 
     from propagate.data import load_dataset
-    from propagate.io import run_metadata
-    from propagate.trainability import check_out_dir, trainability
 
     def say(msg):
         if not args.no_progress:
