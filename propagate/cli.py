@@ -21,6 +21,9 @@ import importlib
 import sys
 
 from propagate.commands import COMMAND_MODULES
+from propagate.commands._args import NEGATIVE_NUMBER
+from propagate.errors import UserError
+from propagate.io import set_command
 
 PROG = "propagate"
 #: Most distinct warnings printed after a command (the rest are counted in one more line).
@@ -37,8 +40,6 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        from propagate.commands._args import NEGATIVE_NUMBER
-
         self._negative_number_matcher = NEGATIVE_NUMBER
 
     def error(self, message: str):  # noqa: D401 - argparse API
@@ -92,14 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args._argv = tuple(argv)  # which options were given (commands refuse ones that would have no effect)
-    from propagate.io import set_command
-
     set_command([PROG, *argv])
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    from propagate.errors import UserError
-
     # `kill` (SIGTERM) unwinds like Ctrl-C, so temporary files and folders are removed
     # and no half-written result is left behind
     import signal
