@@ -1,11 +1,11 @@
-"""Training speed of the seed's 52-layer network against the matmul roofline, one network and an 8-seed ensemble.
+"""Training speed of the lecture demo's network (depth 51) against the matmul roofline, one network and an 8-seed ensemble.
 
 Prints, in one run (every timing is the median over the steps of a training
 epoch, measured by :func:`propagate.train.train` itself through its
 ``on_step`` hook, after a warm-up epoch; configurations are interleaved so a
 busy machine affects them alike):
 
-1. for the seed network (784 -> 512 -> 50 x 256 -> 10) with relu, relu + BN,
+1. for the lecture demo's network (784 -> 512 -> 50 x 256 -> 10) with relu, relu + BN,
    selu, selu + BN: samples/s, the implied time of one MNIST epoch (60,000
    images), the time the step's matmuls alone take on the same machine
    (``torch.baddbmm``/``bmm`` on exactly the step's shapes: forward ``x W^T``,

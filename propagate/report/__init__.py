@@ -377,7 +377,7 @@ def _training_part(run: _Run, training):
         h = history[history["lr"] == lr]
         squares = "; squares: the lecture demo's numbers, measured at this lr" if lr == DEMO_LR else ""
         run.figure(plot_training_bands(
-            h, reported, title=f"Training the 52-layer network, RMSprop lr {lr:g}: mean of {opts.seeds} seeds, "
+            h, reported, title=f"Training the network of depth 51, RMSprop lr {lr:g}: mean of {opts.seeds} seeds, "
                                f"band 95% t interval (dashed: with batch normalization{squares})"),
                    f"training_curves_lr{lr:g}.png")
     drift = drift_runs(summary, opts.lrs)

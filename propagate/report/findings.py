@@ -393,7 +393,7 @@ def claim_selu_alone(facts) -> dict:
         if small_wins:
             text += (f"The difference between learning rates is the step size (lr {lrs[0]:g} - lr {lrs[-1]:g}, "
                      f"paired over seeds: {iv.describe()}): at lr {lrs[-1]:g} RMSprop's first steps knock the "
-                     f"52-layer network off its fixed point, at lr {lrs[0]:g} they do not. ")
+                     f"network of depth 51 off its fixed point, at lr {lrs[0]:g} they do not. ")
     text += _trains_test() + (" The lecture demo's run 3 reported losses identical to its ReLU run (2.3014), and its listing "
                               "was a copy of the ReLU code: its numbers do not describe SELU.")
     return {"claim": "SELU alone does not work.", "verdict": verdict(_fails(v) for v in runs.values()),

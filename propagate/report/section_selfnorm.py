@@ -38,7 +38,7 @@ __all__ = ["section", "configurations", "training_configurations", "compute_simu
            "simulation_summary", "section_markdown", "plot_selfnorm_simulation", "plot_selfnorm_training",
            "selfnorm_j22", "start", "SETTINGS_FULL", "SETTINGS_QUICK"]
 
-#: lr 1e-3 is the lecture demo's step size; at it RMSprop knocks even SELU's 52-layer network off its fixed point
+#: lr 1e-3 is the lecture demo's step size; at it RMSprop knocks even SELU's network of depth 51 off its fixed point
 #: (reports/mnist-5k), so 1e-4 is trained as well.
 #: ``seeds``: simulated networks per activation; ``train_seeds``: trained networks (seeds) per activation and
 #: learning rate, overridden by ``ctx["train_seeds"]``.
