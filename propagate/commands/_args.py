@@ -67,24 +67,22 @@ def probability(text: str) -> float:
     return v
 
 
-def positive_int(text: str) -> int:
+def _whole_number(text: str, smallest: int) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    if v < smallest:
+        raise argparse.ArgumentTypeError(f"must be >= {smallest}, got {text}")
     return v
+
+
+def positive_int(text: str) -> int:
+    return _whole_number(text, 1)
 
 
 def nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
+    return _whole_number(text, 0)
 
 
 #: Most values a list or range may hold (a range is expanded at parse time); commands bound the work further.
@@ -141,12 +139,7 @@ def int_in(low: int, high: int, what: str = ""):
     """A whole number in ``[low, high]``; ``what`` says where ``high`` comes from (for the message)."""
 
     def check(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        v = _whole_number(text, low)
         if v > high:
             raise argparse.ArgumentTypeError(f"must be <= {high}{f' ({what})' if what else ''}, got {text}")
         return v
@@ -254,36 +247,33 @@ def threads(text: str) -> int:
 # ------------------------------------------------------------- seeds, workers, refinement, time, addresses
 
 
+def _checked(text: str, parse, check, *args):
+    """``parse(text)``, then ``check(value, *args)`` (a :mod:`propagate.limits` check; its UserError becomes
+    argparse's message)."""
+    v = parse(text)
+    _from_user_error(check)(v, *args)
+    return v
+
+
 def seed(text: str) -> int:
     """A random seed, 0 to 2^63 - 1 (:data:`propagate.limits.MAX_SEED`: seeds are stored as signed 64-bit
     integers). An ensemble's last seed ``seed + seeds - 1`` is checked by :func:`propagate.limits.check_seeds`."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    _from_user_error(limits.check_seeds)(v, 1, "seed")
-    return v
+    return _checked(text, lambda t: _whole_number(t, -(2**63)), limits.check_seeds, 1, "seed")
 
 
 def workers(text: str) -> int:
     """Local Dask worker processes: 1 to one per core (:func:`propagate.limits.max_workers`)."""
-    v = positive_int(text)
-    _from_user_error(limits.check_workers)(v, "--workers")
-    return v
+    return _checked(text, positive_int, limits.check_workers, "--workers")
 
 
 def refine_steps(text: str) -> int:
     """Bisection steps of a refinement: 0 to :data:`propagate.limits.MAX_REFINE_STEPS`."""
-    v = nonneg_int(text)
-    _from_user_error(limits.check_refine)(v, "--refine")
-    return v
+    return _checked(text, nonneg_int, limits.check_refine, "--refine")
 
 
 def timeout_seconds(text: str) -> float:
     """A network timeout in seconds, 0.001 to 86400 (:func:`propagate.limits.check_timeout`)."""
-    v = _number(text)
-    _from_user_error(limits.check_timeout)(v, "--timeout")
-    return v
+    return _checked(text, _number, limits.check_timeout, "--timeout")
 
 
 def density_points(text: str) -> int:
