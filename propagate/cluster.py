@@ -96,7 +96,12 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, client
     from distributed import Client, LocalCluster
 
     if scheduler:
+        from distributed.comm.addressing import get_address_host_port
+
         try:
+            # parsed first, without a client: Client() starts an IO loop before it parses, and that loop may
+            # not come up within distributed's 10 s on a loaded machine (an AssertionError, not this message)
+            get_address_host_port(scheduler)
             c = Client(scheduler, timeout="10s")
         except ValueError as exc:  # Dask's word for an address it cannot parse ('not an address', 'http://...')
             raise UserError(f"{scheduler!r} is not a Dask scheduler address ({_one_line(exc)}); give "
