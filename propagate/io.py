@@ -408,14 +408,14 @@ def atomic_directory(path: str | os.PathLike, *, adopt=None) -> Iterator[Path]:
         raise
 
 
-def _versions() -> dict[str, str]:
+def _versions(uses: tuple[str, ...] = ()) -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
     for pkg in ("propagate", "numpy", "scipy", "sympy", "mpmath", "torch", "pandas", "matplotlib"):
-        # Only report what this run actually imported (torch may not be loaded for theory).
-        mod = pkg if pkg != "propagate" else "propagate"
-        if mod in sys.modules or pkg == "propagate":
+        # Only report what this run imported (torch may not be loaded for theory), and what its work used
+        # elsewhere (``uses``: torch in Dask workers while this process only collected their results).
+        if pkg in sys.modules or pkg == "propagate" or pkg in uses:
             try:
                 out[pkg] = metadata.version(pkg)
             except metadata.PackageNotFoundError:
@@ -442,14 +442,15 @@ def command_line() -> str:
     return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
 
 
-def run_metadata(seed: int | None = None, **extra: Any) -> dict[str, Any]:
-    """What produced a result: command line, seed, time, platform and package versions."""
+def run_metadata(seed: int | None = None, uses: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:
+    """What produced a result: command line, seed, time, platform and package versions (those imported here,
+    and ``uses``: packages the work ran with elsewhere, such as torch on Dask workers)."""
     meta: dict[str, Any] = {
         "command": command_line(),
         "seed": seed,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(),
-        "versions": _versions(),
+        "versions": _versions(tuple(uses)),
     }
     meta.update(extra)
     return meta

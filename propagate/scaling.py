@@ -11,16 +11,22 @@ batch size and rho as its training overrides), so the whole grid runs as one set
 of points on the runner (in process or on Dask) and resumes:
 
 - measured: ``max_lr_measured``, the largest learning rate whose seed ensemble
-  *trains* (the lower 95% bound of the running training accuracy of its epoch
-  above ``level``) on a log grid, bisected ``refine`` times towards the
-  smallest rate above it that does not;
+  *trains* (the lower 95% bound of the running training accuracy of its last
+  epoch above ``level``) on a log grid, extended upwards ``extend`` grid steps
+  where the grid's top still trains, and bisected ``refine`` times towards the
+  smallest rate above it that does not. Every cell trains at least as many
+  optimizer steps as the base cell's ``epochs`` epochs (``equal_steps``): at
+  5,000 images one epoch is 40 steps at batch 128 but 10 at batch 512, too few
+  for the first steps' excursion to settle, so batch 512 trains 4 epochs
+  (:func:`cell_epochs`). Stability is a property of steps, not of images seen;
 - predicted: ``max_lr_predicted`` of :func:`propagate.lr_limit.predict_max_lr`
   (the optimizer's own first steps), per seed and their geometric mean with its
   95% interval;
 - ``ratio`` = measured / predicted and ``within_2x`` = ``0.5 <= ratio <= 2``.
 
 :func:`fit_exponents` fits ``ln lr* = a + b ln x`` along the width and depth
-axes (ordinary least squares, Student t 95% interval of ``b``), measured and
+axes (ordinary least squares, Student t 95% interval of ``b``, widened for the
+measured limits by the grid's resolution: :func:`fit_exponent`), measured and
 predicted, beside the sign-step picture's exponents
 (:data:`SIGN_STEP_EXPONENTS`; ``derivations/trainability.md``).
 """
@@ -44,6 +50,7 @@ __all__ = [
     "ScalingOptions",
     "ScalingResult",
     "cells",
+    "cell_epochs",
     "cell_spec",
     "fit_exponent",
     "fit_exponents",
@@ -120,17 +127,32 @@ class ScalingOptions:
     level: float = 0.3
     lrs: tuple[float, ...] = tuple(10 ** (-6 + 0.5 * i) for i in range(10))
     refine: int = 2
+    extend: int = 3
+    equal_steps: bool = True
     threads: int | None = None
 
     def trainability_options(self):
 
         return TrainabilityOptions(seeds=self.seeds, epochs=self.epochs, criterion=self.criterion, level=self.level,
-                                   refine=self.refine, predict=True, sharpness=False, threads=self.threads)
+                                   refine=self.refine, extend=self.extend, predict=True, sharpness=False,
+                                   threads=self.threads)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["seeds"], d["lrs"] = list(self.seeds), list(self.lrs)
         return d
+
+
+def cell_epochs(cell: Cell, n_train: int, epochs: int = 1, base: dict | None = None) -> int:
+    """Epochs that give ``cell`` at least the optimizer steps of ``epochs`` epochs at the base cell's batch size.
+
+    An epoch is ``ceil(n_train / batch_size)`` steps (the last batch partial),
+    so at 5,000 images and ``epochs=1`` the base's 40 steps take 4 epochs at
+    batch 512 (10 steps each) and one at batch 32 (157 steps).
+    """
+    base_batch = (base or BASE)["batch_size"]
+    want = epochs * math.ceil(n_train / base_batch)
+    return max(epochs, math.ceil(want / math.ceil(n_train / cell.batch_size)))
 
 
 @dataclass
@@ -144,26 +166,52 @@ class ScalingResult:
     meta: dict = field(default_factory=dict)
 
 
-def fit_exponent(x: Sequence[float], y: Sequence[float]) -> dict:
-    """OLS slope of ``ln y`` on ``ln x`` with its 95% Student t interval (``n - 2`` degrees of freedom)."""
+def fit_exponent(x: Sequence[float], y: Sequence[float], upper: Sequence[float] | None = None) -> dict:
+    """OLS slope of ``ln y`` on ``ln x`` with its 95% interval.
+
+    Without ``upper``: the Student t interval (``n - 2`` degrees of freedom).
+    With ``upper`` (a measured limit's bracket: each true limit lies between
+    ``y`` and ``upper``, NaN where unknown), each point also carries the
+    grid's resolution, a uniform error in ``ln y`` over ``ln(upper / y)``
+    (variance ``ln(upper / y)^2 / 12``); its effect on the slope,
+    ``sum_i w_i^2 var_i`` with the OLS weights ``w_i = (x_i - mean x) / S_xx``,
+    is added in quadrature (at 1.96 standard errors) to the t interval's half
+    width. Three limits on one line of the grid then no longer give an
+    interval of zero width.
+    """
     import numpy as np
     from scipy import stats
 
-    pts = [(math.log(a), math.log(b)) for a, b in zip(x, y) if a > 0 and b > 0 and math.isfinite(b)]
+    up = list(upper) if upper is not None else [math.nan] * len(list(x))
+    pts = [(math.log(a), math.log(b), math.log(u / b) if u > b and math.isfinite(u) else 0.0)
+           for a, b, u in zip(x, y, up) if a > 0 and b > 0 and math.isfinite(b)]
     n = len(pts)
     if n < 2 or len({p[0] for p in pts}) < 2:
         return {"slope": math.nan, "slope_ci_low": math.nan, "slope_ci_high": math.nan, "n_points": n}
-    lx, ly = np.array(pts).T
+    lx, ly, width = np.array(pts).T
     res = stats.linregress(lx, ly)
     if n == 2:
         return {"slope": float(res.slope), "slope_ci_low": math.nan, "slope_ci_high": math.nan, "n_points": n}
     half = float(stats.t.ppf(0.975, n - 2)) * float(res.stderr)
+    w = (lx - lx.mean()) / float(((lx - lx.mean()) ** 2).sum())
+    res_se = math.sqrt(float((w ** 2 * width ** 2 / 12).sum()))
+    half = math.hypot(half, 1.96 * res_se)
     return {"slope": float(res.slope), "slope_ci_low": float(res.slope) - half,
             "slope_ci_high": float(res.slope) + half, "n_points": n}
 
 
-def _cell_rows(configs, grid_cells, result, base, axes) -> list[dict]:
-    """One row per (configuration, cell) from the trainability tables."""
+def _within(ratio: float, censored: bool) -> bool | None:
+    """``0.5 <= ratio <= 2``; None without a measured limit, and for a censored one (a lower bound) unless even that
+    bound is more than 2x the prediction (then a sure miss)."""
+    if not math.isfinite(ratio):
+        return None
+    if censored:
+        return False if ratio > 2.0 else None
+    return bool(0.5 <= ratio <= 2.0)
+
+
+def _cell_rows(configs, grid_cells, result, base, axes, epochs: dict) -> list[dict]:
+    """One row per (configuration, cell) from the trainability tables (``epochs``: each cell's epochs)."""
     cfg = result.configs.set_index("config")
     rows = []
     for config in configs:
@@ -175,7 +223,7 @@ def _cell_rows(configs, grid_cells, result, base, axes) -> list[dict]:
                          "censored": bool(r["censored"]), "max_lr_predicted": float(r["max_lr_predicted"]),
                          "max_lr_predicted_ci_low": float(r["max_lr_predicted_ci_low"]),
                          "max_lr_predicted_ci_high": float(r["max_lr_predicted_ci_high"]), "ratio": ratio,
-                         "within_2x": bool(0.5 <= ratio <= 2.0) if math.isfinite(ratio) else None,
+                         "within_2x": _within(ratio, bool(r["censored"])), "epochs": epochs.get(cell, math.nan),
                          "criterion": r.get("criterion", ""), "steps": r.get("prediction_steps", math.nan),
                          "prediction_note": r.get("prediction_note", "")})
     return rows
@@ -193,7 +241,8 @@ def fit_exponents(cell_table, predictions=None) -> object:
     for config, d in cell_table.groupby("config", sort=False):
         for axis in ("width", "depth"):
             on = d[d["axes"].str.split(",").apply(lambda a, axis=axis: axis in a)]
-            meas = fit_exponent(on[axis], on["max_lr_measured"])
+            exact = on[~on["censored"].astype(bool)]  # a censored limit is only a lower bound: not in the fit
+            meas = fit_exponent(exact[axis], exact["max_lr_measured"], exact["max_lr_bad"])
             rows.append({"config": config, "axis": axis, "source": "measured", **meas})
             if predictions is not None and len(predictions):
                 per = predictions[predictions["config"].isin([f"{config}@{c}" for c in on["cell"]])]
@@ -228,15 +277,17 @@ def scaling_grid(dataset, configs: Sequence[str] = tuple(CONFIGS), *, axes: dict
         if c not in CONFIGS:
             raise UserError(f"unknown scaling configuration {c!r}; use one of {', '.join(CONFIGS)}")
     grid_cells = cells(axes, base)
-    entries = [(f"{c}@{cell.name}", cell_spec(c, cell), {"batch_size": cell.batch_size, "rho": cell.rho})
+    entries = [(f"{c}@{cell.name}", cell_spec(c, cell), _overrides(cell, dataset.n_train, options, base))
                for c in configs for cell in grid_cells]
     res = trainability(entries, options.lrs, dataset, options.trainability_options(), progress=progress,
                        out_dir=Path(out_dir) / "trainability" if out_dir is not None else None, resume=resume,
                        workers=workers, scheduler=scheduler, client=client, trainer=trainer, predictor=predictor)
-    table = _frame(_cell_rows(configs, grid_cells, res, base, axes))
+    epochs = {cell: _overrides(cell, dataset.n_train, options, base).get("epochs", options.epochs)
+              for cell in grid_cells}
+    table = _frame(_cell_rows(configs, grid_cells, res, base, axes, epochs))
     fits = fit_exponents(table, res.predictions)
     within = table["within_2x"].dropna()
-    meta = run_metadata(seed=options.seeds[0], kind="scaling", options=options.to_dict(), axes=axes or AXES,
+    meta = run_metadata(seed=options.seeds[0], uses=("torch",), kind="scaling", options=options.to_dict(), axes=axes or AXES,
                         base=base or BASE, configs={c: CONFIGS[c] for c in configs},
                         dataset={"name": dataset.name, "n_train": dataset.n_train, "n_test": dataset.n_test},
                         cells_with_measured_limit=int(len(within)), cells_within_2x=int(within.sum()))
@@ -244,6 +295,15 @@ def scaling_grid(dataset, configs: Sequence[str] = tuple(CONFIGS), *, axes: dict
         write_table(table, Path(out_dir) / "cells.csv", meta)
         write_table(fits, Path(out_dir) / "fits.csv", meta)
     return ScalingResult(cells=table, fits=fits, trainability=res, meta=meta)
+
+
+def _overrides(cell: Cell, n_train: int, options: ScalingOptions, base: dict | None) -> dict:
+    """A cell's training options: its batch size and rho, and its epochs where :func:`cell_epochs` raises them."""
+    out = {"batch_size": cell.batch_size, "rho": cell.rho}
+    epochs = cell_epochs(cell, n_train, options.epochs, base) if options.equal_steps else options.epochs
+    if epochs != options.epochs:  # only then: the other cells' points keep their keys
+        out["epochs"] = epochs
+    return out
 
 
 def _frame(rows):

@@ -28,6 +28,10 @@ log-spaced grid, each (configuration, lr) as an ensemble of seeds, and reports:
   space (geometric midpoints) between those two narrow the bracket by ``2^K``
   in log lr; a configuration stops early when its bracket is narrower than
   :data:`REFINE_RTOL` (relative) or its midpoint equals an end in float64.
+  With ``extend=K``, a configuration that still trains at the top of the grid
+  is first tried up to ``K`` times one grid step higher (the ratio of the
+  grid's two largest rates), at most :data:`EXTEND_CAP`, until a rate fails:
+  the measurement is censored only where even that still trains.
 
 - next to it, per configuration, ``max_lr_predicted``: the largest stable
   learning rate predicted at initialization from the optimizer's own first
@@ -139,7 +143,8 @@ class TrainabilityOptions:
     decay; ``warmup``: linear warmup steps of training (and of the prediction).
     ``criterion``/``level``: a (configuration, lr) *trains* when the lower 95%
     bound of ``criterion`` (final-epoch training accuracy) exceeds ``level``.
-    ``refine``: bisection steps per configuration. ``predict``: compute the
+    ``refine``: bisection steps per configuration; ``extend``: steps above the
+    grid's top for a configuration that still trains there. ``predict``: compute the
     lookahead prediction (:func:`propagate.lr_limit.predict_max_lr`,
     ``lookahead_per_decade`` learning rates per decade); ``sharpness``: also the
     curvature bounds, with ``sharpness_batch``, ``warmup_steps``,
@@ -155,6 +160,7 @@ class TrainabilityOptions:
     criterion: str = "acc"
     level: float = 0.5
     refine: int = 0
+    extend: int = 0
     predict: bool = True
     lookahead_per_decade: int = 4
     sharpness: bool = True
@@ -176,8 +182,10 @@ class TrainabilityOptions:
             raise UserError(f"criterion must be acc, train_eval_acc or val_acc, got {self.criterion!r}")
         if not 0 <= self.level < 1:
             raise UserError(f"level must be in [0, 1), got {self.level}")
-        if not isinstance(self.refine, int) or self.refine < 0:
-            raise UserError(f"refine must be a whole number >= 0, got {self.refine!r}")
+        for name in ("refine", "extend"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise UserError(f"{name} must be a whole number >= 0, got {v!r}")
         for name in ("epochs", "batch_size", "sharpness_batch", "lanczos_iters"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -396,7 +404,7 @@ _LATER = {"rho": 0.9, "warmup": 0}
 
 def _folder_identity(plan: _Plan) -> dict:
     """What a trainability folder records (:func:`propagate.runfolder.claim`): options that change results, data."""
-    free = ("refine", "predict", "sharpness", "lookahead_per_decade", "sharpness_batch", "warmup_steps",
+    free = ("refine", "extend", "predict", "sharpness", "lookahead_per_decade", "sharpness_batch", "warmup_steps",
             "lanczos_iters") + _NOT_IN_KEY
     options = {k: v for k, v in plan.options.to_dict().items()
                if k not in free and not (k in _LATER and v == _LATER[k])}
@@ -510,6 +518,33 @@ class _Grid:
                 self.tried[n].append((mid, True))
 
 
+    def extend(self, steps: int) -> None:
+        """Up to ``steps`` rounds of one grid step above the top for every configuration that still trains there.
+
+        The step is the ratio of the grid's two largest rates (a decade for a
+        one-rate grid); no rate above :data:`EXTEND_CAP` is tried. A
+        configuration stops at its first rate that does not train, which then
+        bounds its bracket from above (and refinement bisects it).
+        """
+        lrs = self.plan.lrs
+        ratio = lrs[-1] / lrs[-2] if len(lrs) > 1 else 10.0
+        for _ in range(steps):
+            ups = {}
+            for n in self.plan.names:
+                good, bad = self.bracket(n)
+                top = max(lr for lr, _ in self.tried[n])
+                if good == top and not math.isfinite(bad) and top * ratio <= EXTEND_CAP:
+                    ups[n] = top * ratio
+            if not ups:
+                break
+            self.run_round(list(ups.items()), [])
+            for n, lr in ups.items():
+                self.tried[n].append((lr, False))
+
+
+#: The largest learning rate :meth:`_Grid.extend` tries (no optimizer of this package trains above it).
+EXTEND_CAP = 10.0
+
 #: Smallest relative width ``hi / lo - 1`` of a bracket that is still bisected: a millionth of lr, far below
 #: the spread of the largest trainable lr over seeds (and what 20 steps reach from a decade, ln 10 / 2^20).
 REFINE_RTOL = 1e-6
@@ -601,7 +636,7 @@ def _tables(grid: _Grid) -> dict:
 
 def _metadata(plan: _Plan, configs, engine: str) -> dict:
     opts, ds = plan.options, plan.dataset
-    return run_metadata(seed=opts.seeds[0], kind="trainability", options=opts.to_dict(), lrs=plan.lrs,
+    return run_metadata(seed=opts.seeds[0], uses=("torch",), kind="trainability", options=opts.to_dict(), lrs=plan.lrs,
                         configs={n: s.to_dict() for n, s in plan.specs.items()},
                         overrides={n: o for n, o in plan.overrides.items() if o},
                         dataset={"name": ds.name, "n_train": ds.n_train, "n_test": ds.n_test}, engine=engine,
@@ -701,6 +736,7 @@ def trainability(
             # round 0: the grid (and the predictions); then one bisection step of every configuration per round
             grid.run_round([(n, lr) for n in plan.names for lr, _ in grid.tried[n]],
                            plan.names if plan.options.predict else [])
+            grid.extend(0 if predict_only else plan.options.extend)
             grid.refine(0 if predict_only else plan.options.refine)
         tables = _tables(grid)
         meta = _metadata(plan, configs, engine.name)

@@ -505,19 +505,22 @@ def test_scaling_template_from_constructed_tables():
                      "width": n, "depth": 50, "batch_size": 128, "rho": 0.9, "max_lr_measured": m,
                      "max_lr_bad": 1.3 * m, "censored": cens, "max_lr_predicted": p, "max_lr_predicted_ci_low": p / 1.2,
                      "max_lr_predicted_ci_high": p * 1.2, "ratio": m / p, "within_2x": 0.5 <= m / p <= 2,
-                     "criterion": "half-progress", "steps": 10, "prediction_note": ""})
+                     "criterion": "half-progress", "steps": 10, "prediction_note": "", "epochs": 1})
     rows.append({**rows[1], "cell": "rho", "axes": "rho", "rho": 0.99, "max_lr_measured": float("nan"),
-                 "ratio": float("nan"), "within_2x": None})
+                 "ratio": float("nan"), "within_2x": None, "batch_size": 512, "epochs": 4})
     cells = pd.DataFrame(rows)
     fits = pd.DataFrame([{"config": "c", "axis": "width", "source": "measured", "slope": -1.02, "slope_ci_low": -1.2,
                           "slope_ci_high": -0.84, "n_points": 3},
                          {"config": "c", "axis": "width", "source": "predicted", "slope": -1.17, "slope_ci_low": -1.3,
                           "slope_ci_high": -1.0, "n_points": 9}])
     text = section_markdown(cells, fits, {**SETTINGS_FULL, "configs": ("c",)}, "DATA")
-    assert "<<" not in text and "after 1 epoch(s) on DATA" in text
+    assert "<<" not in text and "*trains* on DATA" in text
+    assert ("Training: 1 epoch(s) per run, raised so that every cell takes at least the base cell's optimizer steps "
+            "(its batch size's epoch): 4 at batch 512 (stability") in text
+    assert "1 cell(s) still train at the largest rate tried" in text and "(0 left out)" in text
     assert "**Within 2x**: 2 of the 3 cells that have a measured limit (67%); 1 (configuration, cell) pairs" in text
-    assert ("- c at n1024: measured / predicted = 2.60; the grid's largest learning rate still trains, so the "
-            "measured value is only a lower bound; training recovers") in text
+    assert ("- c at n1024: measured / predicted = 2.60; the largest learning rate tried still trains, so the "
+            "measured value is only a lower bound and the true ratio is larger still; training recovers") in text
     assert "- c, d ln lr* / d ln n: measured -1.02 [-1.20, -0.84] (3 points); predicted -1.17 [-1.30, -1.00] (9 points)" in text
     assert "c: measured no measured limit, predicted 1.00" in text
 

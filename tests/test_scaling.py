@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from propagate.scaling import AXES, BASE, Cell, ScalingOptions, cell_spec, cells, fit_exponent, scaling_grid
+from propagate.scaling import (AXES, BASE, Cell, ScalingOptions, cell_epochs, cell_spec, cells, fit_exponent,
+                               scaling_grid)
 
 
 def test_cells_one_factor_at_a_time():
@@ -30,6 +31,57 @@ def test_fit_exponent_recovers_a_power_law():
     r = stats.linregress(np.log(x), np.log(3e-2 * x ** -0.5 * np.exp(np.random.default_rng(0).normal(0, 0.1, 5))))
     assert noisy["slope_ci_high"] - noisy["slope"] == pytest.approx(stats.t.ppf(0.975, 3) * r.stderr)
     assert math.isnan(fit_exponent([1, 2], [1.0, math.nan])["slope"])
+
+
+def test_fit_exponent_widens_the_interval_by_the_grids_resolution():
+    # three limits exactly on a line: OLS has zero residuals, yet each lies anywhere in its bracket [y, 1.33 y)
+    x = np.array([128.0, 256.0, 512.0])
+    y = 1e-2 / x
+    bare = fit_exponent(x, y)
+    assert bare["slope"] == pytest.approx(-1.0) and bare["slope_ci_high"] - bare["slope"] == pytest.approx(0, abs=1e-9)
+    wide = fit_exponent(x, y, 1.33 * y)
+    lx = np.log(x)
+    w = (lx - lx.mean()) / ((lx - lx.mean()) ** 2).sum()
+    half = 1.96 * math.sqrt((w ** 2).sum() * math.log(1.33) ** 2 / 12)  # uniform in ln y over ln 1.33
+    assert wide["slope"] == pytest.approx(-1.0)
+    assert wide["slope_ci_high"] - wide["slope"] == pytest.approx(half, rel=1e-9)
+    assert wide["slope"] - wide["slope_ci_low"] == pytest.approx(half, rel=1e-9)
+    # an unknown upper end (NaN, a censored bracket) adds nothing for that point
+    assert fit_exponent(x, y, [math.nan] * 3)["slope_ci_high"] == pytest.approx(bare["slope_ci_high"])
+
+
+def test_cell_epochs_give_every_cell_the_base_cells_steps():
+    # 5,000 images: the base's epoch is ceil(5000/128) = 40 steps; batch 512 has 10 a epoch, so 4 epochs
+    assert cell_epochs(Cell(256, 50, 512, 0.9), 5000) == 4
+    assert cell_epochs(Cell(256, 50, 128, 0.9), 5000) == 1
+    assert cell_epochs(Cell(256, 50, 32, 0.9), 5000) == 1  # 157 steps: more than enough already
+    assert cell_epochs(Cell(256, 50, 512, 0.9), 60000) == 4  # ceil(469 / 118)
+    assert cell_epochs(Cell(256, 50, 512, 0.9), 5000, epochs=2) == 8
+
+
+def _step_trainer(spec, options, seeds, dataset):
+    # trains below 1e-3, and only with at least 30 optimizer steps
+    steps = options.epochs * math.ceil(dataset.n_train / options.batch_size)
+    ok = options.lr <= 1e-3 and steps >= 30
+    return [{"seed": s, "diverged": False, "epochs_done": options.epochs, "loss": 1.0, "acc": 0.9 if ok else 0.1,
+             "val_loss": 1.0, "val_acc": 0.5, "train_eval_acc": 0.5} for s in seeds]
+
+
+@pytest.mark.parametrize("equal_steps", [True, False])
+def test_equal_steps_budget_trains_large_batches_longer(equal_steps):
+    from propagate.data import Dataset
+
+    z = np.zeros((5000, 1), np.float32)  # only n_train matters to the fake trainer
+    ds = Dataset("fake", z, np.zeros(5000, np.int64), z[:10], np.zeros(10, np.int64), "test")
+    opts = ScalingOptions(seeds=(0, 1), lrs=(1e-4, 1e-3, 1e-2), refine=0, equal_steps=equal_steps)
+    res = scaling_grid(ds, ["tanh-glorot-uniform"], axes={"batch_size": (128, 512)}, options=opts,
+                       trainer=_step_trainer, predictor=_predictor)
+    t = res.cells.set_index("batch_size")
+    assert t.loc[128, "max_lr_measured"] == pytest.approx(1e-3) and t.loc[128, "epochs"] == 1
+    if equal_steps:  # 4 epochs of 10 steps
+        assert t.loc[512, "epochs"] == 4 and t.loc[512, "max_lr_measured"] == pytest.approx(1e-3)
+    else:  # 10 steps: fails at every rate, no measured limit
+        assert t.loc[512, "epochs"] == 1 and math.isnan(t.loc[512, "max_lr_measured"])
 
 
 def _trainer(spec, options, seeds, dataset):

@@ -181,6 +181,39 @@ def test_censored_and_never_training():
     assert math.isnan(cfg.loc["b", "max_lr_measured"]) and not bool(cfg.loc["b", "censored"])
 
 
+def test_extend_climbs_above_a_grid_that_still_trains():
+    # "a" trains up to 0.05 and "b" to 0.5, on a grid that stops at 1e-3: one decade per extension step
+    edges = {"a": (0.05, 2.0), "b": (0.5, 2.0), "c": (1e-4, 2.0)}
+    calls = []
+    opts = TrainabilityOptions(seeds=(0, 1), extend=2, refine=0, predict=False)
+    res = trainability([(n, _spec(n)) for n in edges], [1e-4, 1e-3], FakeDataset(), opts,
+                       trainer=fake_trainer(edges, calls))
+    cfg = res.configs.set_index("config")
+    # a: 1e-2 trains, 1e-1 fails -> bracketed; b: 1e-2 and 1e-1 train, the two steps are spent -> still censored
+    assert cfg.loc["a", "max_lr_measured"] == pytest.approx(1e-2) and cfg.loc["a", "max_lr_bad"] == pytest.approx(0.1)
+    assert not bool(cfg.loc["a", "censored"])
+    assert cfg.loc["b", "max_lr_measured"] == pytest.approx(0.1) and bool(cfg.loc["b", "censored"])
+    # c fails at 1e-3 already: nothing above the grid is trained for it
+    assert [lr for n, lr in calls if n == "c"] == [1e-4, 1e-3]
+    assert sorted(lr for n, lr in calls if n == "a") == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1])
+    # then refinement bisects the bracket that extension found
+    res = trainability([("a", _spec("a"))], [1e-4, 1e-3], FakeDataset(),
+                       TrainabilityOptions(seeds=(0, 1), extend=2, refine=1, predict=False),
+                       trainer=fake_trainer(edges))
+    cfg = res.configs.set_index("config")
+    assert cfg.loc["a", "max_lr_measured"] == pytest.approx(10 ** -1.5) and cfg.loc["a", "n_refined"] == 1
+    # no rate above EXTEND_CAP is tried
+    from propagate.trainability import EXTEND_CAP
+
+    calls.clear()
+    trainability([("b", _spec("b"))], [1.0, EXTEND_CAP], FakeDataset(),
+                 TrainabilityOptions(seeds=(0, 1), extend=3, predict=False),
+                 trainer=fake_trainer({"b": (1e3, 1e4)}, calls))
+    assert max(lr for _, lr in calls) == EXTEND_CAP
+    with pytest.raises(UserError, match="extend must be a whole number"):
+        TrainabilityOptions(extend=-1)
+
+
 def test_refinement_stops_when_the_bracket_cannot_shrink():
     # a bracket 1e-5 wide (relative) halves in log lr per step: 5e-6, 2.5e-6, 1.25e-6, 6.25e-7 < REFINE_RTOL
     assert REFINE_RTOL == 1e-6
@@ -525,7 +558,7 @@ def test_folder_of_a_grid_before_the_runner_resumes(tmp_path):
 
     ds, opts = FakeDataset(), TrainabilityOptions(seeds=(0, 1), epochs=1)
     # the options an old folder recorded: not the settings that change no point, nor those added since
-    old = {k: v for k, v in opts.to_dict().items() if k not in ("refine", "device", "threads", "predict",
+    old = {k: v for k, v in opts.to_dict().items() if k not in ("refine", "extend", "device", "threads", "predict",
                                                                  "sharpness_batch", "warmup_steps", "lanczos_iters",
                                                                  "rho", "warmup", "sharpness",
                                                                  "lookahead_per_decade")}

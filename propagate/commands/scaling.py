@@ -22,9 +22,12 @@ rho 0.9): width 64..1024, depth 6..50, batch 32..512, rho 0.9/0.99, for plain
 stacks 784 -> depth x Dense(width) -> 10 of four configurations
 (selu-lecun-normal, selu-bn-lecun-uniform, tanh-glorot-uniform, relu-he-normal).
 At every (configuration, cell): the largest learning rate whose seed ensemble
-trains (--epochs, default 1; the lower 95% bound of the epoch's running training
-accuracy above --level, default 0.3), bisected --refine times, and the one
-predicted from the optimizer's own first steps (propagate.lr_limit). Writes
+trains (--epochs, default 1, and at least the base cell's optimizer steps, so
+batch 512 trains 4 epochs: --no-equal-steps turns that off; the lower 95% bound
+of the last epoch's running training accuracy above --level, default 0.3),
+extended --extend grid steps above the top where it still trains, bisected
+--refine times, and the one predicted from the optimizer's own first steps
+(propagate.lr_limit). Writes
 
   DIR/cells.csv   one row per (config, cell): max_lr_measured, max_lr_bad,
                   max_lr_predicted with its 95% interval, ratio, within_2x
@@ -53,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--level", type=probability, default=0.3,
                    help="'trains' when the lower 95%% bound of the running training accuracy exceeds this (default 0.3)")
     g.add_argument("--refine", type=refine_steps, default=2, help="bisection steps per (config, cell) (default 2)")
+    g.add_argument("--extend", type=refine_steps, default=3,
+                   help="grid steps tried above the top where it still trains (default 3)")
+    g.add_argument("--equal-steps", action=argparse.BooleanOptionalAction, default=True,
+                   help="give every cell at least the base cell's optimizer steps: larger batches train more "
+                        "epochs (default on)")
     g.add_argument("--threads", type=threads, help="torch threads per run (default 1 on Dask, all cores in process)")
     e = parser.add_argument_group("where it runs (default: in this process)")
     e.add_argument("--workers", type=workers, metavar="N", help="a local Dask cluster of N single-threaded workers")
@@ -79,7 +87,8 @@ def setup(args) -> tuple:
     if any(a not in AXES for a in names) or len(set(names)) != len(names):
         raise UserError(f"--axes takes distinct names of {', '.join(AXES)}; got {', '.join(names)}")
     options = ScalingOptions(seeds=tuple(range(args.seed, args.seed + args.seeds)), epochs=args.epochs,
-                             level=args.level, refine=args.refine, threads=args.threads)
+                             level=args.level, refine=args.refine, extend=args.extend,
+                             equal_steps=args.equal_steps, threads=args.threads)
     return configs, {a: AXES[a] for a in names}, options
 
 

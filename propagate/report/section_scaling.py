@@ -24,8 +24,8 @@ from propagate.report.tasks import ReportRunner
 from propagate.scaling import AXES, BASE, CONFIGS, ScalingOptions, scaling_grid
 from propagate.templates import render
 
-__all__ = ["SETTINGS_FULL", "SETTINGS_QUICK", "figure_scaling", "plot_scaling", "miss_lines", "fit_lines",
-           "section_markdown", "start", "section"]
+__all__ = ["SETTINGS_FULL", "SETTINGS_QUICK", "budget_text", "figure_scaling", "fit_lines", "miss_lines",
+           "plot_scaling", "section", "section_markdown", "start"]
 
 #: The report leaves out width 1024 (about three quarters of the grid's time on 2 cores); `propagate scaling`
 #: runs the whole of :data:`propagate.scaling.AXES`.
@@ -35,8 +35,10 @@ REPORT_LRS = tuple(lr for lr in ScalingOptions().lrs if lr > 0.99e-5)
 #: Nor relu-he-normal: at 50 hidden layers it trains at no learning rate within one epoch (it fails at every rate of
 #: the grid), so most of its cells only measure that; `propagate scaling` runs it.
 REPORT_CONFIGS = tuple(c for c in CONFIGS if c != "relu-he-normal")
+#: The grid is defined on 5,000 training images (the first 5,000 of any dataset: all of mnist-5k): one epoch of
+#: every cell of it on Fashion-MNIST's 60,000 would take hours on 2 cores and measure the same first steps.
 SETTINGS_FULL = dict(configs=REPORT_CONFIGS, axes=REPORT_AXES, base=BASE, seeds=(0, 1, 2), epochs=1, level=0.3,
-                     lrs=REPORT_LRS, refine=2, n_train=None)
+                     lrs=REPORT_LRS, refine=2, n_train=5000)
 SETTINGS_QUICK = dict(configs=("selu-lecun-normal",), axes={"width": (32, 64), "depth": (4, 8)},
                       base={"width": 64, "depth": 8, "batch_size": 128, "rho": 0.9}, seeds=(0, 1), epochs=1,
                       level=0.2, lrs=(1e-4, 1e-3, 1e-2), refine=0, n_train=1024)
@@ -131,13 +133,19 @@ def miss_lines(cells) -> list[str]:
             continue
         why = []
         if c.get("censored"):
-            why.append("the grid's largest learning rate still trains, so the measured value is only a lower bound")
+            why.append("the largest learning rate tried still trains, so the measured value is only a lower bound "
+                       "and the true ratio is larger still")
         crit = str(c.get("criterion") or "")
         if crit.startswith("no-progress"):
             why.append("the lookahead saw no learning rate make progress and fell back to the edge of stability")
         if r > 2:
             why.append("training recovers from first steps that the lookahead calls too large (the loss after "
                        f"{int(c.get('steps', 0)) or 'K'} steps has not yet come back down)")
+            if "-bn-" in str(c["config"]):
+                why.append("with BN each hidden layer is invariant to its weights' scale, so large first steps grow "
+                           "the weights and shrink the effective step lr / |W|^2 (Arora, Li & Lyu 2019): the "
+                           "network limps on to the accuracy level at rates whose first steps undo the initial "
+                           "progress")
         else:
             why.append("the first steps are stable but one epoch at that rate does not reach the accuracy level "
                        "(too slow or pushed off its statistics later than the lookahead looks)")
@@ -178,17 +186,32 @@ def _axis_ratio(cells, axis, values) -> str:
     return "; ".join(out) if out else "not measured"
 
 
+def budget_text(cells, S: dict) -> str:
+    """How long each cell trains: the epochs per batch size where the equal-steps budget raises them."""
+    if "epochs" not in cells:
+        return f"{S['epochs']} epoch(s) per run"
+    per = cells.groupby("batch_size")["epochs"].max().dropna()
+    raised = [f"{int(e)} at batch {b}" for b, e in per.items() if e > S["epochs"]]
+    text = f"{S['epochs']} epoch(s) per run"
+    if raised:
+        text += (", raised so that every cell takes at least the base cell's optimizer steps (its batch size's "
+                 f"epoch): {', '.join(raised)}")
+    return text
+
+
 def section_markdown(cells, fits, S: dict, data_note: str) -> str:
     within = cells["within_2x"].dropna().astype(bool)
+    censored = cells[cells["censored"].astype(bool)] if "censored" in cells else cells.iloc[:0]
     misses = miss_lines(cells)
     axes = S["axes"]
     return render("section_scaling.md", {
         "configs": ", ".join(S["configs"]), "base": ", ".join(f"{k} {v:g}" for k, v in S["base"].items()),
         "axes": "; ".join(f"{k} {', '.join(f'{v:g}' for v in vals)}" for k, vals in axes.items()),
-        "n_seeds": len(S["seeds"]), "epochs": S["epochs"], "level": f"{S['level']:g}", "data_note": data_note,
+        "n_seeds": len(S["seeds"]), "level": f"{S['level']:g}", "data_note": data_note,
         "refine": S["refine"], "n_cells": len(within), "n_within": int(within.sum()),
         "share_within": f"{within.mean():.0%}" if len(within) else "n/a",
-        "n_unmeasured": int(cells["ratio"].isna().sum()),
+        "n_unmeasured": int(cells["ratio"].isna().sum()), "budget": budget_text(cells, S),
+        "n_censored": len(censored), "n_censored_out": int(censored["within_2x"].isna().sum()),
         "misses": "\n".join(misses) if misses else "No cell with a measured limit misses by more than 2x.",
         "fits": "\n".join(fit_lines(fits)),
         "rho": _axis_ratio(cells, "rho", axes.get("rho", ())) if "rho" in axes else "not measured",
