@@ -15,9 +15,9 @@ of points on the runner (in process or on Dask) and resumes:
   epoch above ``level``) on a log grid, extended upwards ``extend`` grid steps
   where the grid's top still trains, and bisected ``refine`` times towards the
   smallest rate above it that does not. Every cell trains at least as many
-  optimizer steps as the base cell's ``epochs`` epochs (``equal_steps``): at
-  5,000 images one epoch is 40 steps at batch 128 but 10 at batch 512, too few
-  for the first steps' excursion to settle, so batch 512 trains 4 epochs
+  optimizer steps as the base cell's ``epochs`` epochs (``equal_steps``): on
+  mnist-5k's 4,000 training images one epoch is 32 steps at batch 128 but 8 at
+  batch 512, too few for the first steps' excursion to settle, so batch 512 trains 4 epochs
   (:func:`cell_epochs`). Stability is a property of steps, not of images seen;
 - predicted: ``max_lr_predicted`` of :func:`propagate.lr_limit.predict_max_lr`
   (the optimizer's own first steps), per seed and their geometric mean with its

@@ -518,6 +518,9 @@ def test_scaling_template_from_constructed_tables():
     assert ("Training: 1 epoch(s) per run, raised so that every cell takes at least the base cell's optimizer steps "
             "(its batch size's epoch): 4 at batch 512 (stability") in text
     assert "1 cell(s) still train at the largest rate tried" in text and "(0 left out)" in text
+    from propagate.report.section_scaling import censored_text
+
+    assert censored_text(cells.iloc[:0]).startswith("No cell still trains at the largest rate tried")
     assert "**Within 2x**: 2 of the 3 cells that have a measured limit (67%); 1 (configuration, cell) pairs" in text
     assert ("- c at n1024: measured / predicted = 2.60; the largest learning rate tried still trains, so the "
             "measured value is only a lower bound and the true ratio is larger still; training recovers") in text

@@ -24,7 +24,7 @@ from propagate.report.tasks import ReportRunner
 from propagate.scaling import AXES, BASE, CONFIGS, ScalingOptions, scaling_grid
 from propagate.templates import render
 
-__all__ = ["SETTINGS_FULL", "SETTINGS_QUICK", "budget_text", "figure_scaling", "fit_lines", "miss_lines",
+__all__ = ["SETTINGS_FULL", "SETTINGS_QUICK", "budget_text", "censored_text", "figure_scaling", "fit_lines", "miss_lines",
            "plot_scaling", "section", "section_markdown", "start"]
 
 #: The report leaves out width 1024 (about three quarters of the grid's time on 2 cores); `propagate scaling`
@@ -35,7 +35,8 @@ REPORT_LRS = tuple(lr for lr in ScalingOptions().lrs if lr > 0.99e-5)
 #: Nor relu-he-normal: at 50 hidden layers it trains at no learning rate within one epoch (it fails at every rate of
 #: the grid), so most of its cells only measure that; `propagate scaling` runs it.
 REPORT_CONFIGS = tuple(c for c in CONFIGS if c != "relu-he-normal")
-#: The grid is defined on 5,000 training images (the first 5,000 of any dataset: all of mnist-5k): one epoch of
+#: The grid is defined on at most 5,000 training images (the first 5,000 of a larger dataset; mnist-5k's training
+#: split has 4,000, all used): one epoch of
 #: every cell of it on Fashion-MNIST's 60,000 would take hours on 2 cores and measure the same first steps.
 SETTINGS_FULL = dict(configs=REPORT_CONFIGS, axes=REPORT_AXES, base=BASE, seeds=(0, 1, 2), epochs=1, level=0.3,
                      lrs=REPORT_LRS, refine=2, n_train=5000)
@@ -66,7 +67,8 @@ def figure_scaling(cells, fits=None, axes=None):
     """One panel per axis of ``cells`` (:attr:`propagate.scaling.ScalingResult.cells`): largest lr against the axis.
 
     Per configuration (one colour): the measured largest learning rate that
-    trains (filled circle; a bar up to the smallest rate above it that does
+    trains (filled circle, shifted sideways by 3% per configuration so that
+    equal values stay visible; a bar up to the smallest rate above it that does
     not; open when the grid's top still trains) and the predicted one (line,
     with its 95% interval over seeds as a band). Log-log except for rho;
     legend entries carry the fitted exponents ``d ln lr* / d ln x``.
@@ -79,11 +81,14 @@ def figure_scaling(cells, fits=None, axes=None):
         axes = axes[0]
     colours = dict(zip(dict.fromkeys(cells["config"]), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for ax, axis in zip(axes, names):
-        for config, colour in colours.items():
+        for k, (config, colour) in enumerate(colours.items()):
             d = _on_axis(cells[cells["config"] == config], axis)
             x = d[axis].to_numpy(float)
             if axis == "rho":
                 x = 1.0 - x
+            # measured points of different configurations often share a grid rate: a small sideways offset per
+            # configuration (3% in x, a log axis) keeps each visible; lines and bands stay at the true x
+            xm = x * 1.03 ** (k - (len(colours) - 1) / 2)
             pred, lo, hi = (d[c].to_numpy(float) for c in ("max_lr_predicted", "max_lr_predicted_ci_low",
                                                             "max_lr_predicted_ci_high"))
             ax.plot(x, pred, "-", color=colour, lw=1.4, label=f"{config}{_fit_label(fits, config, axis)}")
@@ -92,10 +97,10 @@ def figure_scaling(cells, fits=None, axes=None):
             m, bad = d["max_lr_measured"].to_numpy(float), d["max_lr_bad"].to_numpy(float)
             ok = np.isfinite(m)
             cens = d["censored"].to_numpy(bool)
-            ax.errorbar(x[ok], m[ok], yerr=[np.zeros(ok.sum()), np.where(np.isfinite(bad[ok]), bad[ok] - m[ok], 0)],
+            ax.errorbar(xm[ok], m[ok], yerr=[np.zeros(ok.sum()), np.where(np.isfinite(bad[ok]), bad[ok] - m[ok], 0)],
                         fmt="none", ecolor=colour, elinewidth=1, capsize=2)
-            ax.plot(x[ok & ~cens], m[ok & ~cens], "o", color=colour, ms=5)
-            ax.plot(x[ok & cens], m[ok & cens], "o", mfc="none", mec=colour, ms=5)
+            ax.plot(xm[ok & ~cens], m[ok & ~cens], "o", color=colour, ms=5)
+            ax.plot(xm[ok & cens], m[ok & cens], "o", mfc="none", mec=colour, ms=5)
         ax.set_yscale("log")
         ax.set_xscale("log", base=10 if axis == "rho" else 2)
         if axis != "rho":  # the grid's own values as plain numbers (not 2^5)
@@ -199,6 +204,15 @@ def budget_text(cells, S: dict) -> str:
     return text
 
 
+def censored_text(censored) -> str:
+    """What the cells whose largest rate tried still trains (``censored``: their rows) count for."""
+    if not len(censored):
+        return "No cell still trains at the largest rate tried (the grid climbs above its top where that trains)."
+    return (f"{len(censored)} cell(s) still train at the largest rate tried, so their measured limit is only a lower "
+            "bound: counted as a miss when even that bound is more than 2x the prediction, left out otherwise "
+            f"({int(censored['within_2x'].isna().sum())} left out).")
+
+
 def section_markdown(cells, fits, S: dict, data_note: str) -> str:
     within = cells["within_2x"].dropna().astype(bool)
     censored = cells[cells["censored"].astype(bool)] if "censored" in cells else cells.iloc[:0]
@@ -211,7 +225,7 @@ def section_markdown(cells, fits, S: dict, data_note: str) -> str:
         "refine": S["refine"], "n_cells": len(within), "n_within": int(within.sum()),
         "share_within": f"{within.mean():.0%}" if len(within) else "n/a",
         "n_unmeasured": int(cells["ratio"].isna().sum()), "budget": budget_text(cells, S),
-        "n_censored": len(censored), "n_censored_out": int(censored["within_2x"].isna().sum()),
+        "censored": censored_text(censored),
         "misses": "\n".join(misses) if misses else "No cell with a measured limit misses by more than 2x.",
         "fits": "\n".join(fit_lines(fits)),
         "rho": _axis_ratio(cells, "rho", axes.get("rho", ())) if "rho" in axes else "not measured",
