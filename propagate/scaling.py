@@ -17,8 +17,8 @@ of points on the runner (in process or on Dask) and resumes:
   smallest rate above it that does not. Every cell trains at least as many
   optimizer steps as the base cell's ``epochs`` epochs (``equal_steps``): on
   mnist-5k's 4,000 training images one epoch is 32 steps at batch 128 but 8 at
-  batch 512, too few for the first steps' excursion to settle, so batch 512 trains 4 epochs
-  (:func:`cell_epochs`). Stability is a property of steps, not of images seen;
+  batch 512, too few for the first steps' excursion to settle, so batch 512
+  trains 4 epochs (:func:`cell_epochs`). Stability is a property of steps, not of images seen;
 - predicted: ``max_lr_predicted`` of :func:`propagate.lr_limit.predict_max_lr`
   (the optimizer's own first steps), per seed and their geometric mean with its
   95% interval;
@@ -182,7 +182,8 @@ def fit_exponent(x: Sequence[float], y: Sequence[float], upper: Sequence[float] 
     import numpy as np
     from scipy import stats
 
-    up = list(upper) if upper is not None else [math.nan] * len(list(x))
+    x, y = list(x), list(y)
+    up = list(upper) if upper is not None else [math.nan] * len(x)
     pts = [(math.log(a), math.log(b), math.log(u / b) if u > b and math.isfinite(u) else 0.0)
            for a, b, u in zip(x, y, up) if a > 0 and b > 0 and math.isfinite(b)]
     n = len(pts)
@@ -277,17 +278,17 @@ def scaling_grid(dataset, configs: Sequence[str] = tuple(CONFIGS), *, axes: dict
         if c not in CONFIGS:
             raise UserError(f"unknown scaling configuration {c!r}; use one of {', '.join(CONFIGS)}")
     grid_cells = cells(axes, base)
-    entries = [(f"{c}@{cell.name}", cell_spec(c, cell), _overrides(cell, dataset.n_train, options, base))
-               for c in configs for cell in grid_cells]
+    overrides = {cell: _overrides(cell, dataset.n_train, options, base) for cell in grid_cells}
+    entries = [(f"{c}@{cell.name}", cell_spec(c, cell), overrides[cell]) for c in configs for cell in grid_cells]
     res = trainability(entries, options.lrs, dataset, options.trainability_options(), progress=progress,
                        out_dir=Path(out_dir) / "trainability" if out_dir is not None else None, resume=resume,
                        workers=workers, scheduler=scheduler, client=client, trainer=trainer, predictor=predictor)
-    epochs = {cell: _overrides(cell, dataset.n_train, options, base).get("epochs", options.epochs)
-              for cell in grid_cells}
+    epochs = {cell: o.get("epochs", options.epochs) for cell, o in overrides.items()}
     table = _frame(_cell_rows(configs, grid_cells, res, base, axes, epochs))
     fits = fit_exponents(table, res.predictions)
     within = table["within_2x"].dropna()
-    meta = run_metadata(seed=options.seeds[0], uses=("torch",), kind="scaling", options=options.to_dict(), axes=axes or AXES,
+    meta = run_metadata(seed=options.seeds[0], uses=("torch",), kind="scaling", options=options.to_dict(),
+                        axes=axes or AXES,
                         base=base or BASE, configs={c: CONFIGS[c] for c in configs},
                         dataset={"name": dataset.name, "n_train": dataset.n_train, "n_test": dataset.n_test},
                         cells_with_measured_limit=int(len(within)), cells_within_2x=int(within.sum()))

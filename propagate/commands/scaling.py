@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from propagate.cluster import check_where
-from propagate.commands._args import (data_dir, name_list, output_dir, positive_int, probability, refine_steps,
+from propagate.commands._args import (data_dir, name_list, nonneg_int, output_dir, positive_int, probability, refine_steps,
                                       scheduler_address, seed, threads, workers)
 from propagate.commands._output import add_output_arguments, check_outputs, emit, to_stdout
 from propagate.errors import UserError
@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--level", type=probability, default=0.3,
                    help="'trains' when the lower 95%% bound of the running training accuracy exceeds this (default 0.3)")
     g.add_argument("--refine", type=refine_steps, default=2, help="bisection steps per (config, cell) (default 2)")
-    g.add_argument("--extend", type=refine_steps, default=3,
+    g.add_argument("--extend", type=nonneg_int, default=3,
                    help="grid steps tried above the top where it still trains (default 3)")
     g.add_argument("--equal-steps", action=argparse.BooleanOptionalAction, default=True,
                    help="give every cell at least the base cell's optimizer steps: larger batches train more "

@@ -127,7 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="'trains' when the lower 95%% bound of the criterion exceeds this (default 0.5)")
     t.add_argument("--refine", type=refine_steps, default=0,
                    help="bisection steps in log lr per config, at most 20 (default 0)")
-    t.add_argument("--extend", type=refine_steps, default=0,
+    t.add_argument("--extend", type=nonneg_int, default=0,
                    help="grid steps tried above the top lr for a config that still trains there (default 0)")
     t.add_argument("--predict-only", action="store_true", help="predict the largest lr of each config; train nothing")
     t.add_argument("--no-predict", action="store_true", help="skip the predictions")
@@ -185,7 +185,8 @@ def setup(args) -> tuple:
     options = TrainabilityOptions(
         seeds=tuple(range(args.seed, args.seed + args.seeds)), epochs=args.epochs, optimizer=args.optimizer,
         batch_size=args.batch_size, rho=args.rho, warmup=args.warmup, criterion=args.criterion, level=args.level,
-        refine=args.refine, extend=args.extend, predict=not args.no_predict or args.predict_only, sharpness=not args.no_sharpness,
+        refine=args.refine, extend=args.extend, predict=not args.no_predict or args.predict_only,
+        sharpness=not args.no_sharpness,
         sharpness_batch=args.sharpness_batch, device=args.device, threads=args.threads)
     if args.predict_only and args.no_predict:
         raise UserError("--predict-only and --no-predict contradict each other")

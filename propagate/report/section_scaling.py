@@ -24,8 +24,8 @@ from propagate.report.tasks import ReportRunner
 from propagate.scaling import AXES, BASE, CONFIGS, ScalingOptions, scaling_grid
 from propagate.templates import render
 
-__all__ = ["SETTINGS_FULL", "SETTINGS_QUICK", "budget_text", "censored_text", "figure_scaling", "fit_lines", "miss_lines",
-           "plot_scaling", "section", "section_markdown", "start"]
+__all__ = ["SETTINGS_FULL", "SETTINGS_QUICK", "budget_text", "censored_text", "figure_scaling", "fit_lines",
+           "miss_lines", "plot_scaling", "section", "section_markdown", "start"]
 
 #: The report leaves out width 1024 (about three quarters of the grid's time on 2 cores); `propagate scaling`
 #: runs the whole of :data:`propagate.scaling.AXES`.
@@ -36,8 +36,8 @@ REPORT_LRS = tuple(lr for lr in ScalingOptions().lrs if lr > 0.99e-5)
 #: the grid), so most of its cells only measure that; `propagate scaling` runs it.
 REPORT_CONFIGS = tuple(c for c in CONFIGS if c != "relu-he-normal")
 #: The grid is defined on at most 5,000 training images (the first 5,000 of a larger dataset; mnist-5k's training
-#: split has 4,000, all used): one epoch of
-#: every cell of it on Fashion-MNIST's 60,000 would take hours on 2 cores and measure the same first steps.
+#: split has 4,000, all used): one epoch of every cell of it on Fashion-MNIST's 60,000 would take hours on 2 cores
+#: and measure the same first steps.
 SETTINGS_FULL = dict(configs=REPORT_CONFIGS, axes=REPORT_AXES, base=BASE, seeds=(0, 1, 2), epochs=1, level=0.3,
                      lrs=REPORT_LRS, refine=2, n_train=5000)
 SETTINGS_QUICK = dict(configs=("selu-lecun-normal",), axes={"width": (32, 64), "depth": (4, 8)},
