@@ -116,13 +116,58 @@ def heavy_parts() -> None:
           f"speed-up {sum(here.values()) / sum(there.values()):.2f}x (one part at a time)")
 
 
+def timeline(workers: int = 2) -> None:
+    """Where the cores go in one ``report --quick --workers N`` build: each worker's busy share, the gaps in which
+    a worker waited for work, and when the page's steps finished in this process (Dask's task stream)."""
+    from distributed import get_task_stream
+
+    from propagate.cluster import dask_client
+    from propagate.report import ReportOptions, build_report
+
+    steps = []
+    with tempfile.TemporaryDirectory() as tmp, dask_client(workers) as client:
+        client.run(lambda: __import__("propagate.train"))  # workers up and torch imported: not timed
+        opts = ReportOptions(quick=True, work_dir=str(Path(tmp) / "work"))
+        t0 = time.time()
+        with get_task_stream(client) as ts:
+            build_report(Path(tmp) / "report", opts, client=client,
+                         notify=lambda m: steps.append((time.time() - t0, m)))
+        total = time.time() - t0
+    busy: dict[str, list] = {}
+    for task in ts.data:
+        for s in task["startstops"]:
+            if s["action"] == "compute":
+                busy.setdefault(task["worker"], []).append((s["start"] - t0, s["stop"] - t0, task["key"]))
+    print(f"report --quick on {workers} workers (started beforehand): {total:.1f} s")
+    for w, spans in sorted(busy.items()):
+        spans.sort()
+        used = sum(b - a for a, b, _ in spans)
+        gaps, end = [], 0.0
+        for a, b, _ in spans:
+            if a - end > 1.0:
+                gaps.append(f"{end:.0f}-{a:.0f}s")
+            end = max(end, b)
+        if total - end > 1.0:
+            gaps.append(f"{end:.0f}-{total:.0f}s")
+        print(f"  worker {w}: busy {used:.1f} s of {total:.1f} s ({used / total:.0%}); idle gaps over 1 s: "
+              f"{', '.join(gaps) or 'none'}")
+    for t, m in steps:
+        if m.startswith("report:"):
+            print(f"  {t:6.1f} s  {m}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--report-only", action="store_true", help="time only the whole quick report")
     group.add_argument("--parts-only", action="store_true", help="time only the heavy parts")
+    group.add_argument("--timeline", action="store_true",
+                       help="one 2-worker quick build: each worker's busy share and idle gaps, the page's steps")
     args = ap.parse_args()
     print(f"cores: {os.cpu_count()}; python {sys.version.split()[0]}", flush=True)
+    if args.timeline:
+        timeline()
+        return
     if not args.parts_only:
         whole_report()
     if not args.report_only:

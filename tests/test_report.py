@@ -299,6 +299,47 @@ def test_report_runner_on_a_callers_client():
             job.result()
 
 
+def _line_figure(ys, *, title=""):
+    """A small figure for the runner's figure tasks (module level: a task's function pickles by reference)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot(ys)
+    ax.set_title(title)
+    return fig
+
+
+def test_runner_tasks_and_figures_give_the_in_process_values(tmp_path):
+    """A runner task computes what the call computes, in process or on a worker; a shared input reaches the tasks;
+    a figure drawn on a worker is written only by write_figures, with the bytes the in-process runner writes."""
+    import logging
+
+    import numpy as np
+    from distributed import Client, LocalCluster
+
+    from propagate.report.tasks import ReportRunner
+    from propagate.theory import chi_1
+
+    with ReportRunner() as here:
+        job = here.task("chi", chi_1, "relu", 2.0, 0.0)
+        assert here.task("chi", None) is job and job.result() == 1.0  # sigma_w^2 / 2 for ReLU without bias
+        assert here.share("x", [1, 2]) == [1, 2]
+        here.figure(tmp_path / "here", _line_figure, [1.0, 3.0, 2.0], title="t")
+        assert here.write_figures() == []  # in process: written at once
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0",
+                      silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
+        with ReportRunner(client=client) as there:
+            assert there.task("chi", chi_1, "relu", 2.0, 0.0).result() == 1.0
+            x = there.share("x", np.arange(5.0))
+            assert there.share("x", None) is x and there.task("sum", np.sum, x).result() == 10.0
+            there.figure(tmp_path / "there", _line_figure, [1.0, 3.0, 2.0], title="t")
+            assert not (tmp_path / "there.png").exists()
+            written = there.write_figures()
+        assert sorted(p.name for p in written) == ["there.png", "there.svg"]
+    for fmt in ("png", "svg"):
+        assert (tmp_path / f"there.{fmt}").read_bytes() == (tmp_path / f"here.{fmt}").read_bytes()
+
+
 def test_presets_of_one_architecture_train_together():
     """The seed's presets fall into four models: ReLU and SELU, each without and with BN, initializers batched."""
     from propagate.presets import list_presets

@@ -198,23 +198,48 @@ class _Run:
     def table(self, df, name: str) -> None:
         write_table(df, self.data / name, self.meta)
 
-    def figure(self, fig, name: str) -> None:
-        from propagate.report.style import save_figure
+    def figure(self, name: str, plot: Callable, *args, **kwargs) -> None:
+        """``plot(*args, **kwargs)``'s figure as ``figures/name`` (drawn where the runner draws, :meth:`ReportRunner.figure`)."""
+        self.runner.figure(self.figures / name, plot, *args, **kwargs)
 
-        save_figure(fig, self.figures / name)
+
+def _selu_data():
+    """The SELU section's numbers: ``(solved constants, moment-map trajectories)`` (one task of the runner)."""
+    from propagate.report.compute import selu_summary, selu_trajectories
+
+    return selu_summary(), selu_trajectories()
+
+
+def _phase_data(quick: bool):
+    """The phase diagrams' numbers: ``(grids, critical lines, initializers' marks)`` (one task of the runner)."""
+    import numpy as np
+
+    from propagate.report.compute import init_marks, phase_grid
+
+    grids, lines = {}, {}
+    sw = np.linspace(0.1, 4.0, 14 if quick else 40)
+    sb = np.linspace(0.0, 0.5, 8 if quick else 26)
+    for act in ("tanh", "selu"):
+        grids[act], lines[act] = phase_grid(act, sw, sb)
+    return grids, lines, init_marks(256, 256)
+
+
+def _start_tasks(run: _Run) -> None:
+    """Start the page's own light computations (SELU, phase diagram) as tasks of the runner (on Dask they run on
+    the workers from now on, so this process only draws nothing and waits; in process, when the page asks)."""
+    run.runner.task("selu", _selu_data)
+    run.runner.task("phase", _phase_data, run.opts.quick)
 
 
 def _selu_part(run: _Run) -> dict:
     """1. SELU: the solved constants, moment-map trajectories and the derivation."""
-    from propagate.report.compute import selu_summary, selu_trajectories
     from propagate.report.figures import plot_selu_flow
 
-    selu = selu_summary()
-    traj = selu_trajectories()
+    selu, traj = run.runner.task("selu", _selu_data).result()
     run.table(traj, "selu_trajectories.csv")
     write_json(selu, run.data / "selu_solution.json", run.meta)
     atomic_write_text(run.folder / "selu_derivation.md", selu_derivation_markdown())
-    run.figure(plot_selu_flow(traj, box=(-0.1, 0.1, 0.8, 1.5)), "selu_flow.png")
+    run.figure("selu_flow.png", plot_selu_flow, traj, box=(-0.1, 0.1, 0.8, 1.5))
     run.step("SELU fixed point")
     return selu
 
@@ -238,29 +263,22 @@ def _simulation_part(run: _Run, dataset, x_train):
     run.table(sims.sim, "simulation_layers.csv")
     run.table(sims.theory, "theory_layers.csv")
     inputs_desc = f"{n_sim} {dataset.name} training images ([0, 1] pixels)"
-    run.figure(plot_layer_moments(sims.sim, sims.theory), "layer_moments.png")
-    run.figure(plot_grad_norms(sims.sim, sims.theory), "grad_norms.png")
+    run.figure("layer_moments.png", plot_layer_moments, sims.sim, sims.theory)
+    run.figure("grad_norms.png", plot_grad_norms, sims.sim, sims.theory)
     run.step("simulation")
     return sims, inputs_desc
 
 
 def _phase_part(run: _Run) -> dict:
     """4. Phase diagrams of tanh and SELU with their critical lines and the initializers' marks."""
-    import numpy as np
-
-    from propagate.report.compute import init_marks, phase_grid
     from propagate.report.figures import plot_phase_diagram
 
-    grids, lines = {}, {}
-    sw = np.linspace(0.1, 4.0, 14 if run.opts.quick else 40)
-    sb = np.linspace(0.0, 0.5, 8 if run.opts.quick else 26)
+    grids, lines, marks = run.runner.task("phase", _phase_data, run.opts.quick).result()
     for act in ("tanh", "selu"):
-        grids[act], lines[act] = phase_grid(act, sw, sb)
         run.table(grids[act], f"phase_{act}.csv")
         run.table(lines[act], f"critical_line_{act}.csv")
-    marks = init_marks(256, 256)
     run.table(marks, "init_sigma_w2.csv")
-    run.figure(plot_phase_diagram(grids, lines, marks), "phase_diagram.png")
+    run.figure("phase_diagram.png", plot_phase_diagram, grids, lines, marks)
     run.step("phase diagram")
     return lines
 
@@ -376,12 +394,11 @@ def _training_part(run: _Run, training):
     for lr in opts.lrs:
         h = history[history["lr"] == lr]
         squares = "; squares: the lecture demo's numbers, measured at this lr" if lr == DEMO_LR else ""
-        run.figure(plot_training_bands(
-            h, reported, title=f"Training the network of depth 51, RMSprop lr {lr:g}: mean of {opts.seeds} seeds, "
-                               f"band 95% t interval (dashed: with batch normalization{squares})"),
-                   f"training_curves_lr{lr:g}.png")
+        run.figure(f"training_curves_lr{lr:g}.png", plot_training_bands, h, reported,
+                   title=f"Training the network of depth 51, RMSprop lr {lr:g}: mean of {opts.seeds} seeds, "
+                         f"band 95% t interval (dashed: with batch normalization{squares})")
     drift = drift_runs(summary, opts.lrs)
-    run.figure(plot_layer_drift_bands(layers, drift), "training_layer_drift.png")
+    run.figure("training_layer_drift.png", plot_layer_drift_bands, layers, drift)
     run.step("training")
     return summary, history, layers, drift
 
@@ -425,6 +442,8 @@ def _start_sections(run: _Run, ctx: dict, train_ds, work: Path) -> None:
     """Start every extra section's heavy part (on Dask they run from now on; in process, when the section asks)."""
     for name in run.opts.sections:
         module = importlib.import_module(f"propagate.report.section_{name}")
+        if name == "trainability":
+            module.start_dynamics(ctx)
         if name == "trainability" and not run.opts.quick:
             _trainability_dir(run, train_ds, work)
         elif hasattr(module, "start"):
@@ -461,6 +480,7 @@ def _page_part(run: _Run, dataset, selu, sims, inputs_desc, lines, train_ds, tra
 
     summary, history, layers, drift = training
     facts = collect_facts(selu, sims, summary, history, layers, lines, run.opts)
+    run.runner.write_figures()  # the figures drawn on workers (on Dask), once all are drawn
     elapsed = time.perf_counter() - run.t_start
     where = run.runner.describe()
     opts = run.opts if not run.runner.on_dask else replace(
@@ -513,6 +533,7 @@ def build_report(out_dir: str | Path, options: ReportOptions | None = None, *, p
         run = _Run(opts, run_meta, tmp, progress, say, runner, t_start=t_start)
         ctx = _section_context(run, dataset, train_ds, work)
         _start_simulation(run, x_train)  # on Dask every heavy part starts here
+        _start_tasks(run)
         training = _start_training(run, train_ds, work)
         _start_sections(run, ctx, train_ds, work)
         selu = _selu_part(run)

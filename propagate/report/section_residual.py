@@ -14,9 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from propagate.io import write_table
+from propagate.report.tasks import ReportRunner
 from propagate.templates import render
 
-__all__ = ["section", "compute_residual_tables", "residual_summary", "section_markdown", "plot_residual_layernorm",
+__all__ = ["section", "start", "compute_residual_tables", "residual_summary", "section_markdown", "plot_residual_layernorm",
            "VARIANTS"]
 
 #: (name, spec changes) of the three networks compared.
@@ -147,19 +148,31 @@ def section_markdown(summary: dict, sizes: dict) -> str:
     return render("section_residual.md", values)
 
 
+def _settings(ctx: dict) -> dict:
+    return dict(depth=200, width=128, samples=128, seeds=4) if ctx.get("quick") else dict(depth=200, width=256,
+                                                                                          samples=256, seeds=8)
+
+
+def start(ctx: dict, progress=None):
+    """The section's simulations as one task of ``ctx["runner"]`` (in process without one); its ``result()`` is
+    :func:`compute_residual_tables`'. The report calls it early (on Dask it runs on a worker from then on);
+    :func:`section` gets the same task."""
+    runner = ctx.get("runner") or ReportRunner()
+    return runner.task("residual", compute_residual_tables, seed=int(ctx.get("seed", 0)),
+                       progress=None if runner.on_dask else progress, **_settings(ctx))
+
+
 def section(out_dir: Path, ctx: dict, progress=None) -> str:
     """Compute, write data and figure, and return the markdown of the residual/LayerNorm section."""
-    from propagate.report.style import save_figure
-
     out_dir = Path(out_dir)
-    quick = bool(ctx.get("quick", False))
-    kw = dict(depth=200, width=128, samples=128, seeds=4) if quick else dict(depth=200, width=256, samples=256, seeds=8)
-    table, per_seed = compute_residual_tables(seed=int(ctx.get("seed", 0)), progress=progress, **kw)
+    runner = ctx.get("runner") or ReportRunner()
+    kw = _settings(ctx)
+    table, per_seed = start({**ctx, "runner": runner}, progress).result()
     meta = {"kind": "residual_layernorm", **kw, "seed": int(ctx.get("seed", 0)), "activation": "relu",
             "init": "glorot_uniform"}
     (out_dir / "data").mkdir(parents=True, exist_ok=True)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     write_table(table, out_dir / "data" / "residual_layernorm.csv", meta)
     write_table(per_seed, out_dir / "data" / "residual_layernorm_per_seed.csv", meta)
-    save_figure(plot_residual_layernorm(table, per_seed), out_dir / "figures" / "residual_layernorm")
+    runner.figure(out_dir / "figures" / "residual_layernorm", plot_residual_layernorm, table, per_seed)
     return section_markdown(residual_summary(table), kw)

@@ -130,12 +130,30 @@ def compute_training(configs, dataset, *, epochs=3, seed=0, lrs=(1e-3,), seeds=5
                      ignore_index=True)
 
 
+def simulation_and_rates(configs, *, depth, width, seeds, samples, seed=0, progress=None):
+    """:func:`compute_simulation`'s ``(table, per_seed)`` and the per-layer shrink factors ``{name: j22}``
+    (:func:`selfnorm_j22`) of SELU and the self-normalized GELU: the section's computations besides training."""
+    table, per_seed = compute_simulation(configs, depth=depth, width=width, seeds=seeds, samples=samples, seed=seed,
+                                         progress=progress)
+    return table, per_seed, {"SELU": selfnorm_j22("elu"), "self-normalized GELU": selfnorm_j22("gelu")}
+
+
+def _simulation_task(ctx: dict, progress=None):
+    """:func:`simulation_and_rates` as one task of ``ctx["runner"]`` (on Dask: on a worker, from the report's start)."""
+    runner = ctx.get("runner") or ReportRunner()
+    S, seed, configs, _, _ = runner.memo("selfnorm setup", _setup, ctx)
+    return runner.task("selfnorm simulation", simulation_and_rates, configs, depth=S["depth"], width=S["width"],
+                       seeds=S["seeds"], samples=S["samples"], seed=seed,
+                       progress=None if runner.on_dask else progress)
+
+
 def start(ctx: dict, progress=None):
     """The section's training runs as one part of ``ctx["runner"]`` (in process without one); its ``result()`` is
     :func:`compute_training`'s history. The report calls it early (on Dask the runs train from then on);
     :func:`section` calls it again and gets the same part."""
     runner = ctx.get("runner") or ReportRunner()
     S, seed, _, data_sub, train_configs = runner.memo("selfnorm setup", _setup, ctx)
+    _simulation_task({**ctx, "runner": runner}, progress)
     work = ctx.get("work_dir")
     return runner.part("selfnorm", compute_training, train_configs, data_sub, epochs=S["epochs"], seed=seed,
                        lrs=S["lrs"], seeds=S["train_seeds"], progress=progress, runner=runner,
@@ -518,18 +536,15 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     out_dir = Path(out_dir)
     say = progress if callable(progress) else None
     ctx = {**ctx, "runner": ctx.get("runner") or ReportRunner()}
-    S, seed, configs, data_sub, train_configs = ctx["runner"].memo("selfnorm setup", _setup, ctx)
-    j22 = {"SELU": selfnorm_j22("elu"), "self-normalized GELU": selfnorm_j22("gelu")}
-    table, per_seed = compute_simulation(configs, depth=S["depth"], width=S["width"], seeds=S["seeds"],
-                                         samples=S["samples"], seed=seed, progress=say)
+    runner = ctx["runner"]
+    S, seed, configs, data_sub, train_configs = runner.memo("selfnorm setup", _setup, ctx)
+    table, per_seed, j22 = _simulation_task(ctx, say).result()
     history = start(ctx, say).result()
     chance = chance_accuracy(data_sub.y_test)
     finals = final_per_seed(history)
     summary = summarize_training(finals, chance)
     _write_tables(out_dir, S, seed, configs, train_configs, data_sub.name, table, history, summary, chance)
-    from propagate.report.style import save_figure
-
-    save_figure(plot_selfnorm_simulation(table, per_seed), out_dir / "figures" / "selfnorm_depth50")
-    save_figure(plot_selfnorm_training(history, chance), out_dir / "figures" / "selfnorm_training")
+    runner.figure(out_dir / "figures" / "selfnorm_depth50", plot_selfnorm_simulation, table, per_seed)
+    runner.figure(out_dir / "figures" / "selfnorm_training", plot_selfnorm_training, history, chance)
     return section_markdown(S, seed, configs, simulation_summary(table, configs, S["depth"]), j22, data_sub.name,
                             train_configs, summary, finals, chance)

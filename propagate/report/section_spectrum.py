@@ -29,7 +29,7 @@ import numpy as np
 from propagate.io import run_metadata, write_table
 from propagate.templates import render
 
-__all__ = ["section", "CONFIGS", "spread_figure", "spectrum_figure", "spectrum_figure_png", "section_specs",
+__all__ = ["section", "start", "CONFIGS", "spread_figure", "spectrum_figure", "spectrum_figure_png", "section_specs",
            "compute_spread", "compute_spectrum", "section_markdown"]
 
 #: (activation, sigma_w2, sigma_b2, label of the operating point).
@@ -256,35 +256,52 @@ def compute_spectrum(depth: int, width: int, networks: int, points: int, seed: i
     return panels, pd.DataFrame(mrows), densities
 
 
+def _sizes(ctx: dict):
+    quick = bool(ctx.get("quick", False))
+    return (SPREAD_QUICK if quick else SPREAD_FULL), (SPECTRUM_QUICK if quick else SPECTRUM_FULL), \
+        (DENSITY_POINTS[0] if quick else DENSITY_POINTS[1])
+
+
+def start(ctx: dict, progress=None):
+    """The section's two computations as tasks of ``ctx["runner"]`` (in process without one):
+    ``(spread task, spectrum task)``, their ``result()`` :func:`compute_spread`'s and :func:`compute_spectrum`'s.
+    The report calls it early (on Dask they run on workers from then on); :func:`section` gets the same tasks."""
+    from propagate.report.tasks import ReportRunner
+
+    runner = ctx.get("runner") or ReportRunner()
+    say = None if runner.on_dask else progress
+    seed = int(ctx.get("seed", 0))
+    (widths, depth, networks, inputs), (sdepth, swidth, snets), points = _sizes(ctx)
+    return (runner.task("spread", compute_spread, widths, depth, networks, inputs, seed, say),
+            runner.task("spectrum", compute_spectrum, sdepth, swidth, snets, points, seed, say))
+
+
 def section(out_dir: Path, ctx: dict, progress=None) -> str:
     """Compute, write CSVs and figures, return the markdown of the section."""
-    from propagate.report.style import report_style, save_figure
+    from propagate.report.tasks import ReportRunner
 
     out_dir = Path(out_dir)
     (out_dir / "data").mkdir(parents=True, exist_ok=True)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
-    quick = bool(ctx.get("quick", False))
+    runner = ctx.get("runner") or ReportRunner()
     seed = int(ctx.get("seed", 0))
-    widths, depth, networks, inputs = SPREAD_QUICK if quick else SPREAD_FULL
-    sdepth, swidth, snets = SPECTRUM_QUICK if quick else SPECTRUM_FULL
+    (widths, depth, networks, inputs), (sdepth, swidth, snets), _ = _sizes(ctx)
+    spread_task, spectrum_task = start({**ctx, "runner": runner}, progress)
 
     meta = run_metadata(seed=seed, kind="spectrum section", spread={"widths": list(widths), "depth": depth,
                         "networks": networks, "inputs": inputs}, spectrum={"depth": sdepth, "width": swidth,
                         "networks": snets}, configs=[list(c) for c in CONFIGS])
-    results, spread = compute_spread(widths, depth, networks, inputs, seed, progress)
+    results, spread = spread_task.result()
     write_table(spread, out_dir / "data" / "spread.csv", meta)
-    with report_style():
-        fig = spread_figure(results, title=f"spread across {networks} networks, one fixed input, depth {depth}")
-        save_figure(fig, out_dir / "figures" / "spread.png")
+    runner.figure(out_dir / "figures" / "spread.png", spread_figure, results, style=True,
+                  title=f"spread across {networks} networks, one fixed input, depth {depth}")
 
-    points = DENSITY_POINTS[0] if quick else DENSITY_POINTS[1]
-    panels, moments, densities = compute_spectrum(sdepth, swidth, snets, points, seed, progress)
+    panels, moments, densities = spectrum_task.result()
     for (act, wt), dens in densities.items():
         write_table(dens, out_dir / "data" / f"spectrum_{act}_{wt}.csv", meta)
     write_table(moments, out_dir / "data" / "spectrum_moments.csv", meta)
-    with report_style():
-        fig = spectrum_figure(panels, title=f"input-output Jacobian, depth {sdepth}, width {swidth}")
-        save_figure(fig, out_dir / "figures" / "spectrum.png")
+    runner.figure(out_dir / "figures" / "spectrum.png", spectrum_figure, panels, style=True,
+                  title=f"input-output Jacobian, depth {sdepth}, width {swidth}")
     return section_markdown(spread, moments, depth, networks, sdepth, swidth, snets)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from propagate.io import run_metadata, write_table
 from propagate.templates import render
 
-__all__ = ["section", "sweep_summary", "compute_sweep", "compare_with_theory", "section_markdown", "figure_sweep_map",
+__all__ = ["section", "start", "sweep_summary", "compute_sweep", "compare_with_theory", "section_markdown", "figure_sweep_map",
            "plot_sweep_phase", "measured_chi_1", "GRID_FULL", "GRID_QUICK"]
 
 #: (sigma_w2 values, sigma_b2 values, depth, width, samples, seeds) of the section.
@@ -228,6 +228,18 @@ def plot_sweep_phase(summary, depth: int, activation: str = "tanh"):
     return fig
 
 
+def start(ctx: dict, progress=None):
+    """The section's grid of simulations as one task of ``ctx["runner"]`` (in process without one); its
+    ``result()`` is :func:`compute_sweep`'s. The report calls it early (on Dask it runs on a worker from then
+    on); :func:`section` gets the same task."""
+    from propagate.report.tasks import ReportRunner
+
+    runner = ctx.get("runner") or ReportRunner()
+    sw2s, sb2s, depth, width, samples, seeds = GRID_QUICK if ctx.get("quick") else GRID_FULL
+    return runner.task("sweep", compute_sweep, sw2s, sb2s, depth, width, samples, seeds, int(ctx.get("seed", 0)),
+                       "tanh", None if runner.on_dask else progress)
+
+
 def section(out_dir: Path, ctx: dict, progress=None) -> str:
     """Compute the (sigma_w2, sigma_b2) sweep of tanh networks, write data and figure, return the markdown.
 
@@ -235,17 +247,18 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     of 30 layers) and ``seed``. ``progress``: ``True`` for a bar on stderr, or
     ``callable(message)`` (a line about every quarter of the grid, like the other sections).
     """
-    from propagate.report.style import save_figure
+    from propagate.report.tasks import ReportRunner
 
     out_dir = Path(out_dir)
+    runner = ctx.get("runner") or ReportRunner()
     grid = GRID_QUICK if ctx.get("quick") else GRID_FULL
     sw2s, sb2s, depth, width, samples, seeds = grid
     seed = int(ctx.get("seed", 0))
-    summary, line = compute_sweep(sw2s, sb2s, depth, width, samples, seeds, seed, "tanh", progress)
+    summary, line = start({**ctx, "runner": runner}, progress).result()
     meta = run_metadata(seed=seed, kind="sweep section", activation="tanh", depth=depth, width=width,
                         samples=samples, networks=seeds, sigma_w2=[float(v) for v in sw2s],
                         sigma_b2=[float(v) for v in sb2s], input_mean=INPUT_MEAN, input_var=INPUT_VAR)
     write_table(summary, out_dir / "data" / "sweep_phase.csv", meta)
     write_table(line, out_dir / "data" / "sweep_critical_line.csv", meta)
-    save_figure(plot_sweep_phase(summary, depth), out_dir / "figures" / "sweep_phase.png")
+    runner.figure(out_dir / "figures" / "sweep_phase.png", plot_sweep_phase, summary, depth)
     return section_markdown(summary, line, grid, seed)

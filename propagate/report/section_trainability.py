@@ -38,7 +38,7 @@ from propagate.sign_steps import warmup_gain
 __all__ = ["section", "figure_trainability_map", "figure_dynamics_map", "figure_dynamics_lines", "plot_trainability_map", "plot_dynamics",
            "TrainabilityGrid", "section_settings", "read_trainability_dir", "compute_trainability_grid",
            "compute_dynamics", "config_lines", "verdict_flips", "prediction_values", "dynamics_text",
-           "section_markdown", "start", "SETTINGS_FULL", "SETTINGS_QUICK", "DEMO_LR", "SEED_LR"]
+           "section_markdown", "start", "start_dynamics", "dynamics_trace", "SETTINGS_FULL", "SETTINGS_QUICK", "DEMO_LR", "SEED_LR"]
 
 #: The lecture demo's learning rate (Keras RMSprop default); ``SEED_LR`` is its old name.
 DEMO_LR = SEED_LR = 1e-3
@@ -438,24 +438,51 @@ def _dataset(ctx: dict):
     return dataset
 
 
-def compute_dynamics(S: dict, data, seed: int, progress=None):
-    """First-epoch per-layer statistics of each ``dyn_presets`` at each ``dyn_lrs`` for each of ``dyn_seeds``, one table."""
-    import pandas as pd
-
+def dynamics_trace(spec, lr: float, seed: int, data, max_steps):
+    """One first-epoch trace (:func:`propagate.trainability.first_epoch_dynamics`, one thread, 128 probe images)."""
     from propagate.train import TrainOptions
 
+    return first_epoch_dynamics(spec, TrainOptions(lr=lr, seed=seed, threads=1), data, probe_size=128,
+                                max_steps=max_steps)
+
+
+def _dynamics_tasks(S: dict, data, seed: int, runner) -> list:
+    """``[(preset, lr, seed, task)]``: every trace of :func:`compute_dynamics` as one task of ``runner``."""
+    shared = runner.share("trainability dynamics data", data)
+    return [(p, lr, seed + k, runner.task(f"dynamics {p} lr {lr:g} seed {seed + k}", dynamics_trace, _spec_of(S, p),
+                                          lr, seed + k, shared, S["dyn_steps"]))
+            for p in S["dyn_presets"] for lr in S["dyn_lrs"] for k in S["dyn_seeds"]]
+
+
+def compute_dynamics(S: dict, data, seed: int, progress=None, runner=None):
+    """First-epoch per-layer statistics of each ``dyn_presets`` at each ``dyn_lrs`` for each of ``dyn_seeds``, one table.
+
+    Each trace is one task of ``runner`` (:meth:`propagate.report.tasks.ReportRunner.task`; default in process):
+    on Dask they run on the workers, side by side."""
+    import pandas as pd
+
+    runner = runner or ReportRunner()
     say = progress if callable(progress) else (lambda m: None)
     frames = []
-    for p in S["dyn_presets"]:
-        for lr in S["dyn_lrs"]:
-            for k in S["dyn_seeds"]:
-                say(f"first-epoch dynamics: {p} lr {lr:g} seed {seed + k}")
-                d = first_epoch_dynamics(_spec_of(S, p), TrainOptions(lr=lr, seed=seed + k, threads=1), data,
-                                         probe_size=128, max_steps=S["dyn_steps"])
-                frames.append(d.assign(config=p, lr=lr, seed=seed + k))
+    for p, lr, k, task in _dynamics_tasks(S, data, seed, runner):
+        say(f"first-epoch dynamics: {p} lr {lr:g} seed {k}")
+        frames.append(task.result().assign(config=p, lr=lr, seed=k))
     cols = ["config", "lr", "seed"]
     df = pd.concat(frames, ignore_index=True)
     return df[cols + [c for c in df.columns if c not in cols]]
+
+
+def start_dynamics(ctx: dict):
+    """The section's first-epoch traces as tasks of ``ctx["runner"]`` (the report calls it early: on Dask they
+    run on workers from then on); :func:`section` gets the same tasks."""
+    runner = ctx.get("runner") or ReportRunner()
+    S, dataset = section_settings(ctx), _dataset(ctx)
+    return _dynamics_tasks(S, _dynamics_data(ctx, S, dataset), int(ctx.get("seed", 0)), runner)
+
+
+def _dynamics_data(ctx: dict, S: dict, dataset):
+    """The traces' data: the section's subset in a quick report, all of the dataset's training images otherwise."""
+    return _subset(dataset, S["n_train"], S["n_test"]) if ctx.get("quick") else dataset
 
 
 # ----------------------------------------------------------------------------
@@ -680,10 +707,11 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     seed = int(ctx.get("seed", 0))
     say = progress if callable(progress) else (lambda m: None)
     dataset = _dataset(ctx)
-    sub = _subset(dataset, S["n_train"], S["n_test"])
-    # the whole first epoch on the section's data (a full report: all its training images), here, while the
-    # grid's points may still be running elsewhere
-    dyn = compute_dynamics(S, sub if ctx.get("quick") else dataset, seed, say)
+    # the whole first epoch on the section's data (a full report: all its training images), as tasks of the
+    # runner (on Dask beside the grid's points)
+    runner = ctx.get("runner") or ReportRunner()
+    ctx = {**ctx, "runner": runner}
+    dyn = compute_dynamics(S, _dynamics_data(ctx, S, dataset), seed, say, runner)
     write_table(dyn, out_dir / "data" / "trainability_dynamics.csv")
     tdir = ctx.get("trainability_dir")
     tdir = tdir.result() if hasattr(tdir, "result") else tdir  # a part of the report's runner: its folder, when done
@@ -692,11 +720,9 @@ def section(out_dir: Path, ctx: dict, progress=None) -> str:
     write_table(grid.configs, out_dir / "data" / "trainability_configs.csv")
     if grid.predictions is not None and len(grid.predictions):
         write_table(grid.predictions, out_dir / "data" / "trainability_predictions.csv")
-    from propagate.report.style import save_figure
-
     title = f"Where each configuration trains ({grid.n_seeds} seeds, {grid.epochs} epoch(s))"
-    save_figure(plot_trainability_map(grid.points, grid.configs, criterion=grid.criterion, level=grid.level,
-                                      title=title), out_dir / "figures" / "trainability_map.png")
+    runner.figure(out_dir / "figures" / "trainability_map.png", plot_trainability_map, grid.points, grid.configs,
+                  criterion=grid.criterion, level=grid.level, title=title)
     for p in S["dyn_presets"]:
-        save_figure(plot_dynamics(dyn, p, S["dyn_lrs"]), out_dir / "figures" / f"trainability_dynamics_{p}.png")
+        runner.figure(out_dir / "figures" / f"trainability_dynamics_{p}.png", plot_dynamics, dyn, p, S["dyn_lrs"])
     return section_markdown(grid, dyn, S)

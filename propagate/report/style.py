@@ -7,6 +7,7 @@ shown by line style or panel, never by a new colour.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import zlib
@@ -118,13 +119,38 @@ def config_title(activation: str, init: str, normalization: str = "none", residu
     return name + (f", residual {residual:g}" if residual else "")
 
 
-def save_figure(fig, path: str | Path, formats=("png", "svg")) -> list[Path]:
-    """Save ``fig`` as ``path`` with each suffix in ``formats``, atomically; close it."""
-    path = Path(path)
-    written = []
+def figure_files(fig, formats=("png", "svg")) -> dict[str, bytes]:
+    """``fig`` encoded in each of ``formats`` (``{format: bytes}``, as :func:`save_figure` writes them); closes it."""
+    files = {}
     for fmt in formats:
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, bbox_inches="tight", dpi=STYLE["savefig.dpi"], metadata={"Date": None} if fmt == "svg" else None)
-        written.append(atomic_write_bytes(path.with_suffix("." + fmt), buf.getvalue()))
+        # SVG element ids from a fixed salt (not a random one per file): the same figure gives the same bytes
+        with plt.rc_context({"svg.hashsalt": "propagate"}):
+            fig.savefig(buf, format=fmt, bbox_inches="tight", dpi=STYLE["savefig.dpi"],
+                        metadata={"Date": None} if fmt == "svg" else None)
+        files[fmt] = buf.getvalue()
     plt.close(fig)
-    return written
+    return files
+
+
+def write_figure_files(files: dict[str, bytes], path: str | Path) -> list[Path]:
+    """Write :func:`figure_files`' bytes as ``path`` with each format's suffix, atomically."""
+    path = Path(path)
+    return [atomic_write_bytes(path.with_suffix("." + fmt), data) for fmt, data in files.items()]
+
+
+def save_figure(fig, path: str | Path, formats=("png", "svg")) -> list[Path]:
+    """Save ``fig`` as ``path`` with each suffix in ``formats``, atomically; close it."""
+    return write_figure_files(figure_files(fig, formats), path)
+
+
+def draw(plot, args=(), kwargs=None, *, style: bool = False, formats=("png", "svg")) -> dict[str, bytes]:
+    """Draw ``plot(*args, **kwargs)`` (a function that returns a figure), under :func:`report_style` if ``style``,
+    and return its files' bytes (:func:`figure_files`). A report's figure as one task: it runs in any process,
+    on the Agg backend (a worker of a cluster has no display)."""
+    import matplotlib
+
+    if matplotlib.get_backend().lower() != "agg":
+        plt.switch_backend("Agg")
+    with report_style() if style else contextlib.nullcontext():
+        return figure_files(plot(*args, **(kwargs or {})), formats)

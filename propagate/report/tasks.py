@@ -21,11 +21,17 @@ back), so the result does not depend on where the point ran.
   single-threaded processes, a running ``scheduler``, or the caller's
   ``client``). Every heavy part is started at the beginning, each in a
   background thread of this process that submits its points and waits for
-  them, so the points of all parts wait in one queue and the workers stay busy
-  while this process draws the cheap parts; the page is assembled in order,
-  each section waiting only for its own part. Training ensembles have the
-  highest Dask priority (the longest points start first, so none is left for
-  the end), then the self-normalization runs, then the grids' points.
+  them, so the points of all parts wait in one queue; the page's light
+  computations (the SELU solve, the phase diagram, the residual, spectrum and
+  sweep sections' simulations, the self-normalization section's simulation,
+  the first-epoch traces) are single tasks (:meth:`ReportRunner.task`) in the
+  same queue, and every figure is drawn on a worker too
+  (:meth:`ReportRunner.figure`), so this process only waits, writes tables
+  and assembles the page in order, each section waiting only for its own
+  part. Figures go first, then the short tasks and simulation points the page
+  waits for in its order, then the training ensembles (the longest points, so
+  none is left for the end), the self-normalization runs and the grids'
+  points (:data:`PRIORITY`).
 
 Points carry their torch thread count (:attr:`ReportRunner.threads`: 1 on
 Dask, where this process also computes its own parts with one thread, so
@@ -61,10 +67,11 @@ from propagate.stats import layer_table
 __all__ = ["ReportRunner", "Aborted", "train_point", "train_configurations", "run_frames", "run_result",
            "PRIORITY"]
 
-#: Dask priorities of the report's points: the simulation first (short points the page needs early), then the
-#: longest points (training ensembles, self-normalization runs), then the grids' points (which trainability and
-#: scaling submit at Dask's default priority 0).
-PRIORITY = {"simulation": 3, "training": 2, "selfnorm": 1, "grid": 0}
+#: Dask priorities of the report's points: a figure as soon as its data is there, then the short tasks and
+#: simulation points the page needs early (the page waits for them in its order, and draws nothing until
+#: they are done), then the longest points (training ensembles, self-normalization runs), then the grids'
+#: points (which trainability and scaling submit at Dask's default priority 0).
+PRIORITY = {"figure": 4, "task": 3, "simulation": 3, "training": 2, "selfnorm": 1, "grid": 0}
 #: Training options that change no number of a point (not in its key, as :mod:`propagate.trainability` keys).
 _NOT_IN_KEY = ("device", "threads")
 
@@ -119,6 +126,8 @@ class ReportRunner:
         self._engines: list[OnDask] = []
         self._parts: dict[str, Any] = {}
         self._memo: dict[str, Any] = {}
+        self._shared: dict[str, Any] = {}
+        self._figures: list[tuple[Path, Any]] = []
         self._aborted = threading.Event()
 
     def describe(self) -> str:
@@ -141,6 +150,7 @@ class ReportRunner:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self._aborted.set()
+            self._cancel_tasks()
         for engine in list(self._engines):  # what is still queued is cancelled (an interrupted build)
             engine.close()
         try:
@@ -211,11 +221,90 @@ class ReportRunner:
                 self._parts[name] = self._pool.submit(fn, *args, **kwargs)
         return self._parts[name]
 
+    def task(self, name: str, fn: Callable, *args, priority: int = PRIORITY["task"], **kwargs):
+        """The job ``name``: ``fn(*args, **kwargs)`` as one task (its ``result()``), started at the first call.
+
+        For the page's light computations (a SELU solve, a phase grid, a
+        section's simulations, a first-epoch trace): in process it is computed
+        here when ``result()`` is first called (as :meth:`part`); on Dask it is
+        submitted now as one task that runs on a worker with this runner's
+        torch threads, so this process only waits for it and the numbers are the
+        in-process ones at the same thread count. ``fn`` and the arguments must
+        pickle (module-level functions; large inputs through :meth:`share`).
+        Later calls with the same ``name`` return the same job.
+        """
+        if name not in self._parts:
+            if self._pool is None:
+                self._parts[name] = _Deferred(fn, args, kwargs)
+            else:
+                self._parts[name] = self.client.submit(_call_with_threads, fn, self.threads, args, kwargs,
+                                                       key=_task_key(name), pure=False, priority=priority)
+        return self._parts[name]
+
+    def share(self, name: str, value):
+        """``value`` as task arguments should carry it: on Dask scattered once per ``name`` to the workers (a
+        dataset is sent once, not with every task); in process ``value`` itself."""
+        if self._pool is None:
+            return value
+        if name not in self._shared:
+            self._shared[name] = self.client.scatter(value, hash=False)
+        return self._shared[name]
+
+    def figure(self, path: str | Path, plot: Callable, *args, style: bool = False, **kwargs) -> None:
+        """Draw ``plot(*args, **kwargs)`` (a function returning a matplotlib figure; under the report's style if
+        ``style``) into ``path`` as PNG and SVG (:func:`propagate.report.style.save_figure`).
+
+        In process it is drawn and written now; on Dask it is drawn on a worker
+        (:func:`propagate.report.style.draw`, a task of the highest priority) while
+        this process goes on, and written by :meth:`write_figures`, which the
+        page calls before it is finished.
+        """
+        from propagate.report.style import draw, write_figure_files
+
+        if self._pool is None:
+            write_figure_files(draw(plot, args, kwargs, style=style), path)
+            return
+        future = self.client.submit(draw, plot, args, kwargs, style=style, key=_task_key(f"figure {Path(path).name}"),
+                                    pure=False, priority=PRIORITY["figure"])
+        self._figures.append((Path(path), future))
+
+    def write_figures(self) -> list[Path]:
+        """Write the figures drawn on workers (:meth:`figure`) into their files; the paths written."""
+        from propagate.report.style import write_figure_files
+
+        written = []
+        while self._figures:
+            path, future = self._figures.pop(0)
+            written += write_figure_files(future.result(), path)
+        return written
+
+    def _cancel_tasks(self) -> None:
+        futures = [f for f in self._parts.values() if hasattr(f, "cancel") and not isinstance(f, _Deferred)]
+        futures += [f for _, f in self._figures]
+        self._figures.clear()
+        for f in futures:
+            with contextlib.suppress(Exception):
+                f.cancel()
+
     def memo(self, name: str, fn: Callable, *args, **kwargs):
         """``fn(*args, **kwargs)`` computed here once per ``name`` (a part's inputs, shared by its start and its section)."""
         if name not in self._memo:
             self._memo[name] = fn(*args, **kwargs)
         return self._memo[name]
+
+
+def _task_key(name: str) -> str:
+    import uuid
+
+    return f"propagate-report-{name.replace(' ', '-')}-{uuid.uuid4().hex}"
+
+
+def _call_with_threads(fn: Callable, threads: int | None, args: tuple, kwargs: dict):
+    """``fn(*args, **kwargs)`` with ``threads`` torch threads (a :meth:`ReportRunner.task` on a worker)."""
+    from propagate.torch_settings import torch_settings
+
+    with torch_settings(threads=threads):
+        return fn(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------- values
