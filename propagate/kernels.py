@@ -482,7 +482,9 @@ def _plan(model):
             pieces = None
             break
         pieces.append(piece)
-    plan = _Plan(pieces, model.modules()) if pieces else None
+    # the plan holds the model's submodules, never the model itself: a cached value that referred to its weak
+    # key would keep every model ever trained alive (each trainability point's network stayed in memory)
+    plan = _Plan(pieces, [m for m in model.modules() if m is not model]) if pieces else None
     _PLANS[model] = plan
     return plan
 
@@ -504,7 +506,7 @@ def training_forward(model, x, optimizer=None):
     import torch
 
     plan = _plan(model) if ENABLED and CHAIN else None
-    if plan is None or not torch.is_grad_enabled() or x.dim() != 3 or not plan.training():
+    if plan is None or not torch.is_grad_enabled() or x.dim() != 3 or not (model.training and plan.training()):
         return model(x)
     update = getattr(optimizer, "backward_update", None)
     update = update(plan.params) if update is not None else None

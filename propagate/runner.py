@@ -189,6 +189,17 @@ def call(fn: Callable, args: tuple = (), kwargs: Mapping[str, Any] | None = None
     return {"ok": True, "value": value, "meta": {**where, "seconds": time.perf_counter() - t0}}
 
 
+def call_on_worker(fn: Callable, args: tuple = (), kwargs: Mapping[str, Any] | None = None) -> dict:
+    """:func:`call` on a Dask worker, which then gives the point's freed memory back to the system
+    (:func:`propagate.cluster.release_memory`: a long-lived worker's resident memory would otherwise only grow)."""
+    from propagate.cluster import release_memory
+
+    try:
+        return call(fn, args, kwargs)
+    finally:
+        release_memory()
+
+
 def _result(point: Point, envelope: dict) -> Result:
     return Result(point, envelope["ok"], envelope.get("value"), envelope.get("error"), envelope.get("traceback"),
                   envelope.get("exception"), dict(envelope.get("meta", {})))
@@ -324,7 +335,7 @@ class OnDask(Closing):
         try:
             for p in points:
                 args, kwargs = p.bind(self._scattered(p))
-                fut = client.submit(call, p.fn, args, kwargs, key=f"{self.prefix}-{p.key}-{token}", pure=False,
+                fut = client.submit(call_on_worker, p.fn, args, kwargs, key=f"{self.prefix}-{p.key}-{token}", pure=False,
                                     priority=self.priority)
                 futures[fut] = p
                 self._futures[fut] = p

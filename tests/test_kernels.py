@@ -268,6 +268,21 @@ def test_chain_applies_only_where_every_op_has_a_piece_and_the_model_trains():
         torch.autograd.grad(g.sum(), w)
 
 
+def test_a_trained_model_is_freed_with_its_chain():
+    """The chain's cached plan does not keep its model alive: a model trained through the chain and then dropped
+    is collected, parameters and all (before, every network a worker trained stayed in memory: a trainability
+    grid's workers grew by one model per point until Dask paused them)."""
+    import gc
+    import weakref
+
+    model, opt = _train(_chain_spec(CHAIN_SPECS["selu-bn"]), [0, 1], _batches(2, 2), "chain")
+    assert kernels._plan(model) is not None
+    refs = [weakref.ref(model)] + [weakref.ref(p) for p in model.parameters()]
+    del model, opt
+    gc.collect()
+    assert [r() is None for r in refs] == [True] * len(refs)
+
+
 def test_chain_dropout_masks_are_the_modules_masks():
     """The chain draws each seed's masks from the same per-seed generators in the same order as the modules."""
     spec = _chain_spec(CHAIN_SPECS["tanh-dropout"])

@@ -423,17 +423,57 @@ def _worker_settings():
     import dask
 
     return os.environ.get("MALLOC_TRIM_THRESHOLD_"), dask.config.get("distributed.worker.profile.enabled"), \
-        os.environ.get("OMP_NUM_THREADS")
+        os.environ.get("OMP_NUM_THREADS"), dask.config.get("distributed.worker.memory.pause")
+
+
+def _heap_after_a_point():
+    """On a worker: the resident memory after a point that freed 600 MB of 4 MB blocks (glibc keeps them in its
+    heap once a freed mmap raised its threshold), and the resident memory after the worker's release."""
+    import os
+
+    import numpy as np
+
+    from propagate.cluster import release_memory
+
+    def rss():
+        with open(f"/proc/{os.getpid()}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    np.ones(2 << 20)  # a freed 16 MB mapping: glibc's mmap threshold rises above the 4 MB blocks below
+    blocks, small = [np.ones(1 << 19) for _ in range(150)], [np.ones(100) for _ in range(150)]
+    del blocks
+    before = rss()
+    released = release_memory()
+    return before, rss(), released, len(small)
 
 
 def test_local_cluster_workers_keep_allocator_defaults_and_no_profiler(monkeypatch):
     """Dask's default MALLOC_TRIM_THRESHOLD_ (every tensor a fresh mmap) and 10 ms stack sampling cost a
-    sweep 27% and 20% of its time (benchmarks/bench_sweep.py); the local cluster starts its workers without."""
+    sweep 27% and 20% of its time (benchmarks/bench_sweep.py); the local cluster starts its workers without,
+    and without Dask's pause at 80% of their memory (it frees nothing here: workers hold no Dask data)."""
     from propagate.cluster import dask_client
 
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     with dask_client(workers=1) as c:
-        assert set(c.run(_worker_settings).values()) == {(None, False, "1")}
+        assert set(c.run(_worker_settings).values()) == {(None, False, "1", False)}
+
+
+def test_release_memory_gives_a_freed_heap_back(monkeypatch):
+    """Freed blocks kept in glibc's heap go back to the system after release_memory (what a worker calls after
+    every point); every point a worker runs is followed by it."""
+    import sys
+
+    import propagate.cluster as cluster
+    from propagate.runner import call_on_worker
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's malloc_trim")
+    before, after, released, _ = _heap_after_a_point()
+    assert released and before - after > 300e6, (before, after)
+    calls = []
+    monkeypatch.setattr(cluster, "release_memory", lambda: calls.append(1) or True)
+    assert call_on_worker(max, (1, 2))["value"] == 2 and calls == [1]
+    assert call_on_worker(int, ("x",))["ok"] is False and calls == [1, 1]  # after a failing point too
 
 
 def test_folder_of_a_sweep_before_the_runner_resumes(tmp_path):

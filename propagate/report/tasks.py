@@ -301,10 +301,14 @@ def _task_key(name: str) -> str:
 
 def _call_with_threads(fn: Callable, threads: int | None, args: tuple, kwargs: dict):
     """``fn(*args, **kwargs)`` with ``threads`` torch threads (a :meth:`ReportRunner.task` on a worker)."""
+    from propagate.cluster import release_memory
     from propagate.torch_settings import torch_settings
 
-    with torch_settings(threads=threads):
-        return fn(*args, **kwargs)
+    try:
+        with torch_settings(threads=threads):
+            return fn(*args, **kwargs)
+    finally:
+        release_memory()
 
 
 # ----------------------------------------------------------------------------- values
