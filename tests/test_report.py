@@ -569,6 +569,32 @@ def test_scaling_template_from_constructed_tables():
     assert "c: measured no measured limit, predicted 1.00" in text
 
 
+def test_scaling_figure_leaves_out_a_band_of_decades_and_scales_to_the_values():
+    """A configuration whose seeds' predictions lie decades apart gets no band (its legend entry says so), and
+    the y axis spans the measured and predicted values (a factor 4 around them), not the widest band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from propagate.report.section_scaling import BAND_MAX, figure_scaling
+
+    rows = []
+    for config, spread in (("narrow", 1.5), ("wide", 1e3)):
+        for n, p in ((64, 4e-4), (256, 1e-4)):
+            rows.append({"config": config, "cell": f"n{n}", "axes": "width", "width": n, "depth": 50,
+                         "batch_size": 128, "rho": 0.9, "max_lr_measured": p, "max_lr_bad": 1.3 * p,
+                         "censored": False, "max_lr_predicted": p, "max_lr_predicted_ci_low": p / spread,
+                         "max_lr_predicted_ci_high": p * spread})
+    _, ax = plt.subplots()
+    figure_scaling(pd.DataFrame(rows), axes=[ax])
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["narrow", f"wide (band > {BAND_MAX:g}x not drawn)"]
+    assert ax.get_ylim() == pytest.approx((1e-4 / 4, 1.3 * 4e-4 * 4))
+    plt.close("all")
+
+
 def test_report_never_downloads_into_a_named_data_dir(tmp_path, monkeypatch):
     """With ``data_dir`` the report reads that folder and never downloads into it (the folder is the user's):
     an empty folder ends in a UserError that names `propagate data fetch`, with nothing fetched or written."""

@@ -51,15 +51,19 @@ def _on_axis(cells, axis):
     return cells[cells["axes"].str.split(",").apply(lambda a: axis in a)].sort_values(axis)
 
 
-def _fit_label(fits, config, axis) -> str:
-    if fits is None or axis not in ("width", "depth"):
-        return ""
-    f = fits[(fits["config"] == config) & (fits["axis"] == axis)].set_index("source")
+def _fit_label(fits, config, axis, note: str = "") -> str:
     parts = []
-    for src, short in (("measured", "meas."), ("predicted", "pred.")):
-        if src in f.index and np.isfinite(f.loc[src, "slope"]):
-            parts.append(f"{short} {f.loc[src, 'slope']:+.2f}")
+    if fits is not None and axis in ("width", "depth"):
+        f = fits[(fits["config"] == config) & (fits["axis"] == axis)].set_index("source")
+        for src, short in (("measured", "meas."), ("predicted", "pred.")):
+            if src in f.index and np.isfinite(f.loc[src, "slope"]):
+                parts.append(f"{short} {f.loc[src, 'slope']:+.2f}")
+    parts += [note] if note else []
     return f" ({', '.join(parts)})" if parts else ""
+
+
+#: A predicted 95% band wider than this factor (the seeds' limits decades apart) is not drawn (the legend says so).
+BAND_MAX = 30.0
 
 
 def figure_scaling(cells, fits=None, axes=None):
@@ -69,7 +73,9 @@ def figure_scaling(cells, fits=None, axes=None):
     trains (filled circle, shifted sideways by 3% per configuration so that
     equal values stay visible; a bar up to the smallest rate above it that does
     not; open when the grid's top still trains) and the predicted one (line,
-    with its 95% interval over seeds as a band). Log-log except for rho;
+    with its 95% interval over seeds as a band, cut at a factor 4 beyond the
+    panel's measured and predicted values, so that one configuration's wide
+    band does not flatten the others). Log-log except for rho;
     legend entries carry the fitted exponents ``d ln lr* / d ln x``.
     """
     import matplotlib.pyplot as plt
@@ -80,6 +86,7 @@ def figure_scaling(cells, fits=None, axes=None):
         axes = axes[0]
     colours = dict(zip(dict.fromkeys(cells["config"]), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for ax, axis in zip(axes, names):
+        shown = []  # the measured and predicted values: the y range (a wide band is cut, not the points)
         for k, (config, colour) in enumerate(colours.items()):
             d = _on_axis(cells[cells["config"] == config], axis)
             x = d[axis].to_numpy(float)
@@ -90,10 +97,14 @@ def figure_scaling(cells, fits=None, axes=None):
             xm = x * 1.03 ** (k - (len(colours) - 1) / 2)
             pred, lo, hi = (d[c].to_numpy(float) for c in ("max_lr_predicted", "max_lr_predicted_ci_low",
                                                             "max_lr_predicted_ci_high"))
-            ax.plot(x, pred, "-", color=colour, lw=1.4, label=f"{config}{_fit_label(fits, config, axis)}")
-            ax.fill_between(x, np.where(np.isfinite(lo), lo, pred), np.where(np.isfinite(hi), hi, pred),
-                            color=colour, alpha=0.15, lw=0)
+            lo, hi = np.where(np.isfinite(lo), lo, pred), np.where(np.isfinite(hi), hi, pred)
+            # a band wider than BAND_MAX says the seeds disagree by decades: drawn, it would hide every other line
+            narrow = hi <= lo * BAND_MAX
+            note = "" if narrow.all() else f"band > {BAND_MAX:g}x not drawn"
+            ax.plot(x, pred, "-", color=colour, lw=1.4, label=f"{config}{_fit_label(fits, config, axis, note)}")
+            ax.fill_between(x, lo, hi, where=narrow, color=colour, alpha=0.15, lw=0)
             m, bad = d["max_lr_measured"].to_numpy(float), d["max_lr_bad"].to_numpy(float)
+            shown += [v for v in (*pred, *m, *bad) if np.isfinite(v) and v > 0]
             ok = np.isfinite(m)
             cens = d["censored"].to_numpy(bool)
             ax.errorbar(xm[ok], m[ok], yerr=[np.zeros(ok.sum()), np.where(np.isfinite(bad[ok]), bad[ok] - m[ok], 0)],
@@ -101,6 +112,8 @@ def figure_scaling(cells, fits=None, axes=None):
             ax.plot(xm[ok & ~cens], m[ok & ~cens], "o", color=colour, ms=5)
             ax.plot(xm[ok & cens], m[ok & cens], "o", mfc="none", mec=colour, ms=5)
         ax.set_yscale("log")
+        if shown:
+            ax.set_ylim(min(shown) / 4, max(shown) * 4)
         ax.set_xscale("log", base=10 if axis == "rho" else 2)
         if axis != "rho":  # the grid's own values as plain numbers (not 2^5)
             values = sorted(set(cells[axis].astype(int)) & set(_on_axis(cells, axis)[axis].astype(int)))
