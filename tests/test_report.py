@@ -320,11 +320,20 @@ def test_runner_tasks_and_figures_give_the_in_process_values(tmp_path):
     from propagate.report.tasks import ReportRunner
     from propagate.theory import chi_1
 
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    backend = matplotlib.get_backend()
     with ReportRunner() as here:
         job = here.task("chi", chi_1, "relu", 2.0, 0.0)
         assert here.task("chi", None) is job and job.result() == 1.0  # sigma_w^2 / 2 for ReLU without bias
         assert here.share("x", [1, 2]) == [1, 2]
-        here.figure(tmp_path / "here", _line_figure, [1.0, 3.0, 2.0], title="t")
+        plt.switch_backend("pdf")  # the caller's own backend (a notebook's) is left alone in process
+        try:
+            here.figure(tmp_path / "here", _line_figure, [1.0, 3.0, 2.0], title="t")
+            assert matplotlib.get_backend() == "pdf"
+        finally:
+            plt.switch_backend(backend)
         assert here.write_figures() == []  # in process: written at once
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0",
                       silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:

@@ -226,7 +226,7 @@ def _phase_data(quick: bool):
 
 def _start_tasks(run: _Run) -> None:
     """Start the page's own light computations (SELU, phase diagram) as tasks of the runner (on Dask they run on
-    the workers from now on, so this process only draws nothing and waits; in process, when the page asks)."""
+    the workers from now on and this process only waits for them; in process, when the page asks)."""
     run.runner.task("selu", _selu_data)
     run.runner.task("phase", _phase_data, run.opts.quick)
 

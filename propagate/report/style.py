@@ -144,13 +144,15 @@ def save_figure(fig, path: str | Path, formats=("png", "svg")) -> list[Path]:
     return write_figure_files(figure_files(fig, formats), path)
 
 
-def draw(plot, args=(), kwargs=None, *, style: bool = False, formats=("png", "svg")) -> dict[str, bytes]:
+def draw(plot, args=(), kwargs=None, *, style: bool = False, formats=("png", "svg"),
+         headless: bool = True) -> dict[str, bytes]:
     """Draw ``plot(*args, **kwargs)`` (a function that returns a figure), under :func:`report_style` if ``style``,
-    and return its files' bytes (:func:`figure_files`). A report's figure as one task: it runs in any process,
-    on the Agg backend (a worker of a cluster has no display)."""
+    and return its files' bytes (:func:`figure_files`). A report's figure as one task: with ``headless`` (a
+    worker of a cluster, which has no display) on the Agg backend; ``headless=False`` leaves the caller's
+    backend alone (a notebook's)."""
     import matplotlib
 
-    if matplotlib.get_backend().lower() != "agg":
+    if headless and matplotlib.get_backend().lower() != "agg":
         plt.switch_backend("Agg")
     with report_style() if style else contextlib.nullcontext():
         return figure_files(plot(*args, **(kwargs or {})), formats)

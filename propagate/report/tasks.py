@@ -262,7 +262,7 @@ class ReportRunner:
         from propagate.report.style import draw, write_figure_files
 
         if self._pool is None:
-            write_figure_files(draw(plot, args, kwargs, style=style), path)
+            write_figure_files(draw(plot, args, kwargs, style=style, headless=False), path)
             return
         future = self.client.submit(draw, plot, args, kwargs, style=style, key=_task_key(f"figure {Path(path).name}"),
                                     pure=False, priority=PRIORITY["figure"])
