@@ -101,6 +101,9 @@ class Run:
         self._buf64, self._f64_of = None, None
         self._grad_bufs: list = []
         self._next_grad = 0
+        self.next_op = None  # the op after the one whose taps run (set by forward_ops while they run)
+        self._deferred = None  # (tensor, version, callback): statistics the next op measures in its own pass
+        self._known = None  # (tensor, version, (stats, finite)) the last such pass left for its output's taps
 
     def _fits(self, t) -> bool:
         return (t is not None and t.is_contiguous() and t.numel() >= self._size and t.dtype == self.dtype
@@ -173,6 +176,53 @@ class Run:
         out = self._buf64[: t.numel()].view(t.shape).copy_(t)
         self._f64_of = (t, t._version, out)
         return out
+
+    # statistics fused into the next op's pass over memory (propagate.stats.measure_through)
+
+    def defer_measure(self, t, callback) -> bool:
+        """Have the next op measure ``t`` as a pre-activation in its own pass over ``t``.
+
+        ``callback((stats, finite))`` then receives ``measure(pre=t)``'s
+        values, before anything overwrites ``t``. True when the next op does
+        that (it fuses, see :meth:`propagate.layers.Activation.forward`, and
+        hands its output's statistics to the taps: :meth:`known_stats`);
+        False: the tap measures now.
+        """
+        op = self.next_op
+        if self._deferred is not None or op is None or not op.fuses_measure(t):
+            return False
+        self._deferred = (t, t._version, callback)
+        return True
+
+    def take_deferred(self, t):
+        """The callback deferred on ``t`` (unchanged since), or None; the op that calls this must answer it."""
+        d = self._deferred
+        if d is None or d[0] is not t or d[1] != t._version:
+            return None
+        self._deferred = None
+        return d[2]
+
+    def settle(self) -> None:
+        """Answer a deferral that no op took, from the tensor as it still is (an op that fuses always takes it)."""
+        from propagate.stats import measure
+
+        d, self._deferred = self._deferred, None
+        if d is not None:
+            if d[1] != d[0]._version:
+                raise RuntimeError("a tensor was changed before the statistics deferred on it were taken")
+            d[2](measure(pre=d[0]))
+
+    def know_stats(self, t, stats) -> None:
+        """``(stats, finite)`` of ``t`` as it now is, measured in an op's pass, for its taps (:meth:`known_stats`)."""
+        self._known = (t, t._version, stats)
+
+    def known_stats(self, t):
+        """:meth:`know_stats`' ``(stats, finite)`` of ``t`` if ``t`` is unchanged since, else None."""
+        k = self._known
+        if k is None or k[0] is not t or k[1] != t._version:
+            return None
+        self._known = None
+        return k[2]
 
     def tap(self, op, x) -> None:
         for t in self.taps:

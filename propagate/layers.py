@@ -60,11 +60,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from propagate.activations import Activation as ActivationFn
-from propagate.activations import get_activation, selu_constants, torch_forms
+from propagate.activations import _TableForward, get_activation, selu_constants, torch_forms
 from propagate.inits import get_init
 from propagate import kernels
 from propagate.kernels import activation as torch_activation
 from propagate.kernels import dense as torch_dense
+from propagate.stats import measure_through
 
 __all__ = [
     "Moments",
@@ -195,6 +196,10 @@ class Op:
 
     def children(self) -> Sequence["Op"]:
         return ()
+
+    def fuses_measure(self, x) -> bool:
+        """Whether :meth:`forward` on ``x`` measures ``x`` for a tap in its own pass (:meth:`batched.Run.defer_measure`)."""
+        return False
 
     # theory ----------------------------------------------------------------
     def moments(self, st: Moments, expect, rows: dict) -> tuple[Moments, float]:
@@ -600,7 +605,22 @@ class Activation(Op):
         step = max(1, _BLOCK_ELEMENTS // (G * n))
         for s in range(0, S, step):
             d[s : s + step] = forms.derivative(x[s : s + step, :G])
-        return forms.inplace(x), {"s_d": d}
+        tell = run.take_deferred(x)
+        if tell is None:
+            return forms.inplace(x), {"s_d": d}
+        # a tap asked for x's statistics: they, the activation and its output's statistics in one pass over memory
+        before, after = measure_through(x, forms.inplace, self.act)
+        tell(before)
+        run.know_stats(x, after)
+        return x, {"s_d": d}
+
+    def fuses_measure(self, x) -> bool:
+        # built-in activations only: their in-place forms are elementwise kernels, so the activation applied a
+        # block at a time gives the same numbers (a user's torch function might not be elementwise)
+        import torch
+
+        return (isinstance(get_activation(self.name).torch, _TableForward) and x.dim() == 3
+                and x.is_contiguous() and x.dtype in (torch.float32, torch.float64))
 
     def vjp(self, g, cache):
         return g * cache["s_d"]
@@ -1048,13 +1068,19 @@ def forward_ops(ops: Sequence[Op], x, run):
     Returns ``(y, tape)``, the tape a list of ``(op, cache)`` for :func:`vjp_ops`.
     """
     tape = []
-    for op in ops:
+    for i, op in enumerate(ops):
         x, cache = op.forward(x, run)
+        run.settle()  # statistics deferred to this op and not taken by it (none, when the ops keep their word)
         tape.append((op, cache))
         if op.tap:
-            run.tap(op, x)
+            run.next_op = ops[i + 1] if i + 1 < len(ops) else None  # a tap may defer its measurement to it
+            try:
+                run.tap(op, x)
+            finally:
+                run.next_op = None
         if run.stopped:
             break
+    run.settle()
     return x, tape
 
 

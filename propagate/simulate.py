@@ -401,17 +401,29 @@ class _Measure:
         self.bar = tqdm(total=depth, desc="layers", file=sys.stderr, disable=not progress, leave=False)
 
     def forward(self, op, x, run):
-        """A "pre" (Dense output) or "post" (activation output) tap."""
+        """A "pre" (Dense output) or "post" (activation output) tap.
+
+        The pre-activation is measured by the activation when it can do so in
+        its own pass over memory (:meth:`Run.defer_measure`); it then hands
+        the "post" tap its output's statistics too.
+        """
         if op.tap == "pre":
-            stats, self._ok_pre = measure(pre=x)
-            self.rows.append(stats)
+            row: dict = {}
+            self.rows.append(row)
+            if not run.defer_measure(x, lambda st: self._pre(row, st)):
+                self._pre(row, measure(pre=x))
             return
-        stats, ok_post = measure(post=x, act=self.act)
+        known = run.known_stats(x)
+        stats, ok_post = known if known is not None else measure(post=x, act=self.act)
         self.rows[-1].update(stats)
         self.bar.update(1)
         if not (self._ok_pre and ok_post):
             self.diverged_at = op.layer
             run.stopped = True
+
+    def _pre(self, row, measured):
+        stats, self._ok_pre = measured
+        row.update(stats)
 
     def gradient(self, op, g, run):
         self.grads[op.layer] = measure(grad=run.float64(g))[0]["grad_norm"]  # measure's float64 norm, no copy

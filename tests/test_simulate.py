@@ -506,3 +506,131 @@ def test_run_float64_is_the_double_copy_in_one_reused_buffer():
     assert torch.equal(run.float64(h), h.double()) and run.float64(h).data_ptr() == a.data_ptr()
     d = torch.randn(2, 2, dtype=torch.float64)
     assert run.float64(d) is d
+
+
+# ----------------------------------------------------------------------------
+# statistics fused into the activation's pass over memory
+
+
+@pytest.mark.parametrize("name", ["selu", "relu", "tanh", "linear", "sigmoid"])
+def test_measure_through_equals_measure_before_and_after_the_activation(monkeypatch, name):
+    """One blocked pass gives measure(pre=h) and measure(post=act(h)): moments to float32 round-off (and closer
+    to float64 than one whole-tensor float32 norm), pair correlations, dead and saturated shares exactly, over
+    blocks of an odd requested size (rounded up to even: pairs never straddle) with a short last block per
+    network."""
+    import torch
+
+    from propagate import stats
+    from propagate.activations import get_activation, torch_forms
+
+    act = get_activation(name)
+    monkeypatch.setattr(stats, "CORR_SAMPLES", 90)  # the pairs span three blocks, the last one in part
+    monkeypatch.setattr(stats, "SAT_SAMPLES", 60)
+    g = torch.Generator().manual_seed(1)
+    h = 1.5 * torch.randn(3, 201, 16, generator=g) + 0.2
+    h[:, :, 3] = -50.0  # a unit at SELU's lower bound and ReLU's 0 (dead), tanh's -1 (saturated)
+    pre_ref, ok_pre = stats.measure(pre=h)
+    y = torch_forms(act).forward(h)
+    post_ref, ok_post = stats.measure(post=y, act=act)
+    t = h.clone()
+    (pre, fin_pre), (post, fin_post) = stats.measure_through(t, torch_forms(act).inplace, act,
+                                                                    block=3 * 37 * 16 + 5)  # 38 samples a block
+    # the activation a block at a time: the same numbers but where a block's end leaves torch's vector loop
+    # to its scalar tail (one rounding apart)
+    assert torch.allclose(t, y, rtol=2.5e-7, atol=0) and fin_pre and fin_post and ok_pre and ok_post
+    post_ref = stats.measure(post=t, act=act)[0]
+    assert set(pre) == set(pre_ref) and set(post) == set(post_ref)
+    exact_pre = {"pre_mean": h.double().mean(dim=(1, 2)), "pre_q": (h.double() ** 2).mean(dim=(1, 2))}
+    for k in ("pre_mean", "pre_q", "pre_var"):
+        assert pre[k].tolist() == pytest.approx(pre_ref[k].double().tolist(), rel=1e-6, abs=1e-7), k
+    for k in ("pre_mean", "pre_q"):  # block sums added in float64: at least as close to the exact value
+        err = (pre[k] - exact_pre[k]).abs().max()
+        assert err <= (pre_ref[k].double() - exact_pre[k]).abs().max() + 1e-9, k
+        assert err < 2e-7 * exact_pre[k].abs().max(), k
+    for k in ("post_mean", "post_q", "post_var"):
+        assert post[k].tolist() == pytest.approx(post_ref[k].double().tolist(), rel=1e-6, abs=1e-7), k
+    assert torch.allclose(pre["corr"], pre_ref["corr"], rtol=1e-6, atol=0)
+    assert torch.equal(post["dead_frac"], post_ref["dead_frac"])
+    assert torch.equal(post["saturated_frac"], post_ref["saturated_frac"])
+    if name in ("selu", "tanh", "relu", "sigmoid"):
+        assert (post["saturated_frac"] > 0).all()  # the -50 unit is counted
+
+
+def test_measure_through_keeps_the_float64_fallbacks_block_by_block(monkeypatch):
+    """A block whose float32 squares underflow is reduced in float64 before the activation overwrites it; an
+    inf in the input is reported as not finite; an output whose squares overflow float32 is measured in float64."""
+    import torch
+
+    from propagate import stats
+    from propagate.activations import get_activation, torch_forms
+
+    lin = get_activation("linear")
+    h = torch.full((2, 30, 8), 3e-20)  # squares (9e-40) underflow float32's normals
+    h[:, 10:20] = 1.0  # one healthy block between two vanishing ones
+    ref = h.double()
+    (pre, fin), (post, ok) = stats.measure_through(h.clone(), torch_forms(lin).inplace, lin, block=160)
+    assert fin and ok
+    assert pre["pre_q"].tolist() == pytest.approx((ref**2).mean(dim=(1, 2)).tolist(), rel=1e-7)
+    tiny = torch.full((2, 30, 8), 3e-20)
+    (pre, fin), (post, ok) = stats.measure_through(tiny, torch_forms(lin).inplace, lin, block=160)
+    assert pre["pre_q"].tolist() == pytest.approx([9e-40, 9e-40], rel=1e-6)
+    assert post["post_q"].tolist() == pytest.approx([9e-40, 9e-40], rel=1e-6)  # whole-output fallback
+    bad = torch.ones(2, 30, 8)
+    bad[1, 25, 0] = math.inf
+    (pre, fin), _ = stats.measure_through(bad, torch_forms(lin).inplace, lin, block=160)
+    assert not fin
+    big = torch.full((2, 30, 8), 3e19)  # finite entries whose float32 squares overflow
+    (pre, fin), (post, ok) = stats.measure_through(big, torch_forms(lin).inplace, lin, block=160)
+    assert fin and ok and pre["pre_q"].tolist() == pytest.approx([9e38, 9e38], rel=1e-6)
+    assert post["post_q"].tolist() == pytest.approx([9e38, 9e38], rel=1e-6)
+
+
+@pytest.mark.parametrize("act, init", [("selu", "lecun_normal"), ("relu", "normal:0.02"), ("tanh", "glorot_uniform")])
+def test_simulate_measures_in_the_activations_pass_with_the_same_numbers(monkeypatch, act, init):
+    """The simulator's pre-activation statistics come from the activation's fused pass (the Dense tap defers
+    them), and its per-network table equals the one measured tap by tap to float32 round-off (a vanishing relu
+    stack included: the float64 fallbacks hold)."""
+    import propagate.batched as batched
+    import propagate.layers as layers
+    from propagate import stats
+
+    monkeypatch.setattr(stats, "FUSED_BLOCK", 3 * 64 * 100)  # several blocks (simulate here runs one thread)
+    calls = []
+    real = layers.measure_through
+    monkeypatch.setattr(layers, "measure_through", lambda *a: calls.append(1) or real(*a))
+    spec = _stack(25 if init == "normal:0.02" else 6, act, init, width=64)
+    fused = simulate(spec, samples=700, seeds=3, theory=False).per_seed
+    assert len(calls) == spec.depth
+    monkeypatch.setattr(batched.Run, "defer_measure", lambda self, t, callback: False)
+    plain = simulate(spec, samples=700, seeds=3, theory=False).per_seed
+    assert len(calls) == spec.depth and list(fused.columns) == list(plain.columns)
+    for col in fused.columns:
+        a, b = fused[col], plain[col]
+        if col.endswith("_mean"):  # a mean near 0: its round-off is relative to the signal's scale
+            scale = np.sqrt(plain[col.replace("_mean", "_q")])
+            assert (np.abs(a - b)[scale > 0] <= 1e-6 * scale[scale > 0]).all(), col
+            assert (a.isna() == b.isna()).all(), col
+        elif a.dtype.kind == "f":
+            assert np.allclose(a, b, rtol=2e-6, atol=0, equal_nan=True), col
+        else:
+            assert a.equals(b), col
+
+
+def test_a_user_activation_is_measured_at_its_taps():
+    """A registered activation's torch function need not be elementwise in blocks: no fusing, same table."""
+    import torch
+
+    from propagate.activations import register_activation, unregister_activation
+
+    register_activation("softsign_test", lambda x: x / (1 + np.abs(x)), torch=lambda t: t / (1 + t.abs()),
+                        bounds=(-1.0, 1.0))
+    try:
+        from propagate.layers import Activation
+
+        assert not Activation(1, "softsign_test").fuses_measure(torch.zeros(2, 3, 4))
+        assert Activation(1, "selu").fuses_measure(torch.zeros(2, 3, 4))
+        res = simulate(_stack(3, "softsign_test", "glorot_uniform", width=32), samples=64, seeds=2, theory=False)
+        ps = res.per_seed[res.per_seed["layer"] >= 1]
+        assert len(ps) == 6 and ps["pre_q"].notna().all() and (ps["post_q"] > 0).all()
+    finally:
+        unregister_activation("softsign_test")

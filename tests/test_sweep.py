@@ -426,25 +426,41 @@ def _worker_settings():
         os.environ.get("OMP_NUM_THREADS"), dask.config.get("distributed.worker.memory.pause")
 
 
+#: Run in a fresh process (the test process's own heap, shaped by the tests before it, decides whether the
+#: blocks below come from the heap at all): the resident memory after a point that freed 600 MB of 4 MB blocks
+#: kept in glibc's heap (as a worker's are once a freed large mapping has raised glibc's mmap threshold; here
+#: the thresholds are set to their highest dynamic values, mmap 32 MB and trim 64 MB, so that this does not
+#: depend on what ran before), and after the release.
+_HEAP_AFTER_A_POINT = """
+import json, os
+import numpy as np
+from propagate.cluster import release_memory
+
+def rss():
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+import ctypes
+blocks = [np.ones(1 << 19) for _ in range(150)]
+fence = ctypes.CDLL("libc.so.6").malloc(1 << 20)  # above the blocks: the freed heap is not at its top
+small = [np.ones(100) for _ in range(150)]
+del blocks
+before = rss()
+released = release_memory()
+print(json.dumps([before, rss(), released, len(small)]))
+"""
+
+
 def _heap_after_a_point():
-    """On a worker: the resident memory after a point that freed 600 MB of 4 MB blocks (glibc keeps them in its
-    heap once a freed mmap raised its threshold), and the resident memory after the worker's release."""
+    import json
     import os
+    import subprocess
+    import sys
 
-    import numpy as np
-
-    from propagate.cluster import release_memory
-
-    def rss():
-        with open(f"/proc/{os.getpid()}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    np.ones(2 << 20)  # a freed 16 MB mapping: glibc's mmap threshold rises above the 4 MB blocks below
-    blocks, small = [np.ones(1 << 19) for _ in range(150)], [np.ones(100) for _ in range(150)]
-    del blocks
-    before = rss()
-    released = release_memory()
-    return before, rss(), released, len(small)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(32 << 20), MALLOC_TRIM_THRESHOLD_=str(64 << 20))
+    out = subprocess.run([sys.executable, "-c", _HEAP_AFTER_A_POINT], capture_output=True, text=True, check=True,
+                         env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_local_cluster_workers_keep_allocator_defaults_and_no_profiler(monkeypatch):
