@@ -191,7 +191,7 @@ def _moments(t):
 
     cnt = t.shape[1] * t.shape[2]
     mean = t.sum(dim=(1, 2)) / cnt
-    q = torch.linalg.vector_norm(t, dim=(1, 2)) ** 2 / cnt
+    q = _sum_of_squares(t) / cnt
     total = float((q + mean.abs()).sum())  # one sync, no extra pass
     if math.isfinite(total) and float(q.min()) > 1e-30:
         return mean, q, True
@@ -205,6 +205,8 @@ def _moments(t):
 #: the cores' caches between its reads; of 2^16..2^20 per block measured on the development machine, 2^18 was
 #: best at 1 thread and 2^19 at 2 threads).
 FUSED_BLOCK = 1 << 18
+#: The number of networks a block of :func:`measure_through` is sized for (the simulator's default).
+BLOCK_NETWORKS = 8
 
 
 def measure_through(t, fn_, act, block: int | None = None):
@@ -216,7 +218,8 @@ def measure_through(t, fn_, act, block: int | None = None):
     over memory instead of seven (a sum and a norm before, the pair
     correlations, ``fn_``, a sum and a norm after, the saturation counts):
     ``t`` is taken in blocks of an even number of samples of every network,
-    about ``block`` elements (default :data:`FUSED_BLOCK` per torch thread), and each block is reduced, transformed
+    ``block / (BLOCK_NETWORKS N)`` samples (``block``: :data:`FUSED_BLOCK` per
+    torch thread), and each block is reduced, transformed
     and reduced again while it is in cache. ``fn_`` must be elementwise (it is
     applied a block at a time: the same numbers as on the whole tensor, but
     where a block ends inside torch's vector loop, whose scalar tail rounds
@@ -236,7 +239,9 @@ def measure_through(t, fn_, act, block: int | None = None):
     S, B, N = t.shape
     cnt = B * N
     block = FUSED_BLOCK * torch.get_num_threads() if block is None else block
-    bs = max(2, block // max(1, S * N))
+    # samples per block from the width only (sized for BLOCK_NETWORKS networks), so that network k's blocks, and
+    # so its numbers, are the same however many networks run beside it
+    bs = max(2, block // max(1, BLOCK_NETWORKS * N))
     bs += bs % 2  # pairs (2i, 2i + 1) never straddle two blocks
     nb = -(-B // bs)
     p = torch.empty((4, nb, S), dtype=t.dtype, device=t.device)
@@ -280,6 +285,36 @@ def measure_through(t, fn_, act, block: int | None = None):
     post["dead_frac"] = _dead(t)
     post["saturated_frac"] = (sat.to(t.dtype) / (n_sat * N) if zero_rel is None else _saturated(t, act, q))
     return (pre, finite), (post, ok)
+
+
+#: Entries per network in one block of :func:`_sum_of_squares`.
+NORM_BLOCK = 1 << 16
+
+
+def _sum_of_squares(t):
+    """Per network ``sum(t^2)`` of ``t`` ``[S, B, N]``, float64: float32 sums of squared blocks, added in float64.
+
+    Not ``torch.linalg.vector_norm(t) ** 2``: torch's float32 norm is off by
+    2 to 3e-7 relative even on 4,096 entries (its square root's rounding,
+    squared) and its error grows with the number of entries (measured: 1e-6
+    at 6.5e4, 2e-5 at 1e6, 7e-4 at 1e7, 6e-3 at 4e7: as large as a big
+    batch's sampling error). A float32 ``sum`` of squares (torch's cascade
+    summation) stays near 1e-7 at any size; squaring a block of at most
+    :data:`NORM_BLOCK` entries per network at a time keeps the temporary
+    small. The blocks depend on ``B`` and ``N`` only, so network ``k`` gets
+    the same number however many networks ``t`` holds.
+    """
+    import torch
+
+    S, B, N = t.shape
+    bs, un = max(1, NORM_BLOCK // max(1, N)), min(N, NORM_BLOCK)  # samples (and units, for a huge N) a block
+    buf = torch.empty((S, min(bs, B), un), dtype=t.dtype, device=t.device)
+    parts = []
+    for r in t.split(bs, dim=1):
+        for c in r.split(un, dim=2):
+            sq = torch.mul(c, c, out=buf[:, : c.shape[1], : c.shape[2]])
+            parts.append(sq.sum(dim=(1, 2)))
+    return torch.stack(parts, dim=1).double().sum(dim=1)
 
 
 def moment_columns(prefix: str, mean, q) -> dict:

@@ -155,12 +155,14 @@ def test_grad_norm_selu_matches_chi():
     assert chi == pytest.approx(1.0722, abs=1e-3)
 
 
-def test_same_seed_same_numbers_and_shared_prefix():
+@pytest.mark.parametrize("samples", [64, 6000], ids=["one-block", "blocks"])
+def test_same_seed_same_numbers_and_shared_prefix(samples):
+    """(6000 samples: the activation's measuring pass takes them in blocks, 1024 samples a block at width 32.)"""
     spec = _stack(6, "tanh", "glorot_normal", width=32, dropout=0.1, bias_var=0.05)
-    a = simulate(spec, samples=64, seeds=2, seed=7, theory=False)
-    b = simulate(spec, samples=64, seeds=2, seed=7, theory=False)
-    c = simulate(spec, samples=64, seeds=2, seed=8, theory=False)
-    d = simulate(spec, samples=64, seeds=3, seed=7, theory=False)
+    a = simulate(spec, samples=samples, seeds=2, seed=7, theory=False)
+    b = simulate(spec, samples=samples, seeds=2, seed=7, theory=False)
+    c = simulate(spec, samples=samples, seeds=2, seed=8, theory=False)
+    d = simulate(spec, samples=samples, seeds=3, seed=7, theory=False)
     cols = ["pre_mean", "pre_var", "post_var", "corr", "grad_norm"]
     assert a.per_seed[cols].equals(b.per_seed[cols])
     assert not np.allclose(a.per_seed[cols].iloc[1:].to_numpy(), c.per_seed[cols].iloc[1:].to_numpy())
@@ -534,7 +536,7 @@ def test_measure_through_equals_measure_before_and_after_the_activation(monkeypa
     post_ref, ok_post = stats.measure(post=y, act=act)
     t = h.clone()
     (pre, fin_pre), (post, fin_post) = stats.measure_through(t, torch_forms(act).inplace, act,
-                                                                    block=3 * 37 * 16 + 5)  # 38 samples a block
+                                                                    block=8 * 37 * 16 + 5)  # 38 samples a block
     # the activation a block at a time: the same numbers but where a block's end leaves torch's vector loop
     # to its scalar tail (one rounding apart)
     assert torch.allclose(t, y, rtol=2.5e-7, atol=0) and fin_pre and fin_post and ok_pre and ok_post
@@ -568,19 +570,19 @@ def test_measure_through_keeps_the_float64_fallbacks_block_by_block(monkeypatch)
     h = torch.full((2, 30, 8), 3e-20)  # squares (9e-40) underflow float32's normals
     h[:, 10:20] = 1.0  # one healthy block between two vanishing ones
     ref = h.double()
-    (pre, fin), (post, ok) = stats.measure_through(h.clone(), torch_forms(lin).inplace, lin, block=160)
+    (pre, fin), (post, ok) = stats.measure_through(h.clone(), torch_forms(lin).inplace, lin, block=640)
     assert fin and ok
     assert pre["pre_q"].tolist() == pytest.approx((ref**2).mean(dim=(1, 2)).tolist(), rel=1e-7)
     tiny = torch.full((2, 30, 8), 3e-20)
-    (pre, fin), (post, ok) = stats.measure_through(tiny, torch_forms(lin).inplace, lin, block=160)
+    (pre, fin), (post, ok) = stats.measure_through(tiny, torch_forms(lin).inplace, lin, block=640)
     assert pre["pre_q"].tolist() == pytest.approx([9e-40, 9e-40], rel=1e-6)
     assert post["post_q"].tolist() == pytest.approx([9e-40, 9e-40], rel=1e-6)  # whole-output fallback
     bad = torch.ones(2, 30, 8)
     bad[1, 25, 0] = math.inf
-    (pre, fin), _ = stats.measure_through(bad, torch_forms(lin).inplace, lin, block=160)
+    (pre, fin), _ = stats.measure_through(bad, torch_forms(lin).inplace, lin, block=640)
     assert not fin
     big = torch.full((2, 30, 8), 3e19)  # finite entries whose float32 squares overflow
-    (pre, fin), (post, ok) = stats.measure_through(big, torch_forms(lin).inplace, lin, block=160)
+    (pre, fin), (post, ok) = stats.measure_through(big, torch_forms(lin).inplace, lin, block=640)
     assert fin and ok and pre["pre_q"].tolist() == pytest.approx([9e38, 9e38], rel=1e-6)
     assert post["post_q"].tolist() == pytest.approx([9e38, 9e38], rel=1e-6)
 
@@ -594,7 +596,7 @@ def test_simulate_measures_in_the_activations_pass_with_the_same_numbers(monkeyp
     import propagate.layers as layers
     from propagate import stats
 
-    monkeypatch.setattr(stats, "FUSED_BLOCK", 3 * 64 * 100)  # several blocks (simulate here runs one thread)
+    monkeypatch.setattr(stats, "FUSED_BLOCK", 8 * 64 * 100)  # several blocks (simulate here runs one thread)
     calls = []
     real = layers.measure_through
     monkeypatch.setattr(layers, "measure_through", lambda *a: calls.append(1) or real(*a))
