@@ -40,6 +40,7 @@ from propagate.errors import UserError, name_key
 
 __all__ = [
     "Activation",
+    "builtin_torch_form",
     "get_activation",
     "list_activations",
     "register_activation",
@@ -466,6 +467,11 @@ class _TableForward:
 
     def __call__(self, x):
         return _table_forms(*self.key).forward(x)
+
+
+def builtin_torch_form(act: "str | Activation") -> bool:
+    """Whether ``act``'s torch forms are the built-in table's (elementwise torch kernels), not a user's function."""
+    return isinstance(get_activation(act).torch, _TableForward)
 
 
 def torch_forms(act: "str | Activation") -> TorchForms:

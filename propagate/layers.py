@@ -60,7 +60,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from propagate.activations import Activation as ActivationFn
-from propagate.activations import _TableForward, get_activation, selu_constants, torch_forms
+from propagate.activations import builtin_torch_form, get_activation, selu_constants, torch_forms
 from propagate.inits import get_init
 from propagate import kernels
 from propagate.kernels import activation as torch_activation
@@ -619,7 +619,7 @@ class Activation(Op):
         # block at a time gives the same numbers (a user's torch function might not be elementwise)
         import torch
 
-        return (isinstance(get_activation(self.name).torch, _TableForward) and x.dim() == 3
+        return (builtin_torch_form(self.name) and x.dim() == 3
                 and x.is_contiguous() and x.dtype in (torch.float32, torch.float64))
 
     def vjp(self, g, cache):

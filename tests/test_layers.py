@@ -29,7 +29,6 @@ from propagate.layers import (  # noqa: E402
     alpha_dropout_affine,
     build_network,
     forward_ops,
-    vjp_ops,
 )
 from propagate.simulate import simulate  # noqa: E402
 from propagate.spec import NetworkSpec  # noqa: E402
