@@ -555,9 +555,11 @@ def _parse_params(text: str, where: str, rest: str, names: list[str], positional
 
 
 def _parse(text: str) -> tuple[str, dict[str, float]]:
-    name, _, rest = text.strip().partition(":")
+    name, colon, rest = text.strip().partition(":")
     name = _ALIASES.get(name.strip().lower(), name.strip().lower())
     params: dict[str, float] = {}
+    if colon and not rest.strip():
+        raise UserError(f"activation {text!r}: nothing after ':' (leave the ':' out for the defaults)")
     if rest.strip():
         if name not in _FAMILIES:
             raise UserError(f"unknown activation {name!r}; known: {', '.join(list_activations())}")
@@ -657,6 +659,8 @@ def _parse_transformed(text: str) -> Activation:
     base, _, rest = text.strip().partition("@")
     if "@" in rest:
         raise UserError(f"activation {text!r}: one '@' at most (BASE@gamma=G,a=A,b=B,d=D)")
+    if not rest.strip():
+        raise UserError(f"activation {text!r}: nothing after '@' (BASE@gamma=G,a=A,b=B,d=D)")
     vals = _parse_params(text, "the transform", rest, list(_TRANSFORM_DEFAULTS), False, PARAMETER_RANGES["@"])
     return transformed_activation(base, **vals)
 

@@ -270,7 +270,7 @@ def build_model_from(factory):
     name = getattr(factory, "__qualname__", None) or type(factory).__name__
     try:
         model = factory()
-    except Exception as exc:  # noqa: BLE001 - the user's code
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's code (a sys.exit in it included)
         raise UserError(f"{name}() raised {type(exc).__name__}: {_first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"{name}() returned {type(model).__name__}, not a torch.nn.Module")
@@ -400,7 +400,7 @@ def _check_forward(net, x):
     try:
         with torch.no_grad():
             net(x[:2])
-    except Exception as exc:  # noqa: BLE001 - the user's model or inputs
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's model or inputs (sys.exit included)
         raise UserError(f"the model failed on inputs of shape {tuple(x.shape)}: {type(exc).__name__}: "
                         f"{_first_line(exc)}") from None
 

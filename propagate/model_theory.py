@@ -149,6 +149,9 @@ def _mlp_theory(table, trace, k, chain_stop):
     sw2 = table["sigma_w2"].to_numpy(dtype=float)
     sb2 = table["sigma_b2"].to_numpy(dtype=float)
     dense = [i for i, role, _ in roles if role == "dense"]
+    nonfinite = _nonfinite_variances(sw2[dense], sb2[dense])
+    if nonfinite:
+        return _empty(table), None, None, nonfinite
     spec = NetworkSpec(**{**cov.fields, "layer_sigma_w2": tuple(sw2[dense]), "layer_sigma_b2": tuple(sb2[dense])})
     stats = input_moments(trace.inputs)
     grads = trace.readout and not stop and trace.reaches_output and len(roles) == len(table)
@@ -164,6 +167,15 @@ def _mlp_theory(table, trace, k, chain_stop):
         th["grad_norm_signal"] = math.nan
     out = _compare(table, roles, th, spec)
     return out, th, spec, _note(f"MLP spec {spec.label()}", len(roles), len(table), stop, grads, trace)
+
+
+def _nonfinite_variances(sw2, sb2) -> str:
+    """The note for a model whose weight or bias variances overflow float64 (a diverged model: no theory), or ""."""
+    bad = [i for i, (w, b) in enumerate(zip(sw2, sb2), start=1) if not (math.isfinite(w) and math.isfinite(b))]
+    if not bad:
+        return ""
+    return (f"no theory: the weight or bias variance of layer {bad[0]} is not finite (sigma_w2 {sw2[bad[0] - 1]:g}, "
+            f"sigma_b2 {sb2[bad[0] - 1]:g}); the model's signal diverges")
 
 
 def _expect(act, q, c):
@@ -326,6 +338,9 @@ def _cnn_path(table, trace, k, chain_stop):
         convs.append({"energy": energy, "sigma_b2": float(table["sigma_b2"].iloc[i]), "pads": _pads(m),
                       "circular": m.padding_mode == "circular", "dilation": tuple(m.dilation),
                       "channels": int(m.out_channels), "act": "act" in layer})
+    nonfinite = _nonfinite_variances([float(c["energy"].sum()) for c in convs], [c["sigma_b2"] for c in convs])
+    if nonfinite:
+        return _empty(table), None, None, nonfinite
     th = cnn_theory(convs, act, x, grads=grads)
     roles = [(layer[key], "dense" if key == "conv" else "act", l)
              for l, layer in enumerate(layers, start=1) for key in ("conv", "act") if key in layer]

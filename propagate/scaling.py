@@ -51,6 +51,7 @@ __all__ = [
     "ScalingResult",
     "cells",
     "cell_epochs",
+    "check_scaling_dir",
     "cell_spec",
     "fit_exponent",
     "fit_exponents",
@@ -258,6 +259,37 @@ def fit_exponents(cell_table, predictions=None) -> object:
     return pd.DataFrame(rows)
 
 
+#: What a scaling folder holds: the trainability run folder and the two tables with their metadata.
+SCALING_ENTRIES = ("trainability", "cells.csv", "cells.csv.meta.json", "fits.csv", "fits.csv.meta.json")
+
+
+def check_scaling_dir(out_dir, option: str = "--out"):
+    """Refuse (:class:`UserError`, creating nothing) an ``out_dir`` that holds anything a scaling run does not write.
+
+    A scaling folder holds :data:`SCALING_ENTRIES` only (its ``trainability``
+    subfolder is a run folder of its own, checked by
+    :func:`propagate.trainability.trainability`), plus the hidden ``.tmp``
+    files an interrupted atomic write may leave. Anything else (another
+    command's run folder, the user's own files) is not ours to write into.
+    Returns the folder as a Path.
+    """
+    import re
+
+    from propagate.io import check_output_dir
+
+    folder = check_output_dir(out_dir, option)
+    if folder.is_dir():
+        other = sorted(p.name for p in folder.iterdir()
+                       if p.name not in SCALING_ENTRIES and not re.fullmatch(r"\..+\.tmp", p.name))
+        if other:
+            raise UserError(f"{option} {str(folder)!r} holds files that are not a scaling run's (e.g. {other[0]!r}); "
+                            f"use another {option}")
+        for name in SCALING_ENTRIES[1:]:
+            if (folder / name).exists() and not (folder / name).is_file():
+                raise UserError(f"{option} {str(folder)!r}: {name!r} is not a file; use another {option}")
+    return folder
+
+
 def scaling_grid(dataset, configs: Sequence[str] = tuple(CONFIGS), *, axes: dict | None = None,
                  base: dict | None = None, options: ScalingOptions | None = None, out_dir=None, resume: bool = True,
                  workers: int | None = None, scheduler: str | None = None, client=None,
@@ -266,7 +298,8 @@ def scaling_grid(dataset, configs: Sequence[str] = tuple(CONFIGS), *, axes: dict
     """Measure and predict the largest stable learning rate at every cell of the grid (module docstring).
 
     ``out_dir`` holds the trainability folder (every point resumable) and,
-    at the end, ``cells.csv`` and ``fits.csv`` with their ``.meta.json``.
+    at the end, ``cells.csv`` and ``fits.csv`` with their ``.meta.json``; a
+    folder holding anything else is refused (:func:`check_scaling_dir`).
     ``workers``/``scheduler``/``client``: where the points run
     (:func:`propagate.trainability.trainability`); ``trainer``/``predictor``:
     injectable as there (tests).
@@ -277,6 +310,8 @@ def scaling_grid(dataset, configs: Sequence[str] = tuple(CONFIGS), *, axes: dict
     for c in configs:
         if c not in CONFIGS:
             raise UserError(f"unknown scaling configuration {c!r}; use one of {', '.join(CONFIGS)}")
+    if out_dir is not None:
+        check_scaling_dir(out_dir)
     grid_cells = cells(axes, base)
     overrides = {cell: _overrides(cell, dataset.n_train, options, base) for cell in grid_cells}
     entries = [(f"{c}@{cell.name}", cell_spec(c, cell), overrides[cell]) for c in configs for cell in grid_cells]

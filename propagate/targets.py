@@ -11,6 +11,7 @@ importing, :func:`propagate.compat.ensure_torchvision_importable` lets
 from __future__ import annotations
 
 import hashlib
+import math
 import importlib
 import importlib.util
 import os
@@ -49,7 +50,7 @@ def _import_file(path: str):
     sys.path.insert(0, folder)  # the file may import its neighbours
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - the user's file
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's file (sys.exit included)
         sys.modules.pop(name, None)
         raise UserError(f"running {path} raised {type(exc).__name__}: {_first_line(exc)}") from None
     finally:
@@ -65,7 +66,7 @@ def _import_module(name: str):
         if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
             raise UserError(f"no module named {name!r}") from None
         raise UserError(f"importing {name} failed: {type(exc).__name__}: {_first_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - the user's module
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module (sys.exit included)
         raise UserError(f"importing {name} failed: {type(exc).__name__}: {_first_line(exc)}") from None
 
 
@@ -135,6 +136,18 @@ def _file_inputs(path, n):
     return x[:n], None, {"input": os.path.abspath(path), "input_file_shape": list(x.shape)}
 
 
+def _check_input_memory(inputs: int, shape: tuple) -> None:
+    """Refuse (UserError) Gaussian inputs that alone would not fit in the machine's memory (float32)."""
+    need = 4 * inputs * math.prod(shape)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > total:
+        raise UserError(f"{inputs} inputs of shape {list(shape)} need {need / 2**30:.3g} GiB, the machine has "
+                        f"{total / 2**30:.1f} GiB; use a smaller --input-shape or fewer --inputs")
+
+
 def inspect_target(target: str, *, dataset: str | None = None, input_file: str | None = None,
                    input_shape=None, inputs: int = 128, loss: str | None = None, **options):
     """Load ``TARGET`` (:func:`load_target`), make its inputs and run :func:`propagate.inspect` on the factory.
@@ -170,6 +183,7 @@ def inspect_target(target: str, *, dataset: str | None = None, input_file: str |
         x, y, desc = _file_inputs(input_file, inputs)
     else:
         shape = tuple(int(s) for s in input_shape)
+        _check_input_memory(inputs, shape)
         x = torch.randn((inputs, *shape), generator=torch.Generator().manual_seed(seed)).numpy()
         y, desc = None, {"input": f"gaussian{list(shape)}"}
     crit = None

@@ -52,7 +52,8 @@ def test_parameters_parse_and_act():
     assert get_activation("selu").params["lambda"] == selu_constants()[0]
 
 
-@pytest.mark.parametrize("bad", ["foo", "leaky_relu:slope=x", "elu:beta=1", "tanh:1", ""])
+@pytest.mark.parametrize("bad", ["foo", "leaky_relu:slope=x", "elu:beta=1", "tanh:1", "", "leaky_relu:", "gelu: ",
+                                 "tanh@", "selu@ "])
 def test_bad_names_raise_user_error(bad):
     with pytest.raises(UserError):
         get_activation(bad)

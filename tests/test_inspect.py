@@ -489,6 +489,20 @@ def not_a_model():
 
 def broken():
     raise ValueError("no weights today")
+
+
+def exits():
+    import sys
+    sys.exit(0)
+
+
+def huge():
+    import torch
+    m = small()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(1e200)  # weights whose variance overflows float64
+    return m
 '''
 
 
@@ -503,6 +517,8 @@ def test_cli_bad_targets_are_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
         "m.py:broken": "raised ValueError: no weights today",
         "missing.py:build": "no such file: missing.py",
         "m.py:small --input-shape 3,8,8": "the model failed on inputs of shape (128, 3, 8, 8)",
+        "m.py:exits": "exits() raised SystemExit: 0",
+        "m.py:small --input-shape 100000,100000,100000": "inputs of shape [100000, 100000, 100000] need",
         "build": "TARGET must be",
     }
     for target, msg in cases.items():
@@ -551,3 +567,13 @@ def test_inspect_on_cuda_matches_cpu():
     gpu = inspect(lambda: _mlp([12, 32, 32], act=nn.Tanh), x, networks=2, device="cuda").table
     np.testing.assert_allclose(gpu["out_var"], cpu["out_var"], rtol=1e-4)
     np.testing.assert_allclose(gpu["theory_out_var"], cpu["theory_out_var"], rtol=1e-4)
+
+
+def test_a_model_whose_weight_variances_overflow_is_reported_not_refused(tmp_path, capsys, monkeypatch):
+    """Divergence is a result: weights of variance beyond float64 give non-finite rows and "no theory" (exit 0),
+    not a one-line refusal of the bias variance as bad input."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.py").write_text(MLP_FILE)
+    code, out, err = _cli(["inspect", "m.py:huge", "--input-shape", "12", "--inputs", "16", "--threads", "1"], capsys)
+    assert code == 0, err
+    assert "no theory: the weight or bias variance of layer 1 is not finite" in out and "NONFINITE" in out

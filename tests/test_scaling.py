@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from propagate.errors import UserError
 from propagate.scaling import (AXES, BASE, Cell, ScalingOptions, cell_epochs, cell_spec, cells, fit_exponent,
                                scaling_grid)
 
@@ -156,3 +157,36 @@ def test_extend_flag_takes_a_whole_number(value, words, capsys, tmp_path):
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1] == f"propagate: error: argument --extend: {words}"
         assert not (tmp_path / "s").exists()
+
+
+def test_a_folder_that_is_not_a_scaling_runs_is_refused_before_any_work(capsys, tmp_path, monkeypatch):
+    """Another command's run folder or the user's own files: one line, exit 2, before the data is loaded, and
+    nothing written; a folder of an earlier scaling run (its trainability folder and tables) is accepted."""
+    from propagate import data
+    from propagate.cli import main
+    from propagate.scaling import check_scaling_dir
+
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("the data was loaded"))
+    user = tmp_path / "mine"
+    (user / "notes").mkdir(parents=True)
+    (user / "notes" / "plan.txt").write_text("mine")
+    train_run = tmp_path / "run"
+    train_run.mkdir()
+    (train_run / "checkpoint.pt").write_bytes(b"x")
+    (train_run / "identity.json").write_text("{}")
+    for folder, entry in ((user, "notes"), (train_run, "checkpoint.pt")):
+        before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+        assert main(["scaling", "--dataset", "mnist-5k", "--out", str(folder), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("propagate: error: --out") and repr(entry) in err[0], err
+        assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    assert (user / "notes" / "plan.txt").read_text() == "mine"
+    earlier = tmp_path / "scaling"
+    (earlier / "trainability").mkdir(parents=True)
+    for name in ("cells.csv", "cells.csv.meta.json", "fits.csv", "fits.csv.meta.json", ".cells.csv.x1y2.tmp"):
+        (earlier / name).write_text("")
+    assert check_scaling_dir(earlier) == earlier and check_scaling_dir(tmp_path / "new") == tmp_path / "new"
+    (earlier / "fits.csv").unlink()
+    (earlier / "fits.csv").mkdir()
+    with pytest.raises(UserError, match="'fits.csv' is not a file"):
+        check_scaling_dir(earlier)

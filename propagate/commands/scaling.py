@@ -12,7 +12,7 @@ from propagate.commands._output import add_output_arguments, check_outputs, emit
 from propagate.errors import UserError
 from propagate.limits import check_seeds
 from propagate.io import run_metadata
-from propagate.scaling import AXES, CONFIGS, ScalingOptions, scaling_grid
+from propagate.scaling import AXES, CONFIGS, ScalingOptions, check_scaling_dir, scaling_grid
 
 NAME = "scaling"
 HELP = "the scaling law of the largest stable lr over width, depth, batch and rho: measured vs predicted"
@@ -97,6 +97,7 @@ def run(args) -> int:
     configs, axes, options = setup(args)
     check_seeds(args.seed, args.seeds)
     check_where(args.workers, args.scheduler)
+    check_scaling_dir(args.out)  # before the data is loaded: a folder that is not a scaling run's is refused
 
     from tabulate import tabulate
 
