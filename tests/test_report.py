@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -645,3 +646,99 @@ def test_measured_line_is_dark_with_a_light_outline_and_in_the_legend():
     handles, labels = ax.get_legend_handles_labels()
     assert labels == ["measured $\\chi_1 = 1$"] and handles[0].get_linestyle() == "--"
     plt.close(fig)
+
+
+# ------------------------------------------------------------------ an earlier report folder: adopted only if all ours
+
+
+def _legacy_report(folder):
+    """A report folder as a report writes it, from before the folder marker existed (no ``.propagate-folder``)."""
+    (folder / "data").mkdir(parents=True)
+    (folder / "figures").mkdir()
+    (folder / "README.md").write_text("# report\n")
+    (folder / "report.json").write_text(json.dumps({"meta": {}, "timings_s": {"SELU": 1.0}, "facts": {}}))
+    (folder / "selu_derivation.md").write_text("derivation\n")
+    (folder / "data" / "phase_selu.csv").write_text("a,b\n1,2\n")
+    (folder / "data" / "phase_selu.csv.meta.json").write_text("{}")
+    (folder / "data" / "selu_solution.json").write_text("{}")
+    (folder / "figures" / "selu_flow.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (folder / "figures" / "selu_flow.svg").write_text("<svg/>")
+    return folder
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): (p.is_dir(), None if p.is_dir() else p.read_bytes())
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_legacy_report_folder_with_a_users_file_is_refused_and_kept(tmp_path, capsys):
+    """An earlier report (README.md + report.json, no marker) that also holds the user's files is refused before
+    any work, with one line naming the folder and a file, and nothing in it is deleted or changed: not by the
+    check, not by the command, and not at the swap when the file appears while the report is being built."""
+    from propagate.errors import UserError
+    from propagate.io import atomic_directory
+    from propagate.report import _is_report_folder, check_report_folders
+
+    out = _legacy_report(tmp_path / "legacy")
+    (out / "precious.txt").write_text("mine")
+    (out / "mine").mkdir()
+    (out / "mine" / "data.csv").write_text("x\n1\n")
+    before = _snapshot(out)
+    rc = main(["report", "--dataset", "mnist-5k", "--quick", "--no-progress", "--sections", "none",
+               "--out", str(out), "--work-dir", str(tmp_path / ".work")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("propagate: error: --out "), err
+    assert repr(str(out)) in err and "'mine'" in err and "'precious.txt'" in err, err
+    with pytest.raises(UserError, match=r"holds 2 entries a report does not write \('mine', 'precious.txt'\)"):
+        check_report_folders(out)
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["legacy"]  # no work folder, no temporary folder
+
+    # a user's file among the data, a folder in figures, a link: each is the user's, each is refused by name
+    extras = (("data/notes.txt", lambda p: p.write_text("n")), ("figures/drafts", lambda p: p.mkdir()),
+              ("link.png", lambda p: p.symlink_to(tmp_path / "elsewhere")))
+    for i, (extra, make) in enumerate(extras):
+        other = _legacy_report(tmp_path / f"other-{i}")
+        make(other / extra)
+        with pytest.raises(UserError, match=re.escape(repr(extra))):
+            check_report_folders(other)
+        assert os.path.lexists(other / extra) and (other / "README.md").is_file()
+
+    # a file the user puts there while the report is built is found before the swap, and kept
+    late = _legacy_report(tmp_path / "late")
+    with pytest.raises(UserError, match="'precious.txt'"):
+        with atomic_directory(late, adopt=_is_report_folder) as tmp:
+            (tmp / "README.md").write_text("# new report\n")
+            (late / "precious.txt").write_text("mine")
+    assert (late / "precious.txt").read_text() == "mine" and (late / "README.md").read_text() == "# report\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+    # a report from when the marker was plain text (no list of files) is treated the same
+    plain = _legacy_report(tmp_path / "plain")
+    (plain / ".propagate-folder").write_text("made by propagate; this folder is replaced as a whole when rebuilt\n")
+    (plain / "precious.txt").write_text("mine")
+    with pytest.raises(UserError, match="'precious.txt'"):
+        check_report_folders(plain)
+    assert (plain / "precious.txt").read_text() == "mine"
+
+
+def test_legacy_report_folder_of_report_files_only_is_adopted(tmp_path):
+    """An earlier report holding only what a report writes (with or without a plain-text marker) is still adopted:
+    the check passes and the build's swap replaces it as a whole, leaving a marker that lists the new files."""
+    from propagate.io import FOLDER_MARKER, atomic_directory
+    from propagate.report import _is_report_folder, check_report_folders
+
+    out = _legacy_report(tmp_path / "legacy")
+    plain = _legacy_report(tmp_path / "plain")
+    (plain / FOLDER_MARKER).write_text("made by propagate; this folder is replaced as a whole when rebuilt\n")
+    for folder in (out, plain):
+        assert _is_report_folder(folder)
+        check_report_folders(folder)
+    with atomic_directory(out, adopt=_is_report_folder) as tmp:
+        (tmp / "README.md").write_text("# new report\n")
+        (tmp / "data").mkdir()
+        (tmp / "data" / "phase_selu.csv").write_text("a\n3\n")
+    assert sorted(p.name for p in out.iterdir()) == sorted([FOLDER_MARKER, "README.md", "data"])
+    assert (out / "README.md").read_text() == "# new report\n"
+    assert json.loads((out / FOLDER_MARKER).read_text())["files"] == ["README.md", "data/phase_selu.csv"]
+    check_report_folders(out)  # and the rebuilt report (with its marker) may be rebuilt again

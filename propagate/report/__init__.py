@@ -29,6 +29,7 @@ from typing import Callable
 from propagate.cluster import cores
 from propagate.errors import UserError
 from propagate.io import (
+    FOLDER_MARKER,
     atomic_directory,
     atomic_write_json,
     atomic_write_text,
@@ -119,13 +120,80 @@ def _subset(dataset, n):
     return replace(dataset, x_train=dataset.x_train[:n], y_train=dataset.y_train[:n])
 
 
+#: What a report writes into its folder: these files at the top, and these folders holding only files that end so
+#: (tables with their ``.meta.json``, figures as PNG and SVG). Everything else in a report folder is the user's.
+_REPORT_FILES = frozenset({"README.md", "report.json", "selu_derivation.md", FOLDER_MARKER})
+_REPORT_DIRS = {"data": (".csv", ".json", ".parquet"), "figures": (".png", ".svg")}
+
+
+def _not_report_written(path: Path) -> list[str]:
+    """The entries of the folder ``path`` (relative paths, sorted) that no report writes: a link, a nested folder,
+    a file of another name or kind. A report folder holding any of them is never replaced (it would delete them)."""
+    foreign = []
+    for entry in sorted(path.iterdir(), key=lambda p: p.name):
+        if entry.is_symlink():
+            foreign.append(entry.name)
+        elif entry.name in _REPORT_DIRS and entry.is_dir():
+            suffixes = _REPORT_DIRS[entry.name]
+            foreign += [f"{entry.name}/{sub.name}" for sub in sorted(entry.iterdir(), key=lambda p: p.name)
+                        if sub.is_symlink() or not sub.is_file() or not sub.name.endswith(suffixes)]
+        elif not (entry.name in _REPORT_FILES and entry.is_file()):
+            foreign.append(entry.name)
+    return foreign
+
+
+def _refuse_foreign_entries(path: Path) -> None:
+    """Raise :class:`UserError` naming ``path`` and its first entries a report does not write, if it has any."""
+    try:
+        foreign = _not_report_written(path)
+    except OSError as exc:
+        raise UserError(f"--out {str(path)!r}: cannot list it: {exc.strerror or exc}") from None
+    if foreign:
+        shown = ", ".join(map(repr, foreign[:3])) + (", ..." if len(foreign) > 3 else "")
+        raise UserError(f"--out {str(path)!r} is an earlier report that also holds {len(foreign)} "
+                        f"entr{'ies' if len(foreign) > 1 else 'y'} a report does not write ({shown}); a rebuild "
+                        f"replaces the folder as a whole, so it is left untouched: move them away or choose "
+                        f"another --out")
+
+
 def _is_report_folder(path: Path) -> bool:
-    """A report folder written before :data:`propagate.io.FOLDER_MARKER` existed: README.md and report.json."""
+    """A report folder written before :data:`propagate.io.FOLDER_MARKER` existed: README.md and report.json.
+
+    Such a folder is adopted (replaced as a whole by the rebuild) only if everything in it is something a
+    report writes (:func:`_not_report_written`); one holding anything else raises :class:`UserError` naming
+    it, so nothing of the user's is deleted. :func:`propagate.io.atomic_directory` asks this before any work
+    and again just before the swap.
+    """
     try:
         data = json.loads((path / "report.json").read_text())
     except (OSError, ValueError):
         return False
-    return (path / "README.md").is_file() and isinstance(data, dict) and {"facts", "timings_s"} <= set(data)
+    if not ((path / "README.md").is_file() and isinstance(data, dict) and {"facts", "timings_s"} <= set(data)):
+        return False
+    _refuse_foreign_entries(path)
+    return True
+
+
+def _lists_its_files(path: Path) -> bool:
+    """The folder's marker lists the files built (then :func:`propagate.io.check_replaceable_dir` refuses any other)."""
+    try:
+        data = json.loads((path / FOLDER_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("files"), list)
+
+
+def _check_out_folder(out_dir: str | Path) -> Path:
+    """Refuse an ``--out`` that a report may not replace as a whole; return it (absolute).
+
+    New, empty, a report with a marker listing its files (any other file is refused by
+    :func:`propagate.io.check_replaceable_dir`), or an older report (no marker, or a marker without
+    the list) holding only what a report writes (:func:`_is_report_folder`).
+    """
+    path = check_replaceable_dir(out_dir, "--out", adopt=_is_report_folder)
+    if path.is_dir() and (path / FOLDER_MARKER).is_file() and not _lists_its_files(path):
+        _refuse_foreign_entries(path)  # a marker from before the list: nothing else tells the user's files apart
+    return path
 
 
 def work_dir_of(out_dir: str | Path, options: ReportOptions) -> Path:
@@ -140,9 +208,10 @@ def check_report_folders(out_dir: str | Path, options: ReportOptions | None = No
     """Refuse, before any work, a report folder that is not ours to replace or a work folder we cannot write.
 
     ``out_dir`` may be new, empty, or a folder a previous report made; a file,
-    a link or a folder of the user's is left alone (:class:`UserError`).
+    a link, a folder of the user's, or a previous report that also holds
+    anything a report does not write is left alone (:class:`UserError`).
     """
-    check_replaceable_dir(out_dir, "--out", adopt=_is_report_folder)
+    _check_out_folder(out_dir)
     _check_simulation_size((options or ReportOptions()).effective())
     _check_training_size((options or ReportOptions()).effective())
     work = work_dir_of(out_dir, options or ReportOptions())
@@ -542,4 +611,5 @@ def build_report(out_dir: str | Path, options: ReportOptions | None = None, *, p
         training = _training_part(run, training)
         sections_md = _sections_part(run, ctx, train_ds, work)
         _page_part(run, dataset, selu, sims, inputs_desc, lines, train_ds, training, sections_md)
+        _check_out_folder(out_dir)  # again before the swap: the user may have put files there meanwhile
     return Path(out_dir)
