@@ -94,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args._argv = tuple(argv)  # which options were given (commands refuse ones that would have no effect)
     set_command([PROG, *argv])
-    if not getattr(args, "_run", None):
+    if not getattr(args, "_run", None):  # no command: the help (stdout), and the usual error line and status
         parser.print_help()
+        sys.stdout.flush()
+        print(f"{PROG}: error: a command is required: {PROG} COMMAND [OPTIONS] ('{PROG} --help' lists the "
+              f"commands)", file=sys.stderr)
         return 2
     # `kill` (SIGTERM) unwinds like Ctrl-C, so temporary files and folders are removed
     # and no half-written result is left behind

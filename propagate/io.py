@@ -2,12 +2,20 @@
 
 Every file ``propagate`` writes goes through :func:`atomic_write_bytes` (write a
 temporary file in the same folder, flush, ``os.replace``), so an interrupted run
-leaves either the previous file or the new one, never half of one.
+leaves either the previous file or the new one, never half of one. Files that
+form one result (a table and its ``.meta.json`` sidecar, a command's ``--json``
+and ``--csv``) go through :func:`atomic_write_files`: all of them are written
+to temporary files first and renamed into place only then, so a failure leaves
+every previous file as it was.
 
 Output paths a user gives are checked before any work starts
-(:func:`check_output_file`, :func:`check_output_dir`,
-:func:`check_replaceable_dir`; the CLI's argument types call them at parse
-time); the writers raise :class:`~propagate.errors.UserError` with one line
+(:func:`check_output_file`, with ``sidecar=True`` its ``.meta.json`` too,
+:func:`check_output_dir`, :func:`check_replaceable_dir`,
+:func:`check_files_in` for the files a run writes into its folder; the CLI's
+argument types call them at parse time), and two outputs of one command that
+are the same file (a sidecar included) are refused
+(:func:`check_distinct_outputs`); the writers raise
+:class:`~propagate.errors.UserError` with one line
 when the operating system refuses a write anyway (full disk, read-only
 folder), never a bare ``OSError``. A folder is replaced as a whole only when it
 was made by ``propagate`` (a marker file, :data:`FOLDER_MARKER`, inside it).
@@ -37,17 +45,22 @@ __all__ = [
     "check_output_file",
     "check_output_dir",
     "check_replaceable_dir",
+    "check_distinct_outputs",
+    "check_files_in",
     "strict_json_value",
     "to_json",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
+    "atomic_write_files",
     "atomic_directory",
     "run_metadata",
     "meta_path",
     "write_meta",
     "write_table",
     "write_json",
+    "table_files",
+    "json_files",
     "read_table",
 ]
 
@@ -193,12 +206,109 @@ def check_output_path(path: str | os.PathLike, option: str | None = None, *, kin
     return p
 
 
-def check_output_file(path: str | os.PathLike, option: str | None = None) -> Path:
+def check_output_file(path: str | os.PathLike, option: str | None = None, *, sidecar: bool = False) -> Path:
     """Check that a file can be written at ``path`` (atomically), before any work; return it as a Path.
 
-    :func:`check_output_path` with ``kind="file"``.
+    :func:`check_output_path` with ``kind="file"``. ``sidecar=True``: the
+    file gets its ``.meta.json`` beside it (:func:`write_table`,
+    :func:`write_json`), and that path is checked too (a folder or a device
+    there, a name too long for the file system), so neither is written when
+    the other could not be.
     """
-    return check_output_path(path, option, kind="file")
+    p = check_output_path(path, option, kind="file")
+    if sidecar:
+        check_sidecar(p, option, shown=path)
+    return p
+
+
+def check_sidecar(path: str | os.PathLike, option: str | None = None, *, shown=None) -> Path:
+    """Check that the ``.meta.json`` beside the data file ``path`` can be written; return its path.
+
+    ``shown`` is the data file's name as the user typed it (for the message).
+    The folder is the data file's, so only the sidecar's own name and whatever
+    is at that path now are checked.
+    """
+    label = _label(option)
+    side = meta_path(Path(path).expanduser())
+    where = f"{label}{_q(shown if shown is not None else path)}: its metadata file {_q(side)}"
+    try:
+        check_path_text(side, None)
+    except UserError as exc:
+        raise _user_error(f"{where} cannot be written: {exc}") from None
+    try:
+        if side.is_dir():
+            raise _user_error(f"{where} is a folder; move it away or choose another name")
+        if os.path.lexists(side) and not side.is_file():
+            raise _user_error(f"{where} exists and is not a regular file; move it away or choose another name")
+    except OSError as exc:
+        raise _user_error(f"{where} cannot be used: {_why(exc)}") from None
+    return side
+
+
+def check_files_in(folder: str | os.PathLike, names, option: str | None = "--out") -> list[Path]:
+    """Refuse (one-line :class:`UserError`), before any work, a folder where a command's files cannot go.
+
+    ``names``: the files (paths relative to ``folder``, sidecars included) the
+    command will write there (a run folder's tables and checkpoint). Refused:
+    one of them is a folder, or exists and is not a regular file (a device, a
+    pipe, a dangling link); the writer would fail only after the work. A
+    ``folder`` that does not exist yet is fine. Returns the paths.
+    """
+    label = _label(option)
+    base = Path(folder).expanduser()
+    paths = [base / n for n in names]
+    for name, p in zip(names, paths):
+        try:
+            if p.is_dir():
+                raise _user_error(f"{label}{_q(folder)} holds a folder {_q(name)} where the run writes a file of "
+                                  f"that name; move it away or choose another folder")
+            if os.path.lexists(p) and not p.is_file():
+                raise _user_error(f"{label}{_q(folder)} holds {_q(name)}, which is not a regular file, where the "
+                                  f"run writes a file of that name; move it away or choose another folder")
+        except OSError as exc:
+            raise _user_error(f"{label}cannot use {_q(p)}: {_why(exc)}") from None
+    return paths
+
+
+def _same_file_key(path: Path):
+    """What two paths share when they name the same file: its inode if it exists, else its resolved path."""
+    try:
+        st = os.stat(path)
+        return ("inode", st.st_dev, st.st_ino)
+    except OSError:
+        return ("path", os.path.normcase(os.path.realpath(path)))
+
+
+def check_distinct_outputs(outputs, reserved=()) -> None:
+    """Refuse (one-line :class:`UserError`), before any work, two outputs of one command that are the same file.
+
+    ``outputs``: ``(option, path, sidecar)`` triples (``path`` ``None`` or
+    ``"-"``: not a file, skipped; ``sidecar``: the file gets a ``.meta.json``
+    beside it, which counts as an output too: ``--csv a.csv --json
+    a.csv.meta.json`` would have the CSV's metadata overwrite the JSON).
+    ``reserved``: ``(what, path)`` pairs of files the command writes anyway
+    (the files of its ``--out`` folder), which no option may name either.
+    Paths are compared after ``~``, links and ``..`` are resolved (an existing
+    file by its inode, so a hard link counts).
+    """
+    seen: dict = {}
+
+    def add(what: str, path: Path) -> None:
+        key = _same_file_key(path)
+        if key in seen:
+            raise _user_error(f"{seen[key]} and {what} would both be {_q(path)} (one would overwrite the other); "
+                              f"give them different names")
+        seen[key] = what
+
+    for what, path in reserved:
+        add(what, Path(path).expanduser())
+    for option, path, sidecar in outputs:
+        if path is None or (isinstance(path, str) and path == "-"):
+            continue
+        p = Path(path).expanduser()
+        add(f"{option} {_q(path)}", p)
+        if sidecar:
+            add(f"the metadata file of {option} {_q(path)}", meta_path(p))
 
 
 def check_output_dir(path: str | os.PathLike, option: str | None = None) -> Path:
@@ -281,13 +391,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     :class:`~propagate.errors.UserError` naming ``path``.
     """
     path = Path(path)
-    if path.is_dir():
-        raise _user_error(f"cannot write {_q(path)}: it is a folder")
-    if os.path.lexists(path) and not path.is_file():
-        raise _user_error(f"cannot write {_q(path)}: it exists and is not a regular file")
-    base = _nearest_existing(path.parent)
-    if not base.is_dir():
-        raise _user_error(f"cannot write {_q(path)}: {_q(base)} is not a folder")
+    _refuse_target(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -307,6 +411,100 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             raise _user_error(f"cannot write {_q(path)}: {_why(exc)}") from None
         raise
     return path
+
+
+def _refuse_target(path: Path) -> None:
+    """The refusals of :func:`atomic_write_bytes` for a target ``path``, before anything is written."""
+    if path.is_dir():
+        raise _user_error(f"cannot write {_q(path)}: it is a folder")
+    if os.path.lexists(path) and not path.is_file():
+        raise _user_error(f"cannot write {_q(path)}: it exists and is not a regular file")
+    base = _nearest_existing(path.parent)
+    if not base.is_dir():
+        raise _user_error(f"cannot write {_q(path)}: {_q(base)} is not a folder")
+
+
+def _backup(path: Path) -> Path | None:
+    """A hard link to the file now at ``path`` (to put it back if a later rename of a group fails), or ``None``."""
+    if not path.is_file():
+        return None
+    for _ in range(100):
+        name = path.with_name(f".{path.name}.{os.urandom(4).hex()}.bak")
+        try:
+            os.link(path, name)
+            return name
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links here (some network and FUSE file systems)
+            return None
+    return None
+
+
+def atomic_write_files(files) -> list[Path]:
+    """Write several files as one result: all of them, or (on any failure) none.
+
+    ``files``: ``(path, bytes)`` pairs (a data file and its ``.meta.json``, the
+    ``--json`` and ``--csv`` of one command). Every file is first written in
+    full to a temporary file beside its target (after the refusals of
+    :func:`atomic_write_bytes`: a folder or device in the way, a parent that is
+    a file), and only then are they renamed into place, one after another. If
+    writing any of them fails, or is interrupted, no target has been touched;
+    if a rename fails (the file system changed meanwhile), the targets already
+    replaced get their previous content back (kept as hard links) or, where
+    there was none, are removed. The same path twice is refused. Returns the
+    paths, in order.
+    """
+    items = [(Path(p), bytes(data)) for p, data in files]
+    keys = [_same_file_key(p) for p, _ in items]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"the same file twice in one write: {[str(p) for p, _ in items]}")
+    for path, _ in items:
+        _refuse_target(path)
+    staged: list[tuple[Path, str]] = []
+    backups: list[tuple[Path, Path | None, bool]] = []  # (target, backup, existed)
+    try:
+        for path, data in items:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            except OSError as exc:
+                raise _user_error(f"cannot write {_q(path)}: {_why(exc)}") from None
+            staged.append((path, tmp))
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    os.fchmod(fh.fileno(), 0o666 & ~_umask())
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                raise _user_error(f"cannot write {_q(path)}: {_why(exc)}") from None
+        for path, tmp in staged:
+            existed = os.path.lexists(path)
+            backups.append((path, _backup(path) if existed else None, existed))
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                _, backup, _ = backups.pop()  # this target was not replaced
+                if backup is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(backup)
+                raise _user_error(f"cannot write {_q(path)}: {_why(exc)}") from None
+    except BaseException:
+        for path, tmp in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        for path, backup, existed in reversed(backups):  # put back what was replaced
+            with contextlib.suppress(OSError):
+                if backup is not None:
+                    os.replace(backup, path)
+                elif not existed:
+                    os.unlink(path)
+        raise
+    for _, backup, _ in backups:
+        if backup is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(backup)
+    return [p for p, _ in items]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -467,6 +665,35 @@ def write_meta(path: str | os.PathLike, meta: dict[str, Any] | None = None) -> P
     return atomic_write_json(meta_path(path), meta if meta is not None else run_metadata())
 
 
+def _table_bytes(df, path: Path, meta: dict[str, Any]) -> bytes:
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        rows = json.loads(df.to_json(orient="records", double_precision=15))
+        return to_json({"meta": meta, "rows": rows}).encode("utf-8")
+    if suffix == ".parquet":
+        import io as _io
+
+        buf = _io.BytesIO()
+        df.to_parquet(buf, index=False)
+        return buf.getvalue()
+    return df.to_csv(index=False, float_format="%.10g").encode("utf-8")
+
+
+def table_files(df, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> list[tuple[Path, bytes]]:
+    """The files :func:`write_table` writes, as ``(path, bytes)`` pairs: the table, then its ``.meta.json``
+    (for :func:`atomic_write_files`, to write them with other files as one result)."""
+    path = Path(path)
+    meta = meta if meta is not None else run_metadata()
+    return [(path, _table_bytes(df, path, meta)), (meta_path(path), to_json(meta).encode("utf-8"))]
+
+
+def json_files(obj: Any, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> list[tuple[Path, bytes]]:
+    """The files :func:`write_json` writes, as ``(path, bytes)`` pairs: the document, then its ``.meta.json``."""
+    path = Path(path)
+    meta = meta if meta is not None else run_metadata()
+    return [(path, to_json(obj).encode("utf-8")), (meta_path(path), to_json(meta).encode("utf-8"))]
+
+
 def write_table(df, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
     """Write a tidy table (pandas DataFrame) to ``.csv``, ``.json`` or ``.parquet``, atomically, with its metadata.
 
@@ -474,30 +701,18 @@ def write_table(df, path: str | os.PathLike, meta: dict[str, Any] | None = None)
     one place a reader (:func:`propagate.load`) finds what produced the file.
     CSV stays plain for pandas, R and spreadsheets (floats to 10 significant
     digits); JSON holds ``{"meta": ..., "rows": [...]}`` (strict: NaN as
-    ``null``); Parquet keeps every digit and the column types.
+    ``null``); Parquet keeps every digit and the column types. The table and
+    its sidecar are written as one (:func:`atomic_write_files`): if either
+    cannot be written, neither file is replaced.
     """
-    path = Path(path)
-    meta = meta if meta is not None else run_metadata()
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        rows = json.loads(df.to_json(orient="records", double_precision=15))
-        atomic_write_json(path, {"meta": meta, "rows": rows})
-    elif suffix == ".parquet":
-        import io as _io
-
-        buf = _io.BytesIO()
-        df.to_parquet(buf, index=False)
-        atomic_write_bytes(path, buf.getvalue())
-    else:
-        atomic_write_text(path, df.to_csv(index=False, float_format="%.10g"))
-    write_meta(path, meta)
-    return path
+    atomic_write_files(table_files(df, path, meta))
+    return Path(path)
 
 
 def write_json(obj: Any, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-    """Write a JSON result that is not a table (a solution, a document) atomically, with its ``.meta.json``."""
-    atomic_write_json(path, obj)
-    write_meta(path, meta)
+    """Write a JSON result that is not a table (a solution, a document) atomically, with its ``.meta.json``
+    (the two as one: :func:`atomic_write_files`)."""
+    atomic_write_files(json_files(obj, path, meta))
     return Path(path)
 
 

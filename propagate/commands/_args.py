@@ -89,6 +89,23 @@ def nonneg_int(text: str) -> int:
 MAX_LIST = limits.MAX_LIST
 
 
+def split_list(text: str, empty: str = "empty list: {text!r}") -> list[str]:
+    """The items of a comma-separated list, stripped; the one parser of every list option.
+
+    An empty item (``1,,2``, a comma at either end) is refused, not dropped: it
+    is almost always a typo (a missing value), and dropping it would run with a
+    list other than the one typed. A list with no item at all raises ``empty``
+    (formatted with ``text``). argparse's message names the option.
+    """
+    items = [t.strip() for t in text.split(",")]
+    if not any(items):
+        raise argparse.ArgumentTypeError(empty.format(text=text))
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty item (two commas in a row, or one at an end); "
+                                         f"remove the extra comma or add the missing value")
+    return items
+
+
 def float_list(text: str) -> list[float]:
     """'0.1,0.2' or a range 'START:STOP:N' (N points, both ends included; N <= :data:`MAX_LIST`)."""
     text = text.strip()
@@ -96,9 +113,7 @@ def float_list(text: str) -> list[float]:
         a, b, n = text.split(":")
         start, stop, count = _number(a), _number(b), positive_int(n)
         return _from_user_error(limits.linear_range)(start, stop, count, "a range")
-    items = [t for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"empty list: {text!r}")
+    items = split_list(text)
     if len(items) > MAX_LIST:
         raise argparse.ArgumentTypeError(f"a list of {len(items)} values is more than the limit of {MAX_LIST}")
     return [_number(t) for t in items]
@@ -205,10 +220,7 @@ def device(text: str) -> str:
 
 def name_list(text: str) -> list[str]:
     """A comma-separated list of names, at least one."""
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"needs at least one name, got {text!r}")
-    return names
+    return split_list(text, "needs at least one name, got {text!r}")
 
 
 #: Matches option values that are negative numbers or lists/ranges of them ('-1', '-1,1', '-0.5:0.5:11',

@@ -3,8 +3,10 @@
 - :func:`add_output_arguments` adds ``--json [FILE]`` (strict JSON; standard
   output without FILE) and ``--csv FILE`` (``-``: standard output), checked at
   parse time (a FILE must end in ``.json``/``.csv`` and be writable).
-- :func:`check_outputs` refuses, before any work, two outputs on standard output.
-- :func:`emit` writes the table (and its ``.meta.json``) where the flags say.
+- :func:`check_outputs` refuses, before any work, two outputs on standard output
+  and two output files (a ``.meta.json`` sidecar included) that are one file.
+- :func:`emit` writes the table (and its ``.meta.json``) where the flags say,
+  every file of the command as one (all of them, or none).
 - :func:`at_precision` / :func:`clean_table` print a number at the precision it
   has (the rule below), for the tables a command prints.
 
@@ -26,10 +28,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 from propagate.commands import _args
 from propagate.errors import UserError
-from propagate.io import to_json, write_json, write_table
+from propagate.io import (atomic_write_files, check_distinct_outputs, check_sidecar, json_files, table_files,
+                          to_json)
 
 #: Relative size below which a value is round-off of 0 (64 x float64 machine epsilon).
 NOISE = 64 * sys.float_info.epsilon
@@ -40,7 +44,12 @@ def _file_or_stdout(text: str, suffix: str, stdout_hint: str) -> str:
         return text
     if not text.lower().endswith(suffix):
         raise argparse.ArgumentTypeError(f"expects a {suffix} file name {stdout_hint}, got {text!r}")
-    return _args.output_file(text)
+    path = _args.output_file(text)
+    try:  # the .meta.json written beside it is checked now too, not after the work
+        check_sidecar(path, shown=text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return path
 
 
 def json_file_or_stdout(text: str) -> str:
@@ -70,37 +79,62 @@ def to_stdout(args) -> bool:
     return getattr(args, "json", None) == "-" or getattr(args, "csv", None) == "-"
 
 
-def check_outputs(args) -> None:
-    """Refuse ``--json`` and ``--csv -`` together (both would fill standard output); call before any work."""
+#: The options of a command that name a file to write, and whether the file gets a ``.meta.json`` beside it.
+FILE_OPTIONS = (("--json", "json", True), ("--csv", "csv", True), ("--plot", "plot", False))
+
+
+def check_outputs(args, reserved=()) -> None:
+    """Refuse, before any work, outputs that would clash; call at the start of ``run``.
+
+    Refused: ``--json`` and ``--csv -`` together (both would fill standard
+    output); a ``.meta.json`` beside a ``--json``/``--csv`` file that cannot
+    be written (a folder there); and two outputs that are the same file,
+    sidecars included (``--csv a.csv --json a.csv.meta.json``: the CSV's
+    metadata would overwrite the JSON). ``reserved``: ``(what, path)`` of
+    the files the command writes anyway (those of its ``--out`` folder), which
+    no option may name (:func:`propagate.io.check_distinct_outputs`).
+    """
 
     if getattr(args, "json", None) == "-" and getattr(args, "csv", None) == "-":
         raise UserError("--json without FILE and --csv - both write to standard output; give one of them a file")
+    outputs = [(option, getattr(args, dest, None), sidecar) for option, dest, sidecar in FILE_OPTIONS]
+    for option, path, sidecar in outputs:
+        if sidecar and path is not None and path != "-":
+            check_sidecar(path, option)
+    check_distinct_outputs(outputs, reserved)
 
 
-def emit(args, table, meta: dict, document: dict | None = None) -> list[str]:
+def emit(args, table, meta: dict, document: dict | None = None, extra=()) -> list[str]:
     """Write ``table`` where ``--json``/``--csv`` say; return the files written.
 
     JSON is ``document`` when given (the command's own richer form; it must
     hold the metadata), else ``{"meta": meta, "rows": [...]}``. Files get their
-    ``.meta.json`` beside them (:func:`propagate.io.write_table`).
+    ``.meta.json`` beside them (:func:`propagate.io.write_table`). ``extra``:
+    more ``(path, bytes)`` of the same result (a ``--plot``). Every file is
+    written as one (:func:`propagate.io.atomic_write_files`): if one cannot
+    be, none is replaced. Returns the ``--json``/``--csv`` files written.
     """
 
-    written = []
+    written, files = [], []
     js, csv = getattr(args, "json", None), getattr(args, "csv", None)
     if js is not None:
         if document is None:
             import json
 
             document = {"meta": meta, "rows": json.loads(table.to_json(orient="records", double_precision=15))}
-        if js == "-":
-            sys.stdout.write(to_json(document))
-        else:
-            written.append(str(write_json(document, js, meta)))
-    if csv is not None:
-        if csv == "-":
-            sys.stdout.write(table.to_csv(index=False, float_format="%.10g"))
-        else:
-            written.append(str(write_table(table, csv, meta)))
+        if js != "-":
+            files += json_files(document, js, meta)
+            written.append(str(Path(js)))
+    if csv is not None and csv != "-":
+        files += table_files(table, csv, meta)
+        written.append(str(Path(csv)))
+    files += [(p, data) for p, data in extra]
+    if files:
+        atomic_write_files(files)
+    if js == "-":
+        sys.stdout.write(to_json(document))
+    if csv == "-":
+        sys.stdout.write(table.to_csv(index=False, float_format="%.10g"))
     return written
 
 

@@ -7,7 +7,7 @@ import os
 import sys
 
 from propagate.commands._args import (add_renamed, check_device, data_dir, device, name_list, output_dir, positive_float_list,
-                                      positive_int, scheduler_address, seed, workers)
+                                      positive_int, scheduler_address, seed, split_list, workers)
 from propagate.errors import UserError
 from propagate.limits import check_seeds
 
@@ -33,7 +33,7 @@ SECTION_NAMES = ("residual", "spectrum", "selfnorm", "trainability", "scaling", 
 
 def _sections(text: str) -> tuple[str, ...]:
     """'none', or a comma-separated subset of :data:`SECTION_NAMES` (kept in page order)."""
-    names = [t.strip() for t in text.split(",") if t.strip()]
+    names = split_list(text, "unknown section {text!r}; choose from " + ", ".join(SECTION_NAMES) + " or none")
     if names == ["none"]:
         return ()
     unknown = [n for n in names if n not in SECTION_NAMES]
@@ -109,7 +109,19 @@ def _presets(names) -> tuple[str, ...]:
     return presets
 
 
+#: Fewest simulation inputs per network (:func:`propagate.simulate.simulate`: a variance needs two).
+MIN_SIM_INPUTS = 2
+
+
+def check_arguments(args) -> None:
+    """Refuse, before any work, values the report's parts would refuse only after the earlier parts ran."""
+    if args.samples is not None and args.samples < MIN_SIM_INPUTS:
+        # the words of propagate.simulate's own check, which otherwise comes after the SELU part
+        raise UserError(f"samples must be a whole number >= {MIN_SIM_INPUTS}, got {args.samples!r}")
+
+
 def run(args) -> int:
+    check_arguments(args)
     kw = {}
     if args.lr:
         twice = sorted({lr for lr in args.lr if args.lr.count(lr) > 1})

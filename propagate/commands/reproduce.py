@@ -17,7 +17,7 @@ from propagate.commands._args import (
 )
 from propagate.commands._output import add_output_arguments, check_outputs, emit, to_stdout
 from propagate.commands.train import check_training_size
-from propagate.io import run_metadata
+from propagate.io import check_files_in, run_metadata
 from propagate.limits import check_seeds
 from propagate.runfolder import check_run_folder
 
@@ -61,17 +61,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_arguments(parser, what="the summary (one row per preset, lr and epoch)")
 
 
+#: The files ``reproduce --out DIR`` writes at the top of DIR (:func:`propagate.reproduce.reproduce`).
+OUT_FILES = ("summary.csv", "summary.csv.meta.json", "summary.md")
+
+
 def run(args) -> int:
     from propagate.presets import get_preset
     from propagate.reproduce import check_runs, long_summary, reproduce, summary_markdown
     from propagate.train import TrainOptions, format_epoch_line
 
-    check_outputs(args)
+    from pathlib import Path
+
+    # --json/--csv may not name the summary the run writes in --out (nor its sidecar)
+    check_outputs(args, [(f"the run's {name!r} in --out", Path(args.out) / name) for name in OUT_FILES])
     presets, _ = check_runs(args.presets, args.lr)  # unknown or repeated presets and learning rates
     check_seeds(args.seed, args.seeds)
     check_device(args.device)
     # in use by another process, another kind of run, or not a run folder: refuse now (its data: once loaded)
     check_run_folder(args.out, "reproduce", None, resume=args.resume)
+    check_files_in(args.out, OUT_FILES)  # a folder where the summary goes: refused before any training
 
     # every preset is the demo's network: one size check, before any data is loaded
     check_training_size(get_preset(presets[0]).spec(), TrainOptions(seeds=args.seeds, probe_size=args.probe_size))

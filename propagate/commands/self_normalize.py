@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from propagate.commands._args import finite_float, int_in, positive_float, refuse_unused
+from propagate.commands._args import finite_float, int_in, positive_float, refuse_unused, split_list
 from propagate.io import to_json
 
 NAME = "self-normalize"
@@ -36,7 +36,7 @@ examples:
 
 
 def _pair(text: str) -> tuple[str, str]:
-    items = tuple(t.strip().lower() for t in text.split(",") if t.strip())
+    items = tuple(t.lower() for t in split_list(text, "need two parameter names like gamma,d; got {text!r}"))
     if len(items) != 2:
         raise argparse.ArgumentTypeError(f"need two parameter names like gamma,d; got {text!r}")
     return items

@@ -11,7 +11,7 @@ from propagate.commands._output import add_output_arguments, check_outputs, clea
 from propagate.commands._spec_args import (DEFAULT_NETWORK, DEMO_DEPTH, DEMO_FIRST, DEMO_INPUT, DEMO_WIDTH,
                                            add_spec_arguments, spec_from_args)
 from propagate.errors import UserError
-from propagate.io import atomic_write_bytes, run_metadata
+from propagate.io import run_metadata
 from propagate.limits import check_seeds, require_memory, simulation_bytes
 
 NAME = "simulate"
@@ -161,12 +161,13 @@ def run(args) -> int:
     if res.diverged_at is not None:
         print(f"propagate: warning: signal diverged (inf/NaN) at layer {res.diverged_at}; table stops there",
               file=sys.stderr)
-    emit(args, table, meta)
+    extra = []
     if args.plot:
         from propagate.simulate_plot import figure_png, plot_layers
 
         fig = plot_layers(table, title=f"{spec.label()}, {res.meta['seeds']} networks x {res.meta['samples']} inputs")
-        atomic_write_bytes(args.plot, figure_png(fig))
+        extra.append((args.plot, figure_png(fig)))
+    emit(args, table, meta, extra=extra)  # the plot, --json and --csv as one: all of them or none
     return 0
 
 

@@ -9,7 +9,7 @@ from propagate.commands._output import add_output_arguments, check_outputs, emit
 from propagate.commands._spec_args import (DEFAULT_NETWORK, DEMO_WIDTH, add_spec_arguments, spec_from_args,
                                            square_widths, weights_of)
 from propagate.errors import UserError
-from propagate.io import atomic_write_bytes, run_metadata
+from propagate.io import run_metadata
 from propagate.limits import require_memory
 
 NAME = "spectrum"
@@ -133,15 +133,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--plot draws the predicted density over the samples, and {gap}")
     res = analyze_spectrum(spec, points=args.points, check=bool(args.check or args.plot), networks=args.networks,
                            inputs=args.inputs, seed=args.seed)
+    extra = []
     if args.plot:
         from propagate.report.section_spectrum import spectrum_figure_png
 
-        atomic_write_bytes(args.plot, spectrum_figure_png(res.theory, res.samples,
-                                                          title=f"{spec.label()}, depth {spec.depth}, width {spec.widths[0]}"))
+        extra.append((args.plot, spectrum_figure_png(res.theory, res.samples,
+                                                     title=f"{spec.label()}, depth {spec.depth}, width {spec.widths[0]}")))
     document = _json(res, spec)
     if not to_stdout(args):
         print("\n".join(format_spectrum(res, spec)))
-    written = emit(args, moments_table(res, spec), document["meta"], document)
+    # the plot, --json and --csv as one: all of them or none
+    written = emit(args, moments_table(res, spec), document["meta"], document, extra=extra)
     if not to_stdout(args):
         for path in ([args.plot] if args.plot else []) + written:
             print(f"wrote {path}")

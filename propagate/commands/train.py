@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from propagate.commands._args import (
     add_ensemble_arguments,
@@ -25,10 +26,11 @@ from propagate.commands._spec_args import (
     custom_network,
     spec_from_args,
 )
-from propagate.io import run_metadata
+from propagate.io import check_files_in, run_metadata
 from propagate.limits import check_seeds, require_memory
 from propagate.runfolder import check_folder
-from propagate.runstore import check_checkpoint, run_identity
+from propagate.runstore import (CHECKPOINT_FILE, HISTORY_FILE, LAYERS_FILE, SPEC_FILE, SUMMARY_FILE, check_checkpoint,
+                                run_identity)
 from propagate.steplog import StepLog, check_tensorboard, steps_per_epoch
 
 NAME = "train"
@@ -167,17 +169,30 @@ def _summary_cells(summary) -> list[dict]:
     return rows
 
 
+#: The per-step log's file in --out (:func:`_step_log`).
+STEPS_FILE = "steps.csv"
+
+
+def run_files(args) -> list[str]:
+    """The files ``train --out DIR`` writes in DIR (every table's ``.meta.json`` included)."""
+    tables = [HISTORY_FILE, LAYERS_FILE, SUMMARY_FILE] + ([STEPS_FILE] if args.log_every else [])
+    return [n for t in tables for n in (t, t + ".meta.json")] + [SPEC_FILE, CHECKPOINT_FILE]
+
+
 def run(args) -> int:
     if args.list_presets:
         _print_presets()
         return 0
-    check_outputs(args)
+    # --json/--csv may not name a file the run writes in --out (nor its sidecar)
+    check_outputs(args, [(f"the run's {name!r} in --out", Path(args.out) / name) for name in run_files(args)]
+                  if args.out else ())
     refuse_unused(args, {"--log-every": ("--out or --tensorboard (where the log goes)", bool(args.out or args.tensorboard))})
     preset, spec, options = spec_and_options(args)
     check_training_size(spec, options)
     check_device(options.device)
     if args.out:  # whose the folder is (kind, foreign files, lock), before any data loads
         check_folder(args.out, {"kind": "train"}, resume=False)
+        check_files_in(args.out, run_files(args))  # a folder where checkpoint.pt goes: refused before training
     if args.tensorboard:
 
         check_tensorboard()
@@ -226,10 +241,8 @@ def _step_log(args, options, dataset):
     """The :class:`~propagate.steplog.StepLog` of --log-every/--tensorboard (``None`` without either)."""
     if not (args.log_every or args.tensorboard):
         return None
-    from pathlib import Path
-
     return StepLog(args.log_every or 1, options=options, steps_per_epoch=steps_per_epoch(dataset.n_train, options),
-                   path=Path(args.out) / "steps.csv" if args.out else None, resume=args.resume,
+                   path=Path(args.out) / STEPS_FILE if args.out else None, resume=args.resume,
                    tensorboard=args.tensorboard, meta={"dataset": dataset.name, "seeds": options.seed_list})
 
 

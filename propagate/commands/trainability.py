@@ -16,7 +16,7 @@ from propagate.commands._spec_args import (DEFAULT_ACTIVATION, DEFAULT_INIT, DEF
 from propagate.errors import UserError
 from propagate.limits import check_seeds, linear_range
 from propagate.runfolder import check_run_folder
-from propagate.io import run_metadata
+from propagate.io import check_files_in, run_metadata
 from propagate.trainability import DEFAULT_LRS, TrainabilityOptions, check_out_dir, trainability
 
 NAME = "trainability"
@@ -162,9 +162,12 @@ def configs_from_args(args) -> list:
 
     configs = []
     if args.presets is not None:
-        names = [p.strip() for p in args.presets.split(",") if p.strip()]
-        if not names:
+        names = [p.strip() for p in args.presets.split(",")]
+        if not any(names):
             raise UserError("--presets is empty")
+        if not all(names):
+            raise UserError(f"--presets {args.presets!r} has an empty item (two commas in a row, or one at an end); "
+                            f"remove the extra comma or add the missing name")
         for n in names:
             p = get_preset(n)
             configs.append((p.name, p.spec()))
@@ -196,13 +199,28 @@ def setup(args) -> tuple:
     return configs, lrs, options
 
 
+#: The tables ``trainability --out DIR`` writes in DIR (:func:`propagate.trainability.trainability`), each with
+#: its ``.meta.json``.
+OUT_TABLES = ("points.csv", "points.json", "configs.csv", "configs.json", "seeds.csv", "predictions.csv",
+              "lookahead.csv")
+
+
+def out_files() -> list[str]:
+    """The files written in --out at the end of a run (sidecars included)."""
+    return [n for t in OUT_TABLES for n in (t, t + ".meta.json")]
+
+
 def run(args) -> int:
-    check_outputs(args)
+    from pathlib import Path
+
+    # --json/--csv may not name a table the run writes in --out (nor its sidecar)
+    check_outputs(args, [(f"the run's {name!r} in --out", Path(args.out) / name) for name in out_files()])
     configs, lrs, options = setup(args)
     check_device(args.device)
     check_where(args.workers, args.scheduler)
     # whose the folder is (kind, foreign files, lock) before any data loads; its identity once the data is known
     check_run_folder(args.out, "trainability", None, resume=args.resume)
+    check_files_in(args.out, out_files())  # a folder where a table goes: refused before any training
 
     from tabulate import tabulate
 
