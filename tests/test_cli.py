@@ -200,3 +200,18 @@ def test_no_command_is_an_error_with_the_help():
     _one_error_line(rc, err)
     assert "a command is required" in err
     assert out.startswith("usage: propagate") and "theory" in out
+
+
+def test_theory_warns_of_a_diverging_signal_and_an_empty_preset_is_refused(tmp_path):
+    """theory's table marks divergence and stderr says where, in one warning line (exit 0: a result, as simulate);
+    train --preset '' is a one-line error before any work, not the default network trained."""
+    code, out, err = _cli(["theory", "--activation", "relu", "--init", "normal:1e300", "--depth", "6", "--width", "2"])
+    assert code == 0 and err.strip().splitlines() == [
+        "propagate: warning: the predicted signal diverges (inf/NaN) at layer 2; the table shows where"]
+    code, out, err = _cli(["theory", "--activation", "tanh", "--depth", "3"])
+    assert code == 0 and err == ""
+    code, out, err = _cli(["train", "--dataset", "mnist-5k", "--depth", "3", "--width", "16", "--epochs", "1",
+                           "--no-progress", "--preset", "", "--out", str(tmp_path / "run")])
+    assert code == 2 and err.strip().splitlines() == [
+        "propagate: error: --preset needs a name (see --list-presets); leave it out for the default network"]
+    assert not (tmp_path / "run").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from propagate.commands._args import finite_float, nonneg_int, positive_int, refuse_unused
 from propagate.commands._output import (NOISE, add_output_arguments, at_precision, check_outputs, clean_table, emit,
@@ -96,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
             res.table[col] = res.table["layer"].map(spread[col]).astype(float)
         sampled = "sampled_var_log_norm" in spread.columns
     table = res.table
+    if "diverged" in table and table["diverged"].astype(bool).any():
+        first = int(table.loc[table["diverged"].astype(bool), "layer"].iloc[0])
+        print(f"propagate: warning: the predicted signal diverges (inf/NaN) at layer {first}; the table shows "
+              f"where", file=sys.stderr)
     meta = run_metadata(spec=spec.to_dict(), summary=res.summary(),
                         **({"finite_width": {"theory_note": note, "sampled": sampled, "seed": args.seed}}
                            if args.finite_width else {}))

@@ -26,6 +26,7 @@ from propagate.commands._spec_args import (
     custom_network,
     spec_from_args,
 )
+from propagate.errors import UserError
 from propagate.io import check_files_in, run_metadata
 from propagate.limits import check_seeds, require_memory
 from propagate.runfolder import check_folder
@@ -115,6 +116,8 @@ def spec_and_options(args):
     from propagate.train import TrainOptions
 
     check_seeds(args.seed, args.seeds)  # the ensemble's last seed too
+    if args.preset is not None and not args.preset.strip():
+        raise UserError("--preset needs a name (see --list-presets); leave it out for the default network")
     preset = get_preset(args.preset) if args.preset else None
     base = preset.spec() if preset else NetworkSpec.demo(DEFAULT_ACTIVATION, DEFAULT_INIT, False)
     spec = spec_from_args(args, base=base, out_features=DEMO_CLASSES) if custom_network(args) else base
