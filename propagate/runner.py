@@ -14,7 +14,10 @@ trainability ensembles and sharpness predictions are all points.
   ``KEY.failed.json`` (error line and traceback) per point whose last try
   failed; every file is written atomically (:func:`propagate.io.atomic_write_json`),
   so an interruption leaves whole files only. A failed point is tried again
-  by the next run; its failure file goes when it succeeds.
+  by the next run; its failure file goes when it succeeds. A file read back
+  is checked (:attr:`Point.check`): one that is damaged or of the wrong
+  layout is refused with one line (:class:`propagate.errors.UserError`) and
+  left where it is, never recomputed over or removed.
 - Engines: :class:`InProcess` (one point after another, here) and
   :class:`OnDask` (a local cluster of single-threaded workers, a running
   scheduler or a user's client, see :func:`propagate.cluster.dask_client`;
@@ -64,6 +67,7 @@ __all__ = [
     "Result",
     "point_key",
     "call",
+    "check_record",
     "PointStore",
     "InProcess",
     "OnDask",
@@ -106,6 +110,11 @@ class Point:
     are computed once). ``fn`` must be importable (a module-level function)
     to run on Dask; its value must be JSON-able to be stored. ``meta``: a
     JSON-able description saved with the result (not sent to the worker).
+    ``check``: the reader's check of a stored record of this point,
+    ``check(record)``, raising :class:`ValueError` (the reason) when the record
+    does not hold what ``fn`` returns (default :func:`check_record`: a finished
+    point's record with a value); :meth:`PointStore.record` then refuses the
+    file as it refuses a damaged one.
     """
 
     key: str
@@ -114,6 +123,7 @@ class Point:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     shared: Mapping[str, Any] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
+    check: Callable[[dict], None] | None = None
 
     def bind(self, values: Mapping[str, Any]) -> tuple[tuple, dict]:
         """``(args, kwargs)`` with each :class:`Shared` placeholder replaced by ``values[name]``."""
@@ -200,6 +210,25 @@ def call_on_worker(fn: Callable, args: tuple = (), kwargs: Mapping[str, Any] | N
         release_memory()
 
 
+def check_record(record: dict) -> None:
+    """Raise :class:`ValueError` (the reason) unless ``record`` is a finished point's, as :meth:`Result.record` writes.
+
+    That is: ``status`` ``"ok"`` and a ``value`` (what the point's function
+    returned; its layout is the point's own :attr:`Point.check`). The store
+    has checked already that the record is a JSON object whose ``meta``, if
+    any, is an object.
+    """
+    if record.get("status") != "ok":
+        raise ValueError(f"status {_short(record.get('status'))}, not 'ok'")
+    if "value" not in record:
+        raise ValueError("no value")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _result(point: Point, envelope: dict) -> Result:
     return Result(point, envelope["ok"], envelope.get("value"), envelope.get("error"), envelope.get("traceback"),
                   envelope.get("exception"), dict(envelope.get("meta", {})))
@@ -230,9 +259,22 @@ class PointStore:
         """Whether the point ``key`` has a result (a failure is not one)."""
         return self.path(key).is_file()
 
-    def record(self, key: str) -> dict | None:
-        """The stored record of a finished point, or ``None``."""
-        return self._read(self.path(key))
+    def record(self, key: str, check: Callable[[dict], None] | None = check_record) -> dict | None:
+        """The stored record of a finished point, or ``None``; :class:`UserError` if it is damaged.
+
+        Damaged: not JSON, not a JSON object (or its ``meta`` not one), or a
+        record that ``check(record)`` refuses (:class:`ValueError`; default
+        :func:`check_record`, see :attr:`Point.check`). Such a file is left
+        where it is; the message says to move it away.
+        """
+        path = self.path(key)
+        rec = self._read(path)
+        if rec is not None and check is not None:
+            try:
+                check(rec)
+            except ValueError as exc:
+                raise _damaged(path, f"wrong layout: {exc}") from None
+        return rec
 
     def failure(self, key: str) -> dict | None:
         """The stored record of the point's last failure, or ``None``."""
@@ -256,14 +298,24 @@ class PointStore:
 
     @staticmethod
     def _read(path: Path) -> dict | None:
+        """The JSON object in ``path`` (``None`` if there is no file); :class:`UserError` for anything else."""
         try:
             with open(path) as fh:
-                return json.load(fh)
+                rec = json.load(fh)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read the point file {str(path)!r} ({type(exc).__name__}); move it away to "
-                            "compute the point again") from None
+            raise _damaged(path, type(exc).__name__) from None
+        if not isinstance(rec, dict):
+            raise _damaged(path, f"wrong layout: a JSON {type(rec).__name__}, not an object")
+        if not isinstance(rec.get("meta", {}), dict):
+            raise _damaged(path, "wrong layout: its meta is not an object")
+        return rec
+
+
+def _damaged(path: Path, why: str) -> UserError:
+    """The one refusal of a point file that cannot be used (unreadable, or of the wrong layout); it is left in place."""
+    return UserError(f"cannot read the point file {str(path)!r} ({why}); move it away to compute the point again")
 
 
 # ----------------------------------------------------------------------------- engines
@@ -404,7 +456,7 @@ def run_points(points: Iterable[Point], *, store: PointStore | None = None, engi
         if p.key in seen:
             continue
         seen.add(p.key)
-        rec = store.record(p.key) if (store is not None and reuse) else None
+        rec = store.record(p.key, check=p.check or check_record) if (store is not None and reuse) else None
         if rec is not None:
             yield Result(p, True, rec.get("value"), meta=dict(rec.get("meta", {})), cached=True)
         else:

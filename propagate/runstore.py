@@ -41,6 +41,7 @@ stacks saved seeds into a fresh model, :func:`restore_seed` puts one back
 from __future__ import annotations
 
 import io
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -117,12 +118,15 @@ def summarize_history(history):
 # ----------------------------------------------------------------- the checkpoint
 
 
-def read_checkpoint(folder: str | os.PathLike, config: dict, *, mmap: bool = False) -> dict | None:
+def read_checkpoint(folder: str | os.PathLike, config: dict, *, mmap: bool = False, spec=None) -> dict | None:
     """The checkpoint of run folder ``folder`` (``None`` if it has none); :class:`UserError` if it is unusable.
 
     Unusable: not a torch file (damaged, truncated, another program's), a
-    checkpoint of an older propagate (one seed, no per-seed state), or one of a
-    run with settings other than ``config`` (:func:`run_config`). ``mmap``
+    checkpoint of an older propagate (one seed, no per-seed state), one of a
+    run with settings other than ``config`` (:func:`run_config`), or one of
+    the wrong layout (:func:`_check_seeds`: the per-seed records as
+    :class:`RunStore` writes them; with ``spec``, each seed's saved state of
+    that network), refused like a damaged file and left in place. ``mmap``
     maps the tensors instead of reading them (a check that need not load them).
     """
     import torch
@@ -141,12 +145,123 @@ def read_checkpoint(folder: str | os.PathLike, config: dict, *, mmap: bool = Fal
     if ckpt.get("config") != config:
         raise UserError(f"{str(path)!r} holds a run with different settings; use another output folder or "
                         f"--no-resume")
+    try:
+        _check_seeds(ckpt["seeds"], None if spec is None else _spec_layout(spec))
+    except ValueError as exc:  # a checkpoint of the wrong layout is as unusable as a damaged one
+        raise UserError(f"cannot read the checkpoint {str(path)!r} (wrong layout: {exc}); {fix}") from None
     return ckpt
+
+
+_STATUSES = ("partial", "finished", "diverged")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _check_seeds(seeds: dict, network: tuple | None = None) -> None:
+    """Raise :class:`ValueError` (the reason) unless ``seeds`` is a checkpoint's per-seed record as :class:`RunStore`
+    writes it: per seed number its ``status``, ``epoch``, ``history`` and ``layers`` rows and, after an epoch,
+    ``state`` (:func:`seed_state`); every seed's state of one layout (one network, one optimizer) and, with
+    ``network`` (:func:`_network_layout`), of that network."""
+    layouts = {}
+    for s, st in seeds.items():
+        if not _is_int(s) or s < 0:
+            raise ValueError(f"seed {s!r} is not a seed number")
+        if not isinstance(st, dict):
+            raise ValueError(f"seed {s}: not a record")
+        if st.get("status") not in _STATUSES:
+            raise ValueError(f"seed {s}: status {st.get('status')!r} is none of {', '.join(_STATUSES)}")
+        epoch = st.get("epoch")
+        if not _is_int(epoch) or epoch < 0:
+            raise ValueError(f"seed {s}: epoch {epoch!r} is not a whole number >= 0")
+        history = st.get("history")
+        if not isinstance(history, list):
+            raise ValueError(f"seed {s}: history is not a list of rows")
+        for row in history:
+            if not (isinstance(row, dict) and set(HISTORY_COLUMNS) <= set(row) and row["seed"] == s
+                    and _is_int(row["epoch"]) and 1 <= row["epoch"] <= epoch
+                    and all(_is_number(row[m]) for m in (*METRICS, "seconds"))):
+                raise ValueError(f"seed {s}: a history row is not one of this seed's epochs")
+        layers = st.get("layers")
+        if not isinstance(layers, list) or not all(
+                isinstance(r, dict) and r.get("seed") == s and _is_int(r.get("epoch")) for r in layers):
+            raise ValueError(f"seed {s}: layers is not a list of this seed's rows")
+        if epoch > 0 or "state" in st:
+            layouts[s] = _state_layout(s, st.get("state"))
+            misfit = None if network is None else _misfit(st["state"], network)
+            if misfit:
+                raise ValueError(f"seed {s}: the saved state is not of this network ({misfit})")
+    if len(set(layouts.values())) > 1:
+        raise ValueError("the seeds' saved states are of different networks or optimizers")
+
+
+def _network_layout(model) -> tuple[dict, list]:
+    """What one seed's state of a batched ``model`` holds: the shape of each stacked entry of its state dict by
+    name, and each parameter's shape (a batched model's shapes without the leading seed dimension)."""
+    return ({k: tuple(v.shape[1:]) for k, v in model.state_dict().items() if v.dim() > 0},
+            [tuple(p.shape[1:]) for p in model.parameters()])
+
+
+def _spec_layout(spec) -> tuple[dict, list] | None:
+    """:func:`_network_layout` of ``spec``'s network, built on torch's meta device (shapes only, no memory, no
+    random numbers); ``None`` if that device cannot build it (:func:`load_seed_states` checks the state then)."""
+    import torch
+
+    from propagate.spec import build_model
+
+    try:
+        with torch.device("meta"):
+            return _network_layout(build_model(spec, seeds=[0]))
+    except Exception:  # noqa: BLE001 - an op without a meta kernel: this check is early, load_seed_states' is sure
+        return None
+
+
+def _misfit(state: dict, network: tuple[dict, list]) -> str | None:
+    """Why one seed's saved state (:func:`seed_state`) does not fit the network of ``network``, or ``None``."""
+    names, params = network
+    saved, opt = state["model"], state["optimizer"]
+    for k, shape in names.items():
+        if k not in saved:
+            return f"no {k}"
+        if tuple(saved[k].shape) != shape:
+            return f"{k} of shape {list(saved[k].shape)}, not {list(shape)}"
+    for j, per in opt.items():
+        if not 0 <= j < len(params):
+            return f"optimizer state of parameter {j}, of {len(params)}"
+        for k, v in per.items():
+            if hasattr(v, "dim") and v.dim() > 0 and tuple(v.shape) != params[j]:
+                return f"optimizer {k} of parameter {j} of shape {list(v.shape)}, not {list(params[j])}"
+    return None
+
+
+def _state_layout(s: int, state) -> tuple:
+    """What must be equal across seeds of one run: parameter names, shapes and dtypes, optimizer state names."""
+    import torch
+
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) \
+            or not isinstance(state.get("optimizer"), dict):
+        raise ValueError(f"seed {s}: no saved weights and optimizer state")
+    model, opt = state["model"], state["optimizer"]
+    if not model or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        raise ValueError(f"seed {s}: the saved weights are not tensors by name")
+    for j, per in opt.items():
+        if not _is_int(j) or not isinstance(per, dict) or not all(
+                isinstance(k, str) and (v is None or _is_number(v) or isinstance(v, torch.Tensor))
+                for k, v in per.items()):
+            raise ValueError(f"seed {s}: the saved optimizer state is not per parameter")
+    return (tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in model.items())),
+            tuple(sorted((int(j), tuple(sorted((k, tuple(getattr(v, "shape", ()))) for k, v in per.items())))
+                         for j, per in opt.items())))
 
 
 def check_checkpoint(folder: str | os.PathLike, spec, options) -> None:
     """Raise the :class:`UserError` a resumption of ``folder`` would raise for its checkpoint (before a banner)."""
-    read_checkpoint(folder, run_config(spec, options), mmap=True)
+    read_checkpoint(folder, run_config(spec, options), mmap=True, spec=spec)
 
 
 # ----------------------------------------------------------------- per-seed state
@@ -170,14 +285,25 @@ def seed_state(model, opt, i: int, to_cpu: bool = True) -> dict:
 
 
 def load_seed_states(model, opt, states: list[dict]) -> None:
-    """Stack the saved states of a group's seeds (in ``model.seeds`` order) into ``model`` and ``opt``."""
+    """Stack the saved states of a group's seeds (in ``model.seeds`` order) into ``model`` and ``opt``.
+
+    The states are those of a checkpoint :func:`read_checkpoint` checked;
+    should one still not fit this network (names or shapes, see
+    :func:`_spec_layout`), :class:`UserError` before anything is loaded.
+    """
     import torch
 
     sd = model.state_dict()
+    params = list(model.parameters())
+    network = _network_layout(model)
+    for st in states:
+        misfit = _misfit(st, network)
+        if misfit:
+            raise UserError(f"the checkpoint's saved state does not fit this network ({misfit}); delete "
+                            f"{CHECKPOINT_FILE} or use --no-resume to start over")
     for k, v in sd.items():
         if v.dim() > 0:
             v.copy_(torch.stack([st["model"][k] for st in states]))
-    params = list(model.parameters())
     for j, p in enumerate(params):
         per = [st["optimizer"].get(j, {}) for st in states]
         if not per[0]:
@@ -242,7 +368,7 @@ class RunStore(Closing):
         return self.folder is not None
 
     def _load_checkpoint(self) -> dict[int, dict]:
-        ckpt = read_checkpoint(self.folder, self.config)
+        ckpt = read_checkpoint(self.folder, self.config, spec=self.spec)
         return {} if ckpt is None else {int(k): v for k, v in ckpt["seeds"].items()}
 
     def ask(self, seeds: list[int]) -> None:

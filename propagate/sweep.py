@@ -46,6 +46,10 @@ grid order), ``key``, the swept fields, then the lens's own columns (a lens
 column named like a swept field is dropped where it repeats the field's
 value, else kept as ``lens_<name>``).
 ``OUT/sweep.json`` records the plan. ``OUT`` is locked while a sweep runs.
+A point file that is damaged or holds no point's tables is refused with one
+line when it is gathered (move it away to compute the point again), and a
+folder where a results table goes is refused before any work; neither is
+touched.
 
 The module sits beside the CLI: it reads the commands' parsers
 (``propagate.commands.<lens>.add_arguments``) and calls the library below them.
@@ -73,10 +77,11 @@ from propagate.commands import theory as theory_command, train as train_command,
 from propagate.commands._args import DeprecatedOption
 from propagate.commands.simulate import build_spec as simulate_build_spec
 from propagate.errors import UserError
-from propagate.io import atomic_write_json, run_metadata, write_table
+from propagate.io import atomic_write_json, meta_path, run_metadata, write_table
 from propagate.limits import check_grid, linear_range
 from propagate.runfolder import claim
-from propagate.runner import OnDask, Point as RunnerPoint, PointStore, ProgressBar, call, point_key, run_points
+from propagate.runner import (OnDask, Point as RunnerPoint, PointStore, ProgressBar, call, check_record, point_key,
+                              run_points)
 from propagate.trainability import trainability as trainability_of
 from propagate.inits import get_init
 
@@ -219,6 +224,7 @@ class Lens:
         rows: what one row of ``results.parquet`` is, per point (``"layer"``, ``"seed and epoch"``, ...).
         dataset: ``(args) -> (name, data_dir)`` of the dataset a point reads, or
             ``None``; its identity goes into the point's key.
+        tables: the names of the tables ``compute`` returns (``"results"`` first).
     """
 
     name: str
@@ -228,6 +234,7 @@ class Lens:
     excluded: frozenset = frozenset()
     rows: str = "layer"
     dataset: Callable | None = None
+    tables: tuple = ("results",)
 
 
 #: The lenses by name. A new lens (e.g. trainability) is one entry here.
@@ -238,11 +245,11 @@ LENSES: dict[str, Lens] = {
                      frozenset({"csv", "json", "plot", "quiet", "jacobian"}), dataset=_simulate_dataset),
     "train": Lens("train", "train", _train_compute, _train_check,
                   frozenset({"list_presets", "out", "resume", "no_progress", "json", "csv", "log_every", "tensorboard"}),
-                  rows="seed and epoch", dataset=_train_dataset),
+                  rows="seed and epoch", dataset=_train_dataset, tables=("results", "layers")),
     "trainability": Lens("trainability", "trainability", _trainability_compute, _trainability_setup,
                          frozenset({"out", "resume", "no_progress", "workers", "scheduler", "json", "csv"}),
                          rows="configuration and learning rate",
-                         dataset=_train_dataset),
+                         dataset=_train_dataset, tables=("results", "configs", "seeds")),
 }
 
 #: Lenses planned but not built yet, with what to say.
@@ -622,7 +629,8 @@ def runner_point(plan: SweepPlan, point: Point) -> RunnerPoint:
     """The sweep point as a :class:`propagate.runner.Point` (one thread for torch unless the point sets one)."""
     meta = {"lens": plan.lens, "index": point.index, "fields": point.fields, "argv": list(point.argv),
             "options": point.options, "dataset": point.dataset}
-    return RunnerPoint(point.key, point_value, (plan.lens, list(point.argv), point.dataset, 1), meta=meta)
+    return RunnerPoint(point.key, point_value, (plan.lens, list(point.argv), point.dataset, 1), meta=meta,
+                       check=_check_point_record)
 
 
 # ----------------------------------------------------------------------------- running a sweep
@@ -694,6 +702,7 @@ def run_sweep(
     out = Path(out)
     t0 = time.perf_counter()
     with _claim(out):
+        _check_table_paths(plan, out)  # before any work: a folder in the way of a result is refused, never removed
         before = _gathered(out)
         atomic_write_json(out / "sweep.json", run_metadata(sweep=plan.to_dict()))
         store = point_store(out)
@@ -704,7 +713,7 @@ def run_sweep(
                 _compute(plan, todo, store, engine, result, progress, callback)
         # results.parquet is rewritten unless it already holds exactly these points (a rerun with nothing to do)
         now = _fingerprint(plan, store)
-        result.results = gather(plan, out, write=now != before or not (out / "results.parquet").exists())
+        result.results = gather(plan, out, write=now != before)
         atomic_write_json(out / "sweep.json", run_metadata(sweep=plan.to_dict(), gathered=now))
     result.seconds = time.perf_counter() - t0
     return result
@@ -751,9 +760,43 @@ def _records(df) -> list:
     return rows
 
 
+def _check_point_record(record: dict) -> None:
+    """The reader's check of a stored sweep point (:attr:`propagate.runner.Point.check`): raise :class:`ValueError`
+    unless the record holds ``{table name: rows}`` with a ``results`` table, each row an object, as
+    :func:`point_value` returns it (under ``value``; a sweep made before the runner wrote them at its top)."""
+    if "value" in record:
+        check_record(record)
+        value = record["value"]
+        if not isinstance(value, dict) or "tables" not in value:
+            raise ValueError("its value has no tables")
+        tables = value["tables"]
+    elif record.get("status", "ok") != "ok" or "tables" not in record:
+        raise ValueError("no value and no tables")
+    else:
+        tables = record["tables"]
+    if not isinstance(tables, dict) or "results" not in tables:
+        raise ValueError("no results table")
+    for name, rows in tables.items():
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError(f"table {name!r} is not a list of rows")
+
+
 def _point_tables(record: dict) -> dict:
-    """``{table name: rows}`` of a point's record (a record of a sweep made before the runner has them at its top)."""
+    """``{table name: rows}`` of a point's record checked by :func:`_check_point_record` (a record of a sweep made
+    before the runner has them at its top)."""
     return record["value"]["tables"] if "value" in record else record["tables"]
+
+
+def _check_table_paths(plan: SweepPlan, out: Path) -> None:
+    """Refuse (:class:`UserError`, before any work) a sweep whose ``NAME.parquet`` or its ``.meta.json`` is in ``out``
+    as something other than a file (a folder): it is not the sweep's to replace, and is left untouched."""
+    for name in _lens(plan.lens).tables:
+        table = out / f"{name}.parquet"
+        for path in (table, meta_path(table)):
+            if os.path.lexists(path) and not path.is_file():
+                what = "a folder" if path.is_dir() else "not a regular file"
+                raise UserError(f"{str(path)!r} is {what}, where the sweep writes its results; it is left untouched: "
+                                f"move it away or choose another --out")
 
 
 def gather(plan: SweepPlan, out: str | os.PathLike, *, write: bool = True) -> Path | None:
@@ -762,19 +805,19 @@ def gather(plan: SweepPlan, out: str | os.PathLike, *, write: bool = True) -> Pa
     One row per row of each point's table, in grid order, with columns
     ``point``, ``key``, the swept fields, then the lens's columns. Returns the
     path, or ``None`` when no point has a result yet. ``write=False`` keeps an
-    existing ``results.parquet`` as it is.
+    existing ``results.parquet`` (and its ``.meta.json``) as it is.
     """
     import pandas as pd
 
     out = Path(out)
     main = out / "results.parquet"
-    if not write and main.exists():
+    if not write and main.is_file() and meta_path(main).is_file():
         return main
     frames: dict[str, list] = {}
     swept = plan.swept
     store = point_store(out)
     for p in plan.points:
-        rec = store.record(p.key)
+        rec = store.record(p.key, check=_check_point_record)
         if rec is None:
             continue
         for name, rows in _point_tables(rec).items():

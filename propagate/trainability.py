@@ -84,7 +84,7 @@ from propagate.limits import check_seeds
 from propagate.lr_limit import LookaheadOptions, predict_max_lr
 from propagate.runfolder import check_run_folder, claim
 from propagate.runner import Point as RunnerPoint
-from propagate.runner import PointStore, Result, Shared, choose_engine, point_key, run_points
+from propagate.runner import PointStore, Result, Shared, check_record, choose_engine, point_key, run_points
 from propagate.sharpness import network_sharpness
 
 __all__ = [
@@ -340,6 +340,74 @@ def _predict_task(predictor, spec, train_options, dataset, settings: dict) -> di
     return out
 
 
+def _is_number(v) -> bool:
+    """A number as a stored record holds it (strict JSON: NaN as ``null``, infinities as ``"inf"``/``"-inf"``)."""
+    return v is None or v in ("inf", "-inf") or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _check_seed_rows(rows) -> None:
+    """Raise :class:`ValueError` unless ``rows`` are a point's per-seed final numbers (:func:`train_ensemble`'s)."""
+    if not isinstance(rows, list) or not rows:
+        raise ValueError("its value is not a list of per-seed rows")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise ValueError(f"per-seed row {i} is not an object")
+        bad = [m for m in METRICS if not _is_number(r.get(m, ""))]
+        if bad:
+            raise ValueError(f"per-seed row {i} has no number {bad[0]!r}")
+
+
+def _check_point_record(record: dict) -> None:
+    """The reader's check of a stored (configuration, lr) point: a finished record whose value is per-seed rows."""
+    check_record(record)
+    _check_seed_rows(record["value"])
+
+
+def _check_prediction_record(record: dict) -> None:
+    """The reader's check of a stored prediction: a finished record whose value is :func:`_predict_task`'s dict."""
+    check_record(record)
+    value = record["value"]
+    if not isinstance(value, dict):
+        raise ValueError("its value is not an object")
+    for k in ("max_lr_predicted", "max_lr_predicted_ci_low", "max_lr_predicted_ci_high", "steps"):
+        if not _is_number(value.get(k)):
+            raise ValueError(f"{k} is not a number")
+    for k in ("per_seed", "curve"):
+        rows = value.get(k, [])
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError(f"{k} is not a list of rows")
+    if not all(isinstance(r.get(k, ""), str) for r in value.get("per_seed", []) for k in ("criterion", "note")):
+        raise ValueError("a per-seed criterion or note is not text")
+    sharp = value.get("sharpness")
+    if sharp:
+        if not isinstance(sharp, dict):
+            raise ValueError("sharpness is not an object")
+        for k in ("sharpness", "max_lr_predicted", "precond_sharpness", "threshold_constant"):
+            if not _is_number(sharp.get(k)):
+                raise ValueError(f"sharpness.{k} is not a number")
+
+
+def _read_legacy(path: Path) -> dict:
+    """A point file of a folder written before the runner (``lr``, ``spec``, ``seeds``); :class:`UserError` if damaged.
+
+    Refused like a damaged point file of the store (:meth:`propagate.runner.PointStore.record`) and left in place.
+    """
+    def damaged(why: str) -> UserError:
+        return UserError(f"cannot read the point file {str(path)!r} ({why}); move it away to compute the point again")
+
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise damaged(type(exc).__name__) from None
+    try:
+        if not isinstance(saved, dict) or not {"lr", "spec", "seeds"} <= set(saved):
+            raise ValueError("not an object with lr, spec and seeds")
+        _check_seed_rows(saved["seeds"])
+    except ValueError as exc:
+        raise damaged(f"wrong layout: {exc}") from None
+    return saved
+
+
 #: Options that change no number of a point (they are in neither its key nor the folder's identity).
 _NOT_IN_KEY = ("device", "threads")
 
@@ -435,7 +503,8 @@ class _Grid:
                   "seeds": list(p.options.seeds)}
         return RunnerPoint(point_key(config, p.data_id), _point_task,
                            (p.trainer, p.specs[name], p.train_options(name, lr), p.options.seeds, Shared("dataset")),
-                           shared={"dataset": p.dataset}, meta={"kind": "point", "config": name, "lr": lr})
+                           shared={"dataset": p.dataset}, meta={"kind": "point", "config": name, "lr": lr},
+                           check=_check_point_record)
 
     def prediction(self, name: str) -> RunnerPoint:
         p = self.plan
@@ -444,7 +513,8 @@ class _Grid:
         return RunnerPoint(point_key(config, p.data_id), _predict_task,
                            (p.predictor, p.specs[name], p.train_options(name, p.lrs[0]), Shared("dataset"),
                             p.settings),
-                           shared={"dataset": p.dataset}, meta={"kind": "predict", "config": name})
+                           shared={"dataset": p.dataset}, meta={"kind": "predict", "config": name},
+                           check=_check_prediction_record)
 
     def run_round(self, points: list[tuple[str, float]], predict: list[str]) -> None:
         """Train ``points`` and compute the ``predict`` configurations' predictions (stored ones are read back)."""
@@ -487,7 +557,7 @@ class _Grid:
         name = rp.meta["config"]
         legacy = self.store.folder / f"{_file_name(name)}_lr{_legacy_lr_name(rp.meta['lr'])}.json"
         if legacy.is_file():
-            saved = json.loads(legacy.read_text())
+            saved = _read_legacy(legacy)
             # the name holds 6 digits of lr, the file the exact value: 1.0000001e-3 does not take 1e-3's file
             if saved.get("lr") == rp.meta["lr"] and saved.get("spec") == _json_value(self.plan.specs[name].to_dict()):
                 self.store.save(Result(rp, True, saved["seeds"], meta={"from": legacy.name}))

@@ -1348,3 +1348,204 @@ def test_solve_selu_variance_range_is_the_librarys():
     # at the small end the answer keeps its digits: lambda - 1 = 0.0856137... * sqrt(var) to leading order
     small = selu.solve_selu(0, 1e-12, digits=15)
     assert float(small.lambda_ - 1) == pytest.approx(8.5613691709511621673e-8, rel=1e-12)
+
+
+# ------------------------------------------------------------------ records read back (fuzzing, round 3)
+# A record propagate wrote (a point file, a checkpoint) is checked when it is read back: one of the wrong layout
+# (well-formed JSON or pickle, wrong fields) is refused exactly like a damaged one, with one line, and left in place.
+
+#: Well-formed JSON that is no point record, and garbage: all refused with the same line.
+WRONG_POINT_FILES = ['{"a": 1}', "[]", "null", '"text"', '{"status": "ok"}', '{"status": "ok", "value": null}',
+                     '{"status": "failed", "value": []}', '{"status": "ok", "meta": 3, "value": []}', "garbage{"]
+
+
+def _fake_ensemble(spec, options, seeds, dataset):
+    return [{"seed": s, "loss": 0.5, "acc": 0.9, "val_loss": 0.5, "val_acc": 0.9, "train_eval_acc": 0.9,
+             "diverged": False, "epochs_done": 1} for s in seeds]
+
+
+def _fake_prediction(spec, options, dataset):
+    return {"max_lr_predicted": 1e-3, "per_seed": [{"seed": 0, "max_lr_predicted": 1e-3, "criterion": "c"}]}
+
+
+def test_trainability_point_files_of_the_wrong_layout_are_refused_like_damaged_ones(tmp_path):
+    from propagate.errors import UserError
+    from propagate.spec import NetworkSpec
+    from propagate.trainability import TrainabilityOptions, trainability
+
+    configs = [("a", NetworkSpec.stack(1, 4, input_dim=784, first_width=4, out_features=10, name="a"))]
+    opts = TrainabilityOptions(seeds=(0, 1), epochs=1, sharpness=False)
+    out, data = tmp_path / "tb", _tiny_dataset()
+
+    def run():
+        return trainability(configs, [1e-3], data, opts, trainer=_fake_ensemble, predictor=_fake_prediction,
+                            out_dir=out)
+
+    first = run()
+    files = sorted((out / "points").glob("*.json"))
+    assert len(files) == 2  # the point and the prediction
+    bad_rows = json.dumps({"status": "ok", "value": [{"seed": 0, "acc": "high"}]})
+    bad_pred = json.dumps({"status": "ok", "value": {"max_lr_predicted": "big", "per_seed": []}})
+    for path in files:
+        good = path.read_text()
+        for text in WRONG_POINT_FILES + [bad_rows, bad_pred]:
+            path.write_text(text)
+            with pytest.raises(UserError, match=r"^cannot read the point file .*; move it away to compute the point "
+                                                r"again$"):
+                run()
+            assert path.read_text() == text  # left as it was, for the user to look at
+        path.write_text(good)
+    assert run().points.equals(first.points)  # and the good records still resume
+    # a point file of a folder written before the runner is read the same way
+    for path in files:
+        path.unlink()
+    legacy = out / "points" / "a_lr0.001.json"
+    for text in ["garbage{", "[]", '{"lr": 0.001}', json.dumps({"lr": 1e-3, "spec": {}, "seeds": [{"seed": 0}]})]:
+        legacy.write_text(text)
+        with pytest.raises(UserError, match=r"^cannot read the point file .*a_lr0\.001\.json"):
+            run()
+        assert legacy.read_text() == text
+
+
+def test_trainability_cli_refuses_a_point_file_of_the_wrong_layout_with_one_line(tmp_path, capsys):
+    argv = ["trainability", "--dataset", "mnist-5k", "--depth", "1", "--width", "4", "--seeds", "1", "--epochs", "1",
+            "--no-progress", "--threads", "1", "--lr", "1e-3", "--no-sharpness", "--no-predict",
+            "--out", str(tmp_path / "tb")]
+    assert main(argv) == 0
+    (point,) = (tmp_path / "tb" / "points").glob("*.json")
+    capsys.readouterr()
+    for text in ('{"a": 1}', "garbage{"):  # the fuzzed record, and the damaged one it must be treated like
+        point.write_text(text)
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("propagate: error: cannot read the point file "), err
+        assert point.read_text() == text
+
+
+def _theory_sweep(tmp_path):
+    """A finished two-point theory sweep (its records written in process: no cluster), its file and folder."""
+    from propagate.runfolder import claim
+    from propagate.runner import Result
+    from propagate.sweep import load_plan, point_store, point_value, run_sweep, runner_point
+
+    toml = tmp_path / "sw.toml"
+    toml.write_text('lens = "theory"\n[fixed]\ndepth = 2\nactivation = "relu"\n[grid]\nsigma_w2 = [1.0, 2.0]\n')
+    plan, out = load_plan(toml), tmp_path / "sw"
+    claim(out, {"kind": "sweep"}).release()
+    for p in plan.points:
+        rp = runner_point(plan, p)
+        point_store(out).save(Result(rp, True, point_value(plan.lens, p.argv)))
+    res = run_sweep(plan, out, workers=1, progress=False)  # nothing to compute: no cluster either
+    assert (res.computed, res.skipped, res.failed) == (0, 2, [])
+    return toml, out
+
+
+def test_sweep_point_files_of_the_wrong_layout_are_refused_like_damaged_ones(tmp_path, capsys):
+    toml, out = _theory_sweep(tmp_path)
+    files = sorted((out / "points").glob("*.json"))
+    table = json.dumps({"status": "ok", "value": {"tables": {"results": [1, 2]}}})
+    no_results = json.dumps({"status": "ok", "value": {"tables": {"layers": []}}})
+    capsys.readouterr()
+    for text in WRONG_POINT_FILES + [table, no_results]:
+        for path in files:
+            path.write_text(text)
+        (out / "results.parquet").unlink(missing_ok=True)  # so the records are gathered again
+        assert main(["sweep", str(toml), "--out", str(out), "--workers", "1", "--no-progress"]) == 2, text
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("propagate: error: cannot read the point file "), (text, err)
+        assert all(path.read_text() == text for path in files)
+
+
+def test_sweep_refuses_a_folder_where_its_results_go_before_any_work(tmp_path, capsys):
+    toml, out = _theory_sweep(tmp_path)
+    for name in ("results.parquet", "results.parquet.meta.json"):
+        target = out / name
+        target.unlink()
+        target.mkdir()
+        (target / "mine.txt").write_text("the user's\n")
+        before = {k: v for k, v in _tree_digest(out).items() if k != ".lock"}
+        capsys.readouterr()
+        assert main(["sweep", str(toml), "--out", str(out), "--workers", "1", "--no-progress"]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1, captured
+        assert captured.err.startswith(f"propagate: error: {str(target)!r} is a folder"), captured.err
+        assert {k: v for k, v in _tree_digest(out).items() if k != ".lock"} == before  # not even sweep.json
+        (target / "mine.txt").unlink()
+        target.rmdir()
+        assert main(["sweep", str(toml), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+        assert target.is_file()
+
+
+def _tiny_options():
+    from propagate.train import TrainOptions
+
+    return TrainOptions(epochs=1, batch_size=8, probe_size=8, threads=1, train_eval_size=8)
+
+
+#: One field of seed 0's record in a checkpoint, rewritten: each must be refused like a damaged checkpoint.
+CHECKPOINT_TAMPERS = {
+    "epoch-negative": ("epoch", -5), "epoch-text": ("epoch", "abc"), "epoch-bool": ("epoch", True),
+    "state-none": ("state", None), "state-empty": ("state", {}), "history-none": ("history", None),
+    "history-rows": ("history", [{"epoch": 1}]), "layers-none": ("layers", None), "status": ("status", "done"),
+    "record": (None, [1, 2]),
+}
+
+
+def test_train_checkpoint_of_the_wrong_layout_is_refused_like_a_damaged_one(tmp_path, capsys):
+    import torch
+
+    from propagate.runstore import CHECKPOINT_FILE
+
+    out = tmp_path / "tr"
+    argv = ["train", "--dataset", "mnist-5k", "--depth", "1", "--width", "4", "--first-width", "4", "--no-progress",
+            "--threads", "1", "--out", str(out)]
+    assert main(argv + ["--epochs", "1"]) == 0
+    path = out / CHECKPOINT_FILE
+    good = path.read_bytes()
+
+    def rewrite(change, *args):
+        ckpt = torch.load(path, weights_only=False)
+        change(ckpt, *args)
+        torch.save(ckpt, path)
+        return path.read_bytes()
+
+    def refused(what: str) -> None:
+        capsys.readouterr()
+        assert main(argv + ["--epochs", "2"]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
+        assert captured.err.startswith("propagate: error: ") and what in captured.err, captured.err
+
+    for name, (field, value) in CHECKPOINT_TAMPERS.items():
+        path.write_bytes(good)
+        if field is None:
+            written = rewrite(lambda c, v: c["seeds"].__setitem__(0, v), value)
+        else:
+            written = rewrite(lambda c, f, v: c["seeds"][0].__setitem__(f, v), field, value)
+        refused(f"cannot read the checkpoint {str(path)!r} (wrong layout: seed 0")
+        assert path.read_bytes() == written, name  # kept as it was
+    path.write_bytes(good)
+    rewrite(lambda c: c["seeds"].__setitem__("x", c["seeds"].pop(0)))
+    refused("wrong layout: seed 'x' is not a seed number")
+    path.write_bytes(b"garbage")  # the damaged file the wrong layouts are treated like
+    refused(f"cannot read the checkpoint {str(path)!r} (")
+    # weights of another network (a layer missing, a shape changed): refused before the banner too
+    for change in (lambda sd: sd.pop(next(iter(sd))), lambda sd: sd.__setitem__(next(iter(sd)), torch.zeros(3, 3))):
+        path.write_bytes(good)
+        written = rewrite(lambda c, ch: ch(c["seeds"][0]["state"]["model"]), change)
+        refused("(wrong layout: seed 0: the saved state is not of this network (")
+        assert path.read_bytes() == written
+    # and, should a state that does not fit get past the read, before anything is loaded into the network
+    from propagate.errors import UserError
+    from propagate.optim import make_optimizer
+    from propagate.runstore import load_seed_states
+    from propagate.spec import NetworkSpec, build_model
+
+    ckpt = torch.load(out / CHECKPOINT_FILE, weights_only=False)
+    model = build_model(NetworkSpec.stack(1, 5, input_dim=784, first_width=5, out_features=10), seeds=[0])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UserError, match=r"^the checkpoint's saved state does not fit this network \(.*--no-resume"):
+        load_seed_states(model, make_optimizer(model.parameters(), _tiny_options()), [ckpt["seeds"][0]["state"]])
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    path.write_bytes(good)
+    assert main(argv + ["--epochs", "2"]) == 0  # the good checkpoint resumes
