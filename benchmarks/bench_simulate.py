@@ -18,11 +18,14 @@ The simulator measures each layer in its activation's pass
 (:func:`propagate.stats.measure_through`: the pre-activation's sums, norms
 and pair correlations, the activation, the output's sums, norms and
 saturation counts, a block of samples at a time while it is in cache);
-measured interleaved in one process on the 2-core development machine, that
-took simulate from 1.50x to 1.35x the tuned chain at one thread and from 1.45x
-to 1.34x at two. What is left is mostly the first read of each block after
-the matmul has written it (a pure memory stream, which the chain's activation
-overlaps with its arithmetic) and the reductions themselves.
+measured interleaved in one process on the 2-core development machine (best
+of 3), simulate takes 1.29x the tuned chain at one thread and 1.35x at two,
+against 1.57x and 1.65x when every tap measures on its own (whose sums of
+squares are now float32 sums of squared blocks, twice the time of torch's
+inaccurate float32 norm; with that norm the taps took 1.50x and 1.45x). What
+is left is mostly the first read of each block after the matmul has written
+it (a pure memory stream, which the chain's activation overlaps with its
+arithmetic) and the reductions themselves.
 
 Usage: ``python benchmarks/bench_simulate.py [--quick] [--threads 1] [--clock cpu] [--repeats 3] [--profile]``
 (``--quick``: smaller shapes; ``--clock cpu``: the process's CPU time instead of
