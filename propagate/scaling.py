@@ -269,7 +269,8 @@ def check_scaling_dir(out_dir, option: str = "--out"):
     A scaling folder holds :data:`SCALING_ENTRIES` only (its ``trainability``
     subfolder is a run folder of its own, checked by
     :func:`propagate.trainability.trainability`), plus the hidden ``.tmp``
-    files an interrupted atomic write may leave. Anything else (another
+    and ``.bak`` files an interrupted atomic write may leave
+    (:func:`propagate.io.atomic_write_files`). Anything else (another
     command's run folder, the user's own files) is not ours to write into.
     Returns the folder as a Path.
     """
@@ -280,7 +281,7 @@ def check_scaling_dir(out_dir, option: str = "--out"):
     folder = check_output_dir(out_dir, option)
     if folder.is_dir():
         other = sorted(p.name for p in folder.iterdir()
-                       if p.name not in SCALING_ENTRIES and not re.fullmatch(r"\..+\.tmp", p.name))
+                       if p.name not in SCALING_ENTRIES and not re.fullmatch(r"\..+\.(tmp|bak)", p.name))
         if other:
             raise UserError(f"{option} {str(folder)!r} holds files that are not a scaling run's (e.g. {other[0]!r}); "
                             f"use another {option}")

@@ -183,7 +183,8 @@ def test_a_folder_that_is_not_a_scaling_runs_is_refused_before_any_work(capsys, 
     assert (user / "notes" / "plan.txt").read_text() == "mine"
     earlier = tmp_path / "scaling"
     (earlier / "trainability").mkdir(parents=True)
-    for name in ("cells.csv", "cells.csv.meta.json", "fits.csv", "fits.csv.meta.json", ".cells.csv.x1y2.tmp"):
+    for name in ("cells.csv", "cells.csv.meta.json", "fits.csv", "fits.csv.meta.json", ".cells.csv.x1y2.tmp",
+                 ".fits.csv.0a1b2c3d.bak"):
         (earlier / name).write_text("")
     assert check_scaling_dir(earlier) == earlier and check_scaling_dir(tmp_path / "new") == tmp_path / "new"
     (earlier / "fits.csv").unlink()
