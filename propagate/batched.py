@@ -194,13 +194,18 @@ class Run:
         self._deferred = (t, t._version, callback)
         return True
 
+    def _take(self, slot: str, t):
+        """The payload of ``(tensor, version, payload)`` in attribute ``slot`` if it is ``t`` unchanged (the slot
+        is emptied), else None."""
+        held = getattr(self, slot)
+        if held is None or held[0] is not t or held[1] != t._version:
+            return None
+        setattr(self, slot, None)
+        return held[2]
+
     def take_deferred(self, t):
         """The callback deferred on ``t`` (unchanged since), or None; the op that calls this must answer it."""
-        d = self._deferred
-        if d is None or d[0] is not t or d[1] != t._version:
-            return None
-        self._deferred = None
-        return d[2]
+        return self._take("_deferred", t)
 
     def settle(self) -> None:
         """Answer a deferral that no op took, from the tensor as it still is (an op that fuses always takes it)."""
@@ -218,11 +223,7 @@ class Run:
 
     def known_stats(self, t):
         """:meth:`know_stats`' ``(stats, finite)`` of ``t`` if ``t`` is unchanged since, else None."""
-        k = self._known
-        if k is None or k[0] is not t or k[1] != t._version:
-            return None
-        self._known = None
-        return k[2]
+        return self._take("_known", t)
 
     def tap(self, op, x) -> None:
         for t in self.taps:
