@@ -111,6 +111,7 @@ PROFILE_KINDS = {
     "matmul": ("aten::bmm", "aten::matmul", "aten::mm"),
     "activation": ("aten::elu_", "aten::clamp_min_", "aten::relu_", "aten::tanh_"),
     "moments": ("aten::sum", "aten::linalg_vector_norm", "aten::aminmax"),
+    "compiled pass": ("propagate::act_moments",),
     "draws": ("aten::normal_", "aten::uniform_", "aten::erfinv_", "aten::cat", "aten::stack"),
 }
 
@@ -168,15 +169,28 @@ def main(argv=None):
     pk_none = _peak("none", S, N, n, depth)
     pk_sim, pk_bare = _peak("sim", S, N, n, depth), _peak("bare", S, N, n, depth)
 
-    bare, tuned, sim = [], [], []
-    for _ in range(args.repeats):  # interleaved so load changes hit all three alike
+    from propagate import native
+
+    print(f"the activation's pass: {native.status()}")
+    bare, tuned, sim, sim_torch = [], [], [], []
+    for _ in range(args.repeats):  # interleaved so load changes hit all four alike
         bare.append(_timed(bare_chain, S, N, n, depth)[0])
         tuned.append(_timed(bare_chain, S, N, n, depth, tuned=True)[0])
         sim.append(_timed(run_sim, S, N, n, depth)[0])
+        if native.available():  # the same simulation with torch's pass (a machine without a C compiler)
+            saved = dict(native._state)
+            native._state.update(fn=None, why="off")
+            try:
+                sim_torch.append(_timed(run_sim, S, N, n, depth)[0])
+            finally:
+                native._state.update(saved)
     b, t, s = min(bare), min(tuned), min(sim)
     print(f"bare chain (bmm + activation)      {b:7.2f} s  (runs: {', '.join(f'{v:.2f}' for v in bare)})")
     print(f"tuned bare chain (out=, in-place)  {t:7.2f} s  (runs: {', '.join(f'{v:.2f}' for v in tuned)})")
     print(f"simulate (all statistics + grads)  {s:7.2f} s  (runs: {', '.join(f'{v:.2f}' for v in sim)})")
+    if sim_torch:
+        print(f"simulate, torch's pass (no kernel) {min(sim_torch):7.2f} s  "
+              f"(runs: {', '.join(f'{v:.2f}' for v in sim_torch)}; ratio to the tuned chain {min(sim_torch) / t:.2f})")
     print(f"ratio simulate / bare chain        {s / b:7.2f}")
     print(f"ratio simulate / tuned bare chain  {s / t:7.2f}   (goal <= 1.3)")
     print(f"load average after timing: {os.getloadavg()[0]:.1f} (other processes slow 2-thread runs unevenly)")

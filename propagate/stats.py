@@ -233,8 +233,16 @@ def measure_through(t, fn_, act, block: int | None = None):
     the input, which the pass overwrites (a block whose squares underflow or
     overflow is reduced again in float64 before ``fn_`` touches it), and for
     the whole output afterwards.
+
+    Where the compiled kernel of :mod:`propagate.native` has ``act`` (SELU,
+    ELU, ReLU, leaky ReLU, the identity; float32 on the CPU), it replaces the
+    sums, the norms and ``fn_``: one read and one write of each block, sums in
+    float64 (:func:`_measure_through_native`); its activation is within a unit
+    in the last place of torch's.
     """
     import torch
+
+    from propagate import native
 
     S, B, N = t.shape
     cnt = B * N
@@ -244,6 +252,9 @@ def measure_through(t, fn_, act, block: int | None = None):
     bs = max(2, block // max(1, BLOCK_NETWORKS * N))
     bs += bs % 2  # pairs (2i, 2i + 1) never straddle two blocks
     nb = -(-B // bs)
+    form = native.kernel_form(act) if t.dtype == torch.float32 and t.device.type == "cpu" else None
+    if form is not None and t.is_contiguous() and native.available():
+        return _measure_through_native(t, form, act, bs)
     p = torch.empty((4, nb, S), dtype=t.dtype, device=t.device)
     s_in, n_in, s_out, n_out = (q.unbind(0) for q in p.unbind(0))  # every block's output views at once
     exact: dict = {}
@@ -281,6 +292,46 @@ def measure_through(t, fn_, act, block: int | None = None):
     m, q, ok = tot[2], tot[3], True
     if not (math.isfinite(float((q + m.abs()).sum())) and float(q.min()) > 1e-30):
         m, q, ok = _moments(t)  # the output as a whole (it is intact): float64 where float32 fails
+    post = moment_columns("post", m, q)
+    post["dead_frac"] = _dead(t)
+    post["saturated_frac"] = (sat.to(t.dtype) / (n_sat * N) if zero_rel is None else _saturated(t, act, q))
+    return (pre, finite), (post, ok)
+
+
+def _measure_through_native(t, form, act, bs):
+    """:func:`measure_through` with the compiled kernel (:mod:`propagate.native`): one read and one write of ``t``.
+
+    Block by block (``bs`` samples): the pair correlations of the block's first
+    samples (pre-activation), then the kernel (the activation in place, and the
+    sums and sums of squares before and after it, in float64), then the
+    saturation counts of its first samples (post-activation). Sums in float64
+    need none of the float32 path's fallbacks: a moment is not finite exactly
+    where an entry is not.
+    """
+    import torch
+
+    from propagate import native
+
+    S, B, N = t.shape
+    n_pairs, n_sat = min(B, CORR_SAMPLES), min(B, SAT_SAMPLES)
+    lo, hi, zero_rel = saturation_rule(act)
+    corr, sat = [], torch.zeros(S, dtype=torch.int64, device=t.device)
+    parts = []
+    for j, c in enumerate(t.split(bs, dim=1)):
+        i = j * bs
+        if i < n_pairs:
+            corr.append(_pairs(c[:, : n_pairs - i]))
+        parts.append(native.act_moments(c, form))
+        if i < n_sat and zero_rel is None:
+            sat += _sat_count(c[:, : n_sat - i], lo, hi)
+    tot = torch.stack(parts).sum(dim=0) / (B * N)  # [S, 4]: sum and sum of squares, before and after
+    finite = bool(torch.isfinite(tot[:, :2]).all())
+    pre = moment_columns("pre", tot[:, 0], tot[:, 1])
+    pairs = [c for c in corr if c is not None]
+    pre["corr"] = (torch.nanmean(torch.cat(pairs, dim=1), dim=1) if pairs
+                   else torch.full((S,), math.nan, dtype=t.dtype, device=t.device))
+    m, q = tot[:, 2], tot[:, 3]
+    ok = bool(torch.isfinite(tot[:, 2:]).all())
     post = moment_columns("post", m, q)
     post["dead_frac"] = _dead(t)
     post["saturated_frac"] = (sat.to(t.dtype) / (n_sat * N) if zero_rel is None else _saturated(t, act, q))

@@ -566,6 +566,10 @@ def test_scaling_template_from_constructed_tables():
                           "slope_ci_high": -1.0, "n_points": 9}])
     text = section_markdown(cells, fits, {**SETTINGS_FULL, "configs": ("c",)}, "DATA")
     assert "<<" not in text and "*trains* on DATA" in text
+    # a half-decade grid bisected 3 times: each limit known to 10^(1/16); twice: 10^(1/8)
+    assert "bisected 3 times towards the next rate that does not: each limit is known to a factor 1.15 " in text
+    two = section_markdown(cells, fits, {**SETTINGS_FULL, "configs": ("c",), "refine": 2}, "DATA")
+    assert "bisected 2 times towards the next rate that does not: each limit is known to a factor 1.33 " in two
     assert ("Training: 1 epoch(s) per run, raised so that every cell takes at least the base cell's optimizer steps "
             "(its batch size's epoch): 4 at batch 512 (stability") in text
     assert "1 cell(s) still train at the largest rate tried" in text and "(0 left out)" in text

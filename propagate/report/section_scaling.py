@@ -37,9 +37,11 @@ REPORT_LRS = tuple(lr for lr in ScalingOptions().lrs if lr > 0.99e-5)
 REPORT_CONFIGS = tuple(CONFIGS)
 #: The grid is defined on at most 5,000 training images (the first 5,000 of a larger dataset; mnist-5k's training
 #: split has 4,000, all used): one epoch of every cell of it on Fashion-MNIST's 60,000 would take hours on 2 cores
-#: and measure the same first steps.
+#: and measure the same first steps. Three bisections of the half-decade grid resolve each limit to a factor
+#: 10^(1/16) = 1.155 (two: 1.33, a third of the 2x band on each side of the prediction): the measured limit is the
+#: bracket's lower end, so its resolution is a bias of up to that factor, and a third bisection halves it.
 SETTINGS_FULL = dict(configs=REPORT_CONFIGS, axes=REPORT_AXES, base=BASE, seeds=(0, 1, 2), epochs=1, level=0.3,
-                     lrs=REPORT_LRS, refine=2, n_train=5000)
+                     lrs=REPORT_LRS, refine=3, n_train=5000)
 SETTINGS_QUICK = dict(configs=("selu-lecun-normal",), axes={"width": (32, 64), "depth": (4, 8)},
                       base={"width": 64, "depth": 8, "batch_size": 128, "rho": 0.9}, seeds=(0, 1), epochs=1,
                       level=0.2, lrs=(1e-4, 1e-3, 1e-2), refine=0, n_train=1024)
@@ -226,6 +228,13 @@ def censored_text(censored) -> str:
             f"({int(censored['within_2x'].isna().sum())} left out).")
 
 
+def _resolution(S: dict) -> float:
+    """The factor to which a measured limit is known: the grid's spacing, halved in log ``refine`` times."""
+    lrs = sorted(S["lrs"])
+    step = float(np.median(np.array(lrs[1:]) / np.array(lrs[:-1]))) if len(lrs) > 1 else 10.0
+    return step ** (0.5 ** S["refine"])
+
+
 def section_markdown(cells, fits, S: dict, data_note: str) -> str:
     within = cells["within_2x"].dropna().astype(bool)
     censored = cells[cells["censored"].astype(bool)] if "censored" in cells else cells.iloc[:0]
@@ -235,7 +244,8 @@ def section_markdown(cells, fits, S: dict, data_note: str) -> str:
         "configs": ", ".join(S["configs"]), "base": ", ".join(f"{k} {v:g}" for k, v in S["base"].items()),
         "axes": "; ".join(f"{k} {', '.join(f'{v:g}' for v in vals)}" for k, vals in axes.items()),
         "n_seeds": len(S["seeds"]), "level": f"{S['level']:g}", "data_note": data_note,
-        "refine": S["refine"], "n_cells": len(within), "n_within": int(within.sum()),
+        "refine": S["refine"], "resolution": f"{_resolution(S):.3g}", "n_cells": len(within),
+        "n_within": int(within.sum()),
         "share_within": f"{within.mean():.0%}" if len(within) else "n/a",
         "n_unmeasured": int(cells["ratio"].isna().sum()), "budget": budget_text(cells, S),
         "censored": censored_text(censored),
