@@ -543,6 +543,9 @@ class _FusedRule:
     # beta2 ** this underflows to 0 for every beta2 < 1, so Adam's bias corrections are exactly 1
     _NEVER = 2.0**40
 
+    #: Members stacked on the parameters' first dimension (a seed ensemble), each updated as a tensor of its own.
+    members = 1
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._fast: dict = {}
@@ -611,15 +614,37 @@ class _FusedRule:
         import torch
 
         entries = self._entries(params)
+        avgs = [e[0] for e in entries]
+        m = self.members
+        if m > 1:
+            # every member's slice on its own: the kernel cuts each tensor into its vector loop and a scalar tail
+            # (and, on several threads, into chunks), which round differently; cut alike for every member, a
+            # seed's update does not depend on where it sits in the stack or on the seeds beside it
+            ps, gs, vs = [], [], []
+            for p, g, e in zip(params, grads, entries):
+                if e[2]:
+                    ps.extend(e[2])
+                    gs.extend(g.unbind(0))
+                    vs.extend(e[3])
+                else:
+                    ps.append(p)
+                    gs.append(g)
+                    vs.append(e[0])
+            params, grads, avgs = ps, gs, vs
         # Adam's first moment with beta1 = 0 is g itself: the gradient's own buffer serves as it
         # (the kernel writes g back unchanged), so no scratch buffer is read or written
-        torch._fused_adam_(params, grads, grads, [e[0] for e in entries], [], self._never(len(params)),
+        torch._fused_adam_(params, grads, grads, avgs, [], self._never(len(params)),
                            lr=float(group["lr"]), beta1=0.0, beta2=float(group["alpha"]),
                            weight_decay=0.0, eps=float(group["eps"]), amsgrad=False, maximize=False)
         self._pending.extend(e[1] for e in entries)
 
     def _entries(self, params: list) -> list:
-        """Per parameter ``(square average, step-count slot, parameter)``, cached by ``id`` until the state changes.
+        """Per parameter ``(square average, step-count slot, its members' slices, theirs)``, cached by ``id``.
+
+        The slices (``unbind(0)`` of the parameter and of its square average)
+        only where the optimizer holds :attr:`members` stacked members and the
+        parameter's first dimension is theirs; else empty. Cached until the
+        state changes.
 
         A dict keyed by tensors calls ``Tensor.__hash__`` (Python) per lookup;
         a step looks up every parameter, so the entries are kept under their
@@ -637,7 +662,9 @@ class _FusedRule:
             e = fast.get(id(p))
             if e is None:
                 slot = self._slots()[p]
-                e = fast[id(p)] = (self._square_avg(p, slot), slot, p)
+                avg = self._square_avg(p, slot)
+                split = self.members > 1 and p.dim() > 0 and p.shape[0] == self.members
+                e = fast[id(p)] = (avg, slot, p.unbind(0) if split else (), avg.unbind(0) if split else (), p)
             out.append(e)
         self._fast_key = (id(self.state), self.state.version)
         return out
@@ -707,11 +734,15 @@ def _rmsprop_class():
     return FusedRMSprop
 
 
-def rmsprop(params, lr: float, rho: float, eps: float):
+def rmsprop(params, lr: float, rho: float, eps: float, members: int = 1):
     """Keras' RMSprop over ``params`` (a ``torch.optim.RMSprop``, fused on CPU; module docstring).
 
     ``rho`` is Keras' decay (torch's ``alpha``), ``eps`` is added outside the
-    square root. Elementwise, so on parameters stacked over seeds it is exactly
-    each seed's own update.
+    square root. Elementwise, so on parameters stacked over seeds it is each
+    seed's own update; with ``members`` (the number stacked on the parameters'
+    first dimension) it is that update bit for bit, wherever the seed sits in
+    the stack (the fused kernel takes each member's slice as a tensor of its own).
     """
-    return _rmsprop_class()(params, lr=lr, alpha=rho, eps=eps)
+    opt = _rmsprop_class()(params, lr=lr, alpha=rho, eps=eps)
+    opt.members = int(members)
+    return opt

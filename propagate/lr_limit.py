@@ -209,7 +209,7 @@ class _Members:
         self.unit = train_options.with_(lr=1.0)  # its lr_at(t) is the warmup factor of step t
         self.seeds, self.lrs = list(seeds), [float(l) for l in lrs]
         self.model = build_model(spec, seeds=self.seeds, device=data.device)
-        self.opt = make_optimizer(self.model.parameters(), train_options.with_(lr=1.0))
+        self.opt = make_optimizer(self.model.parameters(), train_options.with_(lr=1.0), members=len(self.seeds))
         self.scale = torch.tensor(self.lrs, dtype=torch.float32, device=data.device)
         self.order = torch.stack([data.order(s) for s in self.seeds])
         self.t = 0

@@ -10,7 +10,7 @@ __all__ = ["make_optimizer", "OPTIMIZERS"]
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 
 
-def make_optimizer(params, options):
+def make_optimizer(params, options, members: int = 1):
     """The optimizer ``options.optimizer`` over ``params``, with the lecture demo's Keras settings.
 
     ``options``: a :class:`propagate.train.TrainOptions` (``optimizer``, ``lr``,
@@ -23,12 +23,17 @@ def make_optimizer(params, options):
     - ``sgd``: ``torch.optim.SGD`` with heavy-ball ``momentum``.
 
     All three are elementwise, so on parameters stacked over seeds each seed
-    gets exactly its single run's update.
+    gets its single run's update; ``members`` (the number of seeds stacked on
+    the parameters' first dimension) makes RMSprop's bit for bit the same
+    wherever a seed sits in the stack (:func:`propagate.kernels.rmsprop`).
+    Adam and SGD (torch's own, over whole stacked tensors) are equal to float32
+    round-off: a member's last entries may fall in a kernel's scalar tail in
+    one stack and not in another.
     """
     import torch
 
     if options.optimizer == "rmsprop":
-        return rmsprop(params, lr=options.lr, rho=options.rho, eps=options.eps)
+        return rmsprop(params, lr=options.lr, rho=options.rho, eps=options.eps, members=members)
     if options.optimizer == "adam":
         return torch.optim.Adam(params, lr=options.lr, betas=(0.9, 0.999), eps=options.eps)
     return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum)

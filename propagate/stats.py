@@ -207,6 +207,9 @@ def _moments(t):
 FUSED_BLOCK = 1 << 18
 #: The number of networks a block of :func:`measure_through` is sized for (the simulator's default).
 BLOCK_NETWORKS = 8
+#: Elements per block of :func:`measure_through` with the compiled kernel, whatever the thread count (its sums
+#: are grouped by block and chunk, so a block that changed with the threads would change the last bits).
+NATIVE_BLOCK = 1 << 19
 
 
 def measure_through(t, fn_, act, block: int | None = None):
@@ -246,15 +249,13 @@ def measure_through(t, fn_, act, block: int | None = None):
 
     S, B, N = t.shape
     cnt = B * N
-    block = FUSED_BLOCK * torch.get_num_threads() if block is None else block
-    # samples per block from the width only (sized for BLOCK_NETWORKS networks), so that network k's blocks, and
-    # so its numbers, are the same however many networks run beside it
-    bs = max(2, block // max(1, BLOCK_NETWORKS * N))
-    bs += bs % 2  # pairs (2i, 2i + 1) never straddle two blocks
-    nb = -(-B // bs)
     form = native.kernel_form(act) if t.dtype == torch.float32 and t.device.type == "cpu" else None
     if form is not None and t.is_contiguous() and native.available():
-        return _measure_through_native(t, form, act, bs)
+        # the kernel's blocks do not depend on the thread count: the same numbers at any number of threads
+        return _measure_through_native(t, form, act, _block_samples(NATIVE_BLOCK if block is None else block, N))
+    block = FUSED_BLOCK * torch.get_num_threads() if block is None else block
+    bs = _block_samples(block, N)
+    nb = -(-B // bs)
     p = torch.empty((4, nb, S), dtype=t.dtype, device=t.device)
     s_in, n_in, s_out, n_out = (q.unbind(0) for q in p.unbind(0))  # every block's output views at once
     exact: dict = {}
@@ -296,6 +297,17 @@ def measure_through(t, fn_, act, block: int | None = None):
     post["dead_frac"] = _dead(t)
     post["saturated_frac"] = (sat.to(t.dtype) / (n_sat * N) if zero_rel is None else _saturated(t, act, q))
     return (pre, finite), (post, ok)
+
+
+def _block_samples(block: int, N: int) -> int:
+    """Samples per block of :func:`measure_through`: ``block`` entries for :data:`BLOCK_NETWORKS` networks, even.
+
+    From the width only, so that network k's blocks, and so its numbers, are
+    the same however many networks run beside it; even, so that the pairs
+    ``(2i, 2i + 1)`` never straddle two blocks.
+    """
+    bs = max(2, block // max(1, BLOCK_NETWORKS * N))
+    return bs + bs % 2
 
 
 def _measure_through_native(t, form, act, bs):

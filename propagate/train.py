@@ -742,7 +742,7 @@ def _train_group(run: _Run, members: list[tuple[int, int]], specs: list, stores:
     opts = run.options
     seeds = [s for _, s in members]
     model = build_model(run.spec, seeds=seeds, specs=[specs[c] for c, _ in members], device=run.device)
-    opt = make_optimizer(model.parameters(), opts)
+    opt = make_optimizer(model.parameters(), opts, members=len(members))
     if start_epoch > 1:
         # dropout needs no saved random state: _train_epoch restarts each seed's stream from (seed, epoch)
         load_seed_states(model, opt, [stores[c].seeds[s]["state"] for c, s in members])

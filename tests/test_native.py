@@ -175,3 +175,26 @@ def test_fallbacks_say_why(tmp_path):
     import json
 
     assert json.loads(a.stdout) == pytest.approx(json.loads(b.stdout), rel=2e-6)
+
+
+def test_the_simulators_pass_gives_the_same_numbers_at_any_thread_count(kernel):
+    """measure_through on the kernel: its blocks and chunks do not depend on the threads (a report built in
+    process at one thread equals the one built by 2 workers bit for bit)."""
+    from propagate.stats import measure_through
+
+    act = get_activation("selu")
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 3000, 64, generator=g)
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            y = x.clone()
+            (pre, _), (post, _) = measure_through(y, torch_forms(act).inplace, act)
+            outs.append((y, {**pre, **post}))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0][0], outs[1][0])
+    for k, v in outs[0][1].items():
+        assert torch.equal(v, outs[1][1][k]), k

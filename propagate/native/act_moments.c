@@ -28,7 +28,13 @@
  * relative error at most 1.4e-7 (torch's float32 selu: 1.2e-7).
  *
  * Work is cut into chunks of CHUNK entries of one network, summed in chunk
- * order afterwards: the numbers do not depend on the number of threads. The
+ * order afterwards: the numbers do not depend on the number of threads. Each
+ * chunk is taken SUB entries (2 KB) at a time: their sums, the activation,
+ * their sums again, while they sit in the first-level cache. The sums use
+ * GCC/Clang vector extensions with four double accumulators per pair of sums,
+ * so the adds are not one chain of dependent instructions; one loop doing all
+ * three ran at double's vector width and took twice as long (39 against 19 ms
+ * for 2e7 entries at one thread, where torch's selu alone takes 30 ms). The
  * threads are OpenMP's; loaded into a process that has loaded torch, the
  * library binds to the libgomp torch already loaded (one thread pool).
  */
@@ -37,6 +43,7 @@
 #include <string.h>
 
 #define CHUNK 16384
+#define SUB 512
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 /* AVX-512, AVX2 and baseline versions, chosen when the library loads */
@@ -72,52 +79,96 @@ static inline float expm1_nonpositive(float x)
     return scale * p + (scale - 1.0f);
 }
 
+/* GCC/Clang vector extensions: 8 floats widened to 8 doubles, lowered to the target's registers */
+typedef float v8f __attribute__((vector_size(32)));
+typedef double v8d __attribute__((vector_size(64)));
+
+typedef struct {
+    v8d s0, s1, q0, q1; /* sums and sums of squares, two interleaved accumulators each */
+    double ts, tq;      /* the entries past the last whole group of 16 */
+} moments_t;
+
+static inline void moments_add(moments_t *m, const float *p, int64_t n)
+{
+    v8d s0 = m->s0, s1 = m->s1, q0 = m->q0, q1 = m->q1;
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        v8f u, w;
+        memcpy(&u, p + j, sizeof u);
+        memcpy(&w, p + j + 8, sizeof w);
+        v8d x = __builtin_convertvector(u, v8d), y = __builtin_convertvector(w, v8d);
+        s0 += x;
+        s1 += y;
+        q0 += x * x;
+        q1 += y * y;
+    }
+    m->s0 = s0;
+    m->s1 = s1;
+    m->q0 = q0;
+    m->q1 = q1;
+    for (; j < n; j++) {
+        double v = (double)p[j];
+        m->ts += v;
+        m->tq += v * v;
+    }
+}
+
+static inline void moments_done(const moments_t *m, double *o)
+{
+    v8d s = m->s0 + m->s1, q = m->q0 + m->q1;
+    double ts = m->ts, tq = m->tq;
+    for (int k = 0; k < 8; k++) {
+        ts += s[k];
+        tq += q[k];
+    }
+    o[0] = ts;
+    o[1] = tq;
+}
+
 PROPAGATE_CLONES
 static void chunk_elu(float *p, int64_t n, float a, float b, double *o)
 {
-    double s0 = 0.0, q0 = 0.0, s1 = 0.0, q1 = 0.0;
-#pragma omp simd reduction(+ : s0, q0, s1, q1)
-    for (int64_t j = 0; j < n; j++) {
-        float v = p[j];
-        double dv = v;
-        s0 += dv;
-        q0 += dv * dv;
-        float c = v > 0.0f ? 0.0f : v; /* NaN stays NaN */
-        c = c < -20.0f ? -20.0f : c;
-        float y = v > 0.0f ? a * v : b * expm1_nonpositive(c);
-        p[j] = y;
-        double dy = y;
-        s1 += dy;
-        q1 += dy * dy;
+    moments_t in, out;
+    memset(&in, 0, sizeof in);
+    memset(&out, 0, sizeof out);
+    for (int64_t s = 0; s < n; s += SUB) {
+        int64_t m = n - s < SUB ? n - s : SUB;
+        float *q = p + s;
+        moments_add(&in, q, m);
+#pragma omp simd
+        for (int64_t j = 0; j < m; j++) {
+            float v = q[j];
+            float c = v > 0.0f ? 0.0f : v; /* NaN stays NaN */
+            c = c < -20.0f ? -20.0f : c;
+            q[j] = v > 0.0f ? a * v : b * expm1_nonpositive(c);
+        }
+        moments_add(&out, q, m);
     }
-    o[0] = s0;
-    o[1] = q0;
-    o[2] = s1;
-    o[3] = q1;
+    moments_done(&in, o);
+    moments_done(&out, o + 2);
 }
 
 PROPAGATE_CLONES
 static void chunk_linear(float *p, int64_t n, float a, float b, double *o)
 {
-    double s0 = 0.0, q0 = 0.0, s1 = 0.0, q1 = 0.0;
-#pragma omp simd reduction(+ : s0, q0, s1, q1)
-    for (int64_t j = 0; j < n; j++) {
-        float v = p[j];
-        double dv = v;
-        s0 += dv;
-        q0 += dv * dv;
-        /* ReLU (b = 0) gives +0 below 0, -inf included (0 * -inf would be NaN); NaN stays NaN */
-        float neg = b == 0.0f ? (v == v ? 0.0f : v) : b * v;
-        float y = v > 0.0f ? a * v : neg;
-        p[j] = y;
-        double dy = y;
-        s1 += dy;
-        q1 += dy * dy;
+    moments_t in, out;
+    memset(&in, 0, sizeof in);
+    memset(&out, 0, sizeof out);
+    for (int64_t s = 0; s < n; s += SUB) {
+        int64_t m = n - s < SUB ? n - s : SUB;
+        float *q = p + s;
+        moments_add(&in, q, m);
+#pragma omp simd
+        for (int64_t j = 0; j < m; j++) {
+            float v = q[j];
+            /* ReLU (b = 0) gives +0 below 0, -inf included (0 * -inf would be NaN); NaN stays NaN */
+            float neg = b == 0.0f ? (v == v ? 0.0f : v) : b * v;
+            q[j] = v > 0.0f ? a * v : neg;
+        }
+        moments_add(&out, q, m);
     }
-    o[0] = s0;
-    o[1] = q0;
-    o[2] = s1;
-    o[3] = q1;
+    moments_done(&in, o);
+    moments_done(&out, o + 2);
 }
 
 int propagate_act_moments(float *x, int64_t S, int64_t stride, int64_t len, int kind, float a, float b,
