@@ -52,6 +52,7 @@ import datetime as _dt
 import errno
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -478,6 +479,7 @@ def _record(folder: Path, kind: str | None, identity: dict | None, resume: bool,
             created: list[Path]) -> None:
     """Write the marker and identity of a claimed folder (the lock is held); delete ``discard`` when starting over."""
 
+    _remove_stale_temporaries(folder)
     marker = _read_marker(folder)
     if marker is None or (kind is not None and marker.get("kind") != kind):
         if marker is None:
@@ -494,6 +496,28 @@ def _record(folder: Path, kind: str | None, identity: dict | None, resume: bool,
         if recorded is None:
             created.append(folder / IDENTITY_FILE)
         atomic_write_json(folder / IDENTITY_FILE, {"identity": requested, "note": _IDENTITY_NOTE})
+
+
+#: What :func:`propagate.io`'s atomic writes name their temporaries: ``.NAME.XXXXXXXX.tmp`` (``tempfile.mkstemp``).
+_TEMPORARY = re.compile(r"^\.(.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def _remove_stale_temporaries(folder: Path) -> list[str]:
+    """Delete the temporaries of atomic writes that a killed run left in ``folder`` (ours, its lock held).
+
+    A file named like an atomic write's temporary of a file beside it
+    (``.history.csv.k3j2x9_a.tmp``) is half of a write that never finished:
+    the run that made it was killed (SIGKILL allows no cleanup) and no other
+    run writes here while the lock is held. Only plain files at the top of the
+    folder; returns their names.
+    """
+    gone = []
+    for p in folder.iterdir():
+        if _TEMPORARY.match(p.name) and p.is_file() and not p.is_symlink():
+            with contextlib.suppress(OSError):
+                p.unlink()
+                gone.append(p.name)
+    return gone
 
 
 # ------------------------------------------------------------------- the older names

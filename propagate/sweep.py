@@ -789,14 +789,32 @@ def _point_tables(record: dict) -> dict:
 
 def _check_table_paths(plan: SweepPlan, out: Path) -> None:
     """Refuse (:class:`UserError`, before any work) a sweep whose ``NAME.parquet`` or its ``.meta.json`` is in ``out``
-    as something other than a file (a folder): it is not the sweep's to replace, and is left untouched."""
-    for name in _lens(plan.lens).tables:
+    as something other than a file (a folder): it is not the sweep's to replace, and is left untouched; and one
+    into a folder holding a table an earlier sweep gathered that this sweep's lens does not write (it would
+    describe other points beside this sweep's results)."""
+    tables = _lens(plan.lens).tables
+    for name in tables:
         table = out / f"{name}.parquet"
         for path in (table, meta_path(table)):
             if os.path.lexists(path) and not path.is_file():
                 what = "a folder" if path.is_dir() else "not a regular file"
                 raise UserError(f"{str(path)!r} is {what}, where the sweep writes its results; it is left untouched: "
                                 f"move it away or choose another --out")
+    # a table an earlier sweep (of another lens) gathered here, which this one does not write: it would stay beside
+    # this sweep's results.parquet, describing other points
+    for path in sorted(out.glob("*.parquet")) if out.is_dir() else ():
+        name = path.name[: -len(".parquet")]
+        if name == "results" or name in tables or not path.is_file():
+            continue
+        try:
+            meta = json.loads(meta_path(path).read_text())
+        except (OSError, ValueError):
+            continue  # not a sweep's table: not ours to judge
+        if isinstance(meta, dict) and meta.get("kind") == "sweep":
+            raise UserError(f"{str(out)!r} holds {path.name}, gathered by an earlier sweep of the "
+                            f"{meta.get('lens', '?')!r} lens, which this {plan.lens!r} sweep does not write: it would "
+                            f"be left beside this sweep's results.parquet, describing other points; choose another "
+                            f"--out, or move {path.name} (and its .meta.json) away")
 
 
 def gather(plan: SweepPlan, out: str | os.PathLike, *, write: bool = True) -> Path | None:

@@ -677,11 +677,21 @@ def _config_row(name: str, pts: list[dict], pred: dict | None) -> dict:
     return row
 
 
-def _frame(rows: list[dict], sort: list[str]):
+def _frame(rows: list[dict], sort: list[str], columns: Sequence[str] = ("config",)):
+    """The rows as a table sorted by ``sort``; without rows, an empty table with ``columns`` (a file of it has a
+    header, so it reads back as a table: one with no rows)."""
     import pandas as pd
 
     df = pd.DataFrame(rows)
-    return df.sort_values(sort, kind="stable").reset_index(drop=True) if len(df) else df
+    if not len(df):
+        return pd.DataFrame(columns=list(columns))
+    return df.sort_values(sort, kind="stable").reset_index(drop=True)
+
+
+#: The columns of an empty ``points`` table (:func:`summarize_point`'s) and ``seeds`` table (the default trainer's).
+POINT_COLUMNS = ("config", "lr", "refined", *(f"{m}_{k}" for m in METRICS for k in ("mean", "ci_low", "ci_high")),
+                 "n_seeds", "n_diverged", "outcome")
+SEED_COLUMNS = ("config", "lr", "refined", "seed", "diverged", *METRICS)
 
 
 def _tables(grid: _Grid) -> dict:
@@ -699,8 +709,9 @@ def _tables(grid: _Grid) -> dict:
         config_rows.append(_config_row(name, pts, pred))
         pred_rows += [{"config": name, **r} for r in (pred or {}).get("per_seed", [])]
         curve_rows += [{"config": name, **r} for r in (pred or {}).get("curve", [])]
-    return {"points": _frame(point_rows, ["config", "lr"]), "configs": _frame(config_rows, []),
-            "seeds": _frame(seed_rows, []), "predictions": _frame(pred_rows, []), "lookahead": _frame(curve_rows, [])}
+    return {"points": _frame(point_rows, ["config", "lr"], POINT_COLUMNS), "configs": _frame(config_rows, []),
+            "seeds": _frame(seed_rows, [], SEED_COLUMNS), "predictions": _frame(pred_rows, []),
+            "lookahead": _frame(curve_rows, [])}
 
 
 def _metadata(plan: _Plan, configs, engine: str) -> dict:
@@ -716,12 +727,14 @@ def _metadata(plan: _Plan, configs, engine: str) -> dict:
 
 
 def _write_tables(out: Path, tables: dict, meta: dict) -> None:
+    """Every table of this run, empty ones included (a header, no rows): the folder's tables always describe one
+    run together, never a table of an earlier run with other settings beside this run's (the points of every
+    run stay in ``points/``)."""
     for name in ("points", "configs"):
         write_table(tables[name], out / f"{name}.csv", meta)
         write_table(tables[name], out / f"{name}.json", meta)
     for name in ("seeds", "predictions", "lookahead"):
-        if len(tables[name]):
-            write_table(tables[name], out / f"{name}.csv", meta)
+        write_table(tables[name], out / f"{name}.csv", meta)
 
 
 def check_out_dir(out_dir: str | Path, configs: Sequence[tuple[str, object]], lrs: Sequence[float], dataset,

@@ -1549,3 +1549,20 @@ def test_train_checkpoint_of_the_wrong_layout_is_refused_like_a_damaged_one(tmp_
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     path.write_bytes(good)
     assert main(argv + ["--epochs", "2"]) == 0  # the good checkpoint resumes
+
+
+def test_a_killed_writes_temporaries_are_cleared_when_its_folder_is_claimed_again(tmp_path):
+    """SIGKILL leaves an atomic write's temporary (``.layers.csv.XXXXXXXX.tmp``) in a run folder; the next run
+    that holds the folder's lock removes it. Anything not named like one (a user's dot file, a folder) stays."""
+    from propagate.runfolder import claim_folder
+
+    folder = tmp_path / "run"
+    claim_folder(folder, "train", {"kind": "train", "x": 1}).release()
+    stale = [folder / ".layers.csv.k3j2x9_a.tmp", folder / ".seeds.csv.0abc_def.tmp"]
+    kept = [folder / ".notes.tmp", folder / "mine.ABCDEFGH.tmp", folder / ".a.csv.ABCDEFGH.tmp"]
+    for p in stale + kept:
+        p.write_text("half")
+    (folder / ".b.csv.abcdefgh.tmp").mkdir()
+    claim_folder(folder, "train", {"kind": "train", "x": 1}).release()
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in kept) and (folder / ".b.csv.abcdefgh.tmp").is_dir()

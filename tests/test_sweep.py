@@ -228,6 +228,32 @@ def test_busy_folder_is_refused_before_any_work(tmp_path, capsys):
     assert not (out / "points").exists()
 
 
+def test_a_table_of_another_lens_gathered_in_the_folder_is_refused_before_any_work(tmp_path, capsys):
+    """A train sweep gathered layers.parquet into a sweep folder; a theory sweep (which writes only results.parquet)
+    into the same folder would leave it beside its own results, describing other points: refused before any work,
+    nothing touched. A
+    layers.parquet the user put there (no sweep's .meta.json) is not judged."""
+    from propagate.io import write_table
+
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('lens = "theory"\n[fixed]\ndepth = 2\n[grid]\nsigma_w2 = [1, 2]\n')
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    # what a train sweep into the same folder leaves (its lens gathers a layers table too)
+    write_table(pd.DataFrame({"point": [0], "layer": [1]}), out / "layers.parquet", {"kind": "sweep", "lens": "train"})
+    results = (out / "results.parquet").read_bytes()
+    before = (out / "layers.parquet").read_bytes()
+    assert main(["sweep", str(sweep), "--out", str(out), "--workers", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("propagate: error: ") and "layers.parquet, gathered by an earlier " \
+        "sweep of the 'train' lens, which this 'theory' sweep does not write" in err[0], err
+    assert (out / "layers.parquet").read_bytes() == before and (out / "results.parquet").read_bytes() == results
+    (out / "layers.parquet.meta.json").unlink()  # now a file of the user's: the sweep runs beside it
+    assert main(["sweep", str(sweep), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    assert (out / "layers.parquet").read_bytes() == before and (out / "results.parquet").is_file()
+
+
 def test_cli_local_cluster_then_rerun_computes_nothing(tmp_path, capsys):
     # the default path: a LocalCluster of its own (theory points: the workers need not import torch)
     sweep = tmp_path / "s.toml"

@@ -591,3 +591,33 @@ def test_each_point_is_reported_as_it_finishes():
                  trainer=fake_trainer({"a": (3e-4, 3e-3)}, calls), progress=lambda m: seen.append((len(calls), m)))
     assert [n for n, _ in seen] == [1, 2, 3]
     assert seen[0][1].startswith("a lr 1e-05: trains") and seen[2][1].startswith("a lr 0.001: fails")
+
+
+def test_every_table_describes_the_last_run_empty_ones_with_a_header(tmp_path):
+    """A prediction-only run into a folder that a training run wrote: points.csv and seeds.csv are rewritten
+    without rows (with their columns, so they read back as tables), not left from the training run beside this
+    run's configs; a run without predictions leaves no earlier run's predictions either. The points stay."""
+    from dataclasses import replace
+
+    from propagate.results import load
+    from propagate.trainability import POINT_COLUMNS, SEED_COLUMNS
+
+    out = tmp_path / "t"
+    configs = [("a", _spec("a"))]
+    opts = TrainabilityOptions(seeds=(0, 1), epochs=1)
+    trainability(configs, [1e-4, 1e-3], FakeDataset(), opts, trainer=fake_trainer({"a": (3e-4, 1.0)}),
+                 predictor=fake_predictor, out_dir=out)
+    assert len(load(out / "seeds.csv").table) == 4 and len(load(out / "predictions.csv").table) == 1
+    n_points = len(list((out / "points").glob("*.json")))
+    wide = [("a", NetworkSpec.stack(2, 8, input_dim=4, first_width=8, out_features=3, name="a"))]
+    trainability(wide, [1e-4, 1e-3], FakeDataset(), opts, trainer=fake_trainer({"a": (3e-4, 1.0)}),
+                 predictor=fake_predictor, out_dir=out, predict_only=True)
+    for name, cols in (("points.csv", POINT_COLUMNS), ("seeds.csv", SEED_COLUMNS)):
+        t = load(out / name).table
+        assert len(t) == 0 and list(t.columns) == list(cols), name
+    assert load(out / "points.json").table.empty
+    assert load(out / "configs.json").table["config"].tolist() == ["a"]
+    assert len(list((out / "points").glob("*.json"))) >= n_points  # nothing trained is lost
+    trainability(configs, [1e-4, 1e-3], FakeDataset(), replace(opts, predict=False),
+                 trainer=fake_trainer({"a": (3e-4, 1.0)}), out_dir=out)
+    assert len(load(out / "seeds.csv").table) == 4 and load(out / "predictions.csv").table.empty

@@ -251,7 +251,7 @@ def run(args) -> int:
                                                    dataset=dataset.name, out=str(args.out)))
     for note in sorted({n for n in res.configs.get("prediction_note", []) if isinstance(n, str) and n}):
         print(f"note: {note}", file=sys.stderr)
-    print(f"tables in {args.out}: configs.csv, predictions.csv, lookahead.csv"
-          + ("" if args.predict_only else ", points.csv, seeds.csv") + "".join(f"; wrote {p}" for p in written),
-          file=sys.stderr)
+    print(f"tables in {args.out}: configs.csv, predictions.csv, lookahead.csv, points.csv, seeds.csv"
+          + (" (points.csv and seeds.csv without rows: nothing was trained)" if args.predict_only else "")
+          + "".join(f"; wrote {p}" for p in written), file=sys.stderr)
     return 0
