@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,7 @@ class StepLog:
         self._previous = None  # the weights after the step before a logged one: (step, [tensors])
         self._writer = None
         self._old = self._read_old() if self.path is not None and resume else None
+        self._said_partial = False
         if tensorboard is not None:
             check_tensorboard()
             from torch.utils.tensorboard import SummaryWriter
@@ -216,8 +218,8 @@ class StepLog:
 
         new = pd.DataFrame(self.rows, columns=list(STEP_COLUMNS))
         old = self._old
-        if old is None or not len(old):
-            return new
+        if old is None or not len(old):  # in the table's order (seed, step, layer), as a resumed run's
+            return new.sort_values(["seed", "step", "layer"], kind="stable").reset_index(drop=True)
         # per seed, this run redoes every epoch from the first one it logged: older rows of those epochs go
         first = new.groupby("seed")["epoch"].min()
         keep = old[old["epoch"] < old["seed"].map(first).fillna(math.inf)]
@@ -245,8 +247,15 @@ class StepLog:
             self._writer.flush()
         if self.path is None:
             return None
-        return write_table(self.table(), self.path, run_metadata(log_every=self.every, columns=_COLUMN_NOTES,
-                                                                  **self.meta))
+        table = self.table()
+        first = int(table["epoch"].min()) if len(table) else None
+        if first != 1 and not self._said_partial:  # a log started on a resumed run: say it lacks the earlier epochs
+            self._said_partial = True
+            what = (f"covers epochs {first} on only" if first is not None
+                    else "has no rows: this run trained no epoch")
+            print(f"note: {self.path} {what} (the epochs before were trained without --log-every)", file=sys.stderr)
+        return write_table(table, self.path, run_metadata(log_every=self.every, columns=_COLUMN_NOTES,
+                                                          first_epoch=first, **self.meta))
 
     def close(self) -> None:
         """Flush and close the TensorBoard writer (the CSV is written by :meth:`save`)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -187,3 +188,24 @@ def test_logging_leaves_the_fused_rmsprop_run_unchanged(small):
         finals.append(seen["params"])
     for other in finals[1:]:
         assert all(torch.equal(a, b) for a, b in zip(finals[0], other))
+
+
+def test_a_resumed_log_equals_a_fresh_one_and_a_late_one_says_what_it_lacks(tmp_path, capsys):
+    """steps.csv of a run extended by a second epoch equals that of one 2-epoch run, rows and their order (seed,
+    step, layer); a log asked for only when resuming covers the later epochs, and says so."""
+    base = ["train", "--depth", "2", "--width", "16", "--dataset", "mnist-5k", "--threads", "1", "--no-progress",
+            "--batch-size", "1000", "--seeds", "2"]
+    fresh, resumed, late = tmp_path / "fresh", tmp_path / "resumed", tmp_path / "late"
+    assert main([*base, "--epochs", "2", "--out", str(fresh), "--log-every", "2"]) == 0
+    assert main([*base, "--epochs", "1", "--out", str(resumed), "--log-every", "2"]) == 0
+    assert main([*base, "--epochs", "2", "--out", str(resumed), "--log-every", "2"]) == 0
+    a, b = pd.read_csv(fresh / "steps.csv"), pd.read_csv(resumed / "steps.csv")
+    assert list(a["seed"]) == sorted(a["seed"]) and len(a) == 2 * 4 * 3  # 2 seeds x steps 2, 4, 6, 8 x 3 layers
+    pd.testing.assert_frame_equal(a, b)
+    capsys.readouterr()
+    assert main([*base, "--epochs", "1", "--out", str(late)]) == 0
+    assert main([*base, "--epochs", "2", "--out", str(late), "--log-every", "2"]) == 0
+    assert "steps.csv covers epochs 2 on only (the epochs before were trained without --log-every)" \
+        in capsys.readouterr().err
+    c = pd.read_csv(late / "steps.csv")
+    assert set(c["epoch"]) == {2} and json.loads((late / "steps.csv.meta.json").read_text())["first_epoch"] == 2
