@@ -15,17 +15,17 @@ Prints, measured in this one process (interleaved repeats, best of each):
   the moments' reductions, weight and input draws, other).
 
 The simulator measures each layer in its activation's pass
-(:func:`propagate.stats.measure_through`: the pre-activation's sums, norms
-and pair correlations, the activation, the output's sums, norms and
-saturation counts, a block of samples at a time while it is in cache);
-measured interleaved in one process on the 2-core development machine (best
-of 3), simulate takes 1.29x the tuned chain at one thread and 1.35x at two,
-against 1.57x and 1.65x when every tap measures on its own (whose sums of
-squares are now float32 sums of squared blocks, twice the time of torch's
-inaccurate float32 norm; with that norm the taps took 1.50x and 1.45x). What
-is left is mostly the first read of each block after the matmul has written
-it (a pure memory stream, which the chain's activation overlaps with its
-arithmetic) and the reductions themselves.
+(:func:`propagate.stats.measure_through`): for the ELU and ReLU families a C
+kernel (:mod:`propagate.native`, compiled on first use) applies the
+activation and takes the float64 sums and sums of squares before and after it
+in one read and one write of each block; otherwise torch's pass (a sum, a
+norm, the activation, a sum, a norm, a block at a time in cache). Measured on
+the idle 2-core development machine, best of 3 interleaved runs: simulate at
+1.08x the tuned chain at two threads and 1.04x at one, against 1.27x and
+1.23x with torch's pass (printed below as "torch's pass"). The subnormal line
+runs at the default threads: until the flush reached every thread of torch's
+pool (:func:`propagate.native.set_flush_all_threads`), flushing at two threads
+saved nothing (17.3 s on, 17.7 s off; now 2.1 s on).
 
 Usage: ``python benchmarks/bench_simulate.py [--quick] [--threads 1] [--clock cpu] [--repeats 3] [--profile]``
 (``--quick``: smaller shapes; ``--clock cpu``: the process's CPU time instead of

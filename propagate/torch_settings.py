@@ -21,6 +21,13 @@ def flush_is_on() -> bool:
     return bool((tiny * 0.5).item() == 0.0)
 
 
+def _flush_pool(on: bool) -> None:
+    """The flush setting on every thread of torch's pool, not just this one (:func:`propagate.native.set_flush_all_threads`)."""
+    from propagate import native
+
+    native.set_flush_all_threads(on)
+
+
 @contextlib.contextmanager
 def torch_settings(*, threads: int | None = None, flush_denormal: bool | None = None, deterministic: bool = False):
     """Torch's thread count, subnormal flushing and determinism for the block; all restored after.
@@ -50,6 +57,7 @@ def torch_settings(*, threads: int | None = None, flush_denormal: bool | None = 
         torch.set_num_threads(int(threads))
     if flush_denormal is not None:
         state["flush_active"] = bool(torch.set_flush_denormal(bool(flush_denormal))) and bool(flush_denormal)
+        _flush_pool(bool(flush_denormal))
     else:
         state["flush_active"] = flush_before
     if deterministic:
@@ -60,6 +68,8 @@ def torch_settings(*, threads: int | None = None, flush_denormal: bool | None = 
         yield state
     finally:
         torch.set_flush_denormal(flush_before)
+        if flush_denormal is not None:
+            _flush_pool(flush_before)
         if deterministic:  # only if changed: the call imports torch._inductor (and sympy) the first time, ~0.5 s
             torch.use_deterministic_algorithms(det_before)
             if fill_before is not None:

@@ -44,7 +44,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["act_moments", "available", "cache_dir", "kernel_form", "status"]
+__all__ = ["act_moments", "available", "cache_dir", "kernel_form", "set_flush_all_threads", "status"]
 
 _SOURCE = Path(__file__).with_name("act_moments.c")
 # -fno-trapping-math: the selects of the piecewise activations become vector blends (no FP exception flags are read)
@@ -113,6 +113,10 @@ def _build() -> tuple[object, str]:
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_float,
                    ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
+    flush = dll.propagate_set_flush
+    flush.restype = ctypes.c_int
+    flush.argtypes = [ctypes.c_int, ctypes.c_int]
+    _state["flush"] = flush
     return fn, f"compiled kernel {lib}"
 
 
@@ -133,6 +137,23 @@ def status() -> str:
     """The compiled kernel in use, or why torch is used instead."""
     _fn()
     return _state["why"]
+
+
+def set_flush_all_threads(on: bool) -> bool:
+    """Flush subnormals to zero (``on``) or not on every thread of torch's OpenMP pool; whether it was done.
+
+    ``torch.set_flush_denormal`` sets the calling thread's control register
+    only, so at two threads the pool's other thread went on computing with
+    subnormals (half of each parallel op: measured, 10 of 20 million products
+    ``1e-39 * 0.5`` left unflushed) at their slow speed.
+    :func:`propagate.torch_settings.torch_settings` calls this after it; False
+    without the compiled library (then only the calling thread flushes).
+    """
+    import torch
+
+    if _fn() is None or "flush" not in _state:
+        return False
+    return _state["flush"](1 if on else 0, torch.get_num_threads()) == 0
 
 
 def kernel_form(act) -> tuple[int, float, float] | None:

@@ -203,3 +203,39 @@ int propagate_act_moments(float *x, int64_t S, int64_t stride, int64_t len, int 
     free(part);
     return 0;
 }
+
+/* Flush subnormal floats to zero (and read them as zero) on every thread of the OpenMP pool, or stop.
+ *
+ * torch.set_flush_denormal sets the calling thread's floating-point control
+ * register only; the pool's other threads, which run half of every parallel
+ * op at two threads, keep computing with subnormals (tens of times slower)
+ * and produce them. A parallel region of nthreads sets the register on each
+ * thread of the pool torch shares with this library. Returns 0, or 1 where
+ * the architecture's register is not known here.
+ */
+int propagate_set_flush(int on, int nthreads)
+{
+    if (nthreads < 1)
+        nthreads = 1;
+#if defined(__x86_64__) || defined(__i386__)
+#pragma omp parallel num_threads(nthreads)
+    {
+        unsigned int csr = __builtin_ia32_stmxcsr();
+        csr = on ? (csr | 0x8040u) : (csr & ~0x8040u); /* FTZ (bit 15) and DAZ (bit 6) */
+        __builtin_ia32_ldmxcsr(csr);
+    }
+    return 0;
+#elif defined(__aarch64__)
+#pragma omp parallel num_threads(nthreads)
+    {
+        uint64_t fpcr;
+        __asm__ volatile("mrs %0, fpcr" : "=r"(fpcr));
+        fpcr = on ? (fpcr | (1ull << 24)) : (fpcr & ~(1ull << 24)); /* FZ */
+        __asm__ volatile("msr fpcr, %0" : : "r"(fpcr));
+    }
+    return 0;
+#else
+    (void)on;
+    return 1;
+#endif
+}
