@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import glob
 import json
 import os
 import platform
+import re
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -583,12 +586,13 @@ def atomic_directory(path: str | os.PathLike, *, adopt=None) -> Iterator[Path]:
     path = check_replaceable_dir(path, adopt=adopt)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_builds(path)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     except OSError as exc:
         raise _user_error(f"cannot create {_q(path)}: {_why(exc)}") from None
     try:
         os.chmod(tmp, 0o777 & ~_umask())
-        atomic_write_json(tmp / FOLDER_MARKER, {"note": _MARKER_NOTE, "files": []})
+        atomic_write_json(tmp / FOLDER_MARKER, {"note": _MARKER_NOTE, "files": [], "builder": _builder()})
         yield tmp
         # the marker lists what was built, so a file added later is known to be the user's
         built = [f for f in _files_below(tmp) if f != FOLDER_MARKER]
@@ -604,6 +608,48 @@ def atomic_directory(path: str | os.PathLike, *, adopt=None) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _builder() -> dict:
+    """Who builds a temporary folder of :func:`atomic_directory`: this process on this machine."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or the question cannot be asked: alive, as far as we know
+    return True
+
+
+def _remove_dead_builds(path: Path) -> list[str]:
+    """Remove the temporary folders of :func:`atomic_directory` for ``path`` whose builder was killed.
+
+    A build killed outright (SIGKILL, a crash) leaves its temporary sibling
+    ``.NAME.XXXXXXXX.tmp/``. Its marker names the process that built it; a
+    folder whose builder ran on this machine and no longer runs is half of a
+    build that will never finish, and goes. One whose builder still runs (a
+    build beside this one), ran elsewhere, or that has no such marker, stays.
+    Returns the names removed.
+    """
+    gone = []
+    host = socket.gethostname()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if not tmp.is_dir() or tmp.is_symlink() or not re.fullmatch(r"\.[^/]*\.[a-z0-9_]{8}\.tmp", tmp.name):
+            continue
+        try:
+            marker = json.loads((tmp / FOLDER_MARKER).read_text())
+            builder = marker["builder"]
+            pid, where = int(builder["pid"]), str(builder["host"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if marker.get("note") == _MARKER_NOTE and where == host and pid != os.getpid() and not _process_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+            gone.append(tmp.name)
+    return gone
 
 
 def _versions(uses: tuple[str, ...] = ()) -> dict[str, str]:

@@ -1566,3 +1566,41 @@ def test_a_killed_writes_temporaries_are_cleared_when_its_folder_is_claimed_agai
     claim_folder(folder, "train", {"kind": "train", "x": 1}).release()
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in kept) and (folder / ".b.csv.abcdefgh.tmp").is_dir()
+
+
+def test_a_killed_builds_temporary_folder_goes_when_the_folder_is_built_again(tmp_path):
+    """A report killed outright leaves its staging folder ``.OUT.XXXXXXXX.tmp/`` beside --out; the next build of
+    that folder removes it when its marker's builder, on this machine, no longer runs. A build still running (its
+    process alive), one from another machine, and a folder without such a marker stay."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from propagate.io import FOLDER_MARKER, _MARKER_NOTE, atomic_directory
+
+    out = tmp_path / "rep"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        here = socket.gethostname()
+        cases = {"dead": {"pid": dead.pid, "host": here}, "alive": {"pid": alive.pid, "host": here},
+                 "elsewhere": {"pid": dead.pid, "host": here + "-other"}, "unmarked": None}
+        folders = {}
+        for i, (name, builder) in enumerate(cases.items()):
+            f = tmp_path / f".rep.{name[:4]}{i:04d}.tmp"
+            f.mkdir()
+            (f / "half.csv").write_text("1,2\n")
+            if builder is not None:
+                (f / FOLDER_MARKER).write_text(json.dumps({"note": _MARKER_NOTE, "files": [], "builder": builder}))
+            folders[name] = f
+        with atomic_directory(out) as tmp:
+            (tmp / "a.txt").write_text("x")
+        assert not folders["dead"].exists()
+        assert all(folders[n].is_dir() for n in ("alive", "elsewhere", "unmarked"))
+        assert (out / "a.txt").read_text() == "x"
+        assert "builder" not in json.loads((out / FOLDER_MARKER).read_text())  # only the staging folder names it
+    finally:
+        alive.kill()
+        alive.wait()
