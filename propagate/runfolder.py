@@ -480,6 +480,8 @@ def _record(folder: Path, kind: str | None, identity: dict | None, resume: bool,
     """Write the marker and identity of a claimed folder (the lock is held); delete ``discard`` when starting over."""
 
     _remove_stale_temporaries(folder)
+    if (folder / "points").is_dir() and not (folder / "points").is_symlink():
+        _remove_stale_temporaries(folder / "points")  # a point store's (propagate.runner.PointStore) files
     marker = _read_marker(folder)
     if marker is None or (kind is not None and marker.get("kind") != kind):
         if marker is None:

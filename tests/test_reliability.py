@@ -1563,6 +1563,9 @@ def test_a_killed_writes_temporaries_are_cleared_when_its_folder_is_claimed_agai
     for p in stale + kept:
         p.write_text("half")
     (folder / ".b.csv.abcdefgh.tmp").mkdir()
+    (folder / "points").mkdir()
+    stale.append(folder / "points" / ".0a1b2c3d.json.x1y2z3w4.tmp")  # a point file's write, killed
+    stale[-1].write_text("{")
     claim_folder(folder, "train", {"kind": "train", "x": 1}).release()
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in kept) and (folder / ".b.csv.abcdefgh.tmp").is_dir()
