@@ -530,6 +530,12 @@ class _VersionedState(collections.defaultdict):
         super().__delitem__(key)
 
 
+#: A member slice of this many float32 entries (a multiple of 64-byte cache lines and of any vector width) never
+#: meets the fused kernel's scalar tail: torch cuts its work into cache-line-aligned units and each unit into whole
+#: vectors, so only slices of other sizes (a readout's 10 biases) need to be tensors of their own.
+_WHOLE_LINES = 64
+
+
 class _FusedRule:
     """torch's RMSprop whose plain case (no momentum, not centered, no weight decay, CPU) takes one fused pass.
 
@@ -642,9 +648,10 @@ class _FusedRule:
         """Per parameter ``(square average, step-count slot, its members' slices, theirs)``, cached by ``id``.
 
         The slices (``unbind(0)`` of the parameter and of its square average)
-        only where the optimizer holds :attr:`members` stacked members and the
-        parameter's first dimension is theirs; else empty. Cached until the
-        state changes.
+        only where the optimizer holds :attr:`members` stacked members, the
+        parameter's first dimension is theirs and a member's size is not a
+        multiple of :data:`_WHOLE_LINES`; else empty. Cached until the state
+        changes.
 
         A dict keyed by tensors calls ``Tensor.__hash__`` (Python) per lookup;
         a step looks up every parameter, so the entries are kept under their
@@ -663,7 +670,8 @@ class _FusedRule:
             if e is None:
                 slot = self._slots()[p]
                 avg = self._square_avg(p, slot)
-                split = self.members > 1 and p.dim() > 0 and p.shape[0] == self.members
+                split = (self.members > 1 and p.dim() > 0 and p.shape[0] == self.members
+                         and (p.numel() // self.members) % _WHOLE_LINES)
                 e = fast[id(p)] = (avg, slot, p.unbind(0) if split else (), avg.unbind(0) if split else (), p)
             out.append(e)
         self._fast_key = (id(self.state), self.state.version)

@@ -51,9 +51,9 @@ there after every epoch, and resumes from it unless --no-resume.
 
 --seeds N trains N networks of the same configuration (random seeds --seed .. --seed+N-1,
 each with its own initialization, shuffling order and dropout masks) together as one
-batched model; seed k of an ensemble is the network of a single run with --seed k (bit for
-bit at --threads 1 with RMSprop, whatever seeds run beside it; to float32 round-off
-otherwise, which training amplifies over epochs).
+batched model; seed k of an ensemble is the network of a single run with --seed k, to
+float32 round-off at every step (training amplifies round-off over epochs). RMSprop's update
+of a seed is bit for bit the same wherever the seed sits in the ensemble.
 history.csv and layers.csv get one row per seed (a seed column) and keep every seed
 trained in --out; summary.csv and the printed summary give, for the seeds asked for, each
 metric's mean with its 95% Student t confidence interval (<metric>_mean, <metric>_ci_low,
