@@ -215,3 +215,21 @@ def test_subnormals_are_flushed_on_every_thread_of_the_pool(kernel):
         assert not bool(((x * 0.5) == 0).any())  # restored, on every thread
     finally:
         torch.set_num_threads(threads)
+
+
+def test_beside_another_openmp_runtime_the_kernel_runs_on_one_thread(monkeypatch):
+    """Where torch brought another OpenMP runtime than the one the kernel links (two pools would spin against each
+    other; a flush set in one would not reach the other's threads), the kernel runs on one thread and does not
+    claim to flush torch's threads. Here there is exactly one runtime, torch's."""
+    if not HAVE_CC:
+        pytest.skip("no C compiler")
+    runtimes = native._openmp_runtimes()
+    if os.path.exists("/proc/self/maps"):
+        assert native.available() and len(runtimes) == 1, runtimes
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_openmp_runtimes", lambda: {"/a/libgomp.so.1", "/b/libiomp5.so"})
+    assert native.available() and "on one thread: torch uses another OpenMP runtime" in native.status()
+    assert native.set_flush_all_threads(True) is False
+    x = torch.randn(2, 100, 16)
+    out = native.act_moments(x.clone(), native.kernel_form("selu"))
+    assert out is not None and torch.allclose(out[:, 0], x.double().sum(dim=(1, 2)), rtol=1e-12, atol=1e-12)

@@ -23,7 +23,9 @@ How it is built:
   when the library loads (GCC's ``target_clones``): one cached build serves
   every x86-64 machine that shares the folder;
 - it is loaded after torch, so that its OpenMP runtime is the one torch loaded
-  (one thread pool), and runs on ``torch.get_num_threads()`` threads.
+  (one thread pool), and runs on ``torch.get_num_threads()`` threads; where
+  torch brought another runtime (Intel's or LLVM's OpenMP: two pools would
+  spin against each other), it runs on one thread.
 
 Where there is no compiler, the build fails, the data is not float32 on the
 CPU, or ``PROPAGATE_NATIVE=0`` is set, :func:`act_moments` returns ``None`` and
@@ -116,8 +118,27 @@ def _build() -> tuple[object, str]:
     flush = dll.propagate_set_flush
     flush.restype = ctypes.c_int
     flush.argtypes = [ctypes.c_int, ctypes.c_int]
+    runtimes = _openmp_runtimes()
+    if len(runtimes) > 1:
+        # torch brought another OpenMP runtime (Intel's, LLVM's): two thread pools would spin against each other,
+        # and a flush set in ours would not reach torch's threads; the kernel runs on one thread, no flush
+        _state["one_thread"] = True
+        return fn, (f"compiled kernel {lib}, on one thread: torch uses another OpenMP runtime "
+                    f"({', '.join(sorted(runtimes))})")
     _state["flush"] = flush
     return fn, f"compiled kernel {lib}"
+
+
+def _openmp_runtimes() -> set[str]:
+    """The files of the OpenMP runtimes mapped into this process (Linux; empty where it cannot be told)."""
+    import re
+
+    try:
+        with open("/proc/self/maps") as fh:
+            maps = fh.read()
+    except OSError:
+        return set()
+    return {os.path.realpath(m) for m in re.findall(r"/\S*/lib(?:gomp|iomp5|omp)[^/\s]*\.so[^/\s]*", maps)}
 
 
 def _fn():
@@ -204,11 +225,12 @@ def act_moments(t, form):
         return None
     kind, a, b = form
     out = torch.empty((S, 4), dtype=torch.float64)
+    threads = 1 if _state.get("one_thread") else torch.get_num_threads()
     if torch.autograd.profiler._is_profiler_enabled:  # a profile shows the kernel as an op of its own
         with torch.profiler.record_function("propagate::act_moments"):
-            rc = fn(t.data_ptr(), S, t.stride(0), n, kind, a, b, out.data_ptr(), torch.get_num_threads())
+            rc = fn(t.data_ptr(), S, t.stride(0), n, kind, a, b, out.data_ptr(), threads)
     else:
-        rc = fn(t.data_ptr(), S, t.stride(0), n, kind, a, b, out.data_ptr(), torch.get_num_threads())
+        rc = fn(t.data_ptr(), S, t.stride(0), n, kind, a, b, out.data_ptr(), threads)
     if rc != 0:
         raise MemoryError("propagate.native.act_moments: out of memory for the partial sums")
     return out
