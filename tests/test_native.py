@@ -233,3 +233,21 @@ def test_beside_another_openmp_runtime_the_kernel_runs_on_one_thread(monkeypatch
     x = torch.randn(2, 100, 16)
     out = native.act_moments(x.clone(), native.kernel_form("selu"))
     assert out is not None and torch.allclose(out[:, 0], x.double().sum(dim=(1, 2)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not HAVE_CC or not hasattr(os, "getuid"), reason="no C compiler, or not POSIX")
+def test_an_unwritable_cache_falls_back_to_a_private_temporary_folder(tmp_path):
+    """A home whose cache cannot be written (XDG_CACHE_HOME a file here) still gets the kernel, built in a private
+    propagate-UID folder of the temporary folder; one that others can write is not used."""
+    blocked = tmp_path / "cachefile"
+    blocked.write_text("not a folder")
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {"XDG_CACHE_HOME": str(blocked), "TMPDIR": str(tmpdir), "PROPAGATE_CACHE_DIR": ""}
+    r = _run(_PROBE, **env)
+    assert r.stdout.splitlines()[0] == "True", r.stdout + r.stderr
+    private = tmpdir / f"propagate-{os.getuid()}"
+    assert str(private / "native") in r.stdout and (private.stat().st_mode & 0o777) == 0o700
+    private.chmod(0o777)  # now anyone could have put a library there: not used
+    r = _run(_PROBE, **env)
+    assert r.stdout.splitlines()[0] == "False" and "cannot write the kernel cache" in r.stdout

@@ -15,7 +15,9 @@ How it is built:
 - the source ships with the package; on first use it is compiled with ``cc``
   (``$CC`` if set) at ``-O3 -fopenmp`` into the user's cache folder
   (``$PROPAGATE_CACHE_DIR``, else ``$XDG_CACHE_HOME/propagate``, else
-  ``~/.cache/propagate``), under a name that hashes the source, the flags, the
+  ``~/.cache/propagate``; where that cannot be written and
+  ``$PROPAGATE_CACHE_DIR`` is not set, ``propagate-UID`` in the temporary
+  folder), under a name that hashes the source, the flags, the
   compiler's version and the machine, so a changed kernel or compiler builds
   anew and two processes never load a half-written library (it is written to a
   temporary name and renamed);
@@ -63,6 +65,24 @@ def cache_dir() -> Path:
     return Path(base) / "propagate"
 
 
+def _private_temp_folder() -> Path | None:
+    """``propagate-UID/native`` in the temporary folder, made private (0700) to this user; ``None`` where that
+    folder exists but is another user's or writable by others (a library there could have been planted)."""
+    try:
+        uid = os.getuid()
+    except AttributeError:  # not POSIX: no shared temporary folder to guard
+        return None
+    top = Path(tempfile.gettempdir()) / f"propagate-{uid}"
+    try:
+        top.mkdir(mode=0o700, exist_ok=True)
+        st = top.lstat()
+    except OSError:
+        return None
+    if top.is_symlink() or st.st_uid != uid or st.st_mode & 0o022:
+        return None
+    return top / "native"
+
+
 def _compiler() -> tuple[str, str] | None:
     cc = os.environ.get("CC") or "cc"
     path = shutil.which(cc)
@@ -86,15 +106,26 @@ def _build() -> tuple[object, str]:
         return None, "no C compiler (cc, or $CC) on PATH"
     src = _SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([src, " ".join(_FLAGS).encode(), cc[1].encode(), platform.machine().encode()]))
-    folder = cache_dir() / "native"
-    lib = folder / f"act_moments-{key.hexdigest()[:16]}.so"
-    if not lib.exists():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".act_moments-", suffix=".so.tmp", dir=folder)
-            os.close(fd)
-        except OSError as e:
-            return None, f"cannot write the kernel cache {folder}: {e}"
+    name = f"act_moments-{key.hexdigest()[:16]}.so"
+    folders = [cache_dir() / "native"]
+    if not os.environ.get("PROPAGATE_CACHE_DIR"):  # the default place unusable (a read-only home): the temp folder
+        private = _private_temp_folder()
+        if private is not None:
+            folders.append(private)
+    lib = next((f / name for f in folders if (f / name).exists()), None)
+    if lib is None:
+        tmp, errors = None, []
+        for folder in folders:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=".act_moments-", suffix=".so.tmp", dir=folder)
+                os.close(fd)
+                break
+            except OSError as e:
+                errors.append(f"{folder}: {e.strerror or e}")
+        if tmp is None:
+            return None, f"cannot write the kernel cache ({'; '.join(errors)})"
+        lib = folder / name
         try:
             r = subprocess.run([cc[0], *_FLAGS, "-o", tmp, str(_SOURCE)], capture_output=True, text=True, timeout=300,
                                check=False)
