@@ -286,16 +286,28 @@ def measure_through(t, fn_, act, block: int | None = None):
     for j, (s1, s2) in exact.items():
         p[0, j], p[1, j] = s1, s2
     tot = p.sum(dim=1) / cnt
-    pre = moment_columns("pre", tot[0], tot[1])
-    pairs = [c for c in corr if c is not None]
-    pre["corr"] = (torch.nanmean(torch.cat(pairs, dim=1), dim=1) if pairs
-                   else torch.full((S,), math.nan, dtype=t.dtype, device=t.device))
     m, q, ok = tot[2], tot[3], True
     if not (math.isfinite(float((q + m.abs()).sum())) and float(q.min()) > 1e-30):
         m, q, ok = _moments(t)  # the output as a whole (it is intact): float64 where float32 fails
+    return _through_columns(t, act, (tot[0], tot[1]), corr, (m, q), sat, n_sat, finite, ok)
+
+
+def _through_columns(t, act, pre_moments, corr, post_moments, sat, n_sat, finite, ok):
+    """:func:`measure_through`'s ``((pre, finite), (post, ok))`` from its pass's moments, the blocks' pair
+    correlations and saturation counts, and the output ``t`` (its dead units, or its saturation where the
+    activation's rule needs ``q``)."""
+    import torch
+
+    S, N = t.shape[0], t.shape[2]
+    pre = moment_columns("pre", *pre_moments)
+    pairs = [c for c in corr if c is not None]
+    pre["corr"] = (torch.nanmean(torch.cat(pairs, dim=1), dim=1) if pairs
+                   else torch.full((S,), math.nan, dtype=t.dtype, device=t.device))
+    m, q = post_moments
     post = moment_columns("post", m, q)
     post["dead_frac"] = _dead(t)
-    post["saturated_frac"] = (sat.to(t.dtype) / (n_sat * N) if zero_rel is None else _saturated(t, act, q))
+    post["saturated_frac"] = (sat.to(t.dtype) / (n_sat * N) if saturation_rule(act)[2] is None
+                              else _saturated(t, act, q))
     return (pre, finite), (post, ok)
 
 
@@ -337,17 +349,8 @@ def _measure_through_native(t, form, act, bs):
         if i < n_sat and zero_rel is None:
             sat += _sat_count(c[:, : n_sat - i], lo, hi)
     tot = torch.stack(parts).sum(dim=0) / (B * N)  # [S, 4]: sum and sum of squares, before and after
-    finite = bool(torch.isfinite(tot[:, :2]).all())
-    pre = moment_columns("pre", tot[:, 0], tot[:, 1])
-    pairs = [c for c in corr if c is not None]
-    pre["corr"] = (torch.nanmean(torch.cat(pairs, dim=1), dim=1) if pairs
-                   else torch.full((S,), math.nan, dtype=t.dtype, device=t.device))
-    m, q = tot[:, 2], tot[:, 3]
-    ok = bool(torch.isfinite(tot[:, 2:]).all())
-    post = moment_columns("post", m, q)
-    post["dead_frac"] = _dead(t)
-    post["saturated_frac"] = (sat.to(t.dtype) / (n_sat * N) if zero_rel is None else _saturated(t, act, q))
-    return (pre, finite), (post, ok)
+    return _through_columns(t, act, (tot[:, 0], tot[:, 1]), corr, (tot[:, 2], tot[:, 3]), sat, n_sat,
+                            bool(torch.isfinite(tot[:, :2]).all()), bool(torch.isfinite(tot[:, 2:]).all()))
 
 
 #: Entries per network in one block of :func:`_sum_of_squares`.

@@ -126,7 +126,7 @@ static inline void moments_done(const moments_t *m, double *o)
 }
 
 PROPAGATE_CLONES
-static void chunk_elu(float *p, int64_t n, float a, float b, double *o)
+static void chunk(float *p, int64_t n, int kind, float a, float b, double *o)
 {
     moments_t in, out;
     memset(&in, 0, sizeof in);
@@ -135,35 +135,22 @@ static void chunk_elu(float *p, int64_t n, float a, float b, double *o)
         int64_t m = n - s < SUB ? n - s : SUB;
         float *q = p + s;
         moments_add(&in, q, m);
+        if (kind == 0) {
 #pragma omp simd
-        for (int64_t j = 0; j < m; j++) {
-            float v = q[j];
-            float c = v > 0.0f ? 0.0f : v; /* NaN stays NaN */
-            c = c < -20.0f ? -20.0f : c;
-            q[j] = v > 0.0f ? a * v : b * expm1_nonpositive(c);
-        }
-        moments_add(&out, q, m);
-    }
-    moments_done(&in, o);
-    moments_done(&out, o + 2);
-}
-
-PROPAGATE_CLONES
-static void chunk_linear(float *p, int64_t n, float a, float b, double *o)
-{
-    moments_t in, out;
-    memset(&in, 0, sizeof in);
-    memset(&out, 0, sizeof out);
-    for (int64_t s = 0; s < n; s += SUB) {
-        int64_t m = n - s < SUB ? n - s : SUB;
-        float *q = p + s;
-        moments_add(&in, q, m);
+            for (int64_t j = 0; j < m; j++) {
+                float v = q[j];
+                float c = v > 0.0f ? 0.0f : v; /* NaN stays NaN */
+                c = c < -20.0f ? -20.0f : c;
+                q[j] = v > 0.0f ? a * v : b * expm1_nonpositive(c);
+            }
+        } else {
 #pragma omp simd
-        for (int64_t j = 0; j < m; j++) {
-            float v = q[j];
-            /* ReLU (b = 0) gives +0 below 0, -inf included (0 * -inf would be NaN); NaN stays NaN */
-            float neg = b == 0.0f ? (v == v ? 0.0f : v) : b * v;
-            q[j] = v > 0.0f ? a * v : neg;
+            for (int64_t j = 0; j < m; j++) {
+                float v = q[j];
+                /* ReLU (b = 0) gives +0 below 0, -inf included (0 * -inf would be NaN); NaN stays NaN */
+                float neg = b == 0.0f ? (v == v ? 0.0f : v) : b * v;
+                q[j] = v > 0.0f ? a * v : neg;
+            }
         }
         moments_add(&out, q, m);
     }
@@ -187,10 +174,7 @@ int propagate_act_moments(float *x, int64_t S, int64_t stride, int64_t len, int 
     for (int64_t c = 0; c < total; c++) {
         int64_t s = c / per, start = (c % per) * CHUNK;
         int64_t n = len - start < CHUNK ? len - start : CHUNK;
-        if (kind == 0)
-            chunk_elu(x + s * stride + start, n, a, b, part + 4 * c);
-        else
-            chunk_linear(x + s * stride + start, n, a, b, part + 4 * c);
+        chunk(x + s * stride + start, n, kind, a, b, part + 4 * c);
     }
     for (int64_t s = 0; s < S; s++) {
         for (int i = 0; i < 4; i++) {
